@@ -1,0 +1,569 @@
+//! Part C: deploy bundles, diffs, migration plans, validation results and deploy status
+//! (upstream `system/deploy-bundle.zod.ts`).
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::object::ObjectDefinition;
+use crate::time::Timestamp;
+use crate::validate::{Checks, Spec, parse_value};
+use crate::wire::{default_true, present};
+
+/// Deployment lifecycle status of one tenant's deploy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployStatus {
+    /// Bundle validation in progress.
+    Validating,
+    /// Comparing desired and current schema.
+    Diffing,
+    /// Executing DDL.
+    Migrating,
+    /// Writing the metadata registry.
+    Registering,
+    /// Deployed and live.
+    Ready,
+    /// Failed at some stage.
+    Failed,
+    /// Rolling back to the previous schema.
+    RollingBack,
+}
+
+impl Spec for DeployStatus {
+    const SPEC_NAME: &'static str = "DeployStatusEnum";
+}
+
+/// Kind of entity a schema change touches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EntityType {
+    /// An object (table).
+    Object,
+    /// A field (column).
+    Field,
+    /// An index.
+    Index,
+    /// A view.
+    View,
+    /// A flow.
+    Flow,
+    /// A permission.
+    Permission,
+}
+
+/// Kind of change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeType {
+    /// The entity is new.
+    Added,
+    /// The entity changed.
+    Modified,
+    /// The entity is gone.
+    Removed,
+}
+
+/// One entity's change between current and desired state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SchemaChange {
+    /// Entity type.
+    pub entity_type: EntityType,
+    /// Entity name.
+    #[schemars(length(min = 1))]
+    pub entity_name: String,
+    /// Parent entity (the object of a field change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_entity: Option<String>,
+    /// Change type.
+    pub change_type: ChangeType,
+    /// Previous value (modified/removed).
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub old_value: Option<Value>,
+    /// New value (added/modified).
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub new_value: Option<Value>,
+}
+
+/// Counts of a diff's changes by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiffSummary {
+    /// Number of added entities.
+    #[serde(default)]
+    pub added: u64,
+    /// Number of modified entities.
+    #[serde(default)]
+    pub modified: u64,
+    /// Number of removed entities.
+    #[serde(default)]
+    pub removed: u64,
+}
+
+/// What changed between current and desired state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployDiff {
+    /// Every change.
+    #[serde(default)]
+    pub changes: Vec<SchemaChange>,
+    /// Counts by change type.
+    pub summary: DiffSummary,
+    /// Whether any change is breaking (drops data or narrows a type).
+    #[serde(default)]
+    pub has_breaking_changes: bool,
+}
+
+impl DeployDiff {
+    /// A diff over `changes` with its summary computed from them.
+    pub fn new(changes: Vec<SchemaChange>, has_breaking_changes: bool) -> Self {
+        let mut summary = DiffSummary::default();
+        for change in &changes {
+            match change.change_type {
+                ChangeType::Added => summary.added += 1,
+                ChangeType::Modified => summary.modified += 1,
+                ChangeType::Removed => summary.removed += 1,
+            }
+        }
+        Self {
+            changes,
+            summary,
+            has_breaking_changes,
+        }
+    }
+}
+
+impl Spec for DeployDiff {
+    const SPEC_NAME: &'static str = "DeployDiff";
+}
+
+/// One DDL statement of a migration plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationStatement {
+    /// The SQL to execute.
+    #[schemars(length(min = 1))]
+    pub sql: String,
+    /// Whether the statement can be reversed.
+    #[serde(default = "default_true")]
+    pub reversible: bool,
+    /// SQL that reverses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_sql: Option<String>,
+    /// Execution order (lower first).
+    pub order: u64,
+}
+
+impl Spec for MigrationStatement {
+    const SPEC_NAME: &'static str = "MigrationStatement";
+}
+
+/// An ordered list of DDL statements.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationPlan {
+    /// The statements, in execution order.
+    #[serde(default)]
+    pub statements: Vec<MigrationStatement>,
+    /// SQL dialect of the statements (any non-empty string upstream; `sqlite` here).
+    #[schemars(length(min = 1))]
+    pub dialect: String,
+    /// Whether the whole plan can be rolled back.
+    #[serde(default = "default_true")]
+    pub reversible: bool,
+    /// Estimated execution time in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_duration_ms: Option<u64>,
+}
+
+impl Spec for MigrationPlan {
+    const SPEC_NAME: &'static str = "MigrationPlan";
+}
+
+/// Severity of a validation issue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IssueSeverity {
+    /// Makes the document invalid.
+    Error,
+    /// Worth attention; the document stays valid.
+    Warning,
+    /// Informational.
+    Info,
+}
+
+/// One validation problem, with the path where it was found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployValidationIssue {
+    /// Severity.
+    pub severity: IssueSeverity,
+    /// Dotted path, e.g. `objects.project_task.fields.name`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+    /// Machine-readable code (upstream's Zod codes, or a fleet rule's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+impl fmt::Display for DeployValidationIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = if self.path.is_empty() {
+            "(root)"
+        } else {
+            &self.path
+        };
+        write!(f, "{path}: {}", self.message)?;
+        if let Some(code) = &self.code {
+            write!(f, " ({code})")?;
+        }
+        Ok(())
+    }
+}
+
+impl Spec for DeployValidationIssue {
+    const SPEC_NAME: &'static str = "DeployValidationIssue";
+}
+
+/// The result of validating a document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployValidationResult {
+    /// Whether there were no errors.
+    pub valid: bool,
+    /// Every issue.
+    #[serde(default)]
+    pub issues: Vec<DeployValidationIssue>,
+    /// Number of errors.
+    #[serde(default)]
+    pub error_count: u64,
+    /// Number of warnings.
+    #[serde(default)]
+    pub warning_count: u64,
+}
+
+impl DeployValidationResult {
+    /// A result over `issues`, counts and validity computed from them.
+    pub fn from_issues(issues: Vec<DeployValidationIssue>) -> Self {
+        let count = |s| issues.iter().filter(|i| i.severity == s).count() as u64;
+        let error_count = count(IssueSeverity::Error);
+        let warning_count = count(IssueSeverity::Warning);
+        Self {
+            valid: error_count == 0,
+            issues,
+            error_count,
+            warning_count,
+        }
+    }
+}
+
+impl Spec for DeployValidationResult {
+    const SPEC_NAME: &'static str = "DeployValidationResult";
+}
+
+/// Metadata about a deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployManifest {
+    /// Deployment version.
+    #[schemars(length(min = 1))]
+    pub version: String,
+    /// SHA-256 of the bundle contents (see [`DeployBundle::contents_checksum`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    /// Object names included.
+    #[serde(default)]
+    pub objects: Vec<String>,
+    /// View names included.
+    #[serde(default)]
+    pub views: Vec<String>,
+    /// Flow names included.
+    #[serde(default)]
+    pub flows: Vec<String>,
+    /// Permission names included.
+    #[serde(default)]
+    pub permissions: Vec<String>,
+    /// Bundle creation time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<Timestamp>,
+}
+
+impl Spec for DeployManifest {
+    const SPEC_NAME: &'static str = "DeployManifest";
+}
+
+/// A JSON object as carried in a bundle (views, flows, permissions, seed records).
+pub type Record = Map<String, Value>;
+
+/// Everything a deployment carries: the primary input of the deploy pipeline.
+///
+/// Upstream types `objects` as free-form records; the fleet additionally validates each one as an
+/// ObjectStack [`ObjectDefinition`] (paths `objects.<name>.…`) and checks that references between
+/// objects resolve, because that is what the deploy pipeline's `validateBundle` promises.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployBundle {
+    /// The manifest.
+    pub manifest: DeployManifest,
+    /// Object definitions.
+    #[serde(default)]
+    pub objects: Vec<Record>,
+    /// View definitions.
+    #[serde(default)]
+    pub views: Vec<Record>,
+    /// Flow definitions.
+    #[serde(default)]
+    pub flows: Vec<Record>,
+    /// Permission definitions.
+    #[serde(default)]
+    pub permissions: Vec<Record>,
+    /// Seed data records to insert after migration.
+    #[serde(default)]
+    pub seed_data: Vec<Record>,
+}
+
+impl DeployBundle {
+    /// The object definitions, typed. Fails with every issue (paths under `objects.`).
+    pub fn object_definitions(&self) -> Result<Vec<ObjectDefinition>, crate::validate::Rejected> {
+        let mut checks = Checks::default();
+        let objects = typed_objects(&self.objects, &mut checks);
+        let issues = checks.into_issues();
+        if issues.iter().any(|i| i.severity == IssueSeverity::Error) {
+            Err(crate::validate::Rejected {
+                type_name: "DeployBundle",
+                issues,
+            })
+        } else {
+            Ok(objects)
+        }
+    }
+
+    /// SHA-256 (hex) of the canonical JSON of everything but the manifest: the value
+    /// `manifest.checksum` must have when present.
+    pub fn contents_checksum(&self) -> String {
+        let contents = serde_json::json!({
+            "objects": self.objects,
+            "views": self.views,
+            "flows": self.flows,
+            "permissions": self.permissions,
+            "seedData": self.seed_data,
+        });
+        let mut hasher = Sha256::new();
+        write_canonical(&contents, &mut hasher);
+        hex::encode(hasher.finalize())
+    }
+}
+
+/// Validates each raw object record as an [`ObjectDefinition`], reporting issues under
+/// `objects.<name>` (or the index when the name is unusable); returns the ones that are valid.
+fn typed_objects(records: &[Record], checks: &mut Checks) -> Vec<ObjectDefinition> {
+    let mut typed = Vec::new();
+    checks.at("objects", |checks| {
+        for (index, raw) in records.iter().enumerate() {
+            let label = raw
+                .get("name")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty() && !n.contains('.'))
+                .map_or_else(|| index.to_string(), str::to_owned);
+            match parse_value::<ObjectDefinition>(&Value::Object(raw.clone())) {
+                Ok(checked) => {
+                    for issue in checked.warnings {
+                        checks.at(&label, |c| c.push_nested(issue));
+                    }
+                    typed.push(checked.value);
+                }
+                Err(rejected) => {
+                    for issue in rejected.issues {
+                        checks.at(&label, |c| c.push_nested(issue));
+                    }
+                }
+            }
+        }
+    });
+    typed
+}
+
+/// Canonical JSON: object keys sorted, no whitespace — independent of key order in the file.
+fn write_canonical(value: &Value, hasher: &mut Sha256) {
+    match value {
+        Value::Object(map) => {
+            hasher.update(b"{");
+            let mut keys: Vec<_> = map.keys().collect();
+            keys.sort();
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    hasher.update(b",");
+                }
+                hasher.update(Value::from(key.as_str()).to_string().as_bytes());
+                hasher.update(b":");
+                write_canonical(&map[key], hasher);
+            }
+            hasher.update(b"}");
+        }
+        Value::Array(items) => {
+            hasher.update(b"[");
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    hasher.update(b",");
+                }
+                write_canonical(item, hasher);
+            }
+            hasher.update(b"]");
+        }
+        scalar => hasher.update(scalar.to_string().as_bytes()),
+    }
+}
+
+impl Spec for DeployBundle {
+    const SPEC_NAME: &'static str = "DeployBundle";
+
+    fn check_input(input: &Value, checks: &mut Checks) {
+        let Some(Value::Array(raw_objects)) = input.get("objects") else {
+            return;
+        };
+        let records: Vec<Record> = raw_objects
+            .iter()
+            .filter_map(|o| o.as_object().cloned())
+            .collect();
+        typed_objects(&records, checks);
+        let names = records.iter().filter_map(|o| o.get("name")?.as_str());
+        let mut known = std::collections::HashSet::new();
+        for name in names {
+            if !known.insert(name) {
+                checks.at_path(&["objects", name], |c| {
+                    c.error("duplicate_name", "two objects have this name")
+                });
+            }
+        }
+        for object in &records {
+            let Some(object_name) = object.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            let fields = object
+                .get("fields")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten();
+            for (key, field) in fields {
+                let is_reference = matches!(
+                    field.get("type").and_then(Value::as_str),
+                    Some("lookup" | "master_detail" | "tree")
+                );
+                let Some(target) = field.get("reference").and_then(Value::as_str) else {
+                    continue;
+                };
+                if is_reference && !known.contains(target) {
+                    checks.at_path(&["objects", object_name, "fields", key, "reference"], |c| {
+                        c.error(
+                            "unknown_reference",
+                            format!("references object {target:?}, which is not in the bundle"),
+                        )
+                    });
+                }
+            }
+        }
+        let listed = input
+            .pointer("/manifest/objects")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten();
+        for listed in listed.filter_map(Value::as_str) {
+            if !known.contains(listed) {
+                checks.at("manifest", |c| {
+                    c.at("objects", |c| {
+                        c.warning(
+                            "manifest_mismatch",
+                            format!("manifest lists {listed:?}, which the bundle does not define"),
+                        )
+                    })
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn minimal_bundle_gets_upstream_defaults() {
+        let b = parse_value::<DeployBundle>(&json!({"manifest": {"version": "1"}}))
+            .unwrap()
+            .value;
+        let out = serde_json::to_value(&b).unwrap();
+        assert_eq!(
+            out,
+            json!({"manifest": {"version": "1", "objects": [], "views": [], "flows": [], "permissions": []},
+                   "objects": [], "views": [], "flows": [], "permissions": [], "seedData": []})
+        );
+    }
+
+    #[test]
+    fn checksum_ignores_key_order_and_the_manifest() {
+        let a = parse_value::<DeployBundle>(
+            &json!({"manifest": {"version": "1"}, "views": [{"a": 1, "b": 2}]}),
+        )
+        .unwrap()
+        .value;
+        let b = parse_value::<DeployBundle>(
+            &json!({"manifest": {"version": "2"}, "views": [{"b": 2, "a": 1}]}),
+        )
+        .unwrap()
+        .value;
+        assert_eq!(a.contents_checksum(), b.contents_checksum());
+        assert_eq!(a.contents_checksum().len(), 64);
+    }
+
+    #[test]
+    fn three_mistakes_give_three_issues_with_paths() {
+        let rejected = parse_value::<DeployBundle>(&json!({
+            "manifest": {"version": ""},
+            "objects": [{
+                "name": "project_task",
+                "fields": {"name": {"type": "string"}, "owner": {"type": "lookup", "reference": "user"}}
+            }]
+        }))
+        .unwrap_err();
+        let errors: Vec<String> = rejected.errors().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        assert!(errors.iter().any(|e| e.starts_with("manifest.version:")));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("objects.project_task.fields.name.type:"))
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("objects.project_task.fields.owner.reference:"))
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_warnings_not_errors() {
+        let checked =
+            parse_value::<DeployBundle>(&json!({"manifest": {"version": "1", "auth_token": "x"}}))
+                .unwrap();
+        assert_eq!(checked.warnings.len(), 1);
+        assert_eq!(checked.warnings[0].path, "manifest.auth_token");
+        assert_eq!(
+            checked.warnings[0].code.as_deref(),
+            Some("unrecognized_keys")
+        );
+    }
+}

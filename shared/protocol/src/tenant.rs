@@ -1,0 +1,334 @@
+//! Part B: tenants and their provisioning — requests, results, steps, status, plans, regions,
+//! connection configs (upstream `system/provisioning.zod.ts`, `system/tenant.zod.ts`).
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::ids::TenantId;
+use crate::quota::TenantQuota;
+use crate::time::Timestamp;
+use crate::validate::Spec;
+
+/// Email pattern of upstream's runtime (`z.string().email()`).
+pub const EMAIL_PATTERN: &str = r"^(?!\.)(?!.*\.\.)([A-Za-z0-9_'+\-\.]*)[A-Za-z0-9_+-]@([A-Za-z0-9][A-Za-z0-9\-]*\.)+[A-Za-z]{2,}$";
+
+/// Tenant provisioning lifecycle status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantProvisioningStatus {
+    /// Database creation in progress.
+    Provisioning,
+    /// Fully provisioned and operational.
+    Active,
+    /// Temporarily disabled (billing, policy).
+    Suspended,
+    /// Provisioning failed (retryable).
+    Failed,
+    /// Deletion in progress.
+    Destroying,
+}
+
+impl Spec for TenantProvisioningStatus {
+    const SPEC_NAME: &'static str = "TenantProvisioningStatusEnum";
+}
+
+/// Subscription plan.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantPlan {
+    /// Free tier.
+    #[default]
+    Free,
+    /// Professional tier.
+    Pro,
+    /// Enterprise tier.
+    Enterprise,
+}
+
+impl Spec for TenantPlan {
+    const SPEC_NAME: &'static str = "TenantPlan";
+}
+
+/// Deployment region: where a tenant's data must live.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum TenantRegion {
+    /// US East (Virginia).
+    #[default]
+    UsEast,
+    /// US West (Oregon).
+    UsWest,
+    /// EU West (Ireland).
+    EuWest,
+    /// EU Central (Frankfurt).
+    EuCentral,
+    /// Asia Pacific (Singapore).
+    ApSoutheast,
+    /// Asia Pacific (Tokyo).
+    ApNortheast,
+}
+
+impl fmt::Display for TenantRegion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        f.write_str(&text)
+    }
+}
+
+impl Spec for TenantRegion {
+    const SPEC_NAME: &'static str = "TenantRegion";
+}
+
+/// Status of one provisioning step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Not started.
+    Pending,
+    /// Running.
+    Running,
+    /// Finished successfully.
+    Completed,
+    /// Failed.
+    Failed,
+    /// Not needed (e.g. seed data disabled).
+    Skipped,
+}
+
+/// One step of the provisioning pipeline, with its timing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProvisioningStep {
+    /// Step name (`create_database`, `sync_schema`, …).
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Step status.
+    pub status: StepStatus,
+    /// When the step started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    /// When the step finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Timestamp>,
+    /// Duration in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Error message when the step failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Spec for ProvisioningStep {
+    const SPEC_NAME: &'static str = "ProvisioningStep";
+}
+
+/// Input for creating a tenant with its isolated database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantProvisioningRequest {
+    /// Organisation that owns the tenant.
+    #[schemars(length(min = 1))]
+    pub org_id: String,
+    /// Requested plan.
+    #[serde(default)]
+    pub plan: TenantPlan,
+    /// Preferred region.
+    #[serde(default)]
+    pub region: TenantRegion,
+    /// Display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// Initial admin e-mail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = EMAIL_PATTERN))]
+    pub admin_email: Option<String>,
+    /// Additional metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+impl Spec for TenantProvisioningRequest {
+    const SPEC_NAME: &'static str = "TenantProvisioningRequest";
+}
+
+/// Output of provisioning (on success or failure).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantProvisioningResult {
+    /// The tenant.
+    pub tenant_id: TenantId,
+    /// Database connection URL (`libsql://`, `https://` or `file:`).
+    #[schemars(length(min = 1))]
+    pub connection_url: String,
+    /// Provisioning status.
+    pub status: TenantProvisioningStatus,
+    /// Region.
+    pub region: TenantRegion,
+    /// Plan.
+    pub plan: TenantPlan,
+    /// Pipeline steps.
+    #[serde(default)]
+    pub steps: Vec<ProvisioningStep>,
+    /// Total duration in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_duration_ms: Option<u64>,
+    /// When provisioning completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioned_at: Option<Timestamp>,
+    /// Error message when provisioning failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Spec for TenantProvisioningResult {
+    const SPEC_NAME: &'static str = "TenantProvisioningResult";
+}
+
+/// Which database backend serves a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DatabaseProvider {
+    /// Turso/libSQL (also the fleet's local libSQL files).
+    Turso,
+    /// PostgreSQL.
+    Postgres,
+    /// In-memory (tests and development).
+    Memory,
+}
+
+impl Spec for DatabaseProvider {
+    const SPEC_NAME: &'static str = "DatabaseProvider";
+}
+
+/// A tenant's database connection details. The `authToken` is a secret: it is encrypted at rest
+/// by the fleet and redacted from `Debug`.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantConnectionConfig {
+    /// Connection URL.
+    #[schemars(length(min = 1))]
+    pub url: String,
+    /// Auth token (JWT for Turso); never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_token: Option<String>,
+    /// Turso group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+impl fmt::Debug for TenantConnectionConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TenantConnectionConfig")
+            .field("url", &self.url)
+            .field(
+                "auth_token",
+                &self.auth_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("group", &self.group)
+            .finish()
+    }
+}
+
+impl Spec for TenantConnectionConfig {
+    const SPEC_NAME: &'static str = "TenantConnectionConfig";
+}
+
+/// How tenant data is separated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantIsolationLevel {
+    /// Shared database and schema, row-level isolation.
+    SharedSchema,
+    /// Shared database, a schema per tenant.
+    IsolatedSchema,
+    /// A database per tenant (the fleet's model).
+    IsolatedDb,
+}
+
+/// A tenant (upstream `Tenant`, deprecated upstream in favour of HubSpace but still the shape
+/// the fleet's control plane speaks).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Tenant {
+    /// Tenant id.
+    pub id: TenantId,
+    /// Display name.
+    pub name: String,
+    /// Isolation level.
+    pub isolation_level: TenantIsolationLevel,
+    /// Database provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_provider: Option<DatabaseProvider>,
+    /// Connection configuration (encrypted at rest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_config: Option<TenantConnectionConfig>,
+    /// Provisioning status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioning_status: Option<TenantProvisioningStatus>,
+    /// Plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<TenantPlan>,
+    /// Custom configuration values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customizations: Option<Map<String, Value>>,
+    /// Resource quotas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quotas: Option<TenantQuota>,
+}
+
+impl Spec for Tenant {
+    const SPEC_NAME: &'static str = "Tenant";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::parse_value;
+    use serde_json::json;
+
+    #[test]
+    fn request_defaults_are_free_and_us_east() {
+        let r = parse_value::<TenantProvisioningRequest>(&json!({"orgId": "org_42"}))
+            .unwrap()
+            .value;
+        assert_eq!((r.plan, r.region), (TenantPlan::Free, TenantRegion::UsEast));
+        assert_eq!(r.region.to_string(), "us-east");
+    }
+
+    #[test]
+    fn auth_token_never_shows_in_debug() {
+        let c = TenantConnectionConfig {
+            url: "file:x".into(),
+            auth_token: Some("s3cr3t".into()),
+            group: None,
+        };
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn null_for_an_optional_field_is_rejected_like_upstream() {
+        let err =
+            parse_value::<TenantProvisioningRequest>(&json!({"orgId": "o", "displayName": null}))
+                .unwrap_err();
+        assert_eq!(err.errors().next().unwrap().path, "displayName");
+    }
+}
