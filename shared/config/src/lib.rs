@@ -1,1 +1,334 @@
-//! tmp
+//! Fleet configuration: one figment chain and its validation.
+//!
+//! The chain, later sources winning: built-in defaults ([`Config::default`]) →
+//! `config/default.toml` → `config/$FLEET_ENV.toml` (`dev` when unset) → environment variables
+//! `FLEET_SECTION__KEY` (`FLEET_NATS__URL`). `FLEET_CONFIG_DIR` moves the folder. After merging,
+//! [`Config::validate`] checks every setting and reports all problems at once.
+//! `config/default.toml` documents every setting.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or a value has the wrong type.
+    #[error("configuration could not be loaded: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// Values are present but invalid; every problem is listed.
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// The whole fleet configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// NATS connection.
+    pub nats: NatsConfig,
+    /// Tenant databases.
+    pub tenantdb: TenantDbConfig,
+    /// Logs and traces.
+    pub telemetry: TelemetryConfig,
+    /// Worker job loop.
+    pub worker: WorkerConfig,
+}
+
+/// NATS connection settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URL.
+    pub url: String,
+    /// Prefix of every subject; empty for none.
+    pub subject_prefix: String,
+    /// Connection timeout in milliseconds.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            subject_prefix: String::new(),
+            connect_timeout_ms: 5000,
+        }
+    }
+}
+
+/// Which tenant database backend to use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// One libSQL file per tenant (embedded default).
+    #[default]
+    Local,
+    /// Turso Cloud through the Platform API.
+    Turso,
+    /// In-memory databases.
+    Memory,
+}
+
+/// Tenant database settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantDbConfig {
+    /// Backend.
+    pub backend: BackendKind,
+    /// Folder of the local backend.
+    pub data_dir: PathBuf,
+    /// Connection URL template with `{tenant_id}`.
+    pub url_template: String,
+}
+
+impl Default for TenantDbConfig {
+    fn default() -> Self {
+        Self {
+            backend: BackendKind::Local,
+            data_dir: PathBuf::from(".fleet/data/tenants"),
+            url_template: "file:.fleet/data/tenants/{tenant_id}.db".into(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Telemetry settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter (RUST_LOG syntax).
+    pub log_filter: String,
+    /// OTLP endpoint; empty disables trace export.
+    pub otlp_endpoint: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Pretty,
+            log_filter: "info".into(),
+            otlp_endpoint: String::new(),
+        }
+    }
+}
+
+/// Worker job-loop settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Concurrent messages per worker.
+    pub concurrency: u32,
+    /// Shutdown grace in milliseconds.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            shutdown_grace_ms: 30_000,
+        }
+    }
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigSource {
+    /// Folder holding `default.toml` and the environment overlays.
+    pub dir: PathBuf,
+    /// Name of the overlay (`dev`, `test`, …).
+    pub env: String,
+}
+
+impl ConfigSource {
+    /// From `FLEET_CONFIG_DIR` (default `config`) and `FLEET_ENV` (default `dev`).
+    pub fn from_env() -> Self {
+        Self {
+            dir: std::env::var_os("FLEET_CONFIG_DIR")
+                .map_or_else(|| PathBuf::from("config"), PathBuf::from),
+            env: std::env::var("FLEET_ENV").unwrap_or_else(|_| "dev".into()),
+        }
+    }
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (env {})", self.dir.display(), self.env)
+    }
+}
+
+impl Config {
+    /// Loads the chain described in the module docs from `FLEET_CONFIG_DIR`/`FLEET_ENV`.
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::load_from(&ConfigSource::from_env())
+    }
+
+    /// Loads the chain from an explicit source (environment variables still apply).
+    pub fn load_from(source: &ConfigSource) -> Result<Self, ConfigError> {
+        let config: Config = Self::figment(&source.dir, &source.env)
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn figment(dir: &Path, env: &str) -> Figment {
+        Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(dir.join("default.toml")))
+            .merge(Toml::file(dir.join(format!("{env}.toml"))))
+            // Only `FLEET_SECTION__KEY` variables are settings; FLEET_ENV, FLEET_CONFIG_DIR,
+            // FLEET_HOME and the like steer the tooling and are not part of the config.
+            .merge(
+                Env::prefixed("FLEET_")
+                    .filter(|key| key.as_str().contains("__"))
+                    .split("__"),
+            )
+    }
+
+    /// Checks every setting; all problems are reported together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if !(self.nats.url.starts_with("nats://") || self.nats.url.starts_with("tls://")) {
+            problems.push(format!(
+                "nats.url: {:?} must start with nats:// or tls://",
+                self.nats.url
+            ));
+        }
+        let prefix = &self.nats.subject_prefix;
+        let token_ok = |t: &str| {
+            !t.is_empty()
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        if !prefix.is_empty() && !prefix.split('.').all(token_ok) {
+            problems.push(format!(
+                "nats.subject_prefix: {prefix:?} must be dot-separated tokens of letters, digits, '-' and '_'"
+            ));
+        }
+        if self.nats.connect_timeout_ms == 0 {
+            problems.push("nats.connect_timeout_ms: must be at least 1".into());
+        }
+        if !self.tenantdb.url_template.contains("{tenant_id}") {
+            problems.push(format!(
+                "tenantdb.url_template: {:?} must contain the {{tenant_id}} placeholder",
+                self.tenantdb.url_template
+            ));
+        }
+        if self.tenantdb.backend == BackendKind::Local
+            && self.tenantdb.data_dir.as_os_str().is_empty()
+        {
+            problems.push("tenantdb.data_dir: required by the local backend".into());
+        }
+        if self.worker.concurrency == 0 {
+            problems.push("worker.concurrency: must be at least 1".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    #[test]
+    fn chain_order_is_defaults_file_overlay_env() {
+        figment::Jail::expect_with(|jail| {
+            let dir = jail.directory().to_path_buf();
+            write(
+                &dir,
+                "default.toml",
+                "[nats]\nurl = \"nats://a:1\"\nsubject_prefix = \"x\"\n",
+            );
+            write(
+                &dir,
+                "staging.toml",
+                "[nats]\nsubject_prefix = \"staging\"\n[worker]\nconcurrency = 3\n",
+            );
+            jail.set_env("FLEET_WORKER__CONCURRENCY", "7");
+            jail.set_env("FLEET_ENV", "staging");
+            let config = Config::load_from(&ConfigSource {
+                dir,
+                env: "staging".into(),
+            })
+            .unwrap();
+            assert_eq!(config.nats.url, "nats://a:1");
+            assert_eq!(config.nats.subject_prefix, "staging");
+            assert_eq!(config.worker.concurrency, 7);
+            assert_eq!(config.telemetry, TelemetryConfig::default());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        figment::Jail::expect_with(|jail| {
+            let dir = jail.directory().to_path_buf();
+            write(
+                &dir,
+                "default.toml",
+                "[nats]\nurl = \"http://x\"\nsubject_prefix = \"a..b\"\n[tenantdb]\nurl_template = \"file:x.db\"\n[worker]\nconcurrency = 0\n",
+            );
+            let err = Config::load_from(&ConfigSource {
+                dir,
+                env: "none".into(),
+            })
+            .unwrap_err();
+            let ConfigError::Invalid(problems) = err else {
+                panic!("{err}")
+            };
+            assert_eq!(problems.len(), 4, "{problems:#?}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        figment::Jail::expect_with(|jail| {
+            let dir = jail.directory().to_path_buf();
+            write(&dir, "default.toml", "[nats]\nurll = \"nats://x\"\n");
+            let err = Config::load_from(&ConfigSource {
+                dir,
+                env: "none".into(),
+            })
+            .unwrap_err();
+            assert!(err.to_string().contains("urll"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_shipped_config_files_load_and_validate() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        for env in ["dev", "test"] {
+            Config::load_from(&ConfigSource {
+                dir: dir.clone(),
+                env: env.into(),
+            })
+            .unwrap();
+        }
+    }
+}

@@ -128,7 +128,6 @@ macro_rules! identifier {
                 json_schema!({
                     "type": "string",
                     "pattern": $pattern,
-                    "maxLength": $max,
                     "description": $rule,
                 })
             }

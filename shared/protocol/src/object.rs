@@ -875,7 +875,7 @@ impl Spec for ObjectDefinition {
                 checks.at(label, |checks| {
                     if names.is_some_and(|n| n.is_empty()) {
                         checks.at("fields", |c| {
-                            c.error("too_small", "an index needs at least one field")
+                            c.error("empty_index", "an index needs at least one field")
                         });
                     }
                     for name in names.into_iter().flatten().filter_map(Value::as_str) {

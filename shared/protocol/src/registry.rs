@@ -14,7 +14,7 @@ use crate::deploy::{
 use crate::object::{Field, FieldType, Index, ObjectDefinition, SelectOption};
 use crate::quota::{QuotaEnforcementResult, TenantQuota, TenantRuntimeContext, TenantUsage};
 use crate::tenant::{
-    DatabaseProvider, ProvisioningStep, Tenant, TenantConnectionConfig, TenantPlan,
+    DatabaseProvider, ProvisioningStep, Tenant, TenantConnectionConfig, TenantCreated, TenantPlan,
     TenantProvisioningRequest, TenantProvisioningResult, TenantProvisioningStatus, TenantRegion,
 };
 use crate::turso::{
@@ -311,6 +311,8 @@ pub static SPECS: &[SpecEntry] = &[
     ),
     // Contract data with no upstream schema (a TypeScript interface only).
     entry!(IntrospectedSchema, 'C', None, None),
+    // Fleet commands built from upstream types.
+    entry!(TenantCreated, 'B', None, None),
 ];
 
 /// Looks a type up by its upstream name (exact, then case-insensitive).

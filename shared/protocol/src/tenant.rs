@@ -170,6 +170,22 @@ impl Spec for TenantProvisioningRequest {
     const SPEC_NAME: &'static str = "TenantProvisioningRequest";
 }
 
+/// The `tenant.created` command the registration service publishes: the provisioning request's
+/// fields, flat, plus the tenant id (a fleet type; upstream has no schema for it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantCreated {
+    /// The new tenant's id (also the message's `Nats-Msg-Id`).
+    pub tenant_id: TenantId,
+    /// The provisioning request.
+    #[serde(flatten)]
+    pub request: TenantProvisioningRequest,
+}
+
+impl Spec for TenantCreated {
+    const SPEC_NAME: &'static str = "TenantCreated";
+}
+
 /// Output of provisioning (on success or failure).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -312,6 +328,22 @@ mod tests {
             .value;
         assert_eq!((r.plan, r.region), (TenantPlan::Free, TenantRegion::UsEast));
         assert_eq!(r.region.to_string(), "us-east");
+    }
+
+    #[test]
+    fn tenant_created_is_the_request_plus_a_tenant_id() {
+        let doc =
+            json!({"tenantId": "acme", "orgId": "org_42", "plan": "pro", "region": "eu-west"});
+        let checked = parse_value::<TenantCreated>(&doc).unwrap();
+        assert!(checked.warnings.is_empty(), "{:?}", checked.warnings);
+        assert_eq!(checked.value.tenant_id.as_str(), "acme");
+        assert_eq!(checked.value.request.region, TenantRegion::EuWest);
+        let bad = parse_value::<TenantCreated>(&json!({"tenantId": "Acme Inc", "orgId": "o"}))
+            .unwrap_err();
+        assert_eq!(
+            bad.errors().next().unwrap().code.as_deref(),
+            Some("invalid_tenant_id")
+        );
     }
 
     #[test]

@@ -29,6 +29,22 @@ use serde_json::{Map, Value};
 
 use crate::deploy::{DeployValidationIssue, DeployValidationResult, IssueSeverity};
 
+/// Code of the issue raised when a tenant id breaks the fleet's (stricter than upstream) rule.
+pub const FLEET_TENANT_ID_CODE: &str = "invalid_tenant_id";
+
+/// Codes of the fleet's own rules, which go beyond upstream's: a document upstream accepts may
+/// still get these (and only these) errors.
+pub const FLEET_RULE_CODES: &[&str] = &[
+    FLEET_TENANT_ID_CODE,
+    "missing_reference",
+    "unknown_reference",
+    "duplicate_name",
+    "name_mismatch",
+    "unknown_field",
+    "reserved_name",
+    "empty_index",
+];
+
 /// A list of validation issues.
 pub type DeployValidationIssueList = Vec<DeployValidationIssue>;
 
@@ -449,6 +465,14 @@ fn shape_issues<T: Spec>(input: &Value) -> Vec<DeployValidationIssue> {
                 at(None),
                 "invalid_value",
                 format!("expected {expected_value}, received {received}"),
+            ),
+            Kind::Pattern { pattern } if pattern == crate::ids::TENANT_ID_PATTERN => (
+                IssueSeverity::Error,
+                at(None),
+                FLEET_TENANT_ID_CODE,
+                format!(
+                    "{received} is not a fleet tenant id (1-48 lowercase letters, digits or inner dashes)"
+                ),
             ),
             Kind::Pattern { pattern } => (
                 IssueSeverity::Error,

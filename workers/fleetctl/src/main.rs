@@ -1,1 +1,29 @@
-fn main() {}
+//! `fleetctl`, the operator's CLI. Thin: parse the command line, run the command, turn its
+//! outcome into an exit code (0 ok, 1 the input is invalid, 2 the command could not run).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod cli;
+mod schema_cmd;
+mod validate_cmd;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cli::run(cli) {
+        Ok(code) => code,
+        // A closed pipe (`fleetctl schema list | head`) is not a failure.
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("fleetctl: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+}

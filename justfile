@@ -1,0 +1,47 @@
+# ObjectOS Fleet — the only commands a newcomer needs.
+# `just demo` runs the main job on the embedded default; `just test` runs everything CI runs.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# Pinned versions, in one place.
+nats_version := "2.15.1"
+spec_version := "4.0.1"
+zod_version := "4.3.6"
+
+export FLEET_HOME := justfile_directory() / ".fleet"
+export FLEET_SPEC_DIR := justfile_directory() / "target/spec-fixtures/spec-" + spec_version / "package"
+
+# List the recipes.
+default:
+    @just --list
+
+# Install what the fleet needs locally: the pinned nats-server and the upstream spec fixtures.
+setup: nats-server spec-fixtures
+
+# The pinned nats-server in .fleet/bin (unless a nats-server >= 2.10 is already on PATH).
+nats-server:
+    scripts/install-nats-server.sh {{nats_version}}
+
+# @objectstack/spec (npm pack, cached in target/) plus the zod runtime its dist/ needs.
+spec-fixtures:
+    scripts/spec-fixtures.sh {{spec_version}} {{zod_version}}
+
+# Format check, clippy with -D warnings, then every test (needs `just setup`).
+test: setup
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+    cargo test --workspace
+
+# Format the code.
+fmt:
+    cargo fmt --all
+
+# Format check and clippy only.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# The main job on the embedded default (local nats-server, local libSQL files).
+demo: setup
+    cargo build --quiet -p fleetctl
+    scripts/demo.sh

@@ -1,0 +1,63 @@
+//! The command tree and its dispatch.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::{schema_cmd, validate_cmd};
+
+/// Operate the ObjectOS Fleet.
+#[derive(Debug, Parser)]
+#[command(name = "fleetctl", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a document against an ObjectStack protocol type; print it normalized.
+    ///
+    /// Exit 0 and the normalized JSON (upstream defaults applied) when valid; exit 1 and every
+    /// issue as `path: message (code)` when invalid; exit 2 when the file cannot be read or is
+    /// not JSON.
+    Validate {
+        /// The upstream schema name (DeployBundle, Tenant, TursoMultiTenantConfig, …); see
+        /// `fleetctl schema list`.
+        type_name: String,
+        /// The JSON file, or `-` for standard input.
+        file: PathBuf,
+    },
+    /// The protocol's JSON Schemas.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+    /// Print the effective configuration (defaults, config files, FLEET_* environment).
+    Config,
+}
+
+#[derive(Debug, Subcommand)]
+enum SchemaCommand {
+    /// List every protocol type with its upstream schema file.
+    List,
+    /// Write one JSON Schema file per type into a folder.
+    Export {
+        /// Destination folder (created when missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate { type_name, file } => validate_cmd::run(&type_name, &file),
+        Command::Schema(SchemaCommand::List) => schema_cmd::list(),
+        Command::Schema(SchemaCommand::Export { out }) => schema_cmd::export(&out),
+        Command::Config => {
+            let config = fleet_config::Config::load()?;
+            println!("{}", serde_json::to_string_pretty(&config)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
