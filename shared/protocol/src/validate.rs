@@ -317,12 +317,13 @@ fn strip_null(map: &mut Map<String, Value>) {
         if let Some(Value::Array(options)) = map.get_mut(keyword) {
             let before = options.len();
             options.retain(|v| !is_null_schema(v) && v.get("const") != Some(&Value::Null));
-            if options.len() == 1 && before > 1 {
-                if let Some(Value::Object(single)) = options.pop() {
-                    map.remove(keyword);
-                    for (k, v) in single {
-                        map.entry(k).or_insert(v);
-                    }
+            if options.len() == 1
+                && before > 1
+                && let Some(Value::Object(single)) = options.pop()
+            {
+                map.remove(keyword);
+                for (k, v) in single {
+                    map.entry(k).or_insert(v);
                 }
             }
         }
