@@ -30,7 +30,7 @@ spec-fixtures:
 test: setup
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
-    cargo test --workspace
+    cargo test --workspace -- --show-output
 
 # Format the code.
 fmt:
