@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 
-/// The real `fleetctl` binary (built by `cargo test --workspace`, as `just test` runs it), run
-/// from the workspace root with the shipped config.
+/// The real `fleetctl` binary (cargo builds it for this integration test), run from the
+/// workspace root with the shipped config.
 pub fn fleetctl() -> Command {
-    let mut cmd = Command::cargo_bin("fleetctl").expect("fleetctl is built");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetctl"));
     cmd.current_dir(workspace_root())
         .env_remove("FLEET_ENV")
         .env_remove("FLEET_CONFIG_DIR");
@@ -20,8 +20,5 @@ pub fn fleetctl() -> Command {
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
