@@ -7,6 +7,9 @@
 //! `stateMachines` and `actions` — are carried as opaque JSON: they are kept and passed through
 //! unchanged, but not validated here and their inner defaults are not filled in.
 //!
+//! One fleet extension: `renamedFrom` on an object or a field names what it was called before,
+//! making a rename explicit (upstream would strip the key; the fleet keeps it).
+//!
 //! Upstream 4.0.1 publishes no JSON Schema for `Object` (only its Zod runtime); `Field`,
 //! `FieldType`, `Index` and `SelectOption` have one.
 
@@ -526,6 +529,11 @@ pub struct Field {
     /// External id for upserts.
     #[serde(default)]
     pub external_id: bool,
+    /// Fleet extension (not upstream): the field's previous name, when this field is a rename of
+    /// it. Renames are never guessed from a drop plus an add; this hint makes one explicit, so
+    /// the column is renamed and its values kept. Remove the hint once every tenant has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renamed_from: Option<FieldName>,
 }
 
 /// Cache configuration of a computed field.
@@ -813,6 +821,10 @@ pub struct ObjectDefinition {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 5))]
     pub key_prefix: Option<String>,
+    /// Fleet extension (not upstream): the object's previous name, when this object is a rename
+    /// of it; its table is renamed and its rows kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renamed_from: Option<ObjectName>,
     /// Actions (opaque to the fleet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<Vec<serde_json::Map<String, Value>>>")]

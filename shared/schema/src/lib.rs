@@ -1,0 +1,141 @@
+//! The schema engine: bring a tenant's libSQL database from the schema it has to the schema its
+//! ObjectStack metadata describes, safely and keeping every row.
+//!
+//! `objects` —[`desired::desired_schema`]→ desired [`Schema`]; the database
+//! —[`introspect::introspect`]→ current [`Schema`]; both —[`diff::diff`]→ [`Change`]s
+//! —[`plan::plan`] (with [`facts`] about the rows)→ upstream `DeployDiff` + `MigrationPlan`
+//! —[`apply::apply_plan`]→ applied in one transaction. Re-planning after an apply yields an
+//! empty plan. [`plan_database`] and [`migrate`] run the whole pipeline.
+//!
+//! # Mapping (SQLite dialect)
+//!
+//! Every object (except `abstract` ones) is a table named `tableName`, else
+//! `{namespace}_{name}`, else `name`, with three system columns:
+//! `id TEXT NOT NULL PRIMARY KEY`, `created_at` and `updated_at` (`TEXT NOT NULL`, default: the
+//! insert time as RFC 3339 UTC). Each field is a column named `columnName`, else its key:
+//!
+//! | field type | column |
+//! |---|---|
+//! | text, textarea, email, url, phone, password, markdown, html, richtext, code, color, signature, qrcode, select, radio, autonumber | `TEXT` |
+//! | date, datetime, time | `TEXT` (ISO 8601) |
+//! | image, file, avatar, video, audio | `TEXT` (a reference to the stored file) |
+//! | number, currency, percent, rating, slider, progress | `REAL` |
+//! | boolean, toggle | `INTEGER` (0/1) |
+//! | json, multiselect, checkboxes, tags, location, address, vector | `TEXT` holding JSON |
+//! | any field with `multiple: true` | `TEXT` holding a JSON array (no foreign key) |
+//! | lookup, master_detail, tree | `TEXT REFERENCES <target table> (id) ON DELETE …` |
+//! | formula, summary | no column (computed) |
+//!
+//! - `deleteBehavior`: `set_null` → `SET NULL`, `cascade` → `CASCADE`, `restrict` → `RESTRICT`;
+//!   a *required* reference cannot be set to NULL, so there `set_null` becomes `RESTRICT`.
+//! - `required` → `NOT NULL`. Where existing rows have no value, a `defaultValue` fills them;
+//!   without one those rows would be deleted, which is a destructive change (see below).
+//! - `defaultValue` → `DEFAULT` literal: strings quoted, numbers as numbers, booleans 1/0,
+//!   arrays and objects as JSON text, `null` = no default.
+//! - `unique` → unique index `uq_<table>_<column>`; `index` → index `ix_<table>_<column>`.
+//! - object `indexes` → an index per entry (`name`, else `ix_`/`uq_<table>_<columns>`), unique
+//!   when `unique`; every SQLite index is a B-tree, and `partial` is refused (its condition
+//!   would be SQL from unvalidated text).
+//!
+//! # Renames
+//!
+//! Never guessed: a field or object that disappears while another appears is a drop plus an
+//! add. `renamedFrom: "<old name>"` on a field or object (a fleet extension of the upstream
+//! metadata) makes a rename explicit; the column or table is renamed and its data kept.
+//!
+//! # Safety
+//!
+//! Identifiers must be snake_case ASCII, at most 63 characters, not an SQL keyword, not
+//! `sqlite_…`/`_fleet_…` ([`sql::check_identifier`]), and are always quoted. Removing an object
+//! or field, narrowing a type (anything but INTEGER→REAL and numbers→TEXT), and making a column
+//! required over rows without a value are destructive: planning refuses them, listing what would
+//! be lost, unless the caller allows destructive changes. A new unique index over duplicated
+//! values is refused in any case. Tables named `_fleet_…` (the fleet's own) are never touched.
+
+pub mod apply;
+pub mod desired;
+pub mod diff;
+pub mod facts;
+pub mod introspect;
+pub mod model;
+pub mod plan;
+pub mod sql;
+
+use std::path::Path;
+use std::time::Duration;
+
+use fleet_protocol::ObjectDefinition;
+use fleet_protocol::contracts::MigrationApplyResult;
+use libsql::Connection;
+
+pub use apply::{ApplyError, apply_plan};
+pub use desired::{DesiredSchemaError, desired_schema};
+pub use diff::{Change, diff};
+pub use introspect::{IntrospectError, introspect};
+pub use model::{Column, ColumnType, Index, Schema, Table};
+pub use plan::{DataFacts, Loss, PlanError, PlanOptions, Planned, plan, rollback_plan};
+
+/// Why the schema engine could not plan or apply.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// The database could not be opened.
+    #[error("cannot open {path}: {source}")]
+    Open {
+        /// The database path.
+        path: String,
+        /// The database error.
+        #[source]
+        source: libsql::Error,
+    },
+    /// The objects do not describe a valid schema.
+    #[error(transparent)]
+    Desired(#[from] DesiredSchemaError),
+    /// The live schema could not be read.
+    #[error(transparent)]
+    Introspect(#[from] IntrospectError),
+    /// No acceptable plan exists.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The plan did not apply (the database is unchanged).
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+/// Opens (creating if needed) a local libSQL database file with a busy timeout, so a migration
+/// waits for a concurrent writer instead of failing.
+pub async fn open_local(path: &Path) -> Result<Connection, SchemaError> {
+    let open = |source| SchemaError::Open {
+        path: path.display().to_string(),
+        source,
+    };
+    let db = libsql::Builder::new_local(path)
+        .build()
+        .await
+        .map_err(open)?;
+    let conn = db.connect().map_err(open)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(open)?;
+    Ok(conn)
+}
+
+/// Introspects `conn`, and plans the migration to `objects`.
+pub async fn plan_database(
+    conn: &Connection,
+    objects: &[ObjectDefinition],
+    options: PlanOptions,
+) -> Result<Planned, SchemaError> {
+    let desired = desired_schema(objects)?;
+    let current = introspect(conn).await?;
+    let facts = facts::collect_facts(conn, &current, &desired).await?;
+    Ok(plan(&current, &desired, &facts, options)?)
+}
+
+/// Plans and applies the migration of `conn` to `objects`.
+pub async fn migrate(
+    conn: &Connection,
+    objects: &[ObjectDefinition],
+    options: PlanOptions,
+) -> Result<(Planned, MigrationApplyResult), SchemaError> {
+    let planned = plan_database(conn, objects, options).await?;
+    let result = apply_plan(conn, &planned.plan).await?;
+    Ok((planned, result))
+}

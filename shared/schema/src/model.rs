@@ -1,0 +1,271 @@
+//! The schema model both sides of a diff are expressed in: what the metadata wants
+//! ([`crate::desired`]) and what a live database has ([`crate::introspect`]).
+//!
+//! It is deliberately small — tables, typed columns, named indexes, column-level foreign keys —
+//! because that is all the fleet creates. Uniqueness is always a named unique index (never a
+//! column constraint), so switching `unique` on or off is a `CREATE/DROP INDEX`, not a rebuild.
+
+use std::collections::BTreeMap;
+
+use fleet_protocol::Timestamp;
+use fleet_protocol::contracts::{
+    IntrospectedColumn, IntrospectedIndex, IntrospectedSchema, IntrospectedTable,
+};
+use serde::Serialize;
+
+/// SQLite storage class of a column (the declared type the fleet writes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum ColumnType {
+    /// `TEXT`.
+    Text,
+    /// `REAL`.
+    Real,
+    /// `INTEGER`.
+    Integer,
+    /// `BLOB`.
+    Blob,
+}
+
+impl ColumnType {
+    /// The declared type as written in DDL.
+    pub fn sql(self) -> &'static str {
+        match self {
+            Self::Text => "TEXT",
+            Self::Real => "REAL",
+            Self::Integer => "INTEGER",
+            Self::Blob => "BLOB",
+        }
+    }
+
+    /// The storage class of a declared type, by SQLite's affinity rules (§3.1 of "Datatypes In
+    /// SQLite"), so tables the fleet did not create are read sensibly too.
+    pub fn from_declared(declared: &str) -> Self {
+        let upper = declared.to_ascii_uppercase();
+        if upper.contains("INT") {
+            Self::Integer
+        } else if upper.contains("CHAR") || upper.contains("CLOB") || upper.contains("TEXT") {
+            Self::Text
+        } else if upper.is_empty() || upper.contains("BLOB") {
+            Self::Blob
+        } else {
+            Self::Real
+        }
+    }
+
+    /// Whether every value of `self` is representable in `to` without losing meaning
+    /// (INTEGER → REAL, anything numeric → TEXT). Any other change narrows the type.
+    pub fn widens_to(self, to: Self) -> bool {
+        self == to
+            || matches!(
+                (self, to),
+                (Self::Integer, Self::Real) | (Self::Integer | Self::Real, Self::Text)
+            )
+    }
+}
+
+/// What happens to referencing rows when the referenced row is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum OnDelete {
+    /// `SET NULL`.
+    SetNull,
+    /// `CASCADE`.
+    Cascade,
+    /// `RESTRICT`.
+    Restrict,
+    /// `NO ACTION` (SQLite's default; the fleet never writes it).
+    NoAction,
+}
+
+impl OnDelete {
+    /// As written in DDL and reported by `pragma foreign_key_list`.
+    pub fn sql(self) -> &'static str {
+        match self {
+            Self::SetNull => "SET NULL",
+            Self::Cascade => "CASCADE",
+            Self::Restrict => "RESTRICT",
+            Self::NoAction => "NO ACTION",
+        }
+    }
+
+    /// Parses `pragma foreign_key_list`'s `on_delete`.
+    pub fn from_sql(text: &str) -> Self {
+        match text.to_ascii_uppercase().as_str() {
+            "SET NULL" => Self::SetNull,
+            "CASCADE" => Self::Cascade,
+            "RESTRICT" => Self::Restrict,
+            _ => Self::NoAction,
+        }
+    }
+}
+
+/// A column's foreign key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct ForeignKey {
+    /// Referenced table.
+    pub table: String,
+    /// Referenced column (always `id` for the fleet's own tables).
+    pub column: String,
+    /// Delete behaviour.
+    pub on_delete: OnDelete,
+}
+
+/// One column.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Column {
+    /// Column name.
+    pub name: String,
+    /// Storage class.
+    #[serde(rename = "type")]
+    pub column_type: ColumnType,
+    /// `NOT NULL`.
+    pub not_null: bool,
+    /// Primary key.
+    pub primary_key: bool,
+    /// Default, as SQLite reports it (a literal, or an expression without its parentheses).
+    pub default_sql: Option<String>,
+    /// Foreign key.
+    pub references: Option<ForeignKey>,
+    /// Desired side only: the column's previous name (an explicit rename).
+    #[serde(skip)]
+    pub renamed_from: Option<String>,
+}
+
+impl Column {
+    /// Whether the physical definitions are equal (rename hints aside).
+    pub fn same_definition(&self, other: &Column) -> bool {
+        self.column_type == other.column_type
+            && self.not_null == other.not_null
+            && self.primary_key == other.primary_key
+            && self.default_sql == other.default_sql
+            && self.references == other.references
+    }
+}
+
+/// One index.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Index {
+    /// Index name (unique in the database).
+    pub name: String,
+    /// Indexed columns, in order.
+    pub columns: Vec<String>,
+    /// `UNIQUE`.
+    pub unique: bool,
+}
+
+/// One table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Table {
+    /// Table name.
+    pub name: String,
+    /// Columns, in table order.
+    pub columns: Vec<Column>,
+    /// Indexes, sorted by name.
+    pub indexes: Vec<Index>,
+    /// Desired side only: the table's previous name (an explicit rename).
+    #[serde(skip)]
+    pub renamed_from: Option<String>,
+}
+
+impl Table {
+    /// The column named `name`.
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// The index named `name`.
+    pub fn index(&self, name: &str) -> Option<&Index> {
+        self.indexes.iter().find(|i| i.name == name)
+    }
+
+    /// Whether the physical definitions are equal (column order and rename hints aside).
+    pub fn same_definition(&self, other: &Table) -> bool {
+        self.columns.len() == other.columns.len()
+            && self
+                .columns
+                .iter()
+                .all(|c| other.column(&c.name).is_some_and(|o| c.same_definition(o)))
+            && self.indexes == other.indexes
+    }
+}
+
+/// A database schema: its tables by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Schema {
+    /// Tables by name.
+    pub tables: BTreeMap<String, Table>,
+}
+
+impl Schema {
+    /// Whether both schemas define the same tables, columns, indexes and keys.
+    pub fn same_definition(&self, other: &Schema) -> bool {
+        self.tables.len() == other.tables.len()
+            && self
+                .tables
+                .iter()
+                .all(|(name, t)| other.tables.get(name).is_some_and(|o| t.same_definition(o)))
+    }
+
+    /// The upstream `IntrospectedSchema` shape of this schema.
+    pub fn to_introspected(&self) -> IntrospectedSchema {
+        let tables = self
+            .tables
+            .iter()
+            .map(|(name, table)| {
+                let columns = table
+                    .columns
+                    .iter()
+                    .map(|c| IntrospectedColumn {
+                        name: c.name.clone(),
+                        sql_type: c.column_type.sql().to_owned(),
+                        nullable: !c.not_null,
+                        default_value: c.default_sql.clone(),
+                        primary_key: c.primary_key,
+                    })
+                    .collect();
+                let indexes = table
+                    .indexes
+                    .iter()
+                    .map(|i| IntrospectedIndex {
+                        name: i.name.clone(),
+                        columns: i.columns.clone(),
+                        unique: i.unique,
+                    })
+                    .collect();
+                (
+                    name.clone(),
+                    IntrospectedTable {
+                        name: name.clone(),
+                        columns,
+                        indexes,
+                    },
+                )
+            })
+            .collect();
+        IntrospectedSchema {
+            tables,
+            dialect: "sqlite".to_owned(),
+            introspected_at: Timestamp::now(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn affinity_rules_classify_foreign_declared_types() {
+        assert_eq!(ColumnType::from_declared("varchar(20)"), ColumnType::Text);
+        assert_eq!(ColumnType::from_declared("BIGINT"), ColumnType::Integer);
+        assert_eq!(ColumnType::from_declared("DOUBLE"), ColumnType::Real);
+        assert_eq!(ColumnType::from_declared(""), ColumnType::Blob);
+    }
+
+    #[test]
+    fn widening_is_integer_to_real_and_numbers_to_text() {
+        assert!(ColumnType::Integer.widens_to(ColumnType::Real));
+        assert!(ColumnType::Real.widens_to(ColumnType::Text));
+        assert!(!ColumnType::Text.widens_to(ColumnType::Real));
+        assert!(!ColumnType::Real.widens_to(ColumnType::Integer));
+    }
+}

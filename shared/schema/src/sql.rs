@@ -1,0 +1,329 @@
+//! SQL text: identifier rules and quoting, literals, and DDL for the [`crate::model`] types.
+//!
+//! No SQL is built from text that has not passed [`check_identifier`]; every identifier is
+//! additionally double-quoted, and every value is rendered by [`literal`].
+
+use serde_json::Value;
+
+use crate::model::{Column, Index, Table};
+
+/// Longest identifier the fleet accepts.
+pub const MAX_IDENTIFIER_LEN: usize = 63;
+
+/// Prefix of the fleet's own tables (metadata registry, deployments, rebuild scratch tables);
+/// objects may not use it, and schema diffs ignore such tables.
+pub const FLEET_TABLE_PREFIX: &str = "_fleet_";
+
+/// SQLite's keywords (sqlite.org/lang_keywords.html) and its rowid aliases: rejected as names
+/// even though the fleet always quotes, so that hand-written SQL against tenant databases never
+/// trips over them.
+pub const RESERVED_WORDS: &[&str] = &[
+    "abort",
+    "action",
+    "add",
+    "after",
+    "all",
+    "alter",
+    "always",
+    "analyze",
+    "and",
+    "as",
+    "asc",
+    "attach",
+    "autoincrement",
+    "before",
+    "begin",
+    "between",
+    "by",
+    "cascade",
+    "case",
+    "cast",
+    "check",
+    "collate",
+    "column",
+    "commit",
+    "conflict",
+    "constraint",
+    "create",
+    "cross",
+    "current",
+    "current_date",
+    "current_time",
+    "current_timestamp",
+    "database",
+    "default",
+    "deferrable",
+    "deferred",
+    "delete",
+    "desc",
+    "detach",
+    "distinct",
+    "do",
+    "drop",
+    "each",
+    "else",
+    "end",
+    "escape",
+    "except",
+    "exclude",
+    "exclusive",
+    "exists",
+    "explain",
+    "fail",
+    "filter",
+    "first",
+    "following",
+    "for",
+    "foreign",
+    "from",
+    "full",
+    "generated",
+    "glob",
+    "group",
+    "groups",
+    "having",
+    "if",
+    "ignore",
+    "immediate",
+    "in",
+    "index",
+    "indexed",
+    "initially",
+    "inner",
+    "insert",
+    "instead",
+    "intersect",
+    "into",
+    "is",
+    "isnull",
+    "join",
+    "key",
+    "last",
+    "left",
+    "like",
+    "limit",
+    "match",
+    "materialized",
+    "natural",
+    "no",
+    "not",
+    "nothing",
+    "notnull",
+    "null",
+    "nulls",
+    "of",
+    "offset",
+    "on",
+    "or",
+    "order",
+    "others",
+    "outer",
+    "over",
+    "partition",
+    "plan",
+    "pragma",
+    "preceding",
+    "primary",
+    "query",
+    "raise",
+    "range",
+    "recursive",
+    "references",
+    "regexp",
+    "reindex",
+    "release",
+    "rename",
+    "replace",
+    "restrict",
+    "returning",
+    "right",
+    "rollback",
+    "row",
+    "rows",
+    "savepoint",
+    "select",
+    "set",
+    "table",
+    "temp",
+    "temporary",
+    "then",
+    "ties",
+    "to",
+    "transaction",
+    "trigger",
+    "unbounded",
+    "union",
+    "unique",
+    "update",
+    "using",
+    "vacuum",
+    "values",
+    "view",
+    "virtual",
+    "when",
+    "where",
+    "window",
+    "with",
+    "without",
+    "rowid",
+    "oid",
+    "_rowid_",
+];
+
+/// Checks a table, column or index name: snake_case ASCII (`^[a-z_][a-z0-9_]*$`), at most
+/// [`MAX_IDENTIFIER_LEN`] characters, not a reserved word, not `sqlite_…` or `_fleet_…`.
+/// Returns the reason when it is refused.
+pub fn check_identifier(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let well_formed = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !well_formed {
+        return Err(format!(
+            "{name:?} is not snake_case ASCII (^[a-z_][a-z0-9_]*$)"
+        ));
+    }
+    if name.len() > MAX_IDENTIFIER_LEN {
+        return Err(format!(
+            "{name:?} is longer than {MAX_IDENTIFIER_LEN} characters"
+        ));
+    }
+    if RESERVED_WORDS.contains(&name) {
+        return Err(format!("{name:?} is an SQL keyword"));
+    }
+    if name.starts_with("sqlite_") || name.starts_with(FLEET_TABLE_PREFIX) {
+        return Err(format!(
+            "{name:?} uses a prefix reserved for the database or the fleet"
+        ));
+    }
+    Ok(())
+}
+
+/// `"name"`, with embedded quotes doubled (names reaching here are already checked; quoting
+/// is the second line of defence, and what makes introspected foreign names safe).
+pub fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `'text'`, with embedded quotes doubled.
+pub fn quote_text(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// A JSON value as an SQL literal for a column default; `None` for `null` (no default).
+/// Booleans become 1/0, numbers stay numbers, arrays and objects become their JSON text.
+pub fn literal(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::Bool(b) => Some(if *b { "1" } else { "0" }.to_owned()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::String(s) => Some(quote_text(s)),
+        other => Some(quote_text(&other.to_string())),
+    }
+}
+
+/// Whether a default as SQLite reports it is a plain literal (writable without parentheses,
+/// as `ALTER TABLE … ADD COLUMN` requires).
+pub fn is_literal(default_sql: &str) -> bool {
+    default_sql.starts_with('\'')
+        || default_sql.eq_ignore_ascii_case("null")
+        || default_sql.parse::<f64>().is_ok()
+        || (default_sql.starts_with("X'") || default_sql.starts_with("x'"))
+}
+
+/// A column definition as in `CREATE TABLE` / `ADD COLUMN`.
+pub fn column_definition(column: &Column) -> String {
+    let mut sql = format!("{} {}", quote(&column.name), column.column_type.sql());
+    if column.not_null {
+        sql.push_str(" NOT NULL");
+    }
+    if column.primary_key {
+        sql.push_str(" PRIMARY KEY");
+    }
+    if let Some(default) = &column.default_sql {
+        if is_literal(default) {
+            sql.push_str(&format!(" DEFAULT {default}"));
+        } else {
+            sql.push_str(&format!(" DEFAULT ({default})"));
+        }
+    }
+    if let Some(fk) = &column.references {
+        sql.push_str(&format!(
+            " REFERENCES {} ({}) ON DELETE {}",
+            quote(&fk.table),
+            quote(&fk.column),
+            fk.on_delete.sql()
+        ));
+    }
+    sql
+}
+
+/// `CREATE TABLE` for `table` under `name` (the table's own name, or a rebuild's scratch name).
+pub fn create_table(name: &str, table: &Table) -> String {
+    let columns: Vec<String> = table.columns.iter().map(column_definition).collect();
+    format!("CREATE TABLE {} ({})", quote(name), columns.join(", "))
+}
+
+/// `CREATE [UNIQUE] INDEX`.
+pub fn create_index(table: &str, index: &Index) -> String {
+    let columns: Vec<String> = index.columns.iter().map(|c| quote(c)).collect();
+    format!(
+        "CREATE {}INDEX {} ON {} ({})",
+        if index.unique { "UNIQUE " } else { "" },
+        quote(&index.name),
+        quote(table),
+        columns.join(", ")
+    )
+}
+
+/// `DROP INDEX`.
+pub fn drop_index(index: &Index) -> String {
+    format!("DROP INDEX {}", quote(&index.name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn hostile_identifiers_are_refused() {
+        for bad in [
+            "a\"b",
+            "a;drop table x",
+            "Account",
+            "order",
+            "select",
+            "rowid",
+            "sqlite_master",
+            "_fleet_registry",
+            "ac\u{0441}ount",
+            "a b",
+            "",
+            "1abc",
+            "a-b",
+        ] {
+            assert!(check_identifier(bad).is_err(), "{bad:?} must be refused");
+        }
+        check_identifier("account").unwrap();
+        check_identifier("_private").unwrap();
+        assert!(check_identifier(&"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn quoting_doubles_embedded_quotes() {
+        assert_eq!(quote("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_text("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn literals_render_json_values() {
+        assert_eq!(literal(&json!("o'k")).as_deref(), Some("'o''k'"));
+        assert_eq!(literal(&json!(true)).as_deref(), Some("1"));
+        assert_eq!(literal(&json!(1.5)).as_deref(), Some("1.5"));
+        assert_eq!(literal(&json!(["a"])).as_deref(), Some("'[\"a\"]'"));
+        assert_eq!(literal(&json!(null)), None);
+        assert!(is_literal("'x'") && is_literal("-1") && !is_literal("strftime('%s','now')"));
+    }
+}

@@ -1,0 +1,487 @@
+//! One test per change kind: the schema after apply (by introspection) and the rows (by query).
+
+use fleet_schema::{PlanError, SchemaError};
+use libsql::Value;
+use serde_json::json;
+
+use crate::TestDb;
+
+fn text(s: &str) -> Value {
+    Value::Text(s.to_owned())
+}
+
+fn is_destructive(result: Result<fleet_schema::Planned, SchemaError>) -> Vec<String> {
+    match result {
+        Err(SchemaError::Plan(PlanError::Destructive { losses, .. })) => {
+            losses.into_iter().map(|l| l.entity).collect()
+        }
+        other => panic!("expected a destructive refusal, got {other:?}"),
+    }
+}
+
+async fn crm() -> TestDb {
+    let db = TestDb::new().await;
+    db.migrate(
+        &json!([
+            {"name": "account", "fields": {"name": {"type": "text", "required": true}, "rating": {"type": "number"}}},
+            {"name": "contact", "fields": {"email": {"type": "email"}, "account": {"type": "lookup", "reference": "account"}}}
+        ]),
+        false,
+    )
+    .await
+    .unwrap();
+    db.exec("INSERT INTO account (id, name, rating) VALUES ('a1', 'Acme', 4.5), ('a2', 'Globex', NULL);
+             INSERT INTO contact (id, email, account) VALUES ('c1', 'x@acme.example', 'a1'), ('c2', NULL, NULL);")
+        .await;
+    db
+}
+
+#[tokio::test]
+async fn add_object_creates_its_table_with_system_columns() {
+    let db = crm().await;
+    db.migrate(
+        &json!([
+            {"name": "account", "fields": {"name": {"type": "text", "required": true}, "rating": {"type": "number"}}},
+            {"name": "contact", "fields": {"email": {"type": "email"}, "account": {"type": "lookup", "reference": "account"}}},
+            {"name": "deal", "namespace": "crm", "fields": {"amount": {"type": "currency"}}}
+        ]),
+        false,
+    )
+    .await
+    .unwrap();
+    db.exec("INSERT INTO crm_deal (id, amount) VALUES ('d1', 10)")
+        .await;
+    let rows = db
+        .rows("SELECT id, amount, created_at IS NOT NULL FROM crm_deal")
+        .await;
+    assert_eq!(
+        rows,
+        vec![vec![text("d1"), Value::Real(10.0), Value::Integer(1)]]
+    );
+}
+
+#[tokio::test]
+async fn drop_object_is_refused_unless_destructive_then_the_table_goes() {
+    let db = crm().await;
+    let only_account = json!([{"name": "account", "fields": {"name": {"type": "text", "required": true}, "rating": {"type": "number"}}}]);
+    assert_eq!(
+        is_destructive(db.migrate(&only_account, false).await),
+        ["contact"]
+    );
+    assert_eq!(
+        db.rows("SELECT count(*) FROM contact").await[0][0],
+        Value::Integer(2),
+        "untouched after refusal"
+    );
+    let planned = db.migrate(&only_account, true).await.unwrap();
+    assert!(planned.diff.has_breaking_changes);
+    assert!(
+        db.rows("SELECT name FROM sqlite_master WHERE name = 'contact'")
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        db.rows("SELECT count(*) FROM account").await[0][0],
+        Value::Integer(2)
+    );
+}
+
+#[tokio::test]
+async fn rename_object_keeps_its_rows() {
+    let db = crm().await;
+    db.migrate(
+        &json!([
+            {"name": "company", "renamedFrom": "account", "fields": {"name": {"type": "text", "required": true}, "rating": {"type": "number"}}},
+            {"name": "contact", "fields": {"email": {"type": "email"}, "account": {"type": "lookup", "reference": "company"}}}
+        ]),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        db.rows("SELECT id, name FROM company ORDER BY id").await,
+        vec![
+            vec![text("a1"), text("Acme")],
+            vec![text("a2"), text("Globex")]
+        ]
+    );
+    assert_eq!(
+        db.rows("SELECT account FROM contact WHERE id = 'c1'").await[0][0],
+        text("a1")
+    );
+}
+
+#[tokio::test]
+async fn add_field_uses_add_column_and_keeps_rows() {
+    let db = crm().await;
+    let planned = db
+        .migrate(
+            &json!([
+                {"name": "account", "fields": {"name": {"type": "text", "required": true}, "rating": {"type": "number"},
+                 "tier": {"type": "select", "required": true, "defaultValue": "basic"}, "website": {"type": "url"}}},
+                {"name": "contact", "fields": {"email": {"type": "email"}, "account": {"type": "lookup", "reference": "account"}}}
+            ]),
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(
+        planned
+            .plan
+            .statements
+            .iter()
+            .all(|s| s.sql.starts_with("ALTER TABLE \"account\" ADD COLUMN")),
+        "{:#?}",
+        planned.plan
+    );
+    assert_eq!(
+        db.rows("SELECT name, tier, website FROM account ORDER BY id")
+            .await[0],
+        vec![text("Acme"), text("basic"), Value::Null]
+    );
+}
+
+#[tokio::test]
+async fn drop_field_is_refused_unless_destructive_and_keeps_other_values() {
+    let db = crm().await;
+    let without_rating = json!([
+        {"name": "account", "fields": {"name": {"type": "text", "required": true}}},
+        {"name": "contact", "fields": {"email": {"type": "email"}, "account": {"type": "lookup", "reference": "account"}}}
+    ]);
+    assert_eq!(
+        is_destructive(db.migrate(&without_rating, false).await),
+        ["account.rating"]
+    );
+    db.migrate(&without_rating, true).await.unwrap();
+    assert_eq!(
+        db.rows("SELECT id, name FROM account ORDER BY id").await[1],
+        vec![text("a2"), text("Globex")]
+    );
+}
+
+#[tokio::test]
+async fn rename_field_keeps_its_values() {
+    let db = crm().await;
+    db.migrate(
+        &json!([
+            {"name": "account", "fields": {"title": {"type": "text", "required": true, "renamedFrom": "name"}, "rating": {"type": "number"}}},
+            {"name": "contact", "fields": {"email": {"type": "email"}, "account": {"type": "lookup", "reference": "account"}}}
+        ]),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        db.rows("SELECT title FROM account ORDER BY id").await,
+        vec![vec![text("Acme")], vec![text("Globex")]]
+    );
+}
+
+#[tokio::test]
+async fn type_change_rebuilds_the_table_narrowing_needs_destructive() {
+    let db = crm().await;
+    // number → text widens: no refusal, values kept as text.
+    let planned = db
+        .migrate(
+            &json!([
+                {"name": "account", "fields": {"name": {"type": "text", "required": true}, "rating": {"type": "text"}}},
+                {"name": "contact", "fields": {"email": {"type": "email"}, "account": {"type": "lookup", "reference": "account"}}}
+            ]),
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(
+        planned.plan.statements[0]
+            .sql
+            .contains("CREATE TABLE \"_fleet_rebuild_account\""),
+        "{:#?}",
+        planned.plan
+    );
+    assert!(planned.plan.reversible, "a lossless rebuild has a rollback");
+    assert_eq!(
+        db.rows("SELECT rating FROM account WHERE id = 'a1'").await[0][0],
+        text("4.5")
+    );
+    // text → number narrows: refused, then accepted.
+    let back = json!([
+        {"name": "account", "fields": {"name": {"type": "text", "required": true}, "rating": {"type": "number"}}},
+        {"name": "contact", "fields": {"email": {"type": "email"}, "account": {"type": "lookup", "reference": "account"}}}
+    ]);
+    assert_eq!(
+        is_destructive(db.migrate(&back, false).await),
+        ["account.rating"]
+    );
+    db.migrate(&back, true).await.unwrap();
+    assert_eq!(
+        db.rows("SELECT rating FROM account WHERE id = 'a1'").await[0][0],
+        Value::Real(4.5)
+    );
+    assert_eq!(
+        db.rows("SELECT count(*) FROM contact WHERE account = 'a1'")
+            .await[0][0],
+        Value::Integer(1),
+        "references survive the rebuild"
+    );
+}
+
+#[tokio::test]
+async fn required_on_fills_from_the_default_or_refuses_then_deletes() {
+    let db = crm().await;
+    let with_default = json!([
+        {"name": "account", "fields": {"name": {"type": "text", "required": true}, "rating": {"type": "number", "required": true, "defaultValue": 0}}},
+        {"name": "contact", "fields": {"email": {"type": "email"}, "account": {"type": "lookup", "reference": "account"}}}
+    ]);
+    db.migrate(&with_default, false).await.unwrap();
+    assert_eq!(
+        db.rows("SELECT rating FROM account ORDER BY id").await,
+        vec![vec![Value::Real(4.5)], vec![Value::Real(0.0)]]
+    );
+
+    let db = crm().await;
+    let no_default = json!([
+        {"name": "account", "fields": {"name": {"type": "text", "required": true}, "rating": {"type": "number"}}},
+        {"name": "contact", "fields": {"email": {"type": "email", "required": true}, "account": {"type": "lookup", "reference": "account"}}}
+    ]);
+    assert_eq!(
+        is_destructive(db.migrate(&no_default, false).await),
+        ["contact.email"]
+    );
+    db.migrate(&no_default, true).await.unwrap();
+    assert_eq!(
+        db.rows("SELECT id FROM contact").await,
+        vec![vec![text("c1")]],
+        "the row without a value is gone"
+    );
+
+    // required off is never destructive.
+    db.migrate(
+        &json!([
+            {"name": "account", "fields": {"name": {"type": "text"}, "rating": {"type": "number"}}},
+            {"name": "contact", "fields": {"email": {"type": "email"}, "account": {"type": "lookup", "reference": "account"}}}
+        ]),
+        false,
+    )
+    .await
+    .unwrap();
+    db.exec("INSERT INTO account (id) VALUES ('a3')").await;
+}
+
+#[tokio::test]
+async fn unique_on_and_off_is_an_index_and_duplicates_are_a_conflict() {
+    let db = crm().await;
+    let unique_name = json!([
+        {"name": "account", "fields": {"name": {"type": "text", "required": true, "unique": true}, "rating": {"type": "number"}}},
+        {"name": "contact", "fields": {"email": {"type": "email"}, "account": {"type": "lookup", "reference": "account"}}}
+    ]);
+    let planned = db.migrate(&unique_name, false).await.unwrap();
+    assert_eq!(planned.plan.statements.len(), 1);
+    assert!(
+        db.conn
+            .execute("INSERT INTO account (id, name) VALUES ('a9', 'Acme')", ())
+            .await
+            .is_err(),
+        "unique is enforced"
+    );
+    db.migrate(
+        &json!([
+            {"name": "account", "fields": {"name": {"type": "text", "required": true}, "rating": {"type": "number"}}},
+            {"name": "contact", "fields": {"email": {"type": "email"}, "account": {"type": "lookup", "reference": "account"}}}
+        ]),
+        false,
+    )
+    .await
+    .unwrap();
+    db.exec("INSERT INTO account (id, name) VALUES ('a9', 'Acme')")
+        .await;
+    match db.migrate(&unique_name, true).await {
+        Err(SchemaError::Plan(PlanError::Conflicts { conflicts })) => {
+            assert_eq!(conflicts[0].entity, "uq_account_name")
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn index_add_and_drop() {
+    let db = crm().await;
+    let indexed = json!([
+        {"name": "account", "fields": {"name": {"type": "text", "required": true}, "rating": {"type": "number"}},
+         "indexes": [{"fields": ["rating", "name"]}, {"name": "account_by_name", "fields": ["name"], "unique": true}]},
+        {"name": "contact", "fields": {"email": {"type": "email", "index": true}, "account": {"type": "lookup", "reference": "account"}}}
+    ]);
+    db.migrate(&indexed, false).await.unwrap();
+    let names = db.rows("SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY name").await;
+    assert_eq!(
+        names,
+        vec![
+            vec![text("account_by_name")],
+            vec![text("ix_account_rating_name")],
+            vec![text("ix_contact_email")]
+        ]
+    );
+    db.migrate(
+        &json!([
+            {"name": "account", "fields": {"name": {"type": "text", "required": true}, "rating": {"type": "number"}}},
+            {"name": "contact", "fields": {"email": {"type": "email"}, "account": {"type": "lookup", "reference": "account"}}}
+        ]),
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(
+        db.rows("SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%'")
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn lookup_add_and_drop() {
+    let db = crm().await;
+    let with_owner = json!([
+        {"name": "account", "fields": {"name": {"type": "text", "required": true}, "rating": {"type": "number"},
+         "parent": {"type": "lookup", "reference": "account", "deleteBehavior": "cascade"}}},
+        {"name": "contact", "fields": {"email": {"type": "email"}, "account": {"type": "lookup", "reference": "account"}}}
+    ]);
+    db.migrate(&with_owner, false).await.unwrap();
+    db.exec("UPDATE account SET parent = 'a1' WHERE id = 'a2'")
+        .await;
+    assert!(
+        db.conn
+            .execute("UPDATE account SET parent = 'nope' WHERE id = 'a1'", ())
+            .await
+            .is_err(),
+        "the key is enforced"
+    );
+    let without = json!([
+        {"name": "account", "fields": {"name": {"type": "text", "required": true}, "rating": {"type": "number"}}},
+        {"name": "contact", "fields": {"email": {"type": "email"}}}
+    ]);
+    let planned = db.migrate(&without, true).await.unwrap();
+    assert!(
+        planned
+            .plan
+            .statements
+            .iter()
+            .any(|s| s.sql.contains("_fleet_rebuild_contact")),
+        "dropping a key column rebuilds"
+    );
+    assert_eq!(
+        db.rows("SELECT id, email FROM contact ORDER BY id").await[0],
+        vec![text("c1"), text("x@acme.example")]
+    );
+}
+
+#[tokio::test]
+async fn default_change_rebuilds_and_keeps_rows() {
+    let db = crm().await;
+    db.migrate(
+        &json!([
+            {"name": "account", "fields": {"name": {"type": "text", "required": true}, "rating": {"type": "number", "defaultValue": 3}}},
+            {"name": "contact", "fields": {"email": {"type": "email"}, "account": {"type": "lookup", "reference": "account"}}}
+        ]),
+        false,
+    )
+    .await
+    .unwrap();
+    db.exec("INSERT INTO account (id, name) VALUES ('a3', 'Initech')")
+        .await;
+    assert_eq!(
+        db.rows("SELECT rating FROM account ORDER BY id").await,
+        vec![
+            vec![Value::Real(4.5)],
+            vec![Value::Null],
+            vec![Value::Real(3.0)]
+        ]
+    );
+}
+
+#[tokio::test]
+async fn failing_statement_midway_leaves_the_database_as_it_was() {
+    let db = crm().await;
+    let before = fleet_schema::introspect(&db.conn).await.unwrap();
+    let objects = crate::objects_of(&json!([
+        {"name": "account", "fields": {"name": {"type": "text", "required": true}, "rating": {"type": "text"}, "extra": {"type": "text"}}},
+        {"name": "contact", "fields": {"email": {"type": "email"}, "account": {"type": "lookup", "reference": "account"}}},
+        {"name": "deal", "fields": {"amount": {"type": "number"}}}
+    ]));
+    let mut planned = fleet_schema::plan_database(&db.conn, &objects, Default::default())
+        .await
+        .unwrap();
+    let middle = planned.plan.statements.len() / 2;
+    planned.plan.statements.insert(
+        middle,
+        fleet_protocol::MigrationStatement {
+            sql: "INSERT INTO no_such_table VALUES (1)".into(),
+            reversible: true,
+            rollback_sql: None,
+            order: 0,
+        },
+    );
+    for (i, s) in planned.plan.statements.iter_mut().enumerate() {
+        s.order = i as u64;
+    }
+    let err = fleet_schema::apply_plan(&db.conn, &planned.plan)
+        .await
+        .unwrap_err();
+    assert_eq!(err.failed_at(), Some(middle));
+    let after = fleet_schema::introspect(&db.conn).await.unwrap();
+    assert_eq!(before, after, "schema unchanged");
+    assert_eq!(
+        db.rows("SELECT rating FROM account WHERE id = 'a1'").await[0][0],
+        Value::Real(4.5)
+    );
+    assert_eq!(
+        db.rows("PRAGMA foreign_keys").await[0][0],
+        Value::Integer(1),
+        "foreign keys restored"
+    );
+}
+
+#[tokio::test]
+async fn examples_v1_then_v2_keep_every_row() {
+    let db = TestDb::new().await;
+    let v1 = crate::example_objects("crm-v1.bundle.json");
+    fleet_schema::migrate(&db.conn, &v1, Default::default())
+        .await
+        .unwrap();
+    db.assert_converged(&v1).await;
+    db.exec(
+        "INSERT INTO crm_account (id, name, industry, annual_revenue) VALUES ('a1', 'Acme', 'software', 1000), ('a2', 'Globex', NULL, NULL);
+         INSERT INTO crm_contact (id, first_name, last_name, email, account) VALUES ('c1', 'Ada', 'Lovelace', 'ada@acme.example', 'a1');
+         INSERT INTO crm_opportunity (id, title, amount, probability, account, primary_contact) VALUES ('o1', 'Big deal', 5000, 50, 'a1', 'c1');",
+    )
+    .await;
+    let v2 = crate::example_objects("crm-v2.bundle.json");
+    let (planned, _) = fleet_schema::migrate(&db.conn, &v2, Default::default())
+        .await
+        .unwrap();
+    assert!(
+        planned
+            .plan
+            .statements
+            .iter()
+            .any(|s| s.sql.contains("_fleet_rebuild_")),
+        "v2 needs a rebuild"
+    );
+    db.assert_converged(&crate::strip_renames(&v2)).await;
+    assert_eq!(
+        db.rows("SELECT count(*) FROM crm_account").await[0][0],
+        Value::Integer(2)
+    );
+    assert_eq!(
+        db.rows("SELECT company_name, industry FROM crm_account WHERE id = 'a1'")
+            .await[0],
+        vec![text("Acme"), text("software")]
+    );
+    assert_eq!(
+        db.rows("SELECT title, amount, stage FROM crm_opportunity")
+            .await[0],
+        vec![text("Big deal"), Value::Real(5000.0), text("prospecting")]
+    );
+    assert_eq!(
+        db.rows("SELECT email FROM crm_contact").await[0][0],
+        text("ada@acme.example")
+    );
+}
