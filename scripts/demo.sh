@@ -51,12 +51,43 @@ step "5. The registration service's tenant.created payload, as the provisioner w
 echo '{"tenantId":"acme","orgId":"org_42","plan":"pro","region":"eu-west","displayName":"Acme Inc","adminEmail":"ops@acme.example"}' \
   | "$fleetctl" validate TenantCreated - 2>&1
 
-step "6. The protocol's JSON Schemas, exported"
+step "6. A tenant database on the embedded default (a local libSQL file): CRM v1, some rows"
+tenant_db="$demo/tenants/acme.db"
+mkdir -p "$demo/tenants"
+"$fleetctl" db apply --db "$tenant_db" --bundle examples/crm-v1.bundle.json | tail -1
+python3 - "$tenant_db" <<'PY'
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1])
+c.executescript("""
+INSERT INTO crm_account (id, name, industry, annual_revenue) VALUES ('a1', 'Acme', 'software', 1000), ('a2', 'Globex', NULL, NULL);
+INSERT INTO crm_contact (id, first_name, last_name, email, account) VALUES ('c1', 'Ada', 'Lovelace', 'ada@acme.example', 'a1');
+INSERT INTO crm_opportunity (id, title, amount, stage, account, primary_contact) VALUES ('o1', 'Big deal', 5000, NULL, 'a1', 'c1');
+""")
+c.commit()
+print("inserted 2 accounts, 1 contact, 1 opportunity")
+PY
+
+step "7. CRM v2 planned against it: a renamed field, new fields, a table rebuild"
+"$fleetctl" db plan --db "$tenant_db" --bundle examples/crm-v2.bundle.json --format text
+
+step "8. … applied in one transaction; every row kept"
+"$fleetctl" db apply --db "$tenant_db" --bundle examples/crm-v2.bundle.json | tail -1
+python3 - "$tenant_db" <<'PY'
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1])
+for row in c.execute("SELECT id, company_name, industry FROM crm_account ORDER BY id"):
+    print("  crm_account    ", row)
+for row in c.execute("SELECT id, title, stage FROM crm_opportunity"):
+    print("  crm_opportunity", row)
+PY
+echo "planning v2 again:"
+"$fleetctl" db plan --db "$tenant_db" --bundle examples/crm-v2.bundle.json --format text
+
+step "9. The protocol's JSON Schemas, exported"
 "$fleetctl" schema export --out "$demo/schemas"
 
 step "Coming next"
 cat <<'TXT'
-  - schema engine: introspect / diff / plan / apply on local libSQL files (fleetctl db …)
   - tenant databases: local libSQL, Turso Cloud, memory; the tenant router
   - the JetStream runtime and the provisioner: tenant.created → active tenant in milliseconds
   - the deployer: bundles rolled out to the fleet in waves

@@ -6,6 +6,8 @@
 //! [`Config::validate`] checks every setting and reports all problems at once.
 //! `config/default.toml` documents every setting.
 
+#![deny(missing_docs)]
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 

@@ -52,6 +52,8 @@
 //! be lost, unless the caller allows destructive changes. A new unique index over duplicated
 //! values is refused in any case. Tables named `_fleet_…` (the fleet's own) are never touched.
 
+#![deny(missing_docs)]
+
 pub mod apply;
 pub mod desired;
 pub mod diff;

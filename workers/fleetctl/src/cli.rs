@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::db_cmd::{self, DbCommand};
 use crate::{schema_cmd, validate_cmd};
 
 /// Operate the ObjectOS Fleet.
@@ -34,6 +35,9 @@ enum Command {
     Schema(SchemaCommand),
     /// Print the effective configuration (defaults, config files, FLEET_* environment).
     Config,
+    /// A tenant database's schema: introspect it, plan a bundle against it, apply a bundle.
+    #[command(subcommand)]
+    Db(DbCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -49,11 +53,12 @@ enum SchemaCommand {
 }
 
 /// Runs the parsed command.
-pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { type_name, file } => validate_cmd::run(&type_name, &file),
         Command::Schema(SchemaCommand::List) => schema_cmd::list(),
         Command::Schema(SchemaCommand::Export { out }) => schema_cmd::export(&out),
+        Command::Db(command) => db_cmd::run(command).await,
         Command::Config => {
             let config = fleet_config::Config::load()?;
             println!("{}", serde_json::to_string_pretty(&config)?);

@@ -6,12 +6,14 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod cli;
+mod db_cmd;
 mod schema_cmd;
 mod validate_cmd;
 
-fn main() -> ExitCode {
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    match cli::run(cli) {
+    match cli::run(cli).await {
         Ok(code) => code,
         // A closed pipe (`fleetctl schema list | head`) is not a failure.
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,

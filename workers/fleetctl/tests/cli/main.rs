@@ -1,6 +1,7 @@
 //! End-to-end tests of the `fleetctl` binary: exit codes, output, files written.
 
 mod config;
+mod db;
 mod schema;
 mod validate;
 

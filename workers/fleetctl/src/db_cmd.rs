@@ -1,0 +1,291 @@
+//! `fleetctl db introspect|plan|apply`: the schema engine on one database file.
+//!
+//! Exit codes: 0 done; 1 the bundle is missing or invalid, the plan is refused (destructive
+//! without `--allow-destructive`, or impossible for the data), or the apply failed and was rolled
+//! back — in every such case the database is untouched; 2 the command could not run.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Subcommand, ValueEnum};
+use fleet_protocol::deploy::ChangeType;
+use fleet_protocol::{DeployBundle, DeployDiff, MigrationPlan, ObjectDefinition, parse_str};
+use fleet_schema::{
+    PlanError, PlanOptions, Planned, SchemaError, apply_plan, introspect, open_local, plan_database,
+};
+use serde_json::json;
+
+/// The `db` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Print the live schema of a database (upstream IntrospectedSchema JSON).
+    Introspect {
+        /// The libSQL database file.
+        #[arg(long)]
+        db: PathBuf,
+    },
+    /// Show what applying a bundle would do: the DeployDiff and the MigrationPlan.
+    Plan {
+        /// The libSQL database file (a missing file plans from an empty database, creating nothing).
+        #[arg(long)]
+        db: PathBuf,
+        /// The deploy bundle (JSON).
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Accept changes that lose data (dropped objects/fields, narrowed types, deleted rows).
+        #[arg(long)]
+        allow_destructive: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
+    /// Migrate a database to a bundle, in one transaction.
+    Apply {
+        /// The libSQL database file (created when missing).
+        #[arg(long)]
+        db: PathBuf,
+        /// The deploy bundle (JSON).
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Accept changes that lose data.
+        #[arg(long)]
+        allow_destructive: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// JSON for scripts.
+    Json,
+    /// A readable summary.
+    Text,
+}
+
+/// Runs a `db` subcommand.
+pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DbCommand::Introspect { db } => {
+            if !db.exists() {
+                bail!("no database at {}", db.display());
+            }
+            let conn = open_local(&db).await?;
+            let schema = introspect(&conn).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema.to_introspected())?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        DbCommand::Plan {
+            db,
+            bundle,
+            allow_destructive,
+            format,
+        } => {
+            let Some(objects) = load_objects(&bundle)? else {
+                return Ok(ExitCode::from(1));
+            };
+            // Planning never creates or changes the database: a missing file is an empty database.
+            let conn = if db.exists() {
+                open_local(&db).await?
+            } else {
+                open_local(Path::new(":memory:")).await?
+            };
+            match plan_database(&conn, &objects, PlanOptions { allow_destructive }).await {
+                Ok(planned) => {
+                    print_planned(&planned, format)?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(err) => refused(err),
+            }
+        }
+        DbCommand::Apply {
+            db,
+            bundle,
+            allow_destructive,
+            format,
+        } => {
+            let Some(objects) = load_objects(&bundle)? else {
+                return Ok(ExitCode::from(1));
+            };
+            let conn = open_local(&db).await?;
+            let planned =
+                match plan_database(&conn, &objects, PlanOptions { allow_destructive }).await {
+                    Ok(planned) => planned,
+                    Err(err) => return refused(err),
+                };
+            match apply_plan(&conn, &planned.plan).await {
+                Ok(result) => {
+                    match format {
+                        Format::Json => println!(
+                            "{}",
+                            serde_json::to_string_pretty(
+                                &json!({"diff": planned.diff, "plan": planned.plan, "result": result})
+                            )?
+                        ),
+                        Format::Text => {
+                            print_planned(&planned, Format::Text)?;
+                            println!(
+                                "applied {} statement(s) to {} in {} ms",
+                                result.statements_executed,
+                                db.display(),
+                                result.duration_ms
+                            );
+                        }
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(err) => {
+                    eprintln!("fleetctl: {err}");
+                    eprintln!("the database is unchanged");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+    }
+}
+
+/// The bundle's objects, or `None` after printing every issue (a missing file is one issue).
+fn load_objects(path: &Path) -> anyhow::Result<Option<Vec<ObjectDefinition>>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) => {
+            println!("bundle: cannot read {}: {err} (unreadable)", path.display());
+            return Ok(None);
+        }
+    };
+    let bundle = match parse_str::<DeployBundle>(&text) {
+        Ok(checked) => {
+            for warning in &checked.warnings {
+                eprintln!("warning: {warning}");
+            }
+            checked.value
+        }
+        Err(rejected) => {
+            for issue in &rejected.issues {
+                println!("{issue}");
+            }
+            eprintln!(
+                "{} is not a valid DeployBundle; the database was not touched",
+                path.display()
+            );
+            return Ok(None);
+        }
+    };
+    Ok(Some(bundle.object_definitions().context("bundle objects")?))
+}
+
+fn refused(err: SchemaError) -> anyhow::Result<ExitCode> {
+    match err {
+        SchemaError::Desired(err) => {
+            for issue in &err.issues {
+                println!("{issue}");
+            }
+            eprintln!(
+                "the bundle's objects do not map to a valid schema; the database was not touched"
+            );
+            Ok(ExitCode::from(1))
+        }
+        SchemaError::Plan(PlanError::Destructive { losses, diff }) => {
+            print_diff(&diff);
+            eprintln!(
+                "refused: the migration would lose data (pass --allow-destructive to accept):"
+            );
+            for loss in losses {
+                eprintln!("  {}: {}", loss.entity, loss.what);
+            }
+            Ok(ExitCode::from(1))
+        }
+        SchemaError::Plan(err @ PlanError::Conflicts { .. }) => {
+            eprintln!("refused: {err}");
+            Ok(ExitCode::from(1))
+        }
+        other => Err(other.into()),
+    }
+}
+
+fn print_planned(planned: &Planned, format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Json => {
+            let out = json!({"diff": planned.diff, "plan": planned.plan, "losses": planned.losses});
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Format::Text => {
+            print_diff(&planned.diff);
+            print_plan(&planned.plan);
+            for loss in &planned.losses {
+                println!("  ! accepted loss — {}: {}", loss.entity, loss.what);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_diff(diff: &DeployDiff) {
+    let s = diff.summary;
+    println!(
+        "diff: {} added, {} modified, {} removed{}",
+        s.added,
+        s.modified,
+        s.removed,
+        if diff.has_breaking_changes {
+            " — BREAKING"
+        } else {
+            ""
+        }
+    );
+    for change in &diff.changes {
+        let sign = match change.change_type {
+            ChangeType::Added => '+',
+            ChangeType::Modified => '~',
+            ChangeType::Removed => '-',
+        };
+        let kind = serde_json::to_value(change.entity_type)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let name = match &change.parent_entity {
+            Some(parent) => format!("{parent}.{}", change.entity_name),
+            None => change.entity_name.clone(),
+        };
+        let renamed = change
+            .old_value
+            .as_ref()
+            .and_then(|v| v.get("name"))
+            .and_then(|n| n.as_str())
+            .filter(|old| *old != change.entity_name && change.change_type == ChangeType::Modified);
+        match renamed {
+            Some(old) => println!("  {sign} {kind:<6} {name} (renamed from {old})"),
+            None => println!("  {sign} {kind:<6} {name}"),
+        }
+    }
+}
+
+fn print_plan(plan: &MigrationPlan) {
+    println!(
+        "plan: {} statement(s), {}, {}",
+        plan.statements.len(),
+        plan.dialect,
+        if plan.reversible {
+            "reversible"
+        } else {
+            "not reversible"
+        }
+    );
+    for statement in &plan.statements {
+        let mut lines = statement.sql.lines();
+        println!(
+            "  {:>3}. {}",
+            statement.order + 1,
+            lines.next().unwrap_or_default()
+        );
+        for line in lines {
+            println!("       {line}");
+        }
+    }
+}
