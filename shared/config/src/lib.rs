@@ -8,11 +8,13 @@
 
 #![deny(missing_docs)]
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use fleet_protocol::TenantResolverStrategy;
 use serde::{Deserialize, Serialize};
 
 /// Why the configuration could not be loaded.
@@ -38,6 +40,10 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Worker job loop.
     pub worker: WorkerConfig,
+    /// Tenant router.
+    pub router: RouterConfig,
+    /// Keys sealing connection secrets at rest.
+    pub secrets: SecretsConfig,
 }
 
 /// NATS connection settings.
@@ -85,6 +91,10 @@ pub struct TenantDbConfig {
     pub data_dir: PathBuf,
     /// Connection URL template with `{tenant_id}`.
     pub url_template: String,
+    /// Prefix of every tenant database's name (`{prefix}{tenant_id}`).
+    pub database_prefix: String,
+    /// Turso Cloud settings (the `turso` backend).
+    pub turso: TursoConfig,
 }
 
 impl Default for TenantDbConfig {
@@ -93,7 +103,117 @@ impl Default for TenantDbConfig {
             backend: BackendKind::Local,
             data_dir: PathBuf::from(".fleet/data/tenants"),
             url_template: "file:.fleet/data/tenants/{tenant_id}.db".into(),
+            database_prefix: String::new(),
+            turso: TursoConfig::default(),
         }
+    }
+}
+
+/// Turso Platform API settings.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TursoConfig {
+    /// API base URL.
+    pub api_url: String,
+    /// Organisation slug.
+    pub organization: String,
+    /// Platform API token (secret: set it through the environment).
+    pub api_token: String,
+    /// Group of new databases when the region map names none.
+    pub default_group: String,
+    /// Timeout of one API request, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Retries of a transient failure (429, 5xx, timeout, dropped connection).
+    pub max_retries: usize,
+    /// First retry delay in milliseconds (doubles, with jitter).
+    pub min_backoff_ms: u64,
+    /// Longest retry delay (and longest Retry-After honoured) in milliseconds.
+    pub max_backoff_ms: u64,
+    /// Client-side limit of API calls per second.
+    pub rate_limit_per_second: u32,
+}
+
+impl fmt::Debug for TursoConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TursoConfig")
+            .field("api_url", &self.api_url)
+            .field("organization", &self.organization)
+            .field(
+                "api_token",
+                &if self.api_token.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("default_group", &self.default_group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for TursoConfig {
+    fn default() -> Self {
+        Self {
+            api_url: "https://api.turso.tech".into(),
+            organization: String::new(),
+            api_token: String::new(),
+            default_group: "default".into(),
+            request_timeout_ms: 10_000,
+            max_retries: 5,
+            min_backoff_ms: 200,
+            max_backoff_ms: 10_000,
+            rate_limit_per_second: 20,
+        }
+    }
+}
+
+/// Tenant router settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterConfig {
+    /// `header`, `subdomain`, `path`, `token` or `lookup`.
+    pub strategy: TenantResolverStrategy,
+    /// Header of the `header` strategy.
+    pub header: String,
+    /// Path segment index of the `path` strategy.
+    pub path_segment: usize,
+    /// Claim of the `token` strategy.
+    pub token_claim: String,
+    /// Cached tenant databases at most.
+    pub max_cached_connections: u64,
+    /// Seconds a cached database stays before it is reopened.
+    pub connection_cache_ttl_secs: u64,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            strategy: TenantResolverStrategy::Header,
+            header: "X-Tenant-ID".into(),
+            path_segment: 1,
+            token_claim: "tenant_id".into(),
+            max_cached_connections: 100,
+            connection_cache_ttl_secs: 300,
+        }
+    }
+}
+
+/// Keys that seal connection secrets (base64 of 32 random bytes each, by key id).
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// Id of the key that seals new secrets.
+    pub active_key: String,
+    /// Every key still able to open secrets, by id.
+    pub keys: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for SecretsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretsConfig")
+            .field("active_key", &self.active_key)
+            .field("key_ids", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -203,6 +323,18 @@ impl Config {
             )
     }
 
+    /// A copy safe to print: secret values (API token, keys) replaced by `<redacted>`.
+    pub fn redacted(&self) -> Self {
+        let mut copy = self.clone();
+        if !copy.tenantdb.turso.api_token.is_empty() {
+            copy.tenantdb.turso.api_token = "<redacted>".into();
+        }
+        for key in copy.secrets.keys.values_mut() {
+            *key = "<redacted>".into();
+        }
+        copy
+    }
+
     /// Checks every setting; all problems are reported together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
@@ -237,6 +369,27 @@ impl Config {
         {
             problems.push("tenantdb.data_dir: required by the local backend".into());
         }
+        if self.tenantdb.backend == BackendKind::Turso
+            && (self.tenantdb.turso.organization.is_empty()
+                || self.tenantdb.turso.api_token.is_empty())
+        {
+            problems.push(
+                "tenantdb.turso: organization and api_token are required by the turso backend"
+                    .into(),
+            );
+        }
+        if self.tenantdb.turso.rate_limit_per_second == 0 {
+            problems.push("tenantdb.turso.rate_limit_per_second: must be at least 1".into());
+        }
+        if !self.secrets.keys.contains_key(&self.secrets.active_key) {
+            problems.push(format!(
+                "secrets.active_key: {:?} is not among secrets.keys (set FLEET_SECRETS__KEYS__<ID> and FLEET_SECRETS__ACTIVE_KEY)",
+                self.secrets.active_key
+            ));
+        }
+        if self.router.max_cached_connections == 0 {
+            problems.push("router.max_cached_connections: must be at least 1".into());
+        }
         if self.worker.concurrency == 0 {
             problems.push("worker.concurrency: must be at least 1".into());
         }
@@ -254,6 +407,25 @@ impl Config {
 mod tests {
     use super::*;
 
+    const KEYS: &str = "[secrets]\nactive_key = \"k\"\nkeys = { k = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\" }\n";
+
+    #[test]
+    fn redacted_hides_every_secret_value() {
+        let mut config = Config::default();
+        config.tenantdb.turso.api_token = "api-secret".into();
+        config.secrets.keys.insert("k".into(), "key-secret".into());
+        let shown = format!(
+            "{:?} {}",
+            config.redacted(),
+            serde_json::to_string(&config.redacted()).unwrap()
+        );
+        assert!(
+            !shown.contains("api-secret") && !shown.contains("key-secret"),
+            "{shown}"
+        );
+        assert!(!format!("{config:?}").contains("key-secret"));
+    }
+
     fn write(dir: &Path, name: &str, text: &str) {
         std::fs::write(dir.join(name), text).unwrap();
     }
@@ -270,7 +442,7 @@ mod tests {
             write(
                 &dir,
                 "staging.toml",
-                "[nats]\nsubject_prefix = \"staging\"\n[worker]\nconcurrency = 3\n",
+                &format!("[nats]\nsubject_prefix = \"staging\"\n[worker]\nconcurrency = 3\n{KEYS}"),
             );
             jail.set_env("FLEET_WORKER__CONCURRENCY", "7");
             jail.set_env("FLEET_ENV", "staging");
@@ -294,7 +466,7 @@ mod tests {
             write(
                 &dir,
                 "default.toml",
-                "[nats]\nurl = \"http://x\"\nsubject_prefix = \"a..b\"\n[tenantdb]\nurl_template = \"file:x.db\"\n[worker]\nconcurrency = 0\n",
+                "[nats]\nurl = \"http://x\"\nsubject_prefix = \"a..b\"\n[tenantdb]\nurl_template = \"file:x.db\"\n[worker]\nconcurrency = 0\n[secrets]\nactive_key = \"missing\"\n",
             );
             let err = Config::load_from(&ConfigSource {
                 dir,
@@ -304,7 +476,7 @@ mod tests {
             let ConfigError::Invalid(problems) = err else {
                 panic!("{err}")
             };
-            assert_eq!(problems.len(), 4, "{problems:#?}");
+            assert_eq!(problems.len(), 5, "{problems:#?}");
             Ok(())
         });
     }

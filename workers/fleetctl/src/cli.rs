@@ -61,7 +61,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Db(command) => db_cmd::run(command).await,
         Command::Config => {
             let config = fleet_config::Config::load()?;
-            println!("{}", serde_json::to_string_pretty(&config)?);
+            println!("{}", serde_json::to_string_pretty(&config.redacted())?);
             Ok(ExitCode::SUCCESS)
         }
     }

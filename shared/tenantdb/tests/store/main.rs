@@ -1,0 +1,8 @@
+//! fleet-tenantdb against real libSQL files, in-memory databases and a local HTTP double of the
+//! Turso Platform API.
+
+mod backends;
+mod double;
+mod router;
+mod secrets_at_rest;
+mod turso_api;
