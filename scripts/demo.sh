@@ -51,10 +51,12 @@ step "5. The registration service's tenant.created payload, as the provisioner w
 echo '{"tenantId":"acme","orgId":"org_42","plan":"pro","region":"eu-west","displayName":"Acme Inc","adminEmail":"ops@acme.example"}' \
   | "$fleetctl" validate TenantCreated - 2>&1
 
-step "6. A tenant database on the embedded default (a local libSQL file): CRM v1, some rows"
+step "6. Tenant acme's database on the embedded default (the local backend: a libSQL file): CRM v1, some rows"
+# The local backend, pointed at the demo's folder; fleetctl creates the database, issues itself a
+# short-lived token and opens it the way every worker will.
+export FLEET_TENANTDB__DATA_DIR="$demo/tenants"
 tenant_db="$demo/tenants/acme.db"
-mkdir -p "$demo/tenants"
-"$fleetctl" db apply --db "$tenant_db" --bundle examples/crm-v1.bundle.json | tail -1
+"$fleetctl" db apply --tenant acme --bundle examples/crm-v1.bundle.json | tail -1
 python3 - "$tenant_db" <<'PY'
 import sqlite3, sys
 c = sqlite3.connect(sys.argv[1])
@@ -68,10 +70,10 @@ print("inserted 2 accounts, 1 contact, 1 opportunity")
 PY
 
 step "7. CRM v2 planned against it: a renamed field, new fields, a table rebuild"
-"$fleetctl" db plan --db "$tenant_db" --bundle examples/crm-v2.bundle.json --format text
+"$fleetctl" db plan --tenant acme --bundle examples/crm-v2.bundle.json --format text
 
 step "8. … applied in one transaction; every row kept"
-"$fleetctl" db apply --db "$tenant_db" --bundle examples/crm-v2.bundle.json | tail -1
+"$fleetctl" db apply --tenant acme --bundle examples/crm-v2.bundle.json | tail -1
 python3 - "$tenant_db" <<'PY'
 import sqlite3, sys
 c = sqlite3.connect(sys.argv[1])
@@ -81,14 +83,15 @@ for row in c.execute("SELECT id, title, stage FROM crm_opportunity"):
     print("  crm_opportunity", row)
 PY
 echo "planning v2 again:"
-"$fleetctl" db plan --db "$tenant_db" --bundle examples/crm-v2.bundle.json --format text
+"$fleetctl" db plan --tenant acme --bundle examples/crm-v2.bundle.json --format text
+echo "the tenant's record (tokens are kept as hashes only):"
+python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("  tenant", r["tenant"], "group", r["group"], "tokens", [t["scope"] for t in r["tokens"]])' "$demo/tenants/acme.meta.json"
 
 step "9. The protocol's JSON Schemas, exported"
 "$fleetctl" schema export --out "$demo/schemas"
 
 step "Coming next"
 cat <<'TXT'
-  - tenant databases: local libSQL, Turso Cloud, memory; the tenant router
   - the JetStream runtime and the provisioner: tenant.created → active tenant in milliseconds
   - the deployer: bundles rolled out to the fleet in waves
 TXT

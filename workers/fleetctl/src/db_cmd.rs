@@ -6,30 +6,48 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Subcommand, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
+use fleet_config::Config;
+use fleet_protocol::TenantId;
 use fleet_protocol::deploy::ChangeType;
+use fleet_protocol::turso::TursoTokenScope;
 use fleet_protocol::{DeployBundle, DeployDiff, MigrationPlan, ObjectDefinition, parse_str};
 use fleet_schema::{
     PlanError, PlanOptions, Planned, SchemaError, apply_plan, introspect, open_local, plan_database,
 };
+use fleet_tenantdb::backend_from_config;
+use libsql::Connection;
 use serde_json::json;
+
+/// Which database: a file, or a tenant's database through the configured backend.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct Target {
+    /// A libSQL database file.
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// A tenant: its database through the configured backend (`tenantdb.backend`; the local
+    /// files under `tenantdb.data_dir` by default), opened with a short-lived token.
+    #[arg(long)]
+    tenant: Option<String>,
+}
 
 /// The `db` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum DbCommand {
     /// Print the live schema of a database (upstream IntrospectedSchema JSON).
     Introspect {
-        /// The libSQL database file.
-        #[arg(long)]
-        db: PathBuf,
+        #[command(flatten)]
+        target: Target,
     },
     /// Show what applying a bundle would do: the DeployDiff and the MigrationPlan.
     Plan {
-        /// The libSQL database file (a missing file plans from an empty database, creating nothing).
-        #[arg(long)]
-        db: PathBuf,
+        /// Where (a missing database plans from empty, creating nothing).
+        #[command(flatten)]
+        target: Target,
         /// The deploy bundle (JSON).
         #[arg(long)]
         bundle: PathBuf,
@@ -42,9 +60,9 @@ pub enum DbCommand {
     },
     /// Migrate a database to a bundle, in one transaction.
     Apply {
-        /// The libSQL database file (created when missing).
-        #[arg(long)]
-        db: PathBuf,
+        /// Where (created when missing).
+        #[command(flatten)]
+        target: Target,
         /// The deploy bundle (JSON).
         #[arg(long)]
         bundle: PathBuf,
@@ -66,14 +84,53 @@ pub enum Format {
     Text,
 }
 
+/// Short lifetime of the tokens fleetctl issues itself to reach a tenant's database.
+const OPERATOR_TOKEN_TTL: Duration = Duration::from_secs(600);
+
+/// Opens the target. `None` when it does not exist and `create` is false (nothing is created).
+async fn open_target(
+    target: &Target,
+    create: bool,
+) -> anyhow::Result<Option<(Connection, String)>> {
+    if let Some(path) = &target.db {
+        if !create && !path.exists() {
+            return Ok(None);
+        }
+        return Ok(Some((open_local(path).await?, path.display().to_string())));
+    }
+    let raw = target.tenant.as_deref().unwrap_or_default();
+    let tenant = TenantId::parse(raw).with_context(|| format!("--tenant {raw:?}"))?;
+    let config = Config::load()?;
+    let backend = backend_from_config(&config)?;
+    let database = backend.database_name(&tenant);
+    if backend.get_database(&database).await?.is_none() {
+        if !create {
+            return Ok(None);
+        }
+        backend.create_database(&tenant, None).await?;
+    }
+    let scope = if create {
+        TursoTokenScope::FullAccess
+    } else {
+        TursoTokenScope::ReadOnly
+    };
+    let token = backend
+        .issue_token(&database, scope, Some(OPERATOR_TOKEN_TTL))
+        .await?;
+    let db = backend.open(&database, &token.token).await?;
+    Ok(Some((
+        db.connect().await?,
+        format!("tenant {tenant} ({})", backend.connection_url(&database)),
+    )))
+}
+
 /// Runs a `db` subcommand.
 pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
     match command {
-        DbCommand::Introspect { db } => {
-            if !db.exists() {
-                bail!("no database at {}", db.display());
-            }
-            let conn = open_local(&db).await?;
+        DbCommand::Introspect { target } => {
+            let Some((conn, _)) = open_target(&target, false).await? else {
+                bail!("no such database")
+            };
             let schema = introspect(&conn).await?;
             println!(
                 "{}",
@@ -82,7 +139,7 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         DbCommand::Plan {
-            db,
+            target,
             bundle,
             allow_destructive,
             format,
@@ -90,11 +147,10 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
             let Some(objects) = load_objects(&bundle)? else {
                 return Ok(ExitCode::from(1));
             };
-            // Planning never creates or changes the database: a missing file is an empty database.
-            let conn = if db.exists() {
-                open_local(&db).await?
-            } else {
-                open_local(Path::new(":memory:")).await?
+            // Planning never creates or changes the database: a missing one is an empty database.
+            let conn = match open_target(&target, false).await? {
+                Some((conn, _)) => conn,
+                None => open_local(Path::new(":memory:")).await?,
             };
             match plan_database(&conn, &objects, PlanOptions { allow_destructive }).await {
                 Ok(planned) => {
@@ -105,7 +161,7 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
             }
         }
         DbCommand::Apply {
-            db,
+            target,
             bundle,
             allow_destructive,
             format,
@@ -113,7 +169,9 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
             let Some(objects) = load_objects(&bundle)? else {
                 return Ok(ExitCode::from(1));
             };
-            let conn = open_local(&db).await?;
+            let Some((conn, label)) = open_target(&target, true).await? else {
+                bail!("cannot open the database")
+            };
             let planned =
                 match plan_database(&conn, &objects, PlanOptions { allow_destructive }).await {
                     Ok(planned) => planned,
@@ -131,10 +189,8 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
                         Format::Text => {
                             print_planned(&planned, Format::Text)?;
                             println!(
-                                "applied {} statement(s) to {} in {} ms",
-                                result.statements_executed,
-                                db.display(),
-                                result.duration_ms
+                                "applied {} statement(s) to {label} in {} ms",
+                                result.statements_executed, result.duration_ms
                             );
                         }
                     }

@@ -236,3 +236,47 @@ fn introspecting_a_missing_database_exits_2() {
         .assert()
         .code(2);
 }
+
+#[tokio::test]
+async fn a_tenant_database_is_reached_through_the_configured_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_backend = |args: &[&str]| {
+        let mut cmd = fleetctl();
+        cmd.env("FLEET_TENANTDB__DATA_DIR", dir.path()).args(args);
+        cmd
+    };
+    with_backend(&[
+        "db",
+        "plan",
+        "--tenant",
+        "acme",
+        "--bundle",
+        "examples/crm-v1.bundle.json",
+    ])
+    .assert()
+    .success();
+    assert!(!dir.path().join("acme.db").exists(), "plan creates nothing");
+    with_backend(&[
+        "db",
+        "apply",
+        "--tenant",
+        "acme",
+        "--bundle",
+        "examples/crm-v1.bundle.json",
+    ])
+    .assert()
+    .success()
+    .stdout(predicate::str::contains(
+        "applied 7 statement(s) to tenant acme",
+    ));
+    assert!(dir.path().join("acme.db").exists() && dir.path().join("acme.meta.json").exists());
+    let out = with_backend(&["db", "introspect", "--tenant", "acme"])
+        .assert()
+        .success();
+    let schema: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert!(schema["tables"]["crm_account"].is_object());
+    with_backend(&["db", "introspect", "--tenant", "../etc"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("tenant id"));
+}
