@@ -258,6 +258,8 @@ pub struct WorkerConfig {
     pub concurrency: u32,
     /// Shutdown grace in milliseconds.
     pub shutdown_grace_ms: u64,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    pub health_addr: String,
 }
 
 impl Default for WorkerConfig {
@@ -265,6 +267,7 @@ impl Default for WorkerConfig {
         Self {
             concurrency: 16,
             shutdown_grace_ms: 30_000,
+            health_addr: "127.0.0.1:9464".into(),
         }
     }
 }

@@ -1,0 +1,172 @@
+//! The runtime every fleet worker shares, so each worker is a thin binary with a [`Handler`].
+//!
+//! - [`topology`]: streams, consumers and KV buckets as data, ensured idempotently.
+//! - [`publish`]: publishing with `Nats-Msg-Id`, waiting for the ack, carrying trace context.
+//! - [`jobs`]: the job loop — pull, decode, handle, and [`Outcome`]s mapped to acks in one
+//!   place, with dead letters written before a message leaves.
+//! - [`state`]: current state in KV by compare-and-set, every transition on the progress stream.
+//! - [`hooks`]: lifecycle hooks as CloudEvents, one per transition.
+//! - [`telemetry`], [`metrics`], [`health`], [`shutdown`]: logs and traces, Prometheus metrics,
+//!   probes, graceful stop.
+//!
+//! [`Runtime::connect`] connects and ensures the topology; [`Runtime::run_worker`] runs a
+//! handler until the shutdown signal.
+
+#![deny(missing_docs)]
+
+pub mod health;
+pub mod hooks;
+pub mod jobs;
+pub mod metrics;
+pub mod publish;
+pub mod shutdown;
+pub mod state;
+pub mod telemetry;
+pub mod topology;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use fleet_config::Config;
+use tokio::sync::watch;
+
+pub use hooks::{CloudEvent, Hook, Hooks};
+pub use jobs::{DeadLetter, Delivery, Handler, JobLoopSettings, Outcome, run_job_loop};
+pub use publish::{Published, Publisher};
+pub use state::{Decision, ProgressEvent, StateError, StateStore, Versioned};
+pub use topology::{Topology, TopologyError};
+
+/// Why the runtime could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// NATS could not be reached.
+    #[error("connecting to {url}: {message}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// The topology could not be ensured.
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    /// The consumer is not declared by the topology.
+    #[error("consumer {0} is not part of the topology")]
+    UnknownConsumer(String),
+    /// The job loop failed.
+    #[error(transparent)]
+    Jobs(#[from] jobs::JobLoopError),
+    /// The health server could not start.
+    #[error("health server on {address}: {source}")]
+    Health {
+        /// Address.
+        address: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A connected runtime: client, JetStream context, topology, publisher.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// The NATS client.
+    pub client: async_nats::Client,
+    /// JetStream.
+    pub js: jetstream::Context,
+    /// The topology (ensured).
+    pub topology: Topology,
+    /// Publisher with message ids.
+    pub publisher: Publisher,
+}
+
+impl Runtime {
+    /// Connects to `config.nats.url` (reconnecting for ever afterwards) and ensures the topology.
+    pub async fn connect(config: &Config) -> Result<Self, RuntimeError> {
+        let url = config.nats.url.clone();
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_millis(config.nats.connect_timeout_ms))
+            .name("objectos-fleet")
+            .connect(&url)
+            .await
+            .map_err(|e| RuntimeError::Connect {
+                url: url.clone(),
+                message: e.to_string(),
+            })?;
+        let js = jetstream::new(client.clone());
+        let topology = Topology::fleet(&config.nats.subject_prefix, 1);
+        topology.ensure(&client, &js).await?;
+        let publisher = Publisher::new(js.clone());
+        Ok(Self {
+            client,
+            js,
+            topology,
+            publisher,
+        })
+    }
+
+    /// A KV bucket of the topology.
+    pub async fn bucket(&self, name: &str) -> Result<jetstream::kv::Store, RuntimeError> {
+        let spec = self
+            .topology
+            .bucket(name)
+            .ok_or_else(|| RuntimeError::UnknownConsumer(name.to_owned()))?;
+        self.js
+            .get_key_value(&spec.bucket)
+            .await
+            .map_err(|e| RuntimeError::Connect {
+                url: spec.bucket.clone(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Runs `handler` on the durable consumer `consumer` with the configured concurrency and
+    /// grace, serving probes on `worker.health_addr`, until `shutdown` turns true.
+    pub async fn run_worker<H: Handler>(
+        &self,
+        config: &Config,
+        consumer: &str,
+        handler: Arc<H>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(), RuntimeError> {
+        let spec = self
+            .topology
+            .consumer(consumer)
+            .ok_or_else(|| RuntimeError::UnknownConsumer(consumer.to_owned()))?
+            .clone();
+        let metrics = Arc::new(metrics::Metrics::new(consumer));
+        let health = Arc::new(health::Health::new(
+            Some(self.client.clone()),
+            metrics.clone(),
+        ));
+        let address = config.worker.health_addr.clone();
+        let bound = health::serve(&address, health.clone(), shutdown.clone())
+            .await
+            .map_err(|source| RuntimeError::Health { address, source })?;
+        tracing::info!(%bound, consumer, "probes and metrics served");
+        health.set_ready(true);
+        let settings = JobLoopSettings {
+            consumer: spec.durable.clone(),
+            stream: spec.stream.clone(),
+            max_deliver: spec.max_deliver as u64,
+            ack_wait: spec.ack_wait,
+            concurrency: config.worker.concurrency as usize,
+            shutdown_grace: Duration::from_millis(config.worker.shutdown_grace_ms),
+            prefix: self.topology.prefix.clone(),
+            dead_letter_subject: self.topology.subject(&format!("dlq.{}", spec.durable)),
+        };
+        let result = run_job_loop(
+            self.js.clone(),
+            settings,
+            handler,
+            self.publisher.clone(),
+            metrics,
+            shutdown,
+        )
+        .await;
+        health.set_ready(false);
+        let _ = self.client.flush().await;
+        Ok(result?)
+    }
+}

@@ -1,0 +1,104 @@
+//! Publishing: every message carries `Nats-Msg-Id` (so JetStream's duplicate window drops
+//! retries) and the call waits for the stream's acknowledgement. The current span's W3C trace
+//! context travels in the headers.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
+use bytes::Bytes;
+use serde::Serialize;
+
+/// Why a publish failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The payload could not be encoded.
+    #[error("encoding the payload for {subject}: {source}")]
+    Encode {
+        /// Subject.
+        subject: String,
+        /// The error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The server did not accept or acknowledge the message.
+    #[error("publishing to {subject}: {message}")]
+    Send {
+        /// Subject.
+        subject: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl PublishError {
+    /// Publishing failures are transient (the server is unreachable or slow).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Send { .. })
+    }
+}
+
+/// What the stream said about a published message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// Stream sequence.
+    pub sequence: u64,
+    /// True when the message id was seen within the duplicate window (nothing new stored).
+    pub duplicate: bool,
+}
+
+/// Publishes JSON or bytes with a message id, waiting for the ack.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    js: jetstream::Context,
+}
+
+impl Publisher {
+    /// A publisher on `js`.
+    pub fn new(js: jetstream::Context) -> Self {
+        Self { js }
+    }
+
+    /// Publishes raw bytes.
+    pub async fn publish_bytes(
+        &self,
+        subject: &str,
+        message_id: &str,
+        payload: Bytes,
+        mut headers: HeaderMap,
+    ) -> Result<Published, PublishError> {
+        crate::telemetry::inject_context(&mut headers);
+        let message = PublishMessage::build()
+            .headers(headers)
+            .payload(payload)
+            .message_id(message_id);
+        let send_error = |e: &dyn std::fmt::Display| PublishError::Send {
+            subject: subject.to_owned(),
+            message: e.to_string(),
+        };
+        let ack: PublishAckFuture = self
+            .js
+            .send_publish(subject.to_owned(), message)
+            .await
+            .map_err(|e| send_error(&e))?;
+        let ack = ack.await.map_err(|e| send_error(&e))?;
+        Ok(Published {
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+
+    /// Publishes `value` as JSON.
+    pub async fn publish_json<T: Serialize>(
+        &self,
+        subject: &str,
+        message_id: &str,
+        value: &T,
+        headers: HeaderMap,
+    ) -> Result<Published, PublishError> {
+        let payload = serde_json::to_vec(value).map_err(|source| PublishError::Encode {
+            subject: subject.to_owned(),
+            source,
+        })?;
+        self.publish_bytes(subject, message_id, Bytes::from(payload), headers)
+            .await
+    }
+}

@@ -1,0 +1,236 @@
+//! Current state in a KV bucket, changed only by compare-and-set on the revision.
+//!
+//! [`StateStore::transition`] reads the current value and its revision, asks a pure function for
+//! the next state (or a typed refusal), and writes it with `create` (no value yet) or
+//! `update(revision)`. A lost race — someone wrote in between — re-reads and re-evaluates, so the
+//! function always decides on the latest state; an illegal transition is returned as the
+//! function's own error, never written. Each write is appended to the progress stream
+//! (`progress.<kind>.<key>`, message id `<kind>:<key>:<revision>`), the history `fleetctl`
+//! shows.
+
+use std::marker::PhantomData;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use fleet_protocol::Timestamp;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::publish::{PublishError, Publisher};
+
+/// A value and the KV revision it was read at (or written as).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<S> {
+    /// The state.
+    pub state: S,
+    /// Its revision.
+    pub revision: u64,
+}
+
+/// One entry of the progress stream: a state transition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressEvent {
+    /// `tenant`, `deploy`, `app`.
+    pub kind: String,
+    /// The entity.
+    pub id: String,
+    /// The step (`create_database`, `migrating`, …) or transition name.
+    pub step: String,
+    /// The status after it.
+    pub status: String,
+    /// How long the step took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Error, when the step failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When.
+    pub at: Timestamp,
+    /// The KV revision that recorded it.
+    #[serde(default)]
+    pub revision: u64,
+}
+
+/// What a transition function decides.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision<S> {
+    /// Write this state and record this step.
+    Write {
+        /// The next state.
+        next: S,
+        /// The progress entry (its `revision` is filled in on write).
+        event: ProgressEvent,
+    },
+    /// The state already is what the caller wants (an idempotent repeat): write nothing.
+    Unchanged,
+}
+
+/// Why a transition did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError<E: std::error::Error + 'static> {
+    /// The pure state machine refused it.
+    #[error(transparent)]
+    Refused(E),
+    /// The stored value could not be decoded.
+    #[error("state of {key} is unreadable: {message}")]
+    Corrupt {
+        /// Key.
+        key: String,
+        /// Why.
+        message: String,
+    },
+    /// The KV store failed (transient).
+    #[error("state store: {0}")]
+    Store(String),
+    /// Too many lost races in a row.
+    #[error("state of {0} keeps changing under us; giving up for now")]
+    Contention(String),
+    /// Written, but the progress entry could not be published (transient; history incomplete).
+    #[error(
+        "state written at revision {revision}, but its progress entry was not published: {source}"
+    )]
+    Progress {
+        /// The revision written.
+        revision: u64,
+        /// Why.
+        #[source]
+        source: PublishError,
+    },
+}
+
+impl<E: std::error::Error + 'static> StateError<E> {
+    /// Whether retrying later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Store(_) | Self::Contention(_) | Self::Progress { .. }
+        )
+    }
+}
+
+/// Typed states of one kind in one bucket.
+#[derive(Debug, Clone)]
+pub struct StateStore<S> {
+    kind: String,
+    kv: kv::Store,
+    publisher: Publisher,
+    progress_subject: String,
+    _state: PhantomData<fn() -> S>,
+}
+
+const MAX_RACES: usize = 32;
+
+impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
+    /// States of `kind` in `kv`, progress published under `progress_prefix` (e.g.
+    /// `progress.tenant`, prefixed as the topology says).
+    pub fn new(
+        kind: impl Into<String>,
+        kv: kv::Store,
+        publisher: Publisher,
+        progress_prefix: impl Into<String>,
+    ) -> Self {
+        Self {
+            kind: kind.into(),
+            kv,
+            publisher,
+            progress_subject: progress_prefix.into(),
+            _state: PhantomData,
+        }
+    }
+
+    /// The current state of `key`.
+    pub async fn get<E: std::error::Error + 'static>(
+        &self,
+        key: &str,
+    ) -> Result<Option<Versioned<S>>, StateError<E>> {
+        let entry = self
+            .kv
+            .entry(key)
+            .await
+            .map_err(|e| StateError::Store(e.to_string()))?;
+        match entry {
+            Some(entry) if entry.operation == kv::Operation::Put => {
+                let state =
+                    serde_json::from_slice(&entry.value).map_err(|e| StateError::Corrupt {
+                        key: key.to_owned(),
+                        message: e.to_string(),
+                    })?;
+                Ok(Some(Versioned {
+                    state,
+                    revision: entry.revision,
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Every key with a value.
+    pub async fn keys(&self) -> Result<Vec<String>, String> {
+        use futures::TryStreamExt;
+        let keys = self.kv.keys().await.map_err(|e| e.to_string())?;
+        let mut keys: Vec<String> = keys.try_collect().await.map_err(|e| e.to_string())?;
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Applies `decide` to the latest state of `key` until it is written without a lost race.
+    /// Returns the written state, or the current one when `decide` said [`Decision::Unchanged`].
+    pub async fn transition<E, F>(
+        &self,
+        key: &str,
+        decide: F,
+    ) -> Result<Option<Versioned<S>>, StateError<E>>
+    where
+        E: std::error::Error + 'static,
+        F: Fn(Option<&Versioned<S>>) -> Result<Decision<S>, E>,
+    {
+        for _ in 0..MAX_RACES {
+            let current = self.get(key).await?;
+            let (next, mut event) = match decide(current.as_ref()).map_err(StateError::Refused)? {
+                Decision::Write { next, event } => (next, event),
+                Decision::Unchanged => return Ok(current),
+            };
+            let bytes = Bytes::from(serde_json::to_vec(&next).expect("states serialize"));
+            let written = match &current {
+                None => self.kv.create(key, bytes).await.map_err(|e| {
+                    if e.kind() == kv::CreateErrorKind::AlreadyExists {
+                        None
+                    } else {
+                        Some(e.to_string())
+                    }
+                }),
+                Some(current) => self
+                    .kv
+                    .update(key, bytes, current.revision)
+                    .await
+                    .map_err(|e| {
+                        if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
+                            None
+                        } else {
+                            Some(e.to_string())
+                        }
+                    }),
+            };
+            match written {
+                Ok(revision) => {
+                    event.revision = revision;
+                    let subject = format!("{}.{key}", self.progress_subject);
+                    let id = format!("{}:{key}:{revision}", self.kind);
+                    self.publisher
+                        .publish_json(&subject, &id, &event, HeaderMap::new())
+                        .await
+                        .map_err(|source| StateError::Progress { revision, source })?;
+                    return Ok(Some(Versioned {
+                        state: next,
+                        revision,
+                    }));
+                }
+                Err(None) => continue, // lost the race: re-read, re-decide
+                Err(Some(message)) => return Err(StateError::Store(message)),
+            }
+        }
+        Err(StateError::Contention(key.to_owned()))
+    }
+}

@@ -1,0 +1,105 @@
+//! The runtime against a real nats-server (one per test).
+
+mod jobs;
+mod state;
+mod topology;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use fleet_runtime::metrics::Metrics;
+use fleet_runtime::topology::names;
+use fleet_runtime::{Handler, JobLoopSettings, Publisher, Topology};
+use fleet_testkit::NatsServer;
+use tokio::sync::watch;
+
+/// A server, a client and the fleet topology with test-sized timings.
+#[allow(missing_debug_implementations)]
+pub struct Env {
+    pub server: NatsServer,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub topology: Topology,
+    pub publisher: Publisher,
+}
+
+impl Env {
+    pub async fn start() -> Self {
+        let server = NatsServer::start();
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let js = jetstream::new(client.clone());
+        let mut topology = Topology::fleet("", 1);
+        for consumer in &mut topology.consumers {
+            consumer.max_deliver = 3;
+            consumer.ack_wait = Duration::from_secs(2);
+            consumer.backoff = vec![Duration::from_millis(200), Duration::from_millis(200)];
+        }
+        topology.ensure(&client, &js).await.unwrap();
+        let publisher = Publisher::new(js.clone());
+        Self {
+            server,
+            client,
+            js,
+            topology,
+            publisher,
+        }
+    }
+
+    /// Runs `handler` on the provisioner's consumer until the returned sender says stop.
+    pub fn run<H: Handler>(
+        &self,
+        handler: Arc<H>,
+        concurrency: usize,
+    ) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+        let spec = self.topology.consumer(names::PROVISIONER).unwrap().clone();
+        let settings = JobLoopSettings {
+            consumer: spec.durable.clone(),
+            stream: spec.stream.clone(),
+            max_deliver: spec.max_deliver as u64,
+            ack_wait: spec.ack_wait,
+            concurrency,
+            shutdown_grace: Duration::from_secs(10),
+            prefix: String::new(),
+            dead_letter_subject: format!("dlq.{}", spec.durable),
+        };
+        let (tx, rx) = watch::channel(false);
+        let (js, publisher) = (self.js.clone(), self.publisher.clone());
+        let task = tokio::spawn(async move {
+            fleet_runtime::run_job_loop(
+                js,
+                settings,
+                handler,
+                publisher,
+                Arc::new(Metrics::new("test")),
+                rx,
+            )
+            .await
+            .unwrap();
+        });
+        (tx, task)
+    }
+
+    /// Messages currently in a stream.
+    pub async fn count(&self, stream: &str) -> u64 {
+        let mut stream = self.js.get_stream(stream).await.unwrap();
+        stream.info().await.unwrap().state.messages
+    }
+
+    /// Waits until `check` holds (polling), panicking after `limit`.
+    pub async fn eventually<F: AsyncFnMut() -> bool>(
+        &self,
+        limit: Duration,
+        what: &str,
+        mut check: F,
+    ) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !check().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Test support: a real `nats-server` per test.
+//!
+//! [`NatsServer::start`] runs the pinned server that `just setup` installs in `.fleet/bin` (or
+//! the one `FLEET_NATS_SERVER` names, or one on `PATH`) with JetStream on, on a free loopback
+//! port, with a store dir of its own; it waits until the server accepts connections and kills
+//! it on drop. [`NatsServer::stop`] and [`NatsServer::restart`] (same port, same store) inject
+//! outages.
+
+#![deny(missing_docs)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running nats-server owned by a test.
+#[derive(Debug)]
+pub struct NatsServer {
+    binary: PathBuf,
+    port: u16,
+    store: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+/// The nats-server binary tests use.
+pub fn nats_server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("FLEET_NATS_SERVER") {
+        return PathBuf::from(path);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let pinned = root.join(".fleet/bin/nats-server");
+    if pinned.exists() {
+        return pinned;
+    }
+    PathBuf::from("nats-server")
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+    listener.local_addr().expect("bound").port()
+}
+
+impl NatsServer {
+    /// Starts a fresh server (JetStream on, empty store).
+    pub fn start() -> Self {
+        let mut server = Self {
+            binary: nats_server_binary(),
+            port: free_port(),
+            store: tempfile::tempdir().expect("a temp store dir"),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(&self.binary)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} ({e}); run `just setup` to install the pinned nats-server",
+                    self.binary.display()
+                )
+            });
+        self.child = Some(child);
+        let address = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&address, Duration::from_millis(100)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start on {address}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The store dir.
+    pub fn store_dir(&self) -> &Path {
+        self.store.path()
+    }
+
+    /// Kills the server (its store stays).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
