@@ -260,6 +260,8 @@ pub struct WorkerConfig {
     pub shutdown_grace_ms: u64,
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     pub health_addr: String,
+    /// Longest one job may run before it is presumed stuck, in milliseconds.
+    pub max_job_duration_ms: u64,
 }
 
 impl Default for WorkerConfig {
@@ -268,6 +270,7 @@ impl Default for WorkerConfig {
             concurrency: 16,
             shutdown_grace_ms: 30_000,
             health_addr: "127.0.0.1:9464".into(),
+            max_job_duration_ms: 600_000,
         }
     }
 }

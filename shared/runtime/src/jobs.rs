@@ -196,6 +196,9 @@ pub struct JobLoopSettings {
     pub prefix: String,
     /// Dead-letter subject (`dlq.<consumer>`, prefixed).
     pub dead_letter_subject: String,
+    /// Longest a handler may keep a delivery alive with progress acks; a handler still running
+    /// then is presumed stuck and its message is redelivered (and dead-lettered at max_deliver).
+    pub max_job_duration: Duration,
 }
 
 /// Why the loop stopped abnormally.
@@ -349,13 +352,17 @@ async fn process<H: Handler>(
         let keepalive = {
             let message = message.clone();
             let every = (settings.ack_wait / 3).max(Duration::from_millis(100));
+            let until = Instant::now() + settings.max_job_duration;
             tokio::spawn(async move {
-                loop {
+                while Instant::now() + every < until {
                     tokio::time::sleep(every).await;
                     if message.ack_with(AckKind::Progress).await.is_err() {
                         return;
                     }
                 }
+                tracing::warn!(
+                    "job exceeded its maximum duration; no longer extending its delivery"
+                );
             })
         };
         let outcome = std::panic::AssertUnwindSafe(handler.handle(delivery.clone()))
@@ -380,6 +387,110 @@ async fn process<H: Handler>(
     .await;
     metrics.in_flight.dec();
     metrics.observe(label, started.elapsed());
+}
+
+/// Writes a dead letter; its message id (`dlq:<stream>:<sequence>`) makes a repeat a no-op.
+async fn write_dead_letter(
+    publisher: &Publisher,
+    settings: &JobLoopSettings,
+    letter: &DeadLetter,
+) -> Result<crate::publish::Published, crate::publish::PublishError> {
+    let id = format!("dlq:{}:{}", letter.stream, letter.sequence);
+    publisher
+        .publish_json(&settings.dead_letter_subject, &id, letter, HeaderMap::new())
+        .await
+}
+
+/// The server's note that a message reached `max_deliver` without being settled.
+#[derive(Debug, Deserialize)]
+struct MaxDeliveriesAdvisory {
+    stream_seq: u64,
+    deliveries: u64,
+}
+
+/// Dead-letters messages that exhausted `max_deliver` without any worker settling them (workers
+/// that crashed or hung): JetStream leaves those in the stream and says so in an advisory. One
+/// replica (a queue group) copies each to the dead-letter stream, then deletes it from the work
+/// stream — copy first, so nothing is lost.
+pub async fn watch_max_deliveries(
+    client: async_nats::Client,
+    js: jetstream::Context,
+    settings: Arc<JobLoopSettings>,
+    publisher: Publisher,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let subject = format!(
+        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}",
+        settings.stream, settings.consumer
+    );
+    let mut advisories = match client
+        .queue_subscribe(subject, format!("fleet-dlq-{}", settings.consumer))
+        .await
+    {
+        Ok(subscription) => subscription,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch max-delivery advisories");
+            return;
+        }
+    };
+    loop {
+        let advisory = tokio::select! {
+            next = advisories.next() => match next { Some(message) => message, None => return },
+            _ = shutdown.changed() => return,
+        };
+        let Ok(advisory) = serde_json::from_slice::<MaxDeliveriesAdvisory>(&advisory.payload)
+        else {
+            continue;
+        };
+        let Ok(stream) = js.get_stream(&settings.stream).await else {
+            continue;
+        };
+        let Ok(original) = stream.get_raw_message(advisory.stream_seq).await else {
+            continue;
+        };
+        let letter = DeadLetter {
+            consumer: settings.consumer.clone(),
+            reason: "max_deliver".to_owned(),
+            error: format!(
+                "not settled after {} deliveries (workers crashed, hung or timed out)",
+                advisory.deliveries
+            ),
+            subject: strip_prefix(&settings.prefix, original.subject.as_str()),
+            stream: settings.stream.clone(),
+            sequence: advisory.stream_seq,
+            headers: original
+                .headers
+                .iter()
+                .map(|(k, vs)| {
+                    (
+                        k.to_string(),
+                        vs.iter().map(|v| v.as_str().to_owned()).collect(),
+                    )
+                })
+                .collect(),
+            payload_base64: base64::engine::general_purpose::STANDARD.encode(&original.payload),
+            payload_text: std::str::from_utf8(&original.payload)
+                .ok()
+                .map(str::to_owned),
+            attempts: advisory.deliveries,
+            published_at: original.time.to_string(),
+            dead_lettered_at: Timestamp::now(),
+        };
+        match write_dead_letter(&publisher, &settings, &letter).await {
+            Ok(_) => {
+                let _ = stream.delete_message(advisory.stream_seq).await;
+                metrics.observe("dead_lettered", Duration::ZERO);
+                tracing::error!(
+                    sequence = advisory.stream_seq,
+                    "dead-lettered a message no worker settled"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "dead-letter write failed; the message stays in the stream")
+            }
+        }
+    }
 }
 
 /// The one place outcomes become acknowledgements. Returns the metrics label.

@@ -155,7 +155,16 @@ impl Runtime {
             shutdown_grace: Duration::from_millis(config.worker.shutdown_grace_ms),
             prefix: self.topology.prefix.clone(),
             dead_letter_subject: self.topology.subject(&format!("dlq.{}", spec.durable)),
+            max_job_duration: Duration::from_millis(config.worker.max_job_duration_ms),
         };
+        let watcher = tokio::spawn(jobs::watch_max_deliveries(
+            self.client.clone(),
+            self.js.clone(),
+            Arc::new(settings.clone()),
+            self.publisher.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
         let result = run_job_loop(
             self.js.clone(),
             settings,
@@ -165,6 +174,7 @@ impl Runtime {
             shutdown,
         )
         .await;
+        watcher.abort();
         health.set_ready(false);
         let _ = self.client.flush().await;
         Ok(result?)

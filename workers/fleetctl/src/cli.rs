@@ -38,6 +38,16 @@ enum Command {
     /// A tenant database's schema: introspect it, plan a bundle against it, apply a bundle.
     #[command(subcommand)]
     Db(DbCommand),
+    /// The JetStream topology (streams, consumers, KV buckets).
+    #[command(subcommand)]
+    Streams(StreamsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum StreamsCommand {
+    /// Create or update every stream, consumer and bucket (idempotent; incompatible streams are
+    /// reported, never recreated).
+    Init,
 }
 
 #[derive(Debug, Subcommand)]
@@ -59,6 +69,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Schema(SchemaCommand::List) => schema_cmd::list(),
         Command::Schema(SchemaCommand::Export { out }) => schema_cmd::export(&out),
         Command::Db(command) => db_cmd::run(command).await,
+        Command::Streams(StreamsCommand::Init) => {
+            let config = fleet_config::Config::load()?;
+            let runtime = fleet_runtime::Runtime::connect(&config).await?;
+            let t = &runtime.topology;
+            for stream in &t.streams {
+                println!(
+                    "stream   {:<28} {}",
+                    stream.name,
+                    stream.subjects.join(", ")
+                );
+            }
+            for consumer in &t.consumers {
+                println!(
+                    "consumer {:<28} on {} ({})",
+                    consumer.durable, consumer.stream, consumer.filter
+                );
+            }
+            for bucket in &t.buckets {
+                println!("bucket   {}", bucket.bucket);
+            }
+            println!("topology ensured on {}", config.nats.url);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config => {
             let config = fleet_config::Config::load()?;
             println!("{}", serde_json::to_string_pretty(&config.redacted())?);

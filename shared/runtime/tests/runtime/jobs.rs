@@ -322,3 +322,52 @@ async fn trace_context_survives_a_hop() {
         .await
         .map(|mut s| async move { s.next().await });
 }
+
+#[tokio::test]
+async fn messages_no_worker_settles_are_dead_lettered_at_max_deliver() {
+    let env = Env::start().await;
+    publish(&env, "acme", json!({"orgId": "acme"})).await;
+    // Crashed workers: three deliveries taken and never settled.
+    let stream = env.js.get_stream(names::TENANT_COMMANDS).await.unwrap();
+    let consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer(names::PROVISIONER).await.unwrap();
+    // The advisory watcher runs with the loop; the loop itself gets a handler that never runs.
+    let handler = Arc::new(Recorder::default());
+    let (stop, task) = {
+        // Take the deliveries away from the loop by holding them in this "crashed" consumer first.
+        let mut taken = 0;
+        while taken < 3 {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(1)
+                .expires(Duration::from_secs(3))
+                .messages()
+                .await
+                .unwrap();
+            if let Some(Ok(message)) = batch.next().await {
+                drop(message); // no ack: the worker "crashed"
+                taken += 1;
+            }
+        }
+        env.run(handler.clone(), 1)
+    };
+    env.eventually(Duration::from_secs(15), "dead-lettered", async || {
+        env.count(names::DEAD_LETTERS).await == 1
+    })
+    .await;
+    env.eventually(
+        Duration::from_secs(5),
+        "removed from the work stream",
+        async || env.count(names::TENANT_COMMANDS).await == 0,
+    )
+    .await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    let letter = &dead_letters(&env).await[0];
+    assert_eq!(
+        (letter.reason.as_str(), letter.attempts),
+        ("max_deliver", 3)
+    );
+    assert_eq!(letter.payload_text.as_deref(), Some(r#"{"orgId":"acme"}"#));
+    assert!(handler.done.lock().unwrap().is_empty());
+}

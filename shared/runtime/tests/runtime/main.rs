@@ -1,5 +1,6 @@
 //! The runtime against a real nats-server (one per test).
 
+mod health;
 mod jobs;
 mod state;
 mod topology;
@@ -62,20 +63,25 @@ impl Env {
             shutdown_grace: Duration::from_secs(10),
             prefix: String::new(),
             dead_letter_subject: format!("dlq.{}", spec.durable),
+            max_job_duration: Duration::from_secs(60),
         };
         let (tx, rx) = watch::channel(false);
-        let (js, publisher) = (self.js.clone(), self.publisher.clone());
+        let (js, publisher, client) =
+            (self.js.clone(), self.publisher.clone(), self.client.clone());
+        let metrics = Arc::new(Metrics::new("test"));
+        let watcher = tokio::spawn(fleet_runtime::jobs::watch_max_deliveries(
+            client,
+            js.clone(),
+            Arc::new(settings.clone()),
+            publisher.clone(),
+            metrics.clone(),
+            rx.clone(),
+        ));
         let task = tokio::spawn(async move {
-            fleet_runtime::run_job_loop(
-                js,
-                settings,
-                handler,
-                publisher,
-                Arc::new(Metrics::new("test")),
-                rx,
-            )
-            .await
-            .unwrap();
+            fleet_runtime::run_job_loop(js, settings, handler, publisher, metrics, rx)
+                .await
+                .unwrap();
+            watcher.abort();
         });
         (tx, task)
     }

@@ -3,6 +3,7 @@
 mod config;
 mod db;
 mod schema;
+mod streams;
 mod validate;
 
 use std::path::{Path, PathBuf};
