@@ -44,6 +44,49 @@ pub struct Config {
     pub router: RouterConfig,
     /// Keys sealing connection secrets at rest.
     pub secrets: SecretsConfig,
+    /// Tenant provisioning.
+    pub provisioner: ProvisionerConfig,
+}
+
+/// Where a region's tenants live: the Turso group (and its primary location).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionGroup {
+    /// Database group of the region.
+    pub group: String,
+    /// The group's primary location (Turso region code), for the record.
+    #[serde(default)]
+    pub primary_location: String,
+}
+
+/// Tenant provisioning settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionerConfig {
+    /// Data residency: each TenantRegion (`us-east`, `eu-west`, …) → its group. A request for a
+    /// region not listed fails permanently (its data would have nowhere lawful to live).
+    pub regions: BTreeMap<String, RegionGroup>,
+    /// Lifecycle hooks (upstream `TenantDatabaseLifecycle`, camelCase keys).
+    pub lifecycle: fleet_protocol::TenantDatabaseLifecycle,
+    /// Lifetime of a tenant's database token in days (0 = never expires).
+    pub token_expiration_days: u64,
+    /// Folder of the backups taken before deletion (local backend).
+    pub backup_dir: PathBuf,
+    /// How long a worker holds a tenant's provisioning lease (renewed per step), in seconds; a
+    /// crashed worker's tenant waits at most this long for another.
+    pub lease_secs: u64,
+}
+
+impl Default for ProvisionerConfig {
+    fn default() -> Self {
+        Self {
+            regions: BTreeMap::new(),
+            lifecycle: fleet_protocol::TenantDatabaseLifecycle::default(),
+            token_expiration_days: 0,
+            backup_dir: PathBuf::from(".fleet/data/backups"),
+            lease_secs: 15,
+        }
+    }
 }
 
 /// NATS connection settings.
@@ -56,6 +99,11 @@ pub struct NatsConfig {
     pub subject_prefix: String,
     /// Connection timeout in milliseconds.
     pub connect_timeout_ms: u64,
+    /// How long a delivered message may stay unacknowledged (renewed while a job runs) before it
+    /// is redelivered — how soon a crashed worker's work moves on — in milliseconds.
+    pub ack_wait_ms: u64,
+    /// Replicas of streams and buckets (1 for one server, 3 in a production cluster).
+    pub replicas: usize,
 }
 
 impl Default for NatsConfig {
@@ -64,6 +112,8 @@ impl Default for NatsConfig {
             url: "nats://127.0.0.1:4222".into(),
             subject_prefix: String::new(),
             connect_timeout_ms: 5000,
+            ack_wait_ms: 30_000,
+            replicas: 1,
         }
     }
 }

@@ -50,6 +50,7 @@ pub use tenant::{
     DatabaseProvider, ProvisioningStep, Tenant, TenantConnectionConfig, TenantPlan,
     TenantProvisioningRequest, TenantProvisioningResult, TenantProvisioningStatus, TenantRegion,
 };
+pub use tenant::{TenantCreated, TenantLifecycleCommand};
 pub use time::Timestamp;
 pub use turso::{
     TenantDatabaseLifecycle, TenantResolverStrategy, TursoGroup, TursoMultiTenantConfig,

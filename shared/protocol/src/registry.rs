@@ -14,8 +14,9 @@ use crate::deploy::{
 use crate::object::{Field, FieldType, Index, ObjectDefinition, SelectOption};
 use crate::quota::{QuotaEnforcementResult, TenantQuota, TenantRuntimeContext, TenantUsage};
 use crate::tenant::{
-    DatabaseProvider, ProvisioningStep, Tenant, TenantConnectionConfig, TenantCreated, TenantPlan,
-    TenantProvisioningRequest, TenantProvisioningResult, TenantProvisioningStatus, TenantRegion,
+    DatabaseProvider, ProvisioningStep, Tenant, TenantConnectionConfig, TenantCreated,
+    TenantLifecycleCommand, TenantPlan, TenantProvisioningRequest, TenantProvisioningResult,
+    TenantProvisioningStatus, TenantRegion,
 };
 use crate::turso::{
     DataTypeMapping, SqlDialect, TenantDatabaseLifecycle, TenantResolverStrategy, TursoGroup,
@@ -313,6 +314,7 @@ pub static SPECS: &[SpecEntry] = &[
     entry!(IntrospectedSchema, 'C', None, None),
     // Fleet commands built from upstream types.
     entry!(TenantCreated, 'B', None, None),
+    entry!(TenantLifecycleCommand, 'B', None, None),
 ];
 
 /// Looks a type up by its upstream name (exact, then case-insensitive).

@@ -90,7 +90,7 @@ impl fmt::Display for TenantRegion {
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
-        f.write_str(&text)
+        f.pad(&text)
     }
 }
 
@@ -184,6 +184,25 @@ pub struct TenantCreated {
 
 impl Spec for TenantCreated {
     const SPEC_NAME: &'static str = "TenantCreated";
+}
+
+/// The `tenant.suspended`, `tenant.resumed`, `tenant.deleted` and `tenant.plan_changed`
+/// commands: the tenant, and the reason or the new plan (a fleet type; upstream has no schema).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantLifecycleCommand {
+    /// The tenant.
+    pub tenant_id: TenantId,
+    /// Why (billing, policy, request), for the record and the hook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The new plan (`tenant.plan_changed` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<TenantPlan>,
+}
+
+impl Spec for TenantLifecycleCommand {
+    const SPEC_NAME: &'static str = "TenantLifecycleCommand";
 }
 
 /// Output of provisioning (on success or failure).

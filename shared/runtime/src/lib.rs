@@ -95,7 +95,11 @@ impl Runtime {
                 message: e.to_string(),
             })?;
         let js = jetstream::new(client.clone());
-        let topology = Topology::fleet(&config.nats.subject_prefix, 1);
+        let topology = Topology::fleet_with(
+            &config.nats.subject_prefix,
+            config.nats.replicas,
+            Duration::from_millis(config.nats.ack_wait_ms),
+        );
         topology.ensure(&client, &js).await?;
         let publisher = Publisher::new(js.clone());
         Ok(Self {

@@ -163,6 +163,13 @@ impl Topology {
     /// The fleet's topology under `prefix` (subjects `prefix.tenant.>`, names `PREFIX_FLEET_…`),
     /// with `replicas` copies of everything.
     pub fn fleet(prefix: &str, replicas: usize) -> Self {
+        Self::fleet_with(prefix, replicas, Duration::from_secs(30))
+    }
+
+    /// [`Topology::fleet`] with the consumers' ack wait (how soon a crashed worker's message is
+    /// redelivered).
+    pub fn fleet_with(prefix: &str, replicas: usize, ack_wait: Duration) -> Self {
+        use names::*;
         let subject = |s: &str| {
             if prefix.is_empty() {
                 s.to_owned()
@@ -193,7 +200,12 @@ impl Topology {
             name: name(n),
             subjects: vec![subject(s)],
             retention: RetentionPolicy::Limits,
-            duplicate_window: Duration::from_secs(120),
+            // Hooks derive their ids from transitions: a long window keeps a late retry to one hook.
+            duplicate_window: if n == HOOKS {
+                Duration::from_secs(3600)
+            } else {
+                Duration::from_secs(120)
+            },
             replicas,
             max_age: Duration::from_secs(days * 24 * 3600),
             max_bytes: -1,
@@ -202,7 +214,7 @@ impl Topology {
             stream: name(stream),
             durable: durable.to_owned(),
             filter: subject(filter),
-            ack_wait: Duration::from_secs(30),
+            ack_wait,
             max_deliver: 5,
             backoff: vec![
                 Duration::from_secs(1),
@@ -217,7 +229,6 @@ impl Topology {
             history: 10,
             replicas,
         };
-        use names::*;
         Self {
             prefix: prefix.to_owned(),
             streams: vec![

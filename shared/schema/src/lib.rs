@@ -62,6 +62,7 @@ pub mod introspect;
 pub mod model;
 pub mod plan;
 pub mod sql;
+pub mod system;
 
 use std::path::Path;
 use std::time::Duration;

@@ -38,6 +38,9 @@ enum Command {
     /// A tenant database's schema: introspect it, plan a bundle against it, apply a bundle.
     #[command(subcommand)]
     Db(DbCommand),
+    /// Tenants: register (as the registration service would), inspect, suspend, resume, delete.
+    #[command(subcommand)]
+    Tenant(crate::tenant_cmd::TenantCommand),
     /// The JetStream topology (streams, consumers, KV buckets).
     #[command(subcommand)]
     Streams(StreamsCommand),
@@ -69,6 +72,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Schema(SchemaCommand::List) => schema_cmd::list(),
         Command::Schema(SchemaCommand::Export { out }) => schema_cmd::export(&out),
         Command::Db(command) => db_cmd::run(command).await,
+        Command::Tenant(command) => crate::tenant_cmd::run(command).await,
         Command::Streams(StreamsCommand::Init) => {
             let config = fleet_config::Config::load()?;
             let runtime = fleet_runtime::Runtime::connect(&config).await?;

@@ -8,6 +8,7 @@ use clap::Parser;
 mod cli;
 mod db_cmd;
 mod schema_cmd;
+mod tenant_cmd;
 mod validate_cmd;
 
 #[tokio::main(flavor = "current_thread")]

@@ -1,0 +1,84 @@
+//! The base system schema every tenant database gets at provisioning: the metadata registry,
+//! deployment history, installed apps and users, as ObjectStack objects in the `sys` namespace
+//! (tables `sys_metadata`, `sys_deployment`, `sys_installed_app`, `sys_user`).
+//!
+//! They go through the same engine as tenant objects, so a desired schema for a tenant is always
+//! [`with_system_objects`] of its bundle: the system tables are never seen as "removed".
+
+use fleet_protocol::{ObjectDefinition, parse_value};
+use serde_json::json;
+
+/// The system objects.
+pub fn base_objects() -> Vec<ObjectDefinition> {
+    let objects = json!([
+        {"name": "metadata", "namespace": "sys", "label": "Metadata", "isSystem": true, "fields": {
+            "metadata_type": {"type": "text", "required": true},
+            "metadata_name": {"type": "text", "required": true},
+            "body": {"type": "json", "required": true},
+            "version": {"type": "text"},
+            "source": {"type": "text"}
+        }, "indexes": [{"fields": ["metadata_type", "metadata_name"], "unique": true}]},
+        {"name": "deployment", "namespace": "sys", "label": "Deployment", "isSystem": true, "fields": {
+            "deployment_id": {"type": "text", "required": true, "unique": true},
+            "version": {"type": "text", "required": true},
+            "checksum": {"type": "text"},
+            "status": {"type": "text", "required": true, "defaultValue": "ready"},
+            "statements": {"type": "number", "defaultValue": 0},
+            "applied_at": {"type": "datetime"}
+        }},
+        {"name": "installed_app", "namespace": "sys", "label": "Installed App", "isSystem": true, "fields": {
+            "app": {"type": "text", "required": true, "unique": true},
+            "version": {"type": "text", "required": true},
+            "status": {"type": "text", "required": true, "defaultValue": "active"},
+            "installed_at": {"type": "datetime"}
+        }},
+        {"name": "user", "namespace": "sys", "label": "User", "isSystem": true, "fields": {
+            "email": {"type": "email", "required": true, "unique": true},
+            "display_name": {"type": "text"},
+            "role": {"type": "text", "required": true, "defaultValue": "member"},
+            "active": {"type": "boolean", "required": true, "defaultValue": true}
+        }}
+    ]);
+    objects
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|o| {
+            parse_value::<ObjectDefinition>(o)
+                .expect("the system objects are valid")
+                .value
+        })
+        .collect()
+}
+
+/// `objects` plus the system objects (which always win on a name clash).
+pub fn with_system_objects(objects: &[ObjectDefinition]) -> Vec<ObjectDefinition> {
+    let system = base_objects();
+    let mut all: Vec<ObjectDefinition> = objects
+        .iter()
+        .filter(|o| !system.iter().any(|s| s.table() == o.table()))
+        .cloned()
+        .collect();
+    all.extend(system);
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_system_objects_map_to_a_valid_schema() {
+        let schema = crate::desired_schema(&base_objects()).unwrap();
+        let names: Vec<_> = schema.tables.keys().cloned().collect();
+        assert_eq!(
+            names,
+            [
+                "sys_deployment",
+                "sys_installed_app",
+                "sys_metadata",
+                "sys_user"
+            ]
+        );
+    }
+}

@@ -1,0 +1,867 @@
+//! The provisioner: `tenant.created` → a database of the tenant's own, a token, its connection
+//! sealed in the control plane, the base system schema, seed data → `active` and
+//! `hooks.tenant.created`; and the rest of the lifecycle (`tenant.suspended`, `tenant.resumed`,
+//! `tenant.deleted`, `tenant.plan_changed`).
+//!
+//! Every step is idempotent and recorded (status, start, duration, error) in the tenant's KV
+//! record — changed only by compare-and-set through the pure [`machine`] — and on
+//! `progress.tenant.<id>`:
+//! - the database name derives from the tenant id, and creating it again returns it;
+//! - one executor at a time: a lease in the record (a second replica retries later);
+//! - a token is issued only while none is stored, after revoking any orphan from a crashed
+//!   attempt — so there is always exactly one valid token;
+//! - schema sync re-plans from the live database (empty once applied); seeding inserts with
+//!   `OR IGNORE`;
+//! - a hook is decided in the same write as its transition and published afterwards under an id
+//!   derived from the transition, so a crash anywhere ends in one hook.
+//!
+//! Transient failures are retried with exponential backoff; permanent ones (an unmapped region,
+//! a create that conflicts with an existing tenant, bad input) fail the tenant with the step
+//! and the error, publish `hooks.tenant.failed`, and dead-letter the message for replay.
+
+pub mod machine;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use fleet_protocol::turso::TursoTokenScope;
+use fleet_protocol::{
+    DatabaseName, TenantConnectionConfig, TenantCreated, TenantDatabaseLifecycle, TenantId,
+    TenantLifecycleCommand, TenantProvisioningStatus, TenantRegion, Timestamp,
+};
+use fleet_runtime::{
+    Decision, Delivery, Handler, Hook, Hooks, Outcome, StateError, StateStore, Versioned,
+};
+use fleet_schema::SchemaError;
+use fleet_tenantdb::{
+    KeyRing, SecretError, StoredConnectionConfig, TenantDatabases, TenantDbError,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+
+use crate::machine::{PendingHook, STEPS, TenantRecord, TransitionError};
+
+/// Settings of the provisioner.
+#[derive(Debug, Clone)]
+pub struct ProvisionerSettings {
+    /// Region → database group (data residency).
+    pub regions: BTreeMap<TenantRegion, String>,
+    /// Lifecycle hooks configuration.
+    pub lifecycle: TenantDatabaseLifecycle,
+    /// Lifetime of issued tokens (`None`: never expire).
+    pub token_ttl: Option<Duration>,
+    /// Where backups before deletion go.
+    pub backup_dir: PathBuf,
+    /// How long one worker holds a tenant's provisioning lease.
+    pub lease: Duration,
+    /// Chaos testing only: a pause inside every step (`FLEET_PROVISIONER_STEP_DELAY_MS`), so a
+    /// test can kill the worker in the middle of one. Zero in production.
+    pub step_delay: Duration,
+}
+
+impl ProvisionerSettings {
+    /// Settings from the fleet configuration.
+    pub fn from_config(config: &fleet_config::Config) -> Result<Self, String> {
+        let mut regions = BTreeMap::new();
+        for (name, group) in &config.provisioner.regions {
+            let region: TenantRegion = serde_json::from_value(json!(name))
+                .map_err(|_| format!("provisioner.regions: unknown region {name:?}"))?;
+            regions.insert(region, group.group.clone());
+        }
+        let step_delay = std::env::var("FLEET_PROVISIONER_STEP_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Ok(Self {
+            regions,
+            lifecycle: config.provisioner.lifecycle.clone(),
+            token_ttl: (config.provisioner.token_expiration_days > 0)
+                .then(|| Duration::from_secs(config.provisioner.token_expiration_days * 86_400)),
+            backup_dir: config.provisioner.backup_dir.clone(),
+            lease: Duration::from_secs(config.provisioner.lease_secs.max(1)),
+            step_delay: Duration::from_millis(step_delay),
+        })
+    }
+}
+
+/// Why a provisioning action failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// The tenant database backend failed.
+    #[error(transparent)]
+    Backend(#[from] TenantDbError),
+    /// The schema engine failed.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// The state machine refused.
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    /// The state store failed.
+    #[error("state store: {0}")]
+    Store(String),
+    /// A sealed secret could not be opened.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// Something permanent, explained.
+    #[error("{0}")]
+    Permanent(String),
+    /// Publishing a hook failed.
+    #[error("publishing a hook: {0}")]
+    Hook(String),
+}
+
+impl ProvisionError {
+    /// Whether retrying later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Backend(e) => {
+                e.is_transient()
+                    || matches!(e, TenantDbError::Database { .. } | TenantDbError::Io { .. })
+            }
+            Self::Schema(
+                SchemaError::Introspect(_) | SchemaError::Apply(_) | SchemaError::Open { .. },
+            ) => true,
+            Self::Transition(TransitionError::Busy { .. }) | Self::Store(_) | Self::Hook(_) => true,
+            _ => false,
+        }
+    }
+}
+
+impl From<StateError<TransitionError>> for ProvisionError {
+    fn from(err: StateError<TransitionError>) -> Self {
+        match err {
+            StateError::Refused(e) => Self::Transition(e),
+            other => Self::Store(other.to_string()),
+        }
+    }
+}
+
+fn backoff(attempt: u64) -> Duration {
+    Duration::from_millis(250u64.saturating_mul(1 << attempt.min(7))).min(Duration::from_secs(30))
+}
+
+/// The provisioner's handler.
+pub struct Provisioner {
+    tenants: StateStore<TenantRecord>,
+    backend: Arc<dyn TenantDatabases>,
+    keys: Arc<KeyRing>,
+    hooks: Hooks,
+    settings: ProvisionerSettings,
+    owner: String,
+}
+
+impl std::fmt::Debug for Provisioner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provisioner")
+            .field("owner", &self.owner)
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+type Current = Option<Versioned<TenantRecord>>;
+
+impl Provisioner {
+    /// A provisioner over the tenants' state store, a backend, the key ring and hooks.
+    pub fn new(
+        tenants: StateStore<TenantRecord>,
+        backend: Arc<dyn TenantDatabases>,
+        keys: Arc<KeyRing>,
+        hooks: Hooks,
+        settings: ProvisionerSettings,
+    ) -> Self {
+        let owner = format!(
+            "{}-{}-{:08x}",
+            hostname(),
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        Self {
+            tenants,
+            backend,
+            keys,
+            hooks,
+            settings,
+            owner,
+        }
+    }
+
+    async fn transition(
+        &self,
+        tenant: &TenantId,
+        decide: impl Fn(
+            Option<&Versioned<TenantRecord>>,
+        ) -> Result<Decision<TenantRecord>, TransitionError>,
+    ) -> Result<Current, ProvisionError> {
+        Ok(self.tenants.transition(tenant.as_str(), decide).await?)
+    }
+
+    /// Publishes the record's pending hook, then clears it.
+    async fn flush_hook(&self, tenant: &TenantId, record: &Current) -> Result<(), ProvisionError> {
+        let Some(pending) = record.as_ref().and_then(|r| r.state.pending_hook.clone()) else {
+            return Ok(());
+        };
+        let hook = Hook {
+            subject: pending.subject.clone(),
+            event: pending.event.clone(),
+            version: 1,
+            entity: tenant.to_string(),
+            transition: pending.key.clone(),
+            at: chrono::Utc::now(),
+            data: pending.data.clone(),
+        };
+        self.hooks
+            .publish(&hook)
+            .await
+            .map_err(|e| ProvisionError::Hook(e.to_string()))?;
+        self.transition(tenant, |cur| machine::hook_sent(cur, tenant, &pending.key))
+            .await?;
+        Ok(())
+    }
+
+    fn hook(subject: &str, event: &str, key: String, data: serde_json::Value) -> PendingHook {
+        PendingHook {
+            subject: subject.to_owned(),
+            event: event.to_owned(),
+            key,
+            data,
+        }
+    }
+
+    fn outcome(&self, error: ProvisionError, attempt: u64) -> Outcome {
+        if error.is_transient() {
+            Outcome::retry(backoff(attempt), &error)
+        } else {
+            Outcome::poison(&error)
+        }
+    }
+
+    async fn fail(&self, tenant: &TenantId, step: &str, error: &ProvisionError) -> Outcome {
+        let reason = error.to_string();
+        let result = self
+            .transition(tenant, |cur| {
+                let decision = machine::step_failed(cur, tenant, step, &reason, true)?;
+                let data = match &decision {
+                    Decision::Write { next, .. } => {
+                        serde_json::to_value(next.result()).unwrap_or_default()
+                    }
+                    Decision::Unchanged => json!({}),
+                };
+                let key = format!("failed@{}", Timestamp::now());
+                Ok(machine::with_hook(
+                    decision,
+                    Self::hook("hooks.tenant.failed", "tenant.failed", key, data),
+                ))
+            })
+            .await;
+        match result {
+            Ok(record) => {
+                let _ = self.flush_hook(tenant, &record).await;
+                tracing::error!(%tenant, step, error = %reason, "provisioning failed");
+                Outcome::Poison {
+                    reason: format!("{step}: {reason}"),
+                }
+            }
+            Err(e) => Outcome::retry(Duration::from_secs(1), e),
+        }
+    }
+
+    async fn created(&self, command: TenantCreated, attempt: u64) -> Outcome {
+        let tenant = command.tenant_id.clone();
+        let request = command.request.clone();
+        let record = match self
+            .transition(&tenant, |cur| machine::create(cur, &tenant, &request))
+            .await
+        {
+            Ok(record) => record,
+            Err(ProvisionError::Transition(e @ TransitionError::Conflict(_))) => {
+                return Outcome::poison(&e);
+            }
+            Err(e) => return self.outcome(e, attempt),
+        };
+        if let Err(e) = self.flush_hook(&tenant, &record).await {
+            return self.outcome(e, attempt);
+        }
+        let Some(current) = record else {
+            return Outcome::retry(Duration::from_secs(1), "record vanished");
+        };
+        match current.state.status {
+            TenantProvisioningStatus::Active | TenantProvisioningStatus::Suspended => {
+                return Outcome::Done;
+            }
+            TenantProvisioningStatus::Destroying => {
+                return Outcome::Poison {
+                    reason: format!("tenant {tenant} is being deleted; not re-created"),
+                };
+            }
+            _ => {}
+        }
+        let Some(group) = self.settings.regions.get(&request.region).cloned() else {
+            let error = ProvisionError::Permanent(format!(
+                "region {} is not mapped to a database group (provisioner.regions): its data has nowhere to live",
+                request.region
+            ));
+            return self.fail(&tenant, "create_database", &error).await;
+        };
+        let until = Timestamp::from(
+            chrono::Utc::now()
+                + chrono::Duration::from_std(self.settings.lease).unwrap_or_default(),
+        );
+        match self
+            .transition(&tenant, |cur| {
+                machine::claim(cur, &tenant, &self.owner, until.clone())
+            })
+            .await
+        {
+            Ok(_) => {}
+            Err(ProvisionError::Transition(TransitionError::Busy { until, .. })) => {
+                let wait = (until.instant() - chrono::Utc::now())
+                    .to_std()
+                    .unwrap_or_default()
+                    .max(Duration::from_millis(200));
+                return Outcome::retry(
+                    wait,
+                    format!("tenant {tenant} is being provisioned by another worker"),
+                );
+            }
+            Err(e) => return self.outcome(e, attempt),
+        }
+        match self.run_steps(&tenant, &group).await {
+            Ok(()) => Outcome::Done,
+            Err((step, e)) if e.is_transient() => {
+                let reason = e.to_string();
+                let _ = self
+                    .transition(&tenant, |cur| {
+                        machine::step_failed(cur, &tenant, step, &reason, false)
+                    })
+                    .await;
+                tracing::warn!(%tenant, step, error = %reason, attempt, "provisioning step failed; retrying");
+                Outcome::retry(backoff(attempt), format!("{step}: {reason}"))
+            }
+            Err((step, e)) => self.fail(&tenant, step, &e).await,
+        }
+    }
+
+    async fn run_steps(
+        &self,
+        tenant: &TenantId,
+        group: &str,
+    ) -> Result<(), (&'static str, ProvisionError)> {
+        let lifecycle = &self.settings.lifecycle.on_tenant_create;
+        let database = self.backend.database_name(tenant);
+        let mut token: Option<SecretString> = None;
+        for step in &STEPS[..5] {
+            let record = self
+                .tenants
+                .get::<TransitionError>(tenant.as_str())
+                .await
+                .map_err(|e| (*step, e.into()))?;
+            let state = &record
+                .as_ref()
+                .ok_or((*step, ProvisionError::Store("record vanished".into())))?
+                .state;
+            // A token lives only in memory until it is stored: re-issue it unless stored.
+            let redo_token =
+                *step == "issue_token" && !machine::step_done(state, "store_connection");
+            if machine::step_done(state, step) && !redo_token {
+                continue;
+            }
+            self.renew_lease(tenant).await.map_err(|e| (*step, e))?;
+            self.transition(tenant, |cur| machine::step_started(cur, tenant, step))
+                .await
+                .map_err(|e| (*step, e))?;
+            let started = Instant::now();
+            if !self.settings.step_delay.is_zero() {
+                tokio::time::sleep(self.settings.step_delay).await;
+            }
+            let update: Box<dyn Fn(&mut TenantRecord) + Send + Sync> = match *step {
+                "create_database" => {
+                    let info = if lifecycle.auto_create {
+                        self.backend
+                            .create_database(tenant, Some(group))
+                            .await
+                            .map_err(|e| (*step, e.into()))?
+                    } else {
+                        self.backend
+                            .get_database(&database)
+                            .await
+                            .map_err(|e| (*step, e.into()))?
+                            .ok_or_else(|| {
+                                (
+                                    *step,
+                                    ProvisionError::Permanent(format!(
+                                        "autoCreate is off and database {database} does not exist"
+                                    )),
+                                )
+                            })?
+                    };
+                    Box::new(move |r: &mut TenantRecord| {
+                        r.database = Some(info.name.clone());
+                        r.group = Some(info.group.clone());
+                    })
+                }
+                "issue_token" => {
+                    // Revoke any token an interrupted attempt issued but never stored.
+                    self.backend
+                        .rotate_tokens(&database)
+                        .await
+                        .map_err(|e| (*step, e.into()))?;
+                    let issued = self
+                        .backend
+                        .issue_token(
+                            &database,
+                            TursoTokenScope::FullAccess,
+                            self.settings.token_ttl,
+                        )
+                        .await
+                        .map_err(|e| (*step, e.into()))?;
+                    token = Some(issued.token);
+                    Box::new(|_: &mut TenantRecord| {})
+                }
+                "store_connection" => {
+                    let secret = token.clone().ok_or((
+                        *step,
+                        ProvisionError::Store("no token issued in this attempt".into()),
+                    ))?;
+                    let sealed = self.seal(tenant, &database, &secret, Some(group.to_owned()));
+                    Box::new(move |r: &mut TenantRecord| r.connection = Some(sealed.clone()))
+                }
+                "sync_schema" if lifecycle.apply_group_schema => {
+                    self.sync_schema(tenant, &database)
+                        .await
+                        .map_err(|e| (*step, e))?;
+                    Box::new(|_: &mut TenantRecord| {})
+                }
+                "seed" if lifecycle.seed_data && state.admin_email.is_some() => {
+                    self.seed(tenant, &database, state)
+                        .await
+                        .map_err(|e| (*step, e))?;
+                    Box::new(|_: &mut TenantRecord| {})
+                }
+                _ => {
+                    let ms = started.elapsed().as_millis() as u64;
+                    self.transition(tenant, |cur| {
+                        machine::step_finished(cur, tenant, step, true, ms, &|_| {})
+                    })
+                    .await
+                    .map_err(|e| (*step, e))?;
+                    continue;
+                }
+            };
+            let ms = started.elapsed().as_millis() as u64;
+            self.transition(tenant, |cur| {
+                machine::step_finished(cur, tenant, step, false, ms, &*update)
+            })
+            .await
+            .map_err(|e| (*step, e))?;
+        }
+        let started = Instant::now();
+        let record = self
+            .transition(tenant, |cur| {
+                let ms = started.elapsed().as_millis() as u64;
+                let decision = machine::activate(cur, tenant, ms)?;
+                let Decision::Write { next, event } = decision else {
+                    return Ok(Decision::Unchanged);
+                };
+                let data = serde_json::to_value(next.result()).unwrap_or_default();
+                let key = format!("created@{}", next.requested_at);
+                Ok(machine::with_hook(
+                    Decision::Write { next, event },
+                    Self::hook("hooks.tenant.created", "tenant.created", key, data),
+                ))
+            })
+            .await
+            .map_err(|e| ("register", e))?;
+        self.flush_hook(tenant, &record)
+            .await
+            .map_err(|e| ("register", e))?;
+        tracing::info!(%tenant, ms = record.as_ref().and_then(|r| r.state.total_duration_ms), "tenant active");
+        Ok(())
+    }
+
+    /// Extends our lease when less than half of it is left (a write per renewal, not per step).
+    async fn renew_lease(&self, tenant: &TenantId) -> Result<(), ProvisionError> {
+        let record = self.tenants.get::<TransitionError>(tenant.as_str()).await?;
+        let half = chrono::Duration::from_std(self.settings.lease / 2).unwrap_or_default();
+        let fresh = record.and_then(|r| r.state.lease).is_some_and(|lease| {
+            lease.owner == self.owner && lease.until.instant() - chrono::Utc::now() > half
+        });
+        if fresh {
+            return Ok(());
+        }
+        let until = Timestamp::from(
+            chrono::Utc::now()
+                + chrono::Duration::from_std(self.settings.lease).unwrap_or_default(),
+        );
+        self.transition(tenant, |cur| {
+            machine::claim(cur, tenant, &self.owner, until.clone())
+        })
+        .await
+        .map(|_| ())
+    }
+
+    fn seal(
+        &self,
+        tenant: &TenantId,
+        database: &DatabaseName,
+        token: &SecretString,
+        group: Option<String>,
+    ) -> StoredConnectionConfig {
+        let plain = TenantConnectionConfig {
+            url: self.backend.connection_url(database),
+            auth_token: Some(token.expose_secret().to_owned()),
+            group,
+        };
+        StoredConnectionConfig::seal(&plain, tenant, &self.keys)
+    }
+
+    /// A connection with the tenant's stored token.
+    async fn connect(
+        &self,
+        tenant: &TenantId,
+        database: &DatabaseName,
+    ) -> Result<libsql::Connection, ProvisionError> {
+        let record = self.tenants.get::<TransitionError>(tenant.as_str()).await?;
+        let sealed = record.and_then(|r| r.state.connection).ok_or_else(|| {
+            ProvisionError::Store(format!("tenant {tenant} has no stored connection"))
+        })?;
+        let token = sealed
+            .auth_token(tenant, &self.keys)?
+            .ok_or(SecretError::Malformed)?;
+        let db = self.backend.open(database, &token).await?;
+        Ok(db.connect().await?)
+    }
+
+    async fn sync_schema(
+        &self,
+        tenant: &TenantId,
+        database: &DatabaseName,
+    ) -> Result<(), ProvisionError> {
+        let conn = self.connect(tenant, database).await?;
+        fleet_schema::migrate(
+            &conn,
+            &fleet_schema::system::base_objects(),
+            fleet_schema::PlanOptions::default(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn seed(
+        &self,
+        tenant: &TenantId,
+        database: &DatabaseName,
+        record: &TenantRecord,
+    ) -> Result<(), ProvisionError> {
+        let conn = self.connect(tenant, database).await?;
+        conn.execute(
+            "INSERT OR IGNORE INTO sys_user (id, email, display_name, role) VALUES ('admin', ?1, ?2, 'admin')",
+            libsql::params![record.admin_email.clone().unwrap_or_default(), record.display_name.clone()],
+        )
+        .await
+        .map_err(|e| ProvisionError::Backend(TenantDbError::Database { what: "seeding the admin user".into(), source: e }))?;
+        Ok(())
+    }
+
+    async fn lifecycle(
+        &self,
+        subject: &str,
+        command: TenantLifecycleCommand,
+        attempt: u64,
+    ) -> Outcome {
+        let tenant = command.tenant_id.clone();
+        let result = match subject {
+            "tenant.suspended" => self.suspend(&tenant, command.reason.clone()).await,
+            "tenant.resumed" => self.resume(&tenant).await,
+            "tenant.deleted" => return self.delete(&tenant, attempt).await,
+            "tenant.plan_changed" => match command.plan {
+                Some(plan) => self.change_plan(&tenant, plan).await,
+                None => Err(ProvisionError::Permanent(
+                    "tenant.plan_changed needs `plan`".into(),
+                )),
+            },
+            _ => Err(ProvisionError::Permanent(format!(
+                "no handler for {subject}"
+            ))),
+        };
+        match result {
+            Ok(()) => Outcome::Done,
+            Err(ProvisionError::Transition(e)) => Outcome::poison(&e),
+            Err(e) => self.outcome(e, attempt),
+        }
+    }
+
+    async fn existing(&self, tenant: &TenantId) -> Result<Versioned<TenantRecord>, ProvisionError> {
+        let record = self.tenants.get::<TransitionError>(tenant.as_str()).await?;
+        self.flush_hook(tenant, &record).await?;
+        self.tenants
+            .get::<TransitionError>(tenant.as_str())
+            .await?
+            .ok_or_else(|| TransitionError::Unknown(tenant.to_string()).into())
+    }
+
+    fn database_of(&self, record: &TenantRecord) -> DatabaseName {
+        record
+            .database
+            .as_deref()
+            .and_then(|d| DatabaseName::parse(d).ok())
+            .unwrap_or_else(|| self.backend.database_name(&record.tenant_id))
+    }
+
+    async fn suspend(
+        &self,
+        tenant: &TenantId,
+        reason: Option<String>,
+    ) -> Result<(), ProvisionError> {
+        let current = self.existing(tenant).await?;
+        if current.state.status == TenantProvisioningStatus::Suspended {
+            return Ok(());
+        }
+        machine::suspend(Some(&current), tenant, None)?; // refuse early when illegal
+        let database = self.database_of(&current.state);
+        let policy = &self.settings.lifecycle.on_tenant_suspend;
+        let mut connection = current.state.connection.clone();
+        if policy.revoke_tokens {
+            self.backend.rotate_tokens(&database).await?;
+            connection = None;
+        }
+        if policy.read_only {
+            let issued = self
+                .backend
+                .issue_token(
+                    &database,
+                    TursoTokenScope::ReadOnly,
+                    self.settings.token_ttl,
+                )
+                .await?;
+            connection = Some(self.seal(
+                tenant,
+                &database,
+                &issued.token,
+                current.state.group.clone(),
+            ));
+        }
+        let data = json!({"tenantId": tenant, "status": "suspended", "reason": reason, "readOnly": policy.read_only});
+        let record = self
+            .transition(tenant, |cur| {
+                let key = format!("suspended@{}", cur.map_or(0, |c| c.revision));
+                Ok(machine::with_hook(
+                    machine::suspend(cur, tenant, connection.clone())?,
+                    Self::hook(
+                        "hooks.tenant.suspended",
+                        "tenant.suspended",
+                        key,
+                        data.clone(),
+                    ),
+                ))
+            })
+            .await?;
+        self.flush_hook(tenant, &record).await
+    }
+
+    async fn resume(&self, tenant: &TenantId) -> Result<(), ProvisionError> {
+        let current = self.existing(tenant).await?;
+        if current.state.status == TenantProvisioningStatus::Active {
+            return Ok(());
+        }
+        let placeholder = StoredConnectionConfig {
+            url: String::new(),
+            group: None,
+            sealed_auth_token: None,
+        };
+        machine::resume(Some(&current), tenant, placeholder)?;
+        let database = self.database_of(&current.state);
+        self.backend.rotate_tokens(&database).await?;
+        let issued = self
+            .backend
+            .issue_token(
+                &database,
+                TursoTokenScope::FullAccess,
+                self.settings.token_ttl,
+            )
+            .await?;
+        let sealed = self.seal(
+            tenant,
+            &database,
+            &issued.token,
+            current.state.group.clone(),
+        );
+        let data = json!({"tenantId": tenant, "status": "active"});
+        let record = self
+            .transition(tenant, |cur| {
+                let key = format!("resumed@{}", cur.map_or(0, |c| c.revision));
+                Ok(machine::with_hook(
+                    machine::resume(cur, tenant, sealed.clone())?,
+                    Self::hook("hooks.tenant.resumed", "tenant.resumed", key, data.clone()),
+                ))
+            })
+            .await?;
+        self.flush_hook(tenant, &record).await
+    }
+
+    async fn change_plan(
+        &self,
+        tenant: &TenantId,
+        plan: fleet_protocol::TenantPlan,
+    ) -> Result<(), ProvisionError> {
+        self.existing(tenant).await?;
+        let data = json!({"tenantId": tenant, "plan": plan, "quotas": machine::plan_quotas(plan)});
+        let record = self
+            .transition(tenant, |cur| {
+                let key = format!("plan_changed@{}", cur.map_or(0, |c| c.revision));
+                Ok(machine::with_hook(
+                    machine::change_plan(cur, tenant, plan)?,
+                    Self::hook(
+                        "hooks.tenant.plan_changed",
+                        "tenant.plan_changed",
+                        key,
+                        data.clone(),
+                    ),
+                ))
+            })
+            .await?;
+        self.flush_hook(tenant, &record).await
+    }
+
+    async fn delete(&self, tenant: &TenantId, attempt: u64) -> Outcome {
+        match self.delete_steps(tenant).await {
+            Ok(None) => Outcome::Done,
+            Ok(Some(wait)) => Outcome::retry(
+                wait,
+                format!("tenant {tenant}: deletion scheduled after the grace period"),
+            ),
+            Err(ProvisionError::Transition(e)) => Outcome::poison(&e),
+            Err(e) => self.outcome(e, attempt),
+        }
+    }
+
+    /// Deletes (or schedules deleting) the tenant's database; `Some(wait)` while in its grace.
+    async fn delete_steps(&self, tenant: &TenantId) -> Result<Option<Duration>, ProvisionError> {
+        let policy = &self.settings.lifecycle.on_tenant_delete;
+        let mut current = self.existing(tenant).await?;
+        if current.state.deleted {
+            return Ok(None);
+        }
+        let database = self.database_of(&current.state);
+        if current.state.status != TenantProvisioningStatus::Destroying {
+            let grace = if policy.immediate {
+                0
+            } else {
+                policy.grace_period_hours as i64
+            };
+            let after = Timestamp::from(chrono::Utc::now() + chrono::Duration::hours(grace));
+            current = self
+                .transition(tenant, |cur| machine::destroy(cur, tenant, after.clone()))
+                .await?
+                .ok_or_else(|| ProvisionError::Store("record vanished".into()))?;
+        }
+        if let Some(after) = &current.state.delete_after
+            && let Ok(wait) = (after.instant() - chrono::Utc::now()).to_std()
+            && !wait.is_zero()
+        {
+            return Ok(Some(wait));
+        }
+        let backup = if policy.create_backup && current.state.backup.is_none() {
+            self.backup(tenant, &database).await?
+        } else {
+            None
+        };
+        self.backend.delete_database(&database).await?;
+        let data = json!({"tenantId": tenant, "status": "deleted", "backup": backup});
+        let record = self
+            .transition(tenant, |cur| {
+                let key = format!("deleted@{}", cur.map_or(0, |c| c.revision));
+                Ok(machine::with_hook(
+                    machine::deleted(cur, tenant, backup.clone())?,
+                    Self::hook("hooks.tenant.deleted", "tenant.deleted", key, data.clone()),
+                ))
+            })
+            .await?;
+        self.flush_hook(tenant, &record).await?;
+        Ok(None)
+    }
+
+    /// A copy of the database kept before deletion (`VACUUM INTO` a file under the backup dir),
+    /// for embedded backends; Turso databases are backed up by Turso's point-in-time recovery.
+    async fn backup(
+        &self,
+        tenant: &TenantId,
+        database: &DatabaseName,
+    ) -> Result<Option<String>, ProvisionError> {
+        if !self.backend.connection_url(database).starts_with("file:") {
+            tracing::warn!(%tenant, "backup before deletion relies on the provider's point-in-time recovery");
+            return Ok(None);
+        }
+        if self.backend.get_database(database).await?.is_none() {
+            return Ok(None);
+        }
+        tokio::fs::create_dir_all(&self.settings.backup_dir)
+            .await
+            .map_err(|e| TenantDbError::Io {
+                what: "creating the backup dir".into(),
+                source: e,
+            })?;
+        let file = self.settings.backup_dir.join(format!(
+            "{database}-{}.db",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ")
+        ));
+        let issued = self
+            .backend
+            .issue_token(
+                database,
+                TursoTokenScope::FullAccess,
+                Some(Duration::from_secs(600)),
+            )
+            .await?;
+        let conn = self
+            .backend
+            .open(database, &issued.token)
+            .await?
+            .connect()
+            .await?;
+        // The path is built from a validated database name and a timestamp, and quoted.
+        let path = file.display().to_string();
+        conn.execute(
+            &format!("VACUUM INTO {}", fleet_schema::sql::quote_text(&path)),
+            (),
+        )
+        .await
+        .map_err(|e| TenantDbError::Database {
+            what: "backing up".into(),
+            source: e,
+        })?;
+        Ok(Some(path))
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "provisioner".to_owned())
+}
+
+#[async_trait]
+impl Handler for Provisioner {
+    async fn handle(&self, delivery: Delivery) -> Outcome {
+        match delivery.subject.as_str() {
+            "tenant.created" => match delivery.decode::<TenantCreated>() {
+                Ok(command) => self.created(command, delivery.attempt).await,
+                Err(poison) => poison,
+            },
+            subject @ ("tenant.suspended"
+            | "tenant.resumed"
+            | "tenant.deleted"
+            | "tenant.plan_changed") => match delivery.decode::<TenantLifecycleCommand>() {
+                Ok(command) => self.lifecycle(subject, command, delivery.attempt).await,
+                Err(poison) => poison,
+            },
+            other => Outcome::Poison {
+                reason: format!("the provisioner handles no {other:?} commands"),
+            },
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Suspend, resume, delete — and bad input, which never half-creates anything.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::Fleet;
+
+const IMMEDIATE_DELETE: &str = r#"
+[provisioner.lifecycle.onTenantDelete]
+immediate = true
+gracePeriodHours = 0
+createBackup = true
+"#;
+
+#[tokio::test]
+async fn suspend_resume_and_delete_with_their_hooks() {
+    let mut fleet = Fleet::start(IMMEDIATE_DELETE).await;
+    fleet.spawn_worker(&[]);
+    fleet.register("acme", "acme", json!({})).await;
+    fleet
+        .eventually(Duration::from_secs(30), "active", async || {
+            fleet.status("acme").await == "active"
+        })
+        .await;
+    let active_connection = fleet.record("acme").await.unwrap().connection;
+
+    fleet
+        .command(
+            "tenant.suspended",
+            json!({"tenantId": "acme", "reason": "billing"}),
+            "s1",
+        )
+        .await;
+    fleet
+        .eventually(Duration::from_secs(30), "suspended", async || {
+            fleet.status("acme").await == "suspended"
+        })
+        .await;
+    let suspended = fleet.record("acme").await.unwrap();
+    assert_ne!(
+        suspended.connection, active_connection,
+        "tokens were revoked; a read-only one is stored"
+    );
+    let tokens = fleet.tokens("acme");
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(tokens[0]["scope"], "read-only");
+    fleet
+        .eventually(Duration::from_secs(10), "suspended hook", async || {
+            fleet.hooks("hooks.tenant.suspended").await.len() == 1
+        })
+        .await;
+    assert_eq!(
+        fleet.hooks("hooks.tenant.suspended").await[0]["data"]["reason"],
+        "billing"
+    );
+
+    fleet
+        .command("tenant.resumed", json!({"tenantId": "acme"}), "r1")
+        .await;
+    fleet
+        .eventually(Duration::from_secs(30), "active again", async || {
+            fleet.status("acme").await == "active"
+        })
+        .await;
+    assert_eq!(fleet.tokens("acme")[0]["scope"], "full-access");
+    fleet
+        .eventually(Duration::from_secs(10), "resumed hook", async || {
+            fleet.hooks("hooks.tenant.resumed").await.len() == 1
+        })
+        .await;
+
+    fleet
+        .command(
+            "tenant.plan_changed",
+            json!({"tenantId": "acme", "plan": "enterprise"}),
+            "p1",
+        )
+        .await;
+    fleet
+        .eventually(Duration::from_secs(30), "plan", async || {
+            fleet
+                .record("acme")
+                .await
+                .is_some_and(|r| format!("{:?}", r.plan) == "Enterprise")
+        })
+        .await;
+
+    fleet
+        .command("tenant.deleted", json!({"tenantId": "acme"}), "d1")
+        .await;
+    fleet
+        .eventually(Duration::from_secs(30), "deleted", async || {
+            fleet.status("acme").await == "deleted"
+        })
+        .await;
+    assert!(
+        !fleet.data_dir().join("acme.db").exists(),
+        "the database is gone"
+    );
+    let record = fleet.record("acme").await.unwrap();
+    let backup = record.backup.expect("a backup was kept");
+    assert!(std::path::Path::new(&backup).exists(), "{backup}");
+    fleet
+        .eventually(Duration::from_secs(10), "deleted hook", async || {
+            fleet.hooks("hooks.tenant.deleted").await.len() == 1
+        })
+        .await;
+    assert!(fleet.dead_letters().await.is_empty());
+}
+
+#[tokio::test]
+async fn bad_input_is_dead_lettered_with_a_clear_reason_and_nothing_half_created() {
+    let mut fleet = Fleet::start("").await;
+    fleet.spawn_worker(&[]);
+    fleet
+        .command("tenant.suspended", json!({"tenantId": "nobody"}), "bad-1")
+        .await;
+    fleet
+        .command(
+            "tenant.created",
+            json!({"tenantId": "ok-but", "plan": 7}),
+            "bad-2",
+        )
+        .await;
+    fleet
+        .command(
+            "tenant.created",
+            json!({"tenantId": "../etc", "orgId": "o"}),
+            "bad-3",
+        )
+        .await;
+    fleet.register("acme", "acme", json!({})).await;
+    fleet
+        .eventually(Duration::from_secs(30), "active", async || {
+            fleet.status("acme").await == "active"
+        })
+        .await;
+    fleet
+        .register("acme", "acme-other", json!({"region": "us-east"}))
+        .await;
+    fleet
+        .register("far", "far", json!({"region": "ap-southeast"}))
+        .await;
+    fleet
+        .eventually(Duration::from_secs(30), "five dead letters", async || {
+            fleet.dead_letters().await.len() == 5
+        })
+        .await;
+    let letters = fleet.dead_letters().await;
+    let reason = |id: &str| {
+        letters
+            .iter()
+            .find(|l| l.headers.get("Nats-Msg-Id") == Some(&vec![id.to_owned()]))
+            .map(|l| l.error.clone())
+            .unwrap()
+    };
+    assert!(
+        reason("bad-1").contains("unknown tenant nobody"),
+        "{}",
+        reason("bad-1")
+    );
+    assert!(
+        reason("bad-2").contains("orgId") && reason("bad-2").contains("plan"),
+        "{}",
+        reason("bad-2")
+    );
+    assert!(reason("bad-3").contains("tenantId"), "{}", reason("bad-3"));
+    assert!(
+        reason("acme-other").contains("different settings"),
+        "{}",
+        reason("acme-other")
+    );
+    assert!(reason("far").contains("ap-southeast"), "{}", reason("far"));
+    // Nothing half-created: no database for the bad ones; the conflicting create changed nothing.
+    assert!(fleet.record("nobody").await.is_none() && fleet.record("ok-but").await.is_none());
+    assert_eq!(
+        fleet.record("acme").await.unwrap().region.to_string(),
+        "eu-west"
+    );
+    assert_eq!(fleet.status("far").await, "failed");
+    assert!(!fleet.data_dir().join("far.db").exists());
+    assert_eq!(fleet.hooks("hooks.tenant.failed").await.len(), 1);
+}

@@ -1,0 +1,262 @@
+//! End to end: the real provisioner binary against a real nats-server and local libSQL files.
+
+mod lifecycle;
+mod provisioning;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use fleet_protocol::TenantId;
+use fleet_provisioner::machine::TenantRecord;
+use fleet_runtime::topology::names;
+use fleet_runtime::{DeadLetter, Publisher, StateStore};
+use fleet_testkit::NatsServer;
+use serde_json::json;
+
+/// A nats-server, a data dir, a config overlay, and provisioner processes.
+#[allow(missing_debug_implementations)]
+pub struct Fleet {
+    pub server: NatsServer,
+    pub dir: tempfile::TempDir,
+    pub js: jetstream::Context,
+    pub publisher: Publisher,
+    pub tenants: StateStore<TenantRecord>,
+    workers: Vec<Child>,
+}
+
+impl Fleet {
+    /// `overlay` is TOML appended to the e2e config (e.g. lifecycle settings).
+    pub async fn start(overlay: &str) -> Self {
+        let server = NatsServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config");
+        std::fs::create_dir_all(&config).unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        std::fs::copy(
+            root.join("config/default.toml"),
+            config.join("default.toml"),
+        )
+        .unwrap();
+        std::fs::write(
+            config.join("e2e.toml"),
+            format!(
+                r#"
+[nats]
+url = "{url}"
+ack_wait_ms = 2000
+
+[tenantdb]
+data_dir = "{data}"
+
+[telemetry]
+log_format = "json"
+log_filter = "info"
+
+[worker]
+concurrency = 8
+health_addr = "127.0.0.1:0"
+shutdown_grace_ms = 5000
+
+[secrets]
+active_key = "e2e"
+keys = {{ e2e = "ZTJlLXRlc3Qta2V5LW5vdC1mb3ItcHJvZHVjdGlvbiE=" }}
+
+[provisioner]
+backup_dir = "{backups}"
+lease_secs = 3
+
+[provisioner.regions.us-east]
+group = "local"
+[provisioner.regions.eu-west]
+group = "local"
+{overlay}
+"#,
+                url = server.url(),
+                data = dir.path().join("tenants").display(),
+                backups = dir.path().join("backups").display(),
+            ),
+        )
+        .unwrap();
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let js = jetstream::new(client.clone());
+        fleet_runtime::Topology::fleet_with("", 1, Duration::from_secs(2))
+            .ensure(&client, &js)
+            .await
+            .unwrap();
+        let publisher = Publisher::new(js.clone());
+        let kv = js.get_key_value(names::TENANTS).await.unwrap();
+        let tenants = StateStore::new("tenant", kv, publisher.clone(), "progress.tenant");
+        Self {
+            server,
+            dir,
+            js,
+            publisher,
+            tenants,
+            workers: Vec::new(),
+        }
+    }
+
+    /// Starts one more provisioner process (`extra_env` e.g. the chaos step delay).
+    pub fn spawn_worker(&mut self, extra_env: &[(&str, &str)]) -> usize {
+        let log = std::fs::File::create(
+            self.dir
+                .path()
+                .join(format!("provisioner-{}.log", self.workers.len())),
+        )
+        .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_provisioner"));
+        command
+            .env("FLEET_CONFIG_DIR", self.dir.path().join("config"))
+            .env("FLEET_ENV", "e2e")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in extra_env {
+            command.env(k, v);
+        }
+        self.workers
+            .push(command.spawn().expect("the provisioner binary starts"));
+        self.workers.len() - 1
+    }
+
+    /// SIGKILLs a worker.
+    pub fn kill_worker(&mut self, index: usize) {
+        let _ = self.workers[index].kill();
+        let _ = self.workers[index].wait();
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("tenants")
+    }
+
+    pub fn worker_log(&self, index: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("provisioner-{index}.log")))
+            .unwrap_or_default()
+    }
+
+    /// Publishes `tenant.created` as the registration service does.
+    pub async fn register(&self, tenant: &str, message_id: &str, extra: serde_json::Value) {
+        let mut payload = json!({"tenantId": tenant, "orgId": "org_42", "plan": "pro", "region": "eu-west",
+                                 "displayName": "Acme Inc", "adminEmail": "ops@acme.example"});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            payload[k] = v.clone();
+        }
+        self.publisher
+            .publish_json("tenant.created", message_id, &payload, HeaderMap::new())
+            .await
+            .unwrap();
+    }
+
+    pub async fn command(&self, subject: &str, payload: serde_json::Value, message_id: &str) {
+        self.publisher
+            .publish_json(subject, message_id, &payload, HeaderMap::new())
+            .await
+            .unwrap();
+    }
+
+    pub async fn record(&self, tenant: &str) -> Option<TenantRecord> {
+        self.tenants
+            .get::<std::convert::Infallible>(tenant)
+            .await
+            .unwrap()
+            .map(|v| v.state)
+    }
+
+    pub async fn status(&self, tenant: &str) -> String {
+        self.record(tenant)
+            .await
+            .map(|r| fleet_provisioner::machine::status_name(&r))
+            .unwrap_or_default()
+    }
+
+    /// Waits until `check` holds.
+    pub async fn eventually<F: AsyncFnMut() -> bool>(
+        &self,
+        limit: Duration,
+        what: &str,
+        mut check: F,
+    ) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !check().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for: {what}\n{}",
+                self.worker_log(0)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every message of a stream whose subject is `subject`, as JSON.
+    pub async fn messages(&self, stream: &str, subject: &str) -> Vec<serde_json::Value> {
+        let stream = self.js.get_stream(stream).await.unwrap();
+        let mut stream_info = stream.clone();
+        let last = stream_info.info().await.unwrap().state.last_sequence;
+        let mut out = Vec::new();
+        for seq in 1..=last {
+            if let Ok(message) = stream.get_raw_message(seq).await
+                && message.subject.as_str() == subject
+            {
+                out.push(serde_json::from_slice(&message.payload).unwrap());
+            }
+        }
+        out
+    }
+
+    pub async fn hooks(&self, subject: &str) -> Vec<serde_json::Value> {
+        self.messages(names::HOOKS, subject).await
+    }
+
+    pub async fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.messages(names::DEAD_LETTERS, "dlq.provisioner")
+            .await
+            .into_iter()
+            .map(|v| serde_json::from_value(v).unwrap())
+            .collect()
+    }
+
+    /// Tables of a tenant's database file.
+    pub async fn tables(&self, tenant: &str) -> Vec<String> {
+        let conn = fleet_schema::open_local(&self.data_dir().join(format!("{tenant}.db")))
+            .await
+            .unwrap();
+        let mut rows = conn
+            .query(
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
+                (),
+            )
+            .await
+            .unwrap();
+        let mut names = Vec::new();
+        while let Some(row) = rows.next().await.unwrap() {
+            names.push(row.get::<String>(0).unwrap());
+        }
+        names
+    }
+
+    /// Token records of a tenant's local database.
+    pub fn tokens(&self, tenant: &str) -> Vec<serde_json::Value> {
+        let meta =
+            std::fs::read_to_string(self.data_dir().join(format!("{tenant}.meta.json"))).unwrap();
+        serde_json::from_str::<serde_json::Value>(&meta).unwrap()["tokens"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for worker in &mut self.workers {
+            let _ = worker.kill();
+            let _ = worker.wait();
+        }
+    }
+}
+
+pub fn tenant(id: &str) -> TenantId {
+    TenantId::parse(id).unwrap()
+}

@@ -1,0 +1,178 @@
+//! tenant.created: many tenants, duplicates, a worker killed mid-step, two workers at once.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::Fleet;
+
+const SYSTEM_TABLES: [&str; 4] = [
+    "sys_deployment",
+    "sys_installed_app",
+    "sys_metadata",
+    "sys_user",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_tenants_become_active_with_their_schema_and_one_hook_each() {
+    let mut fleet = Fleet::start("").await;
+    fleet.spawn_worker(&[]);
+    let ids: Vec<String> = (0..200).map(|i| format!("acme-{i:03}")).collect();
+    for id in &ids {
+        fleet.register(id, id, json!({})).await;
+    }
+    fleet
+        .eventually(Duration::from_secs(120), "200 active tenants", async || {
+            let mut active = 0;
+            for id in &ids {
+                if fleet.status(id).await == "active" {
+                    active += 1;
+                }
+            }
+            active == ids.len()
+        })
+        .await;
+    for id in ids.iter().step_by(20) {
+        let tables = fleet.tables(id).await;
+        assert_eq!(tables, SYSTEM_TABLES, "{id}");
+        let record = fleet.record(id).await.unwrap();
+        assert!(
+            record.steps.iter().all(|s| s.duration_ms.is_some()),
+            "{id}: every step timed"
+        );
+        assert!(
+            record
+                .connection
+                .as_ref()
+                .unwrap()
+                .sealed_auth_token
+                .as_deref()
+                .unwrap()
+                .starts_with("v1.e2e.")
+        );
+        assert_eq!(fleet.tokens(id).len(), 1, "{id}: exactly one valid token");
+    }
+    let hooks = fleet.hooks("hooks.tenant.created").await;
+    let mut per_tenant: BTreeMap<String, usize> = BTreeMap::new();
+    for hook in &hooks {
+        assert_eq!(hook["specversion"], "1.0");
+        assert_eq!(hook["type"], "io.objectos.fleet.tenant.created.v1");
+        assert_eq!(hook["data"]["status"], "active");
+        *per_tenant
+            .entry(hook["subject"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(per_tenant.len(), 200);
+    assert!(per_tenant.values().all(|n| *n == 1), "one hook per tenant");
+    assert!(fleet.dead_letters().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_duplicate_tenant_created_is_a_no_op() {
+    let mut fleet = Fleet::start("").await;
+    fleet.spawn_worker(&[]);
+    fleet.register("acme", "acme", json!({})).await;
+    fleet
+        .eventually(Duration::from_secs(30), "active", async || {
+            fleet.status("acme").await == "active"
+        })
+        .await;
+    let first = fleet.record("acme").await.unwrap();
+    // The registration service re-sends (same Nats-Msg-Id: dropped by the duplicate window) and
+    // an operator replays it (a new id: handled, and found already done).
+    fleet.register("acme", "acme", json!({})).await;
+    fleet.register("acme", "acme-replayed", json!({})).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let again = fleet.record("acme").await.unwrap();
+    assert_eq!(first.provisioned_at, again.provisioned_at);
+    assert_eq!(first.connection, again.connection, "no new token");
+    assert_eq!(fleet.hooks("hooks.tenant.created").await.len(), 1);
+    assert!(fleet.dead_letters().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_step_and_restarted_ends_active_once() {
+    let mut fleet = Fleet::start("").await;
+    let slow = fleet.spawn_worker(&[("FLEET_PROVISIONER_STEP_DELAY_MS", "700")]);
+    fleet.register("acme", "acme", json!({})).await;
+    // Kill it while a step is running (after the database exists, before the token is stored).
+    fleet
+        .eventually(Duration::from_secs(30), "issue_token running", async || {
+            fleet.record("acme").await.is_some_and(|r| {
+                r.steps
+                    .iter()
+                    .any(|s| s.name == "issue_token" && format!("{:?}", s.status) == "Running")
+            })
+        })
+        .await;
+    fleet.kill_worker(slow);
+    assert_ne!(fleet.status("acme").await, "active");
+    fleet.spawn_worker(&[]);
+    fleet
+        .eventually(
+            Duration::from_secs(60),
+            "active after restart",
+            async || fleet.status("acme").await == "active",
+        )
+        .await;
+    assert_eq!(
+        fleet.hooks("hooks.tenant.created").await.len(),
+        1,
+        "one hook"
+    );
+    assert_eq!(
+        fleet.tokens("acme").len(),
+        1,
+        "the orphan token of the killed attempt was revoked"
+    );
+    let databases: Vec<_> = std::fs::read_dir(fleet.data_dir())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str().map(str::to_owned))
+        .filter(|n| n.ends_with(".db"))
+        .collect();
+    assert_eq!(databases, ["acme.db"], "one database");
+    assert_eq!(fleet.tables("acme").await, SYSTEM_TABLES);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_provisioners_never_process_a_tenant_twice() {
+    let mut fleet = Fleet::start("").await;
+    fleet.spawn_worker(&[]);
+    fleet.spawn_worker(&[]);
+    let ids: Vec<String> = (0..60).map(|i| format!("t-{i:02}")).collect();
+    for id in &ids {
+        fleet.register(id, id, json!({})).await;
+    }
+    fleet
+        .eventually(Duration::from_secs(90), "all active", async || {
+            let mut active = 0;
+            for id in &ids {
+                if fleet.status(id).await == "active" {
+                    active += 1;
+                }
+            }
+            active == ids.len()
+        })
+        .await;
+    let hooks = fleet.hooks("hooks.tenant.created").await;
+    assert_eq!(hooks.len(), ids.len(), "one hook per tenant");
+    for id in &ids {
+        assert_eq!(fleet.tokens(id).len(), 1, "{id}: one valid token");
+        let progress = fleet
+            .messages("FLEET_PROGRESS", &format!("progress.tenant.{id}"))
+            .await;
+        let completed = |step: &str| {
+            progress
+                .iter()
+                .filter(|e| e["step"] == step && e["durationMs"].is_number())
+                .count()
+        };
+        assert_eq!(
+            completed("create_database"),
+            1,
+            "{id}: create_database ran once"
+        );
+        assert_eq!(completed("sync_schema"), 1, "{id}: sync_schema ran once");
+    }
+}
