@@ -41,7 +41,15 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
+# A local fleet: the pinned nats-server (unless one answers) and the workers; logs in .fleet/logs.
+up: nats-server
+    scripts/up.sh
+
+# Stop what `just up` started.
+down:
+    scripts/down.sh
+
 # The main job on the embedded default (local nats-server, local libSQL files).
 demo: setup
-    cargo build --quiet -p fleetctl
+    cargo build --quiet -p fleetctl -p provisioner
     scripts/demo.sh

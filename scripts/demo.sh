@@ -27,7 +27,29 @@ echo "nats://127.0.0.1:$port is up, JetStream enabled (monitoring on :$mport)"
 step "2. The effective configuration, pointed at it (defaults → config/*.toml → FLEET_* env)"
 FLEET_NATS__URL="nats://127.0.0.1:$port" "$fleetctl" config
 
-step "3. A platform engineer's deploy bundle (examples/crm-v1.bundle.json), validated and normalized"
+step "3. The provisioner, and tenants registering (tenant.created, as the registration service sends it)"
+export FLEET_NATS__URL="nats://127.0.0.1:$port"
+export FLEET_TENANTDB__DATA_DIR="$demo/tenants"
+export FLEET_PROVISIONER__BACKUP_DIR="$demo/backups"
+export FLEET_WORKER__HEALTH_ADDR="127.0.0.1:0"
+"$root/target/debug/provisioner" >"$demo/provisioner.log" 2>&1 &
+provisioner_pid=$!
+trap 'kill "$provisioner_pid" 2>/dev/null || true; wait "$provisioner_pid" 2>/dev/null || true; kill "$nats_pid" 2>/dev/null || true; wait "$nats_pid" 2>/dev/null || true' EXIT
+"$fleetctl" tenant create --id acme --org org_42 --plan pro --region eu-west --admin-email ops@acme.example --wait
+"$fleetctl" tenant create --count 10 --wait
+echo
+"$fleetctl" tenant status acme
+echo
+"$fleetctl" tenant list | head -5
+echo "…"
+
+step "3b. Suspend and resume one (tokens revoked, a read-only one while suspended)"
+"$fleetctl" tenant suspend acme --reason "demo: unpaid invoice"
+sleep 0.5 && "$fleetctl" tenant status acme | head -1
+"$fleetctl" tenant resume acme
+sleep 0.5 && "$fleetctl" tenant status acme | head -1
+
+step "4. A platform engineer's deploy bundle (examples/crm-v1.bundle.json), validated and normalized"
 "$fleetctl" validate DeployBundle examples/crm-v1.bundle.json >"$demo/crm-v1.normalized.json"
 python3 - "$demo/crm-v1.normalized.json" <<'PY'
 import json, sys
@@ -41,20 +63,19 @@ print(f"upstream defaults filled in: manifest.{', manifest.'.join(filled[:-1])},
 PY
 echo "normalized JSON: $demo/crm-v1.normalized.json"
 
-step "4. A bundle with three mistakes: every one reported with its path (exit 1)"
+step "5. A bundle with three mistakes: every one reported with its path (exit 1)"
 set +e
 "$fleetctl" validate DeployBundle examples/invalid.bundle.json
 echo "exit code: $?"
 set -e
 
-step "5. The registration service's tenant.created payload, as the provisioner will read it"
+step "6. The registration service's tenant.created payload, as the provisioner will read it"
 echo '{"tenantId":"acme","orgId":"org_42","plan":"pro","region":"eu-west","displayName":"Acme Inc","adminEmail":"ops@acme.example"}' \
   | "$fleetctl" validate TenantCreated - 2>&1
 
-step "6. Tenant acme's database on the embedded default (the local backend: a libSQL file): CRM v1, some rows"
-# The local backend, pointed at the demo's folder; fleetctl creates the database, issues itself a
-# short-lived token and opens it the way every worker will.
-export FLEET_TENANTDB__DATA_DIR="$demo/tenants"
+step "7. CRM v1 deployed to tenant acme's database (the local backend: a libSQL file), some rows"
+# fleetctl issues itself a short-lived token and opens the database the way every worker will;
+# the tenant's base system tables stay part of the desired schema.
 tenant_db="$demo/tenants/acme.db"
 "$fleetctl" db apply --tenant acme --bundle examples/crm-v1.bundle.json | tail -1
 python3 - "$tenant_db" <<'PY'
@@ -69,10 +90,10 @@ c.commit()
 print("inserted 2 accounts, 1 contact, 1 opportunity")
 PY
 
-step "7. CRM v2 planned against it: a renamed field, new fields, a table rebuild"
+step "8. CRM v2 planned against it: a renamed field, new fields, a table rebuild"
 "$fleetctl" db plan --tenant acme --bundle examples/crm-v2.bundle.json --format text
 
-step "8. … applied in one transaction; every row kept"
+step "9. … applied in one transaction; every row kept"
 "$fleetctl" db apply --tenant acme --bundle examples/crm-v2.bundle.json | tail -1
 python3 - "$tenant_db" <<'PY'
 import sqlite3, sys
@@ -87,11 +108,10 @@ echo "planning v2 again:"
 echo "the tenant's record (tokens are kept as hashes only):"
 python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("  tenant", r["tenant"], "group", r["group"], "tokens", [t["scope"] for t in r["tokens"]])' "$demo/tenants/acme.meta.json"
 
-step "9. The protocol's JSON Schemas, exported"
+step "10. The protocol's JSON Schemas, exported"
 "$fleetctl" schema export --out "$demo/schemas"
 
 step "Coming next"
 cat <<'TXT'
-  - the JetStream runtime and the provisioner: tenant.created → active tenant in milliseconds
   - the deployer: bundles rolled out to the fleet in waves
 TXT

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# `just up`: a local fleet on the embedded default — the pinned nats-server (when none answers at
+# the configured URL) with its data under .fleet/nats, then every worker that exists, on the local
+# libSQL backend. Logs in .fleet/logs, pids in .fleet/run. `just down` stops what this started.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+home="${FLEET_HOME:-$root/.fleet}"
+mkdir -p "$home/logs" "$home/run" "$home/nats"
+url="${FLEET_NATS__URL:-nats://127.0.0.1:4222}"
+hostport="${url#nats://}"
+host="${hostport%:*}"
+port="${hostport##*:}"
+
+answers() { python3 -c "import socket,sys; s=socket.socket(); s.settimeout(0.3); sys.exit(s.connect_ex(('$host', $port)))"; }
+
+if answers; then
+  echo "nats-server already answers at $url"
+else
+  "$home/bin/nats-server" -a "$host" -p "$port" -js -sd "$home/nats" >"$home/logs/nats-server.log" 2>&1 &
+  echo $! > "$home/run/nats-server.pid"
+  for _ in $(seq 1 50); do answers && break; sleep 0.1; done
+  answers || { echo "nats-server did not start; see $home/logs/nats-server.log" >&2; exit 1; }
+  echo "nats-server started at $url (pid $(cat "$home/run/nats-server.pid"))"
+fi
+
+cargo build --quiet -p provisioner -p fleetctl
+for worker in provisioner; do
+  pidfile="$home/run/$worker.pid"
+  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    echo "$worker already running (pid $(cat "$pidfile"))"
+    continue
+  fi
+  FLEET_NATS__URL="$url" "$root/target/debug/$worker" >"$home/logs/$worker.log" 2>&1 &
+  echo $! > "$pidfile"
+  echo "$worker started (pid $!), log $home/logs/$worker.log"
+done
+echo "coming with the next issues: deployer, installer, quota-auditor"
