@@ -41,6 +41,9 @@ enum Command {
     /// Tenants: register (as the registration service would), inspect, suspend, resume, delete.
     #[command(subcommand)]
     Tenant(crate::tenant_cmd::TenantCommand),
+    /// Dead letters: list them, replay them once their cause is fixed.
+    #[command(subcommand)]
+    Dlq(crate::dlq_cmd::DlqCommand),
     /// The JetStream topology (streams, consumers, KV buckets).
     #[command(subcommand)]
     Streams(StreamsCommand),
@@ -73,6 +76,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Schema(SchemaCommand::Export { out }) => schema_cmd::export(&out),
         Command::Db(command) => db_cmd::run(command).await,
         Command::Tenant(command) => crate::tenant_cmd::run(command).await,
+        Command::Dlq(command) => crate::dlq_cmd::run(command).await,
         Command::Streams(StreamsCommand::Init) => {
             let config = fleet_config::Config::load()?;
             let runtime = fleet_runtime::Runtime::connect(&config).await?;

@@ -148,7 +148,11 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             };
             // A tenant's database also holds the base system tables: keep them in the desired schema.
-            let objects = if target.tenant.is_some() { fleet_schema::system::with_system_objects(&objects) } else { objects };
+            let objects = if target.tenant.is_some() {
+                fleet_schema::system::with_system_objects(&objects)
+            } else {
+                objects
+            };
             // Planning never creates or changes the database: a missing one is an empty database.
             let conn = match open_target(&target, false).await? {
                 Some((conn, _)) => conn,
@@ -172,7 +176,11 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             };
             // A tenant's database also holds the base system tables: keep them in the desired schema.
-            let objects = if target.tenant.is_some() { fleet_schema::system::with_system_objects(&objects) } else { objects };
+            let objects = if target.tenant.is_some() {
+                fleet_schema::system::with_system_objects(&objects)
+            } else {
+                objects
+            };
             let Some((conn, label)) = open_target(&target, true).await? else {
                 bail!("cannot open the database")
             };
