@@ -169,6 +169,44 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// A dead letter for a message of `stream` at `sequence`, keeping its subject, headers and
+    /// payload.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: &JobLoopSettings,
+        reason: &str,
+        error: String,
+        subject: String,
+        sequence: u64,
+        headers: &HeaderMap,
+        payload: &[u8],
+        attempts: u64,
+        published_at: String,
+    ) -> Self {
+        Self {
+            consumer: settings.consumer.clone(),
+            reason: reason.to_owned(),
+            error,
+            subject,
+            stream: settings.stream.clone(),
+            sequence,
+            headers: headers
+                .iter()
+                .map(|(k, vs)| {
+                    (
+                        k.to_string(),
+                        vs.iter().map(|v| v.as_str().to_owned()).collect(),
+                    )
+                })
+                .collect(),
+            payload_base64: base64::engine::general_purpose::STANDARD.encode(payload),
+            payload_text: std::str::from_utf8(payload).ok().map(str::to_owned),
+            attempts,
+            published_at,
+            dead_lettered_at: Timestamp::now(),
+        }
+    }
+
     /// The original payload.
     pub fn payload(&self) -> Vec<u8> {
         base64::engine::general_purpose::STANDARD
@@ -449,34 +487,20 @@ pub async fn watch_max_deliveries(
         let Ok(original) = stream.get_raw_message(advisory.stream_seq).await else {
             continue;
         };
-        let letter = DeadLetter {
-            consumer: settings.consumer.clone(),
-            reason: "max_deliver".to_owned(),
-            error: format!(
+        let letter = DeadLetter::new(
+            &settings,
+            "max_deliver",
+            format!(
                 "not settled after {} deliveries (workers crashed, hung or timed out)",
                 advisory.deliveries
             ),
-            subject: strip_prefix(&settings.prefix, original.subject.as_str()),
-            stream: settings.stream.clone(),
-            sequence: advisory.stream_seq,
-            headers: original
-                .headers
-                .iter()
-                .map(|(k, vs)| {
-                    (
-                        k.to_string(),
-                        vs.iter().map(|v| v.as_str().to_owned()).collect(),
-                    )
-                })
-                .collect(),
-            payload_base64: base64::engine::general_purpose::STANDARD.encode(&original.payload),
-            payload_text: std::str::from_utf8(&original.payload)
-                .ok()
-                .map(str::to_owned),
-            attempts: advisory.deliveries,
-            published_at: original.time.to_string(),
-            dead_lettered_at: Timestamp::now(),
-        };
+            strip_prefix(&settings.prefix, original.subject.as_str()),
+            advisory.stream_seq,
+            &original.headers,
+            &original.payload,
+            advisory.deliveries,
+            original.time.to_string(),
+        );
         match write_dead_letter(&publisher, &settings, &letter).await {
             Ok(_) => {
                 let _ = stream.delete_message(advisory.stream_seq).await;
@@ -521,31 +545,17 @@ async fn settle(
         ),
         Outcome::Poison { reason } => ("poison", reason),
     };
-    let letter = DeadLetter {
-        consumer: settings.consumer.clone(),
-        reason: reason.to_owned(),
-        error: error.clone(),
-        subject: delivery.subject.clone(),
-        stream: settings.stream.clone(),
-        sequence: delivery.sequence,
-        headers: delivery
-            .headers
-            .iter()
-            .map(|(k, vs)| {
-                (
-                    k.to_string(),
-                    vs.iter().map(|v| v.as_str().to_owned()).collect(),
-                )
-            })
-            .collect(),
-        payload_base64: base64::engine::general_purpose::STANDARD.encode(&delivery.payload),
-        payload_text: std::str::from_utf8(&delivery.payload)
-            .ok()
-            .map(str::to_owned),
-        attempts: attempt,
-        published_at: published_at.to_owned(),
-        dead_lettered_at: Timestamp::now(),
-    };
+    let letter = DeadLetter::new(
+        settings,
+        reason,
+        error.clone(),
+        delivery.subject.clone(),
+        delivery.sequence,
+        &delivery.headers,
+        &delivery.payload,
+        attempt,
+        published_at.to_owned(),
+    );
     let id = format!("dlq:{}:{}", settings.stream, delivery.sequence);
     match publisher
         .publish_json(

@@ -144,14 +144,8 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
             allow_destructive,
             format,
         } => {
-            let Some(objects) = load_objects(&bundle)? else {
+            let Some(objects) = desired_objects(&bundle, &target)? else {
                 return Ok(ExitCode::from(1));
-            };
-            // A tenant's database also holds the base system tables: keep them in the desired schema.
-            let objects = if target.tenant.is_some() {
-                fleet_schema::system::with_system_objects(&objects)
-            } else {
-                objects
             };
             // Planning never creates or changes the database: a missing one is an empty database.
             let conn = match open_target(&target, false).await? {
@@ -172,14 +166,8 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
             allow_destructive,
             format,
         } => {
-            let Some(objects) = load_objects(&bundle)? else {
+            let Some(objects) = desired_objects(&bundle, &target)? else {
                 return Ok(ExitCode::from(1));
-            };
-            // A tenant's database also holds the base system tables: keep them in the desired schema.
-            let objects = if target.tenant.is_some() {
-                fleet_schema::system::with_system_objects(&objects)
-            } else {
-                objects
             };
             let Some((conn, label)) = open_target(&target, true).await? else {
                 bail!("cannot open the database")
@@ -216,6 +204,22 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// The objects to migrate to: the bundle's, plus the base system objects for a tenant's
+/// database (which holds the system tables too). `None` after printing the bundle's issues.
+fn desired_objects(
+    bundle: &Path,
+    target: &Target,
+) -> anyhow::Result<Option<Vec<ObjectDefinition>>> {
+    let Some(objects) = load_objects(bundle)? else {
+        return Ok(None);
+    };
+    Ok(Some(if target.tenant.is_some() {
+        fleet_schema::system::with_system_objects(&objects)
+    } else {
+        objects
+    }))
 }
 
 /// The bundle's objects, or `None` after printing every issue (a missing file is one issue).

@@ -330,6 +330,18 @@ pub fn claim(
     })
 }
 
+fn illegal(
+    tenant: &TenantId,
+    from: TenantProvisioningStatus,
+    event: &'static str,
+) -> TransitionError {
+    TransitionError::Illegal {
+        tenant: tenant.to_string(),
+        from,
+        event,
+    }
+}
+
 fn step_mut<'a>(record: &'a mut TenantRecord, step: &str) -> &'a mut ProvisioningStep {
     record
         .steps
@@ -354,11 +366,7 @@ pub fn step_started(
 ) -> Result<Decision<TenantRecord>, TransitionError> {
     let record = existing(current, tenant)?;
     if record.status != TenantProvisioningStatus::Provisioning {
-        return Err(TransitionError::Illegal {
-            tenant: tenant.to_string(),
-            from: record.status,
-            event: "run a provisioning step",
-        });
+        return Err(illegal(tenant, record.status, "run a provisioning step"));
     }
     let mut next = record.clone();
     let s = step_mut(&mut next, step);
@@ -379,11 +387,7 @@ pub fn step_finished(
 ) -> Result<Decision<TenantRecord>, TransitionError> {
     let record = existing(current, tenant)?;
     if record.status != TenantProvisioningStatus::Provisioning {
-        return Err(TransitionError::Illegal {
-            tenant: tenant.to_string(),
-            from: record.status,
-            event: "finish a provisioning step",
-        });
+        return Err(illegal(tenant, record.status, "finish a provisioning step"));
     }
     let mut next = record.clone();
     update(&mut next);
@@ -432,11 +436,7 @@ pub fn activate(
         TenantProvisioningStatus::Active => return Ok(Decision::Unchanged),
         TenantProvisioningStatus::Provisioning => {}
         from => {
-            return Err(TransitionError::Illegal {
-                tenant: tenant.to_string(),
-                from,
-                event: "activate",
-            });
+            return Err(illegal(tenant, from, "activate"));
         }
     }
     let mut next = record.clone();
@@ -500,11 +500,7 @@ pub fn suspend(
             next.connection = connection;
             Ok(write(next, "suspend", None, None))
         }
-        from => Err(TransitionError::Illegal {
-            tenant: tenant.to_string(),
-            from,
-            event: "suspend",
-        }),
+        from => Err(illegal(tenant, from, "suspend")),
     }
 }
 
@@ -522,11 +518,7 @@ pub fn resume(
             next.connection = Some(connection);
             Ok(write(next, "resume", None, None))
         }
-        from => Err(TransitionError::Illegal {
-            tenant: tenant.to_string(),
-            from,
-            event: "resume",
-        }),
+        from => Err(illegal(tenant, from, "resume")),
     }
 }
 
@@ -539,11 +531,9 @@ pub fn destroy(
     let record = existing(current, tenant)?;
     match record.status {
         TenantProvisioningStatus::Destroying => Ok(Decision::Unchanged),
-        TenantProvisioningStatus::Provisioning => Err(TransitionError::Illegal {
-            tenant: tenant.to_string(),
-            from: record.status,
-            event: "delete while provisioning",
-        }),
+        TenantProvisioningStatus::Provisioning => {
+            Err(illegal(tenant, record.status, "delete while provisioning"))
+        }
         _ => {
             let mut next = record.clone();
             next.status = TenantProvisioningStatus::Destroying;
@@ -564,11 +554,7 @@ pub fn deleted(
         return Ok(Decision::Unchanged);
     }
     if record.status != TenantProvisioningStatus::Destroying {
-        return Err(TransitionError::Illegal {
-            tenant: tenant.to_string(),
-            from: record.status,
-            event: "mark deleted",
-        });
+        return Err(illegal(tenant, record.status, "mark deleted"));
     }
     let mut next = record.clone();
     next.deleted = true;
@@ -588,11 +574,7 @@ pub fn change_plan(
         return Ok(Decision::Unchanged);
     }
     if record.deleted || record.status == TenantProvisioningStatus::Destroying {
-        return Err(TransitionError::Illegal {
-            tenant: tenant.to_string(),
-            from: record.status,
-            event: "change plan",
-        });
+        return Err(illegal(tenant, record.status, "change plan"));
     }
     let mut next = record.clone();
     next.plan = plan;

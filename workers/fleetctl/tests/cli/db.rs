@@ -267,7 +267,7 @@ async fn a_tenant_database_is_reached_through_the_configured_backend() {
     .assert()
     .success()
     .stdout(predicate::str::contains(
-        "applied 7 statement(s) to tenant acme",
+        "applied 15 statement(s) to tenant acme",
     ));
     assert!(dir.path().join("acme.db").exists() && dir.path().join("acme.meta.json").exists());
     let out = with_backend(&["db", "introspect", "--tenant", "acme"])
