@@ -307,13 +307,24 @@ impl TursoClient {
         name: &DatabaseName,
         group: &str,
     ) -> TenantDbResult<TursoDatabaseInfo> {
+        self.create_database_seeded(name, group, None).await
+    }
+
+    /// `POST /databases` with an optional seed (`{"type": "database", "name": …}` copies an
+    /// existing database, e.g. a group's template).
+    pub async fn create_database_seeded(
+        &self,
+        name: &DatabaseName,
+        group: &str,
+        seed: Option<&fleet_protocol::turso::DatabaseSeed>,
+    ) -> TenantDbResult<TursoDatabaseInfo> {
+        let mut body = json!({"name": name.as_str(), "group": group});
+        if let Some(seed) = seed {
+            body["seed"] = serde_json::to_value(seed)
+                .map_err(|e| TenantDbError::BadRequest(format!("seed: {e}")))?;
+        }
         let answer = self
-            .call(
-                Method::POST,
-                "/databases",
-                &[],
-                Some(json!({"name": name.as_str(), "group": group})),
-            )
+            .call(Method::POST, "/databases", &[], Some(body))
             .await?;
         let database: ApiDatabase = parse(
             answer.get("database").cloned().unwrap_or(Value::Null),

@@ -225,6 +225,25 @@ pub async fn run(command: TenantCommand) -> anyhow::Result<ExitCode> {
                         );
                     } else {
                         print_status(&current);
+                        if !watch {
+                            println!("history:");
+                            for event in history(&runtime, &tenant).await? {
+                                println!(
+                                    "  {}  {:<18} {:<12} {}{}",
+                                    event.at,
+                                    event.step,
+                                    event.status,
+                                    event
+                                        .duration_ms
+                                        .map(|d| format!("{d} ms"))
+                                        .unwrap_or_default(),
+                                    event
+                                        .error
+                                        .map(|e| format!("  error: {e}"))
+                                        .unwrap_or_default()
+                                );
+                            }
+                        }
                     }
                 }
                 let settled = matches!(

@@ -45,6 +45,15 @@ async fn every_documented_answer_is_understood_and_matches_the_openapi_document(
     let double = TursoDouble::start(&["eu"]).await;
     let (api, _) = client(&double.uri(), API_TOKEN);
     let created = api.create_database(&name("acme"), "eu").await.unwrap();
+    let seed = fleet_protocol::turso::DatabaseSeed {
+        kind: "database".into(),
+        name: Some("acme".into()),
+        url: None,
+    };
+    api.create_database_seeded(&name("acme-copy"), "eu", Some(&seed))
+        .await
+        .unwrap();
+    assert!(api.delete_database(&name("acme-copy")).await.unwrap());
     assert_eq!(
         (created.name.as_str(), created.group.as_str()),
         ("acme", "eu")
