@@ -495,8 +495,185 @@ impl Spec for DeployBundle {
     }
 }
 
+/// Which tenants a deployment targets.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployTarget {
+    /// These tenants.
+    #[serde(default)]
+    pub tenants: Vec<crate::ids::TenantId>,
+    /// Every active tenant (instead of a list).
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// How a deployment rolls out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutOptions {
+    /// Cumulative wave sizes: a count (`1`) or a share of the targets (`10%`); the last wave
+    /// always takes the rest. Default: one canary tenant, then 10 %, then everyone.
+    #[serde(default = "default_waves")]
+    pub waves: Vec<String>,
+    /// Share of failed tenants (0–1) above which the deployment halts after a wave.
+    #[serde(default = "default_failure_ratio")]
+    #[schemars(range(min = 0, max = 1))]
+    pub max_failure_ratio: f64,
+    /// Accept changes that lose data.
+    #[serde(default)]
+    pub allow_destructive: bool,
+    /// Plan every tenant without changing anything.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+fn default_waves() -> Vec<String> {
+    vec!["1".into(), "10%".into(), "100%".into()]
+}
+
+fn default_failure_ratio() -> f64 {
+    0.2
+}
+
+impl Default for RolloutOptions {
+    fn default() -> Self {
+        Self {
+            waves: default_waves(),
+            max_failure_ratio: default_failure_ratio(),
+            allow_destructive: false,
+            dry_run: false,
+        }
+    }
+}
+
+impl RolloutOptions {
+    /// The cumulative number of tenants done after each wave, for `total` targets (the last
+    /// wave always reaches `total`; empty waves are dropped).
+    pub fn wave_ends(&self, total: usize) -> Result<Vec<usize>, String> {
+        let mut ends = Vec::new();
+        for wave in &self.waves {
+            let end = match wave.strip_suffix('%') {
+                Some(share) => {
+                    let share: f64 = share
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("wave {wave:?} is not a percentage"))?;
+                    if !(0.0..=100.0).contains(&share) {
+                        return Err(format!("wave {wave:?} is not between 0% and 100%"));
+                    }
+                    (total as f64 * share / 100.0).ceil() as usize
+                }
+                None => wave
+                    .trim()
+                    .parse::<usize>()
+                    .map_err(|_| format!("wave {wave:?} is neither a count nor a percentage"))?,
+            };
+            ends.push(end.min(total));
+        }
+        ends.push(total);
+        let mut out: Vec<usize> = Vec::new();
+        for end in ends {
+            if end > *out.last().unwrap_or(&0) {
+                out.push(end);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `deploy.requested`: a bundle, the tenants it targets, and how to roll it out (a fleet type).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployRequest {
+    /// The deployment's id (its `Nats-Msg-Id` too).
+    pub deployment_id: crate::ids::DeploymentId,
+    /// What to deploy.
+    pub bundle: DeployBundle,
+    /// Where.
+    #[serde(default)]
+    pub target: DeployTarget,
+    /// How.
+    #[serde(default)]
+    pub rollout: RolloutOptions,
+}
+
+impl Spec for DeployRequest {
+    const SPEC_NAME: &'static str = "DeployRequest";
+
+    fn check_input(input: &Value, checks: &mut Checks) {
+        if let Some(bundle) = input.get("bundle") {
+            let mut nested = Checks::default();
+            DeployBundle::check_input(bundle, &mut nested);
+            for issue in nested.into_issues() {
+                checks.at("bundle", |c| c.push_nested(issue));
+            }
+        }
+    }
+
+    fn check(&self, checks: &mut Checks) {
+        if self.target.all != self.target.tenants.is_empty() {
+            checks.at("target", |c| {
+                c.error(
+                    "invalid_target",
+                    "name tenants or set `all`, not both and not neither",
+                )
+            });
+        }
+        if let Err(why) = self.rollout.wave_ends(100) {
+            checks.at_path(&["rollout", "waves"], |c| c.error("invalid_value", why));
+        }
+        if let Some(checksum) = &self.bundle.manifest.checksum {
+            let actual = self.bundle.contents_checksum();
+            if !checksum.eq_ignore_ascii_case(&actual) {
+                checks.at_path(&["bundle", "manifest", "checksum"], |c| {
+                    c.error(
+                        "checksum_mismatch",
+                        format!("is {checksum}, the contents hash to {actual}"),
+                    )
+                });
+            }
+        }
+    }
+}
+
+/// `deploy.tenant.<deploymentId>`: one tenant's part of a deployment (a fleet type).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantDeployJob {
+    /// The deployment.
+    pub deployment_id: crate::ids::DeploymentId,
+    /// The tenant.
+    pub tenant_id: crate::ids::TenantId,
+    /// The wave (0-based).
+    pub wave: u32,
+}
+
+impl Spec for TenantDeployJob {
+    const SPEC_NAME: &'static str = "TenantDeployJob";
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn waves_are_cumulative_and_the_last_takes_the_rest() {
+        let rollout = super::RolloutOptions::default();
+        assert_eq!(rollout.wave_ends(300).unwrap(), vec![1, 30, 300]);
+        assert_eq!(rollout.wave_ends(5).unwrap(), vec![1, 5]);
+        let custom = super::RolloutOptions {
+            waves: vec!["50%".into()],
+            ..Default::default()
+        };
+        assert_eq!(custom.wave_ends(10).unwrap(), vec![5, 10]);
+        assert!(
+            super::RolloutOptions {
+                waves: vec!["lots".into()],
+                ..Default::default()
+            }
+            .wave_ends(3)
+            .is_err()
+        );
+    }
+
     use super::*;
     use serde_json::json;
 

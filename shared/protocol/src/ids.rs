@@ -176,6 +176,15 @@ identifier!(
     64
 );
 
+identifier!(
+    /// A deployment's id (also a subject token: `deploy.tenant.<id>`).
+    DeploymentId,
+    "deployment id",
+    DATABASE_NAME_PATTERN,
+    "deployment id: 1-64 lowercase letters, digits or inner dashes",
+    64
+);
+
 impl DatabaseName {
     /// The database name of a tenant: `{prefix}{tenant_id}` (the prefix may be empty).
     pub fn for_tenant(prefix: &str, tenant: &TenantId) -> Result<Self, InvalidIdentifier> {

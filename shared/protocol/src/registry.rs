@@ -315,6 +315,8 @@ pub static SPECS: &[SpecEntry] = &[
     // Fleet commands built from upstream types.
     entry!(TenantCreated, 'B', None, None),
     entry!(TenantLifecycleCommand, 'B', None, None),
+    entry!(crate::deploy::DeployRequest, 'C', None, None),
+    entry!(crate::deploy::TenantDeployJob, 'C', None, None),
 ];
 
 /// Looks a type up by its upstream name (exact, then case-insensitive).

@@ -43,6 +43,8 @@ pub const FLEET_RULE_CODES: &[&str] = &[
     "unknown_field",
     "reserved_name",
     "empty_index",
+    "invalid_target",
+    "checksum_mismatch",
 ];
 
 /// A list of validation issues.

@@ -69,6 +69,25 @@ pub async fn apply_plan(
     conn: &Connection,
     plan: &MigrationPlan,
 ) -> Result<MigrationApplyResult, ApplyError> {
+    apply_plan_with(conn, plan, &[]).await
+}
+
+/// A parameterised statement run in the plan's transaction (e.g. recording what was deployed in
+/// the tenant's metadata registry, so a database is never migrated but unregistered).
+#[derive(Debug, Clone)]
+pub struct BoundStatement {
+    /// SQL with `?N` placeholders.
+    pub sql: String,
+    /// The values.
+    pub params: Vec<libsql::Value>,
+}
+
+/// [`apply_plan`], then `after` — all in the same transaction.
+pub async fn apply_plan_with(
+    conn: &Connection,
+    plan: &MigrationPlan,
+    after: &[BoundStatement],
+) -> Result<MigrationApplyResult, ApplyError> {
     if plan.dialect != "sqlite" {
         return Err(ApplyError::Dialect(plan.dialect.clone()));
     }
@@ -86,7 +105,7 @@ pub async fn apply_plan(
     conn.execute("PRAGMA foreign_keys = OFF", ())
         .await
         .map_err(tx("disabling foreign keys"))?;
-    let outcome = run_in_transaction(conn, plan).await;
+    let outcome = run_in_transaction(conn, plan, after).await;
     if foreign_keys_on {
         conn.execute("PRAGMA foreign_keys = ON", ())
             .await
@@ -102,14 +121,18 @@ pub async fn apply_plan(
     })
 }
 
-async fn run_in_transaction(conn: &Connection, plan: &MigrationPlan) -> Result<usize, ApplyError> {
+async fn run_in_transaction(
+    conn: &Connection,
+    plan: &MigrationPlan,
+    after: &[BoundStatement],
+) -> Result<usize, ApplyError> {
     conn.execute("BEGIN IMMEDIATE", ())
         .await
         .map_err(|source| ApplyError::Transaction {
             what: "BEGIN",
             source,
         })?;
-    let result = run_statements(conn, plan).await;
+    let result = run_statements(conn, plan, after).await;
     match result {
         Ok(executed) => {
             conn.execute("COMMIT", ())
@@ -132,7 +155,11 @@ async fn run_in_transaction(conn: &Connection, plan: &MigrationPlan) -> Result<u
     }
 }
 
-async fn run_statements(conn: &Connection, plan: &MigrationPlan) -> Result<usize, ApplyError> {
+async fn run_statements(
+    conn: &Connection,
+    plan: &MigrationPlan,
+    after: &[BoundStatement],
+) -> Result<usize, ApplyError> {
     let mut statements: Vec<_> = plan.statements.iter().collect();
     statements.sort_by_key(|s| s.order);
     for (index, statement) in statements.iter().enumerate() {
@@ -141,6 +168,15 @@ async fn run_statements(conn: &Connection, plan: &MigrationPlan) -> Result<usize
             .await
             .map_err(|source| ApplyError::Statement {
                 index,
+                sql: statement.sql.clone(),
+                source,
+            })?;
+    }
+    for (offset, statement) in after.iter().enumerate() {
+        conn.execute(&statement.sql, statement.params.clone())
+            .await
+            .map_err(|source| ApplyError::Statement {
+                index: statements.len() + offset,
                 sql: statement.sql.clone(),
                 source,
             })?;

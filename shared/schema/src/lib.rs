@@ -71,7 +71,7 @@ use fleet_protocol::ObjectDefinition;
 use fleet_protocol::contracts::MigrationApplyResult;
 use libsql::Connection;
 
-pub use apply::{ApplyError, apply_plan};
+pub use apply::{ApplyError, BoundStatement, apply_plan, apply_plan_with};
 pub use desired::{DesiredSchemaError, desired_schema};
 pub use diff::{Change, diff};
 pub use introspect::{IntrospectError, introspect};

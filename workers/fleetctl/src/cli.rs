@@ -41,6 +41,8 @@ enum Command {
     /// Tenants: register (as the registration service would), inspect, suspend, resume, delete.
     #[command(subcommand)]
     Tenant(crate::tenant_cmd::TenantCommand),
+    /// Deploy a bundle to tenants in waves; `deploy status|resume|cancel <id>`.
+    Deploy(crate::deploy_cmd::DeployArgs),
     /// Dead letters: list them, replay them once their cause is fixed.
     #[command(subcommand)]
     Dlq(crate::dlq_cmd::DlqCommand),
@@ -77,6 +79,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Db(command) => db_cmd::run(command).await,
         Command::Tenant(command) => crate::tenant_cmd::run(command).await,
         Command::Dlq(command) => crate::dlq_cmd::run(command).await,
+        Command::Deploy(args) => crate::deploy_cmd::run(args).await,
         Command::Streams(StreamsCommand::Init) => {
             let config = fleet_config::Config::load()?;
             let runtime = fleet_runtime::Runtime::connect(&config).await?;

@@ -7,6 +7,7 @@ use clap::Parser;
 
 mod cli;
 mod db_cmd;
+mod deploy_cmd;
 mod dlq_cmd;
 mod schema_cmd;
 mod tenant_cmd;

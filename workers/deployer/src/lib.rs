@@ -1,0 +1,652 @@
+//! The deployer: a DeployBundle to one tenant or the whole fleet, in waves.
+//!
+//! `deploy.requested` is validated first — every issue of the bundle, its checksum, and the
+//! schema its objects map to — and a bad bundle is rejected before any tenant is touched. Then
+//! the deployment record (KV `fleet_deployments`) is written with its waves, the bundle is stored
+//! beside it, and the first wave fans out as one job per tenant on
+//! `deploy.tenant.<deploymentId>` (message id `<deployment>:<tenant>`), so every deployer replica
+//! shares the work and a crash loses nothing.
+//!
+//! A tenant's job: `validating` (tenant active, quotas) → `diffing` (live schema vs bundle + base
+//! system objects) → `migrating` + `registering` (the DDL, the bundle's metadata in
+//! `sys_metadata` and the deployment in `sys_deployment`, all in one transaction: a tenant is
+//! never migrated but unregistered) → `ready`, or `failed` with the error (the transaction rolled
+//! back, the tenant is as before). A tenant already at the bundle's version is skipped.
+//!
+//! Recording a result is a compare-and-set on the deployment; the write that completes a wave
+//! starts the next (or halts the rollout when the failure ratio passes its limit, or finishes
+//! it) — re-derived on every delivery, so a crash between the two is repaired by the next job.
+//! `hooks.deploy.completed` / `hooks.deploy.failed` end a deployment, and
+//! `hooks.deploy.tenant_failed` reports each failed tenant.
+
+pub mod rollout;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::kv;
+use async_trait::async_trait;
+use fleet_protocol::{
+    DeployBundle, DeployRequest, DeployStatus, DeploymentId, ObjectDefinition,
+    QuotaEnforcementResult, TenantDeployJob, TenantId, TenantProvisioningStatus, Timestamp,
+};
+use fleet_provisioner::machine::TenantRecord;
+use fleet_runtime::{Delivery, Handler, Hook, Hooks, Outcome, Publisher, StateStore, Versioned};
+use fleet_schema::{BoundStatement, PlanError, PlanOptions, SchemaError};
+use fleet_tenantdb::{KeyRing, TenantDatabases};
+use libsql::Value as SqlValue;
+use serde_json::json;
+
+use crate::rollout::{Deployment, RolloutError, RolloutStatus, TenantOutcome};
+
+/// The deployer's handler.
+pub struct Deployer {
+    deployments: StateStore<Deployment>,
+    bundles: kv::Store,
+    tenants: StateStore<TenantRecord>,
+    backend: Arc<dyn TenantDatabases>,
+    keys: Arc<KeyRing>,
+    hooks: Hooks,
+    publisher: Publisher,
+    prefix: String,
+}
+
+impl std::fmt::Debug for Deployer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deployer")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a tenant could not be deployed (a failed tenant) or the job must be retried.
+#[derive(Debug)]
+enum TenantError {
+    /// Record this tenant as failed.
+    Failed(String),
+    /// Try again later (the backend or the store is unavailable).
+    Transient(String),
+}
+
+/// Publishes the jobs of a deployment's current wave that have no result yet (message id
+/// `<deployment>:<tenant>`, so a repeat within the duplicate window is dropped, and a later one
+/// finds the tenant recorded).
+pub async fn publish_wave(
+    publisher: &Publisher,
+    prefix: &str,
+    d: &Deployment,
+) -> Result<(), String> {
+    let Some(wave) = d.waves.get(d.current_wave) else {
+        return Ok(());
+    };
+    let subject = if prefix.is_empty() {
+        format!("deploy.tenant.{}", d.id)
+    } else {
+        format!("{prefix}.deploy.tenant.{}", d.id)
+    };
+    for tenant in wave.iter().filter(|t| !d.results.contains_key(*t)) {
+        let job = TenantDeployJob {
+            deployment_id: d.id.clone(),
+            tenant_id: tenant.clone(),
+            wave: d.current_wave as u32,
+        };
+        publisher
+            .publish_json(
+                &subject,
+                &format!("{}:{tenant}", d.id),
+                &job,
+                HeaderMap::new(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The KV key of a deployment's bundle.
+pub fn bundle_key(id: &DeploymentId) -> String {
+    format!("bundle.{id}")
+}
+
+impl Deployer {
+    /// A deployer over the deployments and tenants stores.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        deployments: StateStore<Deployment>,
+        bundles: kv::Store,
+        tenants: StateStore<TenantRecord>,
+        backend: Arc<dyn TenantDatabases>,
+        keys: Arc<KeyRing>,
+        hooks: Hooks,
+        publisher: Publisher,
+        prefix: String,
+    ) -> Self {
+        Self {
+            deployments,
+            bundles,
+            tenants,
+            backend,
+            keys,
+            hooks,
+            publisher,
+            prefix,
+        }
+    }
+
+    async fn requested(&self, delivery: &Delivery) -> Outcome {
+        let request = match delivery.decode::<DeployRequest>() {
+            Ok(request) => request,
+            Err(poison) => {
+                // Record the rejection when the request names its deployment.
+                let raw: serde_json::Value =
+                    serde_json::from_slice(&delivery.payload).unwrap_or_default();
+                if let Some(id) = raw
+                    .get("deploymentId")
+                    .and_then(|v| v.as_str())
+                    .and_then(|v| DeploymentId::parse(v).ok())
+                {
+                    let reason = match &poison {
+                        Outcome::Poison { reason } => reason.clone(),
+                        _ => String::new(),
+                    };
+                    let _ = self.reject(&id, "?", &reason).await;
+                }
+                return poison;
+            }
+        };
+        let id = request.deployment_id.clone();
+        let objects = match request.bundle.object_definitions() {
+            Ok(objects) => objects,
+            Err(rejected) => {
+                return self
+                    .reject(&id, &request.bundle.manifest.version, &rejected.to_string())
+                    .await;
+            }
+        };
+        if let Err(err) =
+            fleet_schema::desired_schema(&fleet_schema::system::with_system_objects(&objects))
+        {
+            return self
+                .reject(&id, &request.bundle.manifest.version, &err.to_string())
+                .await;
+        }
+        let targets = match self.targets(&request).await {
+            Ok(targets) if targets.is_empty() => {
+                return self
+                    .reject(
+                        &id,
+                        &request.bundle.manifest.version,
+                        "no tenant to deploy to",
+                    )
+                    .await;
+            }
+            Ok(targets) => targets,
+            Err(e) => return Outcome::retry(Duration::from_secs(1), e),
+        };
+        let ends = match request.rollout.wave_ends(targets.len()) {
+            Ok(ends) => ends,
+            Err(e) => return self.reject(&id, &request.bundle.manifest.version, &e).await,
+        };
+        let mut waves = Vec::new();
+        let mut start = 0;
+        for end in ends {
+            waves.push(targets[start..end].to_vec());
+            start = end;
+        }
+        let bundle = serde_json::to_vec(&request.bundle).expect("a bundle serializes");
+        if let Err(e) = self.bundles.put(bundle_key(&id), bundle.into()).await {
+            return Outcome::retry(Duration::from_secs(1), e);
+        }
+        let deployment = Deployment {
+            id: id.clone(),
+            version: request.bundle.manifest.version.clone(),
+            checksum: request
+                .bundle
+                .manifest
+                .checksum
+                .clone()
+                .unwrap_or_else(|| request.bundle.contents_checksum()),
+            status: RolloutStatus::Running,
+            dry_run: request.rollout.dry_run,
+            allow_destructive: request.rollout.allow_destructive,
+            max_failure_ratio: request.rollout.max_failure_ratio,
+            waves,
+            current_wave: 0,
+            results: Default::default(),
+            reason: None,
+            requested_at: Timestamp::now(),
+            finished_at: None,
+        };
+        let written = match self
+            .deployments
+            .transition(id.as_str(), |cur| rollout::start(cur, &deployment))
+            .await
+        {
+            Ok(Some(written)) => written,
+            Ok(None) => return Outcome::retry(Duration::from_secs(1), "deployment vanished"),
+            Err(e) => return Outcome::retry(Duration::from_secs(1), e),
+        };
+        match self.advance(&written).await {
+            Ok(()) => Outcome::Done,
+            Err(e) => Outcome::retry(Duration::from_secs(1), e),
+        }
+    }
+
+    async fn reject(&self, id: &DeploymentId, version: &str, reason: &str) -> Outcome {
+        let deployment = Deployment {
+            id: id.clone(),
+            version: version.to_owned(),
+            checksum: String::new(),
+            status: RolloutStatus::Rejected,
+            dry_run: false,
+            allow_destructive: false,
+            max_failure_ratio: 0.0,
+            waves: Vec::new(),
+            current_wave: 0,
+            results: Default::default(),
+            reason: Some(reason.to_owned()),
+            requested_at: Timestamp::now(),
+            finished_at: Some(Timestamp::now()),
+        };
+        if let Ok(Some(written)) = self
+            .deployments
+            .transition(id.as_str(), |cur| rollout::start(cur, &deployment))
+            .await
+        {
+            let _ = self.finish_hook(&written).await;
+        }
+        Outcome::Poison {
+            reason: format!("deployment {id} rejected: {reason}"),
+        }
+    }
+
+    /// The tenants a request targets: the named ones, or every active tenant.
+    async fn targets(&self, request: &DeployRequest) -> Result<Vec<TenantId>, String> {
+        let mut targets: Vec<TenantId> = if request.target.all {
+            let mut active = Vec::new();
+            for key in self.tenants.keys().await? {
+                let Ok(tenant) = TenantId::parse(key) else {
+                    continue;
+                };
+                let record = self
+                    .tenants
+                    .get::<RolloutError>(tenant.as_str())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if record.is_some_and(|r| r.state.status == TenantProvisioningStatus::Active) {
+                    active.push(tenant);
+                }
+            }
+            active
+        } else {
+            request.target.tenants.clone()
+        };
+        targets.sort();
+        targets.dedup();
+        Ok(targets)
+    }
+
+    /// Publishes the jobs of the current wave still without a result, or the end-of-deployment
+    /// hook (both idempotent: message ids derive from the deployment).
+    async fn advance(&self, deployment: &Versioned<Deployment>) -> Result<(), String> {
+        let d = &deployment.state;
+        if d.status != RolloutStatus::Running {
+            return self.finish_hook(deployment).await;
+        }
+        publish_wave(&self.publisher, &self.prefix, d).await
+    }
+
+    async fn finish_hook(&self, deployment: &Versioned<Deployment>) -> Result<(), String> {
+        let d = &deployment.state;
+        let (event, subject) = match d.status {
+            RolloutStatus::Running => return Ok(()),
+            RolloutStatus::Completed => ("deploy.completed", "hooks.deploy.completed"),
+            _ => ("deploy.failed", "hooks.deploy.failed"),
+        };
+        let (ready, failed, pending) = d.counts();
+        let failures: Vec<_> = d
+            .results
+            .iter()
+            .filter(|(_, r)| r.status == DeployStatus::Failed)
+            .map(|(t, r)| json!({"tenantId": t, "error": r.error}))
+            .collect();
+        let hook = Hook {
+            subject: subject.to_owned(),
+            event: event.to_owned(),
+            version: 1,
+            entity: d.id.to_string(),
+            transition: format!(
+                "{event}@{}",
+                d.finished_at
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            ),
+            at: chrono::Utc::now(),
+            data: json!({"deploymentId": d.id, "version": d.version, "status": d.status, "dryRun": d.dry_run,
+                         "ready": ready, "failed": failed, "pending": pending, "failures": failures, "reason": d.reason}),
+        };
+        self.hooks
+            .publish(&hook)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn tenant_job(&self, delivery: &Delivery) -> Outcome {
+        let job = match delivery.decode::<TenantDeployJob>() {
+            Ok(job) => job,
+            Err(poison) => return poison,
+        };
+        let current = match self
+            .deployments
+            .get::<RolloutError>(job.deployment_id.as_str())
+            .await
+        {
+            Ok(Some(current)) => current,
+            Ok(None) => {
+                return Outcome::Poison {
+                    reason: format!("unknown deployment {}", job.deployment_id),
+                };
+            }
+            Err(e) => return Outcome::retry(Duration::from_secs(1), e),
+        };
+        if current.state.status != RolloutStatus::Running
+            || current.state.results.contains_key(&job.tenant_id)
+        {
+            // Cancelled, halted, or already recorded: make sure the rollout moved on, nothing else.
+            return match self.advance(&current).await {
+                Ok(()) => Outcome::Done,
+                Err(e) => Outcome::retry(Duration::from_secs(1), e),
+            };
+        }
+        let bundle = match self.bundles.get(bundle_key(&job.deployment_id)).await {
+            Ok(Some(bytes)) => match serde_json::from_slice::<DeployBundle>(&bytes) {
+                Ok(bundle) => bundle,
+                Err(e) => {
+                    return Outcome::Poison {
+                        reason: format!("stored bundle unreadable: {e}"),
+                    };
+                }
+            },
+            Ok(None) => {
+                return Outcome::Poison {
+                    reason: format!("bundle of {} missing", job.deployment_id),
+                };
+            }
+            Err(e) => return Outcome::retry(Duration::from_secs(1), e),
+        };
+        let started = Instant::now();
+        let outcome = match self
+            .deploy_tenant(&current.state, &bundle, &job.tenant_id)
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(TenantError::Transient(e)) => {
+                return Outcome::retry(Duration::from_millis(500 * delivery.attempt), e);
+            }
+            Err(TenantError::Failed(error)) => TenantOutcome {
+                status: DeployStatus::Failed,
+                skipped: false,
+                statements: 0,
+                changes: [0; 3],
+                breaking: false,
+                error: Some(error),
+                duration_ms: 0,
+            },
+        };
+        let outcome = TenantOutcome {
+            duration_ms: started.elapsed().as_millis() as u64,
+            ..outcome
+        };
+        if outcome.status == DeployStatus::Failed {
+            let hook = Hook {
+                subject: "hooks.deploy.tenant_failed".to_owned(),
+                event: "deploy.tenant_failed".to_owned(),
+                version: 1,
+                entity: job.tenant_id.to_string(),
+                transition: format!("{}", job.deployment_id),
+                at: chrono::Utc::now(),
+                data: json!({"deploymentId": job.deployment_id, "tenantId": job.tenant_id, "error": outcome.error}),
+            };
+            if let Err(e) = self.hooks.publish(&hook).await {
+                return Outcome::retry(Duration::from_secs(1), e);
+            }
+        }
+        let written = self
+            .deployments
+            .transition(job.deployment_id.as_str(), |cur| {
+                rollout::record(cur, &job.deployment_id, &job.tenant_id, &outcome)
+            })
+            .await;
+        match written {
+            Ok(Some(written)) => match self.advance(&written).await {
+                Ok(()) => Outcome::Done,
+                Err(e) => Outcome::retry(Duration::from_secs(1), e),
+            },
+            Ok(None) => Outcome::Done,
+            Err(e) => Outcome::retry(Duration::from_secs(1), e),
+        }
+    }
+
+    async fn deploy_tenant(
+        &self,
+        d: &Deployment,
+        bundle: &DeployBundle,
+        tenant: &TenantId,
+    ) -> Result<TenantOutcome, TenantError> {
+        // validating
+        let record = self
+            .tenants
+            .get::<RolloutError>(tenant.as_str())
+            .await
+            .map_err(|e| TenantError::Transient(e.to_string()))?
+            .ok_or_else(|| TenantError::Failed(format!("unknown tenant {tenant}")))?
+            .state;
+        if record.status != TenantProvisioningStatus::Active {
+            return Err(TenantError::Failed(format!(
+                "tenant {tenant} is not active"
+            )));
+        }
+        let objects: Vec<ObjectDefinition> = bundle
+            .object_definitions()
+            .map_err(|e| TenantError::Failed(e.to_string()))?;
+        let connection = record
+            .connection
+            .clone()
+            .ok_or_else(|| TenantError::Failed("no stored connection".into()))?;
+        let token = connection
+            .auth_token(tenant, &self.keys)
+            .map_err(|e| TenantError::Failed(e.to_string()))?
+            .ok_or_else(|| TenantError::Failed("no token".into()))?;
+        let database = record
+            .database
+            .as_deref()
+            .and_then(|n| fleet_protocol::DatabaseName::parse(n).ok())
+            .unwrap_or_else(|| self.backend.database_name(tenant));
+        let db = self.backend.open(&database, &token).await.map_err(|e| {
+            if e.is_transient() {
+                TenantError::Transient(e.to_string())
+            } else {
+                TenantError::Failed(e.to_string())
+            }
+        })?;
+        let conn = db
+            .connect()
+            .await
+            .map_err(|e| TenantError::Transient(e.to_string()))?;
+        let already = count(
+            &conn,
+            "SELECT count(*) FROM sys_deployment WHERE version = ?1 AND checksum = ?2",
+            vec![
+                SqlValue::Text(d.version.clone()),
+                SqlValue::Text(d.checksum.clone()),
+            ],
+        )
+        .await?;
+        if already > 0 {
+            return Ok(TenantOutcome {
+                status: DeployStatus::Ready,
+                skipped: true,
+                statements: 0,
+                changes: [0; 3],
+                breaking: false,
+                error: None,
+                duration_ms: 0,
+            });
+        }
+        // Quota gate: objects and deployments per day.
+        if let Some(max) = record.quotas.max_objects {
+            let objects_count = objects.len() as u64;
+            if objects_count > max.get() {
+                return Err(TenantError::Failed(quota(
+                    "maxObjects",
+                    objects_count,
+                    max.get(),
+                )));
+            }
+        }
+        if let Some(max) = record.quotas.max_deployments_per_day {
+            let today = count(&conn, "SELECT count(*) FROM sys_deployment WHERE applied_at >= strftime('%Y-%m-%d', 'now')", vec![]).await?;
+            if today >= max.get() {
+                return Err(TenantError::Failed(quota(
+                    "maxDeploymentsPerDay",
+                    today,
+                    max.get(),
+                )));
+            }
+        }
+        // diffing
+        let desired = fleet_schema::system::with_system_objects(&objects);
+        let planned = match fleet_schema::plan_database(
+            &conn,
+            &desired,
+            PlanOptions {
+                allow_destructive: d.allow_destructive,
+            },
+        )
+        .await
+        {
+            Ok(planned) => planned,
+            Err(SchemaError::Plan(
+                e @ (PlanError::Destructive { .. } | PlanError::Conflicts { .. }),
+            )) => return Err(TenantError::Failed(e.to_string())),
+            Err(SchemaError::Desired(e)) => return Err(TenantError::Failed(e.to_string())),
+            Err(e) => return Err(TenantError::Transient(e.to_string())),
+        };
+        let summary = planned.diff.summary;
+        let outcome = TenantOutcome {
+            status: DeployStatus::Ready,
+            skipped: false,
+            statements: planned.plan.statements.len() as u64,
+            changes: [summary.added, summary.modified, summary.removed],
+            breaking: planned.diff.has_breaking_changes,
+            error: None,
+            duration_ms: 0,
+        };
+        if d.dry_run {
+            return Ok(outcome);
+        }
+        // migrating + registering, in one transaction
+        let registry = registry_statements(d, bundle, planned.plan.statements.len());
+        fleet_schema::apply_plan_with(&conn, &planned.plan, &registry)
+            .await
+            .map_err(|e| TenantError::Failed(e.to_string()))?;
+        Ok(outcome)
+    }
+}
+
+fn quota(name: &str, current: u64, limit: u64) -> String {
+    let result = QuotaEnforcementResult {
+        allowed: false,
+        exceeded_quota: Some(name.to_owned()),
+        current_usage: Some(current as f64),
+        limit: Some(limit as f64),
+        message: Some(format!("{name} would be exceeded ({current} of {limit})")),
+    };
+    format!(
+        "quota exceeded: {}",
+        serde_json::to_string(&result).unwrap_or_default()
+    )
+}
+
+async fn count(
+    conn: &libsql::Connection,
+    sql: &str,
+    params: Vec<SqlValue>,
+) -> Result<u64, TenantError> {
+    let mut rows = conn
+        .query(sql, params)
+        .await
+        .map_err(|e| TenantError::Failed(format!("{sql}: {e}")))?;
+    let row = rows
+        .next()
+        .await
+        .map_err(|e| TenantError::Transient(e.to_string()))?;
+    Ok(row.and_then(|r| r.get::<i64>(0).ok()).unwrap_or(0).max(0) as u64)
+}
+
+/// The bundle's metadata into `sys_metadata` and the deployment into `sys_deployment`.
+fn registry_statements(
+    d: &Deployment,
+    bundle: &DeployBundle,
+    statements: usize,
+) -> Vec<BoundStatement> {
+    let mut out = Vec::new();
+    let kinds = [
+        ("object", &bundle.objects),
+        ("view", &bundle.views),
+        ("flow", &bundle.flows),
+        ("permission", &bundle.permissions),
+    ];
+    for (kind, items) in kinds {
+        for (i, item) in items.iter().enumerate() {
+            let name = item
+                .get("name")
+                .and_then(|n| n.as_str())
+                .map_or_else(|| format!("{kind}_{i}"), str::to_owned);
+            out.push(BoundStatement {
+                sql: "INSERT INTO sys_metadata (id, metadata_type, metadata_name, body, version, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                      ON CONFLICT (metadata_type, metadata_name) DO UPDATE SET body = excluded.body, version = excluded.version, \
+                      source = excluded.source, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+                    .to_owned(),
+                params: vec![
+                    SqlValue::Text(format!("{kind}:{name}")),
+                    SqlValue::Text(kind.to_owned()),
+                    SqlValue::Text(name),
+                    SqlValue::Text(serde_json::Value::Object(item.clone()).to_string()),
+                    SqlValue::Text(d.version.clone()),
+                    SqlValue::Text(format!("deployment:{}", d.id)),
+                ],
+            });
+        }
+    }
+    out.push(BoundStatement {
+        sql: "INSERT INTO sys_deployment (id, deployment_id, version, checksum, status, statements, applied_at) \
+              VALUES (?1, ?1, ?2, ?3, 'ready', ?4, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) ON CONFLICT (deployment_id) DO NOTHING"
+            .to_owned(),
+        params: vec![
+            SqlValue::Text(d.id.to_string()),
+            SqlValue::Text(d.version.clone()),
+            SqlValue::Text(d.checksum.clone()),
+            SqlValue::Real(statements as f64),
+        ],
+    });
+    out
+}
+
+#[async_trait]
+impl Handler for Deployer {
+    async fn handle(&self, delivery: Delivery) -> Outcome {
+        if delivery.subject == "deploy.requested" {
+            self.requested(&delivery).await
+        } else if delivery.subject.starts_with("deploy.tenant.") {
+            self.tenant_job(&delivery).await
+        } else {
+            Outcome::Poison {
+                reason: format!("the deployer handles no {:?} commands", delivery.subject),
+            }
+        }
+    }
+}

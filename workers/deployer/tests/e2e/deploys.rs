@@ -1,0 +1,214 @@
+//! Deployments: waves across the fleet, halting, dry runs, idempotent re-runs, a crashed deployer.
+
+use std::time::Duration;
+
+use fleet_deployer::rollout::RolloutStatus;
+use fleet_protocol::DeployStatus;
+use serde_json::json;
+
+use crate::{Fleet, crm};
+
+const CRM_TABLES: [&str; 3] = ["crm_account", "crm_contact", "crm_opportunity"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_rolls_out_to_300_tenants_in_three_waves() {
+    let mut fleet = Fleet::start().await;
+    let tenants = fleet.provision(300).await;
+    fleet.spawn_deployer();
+    fleet
+        .request(
+            "d1",
+            crm("v1"),
+            json!({"all": true}),
+            json!({"waves": ["1", "10%", "100%"]}),
+        )
+        .await;
+    let d = fleet.finished("d1", Duration::from_secs(240)).await;
+    assert_eq!(d.status, RolloutStatus::Completed, "{:?}", d.reason);
+    assert_eq!(
+        d.waves.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![1, 29, 270]
+    );
+    assert_eq!(d.counts(), (300, 0, 0));
+    for tenant in tenants.iter().step_by(37) {
+        let tables = fleet.tables(tenant).await;
+        for table in CRM_TABLES {
+            assert!(tables.contains(&table.to_owned()), "{tenant}: {tables:?}");
+        }
+    }
+    assert_eq!(fleet.hooks("hooks.deploy.completed").await.len(), 1);
+
+    // The same bundle again: every tenant is already there.
+    fleet
+        .request(
+            "d2",
+            crm("v1"),
+            json!({"all": true}),
+            json!({"waves": ["100%"]}),
+        )
+        .await;
+    let again = fleet.finished("d2", Duration::from_secs(120)).await;
+    assert_eq!(again.status, RolloutStatus::Completed);
+    assert!(
+        again.results.values().all(|r| r.skipped),
+        "re-running a deployed version is a no-op"
+    );
+}
+
+#[tokio::test]
+async fn failures_past_the_ratio_halt_the_rollout_and_leave_the_rest_untouched() {
+    let mut fleet = Fleet::start().await;
+    let tenants = fleet.provision(20).await;
+    // Five tenants whose data conflicts with the bundle: duplicate account names under a unique index.
+    for tenant in &tenants[3..8] {
+        let conn = fleet_schema::open_local(
+            &fleet
+                .dir
+                .path()
+                .join("tenants")
+                .join(format!("{tenant}.db")),
+        )
+        .await
+        .unwrap();
+        conn.execute_batch("CREATE TABLE crm_account (id TEXT NOT NULL PRIMARY KEY, name TEXT); INSERT INTO crm_account VALUES ('a', 'x'), ('b', 'x');")
+            .await
+            .unwrap();
+    }
+    fleet.spawn_deployer();
+    fleet.request("d1", crm("v1"), json!({"all": true}), json!({"waves": ["1", "50%", "100%"], "maxFailureRatio": 0.2, "allowDestructive": true})).await;
+    let d = fleet.finished("d1", Duration::from_secs(120)).await;
+    assert_eq!(d.status, RolloutStatus::Halted, "{d:?}");
+    assert!(d.reason.as_deref().unwrap().contains("failure ratio"));
+    let failed: Vec<_> = d
+        .results
+        .iter()
+        .filter(|(_, r)| r.status == DeployStatus::Failed)
+        .collect();
+    assert_eq!(failed.len(), 5);
+    assert!(
+        failed
+            .iter()
+            .all(|(_, r)| r.error.as_deref().unwrap().contains("unique")),
+        "{failed:?}"
+    );
+    // The third wave never started.
+    for tenant in &tenants[10..] {
+        assert!(
+            !d.results
+                .contains_key(&fleet_protocol::TenantId::parse(tenant.clone()).unwrap())
+        );
+        assert!(
+            !fleet
+                .tables(tenant)
+                .await
+                .contains(&"crm_account".to_owned()),
+            "{tenant} was touched"
+        );
+    }
+    assert_eq!(fleet.hooks("hooks.deploy.failed").await.len(), 1);
+    assert_eq!(fleet.hooks("hooks.deploy.tenant_failed").await.len(), 5);
+}
+
+#[tokio::test]
+async fn a_dry_run_plans_every_tenant_and_changes_nothing() {
+    let mut fleet = Fleet::start().await;
+    let tenants = fleet.provision(6).await;
+    fleet.spawn_deployer();
+    fleet
+        .request(
+            "dry",
+            crm("v1"),
+            json!({"all": true}),
+            json!({"dryRun": true, "waves": ["100%"]}),
+        )
+        .await;
+    let d = fleet.finished("dry", Duration::from_secs(60)).await;
+    assert_eq!(d.status, RolloutStatus::Completed);
+    assert!(d.dry_run);
+    assert!(
+        d.results
+            .values()
+            .all(|r| r.statements == 7 && r.changes == [3, 0, 0]),
+        "{:?}",
+        d.results
+    );
+    for tenant in &tenants {
+        assert!(
+            !fleet
+                .tables(tenant)
+                .await
+                .contains(&"crm_account".to_owned())
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_bundle_is_rejected_before_any_tenant_is_touched() {
+    let mut fleet = Fleet::start().await;
+    let tenants = fleet.provision(2).await;
+    fleet.spawn_deployer();
+    let bad = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../examples/invalid.bundle.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    fleet
+        .request("bad", bad, json!({"all": true}), json!({}))
+        .await;
+    fleet
+        .eventually(Duration::from_secs(30), "rejected", async || {
+            fleet.deployment("bad").await.is_some()
+        })
+        .await;
+    let d = fleet.deployment("bad").await.unwrap();
+    assert_eq!(d.status, RolloutStatus::Rejected);
+    assert!(
+        d.reason
+            .as_deref()
+            .unwrap()
+            .contains("objects.project_task.fields.name.type"),
+        "{:?}",
+        d.reason
+    );
+    for tenant in &tenants {
+        assert!(
+            !fleet
+                .tables(tenant)
+                .await
+                .iter()
+                .any(|t| t.starts_with("project"))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployer_killed_mid_deployment_resumes_where_it_stopped() {
+    let mut fleet = Fleet::start().await;
+    fleet.provision(40).await;
+    let first = fleet.spawn_deployer();
+    fleet
+        .request(
+            "d1",
+            crm("v1"),
+            json!({"all": true}),
+            json!({"waves": ["1", "25%", "100%"]}),
+        )
+        .await;
+    fleet
+        .eventually(Duration::from_secs(60), "some results", async || {
+            fleet
+                .deployment("d1")
+                .await
+                .is_some_and(|d| d.results.len() >= 5)
+        })
+        .await;
+    fleet.kill_deployer(first);
+    fleet.spawn_deployer();
+    let d = fleet.finished("d1", Duration::from_secs(120)).await;
+    assert_eq!(d.status, RolloutStatus::Completed, "{:?}", d.reason);
+    assert_eq!(d.counts(), (40, 0, 0));
+    assert_eq!(fleet.hooks("hooks.deploy.completed").await.len(), 1);
+}
