@@ -30,11 +30,41 @@ async fn a_bundle_rolls_out_to_300_tenants_in_three_waves() {
         vec![1, 29, 270]
     );
     assert_eq!(d.counts(), (300, 0, 0));
+    let bundle: fleet_protocol::DeployBundle = serde_json::from_value(crm("v1")).unwrap();
+    let desired = fleet_schema::desired_schema(&fleet_schema::system::with_system_objects(
+        &bundle.object_definitions().unwrap(),
+    ))
+    .unwrap();
     for tenant in tenants.iter().step_by(37) {
         let tables = fleet.tables(tenant).await;
         for table in CRM_TABLES {
             assert!(tables.contains(&table.to_owned()), "{tenant}: {tables:?}");
         }
+        let conn = fleet.connect(tenant).await;
+        let live = fleet_schema::introspect(&conn).await.unwrap();
+        assert!(
+            live.same_definition(&desired),
+            "{tenant}: introspection differs from the bundle"
+        );
+        assert_eq!(
+            fleet
+                .count(
+                    tenant,
+                    "SELECT count(*) FROM sys_deployment WHERE deployment_id = 'd1'"
+                )
+                .await,
+            1
+        );
+        assert_eq!(
+            fleet
+                .count(
+                    tenant,
+                    "SELECT count(*) FROM sys_metadata WHERE metadata_type = 'object'"
+                )
+                .await,
+            3,
+            "registered"
+        );
     }
     assert_eq!(fleet.hooks("hooks.deploy.completed").await.len(), 1);
 
@@ -211,4 +241,85 @@ async fn a_deployer_killed_mid_deployment_resumes_where_it_stopped() {
     assert_eq!(d.status, RolloutStatus::Completed, "{:?}", d.reason);
     assert_eq!(d.counts(), (40, 0, 0));
     assert_eq!(fleet.hooks("hooks.deploy.completed").await.len(), 1);
+    for tenant in d.results.keys() {
+        assert_eq!(
+            fleet
+                .count(
+                    tenant.as_str(),
+                    "SELECT count(*) FROM sys_deployment WHERE deployment_id = 'd1'"
+                )
+                .await,
+            1,
+            "{tenant} migrated exactly once"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_destructive_bundle_is_refused_without_the_flag() {
+    let mut fleet = Fleet::start().await;
+    fleet.provision(3).await;
+    fleet.spawn_deployer();
+    fleet
+        .request(
+            "v1",
+            crm("v1"),
+            json!({"all": true}),
+            json!({"waves": ["100%"]}),
+        )
+        .await;
+    assert_eq!(
+        fleet.finished("v1", Duration::from_secs(60)).await.status,
+        RolloutStatus::Completed
+    );
+    let mut smaller = crm("v1");
+    smaller["manifest"]["version"] = json!("1.1.0");
+    smaller["manifest"]["objects"] = json!(["account"]);
+    smaller["objects"] = json!([smaller["objects"][0].clone()]);
+    fleet
+        .request(
+            "drop",
+            smaller.clone(),
+            json!({"all": true}),
+            json!({"waves": ["100%"], "maxFailureRatio": 1.0}),
+        )
+        .await;
+    let refused = fleet.finished("drop", Duration::from_secs(60)).await;
+    assert_eq!(refused.counts(), (0, 3, 0));
+    assert!(
+        refused
+            .results
+            .values()
+            .all(|r| r.error.as_deref().unwrap().contains("lose data")),
+        "{:?}",
+        refused.results
+    );
+    assert!(
+        fleet
+            .tables("t-000")
+            .await
+            .contains(&"crm_contact".to_owned()),
+        "nothing dropped"
+    );
+    fleet
+        .request(
+            "drop-ok",
+            smaller,
+            json!({"all": true}),
+            json!({"waves": ["100%"], "allowDestructive": true}),
+        )
+        .await;
+    let accepted = fleet.finished("drop-ok", Duration::from_secs(60)).await;
+    assert_eq!(
+        accepted.status,
+        RolloutStatus::Completed,
+        "{:?}",
+        accepted.results
+    );
+    assert!(
+        !fleet
+            .tables("t-000")
+            .await
+            .contains(&"crm_contact".to_owned())
+    );
 }

@@ -240,6 +240,20 @@ group = "local"
         }
     }
 
+    /// A connection to a tenant's database file.
+    pub async fn connect(&self, tenant: &str) -> libsql::Connection {
+        fleet_schema::open_local(&self.dir.path().join("tenants").join(format!("{tenant}.db")))
+            .await
+            .unwrap()
+    }
+
+    /// A single count from a tenant's database.
+    pub async fn count(&self, tenant: &str, sql: &str) -> i64 {
+        let conn = self.connect(tenant).await;
+        let mut rows = conn.query(sql, ()).await.unwrap();
+        rows.next().await.unwrap().unwrap().get::<i64>(0).unwrap()
+    }
+
     pub async fn tables(&self, tenant: &str) -> Vec<String> {
         let conn =
             fleet_schema::open_local(&self.dir.path().join("tenants").join(format!("{tenant}.db")))

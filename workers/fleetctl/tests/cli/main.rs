@@ -2,6 +2,7 @@
 
 mod config;
 mod db;
+mod deploy;
 mod dlq;
 mod schema;
 mod streams;

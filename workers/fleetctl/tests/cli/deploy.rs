@@ -1,0 +1,84 @@
+//! `fleetctl deploy`: requests are checked before they are published.
+
+use async_nats::jetstream;
+use fleet_testkit::NatsServer;
+use predicates::prelude::*;
+
+use crate::fleetctl;
+
+async fn deploy_commands(server: &NatsServer) -> u64 {
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let mut stream = jetstream::new(client)
+        .get_stream("FLEET_DEPLOY_COMMANDS")
+        .await
+        .unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
+#[tokio::test]
+async fn an_invalid_bundle_is_refused_with_its_issues_and_nothing_is_published() {
+    let server = NatsServer::start();
+    fleetctl()
+        .env("FLEET_NATS__URL", server.url())
+        .args(["deploy", "examples/invalid.bundle.json", "--all"])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains(
+            "bundle.objects.project_task.fields.name.type",
+        ));
+    assert_eq!(deploy_commands(&server).await, 0);
+}
+
+#[tokio::test]
+async fn a_valid_request_is_published_once_with_its_id() {
+    let server = NatsServer::start();
+    for _ in 0..2 {
+        fleetctl()
+            .env("FLEET_NATS__URL", server.url())
+            .args([
+                "deploy",
+                "examples/crm-v1.bundle.json",
+                "--all",
+                "--no-wait",
+                "--id",
+                "crm-1",
+            ])
+            .assert()
+            .success()
+            .stdout("crm-1\n");
+    }
+    assert_eq!(
+        deploy_commands(&server).await,
+        1,
+        "the duplicate window drops the second request"
+    );
+}
+
+#[tokio::test]
+async fn a_bundle_directory_is_assembled_from_its_files() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("objects")).unwrap();
+    std::fs::write(dir.path().join("manifest.json"), r#"{"version": "7"}"#).unwrap();
+    std::fs::write(
+        dir.path().join("objects/ticket.json"),
+        r#"{"name": "ticket", "fields": {"title": {"type": "text"}}}"#,
+    )
+    .unwrap();
+    fleetctl()
+        .env("FLEET_NATS__URL", server.url())
+        .args(["deploy", "--tenants", "acme", "--no-wait", "--id", "dir-1"])
+        .arg(dir.path())
+        .assert()
+        .success();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let stream = jetstream::new(client)
+        .get_stream("FLEET_DEPLOY_COMMANDS")
+        .await
+        .unwrap();
+    let message = stream.get_raw_message(1).await.unwrap();
+    let request: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+    assert_eq!(request["bundle"]["manifest"]["version"], "7");
+    assert_eq!(request["bundle"]["objects"][0]["name"], "ticket");
+    assert_eq!(request["target"]["tenants"], serde_json::json!(["acme"]));
+}
