@@ -646,6 +646,21 @@ pub struct TenantDeployJob {
     pub tenant_id: crate::ids::TenantId,
     /// The wave (0-based).
     pub wave: u32,
+    /// Undo the deployment on this tenant instead (its stored rollback plan).
+    #[serde(default)]
+    pub rollback: bool,
+}
+
+/// `deploy.rollback`: undo a finished deployment on every tenant it migrated (a fleet type).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployRollbackRequest {
+    /// The deployment to undo.
+    pub deployment_id: crate::ids::DeploymentId,
+}
+
+impl Spec for DeployRollbackRequest {
+    const SPEC_NAME: &'static str = "DeployRollbackRequest";
 }
 
 impl Spec for TenantDeployJob {

@@ -43,7 +43,9 @@ pub use deploy::{
     DeployBundle, DeployDiff, DeployManifest, DeployStatus, DeployValidationIssue,
     DeployValidationResult, IssueSeverity, MigrationPlan, MigrationStatement, SchemaChange,
 };
-pub use deploy::{DeployRequest, DeployTarget, RolloutOptions, TenantDeployJob};
+pub use deploy::{
+    DeployRequest, DeployRollbackRequest, DeployTarget, RolloutOptions, TenantDeployJob,
+};
 pub use ids::DeploymentId;
 pub use ids::{AppName, DatabaseName, FieldName, InvalidIdentifier, ObjectName, TenantId};
 pub use object::{Field, FieldType, Index, ObjectDefinition};

@@ -24,7 +24,8 @@ pub fn base_objects() -> Vec<ObjectDefinition> {
             "checksum": {"type": "text"},
             "status": {"type": "text", "required": true, "defaultValue": "ready"},
             "statements": {"type": "number", "defaultValue": 0},
-            "applied_at": {"type": "datetime"}
+            "applied_at": {"type": "datetime"},
+            "rollback_plan": {"type": "json"}
         }},
         {"name": "installed_app", "namespace": "sys", "label": "Installed App", "isSystem": true, "fields": {
             "app": {"type": "text", "required": true, "unique": true},

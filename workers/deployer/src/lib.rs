@@ -77,6 +77,9 @@ pub async fn publish_wave(
     prefix: &str,
     d: &Deployment,
 ) -> Result<(), String> {
+    if d.status == RolloutStatus::RollingBack {
+        return publish_rollbacks(publisher, prefix, d).await;
+    }
     let Some(wave) = d.waves.get(d.current_wave) else {
         return Ok(());
     };
@@ -90,11 +93,47 @@ pub async fn publish_wave(
             deployment_id: d.id.clone(),
             tenant_id: tenant.clone(),
             wave: d.current_wave as u32,
+            rollback: false,
         };
         publisher
             .publish_json(
                 &subject,
                 &format!("{}:{tenant}", d.id),
+                &job,
+                HeaderMap::new(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Publishes a rollback job for every migrated tenant not rolled back yet.
+async fn publish_rollbacks(
+    publisher: &Publisher,
+    prefix: &str,
+    d: &Deployment,
+) -> Result<(), String> {
+    let subject = if prefix.is_empty() {
+        format!("deploy.tenant.{}", d.id)
+    } else {
+        format!("{prefix}.deploy.tenant.{}", d.id)
+    };
+    for tenant in d
+        .migrated()
+        .iter()
+        .filter(|t| !d.rollbacks.contains_key(*t))
+    {
+        let job = TenantDeployJob {
+            deployment_id: d.id.clone(),
+            tenant_id: tenant.clone(),
+            wave: 0,
+            rollback: true,
+        };
+        publisher
+            .publish_json(
+                &subject,
+                &format!("{}:{tenant}:rollback", d.id),
                 &job,
                 HeaderMap::new(),
             )
@@ -214,6 +253,7 @@ impl Deployer {
             waves,
             current_wave: 0,
             results: Default::default(),
+            rollbacks: Default::default(),
             reason: None,
             requested_at: Timestamp::now(),
             finished_at: None,
@@ -245,6 +285,7 @@ impl Deployer {
             waves: Vec::new(),
             current_wave: 0,
             results: Default::default(),
+            rollbacks: Default::default(),
             reason: Some(reason.to_owned()),
             requested_at: Timestamp::now(),
             finished_at: Some(Timestamp::now()),
@@ -291,7 +332,10 @@ impl Deployer {
     /// hook (both idempotent: message ids derive from the deployment).
     async fn advance(&self, deployment: &Versioned<Deployment>) -> Result<(), String> {
         let d = &deployment.state;
-        if d.status != RolloutStatus::Running {
+        if !matches!(
+            d.status,
+            RolloutStatus::Running | RolloutStatus::RollingBack
+        ) {
             return self.finish_hook(deployment).await;
         }
         publish_wave(&self.publisher, &self.prefix, d).await
@@ -300,8 +344,9 @@ impl Deployer {
     async fn finish_hook(&self, deployment: &Versioned<Deployment>) -> Result<(), String> {
         let d = &deployment.state;
         let (event, subject) = match d.status {
-            RolloutStatus::Running => return Ok(()),
+            RolloutStatus::Running | RolloutStatus::RollingBack => return Ok(()),
             RolloutStatus::Completed => ("deploy.completed", "hooks.deploy.completed"),
+            RolloutStatus::RolledBack => ("deploy.rolled_back", "hooks.deploy.rolled_back"),
             _ => ("deploy.failed", "hooks.deploy.failed"),
         };
         let (ready, failed, pending) = d.counts();
@@ -352,6 +397,9 @@ impl Deployer {
             }
             Err(e) => return Outcome::retry(Duration::from_secs(1), e),
         };
+        if job.rollback {
+            return self.rollback_job(&current, &job.tenant_id).await;
+        }
         if current.state.status != RolloutStatus::Running
             || current.state.results.contains_key(&job.tenant_id)
         {
@@ -428,6 +476,156 @@ impl Deployer {
             Ok(None) => Outcome::Done,
             Err(e) => Outcome::retry(Duration::from_secs(1), e),
         }
+    }
+
+    async fn rollback_requested(&self, delivery: &Delivery) -> Outcome {
+        let request = match delivery.decode::<fleet_protocol::DeployRollbackRequest>() {
+            Ok(request) => request,
+            Err(poison) => return poison,
+        };
+        let id = request.deployment_id;
+        match self
+            .deployments
+            .transition(id.as_str(), |cur| rollout::start_rollback(cur, &id))
+            .await
+        {
+            Ok(Some(current)) => match self.advance(&current).await {
+                Ok(()) => Outcome::Done,
+                Err(e) => Outcome::retry(Duration::from_secs(1), e),
+            },
+            Ok(None) => Outcome::Poison {
+                reason: format!("unknown deployment {id}"),
+            },
+            Err(fleet_runtime::StateError::Refused(e)) => Outcome::poison(&e),
+            Err(e) => Outcome::retry(Duration::from_secs(1), e),
+        }
+    }
+
+    /// Undoes the deployment on one tenant: its stored rollback plan, and the deployment's
+    /// registry row removed, in one transaction.
+    async fn rollback_job(&self, current: &Versioned<Deployment>, tenant: &TenantId) -> Outcome {
+        let d = &current.state;
+        if d.status != RolloutStatus::RollingBack || d.rollbacks.contains_key(tenant) {
+            return match self.advance(current).await {
+                Ok(()) => Outcome::Done,
+                Err(e) => Outcome::retry(Duration::from_secs(1), e),
+            };
+        }
+        let started = Instant::now();
+        let outcome = match self.rollback_tenant(d, tenant).await {
+            Ok(statements) => TenantOutcome {
+                status: DeployStatus::Ready,
+                skipped: false,
+                statements,
+                changes: [0; 3],
+                breaking: false,
+                error: None,
+                duration_ms: started.elapsed().as_millis() as u64,
+            },
+            Err(TenantError::Transient(e)) => return Outcome::retry(Duration::from_secs(1), e),
+            Err(TenantError::Failed(error)) => TenantOutcome {
+                status: DeployStatus::Failed,
+                skipped: false,
+                statements: 0,
+                changes: [0; 3],
+                breaking: false,
+                error: Some(error),
+                duration_ms: started.elapsed().as_millis() as u64,
+            },
+        };
+        match self
+            .deployments
+            .transition(d.id.as_str(), |cur| {
+                rollout::record_rollback(cur, &d.id, tenant, &outcome)
+            })
+            .await
+        {
+            Ok(Some(written)) => match self.advance(&written).await {
+                Ok(()) => Outcome::Done,
+                Err(e) => Outcome::retry(Duration::from_secs(1), e),
+            },
+            Ok(None) => Outcome::Done,
+            Err(e) => Outcome::retry(Duration::from_secs(1), e),
+        }
+    }
+
+    async fn rollback_tenant(&self, d: &Deployment, tenant: &TenantId) -> Result<u64, TenantError> {
+        let conn = self.tenant_connection(tenant).await?;
+        let mut rows = conn
+            .query(
+                "SELECT rollback_plan FROM sys_deployment WHERE deployment_id = ?1",
+                vec![SqlValue::Text(d.id.to_string())],
+            )
+            .await
+            .map_err(|e| TenantError::Failed(e.to_string()))?;
+        let Some(row) = rows
+            .next()
+            .await
+            .map_err(|e| TenantError::Transient(e.to_string()))?
+        else {
+            return Ok(0); // already rolled back (or never recorded): nothing to undo
+        };
+        let plan: fleet_protocol::MigrationPlan = match row.get_value(0) {
+            Ok(SqlValue::Text(text)) => serde_json::from_str(&text)
+                .map_err(|e| TenantError::Failed(format!("stored rollback plan: {e}")))?,
+            _ => {
+                return Err(TenantError::Failed(
+                    "the deployment's plan was not reversible (it dropped data)".into(),
+                ));
+            }
+        };
+        // The statement must be finished before the plan's DDL runs on this connection.
+        drop(row);
+        drop(rows);
+        let forget = BoundStatement {
+            sql: "DELETE FROM sys_deployment WHERE deployment_id = ?1".to_owned(),
+            params: vec![SqlValue::Text(d.id.to_string())],
+        };
+        fleet_schema::apply_plan_with(&conn, &plan, &[forget])
+            .await
+            .map_err(|e| TenantError::Failed(e.to_string()))?;
+        Ok(plan.statements.len() as u64)
+    }
+
+    async fn tenant_connection(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<libsql::Connection, TenantError> {
+        let record = self
+            .tenants
+            .get::<RolloutError>(tenant.as_str())
+            .await
+            .map_err(|e| TenantError::Transient(e.to_string()))?
+            .ok_or_else(|| TenantError::Failed(format!("unknown tenant {tenant}")))?
+            .state;
+        if record.status != TenantProvisioningStatus::Active {
+            return Err(TenantError::Failed(format!(
+                "tenant {tenant} is not active"
+            )));
+        }
+        let connection = record
+            .connection
+            .clone()
+            .ok_or_else(|| TenantError::Failed("no stored connection".into()))?;
+        let token = connection
+            .auth_token(tenant, &self.keys)
+            .map_err(|e| TenantError::Failed(e.to_string()))?
+            .ok_or_else(|| TenantError::Failed("no token".into()))?;
+        let database = record
+            .database
+            .as_deref()
+            .and_then(|n| fleet_protocol::DatabaseName::parse(n).ok())
+            .unwrap_or_else(|| self.backend.database_name(tenant));
+        let db = self.backend.open(&database, &token).await.map_err(|e| {
+            if e.is_transient() {
+                TenantError::Transient(e.to_string())
+            } else {
+                TenantError::Failed(e.to_string())
+            }
+        })?;
+        db.connect()
+            .await
+            .map_err(|e| TenantError::Transient(e.to_string()))
     }
 
     async fn deploy_tenant(
@@ -549,7 +747,7 @@ impl Deployer {
             return Ok(outcome);
         }
         // migrating + registering, in one transaction
-        let registry = registry_statements(d, bundle, planned.plan.statements.len());
+        let registry = registry_statements(d, bundle, &planned.plan);
         fleet_schema::apply_plan_with(&conn, &planned.plan, &registry)
             .await
             .map_err(|e| TenantError::Failed(e.to_string()))?;
@@ -591,8 +789,12 @@ async fn count(
 fn registry_statements(
     d: &Deployment,
     bundle: &DeployBundle,
-    statements: usize,
+    plan: &fleet_protocol::MigrationPlan,
 ) -> Vec<BoundStatement> {
+    let statements = plan.statements.len();
+    let rollback = fleet_schema::rollback_plan(plan)
+        .and_then(|p| serde_json::to_string(&p).ok())
+        .map_or(SqlValue::Null, SqlValue::Text);
     let mut out = Vec::new();
     let kinds = [
         ("object", &bundle.objects),
@@ -623,14 +825,15 @@ fn registry_statements(
         }
     }
     out.push(BoundStatement {
-        sql: "INSERT INTO sys_deployment (id, deployment_id, version, checksum, status, statements, applied_at) \
-              VALUES (?1, ?1, ?2, ?3, 'ready', ?4, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) ON CONFLICT (deployment_id) DO NOTHING"
+        sql: "INSERT INTO sys_deployment (id, deployment_id, version, checksum, status, statements, applied_at, rollback_plan) \
+              VALUES (?1, ?1, ?2, ?3, 'ready', ?4, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?5) ON CONFLICT (deployment_id) DO NOTHING"
             .to_owned(),
         params: vec![
             SqlValue::Text(d.id.to_string()),
             SqlValue::Text(d.version.clone()),
             SqlValue::Text(d.checksum.clone()),
             SqlValue::Real(statements as f64),
+            rollback,
         ],
     });
     out
@@ -641,6 +844,8 @@ impl Handler for Deployer {
     async fn handle(&self, delivery: Delivery) -> Outcome {
         if delivery.subject == "deploy.requested" {
             self.requested(&delivery).await
+        } else if delivery.subject == "deploy.rollback" {
+            self.rollback_requested(&delivery).await
         } else if delivery.subject.starts_with("deploy.tenant.") {
             self.tenant_job(&delivery).await
         } else {

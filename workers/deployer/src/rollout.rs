@@ -23,6 +23,10 @@ pub enum RolloutStatus {
     Cancelled,
     /// Refused before any tenant was touched (invalid bundle, no targets).
     Rejected,
+    /// Being undone on the tenants it migrated.
+    RollingBack,
+    /// Undone on every tenant it migrated (see `rollbacks` for any that could not be).
+    RolledBack,
 }
 
 /// One tenant's outcome.
@@ -75,6 +79,9 @@ pub struct Deployment {
     pub current_wave: usize,
     /// Results by tenant.
     pub results: BTreeMap<TenantId, TenantOutcome>,
+    /// Rollback results by tenant (only during and after a rollback).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rollbacks: BTreeMap<TenantId, TenantOutcome>,
     /// Why it stopped, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -115,6 +122,18 @@ pub enum Next {
 }
 
 impl Deployment {
+    /// The tenants a rollback undoes: those this deployment migrated.
+    pub fn migrated(&self) -> Vec<TenantId> {
+        if self.dry_run {
+            return Vec::new();
+        }
+        self.results
+            .iter()
+            .filter(|(_, r)| r.status == DeployStatus::Ready && !r.skipped)
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+
     /// Counts of tenant results: (ready, failed, pending).
     pub fn counts(&self) -> (usize, usize, usize) {
         let ready = self
@@ -291,6 +310,71 @@ pub fn resume(
     }
 }
 
+/// Starts undoing a finished deployment.
+pub fn start_rollback(
+    current: Option<&Versioned<Deployment>>,
+    id: &DeploymentId,
+) -> Result<Decision<Deployment>, RolloutError> {
+    let d = existing(current, id)?;
+    match d.status {
+        RolloutStatus::RollingBack | RolloutStatus::RolledBack => Ok(Decision::Unchanged),
+        RolloutStatus::Running | RolloutStatus::Rejected => Err(RolloutError::Illegal {
+            id: id.to_string(),
+            status: d.status,
+            event: "roll back",
+        }),
+        _ => {
+            let mut next = d.clone();
+            next.status = if next.migrated().is_empty() {
+                RolloutStatus::RolledBack
+            } else {
+                RolloutStatus::RollingBack
+            };
+            next.rollbacks.clear();
+            next.finished_at = None;
+            Ok(Decision::Write {
+                event: event(&next, "rollback", None),
+                next,
+            })
+        }
+    }
+}
+
+/// Records one tenant's rollback; the last one ends the rollback.
+pub fn record_rollback(
+    current: Option<&Versioned<Deployment>>,
+    id: &DeploymentId,
+    tenant: &TenantId,
+    outcome: &TenantOutcome,
+) -> Result<Decision<Deployment>, RolloutError> {
+    let d = existing(current, id)?;
+    if d.status != RolloutStatus::RollingBack || d.rollbacks.contains_key(tenant) {
+        return Ok(Decision::Unchanged);
+    }
+    let mut next = d.clone();
+    next.rollbacks.insert(tenant.clone(), outcome.clone());
+    if next
+        .migrated()
+        .iter()
+        .all(|t| next.rollbacks.contains_key(t))
+    {
+        next.status = RolloutStatus::RolledBack;
+        next.finished_at = Some(Timestamp::now());
+        let failed = next
+            .rollbacks
+            .values()
+            .filter(|r| r.status == DeployStatus::Failed)
+            .count();
+        if failed > 0 {
+            next.reason = Some(format!("{failed} tenant(s) could not be rolled back"));
+        }
+    }
+    Ok(Decision::Write {
+        event: event(&next, &format!("rollback {tenant}"), outcome.error.clone()),
+        next,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,6 +395,7 @@ mod tests {
                     .collect(),
                 current_wave: 0,
                 results: BTreeMap::new(),
+                rollbacks: BTreeMap::new(),
                 reason: None,
                 requested_at: Timestamp::now(),
                 finished_at: None,

@@ -72,6 +72,11 @@ enum DeployAction {
         /// Deployment id.
         id: String,
     },
+    /// Undo a finished deployment on every tenant it migrated (its stored rollback plans).
+    Rollback {
+        /// Deployment id.
+        id: String,
+    },
 }
 
 fn read_json(path: &Path) -> anyhow::Result<Value> {
@@ -162,6 +167,41 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
                 resumed.state.current_wave + 1
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Some(DeployAction::Rollback { id }) => {
+            let id = DeploymentId::parse(id)?;
+            let request = fleet_protocol::DeployRollbackRequest {
+                deployment_id: id.clone(),
+            };
+            let message_id = format!("rollback:{id}:{}", chrono::Utc::now().timestamp_millis());
+            runtime
+                .publisher
+                .publish_json(
+                    &runtime.topology.subject("deploy.rollback"),
+                    &message_id,
+                    &request,
+                    HeaderMap::new(),
+                )
+                .await?;
+            for _ in 0..6000 {
+                if let Some(d) = deployments
+                    .get::<rollout::RolloutError>(id.as_str())
+                    .await?
+                    .map(|v| v.state)
+                    && d.status == RolloutStatus::RolledBack
+                {
+                    print_summary(&d);
+                    let failed = d.rollbacks.values().filter(|r| r.error.is_some()).count();
+                    return Ok(if failed == 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            eprintln!("still rolling back; follow it with `fleetctl deploy status {id}`");
+            Ok(ExitCode::from(1))
         }
         Some(DeployAction::Cancel { id }) => {
             let id = DeploymentId::parse(id)?;

@@ -323,3 +323,116 @@ async fn a_destructive_bundle_is_refused_without_the_flag() {
             .contains(&"crm_contact".to_owned())
     );
 }
+
+#[tokio::test]
+async fn a_reversible_deployment_is_rolled_back_to_the_previous_schema() {
+    let mut fleet = Fleet::start().await;
+    let tenants = fleet.provision(3).await;
+    fleet.spawn_deployer();
+    fleet
+        .request(
+            "v1",
+            crm("v1"),
+            json!({"all": true}),
+            json!({"waves": ["100%"]}),
+        )
+        .await;
+    assert_eq!(
+        fleet.finished("v1", Duration::from_secs(60)).await.status,
+        RolloutStatus::Completed
+    );
+    let before = fleet_schema::introspect(&fleet.connect(&tenants[0]).await)
+        .await
+        .unwrap();
+    fleet
+        .connect(&tenants[0])
+        .await
+        .execute(
+            "INSERT INTO crm_account (id, name) VALUES ('a1', 'Acme')",
+            (),
+        )
+        .await
+        .unwrap();
+
+    // v1.1 only adds: a nullable field and a new object — a reversible plan.
+    let mut next = crm("v1");
+    next["manifest"]["version"] = json!("1.1.0");
+    next["objects"][0]["fields"]["notes"] = json!({"type": "textarea"});
+    next["objects"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "ticket", "fields": {"title": {"type": "text"}}}));
+    fleet
+        .request(
+            "v11",
+            next,
+            json!({"all": true}),
+            json!({"waves": ["100%"]}),
+        )
+        .await;
+    assert_eq!(
+        fleet.finished("v11", Duration::from_secs(60)).await.status,
+        RolloutStatus::Completed
+    );
+    assert!(
+        fleet
+            .tables(&tenants[0])
+            .await
+            .contains(&"ticket".to_owned())
+    );
+
+    fleet
+        .publisher
+        .publish_json(
+            "deploy.rollback",
+            "rb-1",
+            &json!({"deploymentId": "v11"}),
+            async_nats::HeaderMap::new(),
+        )
+        .await
+        .unwrap();
+    fleet
+        .eventually(Duration::from_secs(60), "rolled back", async || {
+            fleet
+                .deployment("v11")
+                .await
+                .is_some_and(|d| d.status == RolloutStatus::RolledBack)
+        })
+        .await;
+    let d = fleet.deployment("v11").await.unwrap();
+    assert!(
+        d.rollbacks.values().all(|r| r.error.is_none()),
+        "{:?}",
+        d.rollbacks
+    );
+    let after = fleet_schema::introspect(&fleet.connect(&tenants[0]).await)
+        .await
+        .unwrap();
+    // The previous schema, except the system table's new column (which stays: system schema only grows).
+    let without_system = |s: &fleet_schema::Schema| {
+        let mut s = s.clone();
+        s.tables.retain(|name, _| !name.starts_with("sys_"));
+        s
+    };
+    assert!(
+        without_system(&after).same_definition(&without_system(&before)),
+        "schema is back to v1"
+    );
+    assert_eq!(
+        fleet
+            .count(&tenants[0], "SELECT count(*) FROM crm_account")
+            .await,
+        1,
+        "rows kept"
+    );
+    assert_eq!(
+        fleet
+            .count(
+                &tenants[0],
+                "SELECT count(*) FROM sys_deployment WHERE deployment_id = 'v11'"
+            )
+            .await,
+        0
+    );
+    assert_eq!(fleet.hooks("hooks.deploy.rolled_back").await.len(), 1);
+}

@@ -4,7 +4,7 @@
 mod deploys;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -179,7 +179,7 @@ group = "local"
             .env("FLEET_CONFIG_DIR", self.dir.path().join("config"))
             .env("FLEET_ENV", "e2e")
             .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
@@ -231,11 +231,22 @@ group = "local"
     ) {
         let deadline = tokio::time::Instant::now() + limit;
         while !check().await {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for: {what}\n{}",
-                self.log()
-            );
+            if tokio::time::Instant::now() >= deadline {
+                let mut records = String::new();
+                for key in ["v1", "v11", "d1"] {
+                    if let Some(d) = self.deployment(key).await {
+                        records.push_str(&format!(
+                            "{key}: {:?} {:?} rollbacks {:?}\n",
+                            d.status, d.reason, d.rollbacks
+                        ));
+                    }
+                }
+                let letters = self.dead_letters().await;
+                panic!(
+                    "timed out waiting for: {what}\n{records}\ndead letters: {letters:?}\n{}",
+                    self.log()
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -271,6 +282,19 @@ group = "local"
             names.push(row.get::<String>(0).unwrap());
         }
         names
+    }
+
+    pub async fn dead_letters(&self) -> Vec<String> {
+        let stream = self.js.get_stream(names::DEAD_LETTERS).await.unwrap();
+        let mut info = stream.clone();
+        let last = info.info().await.unwrap().state.last_sequence;
+        let mut out = Vec::new();
+        for seq in 1..=last {
+            if let Ok(m) = stream.get_raw_message(seq).await {
+                out.push(String::from_utf8_lossy(&m.payload).into_owned());
+            }
+        }
+        out
     }
 
     pub async fn hooks(&self, subject: &str) -> Vec<Value> {
