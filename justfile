@@ -51,5 +51,5 @@ down:
 
 # The main job on the embedded default (local nats-server, local libSQL files).
 demo: setup
-    cargo build --quiet -p fleetctl -p provisioner
+    cargo build --quiet -p fleetctl -p provisioner -p deployer
     scripts/demo.sh

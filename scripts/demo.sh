@@ -34,7 +34,9 @@ export FLEET_PROVISIONER__BACKUP_DIR="$demo/backups"
 export FLEET_WORKER__HEALTH_ADDR="127.0.0.1:0"
 "$root/target/debug/provisioner" >"$demo/provisioner.log" 2>&1 &
 provisioner_pid=$!
-trap 'kill "$provisioner_pid" 2>/dev/null || true; wait "$provisioner_pid" 2>/dev/null || true; kill "$nats_pid" 2>/dev/null || true; wait "$nats_pid" 2>/dev/null || true' EXIT
+"$root/target/debug/deployer" >"$demo/deployer.log" 2>&1 &
+deployer_pid=$!
+trap 'kill "$provisioner_pid" "$deployer_pid" 2>/dev/null || true; wait "$provisioner_pid" "$deployer_pid" 2>/dev/null || true; kill "$nats_pid" 2>/dev/null || true; wait "$nats_pid" 2>/dev/null || true' EXIT
 "$fleetctl" tenant create --id acme --org org_42 --plan pro --region eu-west --admin-email ops@acme.example --wait
 "$fleetctl" tenant create --count 10 --wait
 echo
@@ -108,10 +110,18 @@ echo "planning v2 again:"
 echo "the tenant's record (tokens are kept as hashes only):"
 python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("  tenant", r["tenant"], "group", r["group"], "tokens", [t["scope"] for t in r["tokens"]])' "$demo/tenants/acme.meta.json"
 
-step "10. The protocol's JSON Schemas, exported"
+step "10. The CRM bundle deployed to every demo tenant, in waves (canary, 10%, the rest)"
+# acme already has CRM v2 (steps 7-9); the others get it from scratch. A dry run first.
+"$fleetctl" deploy examples/crm-v2.bundle.json --all --waves 1,10%,100% --dry-run --id crm-v2-dry
+"$fleetctl" deploy examples/crm-v2.bundle.json --all --waves 1,10%,100% --id crm-v2
+echo "deploying the same version again is a no-op for every tenant:"
+"$fleetctl" deploy examples/crm-v2.bundle.json --all --waves 100% --id crm-v2-again
+
+step "11. The protocol's JSON Schemas, exported"
 "$fleetctl" schema export --out "$demo/schemas"
 
 step "Coming next"
 cat <<'TXT'
-  - the deployer: bundles rolled out to the fleet in waves
+  - the installer: marketplace apps into tenants
+  - the quota auditor: usage against plan quotas, suspension with a grace period
 TXT

@@ -24,8 +24,8 @@ else
   echo "nats-server started at $url (pid $(cat "$home/run/nats-server.pid"))"
 fi
 
-cargo build --quiet -p provisioner -p fleetctl
-for worker in provisioner; do
+cargo build --quiet -p provisioner -p deployer -p fleetctl
+for worker in provisioner deployer; do
   pidfile="$home/run/$worker.pid"
   if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
     echo "$worker already running (pid $(cat "$pidfile"))"
@@ -35,4 +35,4 @@ for worker in provisioner; do
   echo $! > "$pidfile"
   echo "$worker started (pid $!), log $home/logs/$worker.log"
 done
-echo "coming with the next issues: deployer, installer, quota-auditor"
+echo "coming with the next issues: installer, quota-auditor"

@@ -85,27 +85,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = fleet_runtime::Runtime::connect(&config).await?;
             let t = &runtime.topology;
             for stream in &t.streams {
-                println!(
+                say!(
                     "stream   {:<28} {}",
                     stream.name,
                     stream.subjects.join(", ")
                 );
             }
             for consumer in &t.consumers {
-                println!(
+                say!(
                     "consumer {:<28} on {} ({})",
-                    consumer.durable, consumer.stream, consumer.filter
+                    consumer.durable,
+                    consumer.stream,
+                    consumer.filter
                 );
             }
             for bucket in &t.buckets {
-                println!("bucket   {}", bucket.bucket);
+                say!("bucket   {}", bucket.bucket);
             }
-            println!("topology ensured on {}", config.nats.url);
+            say!("topology ensured on {}", config.nats.url);
             Ok(ExitCode::SUCCESS)
         }
         Command::Config => {
             let config = fleet_config::Config::load()?;
-            println!("{}", serde_json::to_string_pretty(&config.redacted())?);
+            say!("{}", serde_json::to_string_pretty(&config.redacted())?);
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -132,7 +132,7 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
                 bail!("no such database")
             };
             let schema = introspect(&conn).await?;
-            println!(
+            say!(
                 "{}",
                 serde_json::to_string_pretty(&schema.to_introspected())?
             );
@@ -180,7 +180,7 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
             match apply_plan(&conn, &planned.plan).await {
                 Ok(result) => {
                     match format {
-                        Format::Json => println!(
+                        Format::Json => say!(
                             "{}",
                             serde_json::to_string_pretty(
                                 &json!({"diff": planned.diff, "plan": planned.plan, "result": result})
@@ -188,9 +188,10 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
                         ),
                         Format::Text => {
                             print_planned(&planned, Format::Text)?;
-                            println!(
+                            say!(
                                 "applied {} statement(s) to {label} in {} ms",
-                                result.statements_executed, result.duration_ms
+                                result.statements_executed,
+                                result.duration_ms
                             );
                         }
                     }
@@ -227,7 +228,7 @@ fn load_objects(path: &Path) -> anyhow::Result<Option<Vec<ObjectDefinition>>> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(err) => {
-            println!("bundle: cannot read {}: {err} (unreadable)", path.display());
+            say!("bundle: cannot read {}: {err} (unreadable)", path.display());
             return Ok(None);
         }
     };
@@ -240,7 +241,7 @@ fn load_objects(path: &Path) -> anyhow::Result<Option<Vec<ObjectDefinition>>> {
         }
         Err(rejected) => {
             for issue in &rejected.issues {
-                println!("{issue}");
+                say!("{issue}");
             }
             eprintln!(
                 "{} is not a valid DeployBundle; the database was not touched",
@@ -256,7 +257,7 @@ fn refused(err: SchemaError) -> anyhow::Result<ExitCode> {
     match err {
         SchemaError::Desired(err) => {
             for issue in &err.issues {
-                println!("{issue}");
+                say!("{issue}");
             }
             eprintln!(
                 "the bundle's objects do not map to a valid schema; the database was not touched"
@@ -285,13 +286,13 @@ fn print_planned(planned: &Planned, format: Format) -> anyhow::Result<()> {
     match format {
         Format::Json => {
             let out = json!({"diff": planned.diff, "plan": planned.plan, "losses": planned.losses});
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            say!("{}", serde_json::to_string_pretty(&out)?);
         }
         Format::Text => {
             print_diff(&planned.diff);
             print_plan(&planned.plan);
             for loss in &planned.losses {
-                println!("  ! accepted loss — {}: {}", loss.entity, loss.what);
+                say!("  ! accepted loss — {}: {}", loss.entity, loss.what);
             }
         }
     }
@@ -300,7 +301,7 @@ fn print_planned(planned: &Planned, format: Format) -> anyhow::Result<()> {
 
 fn print_diff(diff: &DeployDiff) {
     let s = diff.summary;
-    println!(
+    say!(
         "diff: {} added, {} modified, {} removed{}",
         s.added,
         s.modified,
@@ -332,14 +333,14 @@ fn print_diff(diff: &DeployDiff) {
             .and_then(|n| n.as_str())
             .filter(|old| *old != change.entity_name && change.change_type == ChangeType::Modified);
         match renamed {
-            Some(old) => println!("  {sign} {kind:<6} {name} (renamed from {old})"),
-            None => println!("  {sign} {kind:<6} {name}"),
+            Some(old) => say!("  {sign} {kind:<6} {name} (renamed from {old})"),
+            None => say!("  {sign} {kind:<6} {name}"),
         }
     }
 }
 
 fn print_plan(plan: &MigrationPlan) {
-    println!(
+    say!(
         "plan: {} statement(s), {}, {}",
         plan.statements.len(),
         plan.dialect,
@@ -351,13 +352,13 @@ fn print_plan(plan: &MigrationPlan) {
     );
     for statement in &plan.statements {
         let mut lines = statement.sql.lines();
-        println!(
+        say!(
             "  {:>3}. {}",
             statement.order + 1,
             lines.next().unwrap_or_default()
         );
         for line in lines {
-            println!("       {line}");
+            say!("       {line}");
         }
     }
 }

@@ -143,7 +143,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&d)?);
+                say!("{}", serde_json::to_string_pretty(&d)?);
             } else {
                 print_summary(&d);
             }
@@ -162,7 +162,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
             )
             .await
             .map_err(anyhow::Error::msg)?;
-            println!(
+            say!(
                 "deployment {id} resumed at wave {}",
                 resumed.state.current_wave + 1
             );
@@ -208,7 +208,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
             deployments
                 .transition(id.as_str(), |cur| rollout::cancel(cur, &id))
                 .await?;
-            println!("deployment {id} cancelled");
+            say!("deployment {id} cancelled");
             Ok(ExitCode::SUCCESS)
         }
         None => {
@@ -244,7 +244,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
             // Refuse a bad request here, with every issue, before anything is published.
             if let Err(rejected) = fleet_protocol::parse_value::<DeployRequest>(&request) {
                 for issue in rejected.errors() {
-                    println!("{issue}");
+                    say!("{issue}");
                 }
                 eprintln!("the deployment was not requested");
                 return Ok(ExitCode::from(1));
@@ -259,7 +259,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
                 )
                 .await?;
             if args.no_wait {
-                println!("{id}");
+                say!("{id}");
                 return Ok(ExitCode::SUCCESS);
             }
             watch(&deployments, &id).await
@@ -326,7 +326,7 @@ async fn watch(
 fn print_summary(d: &Deployment) {
     let (ready, failed, pending) = d.counts();
     let skipped = d.results.values().filter(|r| r.skipped).count();
-    println!(
+    say!(
         "deployment {}  version {}  {:?}{}  ready {ready} (skipped {skipped})  failed {failed}  pending {pending}",
         d.id,
         d.version,
@@ -334,7 +334,7 @@ fn print_summary(d: &Deployment) {
         if d.dry_run { " (dry run)" } else { "" }
     );
     if let Some(reason) = &d.reason {
-        println!("reason: {reason}");
+        say!("reason: {reason}");
     }
     if d.dry_run {
         let changing = d.results.values().filter(|r| r.statements > 0).count();
@@ -346,12 +346,12 @@ fn print_summary(d: &Deployment) {
                 acc[2] + r.changes[2],
             ]
         });
-        println!(
+        say!(
             "dry run: {changing} tenant(s) would change ({added} added, {modified} modified, {removed} removed in all); {breaking} with breaking changes"
         );
     }
     for (tenant, result) in d.results.iter().filter(|(_, r)| r.error.is_some()) {
-        println!(
+        say!(
             "  failed {tenant}: {}",
             result.error.as_deref().unwrap_or_default()
         );

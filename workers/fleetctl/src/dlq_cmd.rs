@@ -59,15 +59,18 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
                     .iter()
                     .map(|(seq, l)| serde_json::json!({"sequence": seq, "letter": l}))
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                say!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 for (seq, l) in &all {
-                    println!(
+                    say!(
                         "{seq:>6}  {:<14} {:<22} {:<12} {}",
-                        l.consumer, l.subject, l.reason, l.error
+                        l.consumer,
+                        l.subject,
+                        l.reason,
+                        l.error
                     );
                 }
-                println!("{} dead letter(s)", all.len());
+                say!("{} dead letter(s)", all.len());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -107,7 +110,7 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
                     .publisher
                     .publish_bytes(&subject, &id, letter.payload().into(), headers)
                     .await?;
-                println!("replayed dead letter {seq} to {subject}");
+                say!("replayed dead letter {seq} to {subject}");
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -3,6 +3,19 @@
 
 use std::process::ExitCode;
 
+/// `println!` for a CLI: a closed pipe (`fleetctl … | head`) ends the process quietly instead of
+/// panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(err) = writeln!(std::io::stdout(), $($arg)*) {
+            if err.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 use clap::Parser;
 
 mod cli;

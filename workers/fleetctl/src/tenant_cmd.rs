@@ -167,7 +167,7 @@ pub async fn run(command: TenantCommand) -> anyhow::Result<ExitCode> {
             }
             if !wait {
                 for tenant in &ids {
-                    println!("{tenant}");
+                    say!("{tenant}");
                 }
                 return Ok(ExitCode::SUCCESS);
             }
@@ -183,14 +183,14 @@ pub async fn run(command: TenantCommand) -> anyhow::Result<ExitCode> {
                 for tenant in pending {
                     match record(&tenants, &tenant).await? {
                         Some(r) if status_name(&r) == "active" => {
-                            println!(
+                            say!(
                                 "{tenant}  active  in {} ms",
                                 r.total_duration_ms.unwrap_or_default()
                             )
                         }
                         Some(r) if status_name(&r) == "failed" => {
                             failed += 1;
-                            println!("{tenant}  failed  {}", r.error.unwrap_or_default());
+                            say!("{tenant}  failed  {}", r.error.unwrap_or_default());
                         }
                         _ => still.push(tenant),
                     }
@@ -217,7 +217,7 @@ pub async fn run(command: TenantCommand) -> anyhow::Result<ExitCode> {
                 if last.as_ref() != Some(&current) {
                     if json {
                         let history = history(&runtime, &tenant).await?;
-                        println!(
+                        say!(
                             "{}",
                             serde_json::to_string_pretty(
                                 &serde_json::json!({"tenant": current, "history": history})
@@ -226,9 +226,9 @@ pub async fn run(command: TenantCommand) -> anyhow::Result<ExitCode> {
                     } else {
                         print_status(&current);
                         if !watch {
-                            println!("history:");
+                            say!("history:");
                             for event in history(&runtime, &tenant).await? {
-                                println!(
+                                say!(
                                     "  {}  {:<18} {:<12} {}{}",
                                     event.at,
                                     event.step,
@@ -265,15 +265,20 @@ pub async fn run(command: TenantCommand) -> anyhow::Result<ExitCode> {
                     all.push(r);
                 }
             }
+            // Written through a locked handle so a closed pipe (`| head`) ends quietly.
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
             if json {
-                println!("{}", serde_json::to_string_pretty(&all)?);
+                writeln!(out, "{}", serde_json::to_string_pretty(&all)?)?;
             } else {
-                println!(
+                writeln!(
+                    out,
                     "{:<20} {:<12} {:<10} {:<12} {:>8}",
                     "TENANT", "STATUS", "PLAN", "REGION", "MS"
-                );
+                )?;
                 for r in &all {
-                    println!(
+                    writeln!(
+                        out,
                         "{:<20} {:<12} {:<10} {:<12} {:>8}",
                         r.tenant_id,
                         status_name(r),
@@ -282,7 +287,7 @@ pub async fn run(command: TenantCommand) -> anyhow::Result<ExitCode> {
                         r.total_duration_ms
                             .map(|m| m.to_string())
                             .unwrap_or_default()
-                    );
+                    )?;
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -329,12 +334,12 @@ async fn lifecycle(
             HeaderMap::new(),
         )
         .await?;
-    println!("{subject} published for {tenant}");
+    say!("{subject} published for {tenant}");
     Ok(ExitCode::SUCCESS)
 }
 
 fn print_status(record: &TenantRecord) {
-    println!(
+    say!(
         "tenant {}  {}  plan {:?}  region {}  org {}",
         record.tenant_id,
         status_name(record),
@@ -343,7 +348,7 @@ fn print_status(record: &TenantRecord) {
         record.org_id
     );
     if let Some(ms) = record.total_duration_ms {
-        println!(
+        say!(
             "provisioned in {ms} ms at {}",
             record
                 .provisioned_at
@@ -353,7 +358,7 @@ fn print_status(record: &TenantRecord) {
         );
     }
     for step in &record.steps {
-        println!(
+        say!(
             "  {:<17} {:<10} {:>6}{}",
             step.name,
             serde_json::to_value(step.status)
@@ -370,7 +375,7 @@ fn print_status(record: &TenantRecord) {
         );
     }
     if let Some(error) = &record.error {
-        println!("error: {error}");
+        say!("error: {error}");
     }
 }
 

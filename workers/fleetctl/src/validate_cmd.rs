@@ -24,15 +24,15 @@ pub fn run(type_name: &str, file: &Path) -> anyhow::Result<ExitCode> {
             for warning in &normalized.warnings {
                 eprintln!("warning: {warning}");
             }
-            println!("{}", serde_json::to_string_pretty(&normalized.json)?);
+            say!("{}", serde_json::to_string_pretty(&normalized.json)?);
             Ok(ExitCode::SUCCESS)
         }
         Err(rejected) => {
             let errors = rejected.errors().count();
             for issue in &rejected.issues {
                 match issue.severity {
-                    fleet_protocol::IssueSeverity::Error => println!("{issue}"),
-                    _ => println!(
+                    fleet_protocol::IssueSeverity::Error => say!("{issue}"),
+                    _ => say!(
                         "{}: {issue}",
                         serde_json::to_value(issue.severity)?
                             .as_str()
