@@ -550,7 +550,7 @@ impl Deployer {
     }
 
     async fn rollback_tenant(&self, d: &Deployment, tenant: &TenantId) -> Result<u64, TenantError> {
-        let conn = self.tenant_connection(tenant).await?;
+        let (_, conn) = self.tenant_connection(tenant).await?;
         let mut rows = conn
             .query(
                 "SELECT rollback_plan FROM sys_deployment WHERE deployment_id = ?1",
@@ -587,10 +587,11 @@ impl Deployer {
         Ok(plan.statements.len() as u64)
     }
 
+    /// The tenant's record and a connection opened with its stored token (active tenants only).
     async fn tenant_connection(
         &self,
         tenant: &TenantId,
-    ) -> Result<libsql::Connection, TenantError> {
+    ) -> Result<(TenantRecord, libsql::Connection), TenantError> {
         let record = self
             .tenants
             .get::<RolloutError>(tenant.as_str())
@@ -603,53 +604,6 @@ impl Deployer {
                 "tenant {tenant} is not active"
             )));
         }
-        let connection = record
-            .connection
-            .clone()
-            .ok_or_else(|| TenantError::Failed("no stored connection".into()))?;
-        let token = connection
-            .auth_token(tenant, &self.keys)
-            .map_err(|e| TenantError::Failed(e.to_string()))?
-            .ok_or_else(|| TenantError::Failed("no token".into()))?;
-        let database = record
-            .database
-            .as_deref()
-            .and_then(|n| fleet_protocol::DatabaseName::parse(n).ok())
-            .unwrap_or_else(|| self.backend.database_name(tenant));
-        let db = self.backend.open(&database, &token).await.map_err(|e| {
-            if e.is_transient() {
-                TenantError::Transient(e.to_string())
-            } else {
-                TenantError::Failed(e.to_string())
-            }
-        })?;
-        db.connect()
-            .await
-            .map_err(|e| TenantError::Transient(e.to_string()))
-    }
-
-    async fn deploy_tenant(
-        &self,
-        d: &Deployment,
-        bundle: &DeployBundle,
-        tenant: &TenantId,
-    ) -> Result<TenantOutcome, TenantError> {
-        // validating
-        let record = self
-            .tenants
-            .get::<RolloutError>(tenant.as_str())
-            .await
-            .map_err(|e| TenantError::Transient(e.to_string()))?
-            .ok_or_else(|| TenantError::Failed(format!("unknown tenant {tenant}")))?
-            .state;
-        if record.status != TenantProvisioningStatus::Active {
-            return Err(TenantError::Failed(format!(
-                "tenant {tenant} is not active"
-            )));
-        }
-        let objects: Vec<ObjectDefinition> = bundle
-            .object_definitions()
-            .map_err(|e| TenantError::Failed(e.to_string()))?;
         let connection = record
             .connection
             .clone()
@@ -674,6 +628,20 @@ impl Deployer {
             .connect()
             .await
             .map_err(|e| TenantError::Transient(e.to_string()))?;
+        Ok((record, conn))
+    }
+
+    async fn deploy_tenant(
+        &self,
+        d: &Deployment,
+        bundle: &DeployBundle,
+        tenant: &TenantId,
+    ) -> Result<TenantOutcome, TenantError> {
+        // validating: the tenant is active, its stored token opens its database
+        let (record, conn) = self.tenant_connection(tenant).await?;
+        let objects: Vec<ObjectDefinition> = bundle
+            .object_definitions()
+            .map_err(|e| TenantError::Failed(e.to_string()))?;
         let already = count(
             &conn,
             "SELECT count(*) FROM sys_deployment WHERE version = ?1 AND checksum = ?2",
