@@ -31,10 +31,10 @@ use fleet_protocol::{
     DeployBundle, DeployRequest, DeployStatus, DeploymentId, ObjectDefinition,
     QuotaEnforcementResult, TenantDeployJob, TenantId, TenantProvisioningStatus, Timestamp,
 };
-use fleet_provisioner::machine::TenantRecord;
 use fleet_runtime::{Delivery, Handler, Hook, Hooks, Outcome, Publisher, StateStore, Versioned};
 use fleet_schema::{BoundStatement, PlanError, PlanOptions, SchemaError};
 use fleet_tenantdb::{KeyRing, TenantDatabases};
+use fleet_tenants::machine::TenantRecord;
 use libsql::Value as SqlValue;
 use serde_json::json;
 

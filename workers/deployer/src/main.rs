@@ -6,9 +6,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use fleet_deployer::Deployer;
 use fleet_deployer::rollout::Deployment;
-use fleet_provisioner::machine::TenantRecord;
 use fleet_runtime::topology::names;
 use fleet_runtime::{Hooks, Runtime, StateStore};
+use fleet_tenants::machine::TenantRecord;
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -15,9 +15,9 @@ use fleet_protocol::{
     TenantCreated, TenantId, TenantLifecycleCommand, TenantPlan, TenantProvisioningRequest,
     TenantRegion,
 };
-use fleet_provisioner::machine::{TenantRecord, status_name};
 use fleet_runtime::topology::names;
 use fleet_runtime::{ProgressEvent, Runtime, StateStore};
+use fleet_tenants::machine::{TenantRecord, status_name};
 use futures::StreamExt;
 
 /// The `tenant` subcommands.

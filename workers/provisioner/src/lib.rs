@@ -19,7 +19,8 @@
 //! a create that conflicts with an existing tenant, bad input) fail the tenant with the step
 //! and the error, publish `hooks.tenant.failed`, and dead-letter the message for replay.
 
-pub mod machine;
+/// The tenant state machine (in `fleet-tenants`, shared with the deployer and `fleetctl`).
+pub use fleet_tenants::machine;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -42,7 +43,7 @@ use fleet_tenantdb::{
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
-use crate::machine::{PendingHook, STEPS, TenantRecord, TransitionError};
+use fleet_tenants::machine::{PendingHook, STEPS, TenantRecord, TransitionError};
 
 /// Settings of the provisioner.
 #[derive(Debug, Clone)]

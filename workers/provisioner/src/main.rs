@@ -4,10 +4,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use fleet_provisioner::machine::TenantRecord;
 use fleet_provisioner::{Provisioner, ProvisionerSettings};
 use fleet_runtime::topology::names;
 use fleet_runtime::{Hooks, Runtime, StateStore};
+use fleet_tenants::machine::TenantRecord;
 
 #[tokio::main]
 async fn main() -> ExitCode {

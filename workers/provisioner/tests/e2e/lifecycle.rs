@@ -182,3 +182,57 @@ async fn bad_input_is_dead_lettered_with_a_clear_reason_and_nothing_half_created
     assert!(!fleet.data_dir().join("far.db").exists());
     assert_eq!(fleet.hooks("hooks.tenant.failed").await.len(), 1);
 }
+
+#[tokio::test]
+async fn the_router_reaches_a_provisioned_tenant_and_refuses_it_once_suspended() {
+    use std::sync::Arc;
+
+    use fleet_tenantdb::{LocalBackend, Router, RouterError, RouterSettings};
+    use secrecy::SecretString;
+
+    let mut fleet = Fleet::start("").await;
+    fleet.spawn_worker(&[]);
+    fleet.register("acme", "acme", json!({})).await;
+    fleet
+        .eventually(Duration::from_secs(30), "active", async || {
+            fleet.status("acme").await == "active"
+        })
+        .await;
+
+    let key = SecretString::from("ZTJlLXRlc3Qta2V5LW5vdC1mb3ItcHJvZHVjdGlvbiE=".to_owned());
+    let keys = Arc::new(fleet_tenantdb::KeyRing::new("e2e", [("e2e", &key)]).unwrap());
+    let directory = Arc::new(fleet_tenants::KvTenantDirectory::new(fleet.tenants.clone()));
+    let backend = Arc::new(LocalBackend::new(fleet.data_dir(), ""));
+    let router = Router::new(RouterSettings::default(), directory, backend, keys);
+    let acme = crate::tenant("acme");
+    let connection = router.connect(&acme).await.unwrap();
+    let mut rows = connection
+        .conn
+        .query("SELECT email, role FROM sys_user", ())
+        .await
+        .unwrap();
+    let row = rows.next().await.unwrap().unwrap();
+    assert_eq!(
+        (row.get::<String>(0).unwrap(), row.get::<String>(1).unwrap()),
+        ("ops@acme.example".to_owned(), "admin".to_owned())
+    );
+    drop(rows);
+
+    fleet
+        .command("tenant.suspended", json!({"tenantId": "acme"}), "s1")
+        .await;
+    fleet
+        .eventually(Duration::from_secs(30), "suspended", async || {
+            fleet.status("acme").await == "suspended"
+        })
+        .await;
+    router.invalidate(&acme).await;
+    assert!(matches!(
+        router.connect(&acme).await,
+        Err(RouterError::Suspended(_))
+    ));
+    assert!(matches!(
+        router.connect(&crate::tenant("nobody")).await,
+        Err(RouterError::UnknownTenant(_))
+    ));
+}

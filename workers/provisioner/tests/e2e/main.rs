@@ -10,9 +10,9 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream;
 use fleet_protocol::TenantId;
-use fleet_provisioner::machine::TenantRecord;
 use fleet_runtime::topology::names;
 use fleet_runtime::{DeadLetter, Publisher, StateStore};
+use fleet_tenants::machine::TenantRecord;
 use fleet_testkit::NatsServer;
 use serde_json::json;
 
@@ -168,7 +168,7 @@ group = "local"
     pub async fn status(&self, tenant: &str) -> String {
         self.record(tenant)
             .await
-            .map(|r| fleet_provisioner::machine::status_name(&r))
+            .map(|r| fleet_tenants::machine::status_name(&r))
             .unwrap_or_default()
     }
 
