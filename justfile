@@ -32,6 +32,10 @@ test: setup
     cargo clippy --workspace --all-targets -- -D warnings
     cargo test --workspace -- --show-output
 
+# Benchmarks: ratios against baselines measured in the same run (release build).
+bench:
+    cargo run --release --quiet -p fleet-bench
+
 # Format the code.
 fmt:
     cargo fmt --all
