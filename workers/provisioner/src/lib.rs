@@ -140,6 +140,13 @@ impl From<StateError<TransitionError>> for ProvisionError {
     }
 }
 
+/// The record a transition left (it always leaves one for an existing tenant).
+fn latest(written: Result<Current, ProvisionError>) -> Result<TenantRecord, ProvisionError> {
+    written?
+        .map(|v| v.state)
+        .ok_or_else(|| ProvisionError::Store("the tenant record vanished".into()))
+}
+
 fn backoff(attempt: u64) -> Duration {
     Duration::from_millis(250u64.saturating_mul(1 << attempt.min(7))).min(Duration::from_secs(30))
 }
@@ -307,17 +314,8 @@ impl Provisioner {
             ));
             return self.fail(&tenant, "create_database", &error).await;
         };
-        let until = Timestamp::from(
-            chrono::Utc::now()
-                + chrono::Duration::from_std(self.settings.lease).unwrap_or_default(),
-        );
-        match self
-            .transition(&tenant, |cur| {
-                machine::claim(cur, &tenant, &self.owner, until.clone())
-            })
-            .await
-        {
-            Ok(_) => {}
+        let record = match self.hold_lease(&tenant, &current.state).await {
+            Ok(record) => record,
             Err(ProvisionError::Transition(TransitionError::Busy { until, .. })) => {
                 let wait = (until.instant() - chrono::Utc::now())
                     .to_std()
@@ -329,8 +327,8 @@ impl Provisioner {
                 );
             }
             Err(e) => return self.outcome(e, attempt),
-        }
-        match self.run_steps(&tenant, &group).await {
+        };
+        match self.run_steps(&tenant, &group, record).await {
             Ok(()) => Outcome::Done,
             Err((step, e)) if e.is_transient() => {
                 let reason = e.to_string();
@@ -346,34 +344,33 @@ impl Provisioner {
         }
     }
 
+    /// Runs every step not done yet. `record` is the latest state; each write returns the next,
+    /// so the steps read nothing back from the store.
     async fn run_steps(
         &self,
         tenant: &TenantId,
         group: &str,
+        mut record: TenantRecord,
     ) -> Result<(), (&'static str, ProvisionError)> {
         let lifecycle = &self.settings.lifecycle.on_tenant_create;
         let database = self.backend.database_name(tenant);
         let mut token: Option<SecretString> = None;
         for step in &STEPS[..5] {
-            let record = self
-                .tenants
-                .get::<TransitionError>(tenant.as_str())
-                .await
-                .map_err(|e| (*step, e.into()))?;
-            let state = &record
-                .as_ref()
-                .ok_or((*step, ProvisionError::Store("record vanished".into())))?
-                .state;
             // A token lives only in memory until it is stored: re-issue it unless stored.
             let redo_token =
-                *step == "issue_token" && !machine::step_done(state, "store_connection");
-            if machine::step_done(state, step) && !redo_token {
+                *step == "issue_token" && !machine::step_done(&record, "store_connection");
+            if machine::step_done(&record, step) && !redo_token {
                 continue;
             }
-            self.renew_lease(tenant).await.map_err(|e| (*step, e))?;
-            self.transition(tenant, |cur| machine::step_started(cur, tenant, step))
+            // (the lease write is superseded by the step's own write just below)
+            self.hold_lease(tenant, &record)
                 .await
                 .map_err(|e| (*step, e))?;
+            record = latest(
+                self.transition(tenant, |cur| machine::step_started(cur, tenant, step))
+                    .await,
+            )
+            .map_err(|e| (*step, e))?;
             let started = Instant::now();
             if !self.settings.step_delay.is_zero() {
                 tokio::time::sleep(self.settings.step_delay).await;
@@ -431,32 +428,36 @@ impl Provisioner {
                     Box::new(move |r: &mut TenantRecord| r.connection = Some(sealed.clone()))
                 }
                 "sync_schema" if lifecycle.apply_group_schema => {
-                    self.sync_schema(tenant, &database)
+                    self.sync_schema(tenant, &database, &record)
                         .await
                         .map_err(|e| (*step, e))?;
                     Box::new(|_: &mut TenantRecord| {})
                 }
-                "seed" if lifecycle.seed_data && state.admin_email.is_some() => {
-                    self.seed(tenant, &database, state)
+                "seed" if lifecycle.seed_data && record.admin_email.is_some() => {
+                    self.seed(tenant, &database, &record)
                         .await
                         .map_err(|e| (*step, e))?;
                     Box::new(|_: &mut TenantRecord| {})
                 }
                 _ => {
                     let ms = started.elapsed().as_millis() as u64;
-                    self.transition(tenant, |cur| {
-                        machine::step_finished(cur, tenant, step, true, ms, &|_| {})
-                    })
-                    .await
+                    record = latest(
+                        self.transition(tenant, |cur| {
+                            machine::step_finished(cur, tenant, step, true, ms, &|_| {})
+                        })
+                        .await,
+                    )
                     .map_err(|e| (*step, e))?;
                     continue;
                 }
             };
             let ms = started.elapsed().as_millis() as u64;
-            self.transition(tenant, |cur| {
-                machine::step_finished(cur, tenant, step, false, ms, &*update)
-            })
-            .await
+            record = latest(
+                self.transition(tenant, |cur| {
+                    machine::step_finished(cur, tenant, step, false, ms, &*update)
+                })
+                .await,
+            )
             .map_err(|e| (*step, e))?;
         }
         let started = Instant::now();
@@ -483,25 +484,30 @@ impl Provisioner {
         Ok(())
     }
 
-    /// Extends our lease when less than half of it is left (a write per renewal, not per step).
-    async fn renew_lease(&self, tenant: &TenantId) -> Result<(), ProvisionError> {
-        let record = self.tenants.get::<TransitionError>(tenant.as_str()).await?;
+    /// Takes the provisioning lease, or extends ours when less than half of it is left (a
+    /// write per renewal, not per step). Returns the record as written (or `record` unchanged).
+    async fn hold_lease(
+        &self,
+        tenant: &TenantId,
+        record: &TenantRecord,
+    ) -> Result<TenantRecord, ProvisionError> {
         let half = chrono::Duration::from_std(self.settings.lease / 2).unwrap_or_default();
-        let fresh = record.and_then(|r| r.state.lease).is_some_and(|lease| {
+        let fresh = record.lease.as_ref().is_some_and(|lease| {
             lease.owner == self.owner && lease.until.instant() - chrono::Utc::now() > half
         });
         if fresh {
-            return Ok(());
+            return Ok(record.clone());
         }
         let until = Timestamp::from(
             chrono::Utc::now()
                 + chrono::Duration::from_std(self.settings.lease).unwrap_or_default(),
         );
-        self.transition(tenant, |cur| {
-            machine::claim(cur, tenant, &self.owner, until.clone())
-        })
-        .await
-        .map(|_| ())
+        latest(
+            self.transition(tenant, |cur| {
+                machine::claim(cur, tenant, &self.owner, until.clone())
+            })
+            .await,
+        )
     }
 
     fn seal(
@@ -524,9 +530,9 @@ impl Provisioner {
         &self,
         tenant: &TenantId,
         database: &DatabaseName,
+        record: &TenantRecord,
     ) -> Result<libsql::Connection, ProvisionError> {
-        let record = self.tenants.get::<TransitionError>(tenant.as_str()).await?;
-        let sealed = record.and_then(|r| r.state.connection).ok_or_else(|| {
+        let sealed = record.connection.as_ref().ok_or_else(|| {
             ProvisionError::Store(format!("tenant {tenant} has no stored connection"))
         })?;
         let token = sealed
@@ -540,8 +546,9 @@ impl Provisioner {
         &self,
         tenant: &TenantId,
         database: &DatabaseName,
+        record: &TenantRecord,
     ) -> Result<(), ProvisionError> {
-        let conn = self.connect(tenant, database).await?;
+        let conn = self.connect(tenant, database, record).await?;
         fleet_schema::migrate(
             &conn,
             &fleet_schema::system::base_objects(),
@@ -557,7 +564,7 @@ impl Provisioner {
         database: &DatabaseName,
         record: &TenantRecord,
     ) -> Result<(), ProvisionError> {
-        let conn = self.connect(tenant, database).await?;
+        let conn = self.connect(tenant, database, record).await?;
         conn.execute(
             "INSERT OR IGNORE INTO sys_user (id, email, display_name, role) VALUES ('admin', ?1, ?2, 'admin')",
             libsql::params![record.admin_email.clone().unwrap_or_default(), record.display_name.clone()],
