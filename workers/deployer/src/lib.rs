@@ -69,74 +69,48 @@ enum TenantError {
     Transient(String),
 }
 
-/// Publishes the jobs of a deployment's current wave that have no result yet (message id
-/// `<deployment>:<tenant>`, so a repeat within the duplicate window is dropped, and a later one
-/// finds the tenant recorded).
+/// Publishes the jobs still open: during a rollout, the current wave's tenants without a result;
+/// during a rollback, the migrated tenants not rolled back yet. Message ids derive from the
+/// deployment and tenant, so a repeat within the duplicate window is dropped and a later one
+/// finds the tenant recorded.
 pub async fn publish_wave(
     publisher: &Publisher,
     prefix: &str,
     d: &Deployment,
 ) -> Result<(), String> {
-    if d.status == RolloutStatus::RollingBack {
-        return publish_rollbacks(publisher, prefix, d).await;
-    }
-    let Some(wave) = d.waves.get(d.current_wave) else {
-        return Ok(());
+    let rollback = d.status == RolloutStatus::RollingBack;
+    let open: Vec<TenantId> = if rollback {
+        d.migrated()
+            .into_iter()
+            .filter(|t| !d.rollbacks.contains_key(t))
+            .collect()
+    } else {
+        let wave = d
+            .waves
+            .get(d.current_wave)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        wave.iter()
+            .filter(|t| !d.results.contains_key(*t))
+            .cloned()
+            .collect()
     };
     let subject = if prefix.is_empty() {
         format!("deploy.tenant.{}", d.id)
     } else {
         format!("{prefix}.deploy.tenant.{}", d.id)
     };
-    for tenant in wave.iter().filter(|t| !d.results.contains_key(*t)) {
+    let suffix = if rollback { ":rollback" } else { "" };
+    for tenant in open {
+        let message_id = format!("{}:{tenant}{suffix}", d.id);
         let job = TenantDeployJob {
             deployment_id: d.id.clone(),
-            tenant_id: tenant.clone(),
+            tenant_id: tenant,
             wave: d.current_wave as u32,
-            rollback: false,
+            rollback,
         };
         publisher
-            .publish_json(
-                &subject,
-                &format!("{}:{tenant}", d.id),
-                &job,
-                HeaderMap::new(),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
-
-/// Publishes a rollback job for every migrated tenant not rolled back yet.
-async fn publish_rollbacks(
-    publisher: &Publisher,
-    prefix: &str,
-    d: &Deployment,
-) -> Result<(), String> {
-    let subject = if prefix.is_empty() {
-        format!("deploy.tenant.{}", d.id)
-    } else {
-        format!("{prefix}.deploy.tenant.{}", d.id)
-    };
-    for tenant in d
-        .migrated()
-        .iter()
-        .filter(|t| !d.rollbacks.contains_key(*t))
-    {
-        let job = TenantDeployJob {
-            deployment_id: d.id.clone(),
-            tenant_id: tenant.clone(),
-            wave: 0,
-            rollback: true,
-        };
-        publisher
-            .publish_json(
-                &subject,
-                &format!("{}:{tenant}:rollback", d.id),
-                &job,
-                HeaderMap::new(),
-            )
+            .publish_json(&subject, &message_id, &job, HeaderMap::new())
             .await
             .map_err(|e| e.to_string())?;
     }
@@ -267,10 +241,7 @@ impl Deployer {
             Ok(None) => return Outcome::retry(Duration::from_secs(1), "deployment vanished"),
             Err(e) => return Outcome::retry(Duration::from_secs(1), e),
         };
-        match self.advance(&written).await {
-            Ok(()) => Outcome::Done,
-            Err(e) => Outcome::retry(Duration::from_secs(1), e),
-        }
+        self.advanced(&written).await
     }
 
     async fn reject(&self, id: &DeploymentId, version: &str, reason: &str) -> Outcome {
@@ -404,10 +375,7 @@ impl Deployer {
             || current.state.results.contains_key(&job.tenant_id)
         {
             // Cancelled, halted, or already recorded: make sure the rollout moved on, nothing else.
-            return match self.advance(&current).await {
-                Ok(()) => Outcome::Done,
-                Err(e) => Outcome::retry(Duration::from_secs(1), e),
-            };
+            return self.advanced(&current).await;
         }
         let bundle = match self.bundles.get(bundle_key(&job.deployment_id)).await {
             Ok(Some(bytes)) => match serde_json::from_slice::<DeployBundle>(&bytes) {
@@ -434,15 +402,7 @@ impl Deployer {
             Err(TenantError::Transient(e)) => {
                 return Outcome::retry(Duration::from_millis(500 * delivery.attempt), e);
             }
-            Err(TenantError::Failed(error)) => TenantOutcome {
-                status: DeployStatus::Failed,
-                skipped: false,
-                statements: 0,
-                changes: [0; 3],
-                breaking: false,
-                error: Some(error),
-                duration_ms: 0,
-            },
+            Err(TenantError::Failed(error)) => TenantOutcome::failed(error),
         };
         let outcome = TenantOutcome {
             duration_ms: started.elapsed().as_millis() as u64,
@@ -462,18 +422,32 @@ impl Deployer {
                 return Outcome::retry(Duration::from_secs(1), e);
             }
         }
-        let written = self
-            .deployments
-            .transition(job.deployment_id.as_str(), |cur| {
-                rollout::record(cur, &job.deployment_id, &job.tenant_id, &outcome)
-            })
-            .await;
-        match written {
-            Ok(Some(written)) => match self.advance(&written).await {
-                Ok(()) => Outcome::Done,
-                Err(e) => Outcome::retry(Duration::from_secs(1), e),
-            },
+        self.record_and_advance(&job.deployment_id, |cur| {
+            rollout::record(cur, &job.deployment_id, &job.tenant_id, &outcome)
+        })
+        .await
+    }
+
+    /// Writes a tenant's result into the deployment, then publishes what that opens up (the
+    /// next wave, the remaining rollbacks, the end-of-deployment hook).
+    async fn record_and_advance(
+        &self,
+        id: &DeploymentId,
+        decide: impl Fn(
+            Option<&Versioned<Deployment>>,
+        ) -> Result<fleet_runtime::Decision<Deployment>, RolloutError>,
+    ) -> Outcome {
+        match self.deployments.transition(id.as_str(), decide).await {
+            Ok(Some(written)) => self.advanced(&written).await,
             Ok(None) => Outcome::Done,
+            Err(e) => Outcome::retry(Duration::from_secs(1), e),
+        }
+    }
+
+    /// [`Self::advance`] as a job outcome.
+    async fn advanced(&self, deployment: &Versioned<Deployment>) -> Outcome {
+        match self.advance(deployment).await {
+            Ok(()) => Outcome::Done,
             Err(e) => Outcome::retry(Duration::from_secs(1), e),
         }
     }
@@ -489,10 +463,7 @@ impl Deployer {
             .transition(id.as_str(), |cur| rollout::start_rollback(cur, &id))
             .await
         {
-            Ok(Some(current)) => match self.advance(&current).await {
-                Ok(()) => Outcome::Done,
-                Err(e) => Outcome::retry(Duration::from_secs(1), e),
-            },
+            Ok(Some(current)) => self.advanced(&current).await,
             Ok(None) => Outcome::Poison {
                 reason: format!("unknown deployment {id}"),
             },
@@ -506,47 +477,22 @@ impl Deployer {
     async fn rollback_job(&self, current: &Versioned<Deployment>, tenant: &TenantId) -> Outcome {
         let d = &current.state;
         if d.status != RolloutStatus::RollingBack || d.rollbacks.contains_key(tenant) {
-            return match self.advance(current).await {
-                Ok(()) => Outcome::Done,
-                Err(e) => Outcome::retry(Duration::from_secs(1), e),
-            };
+            return self.advanced(current).await;
         }
         let started = Instant::now();
         let outcome = match self.rollback_tenant(d, tenant).await {
-            Ok(statements) => TenantOutcome {
-                status: DeployStatus::Ready,
-                skipped: false,
-                statements,
-                changes: [0; 3],
-                breaking: false,
-                error: None,
-                duration_ms: started.elapsed().as_millis() as u64,
-            },
+            Ok(statements) => TenantOutcome::ready(statements),
             Err(TenantError::Transient(e)) => return Outcome::retry(Duration::from_secs(1), e),
-            Err(TenantError::Failed(error)) => TenantOutcome {
-                status: DeployStatus::Failed,
-                skipped: false,
-                statements: 0,
-                changes: [0; 3],
-                breaking: false,
-                error: Some(error),
-                duration_ms: started.elapsed().as_millis() as u64,
-            },
+            Err(TenantError::Failed(error)) => TenantOutcome::failed(error),
         };
-        match self
-            .deployments
-            .transition(d.id.as_str(), |cur| {
-                rollout::record_rollback(cur, &d.id, tenant, &outcome)
-            })
-            .await
-        {
-            Ok(Some(written)) => match self.advance(&written).await {
-                Ok(()) => Outcome::Done,
-                Err(e) => Outcome::retry(Duration::from_secs(1), e),
-            },
-            Ok(None) => Outcome::Done,
-            Err(e) => Outcome::retry(Duration::from_secs(1), e),
-        }
+        let outcome = TenantOutcome {
+            duration_ms: started.elapsed().as_millis() as u64,
+            ..outcome
+        };
+        self.record_and_advance(&d.id, |cur| {
+            rollout::record_rollback(cur, &d.id, tenant, &outcome)
+        })
+        .await
     }
 
     async fn rollback_tenant(&self, d: &Deployment, tenant: &TenantId) -> Result<u64, TenantError> {
@@ -653,13 +599,8 @@ impl Deployer {
         .await?;
         if already > 0 {
             return Ok(TenantOutcome {
-                status: DeployStatus::Ready,
                 skipped: true,
-                statements: 0,
-                changes: [0; 3],
-                breaking: false,
-                error: None,
-                duration_ms: 0,
+                ..TenantOutcome::ready(0)
             });
         }
         // Quota gate: objects and deployments per day.
@@ -703,13 +644,9 @@ impl Deployer {
         };
         let summary = planned.diff.summary;
         let outcome = TenantOutcome {
-            status: DeployStatus::Ready,
-            skipped: false,
-            statements: planned.plan.statements.len() as u64,
             changes: [summary.added, summary.modified, summary.removed],
             breaking: planned.diff.has_breaking_changes,
-            error: None,
-            duration_ms: 0,
+            ..TenantOutcome::ready(planned.plan.statements.len() as u64)
         };
         if d.dry_run {
             return Ok(outcome);
@@ -720,6 +657,28 @@ impl Deployer {
             .await
             .map_err(|e| TenantError::Failed(e.to_string()))?;
         Ok(outcome)
+    }
+}
+
+impl TenantOutcome {
+    fn ready(statements: u64) -> Self {
+        TenantOutcome {
+            status: DeployStatus::Ready,
+            skipped: false,
+            statements,
+            changes: [0; 3],
+            breaking: false,
+            error: None,
+            duration_ms: 0,
+        }
+    }
+
+    fn failed(error: String) -> Self {
+        TenantOutcome {
+            status: DeployStatus::Failed,
+            error: Some(error),
+            ..Self::ready(0)
+        }
     }
 }
 

@@ -192,6 +192,11 @@ fn event(d: &Deployment, step: &str, error: Option<String>) -> ProgressEvent {
     }
 }
 
+fn write(next: Deployment, step: &str, error: Option<String>) -> Decision<Deployment> {
+    let event = event(&next, step, error);
+    Decision::Write { next, event }
+}
+
 fn existing<'a>(
     current: Option<&'a Versioned<Deployment>>,
     id: &DeploymentId,
@@ -251,10 +256,7 @@ pub fn record(
         }
         Next::Wait => {}
     }
-    Ok(Decision::Write {
-        event: event(&next, &step, outcome.error.clone()),
-        next,
-    })
+    Ok(write(next, &step, outcome.error.clone()))
 }
 
 /// Stops a running deployment (tenants not started stay untouched).
@@ -270,10 +272,7 @@ pub fn cancel(
             next.status = RolloutStatus::Cancelled;
             next.reason = Some("cancelled by an operator".to_owned());
             next.finished_at = Some(Timestamp::now());
-            Ok(Decision::Write {
-                event: event(&next, "cancel", None),
-                next,
-            })
+            Ok(write(next, "cancel", None))
         }
         status => Err(RolloutError::Illegal {
             id: id.to_string(),
@@ -297,10 +296,7 @@ pub fn resume(
             next.reason = None;
             next.finished_at = None;
             next.results.retain(|_, r| r.status != DeployStatus::Failed);
-            Ok(Decision::Write {
-                event: event(&next, "resume", None),
-                next,
-            })
+            Ok(write(next, "resume", None))
         }
         status => Err(RolloutError::Illegal {
             id: id.to_string(),
@@ -332,10 +328,7 @@ pub fn start_rollback(
             };
             next.rollbacks.clear();
             next.finished_at = None;
-            Ok(Decision::Write {
-                event: event(&next, "rollback", None),
-                next,
-            })
+            Ok(write(next, "rollback", None))
         }
     }
 }
@@ -369,10 +362,11 @@ pub fn record_rollback(
             next.reason = Some(format!("{failed} tenant(s) could not be rolled back"));
         }
     }
-    Ok(Decision::Write {
-        event: event(&next, &format!("rollback {tenant}"), outcome.error.clone()),
+    Ok(write(
         next,
-    })
+        &format!("rollback {tenant}"),
+        outcome.error.clone(),
+    ))
 }
 
 #[cfg(test)]
