@@ -4,7 +4,8 @@
 //! the one `FLEET_NATS_SERVER` names, or one on `PATH`) with JetStream on, on a free loopback
 //! port, with a store dir of its own; it waits until the server accepts connections and kills
 //! it on drop. [`NatsServer::stop`] and [`NatsServer::restart`] (same port, same store) inject
-//! outages.
+//! outages. [`wait_until`] polls a condition with a deadline; [`stream_messages`] reads what a
+//! stream holds.
 
 #![deny(missing_docs)]
 
@@ -114,4 +115,37 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Polls `check` every 50 ms until it holds (`true`) or `limit` passes (`false`).
+pub async fn wait_until<F: AsyncFnMut() -> bool>(limit: Duration, mut check: F) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every message a stream holds, oldest first, optionally only those on `subject`.
+pub async fn stream_messages(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    subject: Option<&str>,
+) -> Vec<async_nats::jetstream::message::StreamMessage> {
+    let mut stream = js.get_stream(stream).await.expect("the stream exists");
+    let state = stream.info().await.expect("stream info").state.clone();
+    let mut out = Vec::new();
+    for sequence in state.first_sequence..=state.last_sequence {
+        if let Ok(message) = stream.get_raw_message(sequence).await
+            && subject.is_none_or(|s| message.subject.as_str() == s)
+        {
+            out.push(message);
+        }
+    }
+    out
 }

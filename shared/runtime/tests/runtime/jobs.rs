@@ -54,14 +54,11 @@ async fn publish(env: &Env, id: &str, payload: serde_json::Value) -> fleet_runti
 }
 
 async fn dead_letters(env: &Env) -> Vec<DeadLetter> {
-    let stream = env.js.get_stream(names::DEAD_LETTERS).await.unwrap();
-    let count = env.count(names::DEAD_LETTERS).await;
-    let mut out = Vec::new();
-    for seq in 1..=count {
-        let raw = stream.get_raw_message(seq).await.unwrap();
-        out.push(serde_json::from_slice(&raw.payload).unwrap());
-    }
-    out
+    let messages = fleet_testkit::stream_messages(&env.js, names::DEAD_LETTERS, None).await;
+    messages
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect()
 }
 
 #[tokio::test]

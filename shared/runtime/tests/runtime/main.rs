@@ -93,19 +93,10 @@ impl Env {
     }
 
     /// Waits until `check` holds (polling), panicking after `limit`.
-    pub async fn eventually<F: AsyncFnMut() -> bool>(
-        &self,
-        limit: Duration,
-        what: &str,
-        mut check: F,
-    ) {
-        let deadline = tokio::time::Instant::now() + limit;
-        while !check().await {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for: {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    pub async fn eventually<F: AsyncFnMut() -> bool>(&self, limit: Duration, what: &str, check: F) {
+        assert!(
+            fleet_testkit::wait_until(limit, check).await,
+            "timed out waiting for: {what}"
+        );
     }
 }

@@ -223,32 +223,24 @@ group = "local"
         self.deployment(id).await.unwrap()
     }
 
-    pub async fn eventually<F: AsyncFnMut() -> bool>(
-        &self,
-        limit: Duration,
-        what: &str,
-        mut check: F,
-    ) {
-        let deadline = tokio::time::Instant::now() + limit;
-        while !check().await {
-            if tokio::time::Instant::now() >= deadline {
-                let mut records = String::new();
-                for key in ["v1", "v11", "d1"] {
-                    if let Some(d) = self.deployment(key).await {
-                        records.push_str(&format!(
-                            "{key}: {:?} {:?} rollbacks {:?}\n",
-                            d.status, d.reason, d.rollbacks
-                        ));
-                    }
-                }
-                let letters = self.dead_letters().await;
-                panic!(
-                    "timed out waiting for: {what}\n{records}\ndead letters: {letters:?}\n{}",
-                    self.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    pub async fn eventually<F: AsyncFnMut() -> bool>(&self, limit: Duration, what: &str, check: F) {
+        if fleet_testkit::wait_until(limit, check).await {
+            return;
         }
+        let mut records = String::new();
+        for key in ["v1", "v11", "d1"] {
+            if let Some(d) = self.deployment(key).await {
+                records.push_str(&format!(
+                    "{key}: {:?} {:?} rollbacks {:?}\n",
+                    d.status, d.reason, d.rollbacks
+                ));
+            }
+        }
+        let letters = self.dead_letters().await;
+        panic!(
+            "timed out waiting for: {what}\n{records}\ndead letters: {letters:?}\n{}",
+            self.log()
+        );
     }
 
     /// A connection to a tenant's database file.
@@ -285,31 +277,19 @@ group = "local"
     }
 
     pub async fn dead_letters(&self) -> Vec<String> {
-        let stream = self.js.get_stream(names::DEAD_LETTERS).await.unwrap();
-        let mut info = stream.clone();
-        let last = info.info().await.unwrap().state.last_sequence;
-        let mut out = Vec::new();
-        for seq in 1..=last {
-            if let Ok(m) = stream.get_raw_message(seq).await {
-                out.push(String::from_utf8_lossy(&m.payload).into_owned());
-            }
-        }
-        out
+        let messages = fleet_testkit::stream_messages(&self.js, names::DEAD_LETTERS, None).await;
+        messages
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+            .collect()
     }
 
     pub async fn hooks(&self, subject: &str) -> Vec<Value> {
-        let stream = self.js.get_stream(names::HOOKS).await.unwrap();
-        let mut info = stream.clone();
-        let last = info.info().await.unwrap().state.last_sequence;
-        let mut out = Vec::new();
-        for seq in 1..=last {
-            if let Ok(m) = stream.get_raw_message(seq).await
-                && m.subject.as_str() == subject
-            {
-                out.push(serde_json::from_slice(&m.payload).unwrap());
-            }
-        }
-        out
+        let messages = fleet_testkit::stream_messages(&self.js, names::HOOKS, Some(subject)).await;
+        messages
+            .iter()
+            .map(|m| serde_json::from_slice(&m.payload).unwrap())
+            .collect()
     }
 }
 

@@ -173,37 +173,22 @@ group = "local"
     }
 
     /// Waits until `check` holds.
-    pub async fn eventually<F: AsyncFnMut() -> bool>(
-        &self,
-        limit: Duration,
-        what: &str,
-        mut check: F,
-    ) {
-        let deadline = tokio::time::Instant::now() + limit;
-        while !check().await {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for: {what}\n{}",
-                self.worker_log(0)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    pub async fn eventually<F: AsyncFnMut() -> bool>(&self, limit: Duration, what: &str, check: F) {
+        let held = fleet_testkit::wait_until(limit, check).await;
+        assert!(
+            held,
+            "timed out waiting for: {what}\n{}",
+            self.worker_log(0)
+        );
     }
 
     /// Every message of a stream whose subject is `subject`, as JSON.
     pub async fn messages(&self, stream: &str, subject: &str) -> Vec<serde_json::Value> {
-        let stream = self.js.get_stream(stream).await.unwrap();
-        let mut stream_info = stream.clone();
-        let last = stream_info.info().await.unwrap().state.last_sequence;
-        let mut out = Vec::new();
-        for seq in 1..=last {
-            if let Ok(message) = stream.get_raw_message(seq).await
-                && message.subject.as_str() == subject
-            {
-                out.push(serde_json::from_slice(&message.payload).unwrap());
-            }
-        }
-        out
+        let messages = fleet_testkit::stream_messages(&self.js, stream, Some(subject)).await;
+        messages
+            .iter()
+            .map(|m| serde_json::from_slice(&m.payload).unwrap())
+            .collect()
     }
 
     pub async fn hooks(&self, subject: &str) -> Vec<serde_json::Value> {
