@@ -48,6 +48,15 @@ pub enum TenantDbError {
         #[source]
         source: std::io::Error,
     },
+    /// A stored record is complete but unreadable (not a torn write a retry could reclaim):
+    /// permanent, it needs an operator.
+    #[error("{what} is corrupt: {why}")]
+    Corrupt {
+        /// What was read (e.g. `the record of acme`).
+        what: String,
+        /// Why it cannot be used.
+        why: String,
+    },
     /// libSQL failed.
     #[error("{what}: {source}")]
     Database {
@@ -79,6 +88,10 @@ impl TenantDbError {
             Self::NoSubscription(m) => Self::NoSubscription(m.clone()),
             Self::BadRequest(m) => Self::BadRequest(m.clone()),
             Self::Unavailable(m) => Self::Unavailable(m.clone()),
+            Self::Corrupt { what, why } => Self::Corrupt {
+                what: what.clone(),
+                why: why.clone(),
+            },
             Self::Io { what, source } => Self::Io {
                 what: what.clone(),
                 source: std::io::Error::new(source.kind(), source.to_string()),

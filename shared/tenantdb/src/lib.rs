@@ -14,6 +14,7 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod crashpoint;
 mod embedded;
 pub mod local;
 pub mod memory;

@@ -3,9 +3,29 @@
 //! `<data_dir>/<database>.db` is the database (WAL mode; connections use `synchronous=FULL`, so a
 //! committed transaction survives power loss, and a busy timeout, so writers queue instead of
 //! failing). `<database>.meta.json` records its tenant, group, id and issued tokens (hashes
-//! only); it is created with `create_new`, which makes two concurrent creates of one database
-//! end with one record, and rewritten atomically (temp file + rename) under a process lock.
+//! only).
+//!
+//! ## Crash consistency
+//!
+//! A record is never written in place, so a crash between any two system calls leaves either
+//! the old record or the new one, never a torn one:
+//! - every write goes to `<database>.meta.json.tmp` (any leftover of a crashed writer removed
+//!   first), which is synced before it is published;
+//! - a new record is published with `link(2)` — atomic, and refused when the name exists, so two
+//!   concurrent creates of one database end with one record — and the temp name removed;
+//! - a changed record replaces the old one with `rename(2)`; then the directory is synced.
+//!
+//! What an older writer or a crash mid-`write` could leave — a zero-length or truncated record —
+//! is a record that was never written: reads treat it as absent and a create for the same
+//! database reclaims it (the name derives from the tenant id, so it can only be this tenant's).
+//! A complete record that does not parse is [`TenantDbError::Corrupt`]: permanent, for an
+//! operator. Every step a crash could interrupt is a named [`crashpoint`].
+//!
+//! Writers of one database's record are serialised by a lock stripe in the process; across
+//! processes the provisioner's lease keeps one executor per tenant.
 
+use std::hash::{Hash, Hasher};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,17 +37,84 @@ use secrecy::SecretString;
 use tokio::sync::Mutex;
 
 use crate::backend::{IssuedToken, TenantDatabase, TenantDatabases, TenantDbError, TenantDbResult};
+use crate::crashpoint;
 use crate::embedded::DatabaseRecord;
 
 /// Group name the local backend reports.
 pub const LOCAL_GROUP: &str = "local";
+
+/// Lock stripes for record writers: bounded, whatever the number of tenants.
+const STRIPES: usize = 64;
 
 /// One libSQL file per tenant.
 #[derive(Debug)]
 pub struct LocalBackend {
     data_dir: PathBuf,
     prefix: String,
-    records: Mutex<()>,
+    stripes: [Mutex<()>; STRIPES],
+}
+
+/// What a record file holds.
+enum Stored {
+    /// Nothing at that name.
+    Absent,
+    /// Zero-length or cut short: a write that never finished (treated as absent).
+    Torn,
+    /// A complete record.
+    Record(DatabaseRecord),
+}
+
+/// Reads a record file: absent, torn, a record, or [`TenantDbError::Corrupt`].
+fn read_stored(path: &Path, database: &DatabaseName) -> TenantDbResult<Stored> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Stored::Absent),
+        Err(e) => return Err(TenantDbError::io(format!("reading the record of {database}"))(e)),
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Stored::Torn);
+    }
+    match serde_json::from_slice(&bytes) {
+        Ok(record) => Ok(Stored::Record(record)),
+        Err(e) if e.is_eof() => Ok(Stored::Torn),
+        Err(e) => Err(TenantDbError::Corrupt {
+            what: format!("the record of {database} ({})", path.display()),
+            why: e.to_string(),
+        }),
+    }
+}
+
+/// Writes `record` to `tmp` (removing a leftover first) and syncs it.
+fn write_temp(tmp: &Path, record: &DatabaseRecord, operation: &str) -> std::io::Result<()> {
+    match std::fs::remove_file(tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let bytes = serde_json::to_vec_pretty(record).expect("a record serializes");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)?;
+    file.write_all(&bytes)?;
+    crashpoint::reached(&format!("{operation}.temp_written"));
+    file.sync_all()?;
+    crashpoint::reached(&format!("{operation}.temp_synced"));
+    Ok(())
+}
+
+/// Makes the directory's entries (created, renamed, removed files) durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Runs blocking file-system work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> TenantDbResult<T> + Send + 'static,
+) -> TenantDbResult<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(TenantDbError::Unavailable(format!("file task failed: {e}"))))
 }
 
 impl LocalBackend {
@@ -36,7 +123,7 @@ impl LocalBackend {
         Self {
             data_dir: data_dir.into(),
             prefix: prefix.into(),
-            records: Mutex::new(()),
+            stripes: std::array::from_fn(|_| Mutex::new(())),
         }
     }
 
@@ -53,50 +140,109 @@ impl LocalBackend {
         self.data_dir.join(format!("{database}.meta.json"))
     }
 
+    fn temp_path(&self, database: &DatabaseName) -> PathBuf {
+        self.data_dir.join(format!("{database}.meta.json.tmp"))
+    }
+
+    /// The lock stripe of `database`'s record.
+    fn stripe(&self, database: &DatabaseName) -> &Mutex<()> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        database.as_str().hash(&mut hasher);
+        &self.stripes[(hasher.finish() as usize) % STRIPES]
+    }
+
+    /// The record of `database`; a torn one reads as absent.
     async fn read_record(&self, database: &DatabaseName) -> TenantDbResult<Option<DatabaseRecord>> {
-        match tokio::fs::read(self.record_path(database)).await {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| TenantDbError::Io {
-                    what: format!("reading the record of {database}"),
-                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-                }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(TenantDbError::io(format!(
-                "reading the record of {database}"
-            ))(e)),
+        let path = self.record_path(database);
+        let name = database.clone();
+        match blocking(move || read_stored(&path, &name)).await? {
+            Stored::Record(record) => Ok(Some(record)),
+            Stored::Absent => Ok(None),
+            Stored::Torn => {
+                tracing::warn!(%database, "record is torn (an interrupted write): treated as absent");
+                Ok(None)
+            }
         }
     }
 
-    async fn write_record(
+    /// Changes the record under its lock and replaces it atomically (temp, sync, rename, sync
+    /// the directory). `operation` names the crash points (`issue_token.record_replaced`).
+    async fn update_record<T: Send + 'static>(
         &self,
         database: &DatabaseName,
-        record: &DatabaseRecord,
-    ) -> TenantDbResult<()> {
-        let path = self.record_path(database);
-        let tmp = path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec_pretty(record).expect("a record serializes");
-        tokio::fs::write(&tmp, bytes)
-            .await
-            .map_err(TenantDbError::io(format!("writing {}", tmp.display())))?;
-        tokio::fs::rename(&tmp, &path)
-            .await
-            .map_err(TenantDbError::io(format!("replacing {}", path.display())))
+        operation: &'static str,
+        change: impl FnOnce(&mut DatabaseRecord) -> T + Send + 'static,
+    ) -> TenantDbResult<T> {
+        let _guard = self.stripe(database).lock().await;
+        let (path, tmp, dir) = (
+            self.record_path(database),
+            self.temp_path(database),
+            self.data_dir.clone(),
+        );
+        let name = database.clone();
+        blocking(move || {
+            let Stored::Record(mut record) = read_stored(&path, &name)? else {
+                return Err(TenantDbError::NotFound(name.to_string()));
+            };
+            let out = change(&mut record);
+            let io = |what: &str| TenantDbError::io(format!("{what} the record of {name}"));
+            write_temp(&tmp, &record, operation).map_err(io("writing"))?;
+            std::fs::rename(&tmp, &path).map_err(io("replacing"))?;
+            crashpoint::reached(&format!("{operation}.record_replaced"));
+            sync_dir(&dir).map_err(io("syncing the directory of"))?;
+            crashpoint::reached(&format!("{operation}.directory_synced"));
+            Ok(out)
+        })
+        .await
     }
 
-    async fn update_record<T>(
+    /// Publishes a new record for `tenant` unless one exists; returns the record in place
+    /// (ours, an earlier attempt's, or a concurrent create's). A torn record is reclaimed.
+    async fn create_record(
         &self,
         database: &DatabaseName,
-        change: impl FnOnce(&mut DatabaseRecord) -> T,
-    ) -> TenantDbResult<T> {
-        let _guard = self.records.lock().await;
-        let mut record = self
-            .read_record(database)
-            .await?
-            .ok_or_else(|| TenantDbError::NotFound(database.to_string()))?;
-        let out = change(&mut record);
-        self.write_record(database, &record).await?;
-        Ok(out)
+        tenant: &TenantId,
+        group: &str,
+    ) -> TenantDbResult<DatabaseRecord> {
+        let _guard = self.stripe(database).lock().await;
+        let (path, tmp, dir) = (
+            self.record_path(database),
+            self.temp_path(database),
+            self.data_dir.clone(),
+        );
+        let (name, fresh) = (database.clone(), DatabaseRecord::new(tenant, group));
+        blocking(move || {
+            let io = |what: String| TenantDbError::io(what);
+            std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+            // Most creates are retries of an earlier attempt: look before writing.
+            if let Stored::Record(existing) = read_stored(&path, &name)? {
+                return Ok(existing);
+            }
+            write_temp(&tmp, &fresh, "create_database")
+                .map_err(io(format!("writing the record of {name}")))?;
+            match std::fs::hard_link(&tmp, &path) {
+                Ok(()) => crashpoint::reached("create_database.record_linked"),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    match read_stored(&path, &name)? {
+                        Stored::Record(existing) => {
+                            let _ = std::fs::remove_file(&tmp);
+                            return Ok(existing);
+                        }
+                        Stored::Absent | Stored::Torn => {
+                            tracing::warn!(database = %name, "reclaiming a torn record left by an interrupted create");
+                            std::fs::rename(&tmp, &path)
+                                .map_err(io(format!("reclaiming the record of {name}")))?;
+                            return Ok(fresh);
+                        }
+                    }
+                }
+                Err(e) => return Err(io(format!("linking the record of {name}"))(e)),
+            }
+            std::fs::remove_file(&tmp).map_err(io(format!("removing {}", tmp.display())))?;
+            crashpoint::reached("create_database.temp_removed");
+            Ok(fresh)
+        })
+        .await
     }
 
     fn info(&self, database: &DatabaseName, record: &DatabaseRecord) -> TursoDatabaseInfo {
@@ -126,52 +272,10 @@ impl TenantDatabases for LocalBackend {
     ) -> TenantDbResult<TursoDatabaseInfo> {
         let group = group.unwrap_or(LOCAL_GROUP);
         let database = self.database_name(tenant);
-        tokio::fs::create_dir_all(&self.data_dir)
-            .await
-            .map_err(TenantDbError::io(format!(
-                "creating {}",
-                self.data_dir.display()
-            )))?;
-        let record = DatabaseRecord::new(tenant, group);
-        let path = self.record_path(&database);
-        let bytes = serde_json::to_vec_pretty(&record).expect("a record serializes");
-        let created = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .await;
-        let record = match created {
-            Ok(file) => {
-                use tokio::io::AsyncWriteExt;
-                let mut file = file;
-                file.write_all(&bytes)
-                    .await
-                    .map_err(TenantDbError::io(format!("writing {}", path.display())))?;
-                file.sync_all()
-                    .await
-                    .map_err(TenantDbError::io(format!("syncing {}", path.display())))?;
-                record
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                // Another create won (or an earlier attempt crashed after this point): reuse it
-                // when it is this tenant's. A reader may race the writer's first bytes: retry.
-                let mut existing = None;
-                for _ in 0..50 {
-                    if let Ok(Some(record)) = self.read_record(&database).await {
-                        existing = Some(record);
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                let existing = existing.ok_or_else(|| {
-                    TenantDbError::Unavailable(format!("record of {database} unreadable"))
-                })?;
-                existing.check_owner(&database, tenant, group)?;
-                existing
-            }
-            Err(e) => return Err(TenantDbError::io(format!("creating {}", path.display()))(e)),
-        };
-        // Creating the file and switching it to WAL is idempotent: safe to repeat after a crash.
+        let record = self.create_record(&database, tenant, group).await?;
+        record.check_owner(&database, tenant, group)?;
+        // Creating the file and switching it to WAL is idempotent: safe to repeat after a crash
+        // (SQLite's own journal makes the switch atomic).
         let db = libsql::Builder::new_local(self.db_path(&database))
             .build()
             .await
@@ -191,6 +295,17 @@ impl TenantDatabases for LocalBackend {
             .map_err(TenantDbError::db("enabling WAL"))?
             .is_some()
         {}
+        drop(rows);
+        drop(conn);
+        crashpoint::reached("create_database.database_created");
+        // One directory sync makes both new names (record, database) durable before the step
+        // is recorded as done.
+        let dir = self.data_dir.clone();
+        blocking(move || {
+            sync_dir(&dir).map_err(TenantDbError::io(format!("syncing {}", dir.display())))
+        })
+        .await?;
+        crashpoint::reached("create_database.directory_synced");
         Ok(self.info(&database, &record))
     }
 
@@ -239,7 +354,7 @@ impl TenantDatabases for LocalBackend {
     }
 
     async fn delete_database(&self, database: &DatabaseName) -> TenantDbResult<bool> {
-        let _guard = self.records.lock().await;
+        let _guard = self.stripe(database).lock().await;
         let existed =
             self.read_record(database).await?.is_some() || self.db_path(database).exists();
         let db = self.db_path(database);
@@ -247,6 +362,7 @@ impl TenantDatabases for LocalBackend {
             db.clone(),
             PathBuf::from(format!("{}-wal", db.display())),
             PathBuf::from(format!("{}-shm", db.display())),
+            self.temp_path(database),
             self.record_path(database),
         ];
         for file in files {
@@ -265,12 +381,14 @@ impl TenantDatabases for LocalBackend {
         scope: TursoTokenScope,
         expires_in: Option<Duration>,
     ) -> TenantDbResult<IssuedToken> {
-        self.update_record(database, |record| record.issue(scope, expires_in))
-            .await
+        self.update_record(database, "issue_token", move |record| {
+            record.issue(scope, expires_in)
+        })
+        .await
     }
 
     async fn rotate_tokens(&self, database: &DatabaseName) -> TenantDbResult<()> {
-        self.update_record(database, |record| record.tokens.clear())
+        self.update_record(database, "rotate_tokens", |record| record.tokens.clear())
             .await
     }
 

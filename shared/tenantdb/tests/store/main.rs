@@ -2,6 +2,7 @@
 //! Turso Platform API.
 
 mod backends;
+mod crash_consistency;
 mod double;
 mod router;
 mod secrets_at_rest;
