@@ -102,6 +102,10 @@ pub struct NatsConfig {
     /// How long a delivered message may stay unacknowledged (renewed while a job runs) before it
     /// is redelivered — how soon a crashed worker's work moves on — in milliseconds.
     pub ack_wait_ms: u64,
+    /// Deliveries of one message before it is dead-lettered.
+    pub max_deliver: u32,
+    /// Unacknowledged deliveries at most per consumer, across all its replicas.
+    pub max_ack_pending: u32,
     /// Replicas of streams and buckets (1 for one server, 3 in a production cluster).
     pub replicas: usize,
 }
@@ -113,6 +117,8 @@ impl Default for NatsConfig {
             subject_prefix: String::new(),
             connect_timeout_ms: 5000,
             ack_wait_ms: 30_000,
+            max_deliver: 5,
+            max_ack_pending: 1000,
             replicas: 1,
         }
     }
@@ -410,6 +416,15 @@ impl Config {
             problems.push(format!(
                 "nats.subject_prefix: {prefix:?} must be dot-separated tokens of letters, digits, '-' and '_'"
             ));
+        }
+        if self.nats.ack_wait_ms < 1000 {
+            problems.push("nats.ack_wait_ms: must be at least 1000".into());
+        }
+        if self.nats.max_deliver == 0 {
+            problems.push("nats.max_deliver: must be at least 1".into());
+        }
+        if self.nats.max_ack_pending == 0 {
+            problems.push("nats.max_ack_pending: must be at least 1".into());
         }
         if self.nats.connect_timeout_ms == 0 {
             problems.push("nats.connect_timeout_ms: must be at least 1".into());

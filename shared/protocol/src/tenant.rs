@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use crate::ids::TenantId;
 use crate::quota::TenantQuota;
 use crate::time::Timestamp;
-use crate::validate::Spec;
+use crate::validate::{Checks, Spec};
 
 /// Email pattern of upstream's runtime (`z.string().email()`).
 pub const EMAIL_PATTERN: &str = r"^(?!\.)(?!.*\.\.)([A-Za-z0-9_'+\-\.]*)[A-Za-z0-9_+-]@([A-Za-z0-9][A-Za-z0-9\-]*\.)+[A-Za-z]{2,}$";
@@ -166,8 +166,71 @@ pub struct TenantProvisioningRequest {
     pub metadata: Option<Map<String, Value>>,
 }
 
+/// Code of the issue raised when a field is longer than the fleet accepts (upstream sets no
+/// bound; every value ends up in the tenant's control-plane record and its hooks).
+pub const TOO_LONG_CODE: &str = "too_long";
+
+/// Longest `orgId`, in characters.
+pub const ORG_ID_MAX_CHARS: usize = 128;
+/// Longest `displayName`, in characters.
+pub const DISPLAY_NAME_MAX_CHARS: usize = 256;
+/// Longest `adminEmail`, in characters (RFC 5321's path limit).
+pub const ADMIN_EMAIL_MAX_CHARS: usize = 254;
+/// Largest `metadata`, in bytes of JSON.
+pub const METADATA_MAX_BYTES: usize = 16 * 1024;
+/// Longest `reason` of a lifecycle command, in characters.
+pub const REASON_MAX_CHARS: usize = 1024;
+
+/// Refuses `value` at `field` when it has more than `max` characters.
+fn check_length(checks: &mut Checks, field: &str, value: Option<&str>, max: usize) {
+    let Some(value) = value else { return };
+    let chars = value.chars().count();
+    if chars > max {
+        checks.at(field, |c| {
+            c.error(
+                TOO_LONG_CODE,
+                format!("{chars} characters; at most {max} are accepted"),
+            )
+        });
+    }
+}
+
+impl TenantProvisioningRequest {
+    /// The fleet's bounds on the request's free-text fields.
+    fn check_lengths(&self, checks: &mut Checks) {
+        check_length(checks, "orgId", Some(&self.org_id), ORG_ID_MAX_CHARS);
+        check_length(
+            checks,
+            "displayName",
+            self.display_name.as_deref(),
+            DISPLAY_NAME_MAX_CHARS,
+        );
+        check_length(
+            checks,
+            "adminEmail",
+            self.admin_email.as_deref(),
+            ADMIN_EMAIL_MAX_CHARS,
+        );
+        if let Some(metadata) = &self.metadata {
+            let bytes = serde_json::to_vec(metadata).map_or(0, |v| v.len());
+            if bytes > METADATA_MAX_BYTES {
+                checks.at("metadata", |c| {
+                    c.error(
+                        TOO_LONG_CODE,
+                        format!("{bytes} bytes of JSON; at most {METADATA_MAX_BYTES} are accepted"),
+                    )
+                });
+            }
+        }
+    }
+}
+
 impl Spec for TenantProvisioningRequest {
     const SPEC_NAME: &'static str = "TenantProvisioningRequest";
+
+    fn check(&self, checks: &mut Checks) {
+        self.check_lengths(checks);
+    }
 }
 
 /// The `tenant.created` command the registration service publishes: the provisioning request's
@@ -184,6 +247,10 @@ pub struct TenantCreated {
 
 impl Spec for TenantCreated {
     const SPEC_NAME: &'static str = "TenantCreated";
+
+    fn check(&self, checks: &mut Checks) {
+        self.request.check_lengths(checks);
+    }
 }
 
 /// The `tenant.suspended`, `tenant.resumed`, `tenant.deleted` and `tenant.plan_changed`
@@ -203,6 +270,10 @@ pub struct TenantLifecycleCommand {
 
 impl Spec for TenantLifecycleCommand {
     const SPEC_NAME: &'static str = "TenantLifecycleCommand";
+
+    fn check(&self, checks: &mut Checks) {
+        check_length(checks, "reason", self.reason.as_deref(), REASON_MAX_CHARS);
+    }
 }
 
 /// Output of provisioning (on success or failure).
@@ -381,5 +452,26 @@ mod tests {
             parse_value::<TenantProvisioningRequest>(&json!({"orgId": "o", "displayName": null}))
                 .unwrap_err();
         assert_eq!(err.errors().next().unwrap().path, "displayName");
+    }
+
+    #[test]
+    fn oversized_free_text_is_refused_with_its_path_and_a_fleet_code() {
+        let doc = json!({"tenantId": "acme", "orgId": "o",
+                         "displayName": "x".repeat(1_000_000),
+                         "adminEmail": format!("{}@example.com", "a".repeat(300))});
+        let err = parse_value::<TenantCreated>(&doc).unwrap_err();
+        let found: Vec<_> = err
+            .errors()
+            .map(|i| (i.path.as_str(), i.code.as_deref()))
+            .collect();
+        assert!(found.contains(&("displayName", Some(TOO_LONG_CODE))), "{found:?}");
+        assert!(found.contains(&("adminEmail", Some(TOO_LONG_CODE))), "{found:?}");
+        assert!(err.to_string().contains("1000000 characters"), "{err}");
+        // At the bound exactly, accepted (characters, not bytes: 256 two-byte letters pass).
+        let at_bound = json!({"tenantId": "acme", "orgId": "o", "displayName": "é".repeat(256)});
+        parse_value::<TenantCreated>(&at_bound).unwrap();
+        let reason = json!({"tenantId": "acme", "reason": "r".repeat(REASON_MAX_CHARS + 1)});
+        let err = parse_value::<TenantLifecycleCommand>(&reason).unwrap_err();
+        assert_eq!(err.errors().next().unwrap().path, "reason");
     }
 }

@@ -45,6 +45,7 @@ pub const FLEET_RULE_CODES: &[&str] = &[
     "empty_index",
     "invalid_target",
     "checksum_mismatch",
+    crate::tenant::TOO_LONG_CODE,
 ];
 
 /// A list of validation issues.

@@ -7,6 +7,14 @@
 //!   last allowed delivery is dead-lettered too. The dead letter (original subject, headers,
 //!   payload, error chain, attempts, timestamps) is written **before** the message leaves the
 //!   work stream; if that write fails the message is nak'd instead, so nothing is ever lost.
+//!   Then the handler hears of it ([`Handler::dead_lettered`]) so the entity the message was
+//!   about ends in a terminal state, never stuck mid-way.
+//! - Dead letters always fit the dead-letter stream: the payload is carried once (text, or
+//!   base64 when it is not UTF-8), inline up to [`INLINE_PAYLOAD_MAX`]; a larger one keeps its
+//!   first [`PREVIEW_BYTES`] inline and the whole payload in the dead-letter payloads object
+//!   store (or says it was dropped, and why). Headers and the error are bounded too.
+//! - A payload over its subject's limit ([`crate::topology::PayloadLimit`]) is poison before
+//!   any handler decodes it.
 //! - While a handler runs, `Progress` acks keep the delivery from timing out.
 //! - Each job runs under a span whose parent is the publisher's trace context.
 //! - On shutdown, pulling stops and in-flight jobs finish (within the grace) and settle.
@@ -135,31 +143,67 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Handles one message.
     async fn handle(&self, delivery: Delivery) -> Outcome;
+
+    /// The message has left the work stream for the dead-letter stream (`letter.reason`:
+    /// `poison`, or `max_deliver` — retries exhausted, or never settled because workers crashed
+    /// or hung). Called after the letter is written, at least once per dead-lettered message,
+    /// so a handler can leave the entity the message was about in a terminal state (a tenant
+    /// `failed` with its hook) instead of stuck mid-way. Must be idempotent; the default does
+    /// nothing.
+    async fn dead_lettered(&self, delivery: &Delivery, letter: &DeadLetter) {
+        let _ = (delivery, letter);
+    }
 }
 
-/// A message as written to the dead-letter stream (`dlq.<consumer>`).
+/// Largest payload a dead letter carries inline, in bytes.
+pub const INLINE_PAYLOAD_MAX: usize = 64 * 1024;
+/// Bytes of a larger payload kept inline as a preview.
+pub const PREVIEW_BYTES: usize = 4 * 1024;
+/// Largest error text a dead letter keeps, in bytes.
+pub const ERROR_MAX: usize = 16 * 1024;
+/// Headers a dead letter keeps at most, and the longest value of each, in bytes.
+pub const HEADERS_MAX: usize = 32;
+/// Longest header value a dead letter keeps, in bytes.
+pub const HEADER_VALUE_MAX: usize = 1024;
+
+/// A message as written to the dead-letter stream (`dlq.<consumer>`). Bounded whatever the
+/// original was: at most [`INLINE_PAYLOAD_MAX`] of payload, [`HEADERS_MAX`] headers of
+/// [`HEADER_VALUE_MAX`] bytes and [`ERROR_MAX`] of error text, so it always fits the stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeadLetter {
     /// The consumer that gave up.
     pub consumer: String,
-    /// `poison` or `max_deliver`.
+    /// `poison` (can never succeed) or `max_deliver` (retries exhausted, or never settled).
     pub reason: String,
-    /// The error and its causes.
+    /// The error and its causes (cut at [`ERROR_MAX`] bytes, saying how much was cut).
     pub error: String,
-    /// Original subject.
+    /// Original subject (without the topology prefix).
     pub subject: String,
-    /// Original stream and sequence.
+    /// Original stream.
     pub stream: String,
     /// Original stream sequence.
     pub sequence: u64,
-    /// Original headers.
+    /// Original headers (at most [`HEADERS_MAX`], values cut at [`HEADER_VALUE_MAX`] bytes).
     pub headers: BTreeMap<String, Vec<String>>,
-    /// Original payload, base64.
-    pub payload_base64: String,
-    /// Original payload as text, when it is UTF-8 (for humans).
+    /// Size of the original payload, in bytes.
+    #[serde(default)]
+    pub payload_bytes: usize,
+    /// The payload as text, when it is UTF-8: whole, or its first bytes (`payloadComplete`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload_text: Option<String>,
+    /// The payload as base64, when it is not UTF-8: whole, or its first bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+    /// Whether `payloadText`/`payloadBase64` hold the whole payload.
+    #[serde(default = "yes")]
+    pub payload_complete: bool,
+    /// Where the whole payload is when it is not inline: `<object store>/<object>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_object: Option<String>,
+    /// Why the whole payload was not kept, when it was not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_dropped: Option<String>,
     /// Deliveries made.
     pub attempts: u64,
     /// When the message was first published.
@@ -168,9 +212,36 @@ pub struct DeadLetter {
     pub dead_lettered_at: Timestamp,
 }
 
+fn yes() -> bool {
+    true
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// `text` cut at `max` bytes, saying how many were cut.
+fn bounded(text: &str, max: usize) -> String {
+    let kept = cut(text, max);
+    if kept.len() == text.len() {
+        text.to_owned()
+    } else {
+        format!("{kept}… ({} more bytes cut)", text.len() - kept.len())
+    }
+}
+
 impl DeadLetter {
     /// A dead letter for a message of `stream` at `sequence`, keeping its subject, headers and
-    /// payload.
+    /// payload within the bounds above. A payload over [`INLINE_PAYLOAD_MAX`] is kept as a
+    /// preview with `payloadComplete: false`; [`DeadLetterWriter::write`] stores it whole.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         settings: &JobLoopSettings,
@@ -183,35 +254,160 @@ impl DeadLetter {
         attempts: u64,
         published_at: String,
     ) -> Self {
+        let complete = payload.len() <= INLINE_PAYLOAD_MAX;
+        let keep = if complete { payload.len() } else { PREVIEW_BYTES };
+        let (payload_text, payload_base64) = match std::str::from_utf8(payload) {
+            Ok(text) => (Some(cut(text, keep).to_owned()), None),
+            Err(e) if !complete && e.valid_up_to() >= PREVIEW_BYTES => {
+                // Valid UTF-8 as far as the preview goes (the cut may split a character).
+                let text = std::str::from_utf8(&payload[..e.valid_up_to()]).unwrap_or_default();
+                (Some(cut(text, PREVIEW_BYTES).to_owned()), None)
+            }
+            Err(_) => {
+                let kept = &payload[..keep];
+                (
+                    None,
+                    Some(base64::engine::general_purpose::STANDARD.encode(kept)),
+                )
+            }
+        };
+        let mut kept_headers = BTreeMap::new();
+        for (name, values) in headers.iter().take(HEADERS_MAX) {
+            kept_headers.insert(
+                cut(name.as_ref(), HEADER_VALUE_MAX).to_owned(),
+                values
+                    .iter()
+                    .take(HEADERS_MAX)
+                    .map(|v| bounded(v.as_str(), HEADER_VALUE_MAX))
+                    .collect(),
+            );
+        }
         Self {
             consumer: settings.consumer.clone(),
             reason: reason.to_owned(),
-            error,
-            subject,
+            error: bounded(&error, ERROR_MAX),
+            subject: bounded(&subject, HEADER_VALUE_MAX),
             stream: settings.stream.clone(),
             sequence,
-            headers: headers
-                .iter()
-                .map(|(k, vs)| {
-                    (
-                        k.to_string(),
-                        vs.iter().map(|v| v.as_str().to_owned()).collect(),
-                    )
-                })
-                .collect(),
-            payload_base64: base64::engine::general_purpose::STANDARD.encode(payload),
-            payload_text: std::str::from_utf8(payload).ok().map(str::to_owned),
+            headers: kept_headers,
+            payload_bytes: payload.len(),
+            payload_text,
+            payload_base64,
+            payload_complete: complete,
+            payload_object: None,
+            payload_dropped: None,
             attempts,
             published_at,
             dead_lettered_at: Timestamp::now(),
         }
     }
 
-    /// The original payload.
-    pub fn payload(&self) -> Vec<u8> {
-        base64::engine::general_purpose::STANDARD
-            .decode(&self.payload_base64)
-            .unwrap_or_default()
+    /// The original payload, when the letter holds it whole (see [`DeadLetter::full_payload`]
+    /// for one kept in the object store).
+    pub fn payload(&self) -> Option<Vec<u8>> {
+        if !self.payload_complete {
+            return None;
+        }
+        match (&self.payload_text, &self.payload_base64) {
+            (Some(text), _) => Some(text.clone().into_bytes()),
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD.decode(b64).ok(),
+            (None, None) => Some(Vec::new()),
+        }
+    }
+
+    /// The whole original payload: inline, or read back from the object store; an error says
+    /// why it is not available (dropped, expired, unreadable).
+    pub async fn full_payload(&self, js: &jetstream::Context) -> Result<Vec<u8>, String> {
+        if let Some(payload) = self.payload() {
+            return Ok(payload);
+        }
+        let Some(location) = &self.payload_object else {
+            return Err(format!(
+                "only the first bytes of this {}-byte payload were kept: {}",
+                self.payload_bytes,
+                self.payload_dropped.as_deref().unwrap_or("the rest was dropped")
+            ));
+        };
+        let (bucket, object) = location
+            .split_once('/')
+            .ok_or_else(|| format!("payload location {location:?} is not <bucket>/<object>"))?;
+        let store = js
+            .get_object_store(bucket)
+            .await
+            .map_err(|e| format!("opening {bucket}: {e}"))?;
+        let mut reader = store
+            .get(object)
+            .await
+            .map_err(|e| format!("reading {location}: {e}"))?;
+        let mut bytes = Vec::with_capacity(self.payload_bytes);
+        tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut bytes)
+            .await
+            .map_err(|e| format!("reading {location}: {e}"))?;
+        Ok(bytes)
+    }
+}
+
+/// Writes dead letters: the letter to `dlq.<consumer>` under the id
+/// `dlq:<stream>:<sequence>` (a repeat is a no-op), and first, for a payload too big to carry,
+/// the whole payload to the dead-letter payloads object store.
+#[derive(Debug, Clone)]
+pub struct DeadLetterWriter {
+    publisher: Publisher,
+    js: jetstream::Context,
+    subject: String,
+    payloads: String,
+}
+
+impl DeadLetterWriter {
+    /// A writer publishing to `subject` (prefixed) and keeping large payloads in the object
+    /// store `payloads`.
+    pub fn new(publisher: Publisher, js: jetstream::Context, subject: String, payloads: String) -> Self {
+        Self {
+            publisher,
+            js,
+            subject,
+            payloads,
+        }
+    }
+
+    /// Stores `payload` whole when `letter` cannot carry it, then publishes the letter.
+    pub async fn write(
+        &self,
+        mut letter: DeadLetter,
+        payload: &[u8],
+    ) -> Result<DeadLetter, crate::publish::PublishError> {
+        if !letter.payload_complete && letter.payload_object.is_none() {
+            let object = format!("{}-{}", letter.stream, letter.sequence);
+            match self.store(&object, payload).await {
+                Ok(()) => letter.payload_object = Some(format!("{}/{object}", self.payloads)),
+                Err(why) => {
+                    tracing::error!(%why, "a dead letter's payload could not be kept whole");
+                    letter.payload_dropped = Some(format!(
+                        "the whole payload could not be stored in {}: {why}",
+                        self.payloads
+                    ));
+                }
+            }
+        }
+        let id = format!("dlq:{}:{}", letter.stream, letter.sequence);
+        self.publisher
+            .publish_json(&self.subject, &id, &letter, HeaderMap::new())
+            .await?;
+        Ok(letter)
+    }
+
+    async fn store(&self, object: &str, payload: &[u8]) -> Result<(), String> {
+        let store = self
+            .js
+            .get_object_store(&self.payloads)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut reader = payload;
+        store
+            .put(object, &mut reader)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
     }
 }
 
@@ -234,6 +430,10 @@ pub struct JobLoopSettings {
     pub prefix: String,
     /// Dead-letter subject (`dlq.<consumer>`, prefixed).
     pub dead_letter_subject: String,
+    /// Object store of dead-letter payloads too big to carry inline.
+    pub dead_letter_payloads: String,
+    /// Per-subject payload limits (checked before the handler runs).
+    pub payload_limits: Vec<crate::topology::PayloadLimit>,
     /// Longest a handler may keep a delivery alive with progress acks; a handler still running
     /// then is presumed stuck and its message is redelivered (and dead-lettered at max_deliver).
     pub max_job_duration: Duration,
@@ -274,6 +474,12 @@ pub async fn run_job_loop<H: Handler>(
         .await
         .map_err(|e| consumer_error(e.to_string()))?;
     let permits = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+    let letters = DeadLetterWriter::new(
+        publisher,
+        js.clone(),
+        settings.dead_letter_subject.clone(),
+        settings.dead_letter_payloads.clone(),
+    );
     let settings = Arc::new(settings);
     'pull: while !*shutdown.borrow() {
         let batch = permits.available_permits().max(1);
@@ -311,14 +517,14 @@ pub async fn run_job_loop<H: Handler>(
                 .acquire_owned()
                 .await
                 .expect("the semaphore is never closed");
-            let (handler, publisher, metrics, settings) = (
+            let (handler, letters, metrics, settings) = (
                 handler.clone(),
-                publisher.clone(),
+                letters.clone(),
                 metrics.clone(),
                 settings.clone(),
             );
             tokio::spawn(async move {
-                process(message, &*handler, &publisher, &metrics, &settings).await;
+                process(message, &*handler, &letters, &metrics, &settings).await;
                 drop(permit);
             });
         }
@@ -347,7 +553,7 @@ fn strip_prefix(prefix: &str, subject: &str) -> String {
 async fn process<H: Handler>(
     message: jetstream::Message,
     handler: &H,
-    publisher: &Publisher,
+    letters: &DeadLetterWriter,
     metrics: &Metrics,
     settings: &JobLoopSettings,
 ) {
@@ -374,6 +580,22 @@ async fn process<H: Handler>(
     metrics.in_flight.inc();
 
     let outcome = async {
+        let limit = settings
+            .payload_limits
+            .iter()
+            .find(|l| crate::topology::subject_matches(&l.subject, &delivery.subject));
+        if let Some(limit) = limit
+            && delivery.payload.len() > limit.max_bytes
+        {
+            return Outcome::Poison {
+                reason: format!(
+                    "payload of {} bytes is over the {}-byte limit of {}",
+                    delivery.payload.len(),
+                    limit.max_bytes,
+                    limit.subject
+                ),
+            };
+        }
         match delivery.version() {
             Ok(v) if handler.versions().contains(&v) => {}
             Ok(v) => {
@@ -418,25 +640,14 @@ async fn process<H: Handler>(
         attempt,
         &delivery,
         &published_at,
-        publisher,
+        handler,
+        letters,
         settings,
     )
     .instrument(span)
     .await;
     metrics.in_flight.dec();
     metrics.observe(label, started.elapsed());
-}
-
-/// Writes a dead letter; its message id (`dlq:<stream>:<sequence>`) makes a repeat a no-op.
-async fn write_dead_letter(
-    publisher: &Publisher,
-    settings: &JobLoopSettings,
-    letter: &DeadLetter,
-) -> Result<crate::publish::Published, crate::publish::PublishError> {
-    let id = format!("dlq:{}:{}", letter.stream, letter.sequence);
-    publisher
-        .publish_json(&settings.dead_letter_subject, &id, letter, HeaderMap::new())
-        .await
 }
 
 /// The server's note that a message reached `max_deliver` without being settled.
@@ -450,14 +661,21 @@ struct MaxDeliveriesAdvisory {
 /// that crashed or hung): JetStream leaves those in the stream and says so in an advisory. One
 /// replica (a queue group) copies each to the dead-letter stream, then deletes it from the work
 /// stream — copy first, so nothing is lost.
-pub async fn watch_max_deliveries(
+pub async fn watch_max_deliveries<H: Handler>(
     client: async_nats::Client,
     js: jetstream::Context,
     settings: Arc<JobLoopSettings>,
+    handler: Arc<H>,
     publisher: Publisher,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let letters = DeadLetterWriter::new(
+        publisher,
+        js.clone(),
+        settings.dead_letter_subject.clone(),
+        settings.dead_letter_payloads.clone(),
+    );
     let subject = format!(
         "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}",
         settings.stream, settings.consumer
@@ -487,6 +705,13 @@ pub async fn watch_max_deliveries(
         let Ok(original) = stream.get_raw_message(advisory.stream_seq).await else {
             continue;
         };
+        let delivery = Delivery {
+            subject: strip_prefix(&settings.prefix, original.subject.as_str()),
+            payload: original.payload.clone(),
+            headers: original.headers.clone(),
+            attempt: advisory.deliveries,
+            sequence: advisory.stream_seq,
+        };
         let letter = DeadLetter::new(
             &settings,
             "max_deliver",
@@ -494,15 +719,16 @@ pub async fn watch_max_deliveries(
                 "not settled after {} deliveries (workers crashed, hung or timed out)",
                 advisory.deliveries
             ),
-            strip_prefix(&settings.prefix, original.subject.as_str()),
+            delivery.subject.clone(),
             advisory.stream_seq,
             &original.headers,
             &original.payload,
             advisory.deliveries,
             original.time.to_string(),
         );
-        match write_dead_letter(&publisher, &settings, &letter).await {
-            Ok(_) => {
+        match letters.write(letter, &original.payload).await {
+            Ok(letter) => {
+                handler.dead_lettered(&delivery, &letter).await;
                 let _ = stream.delete_message(advisory.stream_seq).await;
                 metrics.observe("dead_lettered", Duration::ZERO);
                 tracing::error!(
@@ -518,13 +744,15 @@ pub async fn watch_max_deliveries(
 }
 
 /// The one place outcomes become acknowledgements. Returns the metrics label.
-async fn settle(
+#[allow(clippy::too_many_arguments)]
+async fn settle<H: Handler>(
     message: &jetstream::Message,
     outcome: Outcome,
     attempt: u64,
     delivery: &Delivery,
     published_at: &str,
-    publisher: &Publisher,
+    handler: &H,
+    letters: &DeadLetterWriter,
     settings: &JobLoopSettings,
 ) -> &'static str {
     let (reason, error) = match outcome {
@@ -556,18 +784,10 @@ async fn settle(
         attempt,
         published_at.to_owned(),
     );
-    let id = format!("dlq:{}:{}", settings.stream, delivery.sequence);
-    match publisher
-        .publish_json(
-            &settings.dead_letter_subject,
-            &id,
-            &letter,
-            HeaderMap::new(),
-        )
-        .await
-    {
-        Ok(_) => {
-            tracing::error!(%error, reason, "dead-lettered");
+    match letters.write(letter, &delivery.payload).await {
+        Ok(letter) => {
+            tracing::error!(error = %letter.error, reason, "dead-lettered");
+            handler.dead_lettered(delivery, &letter).await;
             let _ = message.ack_with(AckKind::Term).await;
             "dead_lettered"
         }

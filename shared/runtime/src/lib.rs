@@ -6,6 +6,7 @@
 //!   place, with dead letters written before a message leaves.
 //! - [`state`]: current state in KV by compare-and-set, every transition on the progress stream.
 //! - [`hooks`]: lifecycle hooks as CloudEvents, one per transition.
+//! - [`schedule`]: work due later as JetStream message schedules, never a long nak.
 //! - [`telemetry`], [`metrics`], [`health`], [`shutdown`]: logs and traces, Prometheus metrics,
 //!   probes, graceful stop.
 //!
@@ -19,6 +20,7 @@ pub mod hooks;
 pub mod jobs;
 pub mod metrics;
 pub mod publish;
+pub mod schedule;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
@@ -32,8 +34,11 @@ use fleet_config::Config;
 use tokio::sync::watch;
 
 pub use hooks::{CloudEvent, Hook, Hooks};
-pub use jobs::{DeadLetter, Delivery, Handler, JobLoopSettings, Outcome, run_job_loop};
+pub use jobs::{
+    DeadLetter, DeadLetterWriter, Delivery, Handler, JobLoopSettings, Outcome, run_job_loop,
+};
 pub use publish::{Published, Publisher};
+pub use schedule::Scheduler;
 pub use state::{Decision, ProgressEvent, StateError, StateStore, Versioned};
 pub use topology::{Topology, TopologyError};
 
@@ -95,11 +100,7 @@ impl Runtime {
                 message: e.to_string(),
             })?;
         let js = jetstream::new(client.clone());
-        let topology = Topology::fleet_with(
-            &config.nats.subject_prefix,
-            config.nats.replicas,
-            Duration::from_millis(config.nats.ack_wait_ms),
-        );
+        let topology = Topology::from_config(&config.nats);
         topology.ensure(&client, &js).await?;
         let publisher = Publisher::new(js.clone());
         Ok(Self {
@@ -159,12 +160,15 @@ impl Runtime {
             shutdown_grace: Duration::from_millis(config.worker.shutdown_grace_ms),
             prefix: self.topology.prefix.clone(),
             dead_letter_subject: self.topology.subject(&format!("dlq.{}", spec.durable)),
+            dead_letter_payloads: self.topology.dead_letter_payloads.clone(),
+            payload_limits: spec.payload_limits.clone(),
             max_job_duration: Duration::from_millis(config.worker.max_job_duration_ms),
         };
         let watcher = tokio::spawn(jobs::watch_max_deliveries(
             self.client.clone(),
             self.js.clone(),
             Arc::new(settings.clone()),
+            handler.clone(),
             self.publisher.clone(),
             metrics.clone(),
             shutdown.clone(),

@@ -1,7 +1,10 @@
 //! The fleet's JetStream topology, declared once as data, ensured idempotently.
 //!
 //! Work streams (one per worker area) are work queues: a message leaves when it is acked (or
-//! terminated, after being copied to the dead-letter stream). Progress, hooks and dead letters
+//! terminated, after being copied to the dead-letter stream). Each refuses messages over its
+//! size limit at publish time, and each subject may have a tighter limit the job loop enforces
+//! ([`ConsumerSpec::payload_limits`]). The tenant stream also holds message schedules (work due
+//! later, [`crate::schedule`]) under `tenant.schedule.*`, which its consumer does not read. Progress, hooks and dead letters
 //! are limit-retention streams: history kept for a time. Each worker area has one durable pull
 //! consumer. Current state lives in KV buckets. Every publish carries `Nats-Msg-Id`, deduplicated
 //! within each stream's duplicate window.
@@ -34,6 +37,54 @@ pub struct StreamSpec {
     pub max_age: Duration,
     /// Largest size of the stream in bytes (-1 = unlimited).
     pub max_bytes: i64,
+    /// Largest message the stream accepts, in bytes (-1 = the server's `max_payload`, 1 MiB by
+    /// default); a larger publish is refused by the server.
+    pub max_msg_size: i32,
+    /// Whether the stream holds message schedules (`Nats-Schedule`, nats-server ≥ 2.12).
+    pub allow_schedules: bool,
+}
+
+/// The largest payload a subject accepts, in bytes (checked before a handler sees it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayloadLimit {
+    /// Subject pattern (NATS wildcards `*` and `>`, without the prefix).
+    pub subject: String,
+    /// Largest payload, in bytes.
+    pub max_bytes: usize,
+}
+
+/// The consumer settings the configuration controls (`[nats]`), the same for every consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumerSettings {
+    /// How long a delivery may stay unacknowledged before redelivery (running jobs renew it):
+    /// how soon a crashed worker's message moves on. The server reports exactly this value: no
+    /// consumer `backoff` overrides it.
+    pub ack_wait: Duration,
+    /// Deliveries before a message is dead-lettered.
+    pub max_deliver: i64,
+    /// Unacknowledged deliveries at most, across replicas.
+    pub max_ack_pending: i64,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        Self {
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            max_ack_pending: 1000,
+        }
+    }
+}
+
+impl ConsumerSettings {
+    /// The settings of `[nats]`.
+    pub fn from_config(nats: &fleet_config::NatsConfig) -> Self {
+        Self {
+            ack_wait: Duration::from_millis(nats.ack_wait_ms),
+            max_deliver: nats.max_deliver as i64,
+            max_ack_pending: nats.max_ack_pending as i64,
+        }
+    }
 }
 
 /// One durable pull consumer.
@@ -45,14 +96,40 @@ pub struct ConsumerSpec {
     pub durable: String,
     /// Subject filter.
     pub filter: String,
-    /// How long a delivery may stay unacked (extended by progress acks).
+    /// How long a delivery may stay unacked (extended by progress acks). Redeliveries after a
+    /// timeout wait this long too: the consumer has no `backoff`, which would override it.
     pub ack_wait: Duration,
     /// Deliveries before a message is dead-lettered.
     pub max_deliver: i64,
-    /// Redelivery delays after an ack timeout (at most `max_deliver` entries).
-    pub backoff: Vec<Duration>,
-    /// Unacked messages at most (bounds in-flight work across replicas).
+    /// Unacked messages at most (bounds in-flight work across replicas). Nothing waits while
+    /// holding one: work due later is a message schedule, never a long nak.
     pub max_ack_pending: i64,
+    /// Per-subject payload limits; the first matching pattern applies.
+    pub payload_limits: Vec<PayloadLimit>,
+}
+
+impl ConsumerSpec {
+    /// The payload limit of `subject` (unprefixed), if one is declared.
+    pub fn payload_limit(&self, subject: &str) -> Option<usize> {
+        self.payload_limits
+            .iter()
+            .find(|l| subject_matches(&l.subject, subject))
+            .map(|l| l.max_bytes)
+    }
+}
+
+/// Whether `subject` matches the NATS pattern `pattern` (`*` one token, `>` the rest).
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut tokens = subject.split('.');
+    for want in pattern.split('.') {
+        match (want, tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (want, Some(token)) if want == token => {}
+            _ => return false,
+        }
+    }
+    tokens.next().is_none()
 }
 
 /// One KV bucket.
@@ -71,7 +148,7 @@ pub struct BucketSpec {
 pub enum TopologyError {
     /// The server is older than the fleet supports.
     #[error(
-        "nats-server {found} is too old: the fleet needs JetStream on nats-server 2.10 or newer"
+        "nats-server {found} is too old: the fleet needs JetStream on nats-server 2.12 or newer (message schedules)"
     )]
     ServerTooOld {
         /// The version found.
@@ -123,7 +200,16 @@ pub struct Topology {
     pub consumers: Vec<ConsumerSpec>,
     /// KV buckets.
     pub buckets: Vec<BucketSpec>,
+    /// Object store holding the payloads of dead letters too big to carry them.
+    pub dead_letter_payloads: String,
 }
+
+/// The largest command of the small kinds (tenant lifecycle, per-tenant jobs, controls, quota
+/// ticks), in bytes: 64 KiB, far above any valid one.
+pub const COMMAND_MAX_BYTES: usize = 64 * 1024;
+
+/// The oldest nats-server the fleet runs on: 2.12 brought message schedules (ADR-51).
+pub const MIN_SERVER_VERSION: (u64, u64) = (2, 12);
 
 /// Names the fleet's streams, consumers and buckets use (before any prefix).
 pub mod names {
@@ -141,6 +227,8 @@ pub mod names {
     pub const HOOKS: &str = "FLEET_HOOKS";
     /// Dead letters.
     pub const DEAD_LETTERS: &str = "FLEET_DEAD_LETTERS";
+    /// Full payloads of dead letters too big to carry them inline (object store).
+    pub const DEAD_LETTER_PAYLOADS: &str = "fleet_dead_letter_payloads";
     /// Consumer of the provisioner.
     pub const PROVISIONER: &str = "provisioner";
     /// Consumer of the deployer.
@@ -161,14 +249,22 @@ pub mod names {
 
 impl Topology {
     /// The fleet's topology under `prefix` (subjects `prefix.tenant.>`, names `PREFIX_FLEET_…`),
-    /// with `replicas` copies of everything.
+    /// with `replicas` copies of everything and the default consumer settings.
     pub fn fleet(prefix: &str, replicas: usize) -> Self {
-        Self::fleet_with(prefix, replicas, Duration::from_secs(30))
+        Self::fleet_with(prefix, replicas, ConsumerSettings::default())
     }
 
-    /// [`Topology::fleet`] with the consumers' ack wait (how soon a crashed worker's message is
-    /// redelivered).
-    pub fn fleet_with(prefix: &str, replicas: usize, ack_wait: Duration) -> Self {
+    /// The topology `config` describes (`[nats]`: prefix, replicas, consumer settings).
+    pub fn from_config(nats: &fleet_config::NatsConfig) -> Self {
+        Self::fleet_with(
+            &nats.subject_prefix,
+            nats.replicas,
+            ConsumerSettings::from_config(nats),
+        )
+    }
+
+    /// [`Topology::fleet`] with explicit consumer settings.
+    pub fn fleet_with(prefix: &str, replicas: usize, consumers: ConsumerSettings) -> Self {
         use names::*;
         let subject = |s: &str| {
             if prefix.is_empty() {
@@ -187,14 +283,16 @@ impl Topology {
                 )
             }
         };
-        let work = |n: &str, s: &str| StreamSpec {
+        let work = |n: &str, subjects: &[&str], max_msg_size: i32| StreamSpec {
             name: name(n),
-            subjects: vec![subject(s)],
+            subjects: subjects.iter().map(|s| subject(s)).collect(),
             retention: RetentionPolicy::WorkQueue,
             duplicate_window: Duration::from_secs(120),
             replicas,
             max_age: Duration::from_secs(7 * 24 * 3600),
             max_bytes: -1,
+            max_msg_size,
+            allow_schedules: false,
         };
         let history = |n: &str, s: &str, days: u64| StreamSpec {
             name: name(n),
@@ -209,21 +307,33 @@ impl Topology {
             replicas,
             max_age: Duration::from_secs(days * 24 * 3600),
             max_bytes: -1,
+            max_msg_size: -1,
+            allow_schedules: false,
         };
-        let consumer = |stream: &str, durable: &str, filter: &str| ConsumerSpec {
-            stream: name(stream),
-            durable: durable.to_owned(),
-            filter: subject(filter),
-            ack_wait,
-            max_deliver: 5,
-            backoff: vec![
-                Duration::from_secs(1),
-                Duration::from_secs(5),
-                Duration::from_secs(30),
-                Duration::from_secs(120),
-            ],
-            max_ack_pending: 1000,
+        let limit = |subject: &str, max_bytes: usize| PayloadLimit {
+            subject: subject.to_owned(),
+            max_bytes,
         };
+        let consumer =
+            |stream: &str, durable: &str, filter: &str, payload_limits: Vec<PayloadLimit>| {
+                ConsumerSpec {
+                    stream: name(stream),
+                    durable: durable.to_owned(),
+                    filter: subject(filter),
+                    ack_wait: consumers.ack_wait,
+                    max_deliver: consumers.max_deliver,
+                    max_ack_pending: consumers.max_ack_pending,
+                    payload_limits,
+                }
+            };
+        // Tenant commands are a few hundred bytes; bundles and app packages may approach the
+        // server's max_payload (1 MiB by default).
+        let mut tenant_commands = work(
+            TENANT_COMMANDS,
+            &["tenant.*", "tenant.schedule.*"],
+            COMMAND_MAX_BYTES as i32,
+        );
+        tenant_commands.allow_schedules = true;
         let bucket = |b: &str| BucketSpec {
             bucket: name(b).to_ascii_lowercase(),
             history: 10,
@@ -232,20 +342,31 @@ impl Topology {
         Self {
             prefix: prefix.to_owned(),
             streams: vec![
-                work(TENANT_COMMANDS, "tenant.>"),
-                work(DEPLOY_COMMANDS, "deploy.>"),
-                work(APP_COMMANDS, "app.>"),
-                work(QUOTA_COMMANDS, "quota.>"),
+                tenant_commands,
+                work(DEPLOY_COMMANDS, &["deploy.>"], -1),
+                work(APP_COMMANDS, &["app.>"], -1),
+                work(QUOTA_COMMANDS, &["quota.>"], COMMAND_MAX_BYTES as i32),
                 history(PROGRESS, "progress.>", 30),
                 history(HOOKS, "hooks.>", 7),
                 history(DEAD_LETTERS, "dlq.>", 30),
             ],
             consumers: vec![
-                consumer(TENANT_COMMANDS, PROVISIONER, "tenant.>"),
-                consumer(DEPLOY_COMMANDS, DEPLOYER, "deploy.>"),
-                consumer(APP_COMMANDS, INSTALLER, "app.>"),
-                consumer(QUOTA_COMMANDS, QUOTA_AUDITOR, "quota.>"),
+                // `tenant.*`: commands and fired schedules, never the schedules themselves
+                // (acking one would cancel it).
+                consumer(TENANT_COMMANDS, PROVISIONER, "tenant.*", vec![]),
+                consumer(
+                    DEPLOY_COMMANDS,
+                    DEPLOYER,
+                    "deploy.>",
+                    vec![
+                        limit("deploy.tenant.>", COMMAND_MAX_BYTES),
+                        limit("deploy.control.>", COMMAND_MAX_BYTES),
+                    ],
+                ),
+                consumer(APP_COMMANDS, INSTALLER, "app.>", vec![]),
+                consumer(QUOTA_COMMANDS, QUOTA_AUDITOR, "quota.>", vec![]),
             ],
+            dead_letter_payloads: name(DEAD_LETTER_PAYLOADS).to_ascii_lowercase(),
             buckets: vec![
                 bucket(TENANTS),
                 bucket(DEPLOYMENTS),
@@ -310,7 +431,6 @@ impl Topology {
                 filter_subject: spec.filter.clone(),
                 ack_wait: spec.ack_wait,
                 max_deliver: spec.max_deliver,
-                backoff: spec.backoff.clone(),
                 max_ack_pending: spec.max_ack_pending,
                 ..Default::default()
             };
@@ -329,6 +449,19 @@ impl Topology {
                 }
             }
         }
+        let payloads = &self.dead_letter_payloads;
+        if js.get_object_store(&payloads).await.is_err() {
+            js.create_object_store(async_nats::jetstream::object_store::Config {
+                bucket: payloads.clone(),
+                description: Some("full payloads of dead letters too big to carry them".into()),
+                max_age: Duration::from_secs(30 * 24 * 3600),
+                storage: StorageType::File,
+                num_replicas: self.streams.first().map_or(1, |s| s.replicas),
+                ..Default::default()
+            })
+            .await
+            .map_err(js_error(format!("creating object store {payloads}")))?;
+        }
         for spec in &self.buckets {
             if js.get_key_value(&spec.bucket).await.is_err() {
                 js.create_key_value(kv::Config {
@@ -346,14 +479,14 @@ impl Topology {
     }
 }
 
-/// Refuses servers older than 2.10, naming the version found.
+/// Refuses servers older than [`MIN_SERVER_VERSION`], naming the version found.
 pub fn check_server_version(version: &str) -> Result<(), TopologyError> {
     let mut parts = version
         .trim_start_matches('v')
         .split(['.', '-'])
         .map(|p| p.parse::<u64>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    if (major, minor) >= (2, 10) {
+    if (major, minor) >= MIN_SERVER_VERSION {
         Ok(())
     } else {
         Err(TopologyError::ServerTooOld {
@@ -371,6 +504,8 @@ async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result<(),
         num_replicas: spec.replicas,
         max_age: spec.max_age,
         max_bytes: spec.max_bytes,
+        max_message_size: spec.max_msg_size,
+        allow_message_schedules: spec.allow_schedules,
         storage: StorageType::File,
         ..Default::default()
     };
@@ -401,6 +536,8 @@ async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result<(),
                 && found.duplicate_window == spec.duplicate_window
                 && found.max_age == spec.max_age
                 && found.max_bytes == spec.max_bytes
+                && found.max_message_size == spec.max_msg_size
+                && found.allow_message_schedules == spec.allow_schedules
                 && found.num_replicas == spec.replicas;
             if !unchanged {
                 js.update_stream(config)
@@ -424,27 +561,60 @@ mod tests {
 
     #[test]
     fn versions_before_2_10_are_refused_by_name() {
-        for ok in ["2.10.0", "2.15.1", "v2.11.3-beta", "3.0.0"] {
+        for ok in ["2.12.0", "2.15.1", "v2.12.3-beta", "3.0.0"] {
             check_server_version(ok).unwrap();
         }
-        let err = check_server_version("2.9.10").unwrap_err();
-        assert!(err.to_string().contains("2.9.10"), "{err}");
+        for old in ["2.9.10", "2.11.4"] {
+            let err = check_server_version(old).unwrap_err();
+            assert!(err.to_string().contains(old), "{err}");
+        }
     }
 
     #[test]
     fn a_prefix_moves_every_subject_and_name() {
         let t = Topology::fleet("staging", 1);
-        assert_eq!(t.streams[0].subjects, ["staging.tenant.>"]);
+        assert_eq!(
+            t.streams[0].subjects,
+            ["staging.tenant.*", "staging.tenant.schedule.*"]
+        );
         assert_eq!(t.streams[0].name, "STAGING_FLEET_TENANT_COMMANDS");
         assert_eq!(
             t.subject("hooks.tenant.created"),
             "staging.hooks.tenant.created"
         );
         assert_eq!(t.buckets[0].bucket, "staging_fleet_tenants");
-        assert!(
-            t.consumers
-                .iter()
-                .all(|c| c.backoff.len() as i64 <= c.max_deliver)
+    }
+
+    #[test]
+    fn patterns_match_as_nats_does() {
+        assert!(subject_matches("deploy.tenant.>", "deploy.tenant.d1"));
+        assert!(subject_matches("deploy.tenant.>", "deploy.tenant.d1.x"));
+        assert!(!subject_matches("deploy.tenant.>", "deploy.tenant"));
+        assert!(subject_matches("tenant.*", "tenant.created"));
+        assert!(!subject_matches("tenant.*", "tenant.schedule.acme"));
+        assert!(!subject_matches("tenant.*", "tenant"));
+        assert!(subject_matches("deploy.requested", "deploy.requested"));
+        assert!(!subject_matches("deploy.requested", "deploy.requested.x"));
+    }
+
+    #[test]
+    fn per_subject_limits_and_consumer_settings_come_from_the_declaration() {
+        let settings = ConsumerSettings {
+            ack_wait: Duration::from_millis(2500),
+            max_deliver: 7,
+            max_ack_pending: 20,
+        };
+        let t = Topology::fleet_with("", 1, settings);
+        let deployer = t.consumer(names::DEPLOYER).unwrap();
+        assert_eq!(deployer.ack_wait, Duration::from_millis(2500));
+        assert_eq!((deployer.max_deliver, deployer.max_ack_pending), (7, 20));
+        assert_eq!(
+            deployer.payload_limit("deploy.tenant.d1"),
+            Some(COMMAND_MAX_BYTES)
         );
+        assert_eq!(deployer.payload_limit("deploy.requested"), None);
+        let tenants = t.stream(names::TENANT_COMMANDS).unwrap();
+        assert!(tenants.allow_schedules);
+        assert_eq!(tenants.max_msg_size, COMMAND_MAX_BYTES as i32);
     }
 }
