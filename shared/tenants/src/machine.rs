@@ -402,7 +402,9 @@ pub fn step_finished(
     Ok(write(next, step, Some(duration_ms), None))
 }
 
-/// A step failed: transiently (the status stays `provisioning`) or for good (`failed`).
+/// A step failed: transiently (the status stays `provisioning`) or for good (`failed`). A
+/// tenant no longer provisioning (already failed, or finished by another worker) is left as it
+/// is, so a late or repeated failure report never adds a second outcome.
 pub fn step_failed(
     current: Option<&Versioned<TenantRecord>>,
     tenant: &TenantId,
@@ -411,6 +413,9 @@ pub fn step_failed(
     permanent: bool,
 ) -> Result<Decision<TenantRecord>, TransitionError> {
     let record = existing(current, tenant)?;
+    if record.status != TenantProvisioningStatus::Provisioning {
+        return Ok(Decision::Unchanged);
+    }
     let mut next = record.clone();
     if next.steps.iter().any(|s| s.name == step) {
         let s = step_mut(&mut next, step);
@@ -729,6 +734,11 @@ mod tests {
         assert_eq!(
             s.as_ref().unwrap().state.status,
             TenantProvisioningStatus::Failed
+        );
+        assert_eq!(
+            step_failed(s.as_ref(), &t, "create_database", "late report", true).unwrap(),
+            Decision::Unchanged,
+            "a failed tenant is not failed twice"
         );
         let s = apply(s.clone(), create(s.as_ref(), &t, &request()).unwrap());
         assert_eq!(

@@ -1,6 +1,8 @@
 //! `fleetctl dlq list|replay`: the dead-letter stream, and replaying a message after its cause
 //! is fixed (republished to its original subject with its original headers and payload, under a
-//! new message id, so it is not dropped as a duplicate of the first attempt).
+//! new message id, so it is not dropped as a duplicate of the first attempt). A payload too big
+//! to travel inside its letter is read back from the dead-letter payloads object store; one
+//! that was not kept whole cannot be replayed, and says so.
 
 use std::process::ExitCode;
 
@@ -86,6 +88,7 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
                 eprintln!("nothing to replay");
                 return Ok(ExitCode::from(1));
             }
+            let mut failed = 0;
             for (seq, letter) in chosen {
                 let mut headers = HeaderMap::new();
                 for (name, values) in &letter.headers {
@@ -106,13 +109,25 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
                     .unwrap_or_default();
                 let id = format!("replay:{seq}:{original}");
                 let subject = runtime.topology.subject(&letter.subject);
+                let payload = match letter.full_payload(&runtime.js).await {
+                    Ok(payload) => payload,
+                    Err(why) => {
+                        eprintln!("dead letter {seq} cannot be replayed: {why}");
+                        failed += 1;
+                        continue;
+                    }
+                };
                 runtime
                     .publisher
-                    .publish_bytes(&subject, &id, letter.payload().into(), headers)
+                    .publish_bytes(&subject, &id, payload.into(), headers)
                     .await?;
                 say!("replayed dead letter {seq} to {subject}");
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
     }
 }

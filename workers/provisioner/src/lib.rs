@@ -16,8 +16,16 @@
 //!   derived from the transition, so a crash anywhere ends in one hook.
 //!
 //! Transient failures are retried with exponential backoff; permanent ones (an unmapped region,
-//! a create that conflicts with an existing tenant, bad input) fail the tenant with the step
-//! and the error, publish `hooks.tenant.failed`, and dead-letter the message for replay.
+//! a create that conflicts with an existing tenant, bad input, a corrupt database record) fail
+//! the tenant with the step and the error, publish `hooks.tenant.failed`, and dead-letter the
+//! message for replay. A `tenant.created` that runs out of deliveries (retries exhausted, or
+//! workers killed on every attempt) fails its tenant the same way when the runtime reports it
+//! dead-lettered: no tenant is ever left `provisioning` without an outcome.
+//!
+//! A deletion with a grace period (`onTenantDelete.immediate = false`) is recorded
+//! (`destroying`, due at `deleteAfter`), scheduled as a JetStream message schedule on
+//! `tenant.schedule.<id>` that fires `tenant.deletion_due` when due, and acknowledged: no
+//! delivery slot waits out the grace period, and the schedule survives restarts.
 
 /// The tenant state machine (in `fleet-tenants`, shared with the deployer and `fleetctl`).
 pub use fleet_tenants::machine;
@@ -34,7 +42,8 @@ use fleet_protocol::{
     TenantLifecycleCommand, TenantProvisioningStatus, TenantRegion, Timestamp,
 };
 use fleet_runtime::{
-    Decision, Delivery, Handler, Hook, Hooks, Outcome, StateError, StateStore, Versioned,
+    DeadLetter, Decision, Delivery, Handler, Hook, Hooks, Outcome, Scheduler, StateError,
+    StateStore, Versioned,
 };
 use fleet_schema::SchemaError;
 use fleet_tenantdb::{
@@ -112,6 +121,9 @@ pub enum ProvisionError {
     /// Publishing a hook failed.
     #[error("publishing a hook: {0}")]
     Hook(String),
+    /// Publishing a schedule failed.
+    #[error("scheduling: {0}")]
+    Schedule(String),
 }
 
 impl ProvisionError {
@@ -125,7 +137,10 @@ impl ProvisionError {
             Self::Schema(
                 SchemaError::Introspect(_) | SchemaError::Apply(_) | SchemaError::Open { .. },
             ) => true,
-            Self::Transition(TransitionError::Busy { .. }) | Self::Store(_) | Self::Hook(_) => true,
+            Self::Transition(TransitionError::Busy { .. })
+            | Self::Store(_)
+            | Self::Hook(_)
+            | Self::Schedule(_) => true,
             _ => false,
         }
     }
@@ -157,6 +172,7 @@ pub struct Provisioner {
     backend: Arc<dyn TenantDatabases>,
     keys: Arc<KeyRing>,
     hooks: Hooks,
+    scheduler: Scheduler,
     settings: ProvisionerSettings,
     owner: String,
 }
@@ -173,12 +189,14 @@ impl std::fmt::Debug for Provisioner {
 type Current = Option<Versioned<TenantRecord>>;
 
 impl Provisioner {
-    /// A provisioner over the tenants' state store, a backend, the key ring and hooks.
+    /// A provisioner over the tenants' state store, a backend, the key ring, hooks and the
+    /// scheduler of work due later.
     pub fn new(
         tenants: StateStore<TenantRecord>,
         backend: Arc<dyn TenantDatabases>,
         keys: Arc<KeyRing>,
         hooks: Hooks,
+        scheduler: Scheduler,
         settings: ProvisionerSettings,
     ) -> Self {
         let owner = format!(
@@ -192,6 +210,7 @@ impl Provisioner {
             backend,
             keys,
             hooks,
+            scheduler,
             settings,
             owner,
         }
@@ -584,7 +603,8 @@ impl Provisioner {
         let result = match subject {
             "tenant.suspended" => self.suspend(&tenant, command.reason.clone()).await,
             "tenant.resumed" => self.resume(&tenant).await,
-            "tenant.deleted" => return self.delete(&tenant, attempt).await,
+            "tenant.deleted" => return self.delete(&tenant, attempt, false).await,
+            "tenant.deletion_due" => return self.delete(&tenant, attempt, true).await,
             "tenant.plan_changed" => match command.plan {
                 Some(plan) => self.change_plan(&tenant, plan).await,
                 None => Err(ProvisionError::Permanent(
@@ -734,26 +754,27 @@ impl Provisioner {
         self.flush_hook(tenant, &record).await
     }
 
-    async fn delete(&self, tenant: &TenantId, attempt: u64) -> Outcome {
-        match self.delete_steps(tenant).await {
-            Ok(None) => Outcome::Done,
-            Ok(Some(wait)) => Outcome::retry(
-                wait,
-                format!("tenant {tenant}: deletion scheduled after the grace period"),
-            ),
+    async fn delete(&self, tenant: &TenantId, attempt: u64, due: bool) -> Outcome {
+        let result = if due {
+            self.deletion_due(tenant).await
+        } else {
+            self.delete_requested(tenant).await
+        };
+        match result {
+            Ok(()) => Outcome::Done,
             Err(ProvisionError::Transition(e)) => Outcome::poison(&e),
             Err(e) => self.outcome(e, attempt),
         }
     }
 
-    /// Deletes (or schedules deleting) the tenant's database; `Some(wait)` while in its grace.
-    async fn delete_steps(&self, tenant: &TenantId) -> Result<Option<Duration>, ProvisionError> {
+    /// `tenant.deleted`: the tenant becomes `destroying`, due now (`immediate`) or after the
+    /// grace period; an immediate deletion is carried out at once, a later one scheduled.
+    async fn delete_requested(&self, tenant: &TenantId) -> Result<(), ProvisionError> {
         let policy = &self.settings.lifecycle.on_tenant_delete;
         let mut current = self.existing(tenant).await?;
         if current.state.deleted {
-            return Ok(None);
+            return Ok(());
         }
-        let database = self.database_of(&current.state);
         if current.state.status != TenantProvisioningStatus::Destroying {
             let grace = if policy.immediate {
                 0
@@ -766,13 +787,68 @@ impl Provisioner {
                 .await?
                 .ok_or_else(|| ProvisionError::Store("record vanished".into()))?;
         }
-        if let Some(after) = &current.state.delete_after
-            && let Ok(wait) = (after.instant() - chrono::Utc::now()).to_std()
-            && !wait.is_zero()
-        {
-            return Ok(Some(wait));
+        if policy.immediate {
+            self.carry_out_deletion(tenant, &current.state).await
+        } else {
+            self.schedule_deletion(tenant, &current.state).await
         }
-        let backup = if policy.create_backup && current.state.backup.is_none() {
+    }
+
+    /// `tenant.deletion_due` (fired by the schedule): deletes when due, schedules again when
+    /// fired early (clock skew), ignores a tenant no longer waiting for deletion.
+    async fn deletion_due(&self, tenant: &TenantId) -> Result<(), ProvisionError> {
+        let current = self.existing(tenant).await?;
+        if current.state.deleted || current.state.status != TenantProvisioningStatus::Destroying
+        {
+            tracing::info!(%tenant, status = %machine::status_name(&current.state), "deletion schedule fired for a tenant not waiting for deletion; nothing to do");
+            return Ok(());
+        }
+        let early = current
+            .state
+            .delete_after
+            .as_ref()
+            .is_some_and(|after| after.instant() > chrono::Utc::now());
+        if early {
+            return self.schedule_deletion(tenant, &current.state).await;
+        }
+        self.carry_out_deletion(tenant, &current.state).await
+    }
+
+    /// Publishes the schedule that fires `tenant.deletion_due` at the record's `deleteAfter`
+    /// (one per tenant: a new one replaces it; the message id makes a retry a no-op).
+    async fn schedule_deletion(
+        &self,
+        tenant: &TenantId,
+        record: &TenantRecord,
+    ) -> Result<(), ProvisionError> {
+        let due = record
+            .delete_after
+            .as_ref()
+            .map_or_else(chrono::Utc::now, |after| after.instant());
+        let id = format!("deletion:{tenant}:{}", due.timestamp());
+        self.scheduler
+            .schedule_at(
+                &format!("tenant.schedule.{tenant}"),
+                "tenant.deletion_due",
+                due,
+                &id,
+                &json!({"tenantId": tenant}),
+            )
+            .await
+            .map_err(|e| ProvisionError::Schedule(e.to_string()))?;
+        tracing::info!(%tenant, due = %due.to_rfc3339(), "deletion scheduled");
+        Ok(())
+    }
+
+    /// Backs up (per policy) and deletes the tenant's database, then records it with its hook.
+    async fn carry_out_deletion(
+        &self,
+        tenant: &TenantId,
+        record: &TenantRecord,
+    ) -> Result<(), ProvisionError> {
+        let policy = &self.settings.lifecycle.on_tenant_delete;
+        let database = self.database_of(record);
+        let backup = if policy.create_backup && record.backup.is_none() {
             self.backup(tenant, &database).await?
         } else {
             None
@@ -788,8 +864,34 @@ impl Provisioner {
                 ))
             })
             .await?;
-        self.flush_hook(tenant, &record).await?;
-        Ok(None)
+        self.flush_hook(tenant, &record).await
+    }
+
+    /// A `tenant.created` that ran out of deliveries: fails its tenant (with
+    /// `hooks.tenant.failed`) unless it is no longer provisioning or another live worker holds
+    /// its lease (that worker will finish it).
+    async fn creation_abandoned(&self, command: TenantCreated, letter: &DeadLetter) {
+        let tenant = command.tenant_id;
+        let Ok(Some(current)) = self.tenants.get::<TransitionError>(tenant.as_str()).await else {
+            return;
+        };
+        let record = &current.state;
+        let held_elsewhere = record.lease.as_ref().is_some_and(|lease| {
+            lease.owner != self.owner && lease.until.instant() > chrono::Utc::now()
+        });
+        if record.status != TenantProvisioningStatus::Provisioning || held_elsewhere {
+            return;
+        }
+        let step = STEPS
+            .iter()
+            .copied()
+            .find(|step| !machine::step_done(record, step))
+            .unwrap_or("register");
+        let error = ProvisionError::Permanent(format!(
+            "gave up after {} deliveries: {}",
+            letter.attempts, letter.error
+        ));
+        self.fail(&tenant, step, &error).await;
     }
 
     /// A copy of the database kept before deletion (`VACUUM INTO` a file under the backup dir),
@@ -863,6 +965,7 @@ impl Handler for Provisioner {
             subject @ ("tenant.suspended"
             | "tenant.resumed"
             | "tenant.deleted"
+            | "tenant.deletion_due"
             | "tenant.plan_changed") => match delivery.decode::<TenantLifecycleCommand>() {
                 Ok(command) => self.lifecycle(subject, command, delivery.attempt).await,
                 Err(poison) => poison,
@@ -870,6 +973,15 @@ impl Handler for Provisioner {
             other => Outcome::Poison {
                 reason: format!("the provisioner handles no {other:?} commands"),
             },
+        }
+    }
+
+    async fn dead_lettered(&self, delivery: &Delivery, letter: &DeadLetter) {
+        if delivery.subject == "tenant.created"
+            && letter.reason == "max_deliver"
+            && let Ok(command) = delivery.decode::<TenantCreated>()
+        {
+            self.creation_abandoned(command, letter).await;
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use fleet_provisioner::{Provisioner, ProvisionerSettings};
 use fleet_runtime::topology::names;
-use fleet_runtime::{Hooks, Runtime, StateStore};
+use fleet_runtime::{Hooks, Runtime, Scheduler, StateStore};
 use fleet_tenants::machine::TenantRecord;
 
 #[tokio::main]
@@ -40,8 +40,11 @@ async fn run() -> anyhow::Result<()> {
         "/objectos-fleet/provisioner",
         runtime.topology.prefix.clone(),
     );
+    let scheduler = Scheduler::new(runtime.publisher.clone(), runtime.topology.prefix.clone());
     let settings = ProvisionerSettings::from_config(&config).map_err(anyhow::Error::msg)?;
-    let provisioner = Arc::new(Provisioner::new(tenants, backend, keys, hooks, settings));
+    let provisioner = Arc::new(Provisioner::new(
+        tenants, backend, keys, hooks, scheduler, settings,
+    ));
     tracing::info!(url = %config.nats.url, "provisioner started");
     runtime
         .run_worker(&config, names::PROVISIONER, provisioner, shutdown)

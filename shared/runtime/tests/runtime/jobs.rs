@@ -22,6 +22,8 @@ struct Recorder {
     delay: Duration,
     seen: Mutex<BTreeMap<String, Vec<u64>>>,
     done: Mutex<Vec<String>>,
+    /// (Nats-Msg-Id, reason) of every message the runtime reported dead-lettered.
+    dead: Mutex<Vec<(String, String)>>,
 }
 
 #[async_trait]
@@ -43,6 +45,16 @@ impl Handler for Recorder {
         }
         self.done.lock().unwrap().push(request.org_id);
         Outcome::Done
+    }
+
+    async fn dead_lettered(&self, delivery: &Delivery, letter: &DeadLetter) {
+        let id = delivery
+            .headers
+            .get("Nats-Msg-Id")
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        assert_eq!(delivery.sequence, letter.sequence);
+        self.dead.lock().unwrap().push((id, letter.reason.clone()));
     }
 }
 
@@ -114,8 +126,18 @@ async fn poison_goes_to_the_dead_letters_with_its_reason_and_nothing_else_is_los
         Some(vec!["bad".to_owned()])
     );
     assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&bad.payload()).unwrap()["plan"],
+        serde_json::from_slice::<serde_json::Value>(&bad.payload().unwrap()).unwrap()["plan"],
         "gold"
+    );
+    let mut dead = handler.dead.lock().unwrap().clone();
+    dead.sort();
+    assert_eq!(
+        dead,
+        [
+            ("bad".to_owned(), "poison".to_owned()),
+            ("not-json".to_owned(), "poison".to_owned())
+        ],
+        "the handler hears of each dead letter"
     );
 }
 
@@ -367,4 +389,9 @@ async fn messages_no_worker_settles_are_dead_lettered_at_max_deliver() {
     );
     assert_eq!(letter.payload_text.as_deref(), Some(r#"{"orgId":"acme"}"#));
     assert!(handler.done.lock().unwrap().is_empty());
+    assert_eq!(
+        *handler.dead.lock().unwrap(),
+        [("acme".to_owned(), "max_deliver".to_owned())],
+        "the handler hears of a message no worker settled"
+    );
 }

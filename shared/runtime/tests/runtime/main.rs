@@ -2,6 +2,7 @@
 
 mod health;
 mod jobs;
+mod limits;
 mod state;
 mod topology;
 
@@ -33,8 +34,7 @@ impl Env {
         let mut topology = Topology::fleet("", 1);
         for consumer in &mut topology.consumers {
             consumer.max_deliver = 3;
-            consumer.ack_wait = Duration::from_secs(2);
-            consumer.backoff = vec![Duration::from_millis(200), Duration::from_millis(200)];
+            consumer.ack_wait = Duration::from_secs(1);
         }
         topology.ensure(&client, &js).await.unwrap();
         let publisher = Publisher::new(js.clone());
@@ -53,7 +53,17 @@ impl Env {
         handler: Arc<H>,
         concurrency: usize,
     ) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
-        let spec = self.topology.consumer(names::PROVISIONER).unwrap().clone();
+        self.run_on(names::PROVISIONER, handler, concurrency)
+    }
+
+    /// Runs `handler` on the durable consumer `consumer` until the returned sender says stop.
+    pub fn run_on<H: Handler>(
+        &self,
+        consumer: &str,
+        handler: Arc<H>,
+        concurrency: usize,
+    ) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+        let spec = self.topology.consumer(consumer).unwrap().clone();
         let settings = JobLoopSettings {
             consumer: spec.durable.clone(),
             stream: spec.stream.clone(),
@@ -63,6 +73,8 @@ impl Env {
             shutdown_grace: Duration::from_secs(10),
             prefix: String::new(),
             dead_letter_subject: format!("dlq.{}", spec.durable),
+            dead_letter_payloads: self.topology.dead_letter_payloads.clone(),
+            payload_limits: spec.payload_limits.clone(),
             max_job_duration: Duration::from_secs(60),
         };
         let (tx, rx) = watch::channel(false);
@@ -73,6 +85,7 @@ impl Env {
             client,
             js.clone(),
             Arc::new(settings.clone()),
+            handler.clone(),
             publisher.clone(),
             metrics.clone(),
             rx.clone(),

@@ -56,3 +56,47 @@ async fn an_incompatible_stream_is_reported_and_left_alone() {
         "not recreated"
     );
 }
+
+#[tokio::test]
+async fn an_existing_fleet_is_upgraded_in_place_to_the_declared_settings() {
+    // What the previous release created: `tenant.>` on the tenant stream, no size limit, no
+    // schedules, and a consumer with a backoff that overrode its ack_wait (the server reported
+    // 1 s while the configuration said 30 s).
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let stream = js
+        .create_stream(Config {
+            name: "FLEET_TENANT_COMMANDS".into(),
+            subjects: vec!["tenant.>".into()],
+            retention: RetentionPolicy::WorkQueue,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("provisioner".into()),
+            filter_subject: "tenant.>".into(),
+            ack_wait: std::time::Duration::from_secs(30),
+            max_deliver: 5,
+            backoff: vec![
+                std::time::Duration::from_secs(1),
+                std::time::Duration::from_secs(5),
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let topology = Topology::fleet("", 1);
+    topology.ensure(&client, &js).await.unwrap();
+    let mut stream = js.get_stream("FLEET_TENANT_COMMANDS").await.unwrap();
+    let config = stream.info().await.unwrap().config.clone();
+    assert_eq!(config.subjects, ["tenant.*", "tenant.schedule.*"]);
+    assert!(config.allow_message_schedules);
+    let consumer = stream.consumer_info("provisioner").await.unwrap();
+    assert_eq!(consumer.config.ack_wait, std::time::Duration::from_secs(30));
+    assert!(consumer.config.backoff.is_empty(), "the backoff is gone");
+    assert_eq!(consumer.config.filter_subject, "tenant.*");
+}

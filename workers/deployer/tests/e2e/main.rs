@@ -80,7 +80,14 @@ group = "local"
         .unwrap();
         let client = async_nats::connect(server.url()).await.unwrap();
         let js = jetstream::new(client.clone());
-        let topology = fleet_runtime::Topology::fleet_with("", 1, Duration::from_secs(2));
+        let topology = fleet_runtime::Topology::fleet_with(
+            "",
+            1,
+            fleet_runtime::topology::ConsumerSettings {
+                ack_wait: Duration::from_secs(2),
+                ..Default::default()
+            },
+        );
         topology.ensure(&client, &js).await.unwrap();
         let publisher = Publisher::new(js.clone());
         let tenants = StateStore::new(
@@ -101,6 +108,7 @@ group = "local"
             fleet_tenantdb::backend_from_config(&config).unwrap(),
             Arc::new(fleet_tenantdb::key_ring_from_config(&config).unwrap()),
             Hooks::new(publisher.clone(), "/test/provisioner", ""),
+            fleet_runtime::Scheduler::new(publisher.clone(), ""),
             ProvisionerSettings::from_config(&config).unwrap(),
         ));
         let spec = topology.consumer(names::PROVISIONER).unwrap().clone();
@@ -113,6 +121,8 @@ group = "local"
             shutdown_grace: Duration::from_secs(5),
             prefix: String::new(),
             dead_letter_subject: "dlq.provisioner".into(),
+            dead_letter_payloads: topology.dead_letter_payloads.clone(),
+            payload_limits: spec.payload_limits.clone(),
             max_job_duration: Duration::from_secs(60),
         };
         let (stop, rx) = watch::channel(false);

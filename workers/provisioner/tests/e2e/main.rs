@@ -82,7 +82,14 @@ group = "local"
         .unwrap();
         let client = async_nats::connect(server.url()).await.unwrap();
         let js = jetstream::new(client.clone());
-        fleet_runtime::Topology::fleet_with("", 1, Duration::from_secs(2))
+        fleet_runtime::Topology::fleet_with(
+            "",
+            1,
+            fleet_runtime::topology::ConsumerSettings {
+                ack_wait: Duration::from_secs(2),
+                ..Default::default()
+            },
+        )
             .ensure(&client, &js)
             .await
             .unwrap();
