@@ -868,20 +868,40 @@ impl Provisioner {
     }
 
     /// A `tenant.created` that ran out of deliveries: fails its tenant (with
-    /// `hooks.tenant.failed`) unless it is no longer provisioning or another live worker holds
-    /// its lease (that worker will finish it).
+    /// `hooks.tenant.failed`) unless it is no longer provisioning. A lease held by another
+    /// worker is waited out once: renewed meanwhile, its holder is alive and will finish the
+    /// tenant; expired, the holder is gone and nobody else will.
     async fn creation_abandoned(&self, command: TenantCreated, letter: &DeadLetter) {
         let tenant = command.tenant_id;
-        let Ok(Some(current)) = self.tenants.get::<TransitionError>(tenant.as_str()).await else {
+        let held_elsewhere = |record: &TenantRecord| {
+            record.lease.as_ref().and_then(|lease| {
+                let left = (lease.until.instant() - chrono::Utc::now()).to_std().ok()?;
+                (lease.owner != self.owner && !left.is_zero()).then_some(left)
+            })
+        };
+        let read = async || {
+            self.tenants
+                .get::<TransitionError>(tenant.as_str())
+                .await
+                .ok()
+                .flatten()
+                .map(|v| v.state)
+        };
+        let Some(mut record) = read().await else {
             return;
         };
-        let record = &current.state;
-        let held_elsewhere = record.lease.as_ref().is_some_and(|lease| {
-            lease.owner != self.owner && lease.until.instant() > chrono::Utc::now()
-        });
-        if record.status != TenantProvisioningStatus::Provisioning || held_elsewhere {
+        if let Some(left) = held_elsewhere(&record) {
+            tokio::time::sleep(left.min(self.settings.lease) + Duration::from_millis(200)).await;
+            let Some(again) = read().await else { return };
+            if held_elsewhere(&again).is_some() {
+                return;
+            }
+            record = again;
+        }
+        if record.status != TenantProvisioningStatus::Provisioning {
             return;
         }
+        let record = &record;
         let step = STEPS
             .iter()
             .copied()

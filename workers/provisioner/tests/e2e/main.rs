@@ -1,5 +1,7 @@
 //! End to end: the real provisioner binary against a real nats-server and local libSQL files.
 
+mod crashes;
+mod deletions;
 mod lifecycle;
 mod provisioning;
 
@@ -119,7 +121,7 @@ group = "local"
             .env("FLEET_CONFIG_DIR", self.dir.path().join("config"))
             .env("FLEET_ENV", "e2e")
             .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
+            .stdout(log.try_clone().unwrap())
             .stderr(log);
         for (k, v) in extra_env {
             command.env(k, v);
@@ -133,6 +135,65 @@ group = "local"
     pub fn kill_worker(&mut self, index: usize) {
         let _ = self.workers[index].kill();
         let _ = self.workers[index].wait();
+    }
+
+    /// Waits up to `limit` for a worker to exit by itself; its status, or `None` if it runs on.
+    pub async fn wait_exit(
+        &mut self,
+        index: usize,
+        limit: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.workers[index].try_wait().unwrap() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// The provisioner's durable consumer as the server reports it.
+    pub async fn consumer(&self) -> async_nats::jetstream::consumer::Info {
+        let stream = self.js.get_stream(names::TENANT_COMMANDS).await.unwrap();
+        stream.consumer_info(names::PROVISIONER).await.unwrap()
+    }
+
+    /// Messages in the tenant stream on `subject` (wildcards allowed), by the server's count;
+    /// `None` while the server cannot be asked (reconnecting).
+    pub async fn stored(&self, subject: &str) -> Option<u64> {
+        use futures::TryStreamExt;
+        let stream = self.js.get_stream(names::TENANT_COMMANDS).await.ok()?;
+        let mut subjects = stream.info_with_subjects(subject).await.ok()?;
+        let mut total = 0;
+        while let Some((_, count)) = subjects.try_next().await.ok()? {
+            total += count as u64;
+        }
+        Some(total)
+    }
+
+    /// How many tenants of `ids` have `status`.
+    pub async fn count_status(&self, ids: &[String], status: &str) -> usize {
+        let mut n = 0;
+        for id in ids {
+            if self.status(id).await == status {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Database files (`*.db`) in the data dir.
+    pub fn database_files(&self) -> Vec<String> {
+        let mut files: Vec<_> = std::fs::read_dir(self.data_dir())
+            .map(|dir| {
+                dir.filter_map(|e| e.ok()?.file_name().to_str().map(str::to_owned))
+                    .filter(|n| n.ends_with(".db"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files
     }
 
     pub fn data_dir(&self) -> PathBuf {

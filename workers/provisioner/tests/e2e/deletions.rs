@@ -1,0 +1,131 @@
+//! Deletions with a grace period: recorded, scheduled and acknowledged — they hold no delivery
+//! slot, so registrations keep flowing however many tenants wait; the schedules survive
+//! restarts of the broker and the worker; a due schedule deletes the database.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::Fleet;
+
+/// `immediate = false` with no grace: due at once, but still carried out through the schedule.
+const GRACE_ZERO: &str = r#"
+[provisioner.lifecycle.onTenantDelete]
+immediate = false
+gracePeriodHours = 0
+createBackup = true
+"#;
+
+async fn provision(fleet: &Fleet, ids: &[String]) {
+    for id in ids {
+        fleet.register(id, id, json!({})).await;
+    }
+    fleet
+        .eventually(Duration::from_secs(120), "all active", async || {
+            fleet.count_status(ids, "active").await == ids.len()
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_flow_while_deletions_wait_out_their_grace_period() {
+    // The default lifecycle: deletion 72 hours after tenant.deleted. max_ack_pending is small
+    // so that deletions held as naks (the old behaviour) would starve every registration.
+    let mut fleet = Fleet::start("").await;
+    let env = [("FLEET_NATS__MAX_ACK_PENDING", "10")];
+    let worker = fleet.spawn_worker(&env);
+    let doomed: Vec<String> = (0..40).map(|i| format!("doomed-{i:02}")).collect();
+    provision(&fleet, &doomed).await;
+    for id in &doomed {
+        fleet
+            .command("tenant.deleted", json!({"tenantId": id}), &format!("del-{id}"))
+            .await;
+    }
+    fleet
+        .eventually(Duration::from_secs(60), "all destroying", async || {
+            fleet.count_status(&doomed, "destroying").await == doomed.len()
+        })
+        .await;
+    fleet
+        .eventually(Duration::from_secs(10), "one schedule each", async || {
+            fleet.stored("tenant.schedule.*").await == Some(doomed.len() as u64)
+        })
+        .await;
+    assert_eq!(fleet.consumer().await.config.max_ack_pending, 10);
+    fleet
+        .eventually(
+            Duration::from_secs(10),
+            "no deletion holds a delivery",
+            async || fleet.consumer().await.num_ack_pending == 0,
+        )
+        .await;
+    let record = fleet.record("doomed-00").await.unwrap();
+    let due = record.delete_after.unwrap().instant() - chrono::Utc::now();
+    assert!(due > chrono::Duration::hours(71), "due in 72 hours: {due}");
+    assert!(fleet.data_dir().join("doomed-00.db").exists(), "not yet");
+
+    let fresh: Vec<String> = (0..5).map(|i| format!("fresh-{i}")).collect();
+    provision(&fleet, &fresh).await;
+
+    // After a restart of the broker (same store) and of the worker: the schedules are still
+    // there, still nothing waits, and registrations still flow.
+    fleet.kill_worker(worker);
+    fleet.server.restart();
+    fleet.spawn_worker(&env);
+    fleet
+        .eventually(Duration::from_secs(30), "schedules kept", async || {
+            fleet.stored("tenant.schedule.*").await == Some(doomed.len() as u64)
+        })
+        .await;
+    let after: Vec<String> = (0..5).map(|i| format!("after-{i}")).collect();
+    provision(&fleet, &after).await;
+    fleet
+        .eventually(Duration::from_secs(10), "nothing pending", async || {
+            fleet.consumer().await.num_ack_pending == 0
+        })
+        .await;
+    assert_eq!(fleet.count_status(&doomed, "destroying").await, doomed.len());
+    assert!(fleet.dead_letters().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_due_schedule_deletes_the_database_with_its_backup_and_hook() {
+    let mut fleet = Fleet::start(GRACE_ZERO).await;
+    fleet.spawn_worker(&[]);
+    provision(&fleet, &["acme".to_owned()]).await;
+    fleet
+        .command("tenant.deleted", json!({"tenantId": "acme"}), "d1")
+        .await;
+    fleet
+        .eventually(Duration::from_secs(30), "deleted", async || {
+            fleet.status("acme").await == "deleted"
+        })
+        .await;
+    assert!(!fleet.data_dir().join("acme.db").exists());
+    let backup = fleet.record("acme").await.unwrap().backup.unwrap();
+    assert!(std::path::Path::new(&backup).exists(), "{backup}");
+    fleet
+        .eventually(Duration::from_secs(10), "deleted hook", async || {
+            fleet.hooks("hooks.tenant.deleted").await.len() == 1
+        })
+        .await;
+    assert!(
+        fleet.worker_log(0).contains("deletion scheduled"),
+        "through the schedule, not inline"
+    );
+    assert_eq!(
+        fleet.stored("tenant.schedule.*").await,
+        Some(0),
+        "fired and gone"
+    );
+    // A repeated tenant.deleted and a stale schedule firing again change nothing.
+    fleet
+        .command("tenant.deleted", json!({"tenantId": "acme"}), "d2")
+        .await;
+    fleet
+        .command("tenant.deletion_due", json!({"tenantId": "acme"}), "due-again")
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(fleet.hooks("hooks.tenant.deleted").await.len(), 1);
+    assert!(fleet.dead_letters().await.is_empty());
+}
