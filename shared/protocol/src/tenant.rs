@@ -464,8 +464,14 @@ mod tests {
             .errors()
             .map(|i| (i.path.as_str(), i.code.as_deref()))
             .collect();
-        assert!(found.contains(&("displayName", Some(TOO_LONG_CODE))), "{found:?}");
-        assert!(found.contains(&("adminEmail", Some(TOO_LONG_CODE))), "{found:?}");
+        assert!(
+            found.contains(&("displayName", Some(TOO_LONG_CODE))),
+            "{found:?}"
+        );
+        assert!(
+            found.contains(&("adminEmail", Some(TOO_LONG_CODE))),
+            "{found:?}"
+        );
         assert!(err.to_string().contains("1000000 characters"), "{err}");
         // At the bound exactly, accepted (characters, not bytes: 256 two-byte letters pass).
         let at_bound = json!({"tenantId": "acme", "orgId": "o", "displayName": "é".repeat(256)});

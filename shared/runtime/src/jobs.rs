@@ -255,7 +255,11 @@ impl DeadLetter {
         published_at: String,
     ) -> Self {
         let complete = payload.len() <= INLINE_PAYLOAD_MAX;
-        let keep = if complete { payload.len() } else { PREVIEW_BYTES };
+        let keep = if complete {
+            payload.len()
+        } else {
+            PREVIEW_BYTES
+        };
         let (payload_text, payload_base64) = match std::str::from_utf8(payload) {
             Ok(text) => (Some(cut(text, keep).to_owned()), None),
             Err(e) if !complete && e.valid_up_to() >= PREVIEW_BYTES => {
@@ -325,7 +329,9 @@ impl DeadLetter {
             return Err(format!(
                 "only the first bytes of this {}-byte payload were kept: {}",
                 self.payload_bytes,
-                self.payload_dropped.as_deref().unwrap_or("the rest was dropped")
+                self.payload_dropped
+                    .as_deref()
+                    .unwrap_or("the rest was dropped")
             ));
         };
         let (bucket, object) = location
@@ -361,7 +367,12 @@ pub struct DeadLetterWriter {
 impl DeadLetterWriter {
     /// A writer publishing to `subject` (prefixed) and keeping large payloads in the object
     /// store `payloads`.
-    pub fn new(publisher: Publisher, js: jetstream::Context, subject: String, payloads: String) -> Self {
+    pub fn new(
+        publisher: Publisher,
+        js: jetstream::Context,
+        subject: String,
+        payloads: String,
+    ) -> Self {
         Self {
             publisher,
             js,

@@ -208,6 +208,10 @@ pub struct Topology {
 /// ticks), in bytes: 64 KiB, far above any valid one.
 pub const COMMAND_MAX_BYTES: usize = 64 * 1024;
 
+/// How long a work stream keeps a message (unconsumed commands, and schedules waiting to fire):
+/// 7 days. Work due later than this cannot be scheduled.
+pub const WORK_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// The oldest nats-server the fleet runs on: 2.12 brought message schedules (ADR-51).
 pub const MIN_SERVER_VERSION: (u64, u64) = (2, 12);
 
@@ -289,7 +293,7 @@ impl Topology {
             retention: RetentionPolicy::WorkQueue,
             duplicate_window: Duration::from_secs(120),
             replicas,
-            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_age: WORK_MAX_AGE,
             max_bytes: -1,
             max_msg_size,
             allow_schedules: false,

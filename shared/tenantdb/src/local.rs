@@ -69,7 +69,11 @@ fn read_stored(path: &Path, database: &DatabaseName) -> TenantDbResult<Stored> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Stored::Absent),
-        Err(e) => return Err(TenantDbError::io(format!("reading the record of {database}"))(e)),
+        Err(e) => {
+            return Err(TenantDbError::io(format!(
+                "reading the record of {database}"
+            ))(e));
+        }
     };
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Stored::Torn);

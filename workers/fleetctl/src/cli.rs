@@ -46,16 +46,11 @@ enum Command {
     /// Dead letters: list them, replay them once their cause is fixed.
     #[command(subcommand)]
     Dlq(crate::dlq_cmd::DlqCommand),
-    /// The JetStream topology (streams, consumers, KV buckets).
-    #[command(subcommand)]
-    Streams(StreamsCommand),
-}
-
-#[derive(Debug, Subcommand)]
-enum StreamsCommand {
-    /// Create or update every stream, consumer and bucket (idempotent; incompatible streams are
-    /// reported, never recreated).
-    Init,
+    /// The JetStream topology: `streams [show]` as the server reports it, `streams init`.
+    Streams {
+        #[command(subcommand)]
+        command: Option<crate::streams_cmd::StreamsCommand>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,31 +75,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tenant(command) => crate::tenant_cmd::run(command).await,
         Command::Dlq(command) => crate::dlq_cmd::run(command).await,
         Command::Deploy(args) => crate::deploy_cmd::run(args).await,
-        Command::Streams(StreamsCommand::Init) => {
-            let config = fleet_config::Config::load()?;
-            let runtime = fleet_runtime::Runtime::connect(&config).await?;
-            let t = &runtime.topology;
-            for stream in &t.streams {
-                say!(
-                    "stream   {:<28} {}",
-                    stream.name,
-                    stream.subjects.join(", ")
-                );
-            }
-            for consumer in &t.consumers {
-                say!(
-                    "consumer {:<28} on {} ({})",
-                    consumer.durable,
-                    consumer.stream,
-                    consumer.filter
-                );
-            }
-            for bucket in &t.buckets {
-                say!("bucket   {}", bucket.bucket);
-            }
-            say!("topology ensured on {}", config.nats.url);
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Streams { command } => crate::streams_cmd::run(command).await,
         Command::Config => {
             let config = fleet_config::Config::load()?;
             say!("{}", serde_json::to_string_pretty(&config.redacted())?);

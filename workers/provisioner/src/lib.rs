@@ -81,6 +81,14 @@ impl ProvisionerSettings {
                 .map_err(|_| format!("provisioner.regions: unknown region {name:?}"))?;
             regions.insert(region, group.group.clone());
         }
+        let delete = &config.provisioner.lifecycle.on_tenant_delete;
+        let horizon = fleet_runtime::topology::WORK_MAX_AGE.as_secs() / 3600;
+        if !delete.immediate && delete.grace_period_hours >= horizon {
+            return Err(format!(
+                "provisioner.lifecycle.onTenantDelete.gracePeriodHours: {} hours is beyond the {horizon} hours a deletion can be scheduled ahead (the work stream's max age)",
+                delete.grace_period_hours
+            ));
+        }
         let step_delay = std::env::var("FLEET_PROVISIONER_STEP_DELAY_MS")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -798,8 +806,7 @@ impl Provisioner {
     /// fired early (clock skew), ignores a tenant no longer waiting for deletion.
     async fn deletion_due(&self, tenant: &TenantId) -> Result<(), ProvisionError> {
         let current = self.existing(tenant).await?;
-        if current.state.deleted || current.state.status != TenantProvisioningStatus::Destroying
-        {
+        if current.state.deleted || current.state.status != TenantProvisioningStatus::Destroying {
             tracing::info!(%tenant, status = %machine::status_name(&current.state), "deletion schedule fired for a tenant not waiting for deletion; nothing to do");
             return Ok(());
         }
@@ -1003,5 +1010,30 @@ impl Handler for Provisioner {
         {
             self.creation_abandoned(command, letter).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_grace_period_beyond_what_can_be_scheduled_is_refused() {
+        let mut config = fleet_config::Config::default();
+        config
+            .provisioner
+            .lifecycle
+            .on_tenant_delete
+            .grace_period_hours = 72;
+        ProvisionerSettings::from_config(&config).unwrap();
+        config
+            .provisioner
+            .lifecycle
+            .on_tenant_delete
+            .grace_period_hours = 24 * 7;
+        let err = ProvisionerSettings::from_config(&config).unwrap_err();
+        assert!(err.contains("gracePeriodHours: 168 hours"), "{err}");
+        config.provisioner.lifecycle.on_tenant_delete.immediate = true;
+        ProvisionerSettings::from_config(&config).unwrap();
     }
 }

@@ -53,7 +53,13 @@ async fn a_message_too_big_to_copy_is_dead_lettered_with_its_whole_payload_kept(
         "é∑x".repeat(600 * 1024 / 6) // multi-byte characters: the preview cut must respect them
     );
     let binary: Vec<u8> = (0..600 * 1024).map(|i| (i % 251) as u8 | 0x80).collect();
-    publish(&env, "deploy.requested", "big-text", text.clone().into_bytes()).await;
+    publish(
+        &env,
+        "deploy.requested",
+        "big-text",
+        text.clone().into_bytes(),
+    )
+    .await;
     publish(&env, "deploy.requested", "big-binary", binary.clone()).await;
     let (stop, task) = env.run_on(names::DEPLOYER, handler.clone(), 2);
     env.eventually(Duration::from_secs(20), "both dead-lettered", async || {
@@ -67,8 +73,14 @@ async fn a_message_too_big_to_copy_is_dead_lettered_with_its_whole_payload_kept(
         assert_eq!(letter.reason, "poison");
         assert!(!letter.payload_complete);
         assert!(letter.payload().is_none(), "not whole inline");
-        let object = letter.payload_object.as_deref().expect("kept in the object store");
-        assert!(object.starts_with("fleet_dead_letter_payloads/"), "{object}");
+        let object = letter
+            .payload_object
+            .as_deref()
+            .expect("kept in the object store");
+        assert!(
+            object.starts_with("fleet_dead_letter_payloads/"),
+            "{object}"
+        );
         let whole = letter.full_payload(&env.js).await.unwrap();
         let original = if letter.headers["Nats-Msg-Id"] == ["big-text"] {
             assert!(letter.payload_text.as_ref().unwrap().len() <= 4096);

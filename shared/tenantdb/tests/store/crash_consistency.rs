@@ -101,8 +101,7 @@ async fn leftover_temp_files_never_become_records() {
         .unwrap();
     assert_eq!(token_count(&backend, "acme").await, 1);
     let after: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("acme.meta.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(dir.path().join("acme.meta.json")).unwrap()).unwrap();
     let before: serde_json::Value = serde_json::from_slice(&before).unwrap();
     assert_eq!(before["dbId"], after["dbId"]);
     assert!(

@@ -31,3 +31,52 @@ fn an_unreachable_server_is_a_clear_error() {
         .code(2)
         .stderr(predicate::str::contains("connecting to nats://127.0.0.1:1"));
 }
+
+#[test]
+fn streams_show_reports_what_the_server_has_against_the_configuration() {
+    let server = NatsServer::start();
+    fleetctl()
+        .env("FLEET_NATS__URL", server.url())
+        .args(["streams", "show"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "missing (run `fleetctl streams init`)",
+        ));
+    fleetctl()
+        .env("FLEET_NATS__URL", server.url())
+        .env("FLEET_NATS__ACK_WAIT_MS", "4000")
+        .args(["streams", "init"])
+        .assert()
+        .success();
+    let out = fleetctl()
+        .env("FLEET_NATS__URL", server.url())
+        .env("FLEET_NATS__ACK_WAIT_MS", "4000")
+        .args(["streams", "show", "--json"])
+        .assert()
+        .success();
+    let shown: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let provisioner = shown["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["durable"] == "provisioner")
+        .unwrap();
+    assert_eq!(
+        provisioner["ackWaitMs"], 4000,
+        "what the configuration says"
+    );
+    assert_eq!(provisioner["backoffMs"], serde_json::json!([]));
+    assert_eq!(provisioner["maxDeliver"], 5);
+    assert_eq!(provisioner["filter"], "tenant.*");
+    // Configured otherwise than the server has it: called out, exit 1.
+    fleetctl()
+        .env("FLEET_NATS__URL", server.url())
+        .env("FLEET_NATS__ACK_WAIT_MS", "30000")
+        .args(["streams"])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains(
+            "ackWait 4000 ms, configured 30000 ms",
+        ));
+}

@@ -106,9 +106,11 @@ async fn a_crash_at_every_file_system_step_ends_active_once() {
         assert_ne!(fleet.status(&id).await, "active", "{point}");
         let survivor = fleet.spawn_worker(&[]);
         fleet
-            .eventually(Duration::from_secs(60), &format!("{id} active after {point}"), async || {
-                fleet.status(&id).await == "active"
-            })
+            .eventually(
+                Duration::from_secs(60),
+                &format!("{id} active after {point}"),
+                async || fleet.status(&id).await == "active",
+            )
             .await;
         assert_active_once(&fleet, &id).await;
         fleet.kill_worker(survivor);
@@ -160,9 +162,11 @@ async fn a_tenant_whose_deliveries_run_out_ends_failed_with_its_hook() {
     std::fs::remove_file(fleet.data_dir()).unwrap();
     fleet.register("acme", "acme-replayed", json!({})).await;
     fleet
-        .eventually(Duration::from_secs(30), "active after the fix", async || {
-            fleet.status("acme").await == "active"
-        })
+        .eventually(
+            Duration::from_secs(30),
+            "active after the fix",
+            async || fleet.status("acme").await == "active",
+        )
         .await;
 }
 
@@ -193,12 +197,7 @@ async fn tenants_registered_while_the_provisioner_is_killed_again_and_again_all_
                 let payload = json!({"tenantId": id, "orgId": "org", "plan": "pro",
                                      "region": "eu-west", "adminEmail": "ops@x.example"});
                 publisher
-                    .publish_json(
-                        "tenant.created",
-                        id,
-                        &payload,
-                        async_nats::HeaderMap::new(),
-                    )
+                    .publish_json("tenant.created", id, &payload, async_nats::HeaderMap::new())
                     .await
                     .unwrap();
             }

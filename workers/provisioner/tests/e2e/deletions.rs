@@ -38,7 +38,11 @@ async fn registrations_flow_while_deletions_wait_out_their_grace_period() {
     provision(&fleet, &doomed).await;
     for id in &doomed {
         fleet
-            .command("tenant.deleted", json!({"tenantId": id}), &format!("del-{id}"))
+            .command(
+                "tenant.deleted",
+                json!({"tenantId": id}),
+                &format!("del-{id}"),
+            )
             .await;
     }
     fleet
@@ -84,7 +88,10 @@ async fn registrations_flow_while_deletions_wait_out_their_grace_period() {
             fleet.consumer().await.num_ack_pending == 0
         })
         .await;
-    assert_eq!(fleet.count_status(&doomed, "destroying").await, doomed.len());
+    assert_eq!(
+        fleet.count_status(&doomed, "destroying").await,
+        doomed.len()
+    );
     assert!(fleet.dead_letters().await.is_empty());
 }
 
@@ -123,7 +130,11 @@ async fn a_due_schedule_deletes_the_database_with_its_backup_and_hook() {
         .command("tenant.deleted", json!({"tenantId": "acme"}), "d2")
         .await;
     fleet
-        .command("tenant.deletion_due", json!({"tenantId": "acme"}), "due-again")
+        .command(
+            "tenant.deletion_due",
+            json!({"tenantId": "acme"}),
+            "due-again",
+        )
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(fleet.hooks("hooks.tenant.deleted").await.len(), 1);

@@ -92,9 +92,9 @@ group = "local"
                 ..Default::default()
             },
         )
-            .ensure(&client, &js)
-            .await
-            .unwrap();
+        .ensure(&client, &js)
+        .await
+        .unwrap();
         let publisher = Publisher::new(js.clone());
         let kv = js.get_key_value(names::TENANTS).await.unwrap();
         let tenants = StateStore::new("tenant", kv, publisher.clone(), "progress.tenant");
