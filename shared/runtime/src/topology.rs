@@ -11,7 +11,7 @@
 //!
 //! [`Topology::ensure`] creates what is missing and updates what may change in place (subjects,
 //! limits, duplicate window, consumer settings); a stream whose retention or storage differs is
-//! [`TopologyError::Incompatible`] — reported, never silently recreated. Servers older than 2.10
+//! [`TopologyError::Incompatible`] — reported, never silently recreated. Servers older than 2.12
 //! are refused with the version found. The Kubernetes/KEDA manifests use the same names.
 
 use std::time::Duration;

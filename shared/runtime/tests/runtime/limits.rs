@@ -177,7 +177,7 @@ async fn a_payload_over_its_subject_limit_is_poison_before_the_handler_runs() {
 async fn consumers_report_the_configured_settings() {
     let env = Env::start().await;
     for spec in &env.topology.consumers {
-        let mut stream = env.js.get_stream(&spec.stream).await.unwrap();
+        let stream = env.js.get_stream(&spec.stream).await.unwrap();
         let info = stream.consumer_info(&spec.durable).await.unwrap();
         let config = &info.config;
         assert_eq!(config.ack_wait, Duration::from_secs(1), "{}", spec.durable);

@@ -6,7 +6,7 @@ mod lifecycle;
 mod provisioning;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
