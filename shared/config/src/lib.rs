@@ -420,6 +420,12 @@ impl Config {
         if self.nats.ack_wait_ms < 1000 {
             problems.push("nats.ack_wait_ms: must be at least 1000".into());
         }
+        if self.provisioner.lease_secs.saturating_mul(1000) >= self.nats.ack_wait_ms {
+            problems.push(format!(
+                "provisioner.lease_secs: {} s must be shorter than nats.ack_wait_ms ({} ms): a message redelivered after its worker crashed must find the crashed worker's lease expired, or every crash costs a second delivery",
+                self.provisioner.lease_secs, self.nats.ack_wait_ms
+            ));
+        }
         if self.nats.max_deliver == 0 {
             problems.push("nats.max_deliver: must be at least 1".into());
         }
@@ -550,6 +556,27 @@ mod tests {
             assert_eq!(problems.len(), 5, "{problems:#?}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn consumer_and_lease_settings_are_checked_together() {
+        let mut config = Config::default();
+        config.secrets.active_key = "k".into();
+        config.secrets.keys.insert(
+            "k".into(),
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
+        );
+        config.validate().unwrap();
+        config.nats.ack_wait_ms = 10_000;
+        config.nats.max_deliver = 0;
+        let Err(ConfigError::Invalid(problems)) = config.validate() else {
+            panic!("accepted")
+        };
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert!(problems[0].starts_with(
+            "provisioner.lease_secs: 15 s must be shorter than nats.ack_wait_ms (10000 ms)"
+        ));
+        assert!(problems[1].starts_with("nats.max_deliver"));
     }
 
     #[test]

@@ -359,24 +359,35 @@ impl TenantDatabases for LocalBackend {
 
     async fn delete_database(&self, database: &DatabaseName) -> TenantDbResult<bool> {
         let _guard = self.stripe(database).lock().await;
-        let existed =
-            self.read_record(database).await?.is_some() || self.db_path(database).exists();
         let db = self.db_path(database);
+        let record = self.record_path(database);
+        // The database's files first, its record last: while the record exists the deletion
+        // is unfinished, and a retry after a crash removes the rest (a corrupt record too).
         let files = [
             db.clone(),
             PathBuf::from(format!("{}-wal", db.display())),
             PathBuf::from(format!("{}-shm", db.display())),
             self.temp_path(database),
-            self.record_path(database),
+            record.clone(),
         ];
-        for file in files {
-            match tokio::fs::remove_file(&file).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(TenantDbError::io(format!("deleting {}", file.display()))(e)),
+        let dir = self.data_dir.clone();
+        blocking(move || {
+            let existed = record.exists() || db.exists();
+            for file in files {
+                match std::fs::remove_file(&file) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(TenantDbError::io(format!("deleting {}", file.display()))(e));
+                    }
+                }
             }
-        }
-        Ok(existed)
+            if existed {
+                sync_dir(&dir).map_err(TenantDbError::io(format!("syncing {}", dir.display())))?;
+            }
+            Ok(existed)
+        })
+        .await
     }
 
     async fn issue_token(

@@ -47,12 +47,21 @@ use fleet_runtime::{
 };
 use fleet_schema::SchemaError;
 use fleet_tenantdb::{
-    KeyRing, SecretError, StoredConnectionConfig, TenantDatabases, TenantDbError,
+    KeyRing, SecretError, StoredConnectionConfig, TenantDatabases, TenantDbError, crashpoint,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
 use fleet_tenants::machine::{PendingHook, STEPS, TenantRecord, TransitionError};
+
+/// The provisioner's own crash points (see [`fleet_tenantdb::crashpoint`]), in the order a
+/// deletion passes them: the backup written to its `.partial` file, renamed to its final name,
+/// the database deleted (before the tenant is recorded deleted).
+pub const DELETE_CRASH_POINTS: &[&str] = &[
+    "delete.backup_written",
+    "delete.backup_renamed",
+    "delete.database_deleted",
+];
 
 /// Settings of the provisioner.
 #[derive(Debug, Clone)]
@@ -856,11 +865,12 @@ impl Provisioner {
         let policy = &self.settings.lifecycle.on_tenant_delete;
         let database = self.database_of(record);
         let backup = if policy.create_backup && record.backup.is_none() {
-            self.backup(tenant, &database).await?
+            self.backup(tenant, &database, record).await?
         } else {
             None
         };
         self.backend.delete_database(&database).await?;
+        crashpoint::reached("delete.database_deleted");
         let data = json!({"tenantId": tenant, "status": "deleted", "backup": backup});
         let record = self
             .transition(tenant, |cur| {
@@ -914,37 +924,56 @@ impl Provisioner {
             .copied()
             .find(|step| !machine::step_done(record, step))
             .unwrap_or("register");
-        let error = ProvisionError::Permanent(format!(
-            "gave up after {} deliveries: {}",
-            letter.attempts, letter.error
-        ));
+        let error = ProvisionError::Permanent(letter.error.clone());
         self.fail(&tenant, step, &error).await;
     }
 
-    /// A copy of the database kept before deletion (`VACUUM INTO` a file under the backup dir),
-    /// for embedded backends; Turso databases are backed up by Turso's point-in-time recovery.
+    /// A copy of the database kept before deletion, for embedded backends; Turso databases are
+    /// backed up by Turso's point-in-time recovery.
+    ///
+    /// Crash-consistent: `VACUUM INTO` a `.partial` file (a leftover of a crashed attempt is
+    /// removed first), sync it, rename it to its final name, sync the directory. The name
+    /// derives from the deletion (`<database>-<deleteAfter>.db`), so a retry after a crash
+    /// finds a finished backup and keeps it instead of taking a second one.
     async fn backup(
         &self,
         tenant: &TenantId,
         database: &DatabaseName,
+        record: &TenantRecord,
     ) -> Result<Option<String>, ProvisionError> {
         if !self.backend.connection_url(database).starts_with("file:") {
             tracing::warn!(%tenant, "backup before deletion relies on the provider's point-in-time recovery");
             return Ok(None);
         }
+        let io = |what: &str| {
+            let what = what.to_owned();
+            move |source| TenantDbError::Io { what, source }
+        };
+        let dir = self.settings.backup_dir.clone();
+        let due = record
+            .delete_after
+            .as_ref()
+            .map_or_else(chrono::Utc::now, |at| at.instant());
+        let file = dir.join(format!("{database}-{}.db", due.format("%Y%m%dT%H%M%SZ")));
+        let path = file.display().to_string();
+        if tokio::fs::try_exists(&file)
+            .await
+            .map_err(io("looking for the backup"))?
+        {
+            return Ok(Some(path));
+        }
         if self.backend.get_database(database).await?.is_none() {
             return Ok(None);
         }
-        tokio::fs::create_dir_all(&self.settings.backup_dir)
+        tokio::fs::create_dir_all(&dir)
             .await
-            .map_err(|e| TenantDbError::Io {
-                what: "creating the backup dir".into(),
-                source: e,
-            })?;
-        let file = self.settings.backup_dir.join(format!(
-            "{database}-{}.db",
-            chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ")
-        ));
+            .map_err(io("creating the backup dir"))?;
+        let partial = file.with_extension("db.partial");
+        match tokio::fs::remove_file(&partial).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("removing a partial backup")(e).into()),
+        }
         let issued = self
             .backend
             .issue_token(
@@ -960,9 +989,11 @@ impl Provisioner {
             .connect()
             .await?;
         // The path is built from a validated database name and a timestamp, and quoted.
-        let path = file.display().to_string();
         conn.execute(
-            &format!("VACUUM INTO {}", fleet_schema::sql::quote_text(&path)),
+            &format!(
+                "VACUUM INTO {}",
+                fleet_schema::sql::quote_text(&partial.display().to_string())
+            ),
             (),
         )
         .await
@@ -970,6 +1001,16 @@ impl Provisioner {
             what: "backing up".into(),
             source: e,
         })?;
+        crashpoint::reached("delete.backup_written");
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::File::open(&partial)?.sync_all()?;
+            std::fs::rename(&partial, &file)?;
+            crashpoint::reached("delete.backup_renamed");
+            std::fs::File::open(&dir)?.sync_all()
+        })
+        .await
+        .map_err(|e| ProvisionError::Store(format!("backup task: {e}")))?
+        .map_err(io("finishing the backup"))?;
         Ok(Some(path))
     }
 }

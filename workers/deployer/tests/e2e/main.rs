@@ -64,7 +64,7 @@ health_addr = "127.0.0.1:0"
 active_key = "e2e"
 keys = {{ e2e = "ZTJlLXRlc3Qta2V5LW5vdC1mb3ItcHJvZHVjdGlvbiE=" }}
 [provisioner]
-lease_secs = 3
+lease_secs = 1
 [provisioner.regions.us-east]
 group = "local"
 "#,

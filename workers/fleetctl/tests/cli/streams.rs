@@ -45,13 +45,13 @@ fn streams_show_reports_what_the_server_has_against_the_configuration() {
         ));
     fleetctl()
         .env("FLEET_NATS__URL", server.url())
-        .env("FLEET_NATS__ACK_WAIT_MS", "4000")
+        .env("FLEET_NATS__ACK_WAIT_MS", "45000")
         .args(["streams", "init"])
         .assert()
         .success();
     let out = fleetctl()
         .env("FLEET_NATS__URL", server.url())
-        .env("FLEET_NATS__ACK_WAIT_MS", "4000")
+        .env("FLEET_NATS__ACK_WAIT_MS", "45000")
         .args(["streams", "show", "--json"])
         .assert()
         .success();
@@ -77,6 +77,6 @@ fn streams_show_reports_what_the_server_has_against_the_configuration() {
         .assert()
         .code(1)
         .stdout(predicate::str::contains(
-            "ackWait 4000 ms, configured 30000 ms",
+            "ackWait 45000 ms, configured 30000 ms",
         ));
 }

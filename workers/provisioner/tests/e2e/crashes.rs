@@ -9,7 +9,7 @@ use std::time::Duration;
 use fleet_tenantdb::crashpoint;
 use serde_json::json;
 
-use crate::Fleet;
+use crate::{Fleet, env_size};
 
 /// One tenant's outcome: one database file, one valid token, one hook of the right kind.
 async fn assert_active_once(fleet: &Fleet, id: &str) {
@@ -42,11 +42,7 @@ async fn an_empty_record_left_by_a_crash_is_reclaimed_and_the_tenant_ends_active
     std::fs::write(fleet.data_dir().join("acme.meta.json"), b"").unwrap();
     fleet.spawn_worker(&[]);
     fleet.register("acme", "acme", json!({})).await;
-    fleet
-        .eventually(Duration::from_secs(30), "active", async || {
-            fleet.status("acme").await == "active"
-        })
-        .await;
+    fleet.wait_status("acme", "active").await;
     assert_active_once(&fleet, "acme").await;
     assert!(fleet.dead_letters().await.is_empty());
 }
@@ -58,11 +54,7 @@ async fn a_corrupt_record_fails_the_tenant_with_its_hook_instead_of_retrying_for
     std::fs::write(fleet.data_dir().join("acme.meta.json"), b"{\"x\": 1}").unwrap();
     fleet.spawn_worker(&[]);
     fleet.register("acme", "acme", json!({})).await;
-    fleet
-        .eventually(Duration::from_secs(30), "failed", async || {
-            fleet.status("acme").await == "failed"
-        })
-        .await;
+    fleet.wait_status("acme", "failed").await;
     let record = fleet.record("acme").await.unwrap();
     assert!(
         record.error.as_deref().unwrap().contains("corrupt"),
@@ -130,11 +122,7 @@ async fn a_tenant_whose_deliveries_run_out_ends_failed_with_its_hook() {
     std::fs::write(fleet.data_dir(), b"not a directory").unwrap();
     fleet.spawn_worker(&[("FLEET_NATS__MAX_DELIVER", "3")]);
     fleet.register("acme", "acme", json!({})).await;
-    fleet
-        .eventually(Duration::from_secs(60), "failed", async || {
-            fleet.status("acme").await == "failed"
-        })
-        .await;
+    fleet.wait_status("acme", "failed").await;
     let record = fleet.record("acme").await.unwrap();
     assert!(
         record
@@ -170,22 +158,15 @@ async fn a_tenant_whose_deliveries_run_out_ends_failed_with_its_hook() {
         .await;
 }
 
-/// Sizes of the SIGKILL run: `FLEET_CHAOS_TENANTS` (default 200) tenants registered at full
-/// speed while the provisioner is SIGKILLed `FLEET_CHAOS_KILLS` (default 8) times, every
-/// `FLEET_CHAOS_KILL_EVERY_MS` (default 300) ms, and restarted. The issue's acceptance run is
-/// 1 000 tenants and 20 kills.
-fn chaos_size(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_registered_while_the_provisioner_is_killed_again_and_again_all_end_active() {
-    let tenants = chaos_size("FLEET_CHAOS_TENANTS", 200);
-    let kills = chaos_size("FLEET_CHAOS_KILLS", 8);
-    let every = Duration::from_millis(chaos_size("FLEET_CHAOS_KILL_EVERY_MS", 300));
+    // Sizes: `FLEET_CHAOS_TENANTS` (default 200) tenants registered at full speed while the
+    // provisioner is SIGKILLed `FLEET_CHAOS_KILLS` (default 8) times, every
+    // `FLEET_CHAOS_KILL_EVERY_MS` (default 300) ms, and restarted. The issue's acceptance run is
+    // 1 000 tenants and 20 kills.
+    let tenants = env_size("FLEET_CHAOS_TENANTS", 200);
+    let kills = env_size("FLEET_CHAOS_KILLS", 8);
+    let every = Duration::from_millis(env_size("FLEET_CHAOS_KILL_EVERY_MS", 300));
     let mut fleet = Fleet::start("").await;
     let mut worker = fleet.spawn_worker(&[]);
     let ids: Vec<String> = (0..tenants).map(|i| format!("chaos-{i:05}")).collect();
@@ -209,13 +190,30 @@ async fn tenants_registered_while_the_provisioner_is_killed_again_and_again_all_
         worker = fleet.spawn_worker(&[]);
     }
     publishing.await.unwrap();
-    fleet
-        .eventually(
-            Duration::from_secs(120 + tenants / 5),
-            "every tenant active",
-            async || fleet.count_status(&ids, "active").await == ids.len(),
-        )
+    let all_active =
+        fleet_testkit::wait_until(Duration::from_secs(120 + tenants / 5), async || {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            fleet.count_status(&ids, "active").await == ids.len()
+        })
         .await;
+    if !all_active {
+        let stuck: Vec<_> = {
+            let mut stuck = Vec::new();
+            for id in &ids {
+                if fleet.status(id).await != "active" {
+                    stuck.push((id.clone(), fleet.record(id).await));
+                }
+            }
+            stuck
+        };
+        panic!(
+            "not every tenant active: {:?}\nfirst stuck: {:#?}\nconsumer: {:?}\ndead letters: {:?}",
+            fleet.statuses(&ids).await,
+            stuck.first(),
+            fleet.consumer().await,
+            fleet.dead_letters().await.len()
+        );
+    }
     let hooks = fleet.hooks("hooks.tenant.created").await;
     let mut per_tenant: BTreeMap<String, usize> = BTreeMap::new();
     for hook in &hooks {
@@ -241,4 +239,71 @@ async fn tenants_registered_while_the_provisioner_is_killed_again_and_again_all_
         "{} tenants, {kills} SIGKILLs every {every:?}: all active, one hook each",
         ids.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_every_step_of_a_deletion_ends_deleted_with_one_backup() {
+    let mut fleet = Fleet::start(
+        r#"
+[provisioner.lifecycle.onTenantDelete]
+immediate = true
+gracePeriodHours = 0
+createBackup = true
+"#,
+    )
+    .await;
+    let ids: Vec<String> = (0..fleet_provisioner::DELETE_CRASH_POINTS.len())
+        .map(|i| format!("gone-{i}"))
+        .collect();
+    let setup = fleet.spawn_worker(&[]);
+    fleet.provision(&ids).await;
+    fleet.kill_worker(setup);
+    for (id, point) in ids.iter().zip(fleet_provisioner::DELETE_CRASH_POINTS) {
+        let doomed = fleet.spawn_worker(&[(crashpoint::ENV, point)]);
+        fleet
+            .command(
+                "tenant.deleted",
+                json!({"tenantId": id}),
+                &format!("del-{id}"),
+            )
+            .await;
+        let status = fleet
+            .wait_exit(doomed, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("{point}: never reached"));
+        assert_eq!(status.signal(), Some(6), "{point}: aborted at the point");
+        assert_ne!(fleet.status(id).await, "deleted", "{point}");
+        let survivor = fleet.spawn_worker(&[]);
+        fleet
+            .eventually(
+                Duration::from_secs(60),
+                &format!("{id} deleted after {point}"),
+                async || fleet.status(id).await == "deleted",
+            )
+            .await;
+        fleet.kill_worker(survivor);
+        let backups: Vec<String> = std::fs::read_dir(fleet.dir.path().join("backups"))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str().map(str::to_owned))
+            .filter(|n| n.starts_with(&format!("{id}-")))
+            .collect();
+        assert_eq!(
+            backups.len(),
+            1,
+            "{point}: one finished backup, no partial: {backups:?}"
+        );
+        let record = fleet.record(id).await.unwrap();
+        assert!(record.backup.unwrap().ends_with(&backups[0]), "{point}");
+        assert!(
+            !fleet.data_dir().join(format!("{id}.db")).exists(),
+            "{point}"
+        );
+        assert!(
+            !fleet.data_dir().join(format!("{id}.meta.json")).exists(),
+            "{point}"
+        );
+    }
+    let hooks = fleet.hooks("hooks.tenant.deleted").await;
+    assert_eq!(hooks.len(), ids.len(), "one deleted hook each");
+    assert!(fleet.dead_letters().await.is_empty());
 }

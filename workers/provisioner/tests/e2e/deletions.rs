@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::Fleet;
+use crate::{Fleet, env_size};
 
 /// `immediate = false` with no grace: due at once, but still carried out through the schedule.
 const GRACE_ZERO: &str = r#"
@@ -16,26 +16,24 @@ gracePeriodHours = 0
 createBackup = true
 "#;
 
-async fn provision(fleet: &Fleet, ids: &[String]) {
-    for id in ids {
-        fleet.register(id, id, json!({})).await;
-    }
-    fleet
-        .eventually(Duration::from_secs(120), "all active", async || {
-            fleet.count_status(ids, "active").await == ids.len()
-        })
-        .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_flow_while_deletions_wait_out_their_grace_period() {
-    // The default lifecycle: deletion 72 hours after tenant.deleted. max_ack_pending is small
-    // so that deletions held as naks (the old behaviour) would starve every registration.
+    // The default lifecycle: deletion 72 hours after tenant.deleted. max_ack_pending is at most
+    // the number of deletions, so deletions held as naks (the old behaviour) would starve every
+    // registration.
+    //
+    // Sizes: `FLEET_CHAOS_DELETIONS` tenants (default 40) wait for deletion with the consumer's
+    // `max_ack_pending` at `FLEET_CHAOS_MAX_ACK_PENDING` (default 10). The issue's acceptance
+    // run is 1 000 deletions with the shipped 1 000.
+    let deletions = env_size("FLEET_CHAOS_DELETIONS", 40);
+    let max_ack_pending = env_size("FLEET_CHAOS_MAX_ACK_PENDING", 10).to_string();
     let mut fleet = Fleet::start("").await;
-    let env = [("FLEET_NATS__MAX_ACK_PENDING", "10")];
+    let env = [("FLEET_NATS__MAX_ACK_PENDING", max_ack_pending.as_str())];
     let worker = fleet.spawn_worker(&env);
-    let doomed: Vec<String> = (0..40).map(|i| format!("doomed-{i:02}")).collect();
-    provision(&fleet, &doomed).await;
+    let doomed: Vec<String> = (0..deletions as usize)
+        .map(|i| format!("doomed-{i:04}"))
+        .collect();
+    fleet.provision(&doomed).await;
     for id in &doomed {
         fleet
             .command(
@@ -46,16 +44,21 @@ async fn registrations_flow_while_deletions_wait_out_their_grace_period() {
             .await;
     }
     fleet
-        .eventually(Duration::from_secs(60), "all destroying", async || {
-            fleet.count_status(&doomed, "destroying").await == doomed.len()
-        })
+        .eventually(
+            Duration::from_secs(60 + deletions as u64 / 5),
+            "all destroying",
+            async || fleet.count_status(&doomed, "destroying").await == doomed.len(),
+        )
         .await;
     fleet
         .eventually(Duration::from_secs(10), "one schedule each", async || {
             fleet.stored("tenant.schedule.*").await == Some(doomed.len() as u64)
         })
         .await;
-    assert_eq!(fleet.consumer().await.config.max_ack_pending, 10);
+    assert_eq!(
+        fleet.consumer().await.config.max_ack_pending.to_string(),
+        max_ack_pending
+    );
     fleet
         .eventually(
             Duration::from_secs(10),
@@ -63,13 +66,13 @@ async fn registrations_flow_while_deletions_wait_out_their_grace_period() {
             async || fleet.consumer().await.num_ack_pending == 0,
         )
         .await;
-    let record = fleet.record("doomed-00").await.unwrap();
+    let record = fleet.record("doomed-0000").await.unwrap();
     let due = record.delete_after.unwrap().instant() - chrono::Utc::now();
     assert!(due > chrono::Duration::hours(71), "due in 72 hours: {due}");
-    assert!(fleet.data_dir().join("doomed-00.db").exists(), "not yet");
+    assert!(fleet.data_dir().join("doomed-0000.db").exists(), "not yet");
 
     let fresh: Vec<String> = (0..5).map(|i| format!("fresh-{i}")).collect();
-    provision(&fleet, &fresh).await;
+    fleet.provision(&fresh).await;
 
     // After a restart of the broker (same store) and of the worker: the schedules are still
     // there, still nothing waits, and registrations still flow.
@@ -82,7 +85,7 @@ async fn registrations_flow_while_deletions_wait_out_their_grace_period() {
         })
         .await;
     let after: Vec<String> = (0..5).map(|i| format!("after-{i}")).collect();
-    provision(&fleet, &after).await;
+    fleet.provision(&after).await;
     fleet
         .eventually(Duration::from_secs(10), "nothing pending", async || {
             fleet.consumer().await.num_ack_pending == 0
@@ -99,7 +102,7 @@ async fn registrations_flow_while_deletions_wait_out_their_grace_period() {
 async fn a_due_schedule_deletes_the_database_with_its_backup_and_hook() {
     let mut fleet = Fleet::start(GRACE_ZERO).await;
     fleet.spawn_worker(&[]);
-    provision(&fleet, &["acme".to_owned()]).await;
+    fleet.provision(&["acme".to_owned()]).await;
     fleet
         .command("tenant.deleted", json!({"tenantId": "acme"}), "d1")
         .await;

@@ -5,6 +5,7 @@ mod deletions;
 mod lifecycle;
 mod provisioning;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
@@ -68,7 +69,7 @@ keys = {{ e2e = "ZTJlLXRlc3Qta2V5LW5vdC1mb3ItcHJvZHVjdGlvbiE=" }}
 
 [provisioner]
 backup_dir = "{backups}"
-lease_secs = 3
+lease_secs = 1
 
 [provisioner.regions.us-east]
 group = "local"
@@ -181,6 +182,37 @@ group = "local"
             }
         }
         n
+    }
+
+    /// Registers every tenant of `ids` and waits until all are active.
+    pub async fn provision(&self, ids: &[String]) {
+        for id in ids {
+            self.register(id, id, json!({})).await;
+        }
+        let limit = Duration::from_secs(120 + ids.len() as u64 / 5);
+        self.eventually(limit, "all active", async || {
+            self.count_status(ids, "active").await == ids.len()
+        })
+        .await;
+    }
+
+    /// Waits until tenant `id` has `status`.
+    pub async fn wait_status(&self, id: &str, status: &str) {
+        self.eventually(
+            Duration::from_secs(60),
+            &format!("{id} {status}"),
+            async || self.status(id).await == status,
+        )
+        .await;
+    }
+
+    /// How many tenants of `ids` are in each status.
+    pub async fn statuses(&self, ids: &[String]) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for id in ids {
+            *counts.entry(self.status(id).await).or_default() += 1;
+        }
+        counts
     }
 
     /// Database files (`*.db`) in the data dir.
@@ -312,4 +344,13 @@ impl Drop for Fleet {
 
 pub fn tenant(id: &str) -> TenantId {
     TenantId::parse(id).unwrap()
+}
+
+/// A size of a scale or chaos run from the environment (`name`), `default` otherwise: CI runs
+/// the small defaults, an acceptance run sets the sizes.
+pub fn env_size(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
