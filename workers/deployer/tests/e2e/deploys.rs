@@ -2,8 +2,10 @@
 
 use std::time::Duration;
 
+use async_nats::HeaderMap;
 use fleet_deployer::rollout::RolloutStatus;
 use fleet_protocol::DeployStatus;
+use fleet_runtime::topology::names;
 use serde_json::json;
 
 use crate::{Fleet, crm};
@@ -435,4 +437,51 @@ async fn a_reversible_deployment_is_rolled_back_to_the_previous_schema() {
         0
     );
     assert_eq!(fleet.hooks("hooks.deploy.rolled_back").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_600_kb_request_is_dead_lettered_with_its_whole_payload_kept() {
+    // Too big for a dead letter that copies the payload twice (base64 + text ≈ 2.3×, over the
+    // server's 1 MiB max_payload): it used to stay in the work stream for ever, invisible.
+    let mut fleet = Fleet::start().await;
+    fleet.spawn_deployer();
+    let payload = format!(
+        "{{\"deploymentId\": \"huge\", \"bundle\": \"{}",
+        "x".repeat(600 * 1024)
+    );
+    fleet
+        .publisher
+        .publish_bytes(
+            "deploy.requested",
+            "huge",
+            payload.clone().into(),
+            HeaderMap::new(),
+        )
+        .await
+        .unwrap();
+    fleet
+        .eventually(Duration::from_secs(30), "dead-lettered", async || {
+            fleet.dead_letters().await.len() == 1
+        })
+        .await;
+    let letter: fleet_runtime::DeadLetter =
+        serde_json::from_str(&fleet.dead_letters().await[0]).unwrap();
+    assert_eq!(letter.reason, "poison");
+    assert!(
+        letter.error.contains("payload is not JSON"),
+        "{}",
+        letter.error
+    );
+    assert_eq!(letter.payload_bytes, payload.len());
+    assert_eq!(
+        letter.full_payload(&fleet.js).await.unwrap(),
+        payload.as_bytes(),
+        "replayable from the object store"
+    );
+    let mut stream = fleet.js.get_stream(names::DEPLOY_COMMANDS).await.unwrap();
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        0,
+        "left the work stream"
+    );
 }

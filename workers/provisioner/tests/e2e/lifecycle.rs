@@ -236,3 +236,47 @@ async fn the_router_reaches_a_provisioned_tenant_and_refuses_it_once_suspended()
         Err(RouterError::UnknownTenant(_))
     ));
 }
+
+#[tokio::test]
+async fn oversized_commands_are_refused_at_the_boundary_with_a_clear_reason() {
+    let mut fleet = Fleet::start("").await;
+    fleet.spawn_worker(&[]);
+    // 600 KB: refused by the tenant stream when published, so it can never sit in the work
+    // stream undead-letterable; the publisher hears why.
+    let huge = "x".repeat(600 * 1024);
+    for subject in ["tenant.created", "tenant.suspended", "tenant.deleted"] {
+        let payload = json!({"tenantId": "acme", "orgId": "o", "reason": huge});
+        let err = fleet
+            .publisher
+            .publish_json(subject, subject, &payload, async_nats::HeaderMap::new())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().to_lowercase().contains("maximum"),
+            "{subject}: {err}"
+        );
+    }
+    // Under the stream's limit but over a field's: dead-lettered with the path and the bound;
+    // no tenant record, no database.
+    fleet
+        .register(
+            "acme",
+            "long-name",
+            json!({"displayName": "x".repeat(60_000)}),
+        )
+        .await;
+    fleet
+        .eventually(Duration::from_secs(30), "dead-lettered", async || {
+            fleet.dead_letters().await.len() == 1
+        })
+        .await;
+    let letter = &fleet.dead_letters().await[0];
+    assert!(
+        letter.error.contains("displayName")
+            && letter.error.contains("60000 characters; at most 256"),
+        "{}",
+        letter.error
+    );
+    assert!(fleet.record("acme").await.is_none());
+    assert!(fleet.database_files().is_empty());
+}
