@@ -319,38 +319,70 @@ impl DeadLetter {
         }
     }
 
-    /// The whole original payload: inline, or read back from the object store; an error says
-    /// why it is not available (dropped, expired, unreadable).
-    pub async fn full_payload(&self, js: &jetstream::Context) -> Result<Vec<u8>, String> {
+    /// The whole original payload: inline, or read back from the object store.
+    pub async fn full_payload(&self, js: &jetstream::Context) -> Result<Vec<u8>, PayloadError> {
         if let Some(payload) = self.payload() {
             return Ok(payload);
         }
         let Some(location) = &self.payload_object else {
-            return Err(format!(
-                "only the first bytes of this {}-byte payload were kept: {}",
-                self.payload_bytes,
-                self.payload_dropped
-                    .as_deref()
-                    .unwrap_or("the rest was dropped")
-            ));
+            return Err(PayloadError::NotKept {
+                bytes: self.payload_bytes,
+                why: self
+                    .payload_dropped
+                    .clone()
+                    .unwrap_or_else(|| "the rest was dropped".to_owned()),
+            });
+        };
+        let unreadable = |message: String| PayloadError::Unreadable {
+            location: location.clone(),
+            message,
         };
         let (bucket, object) = location
             .split_once('/')
-            .ok_or_else(|| format!("payload location {location:?} is not <bucket>/<object>"))?;
+            .ok_or_else(|| unreadable("not <bucket>/<object>".to_owned()))?;
         let store = js
             .get_object_store(bucket)
             .await
-            .map_err(|e| format!("opening {bucket}: {e}"))?;
+            .map_err(|e| unreadable(e.to_string()))?;
         let mut reader = store
             .get(object)
             .await
-            .map_err(|e| format!("reading {location}: {e}"))?;
+            .map_err(|e| unreadable(e.to_string()))?;
         let mut bytes = Vec::with_capacity(self.payload_bytes);
         tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut bytes)
             .await
-            .map_err(|e| format!("reading {location}: {e}"))?;
+            .map_err(|e| unreadable(e.to_string()))?;
         Ok(bytes)
     }
+}
+
+/// Why a dead letter's whole payload is not available.
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    /// Only a preview was kept.
+    #[error("only the first bytes of this {bytes}-byte payload were kept: {why}")]
+    NotKept {
+        /// Size of the original payload.
+        bytes: usize,
+        /// Why the whole payload was not stored.
+        why: String,
+    },
+    /// The object store could not give it back (expired, deleted, unreachable).
+    #[error("reading {location}: {message}")]
+    Unreadable {
+        /// `<bucket>/<object>`.
+        location: String,
+        /// What the object store said.
+        message: String,
+    },
+    /// The object store could not take it.
+    #[error("writing {location}: {message}")]
+    Unwritable {
+        /// `<bucket>/<object>`.
+        location: String,
+        /// What the object store said.
+        message: String,
+    },
 }
 
 /// Writes dead letters: the letter to `dlq.<consumer>` under the id
@@ -391,12 +423,10 @@ impl DeadLetterWriter {
             let object = format!("{}-{}", letter.stream, letter.sequence);
             match self.store(&object, payload).await {
                 Ok(()) => letter.payload_object = Some(format!("{}/{object}", self.payloads)),
-                Err(why) => {
-                    tracing::error!(%why, "a dead letter's payload could not be kept whole");
-                    letter.payload_dropped = Some(format!(
-                        "the whole payload could not be stored in {}: {why}",
-                        self.payloads
-                    ));
+                Err(error) => {
+                    tracing::error!(%error, "a dead letter's payload could not be kept whole");
+                    letter.payload_dropped =
+                        Some(format!("the whole payload could not be stored: {error}"));
                 }
             }
         }
@@ -407,17 +437,21 @@ impl DeadLetterWriter {
         Ok(letter)
     }
 
-    async fn store(&self, object: &str, payload: &[u8]) -> Result<(), String> {
+    async fn store(&self, object: &str, payload: &[u8]) -> Result<(), PayloadError> {
+        let failed = |message: String| PayloadError::Unwritable {
+            location: format!("{}/{object}", self.payloads),
+            message,
+        };
         let store = self
             .js
             .get_object_store(&self.payloads)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| failed(e.to_string()))?;
         let mut reader = payload;
         store
             .put(object, &mut reader)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| failed(e.to_string()))?;
         Ok(())
     }
 }

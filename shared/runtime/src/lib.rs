@@ -35,7 +35,8 @@ use tokio::sync::watch;
 
 pub use hooks::{CloudEvent, Hook, Hooks};
 pub use jobs::{
-    DeadLetter, DeadLetterWriter, Delivery, Handler, JobLoopSettings, Outcome, run_job_loop,
+    DeadLetter, DeadLetterWriter, Delivery, Handler, JobLoopSettings, Outcome, PayloadError,
+    run_job_loop,
 };
 pub use publish::{Published, Publisher};
 pub use schedule::Scheduler;

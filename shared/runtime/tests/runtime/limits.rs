@@ -116,7 +116,7 @@ async fn the_rest_of_a_large_payload_is_reported_dropped_when_it_cannot_be_kept(
     let letter = &dead_letters(&env).await[0];
     assert!(letter.payload_object.is_none());
     assert!(letter.payload_dropped.is_some());
-    let why = letter.full_payload(&env.js).await.unwrap_err();
+    let why = letter.full_payload(&env.js).await.unwrap_err().to_string();
     assert!(why.contains("204800-byte payload"), "{why}");
 }
 

@@ -63,7 +63,7 @@ fn streams_show_reports_what_the_server_has_against_the_configuration() {
         .find(|c| c["durable"] == "provisioner")
         .unwrap();
     assert_eq!(
-        provisioner["ackWaitMs"], 4000,
+        provisioner["ackWaitMs"], 45000,
         "what the configuration says"
     );
     assert_eq!(provisioner["backoffMs"], serde_json::json!([]));

@@ -45,7 +45,7 @@ async fn registrations_flow_while_deletions_wait_out_their_grace_period() {
     }
     fleet
         .eventually(
-            Duration::from_secs(60 + deletions as u64 / 5),
+            Duration::from_secs(60 + deletions / 5),
             "all destroying",
             async || fleet.count_status(&doomed, "destroying").await == doomed.len(),
         )
