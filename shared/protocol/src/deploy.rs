@@ -663,6 +663,31 @@ impl Spec for DeployRollbackRequest {
     const SPEC_NAME: &'static str = "DeployRollbackRequest";
 }
 
+/// What an operator asks of a running or finished deployment (a fleet type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployControlAction {
+    /// Continue a halted or cancelled rollout at its current wave.
+    Resume,
+    /// Stop a rollout after the jobs already running (resumable).
+    Cancel,
+}
+
+/// `deploy.control.<deploymentId>`: an operator's command for one deployment, carried out by the
+/// deployer (the only writer of deployment state).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployControl {
+    /// The deployment.
+    pub deployment_id: crate::ids::DeploymentId,
+    /// What to do.
+    pub action: DeployControlAction,
+}
+
+impl Spec for DeployControl {
+    const SPEC_NAME: &'static str = "DeployControl";
+}
+
 impl Spec for TenantDeployJob {
     const SPEC_NAME: &'static str = "TenantDeployJob";
 }

@@ -44,7 +44,8 @@ pub use deploy::{
     DeployValidationResult, IssueSeverity, MigrationPlan, MigrationStatement, SchemaChange,
 };
 pub use deploy::{
-    DeployRequest, DeployRollbackRequest, DeployTarget, RolloutOptions, TenantDeployJob,
+    DeployControl, DeployControlAction, DeployRequest, DeployRollbackRequest, DeployTarget,
+    RolloutOptions, TenantDeployJob,
 };
 pub use ids::DeploymentId;
 pub use ids::{AppName, DatabaseName, FieldName, InvalidIdentifier, ObjectName, TenantId};

@@ -318,6 +318,7 @@ pub static SPECS: &[SpecEntry] = &[
     entry!(crate::deploy::DeployRequest, 'C', None, None),
     entry!(crate::deploy::TenantDeployJob, 'C', None, None),
     entry!(crate::deploy::DeployRollbackRequest, 'C', None, None),
+    entry!(crate::deploy::DeployControl, 'C', None, None),
 ];
 
 /// Looks a type up by its upstream name (exact, then case-insensitive).

@@ -11,7 +11,7 @@
 //!   probes, graceful stop.
 //!
 //! [`Runtime::connect`] connects and ensures the topology; [`Runtime::run_worker`] runs a
-//! handler until the shutdown signal.
+//! handler until the shutdown signal; [`worker::main`] is all of a worker binary's `main`.
 
 #![deny(missing_docs)]
 
@@ -25,6 +25,7 @@ pub mod shutdown;
 pub mod state;
 pub mod telemetry;
 pub mod topology;
+pub mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -13,59 +13,12 @@ use std::marker::PhantomData;
 use async_nats::HeaderMap;
 use async_nats::jetstream::kv;
 use bytes::Bytes;
-use fleet_protocol::Timestamp;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
 use crate::publish::{PublishError, Publisher};
 
-/// A value and the KV revision it was read at (or written as).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Versioned<S> {
-    /// The state.
-    pub state: S,
-    /// Its revision.
-    pub revision: u64,
-}
-
-/// One entry of the progress stream: a state transition.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ProgressEvent {
-    /// `tenant`, `deploy`, `app`.
-    pub kind: String,
-    /// The entity.
-    pub id: String,
-    /// The step (`create_database`, `migrating`, …) or transition name.
-    pub step: String,
-    /// The status after it.
-    pub status: String,
-    /// How long the step took.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<u64>,
-    /// Error, when the step failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// When.
-    pub at: Timestamp,
-    /// The KV revision that recorded it.
-    #[serde(default)]
-    pub revision: u64,
-}
-
-/// What a transition function decides.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Decision<S> {
-    /// Write this state and record this step.
-    Write {
-        /// The next state.
-        next: S,
-        /// The progress entry (its `revision` is filled in on write).
-        event: ProgressEvent,
-    },
-    /// The state already is what the caller wants (an idempotent repeat): write nothing.
-    Unchanged,
-}
+pub use fleet_state::{Decision, ProgressEvent, Versioned};
 
 /// Why a transition did not happen.
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,7 @@ use fleet_protocol::{
     ProvisioningStep, TenantId, TenantPlan, TenantProvisioningRequest, TenantProvisioningResult,
     TenantProvisioningStatus, TenantQuota, TenantRegion, Timestamp,
 };
-use fleet_runtime::{Decision, ProgressEvent, Versioned};
+use fleet_state::{Decision, ProgressEvent, Versioned};
 use fleet_tenantdb::StoredConnectionConfig;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

@@ -19,7 +19,8 @@
 //! `hooks.deploy.completed` / `hooks.deploy.failed` end a deployment, and
 //! `hooks.deploy.tenant_failed` reports each failed tenant.
 
-pub mod rollout;
+/// The deployment record and its rollout machine (in `fleet-rollouts`, shared with `fleetctl`).
+pub use fleet_rollouts as rollout;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +32,7 @@ use fleet_protocol::{
     DeployBundle, DeployRequest, DeployStatus, DeploymentId, ObjectDefinition,
     QuotaEnforcementResult, TenantDeployJob, TenantId, TenantProvisioningStatus, Timestamp,
 };
+use fleet_runtime::worker::{BuildError, Worker, WorkerContext};
 use fleet_runtime::{Delivery, Handler, Hook, Hooks, Outcome, Publisher, StateStore, Versioned};
 use fleet_schema::{BoundStatement, PlanError, PlanOptions, SchemaError};
 use fleet_tenantdb::{KeyRing, TenantDatabases};
@@ -100,7 +102,11 @@ pub async fn publish_wave(
     } else {
         format!("{prefix}.deploy.tenant.{}", d.id)
     };
-    let suffix = if rollback { ":rollback" } else { "" };
+    let suffix = match (rollback, d.resumes) {
+        (true, _) => ":rollback".to_owned(),
+        (false, 0) => String::new(),
+        (false, n) => format!(":resume-{n}"),
+    };
     for tenant in open {
         let message_id = format!("{}:{tenant}{suffix}", d.id);
         let job = TenantDeployJob {
@@ -122,31 +128,29 @@ pub fn bundle_key(id: &DeploymentId) -> String {
     format!("bundle.{id}")
 }
 
-impl Deployer {
-    /// A deployer over the deployments and tenants stores.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        deployments: StateStore<Deployment>,
-        bundles: kv::Store,
-        tenants: StateStore<TenantRecord>,
-        backend: Arc<dyn TenantDatabases>,
-        keys: Arc<KeyRing>,
-        hooks: Hooks,
-        publisher: Publisher,
-        prefix: String,
-    ) -> Self {
-        Self {
-            deployments,
-            bundles,
-            tenants,
-            backend,
-            keys,
-            hooks,
-            publisher,
-            prefix,
-        }
-    }
+#[async_trait]
+impl Worker for Deployer {
+    const NAME: &'static str = "deployer";
+    const CONSUMER: &'static str = fleet_runtime::topology::names::DEPLOYER;
 
+    async fn build(context: &WorkerContext) -> Result<Self, BuildError> {
+        let runtime = &context.runtime;
+        Ok(Self {
+            deployments: fleet_control::deployments(runtime).await?,
+            bundles: runtime
+                .bucket(fleet_runtime::topology::names::DEPLOYMENTS)
+                .await?,
+            tenants: fleet_control::tenants(runtime).await?,
+            backend: fleet_tenantdb::backend_from_config(&context.config)?,
+            keys: Arc::new(fleet_tenantdb::key_ring_from_config(&context.config)?),
+            hooks: context.hooks.clone(),
+            publisher: runtime.publisher.clone(),
+            prefix: runtime.topology.prefix.clone(),
+        })
+    }
+}
+
+impl Deployer {
     async fn requested(&self, delivery: &Delivery) -> Outcome {
         let request = match delivery.decode::<DeployRequest>() {
             Ok(request) => request,
@@ -231,6 +235,7 @@ impl Deployer {
             reason: None,
             requested_at: Timestamp::now(),
             finished_at: None,
+            resumes: 0,
         };
         let written = match self
             .deployments
@@ -260,6 +265,7 @@ impl Deployer {
             reason: Some(reason.to_owned()),
             requested_at: Timestamp::now(),
             finished_at: Some(Timestamp::now()),
+            resumes: 0,
         };
         if let Ok(Some(written)) = self
             .deployments
@@ -448,6 +454,47 @@ impl Deployer {
     async fn advanced(&self, deployment: &Versioned<Deployment>) -> Outcome {
         match self.advance(deployment).await {
             Ok(()) => Outcome::Done,
+            Err(e) => Outcome::retry(Duration::from_secs(1), e),
+        }
+    }
+
+    /// `deploy.control.<id>`: resume or cancel, the operator's commands (`fleetctl deploy
+    /// resume|cancel`), carried out here so only the deployer writes deployment state.
+    async fn control(&self, delivery: &Delivery) -> Outcome {
+        let control = match delivery.decode::<fleet_protocol::DeployControl>() {
+            Ok(control) => control,
+            Err(poison) => return poison,
+        };
+        let id = control.deployment_id;
+        if delivery.subject != format!("deploy.control.{id}") {
+            return Outcome::Poison {
+                reason: format!(
+                    "{} carries a command for deployment {id}: subject and payload disagree",
+                    delivery.subject
+                ),
+            };
+        }
+        let written = match control.action {
+            fleet_protocol::DeployControlAction::Resume => {
+                self.deployments
+                    .transition(id.as_str(), |cur| rollout::resume(cur, &id))
+                    .await
+            }
+            fleet_protocol::DeployControlAction::Cancel => {
+                self.deployments
+                    .transition(id.as_str(), |cur| rollout::cancel(cur, &id))
+                    .await
+            }
+        };
+        match written {
+            Ok(Some(current)) if control.action == fleet_protocol::DeployControlAction::Resume => {
+                self.advanced(&current).await
+            }
+            Ok(Some(_)) => Outcome::Done,
+            Ok(None) => Outcome::Poison {
+                reason: format!("unknown deployment {id}"),
+            },
+            Err(fleet_runtime::StateError::Refused(e)) => Outcome::poison(&e),
             Err(e) => Outcome::retry(Duration::from_secs(1), e),
         }
     }
@@ -660,28 +707,6 @@ impl Deployer {
     }
 }
 
-impl TenantOutcome {
-    fn ready(statements: u64) -> Self {
-        TenantOutcome {
-            status: DeployStatus::Ready,
-            skipped: false,
-            statements,
-            changes: [0; 3],
-            breaking: false,
-            error: None,
-            duration_ms: 0,
-        }
-    }
-
-    fn failed(error: String) -> Self {
-        TenantOutcome {
-            status: DeployStatus::Failed,
-            error: Some(error),
-            ..Self::ready(0)
-        }
-    }
-}
-
 fn quota(name: &str, current: u64, limit: u64) -> String {
     let result = QuotaEnforcementResult {
         allowed: false,
@@ -773,6 +798,8 @@ impl Handler for Deployer {
             self.requested(&delivery).await
         } else if delivery.subject == "deploy.rollback" {
             self.rollback_requested(&delivery).await
+        } else if delivery.subject.starts_with("deploy.control.") {
+            self.control(&delivery).await
         } else if delivery.subject.starts_with("deploy.tenant.") {
             self.tenant_job(&delivery).await
         } else {

@@ -11,9 +11,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use async_nats::HeaderMap;
 use clap::{Args, Subcommand};
-use fleet_deployer::rollout::{self, Deployment, RolloutStatus};
-use fleet_protocol::{DeployRequest, DeployTarget, DeploymentId, RolloutOptions, TenantId};
-use fleet_runtime::topology::names;
+use fleet_protocol::{
+    DeployControl, DeployControlAction, DeployRequest, DeployTarget, DeploymentId, RolloutOptions,
+    TenantId,
+};
+use fleet_rollouts::{self as rollout, Deployment, RolloutStatus};
 use fleet_runtime::{Runtime, StateStore};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::{Map, Value, json};
@@ -117,20 +119,11 @@ fn bundle_document(path: &Path) -> anyhow::Result<Value> {
     Ok(Value::Object(bundle))
 }
 
-async fn store(runtime: &Runtime) -> anyhow::Result<StateStore<Deployment>> {
-    Ok(StateStore::new(
-        "deploy",
-        runtime.bucket(names::DEPLOYMENTS).await?,
-        runtime.publisher.clone(),
-        runtime.topology.subject("progress.deploy"),
-    ))
-}
-
 /// Runs `fleetctl deploy`.
 pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let config = fleet_config::Config::load()?;
     let runtime = Runtime::connect(&config).await?;
-    let deployments = store(&runtime).await?;
+    let deployments = fleet_control::deployments(&runtime).await?;
     match args.action {
         Some(DeployAction::Status { id, json }) => {
             let id = DeploymentId::parse(id)?;
@@ -151,22 +144,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         }
         Some(DeployAction::Resume { id }) => {
             let id = DeploymentId::parse(id)?;
-            let resumed = deployments
-                .transition(id.as_str(), |cur| rollout::resume(cur, &id))
-                .await?
-                .context("no such deployment")?;
-            fleet_deployer::publish_wave(
-                &runtime.publisher,
-                &runtime.topology.prefix,
-                &resumed.state,
-            )
-            .await
-            .map_err(anyhow::Error::msg)?;
-            say!(
-                "deployment {id} resumed at wave {}",
-                resumed.state.current_wave + 1
-            );
-            Ok(ExitCode::SUCCESS)
+            control(&runtime, &deployments, &id, DeployControlAction::Resume).await
         }
         Some(DeployAction::Rollback { id }) => {
             let id = DeploymentId::parse(id)?;
@@ -205,11 +183,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         }
         Some(DeployAction::Cancel { id }) => {
             let id = DeploymentId::parse(id)?;
-            deployments
-                .transition(id.as_str(), |cur| rollout::cancel(cur, &id))
-                .await?;
-            say!("deployment {id} cancelled");
-            Ok(ExitCode::SUCCESS)
+            control(&runtime, &deployments, &id, DeployControlAction::Cancel).await
         }
         None => {
             let Some(path) = args.bundle else {
@@ -265,6 +239,81 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
             watch(&deployments, &id).await
         }
     }
+}
+
+/// Sends `action` to the deployer on `deploy.control.<id>` — after checking it against the
+/// record, so an illegal one is refused here with the reason — and waits until the deployer has
+/// carried it out.
+async fn control(
+    runtime: &Runtime,
+    deployments: &StateStore<Deployment>,
+    id: &DeploymentId,
+    action: DeployControlAction,
+) -> anyhow::Result<ExitCode> {
+    let current = deployments
+        .get::<rollout::RolloutError>(id.as_str())
+        .await?;
+    let Some(before) = current.clone() else {
+        eprintln!("no deployment {id}");
+        return Ok(ExitCode::from(1));
+    };
+    let check = match action {
+        DeployControlAction::Resume => rollout::resume(current.as_ref(), id),
+        DeployControlAction::Cancel => rollout::cancel(current.as_ref(), id),
+    };
+    if let Err(refused) = check {
+        eprintln!("{refused}");
+        return Ok(ExitCode::from(1));
+    }
+    let request = DeployControl {
+        deployment_id: id.clone(),
+        action,
+    };
+    let message_id = format!(
+        "control:{id}:{action:?}:{}",
+        chrono::Utc::now().timestamp_millis()
+    );
+    runtime
+        .publisher
+        .publish_json(
+            &runtime.topology.subject(&format!("deploy.control.{id}")),
+            &message_id,
+            &request,
+            HeaderMap::new(),
+        )
+        .await?;
+    let wanted = match action {
+        DeployControlAction::Resume => RolloutStatus::Running,
+        DeployControlAction::Cancel => RolloutStatus::Cancelled,
+    };
+    for _ in 0..300 {
+        if let Some(now) = deployments
+            .get::<rollout::RolloutError>(id.as_str())
+            .await?
+            && now.revision > before.revision
+        {
+            if now.state.status != wanted {
+                eprintln!(
+                    "deployment {id} is {:?}: the deployer did not {action:?} it",
+                    now.state.status
+                );
+                return Ok(ExitCode::from(1));
+            }
+            match action {
+                DeployControlAction::Resume => say!(
+                    "deployment {id} resumed at wave {}",
+                    now.state.current_wave + 1
+                ),
+                DeployControlAction::Cancel => say!("deployment {id} cancelled"),
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "the deployer has not carried out {action:?} yet (is it running?); follow it with `fleetctl deploy status {id}`"
+    );
+    Ok(ExitCode::from(1))
 }
 
 /// Follows a deployment with a progress bar per wave until it ends.

@@ -41,6 +41,7 @@ use fleet_protocol::{
     DatabaseName, TenantConnectionConfig, TenantCreated, TenantDatabaseLifecycle, TenantId,
     TenantLifecycleCommand, TenantProvisioningStatus, TenantRegion, Timestamp,
 };
+use fleet_runtime::worker::{BuildError, Worker, WorkerContext};
 use fleet_runtime::{
     DeadLetter, Decision, Delivery, Handler, Hook, Hooks, Outcome, Scheduler, StateError,
     StateStore, Versioned,
@@ -83,20 +84,20 @@ pub struct ProvisionerSettings {
 
 impl ProvisionerSettings {
     /// Settings from the fleet configuration.
-    pub fn from_config(config: &fleet_config::Config) -> Result<Self, String> {
+    pub fn from_config(config: &fleet_config::Config) -> Result<Self, SettingsError> {
         let mut regions = BTreeMap::new();
         for (name, group) in &config.provisioner.regions {
             let region: TenantRegion = serde_json::from_value(json!(name))
-                .map_err(|_| format!("provisioner.regions: unknown region {name:?}"))?;
+                .map_err(|_| SettingsError::UnknownRegion(name.clone()))?;
             regions.insert(region, group.group.clone());
         }
         let delete = &config.provisioner.lifecycle.on_tenant_delete;
         let horizon = fleet_runtime::topology::WORK_MAX_AGE.as_secs() / 3600;
         if !delete.immediate && delete.grace_period_hours >= horizon {
-            return Err(format!(
-                "provisioner.lifecycle.onTenantDelete.gracePeriodHours: {} hours is beyond the {horizon} hours a deletion can be scheduled ahead (the work stream's max age)",
-                delete.grace_period_hours
-            ));
+            return Err(SettingsError::GraceBeyondHorizon {
+                hours: delete.grace_period_hours,
+                horizon,
+            });
         }
         let step_delay = std::env::var("FLEET_PROVISIONER_STEP_DELAY_MS")
             .ok()
@@ -112,6 +113,24 @@ impl ProvisionerSettings {
             step_delay: Duration::from_millis(step_delay),
         })
     }
+}
+
+/// Why the provisioner's settings were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// `provisioner.regions` names a region upstream does not know.
+    #[error("provisioner.regions: unknown region {0:?}")]
+    UnknownRegion(String),
+    /// A deletion grace period longer than a schedule can wait.
+    #[error(
+        "provisioner.lifecycle.onTenantDelete.gracePeriodHours: {hours} hours is beyond the {horizon} hours a deletion can be scheduled ahead (the work stream's max age)"
+    )]
+    GraceBeyondHorizon {
+        /// The configured grace period, in hours.
+        hours: u64,
+        /// The longest schedulable wait, in hours.
+        horizon: u64,
+    },
 }
 
 /// Why a provisioning action failed.
@@ -1023,6 +1042,24 @@ fn hostname() -> String {
 }
 
 #[async_trait]
+impl Worker for Provisioner {
+    const NAME: &'static str = "provisioner";
+    const CONSUMER: &'static str = fleet_runtime::topology::names::PROVISIONER;
+
+    async fn build(context: &WorkerContext) -> Result<Self, BuildError> {
+        let config = &context.config;
+        Ok(Self::new(
+            fleet_control::tenants(&context.runtime).await?,
+            fleet_tenantdb::backend_from_config(config)?,
+            Arc::new(fleet_tenantdb::key_ring_from_config(config)?),
+            context.hooks.clone(),
+            context.scheduler(),
+            ProvisionerSettings::from_config(config)?,
+        ))
+    }
+}
+
+#[async_trait]
 impl Handler for Provisioner {
     async fn handle(&self, delivery: Delivery) -> Outcome {
         match delivery.subject.as_str() {
@@ -1072,7 +1109,9 @@ mod tests {
             .lifecycle
             .on_tenant_delete
             .grace_period_hours = 24 * 7;
-        let err = ProvisionerSettings::from_config(&config).unwrap_err();
+        let err = ProvisionerSettings::from_config(&config)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("gracePeriodHours: 168 hours"), "{err}");
         config.provisioner.lifecycle.on_tenant_delete.immediate = true;
         ProvisionerSettings::from_config(&config).unwrap();

@@ -139,6 +139,72 @@ async fn failures_past_the_ratio_halt_the_rollout_and_leave_the_rest_untouched()
     }
     assert_eq!(fleet.hooks("hooks.deploy.failed").await.len(), 1);
     assert_eq!(fleet.hooks("hooks.deploy.tenant_failed").await.len(), 5);
+
+    // The operator's commands are messages the deployer carries out: cancel the halted rollout,
+    // fix the data, resume it — the failed tenants are retried and the rest of the waves run.
+    fleet.control("d1", "cancel").await;
+    fleet
+        .eventually(Duration::from_secs(30), "cancelled", async || {
+            fleet
+                .deployment("d1")
+                .await
+                .is_some_and(|d| d.status == RolloutStatus::Cancelled)
+        })
+        .await;
+    for tenant in &tenants[3..8] {
+        fleet
+            .connect(tenant)
+            .await
+            .execute("DELETE FROM crm_account WHERE id = 'b'", ())
+            .await
+            .unwrap();
+    }
+    fleet.control("d1", "resume").await;
+    fleet
+        .eventually(
+            Duration::from_secs(120),
+            "completed after resume",
+            async || {
+                fleet
+                    .deployment("d1")
+                    .await
+                    .is_some_and(|d| d.status == RolloutStatus::Completed)
+            },
+        )
+        .await;
+    for tenant in &tenants {
+        assert!(
+            fleet
+                .tables(tenant)
+                .await
+                .contains(&"crm_account".to_owned()),
+            "{tenant}"
+        );
+    }
+    // A command for one deployment on another's subject is refused, not carried out.
+    fleet
+        .publisher
+        .publish_json(
+            "deploy.control.other",
+            "mismatch",
+            &json!({"deploymentId": "d1", "action": "cancel"}),
+            HeaderMap::new(),
+        )
+        .await
+        .unwrap();
+    fleet
+        .eventually(Duration::from_secs(30), "dead-lettered", async || {
+            fleet
+                .dead_letters()
+                .await
+                .iter()
+                .any(|l| l.contains("subject and payload disagree"))
+        })
+        .await;
+    assert_eq!(
+        fleet.deployment("d1").await.unwrap().status,
+        RolloutStatus::Completed
+    );
 }
 
 #[tokio::test]

@@ -215,6 +215,22 @@ group = "local"
             .unwrap();
     }
 
+    /// Sends an operator's command (`resume`, `cancel`) as `fleetctl deploy` does.
+    pub async fn control(&self, id: &str, action: &str) {
+        self.publisher
+            .publish_json(
+                &format!("deploy.control.{id}"),
+                &format!(
+                    "control:{id}:{action}:{}",
+                    chrono::Utc::now().timestamp_millis()
+                ),
+                &json!({"deploymentId": id, "action": action}),
+                HeaderMap::new(),
+            )
+            .await
+            .unwrap();
+    }
+
     pub async fn deployment(&self, id: &str) -> Option<Deployment> {
         self.deployments
             .get::<std::convert::Infallible>(id)

@@ -201,7 +201,7 @@ async fn the_router_reaches_a_provisioned_tenant_and_refuses_it_once_suspended()
 
     let key = SecretString::from("ZTJlLXRlc3Qta2V5LW5vdC1mb3ItcHJvZHVjdGlvbiE=".to_owned());
     let keys = Arc::new(fleet_tenantdb::KeyRing::new("e2e", [("e2e", &key)]).unwrap());
-    let directory = Arc::new(fleet_tenants::KvTenantDirectory::new(fleet.tenants.clone()));
+    let directory = Arc::new(fleet_control::KvTenantDirectory::new(fleet.tenants.clone()));
     let backend = Arc::new(LocalBackend::new(fleet.data_dir(), ""));
     let router = Router::new(RouterSettings::default(), directory, backend, keys);
     let acme = crate::tenant("acme");

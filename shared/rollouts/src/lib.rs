@@ -1,10 +1,14 @@
-//! The deployment record and its pure state machine: waves, per-tenant results, the failure
-//! ratio that halts a rollout, resume and cancel. No I/O.
+//! Deployments' data: the deployment record (KV `fleet_deployments`) and its pure state
+//! machine — waves, per-tenant results, the failure ratio that halts a rollout, resume and
+//! cancel, rollbacks. No I/O: the deployer carries the decisions out, `fleetctl` reads the
+//! records; neither depends on the other.
+
+#![deny(missing_docs)]
 
 use std::collections::BTreeMap;
 
 use fleet_protocol::{DeployStatus, DeploymentId, TenantId, Timestamp};
-use fleet_runtime::{Decision, ProgressEvent, Versioned};
+use fleet_state::{Decision, ProgressEvent, Versioned};
 use serde::{Deserialize, Serialize};
 
 /// Where a deployment stands.
@@ -90,6 +94,14 @@ pub struct Deployment {
     /// When it finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Timestamp>,
+    /// How many times it was resumed: part of its jobs' message ids, so the jobs a resume
+    /// publishes again are not dropped as duplicates of the first ones.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resumes: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Why a deployment transition was refused.
@@ -119,6 +131,30 @@ pub enum Next {
     StartWave(usize),
     /// The deployment ended (completed, completed with failures, halted).
     Finished(RolloutStatus),
+}
+
+impl TenantOutcome {
+    /// A tenant migrated with `statements` statements.
+    pub fn ready(statements: u64) -> Self {
+        TenantOutcome {
+            status: DeployStatus::Ready,
+            skipped: false,
+            statements,
+            changes: [0; 3],
+            breaking: false,
+            error: None,
+            duration_ms: 0,
+        }
+    }
+
+    /// A tenant that could not be deployed, and why.
+    pub fn failed(error: String) -> Self {
+        TenantOutcome {
+            status: DeployStatus::Failed,
+            error: Some(error),
+            ..Self::ready(0)
+        }
+    }
 }
 
 impl Deployment {
@@ -296,6 +332,7 @@ pub fn resume(
             next.reason = None;
             next.finished_at = None;
             next.results.retain(|_, r| r.status != DeployStatus::Failed);
+            next.resumes += 1;
             Ok(write(next, "resume", None))
         }
         status => Err(RolloutError::Illegal {
@@ -393,6 +430,7 @@ mod tests {
                 reason: None,
                 requested_at: Timestamp::now(),
                 finished_at: None,
+                resumes: 0,
             },
             revision: 1,
         }

@@ -1,0 +1,79 @@
+//! The control plane over JetStream, for workers and `fleetctl` alike:
+//!
+//! - [`tenants`], [`deployments`]: the typed state stores of tenants and deployments
+//!   (`fleet_tenants` / `fleet_deployments` KV, progress on `progress.tenant.<id>` /
+//!   `progress.deploy.<id>`), built from a connected runtime;
+//! - [`KvTenantDirectory`]: those records served to the tenant router.
+
+#![deny(missing_docs)]
+
+use async_trait::async_trait;
+use fleet_protocol::{DatabaseName, TenantId};
+use fleet_rollouts::Deployment;
+use fleet_runtime::topology::names;
+use fleet_runtime::{Runtime, RuntimeError, StateStore};
+use fleet_tenantdb::{TenantDbError, TenantDirectory, TenantEntry};
+use fleet_tenants::{TenantRecord, TransitionError};
+
+/// The deployments' state store of a connected runtime.
+pub async fn deployments(runtime: &Runtime) -> Result<StateStore<Deployment>, RuntimeError> {
+    Ok(StateStore::new(
+        "deploy",
+        runtime.bucket(names::DEPLOYMENTS).await?,
+        runtime.publisher.clone(),
+        runtime.topology.subject("progress.deploy"),
+    ))
+}
+
+/// The tenants' state store of a connected runtime.
+pub async fn tenants(runtime: &Runtime) -> Result<StateStore<TenantRecord>, RuntimeError> {
+    Ok(StateStore::new(
+        "tenant",
+        runtime.bucket(names::TENANTS).await?,
+        runtime.publisher.clone(),
+        runtime.topology.subject("progress.tenant"),
+    ))
+}
+
+/// The tenant router's view of the control plane: the tenants KV bucket.
+#[derive(Debug, Clone)]
+pub struct KvTenantDirectory {
+    tenants: StateStore<TenantRecord>,
+}
+
+impl KvTenantDirectory {
+    /// A directory over the tenants' state store.
+    pub fn new(tenants: StateStore<TenantRecord>) -> Self {
+        Self { tenants }
+    }
+}
+
+#[async_trait]
+impl TenantDirectory for KvTenantDirectory {
+    async fn lookup(&self, tenant: &TenantId) -> Result<Option<TenantEntry>, TenantDbError> {
+        let record = self
+            .tenants
+            .get::<TransitionError>(tenant.as_str())
+            .await
+            .map_err(|e| TenantDbError::Unavailable(format!("tenant directory: {e}")))?;
+        Ok(record.and_then(|v| {
+            let r = v.state;
+            if r.deleted {
+                return None;
+            }
+            let database = r
+                .database
+                .as_deref()
+                .and_then(|d| DatabaseName::parse(d).ok())?;
+            let connection = r.connection?;
+            Some(TenantEntry {
+                tenant: r.tenant_id,
+                status: r.status,
+                plan: r.plan,
+                region: r.region,
+                database,
+                connection,
+            })
+        }))
+    }
+}
