@@ -546,27 +546,40 @@ impl Default for RolloutOptions {
     }
 }
 
+/// A rollout wave that is neither a count (`10`) nor a percentage (`10%`) of 0 to 100.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("wave {wave:?} is {why}")]
+pub struct InvalidWave {
+    /// The wave as written.
+    pub wave: String,
+    /// What is wrong with it.
+    pub why: &'static str,
+}
+
 impl RolloutOptions {
     /// The cumulative number of tenants done after each wave, for `total` targets (the last
     /// wave always reaches `total`; empty waves are dropped).
-    pub fn wave_ends(&self, total: usize) -> Result<Vec<usize>, String> {
+    pub fn wave_ends(&self, total: usize) -> Result<Vec<usize>, InvalidWave> {
         let mut ends = Vec::new();
         for wave in &self.waves {
             let end = match wave.strip_suffix('%') {
                 Some(share) => {
-                    let share: f64 = share
-                        .trim()
-                        .parse()
-                        .map_err(|_| format!("wave {wave:?} is not a percentage"))?;
+                    let share: f64 = share.trim().parse().map_err(|_| InvalidWave {
+                        wave: wave.clone(),
+                        why: "not a percentage",
+                    })?;
                     if !(0.0..=100.0).contains(&share) {
-                        return Err(format!("wave {wave:?} is not between 0% and 100%"));
+                        return Err(InvalidWave {
+                            wave: wave.clone(),
+                            why: "not between 0% and 100%",
+                        });
                     }
                     (total as f64 * share / 100.0).ceil() as usize
                 }
-                None => wave
-                    .trim()
-                    .parse::<usize>()
-                    .map_err(|_| format!("wave {wave:?} is neither a count nor a percentage"))?,
+                None => wave.trim().parse::<usize>().map_err(|_| InvalidWave {
+                    wave: wave.clone(),
+                    why: "neither a count nor a percentage",
+                })?,
             };
             ends.push(end.min(total));
         }
@@ -620,7 +633,9 @@ impl Spec for DeployRequest {
             });
         }
         if let Err(why) = self.rollout.wave_ends(100) {
-            checks.at_path(&["rollout", "waves"], |c| c.error("invalid_value", why));
+            checks.at_path(&["rollout", "waves"], |c| {
+                c.error("invalid_value", why.to_string())
+            });
         }
         if let Some(checksum) = &self.bundle.manifest.checksum {
             let actual = self.bundle.contents_checksum();

@@ -535,5 +535,18 @@ mod tests {
             (RolloutStatus::Running, 1)
         );
         assert_eq!(d.state.next(), Next::Wait, "a is pending again");
+        assert_eq!(d.state.resumes, 1, "its jobs get fresh message ids");
+        assert_eq!(
+            resume(Some(&d), &id).unwrap(),
+            Decision::Unchanged,
+            "resuming a running rollout changes nothing"
+        );
+        let decision = cancel(Some(&d), &id).unwrap();
+        apply(&mut d, decision);
+        assert_eq!(d.state.status, RolloutStatus::Cancelled);
+        assert_eq!(cancel(Some(&d), &id).unwrap(), Decision::Unchanged);
+        let decision = resume(Some(&d), &id).unwrap();
+        apply(&mut d, decision);
+        assert_eq!(d.state.resumes, 2);
     }
 }

@@ -70,16 +70,29 @@ impl Outcome {
 
     /// A poison outcome with the error and its whole cause chain.
     pub fn poison(error: &(dyn std::error::Error + 'static)) -> Self {
-        let mut chain = vec![error.to_string()];
-        let mut source = error.source();
-        while let Some(cause) = source {
-            chain.push(cause.to_string());
-            source = cause.source();
-        }
         Self::Poison {
-            reason: chain.join(": "),
+            reason: error_chain(error),
         }
     }
+
+    /// A retry after `after` for `error`, with its whole cause chain.
+    pub fn retry_error(after: Duration, error: &(dyn std::error::Error + 'static)) -> Self {
+        Self::Retry {
+            after,
+            reason: error_chain(error),
+        }
+    }
+}
+
+/// `error` and each of its causes, once each, joined by `: `.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut chain = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(cause) = source {
+        chain.push(cause.to_string());
+        source = cause.source();
+    }
+    chain.join(": ")
 }
 
 /// One delivered message, as a handler sees it.
@@ -121,17 +134,22 @@ impl Delivery {
     }
 
     /// The command version the publisher declared (1 when absent).
-    pub fn version(&self) -> Result<u32, String> {
+    pub fn version(&self) -> Result<u32, InvalidVersion> {
         match self.headers.get(VERSION_HEADER) {
             None => Ok(1),
             Some(v) => v
                 .as_str()
                 .trim()
                 .parse::<u32>()
-                .map_err(|_| format!("{VERSION_HEADER} {:?} is not a number", v.as_str())),
+                .map_err(|_| InvalidVersion(v.as_str().to_owned())),
         }
     }
 }
+
+/// A `Fleet-Command-Version` header that is not a number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{VERSION_HEADER} {0:?} is not a number")]
+pub struct InvalidVersion(pub String);
 
 /// A worker's message handler.
 #[async_trait]
@@ -651,7 +669,7 @@ async fn process<H: Handler>(
                     ),
                 };
             }
-            Err(reason) => return Outcome::Poison { reason },
+            Err(invalid) => return Outcome::poison(&invalid),
         }
         // Keep the delivery alive while the handler works.
         let keepalive = {

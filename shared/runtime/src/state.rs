@@ -119,11 +119,18 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
         }
     }
 
-    /// Every key with a value.
-    pub async fn keys(&self) -> Result<Vec<String>, String> {
+    /// Every key with a value (an operator's listing: it reads the whole bucket).
+    pub async fn keys(&self) -> Result<Vec<String>, StateError<std::convert::Infallible>> {
         use futures::TryStreamExt;
-        let keys = self.kv.keys().await.map_err(|e| e.to_string())?;
-        let mut keys: Vec<String> = keys.try_collect().await.map_err(|e| e.to_string())?;
+        let keys = self
+            .kv
+            .keys()
+            .await
+            .map_err(|e| StateError::Store(e.to_string()))?;
+        let mut keys: Vec<String> = keys
+            .try_collect()
+            .await
+            .map_err(|e| StateError::Store(e.to_string()))?;
         keys.sort();
         Ok(keys)
     }

@@ -171,7 +171,7 @@ pub fn desired_schema(objects: &[ObjectDefinition]) -> Result<Schema, DesiredSch
                 issues.error(
                     format!("{field_path}.renamedFrom"),
                     "invalid_identifier",
-                    why,
+                    why.to_string(),
                 );
             }
             if field.unique {
@@ -231,7 +231,11 @@ pub fn desired_schema(objects: &[ObjectDefinition]) -> Result<Schema, DesiredSch
             let name = match &index.name {
                 Some(name) => {
                     if let Err(why) = check_identifier(name) {
-                        issues.error(format!("{index_path}.name"), "invalid_identifier", why);
+                        issues.error(
+                            format!("{index_path}.name"),
+                            "invalid_identifier",
+                            why.to_string(),
+                        );
                         continue;
                     }
                     name.clone()

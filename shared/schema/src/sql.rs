@@ -170,32 +170,42 @@ pub const RESERVED_WORDS: &[&str] = &[
     "_rowid_",
 ];
 
+/// Why a table, column or index name is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidIdentifier {
+    /// Not `^[a-z_][a-z0-9_]*$`.
+    #[error("{0:?} is not snake_case ASCII (^[a-z_][a-z0-9_]*$)")]
+    NotSnakeCase(String),
+    /// Longer than [`MAX_IDENTIFIER_LEN`].
+    #[error("{0:?} is longer than {MAX_IDENTIFIER_LEN} characters")]
+    TooLong(String),
+    /// An SQL keyword.
+    #[error("{0:?} is an SQL keyword")]
+    Keyword(String),
+    /// `sqlite_…` or `_fleet_…`.
+    #[error("{0:?} uses a prefix reserved for the database or the fleet")]
+    ReservedPrefix(String),
+}
+
 /// Checks a table, column or index name: snake_case ASCII (`^[a-z_][a-z0-9_]*$`), at most
 /// [`MAX_IDENTIFIER_LEN`] characters, not a reserved word, not `sqlite_…` or `_fleet_…`.
-/// Returns the reason when it is refused.
-pub fn check_identifier(name: &str) -> Result<(), String> {
+pub fn check_identifier(name: &str) -> Result<(), InvalidIdentifier> {
     let mut chars = name.chars();
     let well_formed = chars
         .next()
         .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if !well_formed {
-        return Err(format!(
-            "{name:?} is not snake_case ASCII (^[a-z_][a-z0-9_]*$)"
-        ));
+        return Err(InvalidIdentifier::NotSnakeCase(name.to_owned()));
     }
     if name.len() > MAX_IDENTIFIER_LEN {
-        return Err(format!(
-            "{name:?} is longer than {MAX_IDENTIFIER_LEN} characters"
-        ));
+        return Err(InvalidIdentifier::TooLong(name.to_owned()));
     }
     if RESERVED_WORDS.contains(&name) {
-        return Err(format!("{name:?} is an SQL keyword"));
+        return Err(InvalidIdentifier::Keyword(name.to_owned()));
     }
     if name.starts_with("sqlite_") || name.starts_with(FLEET_TABLE_PREFIX) {
-        return Err(format!(
-            "{name:?} uses a prefix reserved for the database or the fleet"
-        ));
+        return Err(InvalidIdentifier::ReservedPrefix(name.to_owned()));
     }
     Ok(())
 }

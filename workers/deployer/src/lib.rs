@@ -62,6 +62,24 @@ impl std::fmt::Debug for Deployer {
     }
 }
 
+/// Why the deployer could not read its inputs or publish what a deployment needs: all
+/// transient (the stores or the server are unavailable) — the job is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployerError {
+    /// A job or hook could not be published.
+    #[error("publishing to {subject}")]
+    Publish {
+        /// The subject.
+        subject: String,
+        /// Why.
+        #[source]
+        source: fleet_runtime::publish::PublishError,
+    },
+    /// The tenants could not be listed or read.
+    #[error("reading the tenants")]
+    Tenants(#[source] fleet_runtime::StateError<std::convert::Infallible>),
+}
+
 /// Why a tenant could not be deployed (a failed tenant) or the job must be retried.
 #[derive(Debug)]
 enum TenantError {
@@ -79,7 +97,7 @@ pub async fn publish_wave(
     publisher: &Publisher,
     prefix: &str,
     d: &Deployment,
-) -> Result<(), String> {
+) -> Result<(), DeployerError> {
     let rollback = d.status == RolloutStatus::RollingBack;
     let open: Vec<TenantId> = if rollback {
         d.migrated()
@@ -118,7 +136,10 @@ pub async fn publish_wave(
         publisher
             .publish_json(&subject, &message_id, &job, HeaderMap::new())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|source| DeployerError::Publish {
+                subject: subject.clone(),
+                source,
+            })?;
     }
     Ok(())
 }
@@ -199,11 +220,15 @@ impl Deployer {
                     .await;
             }
             Ok(targets) => targets,
-            Err(e) => return Outcome::retry(Duration::from_secs(1), e),
+            Err(e) => return Outcome::retry_error(Duration::from_secs(1), &e),
         };
         let ends = match request.rollout.wave_ends(targets.len()) {
             Ok(ends) => ends,
-            Err(e) => return self.reject(&id, &request.bundle.manifest.version, &e).await,
+            Err(e) => {
+                return self
+                    .reject(&id, &request.bundle.manifest.version, &e.to_string())
+                    .await;
+            }
         };
         let mut waves = Vec::new();
         let mut start = 0;
@@ -213,7 +238,7 @@ impl Deployer {
         }
         let bundle = serde_json::to_vec(&request.bundle).expect("a bundle serializes");
         if let Err(e) = self.bundles.put(bundle_key(&id), bundle.into()).await {
-            return Outcome::retry(Duration::from_secs(1), e);
+            return Outcome::retry_error(Duration::from_secs(1), &e);
         }
         let deployment = Deployment {
             id: id.clone(),
@@ -244,7 +269,7 @@ impl Deployer {
         {
             Ok(Some(written)) => written,
             Ok(None) => return Outcome::retry(Duration::from_secs(1), "deployment vanished"),
-            Err(e) => return Outcome::retry(Duration::from_secs(1), e),
+            Err(e) => return Outcome::retry_error(Duration::from_secs(1), &e),
         };
         self.advanced(&written).await
     }
@@ -280,18 +305,18 @@ impl Deployer {
     }
 
     /// The tenants a request targets: the named ones, or every active tenant.
-    async fn targets(&self, request: &DeployRequest) -> Result<Vec<TenantId>, String> {
+    async fn targets(&self, request: &DeployRequest) -> Result<Vec<TenantId>, DeployerError> {
         let mut targets: Vec<TenantId> = if request.target.all {
             let mut active = Vec::new();
-            for key in self.tenants.keys().await? {
+            for key in self.tenants.keys().await.map_err(DeployerError::Tenants)? {
                 let Ok(tenant) = TenantId::parse(key) else {
                     continue;
                 };
                 let record = self
                     .tenants
-                    .get::<RolloutError>(tenant.as_str())
+                    .get::<std::convert::Infallible>(tenant.as_str())
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(DeployerError::Tenants)?;
                 if record.is_some_and(|r| r.state.status == TenantProvisioningStatus::Active) {
                     active.push(tenant);
                 }
@@ -307,7 +332,7 @@ impl Deployer {
 
     /// Publishes the jobs of the current wave still without a result, or the end-of-deployment
     /// hook (both idempotent: message ids derive from the deployment).
-    async fn advance(&self, deployment: &Versioned<Deployment>) -> Result<(), String> {
+    async fn advance(&self, deployment: &Versioned<Deployment>) -> Result<(), DeployerError> {
         let d = &deployment.state;
         if !matches!(
             d.status,
@@ -318,7 +343,7 @@ impl Deployer {
         publish_wave(&self.publisher, &self.prefix, d).await
     }
 
-    async fn finish_hook(&self, deployment: &Versioned<Deployment>) -> Result<(), String> {
+    async fn finish_hook(&self, deployment: &Versioned<Deployment>) -> Result<(), DeployerError> {
         let d = &deployment.state;
         let (event, subject) = match d.status {
             RolloutStatus::Running | RolloutStatus::RollingBack => return Ok(()),
@@ -353,7 +378,10 @@ impl Deployer {
             .publish(&hook)
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|source| DeployerError::Publish {
+                subject: hook.subject.clone(),
+                source,
+            })
     }
 
     async fn tenant_job(&self, delivery: &Delivery) -> Outcome {
@@ -372,7 +400,7 @@ impl Deployer {
                     reason: format!("unknown deployment {}", job.deployment_id),
                 };
             }
-            Err(e) => return Outcome::retry(Duration::from_secs(1), e),
+            Err(e) => return Outcome::retry_error(Duration::from_secs(1), &e),
         };
         if job.rollback {
             return self.rollback_job(&current, &job.tenant_id).await;
@@ -397,7 +425,7 @@ impl Deployer {
                     reason: format!("bundle of {} missing", job.deployment_id),
                 };
             }
-            Err(e) => return Outcome::retry(Duration::from_secs(1), e),
+            Err(e) => return Outcome::retry_error(Duration::from_secs(1), &e),
         };
         let started = Instant::now();
         let outcome = match self
@@ -425,7 +453,7 @@ impl Deployer {
                 data: json!({"deploymentId": job.deployment_id, "tenantId": job.tenant_id, "error": outcome.error}),
             };
             if let Err(e) = self.hooks.publish(&hook).await {
-                return Outcome::retry(Duration::from_secs(1), e);
+                return Outcome::retry_error(Duration::from_secs(1), &e);
             }
         }
         self.record_and_advance(&job.deployment_id, |cur| {
@@ -446,7 +474,7 @@ impl Deployer {
         match self.deployments.transition(id.as_str(), decide).await {
             Ok(Some(written)) => self.advanced(&written).await,
             Ok(None) => Outcome::Done,
-            Err(e) => Outcome::retry(Duration::from_secs(1), e),
+            Err(e) => Outcome::retry_error(Duration::from_secs(1), &e),
         }
     }
 
@@ -454,7 +482,7 @@ impl Deployer {
     async fn advanced(&self, deployment: &Versioned<Deployment>) -> Outcome {
         match self.advance(deployment).await {
             Ok(()) => Outcome::Done,
-            Err(e) => Outcome::retry(Duration::from_secs(1), e),
+            Err(e) => Outcome::retry_error(Duration::from_secs(1), &e),
         }
     }
 
@@ -495,7 +523,7 @@ impl Deployer {
                 reason: format!("unknown deployment {id}"),
             },
             Err(fleet_runtime::StateError::Refused(e)) => Outcome::poison(&e),
-            Err(e) => Outcome::retry(Duration::from_secs(1), e),
+            Err(e) => Outcome::retry_error(Duration::from_secs(1), &e),
         }
     }
 
@@ -515,7 +543,7 @@ impl Deployer {
                 reason: format!("unknown deployment {id}"),
             },
             Err(fleet_runtime::StateError::Refused(e)) => Outcome::poison(&e),
-            Err(e) => Outcome::retry(Duration::from_secs(1), e),
+            Err(e) => Outcome::retry_error(Duration::from_secs(1), &e),
         }
     }
 
