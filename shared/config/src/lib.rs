@@ -75,6 +75,9 @@ pub struct ProvisionerConfig {
     /// How long a worker holds a tenant's provisioning lease (renewed per step), in seconds; a
     /// crashed worker's tenant waits at most this long for another.
     pub lease_secs: u64,
+    /// Chaos testing only: a pause inside every provisioning step, in milliseconds, so a test
+    /// can kill the worker in the middle of one. 0 (the default) in production.
+    pub step_delay_ms: u64,
 }
 
 impl Default for ProvisionerConfig {
@@ -85,6 +88,7 @@ impl Default for ProvisionerConfig {
             token_expiration_days: 0,
             backup_dir: PathBuf::from(".fleet/data/backups"),
             lease_secs: 15,
+            step_delay_ms: 0,
         }
     }
 }

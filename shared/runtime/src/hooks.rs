@@ -84,27 +84,23 @@ impl Hook {
 pub struct Hooks {
     publisher: Publisher,
     source: String,
-    prefix: String,
+    subjects: crate::Subjects,
 }
 
 impl Hooks {
-    /// Hooks from `source` (e.g. `/objectos-fleet/provisioner`), subjects under `prefix`.
-    pub fn new(publisher: Publisher, source: impl Into<String>, prefix: impl Into<String>) -> Self {
+    /// Hooks from `source` (e.g. `/objectos-fleet/provisioner`), under `subjects`' prefix.
+    pub fn new(publisher: Publisher, source: impl Into<String>, subjects: crate::Subjects) -> Self {
         Self {
             publisher,
             source: source.into(),
-            prefix: prefix.into(),
+            subjects,
         }
     }
 
     /// Publishes `hook` once (a repeat within the duplicate window is dropped by the server).
     pub async fn publish(&self, hook: &Hook) -> Result<Published, PublishError> {
         let event = hook.to_event(&self.source);
-        let subject = if self.prefix.is_empty() {
-            hook.subject.clone()
-        } else {
-            format!("{}.{}", self.prefix, hook.subject)
-        };
+        let subject = self.subjects.full(&hook.subject);
         let mut headers = HeaderMap::new();
         headers.insert("Content-Type", "application/cloudevents+json");
         self.publisher

@@ -111,6 +111,18 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// A first delivery of `payload` on `subject` (unprefixed), with no headers: the seam to run
+    /// one message through a handler (`handler.handle(Delivery::new(..))`) without the job loop.
+    pub fn new(subject: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        Self {
+            subject: subject.into(),
+            payload: payload.into(),
+            headers: HeaderMap::new(),
+            attempt: 1,
+            sequence: 0,
+        }
+    }
+
     /// Decodes and validates the payload as a protocol type; bad input is poison with every
     /// issue and its path.
     pub fn decode<T: Spec>(&self) -> Result<T, Outcome> {
@@ -489,8 +501,8 @@ pub struct JobLoopSettings {
     pub concurrency: usize,
     /// Time in-flight jobs get to finish on shutdown.
     pub shutdown_grace: Duration,
-    /// Subject prefix of the topology (stripped from delivered subjects).
-    pub prefix: String,
+    /// Subjects of the topology (its prefix is stripped from delivered subjects).
+    pub subjects: crate::Subjects,
     /// Dead-letter subject (`dlq.<consumer>`, prefixed).
     pub dead_letter_subject: String,
     /// Object store of dead-letter payloads too big to carry inline.
@@ -603,16 +615,6 @@ pub async fn run_job_loop<H: Handler>(
     Ok(())
 }
 
-fn strip_prefix(prefix: &str, subject: &str) -> String {
-    if prefix.is_empty() {
-        return subject.to_owned();
-    }
-    subject
-        .strip_prefix(&format!("{prefix}."))
-        .unwrap_or(subject)
-        .to_owned()
-}
-
 async fn process<H: Handler>(
     message: jetstream::Message,
     handler: &H,
@@ -631,7 +633,7 @@ async fn process<H: Handler>(
     };
     let headers = message.headers.clone().unwrap_or_default();
     let delivery = Delivery {
-        subject: strip_prefix(&settings.prefix, message.subject.as_str()),
+        subject: settings.subjects.strip(message.subject.as_str()).to_owned(),
         payload: message.payload.clone(),
         headers: headers.clone(),
         attempt,
@@ -769,7 +771,10 @@ pub async fn watch_max_deliveries<H: Handler>(
             continue;
         };
         let delivery = Delivery {
-            subject: strip_prefix(&settings.prefix, original.subject.as_str()),
+            subject: settings
+                .subjects
+                .strip(original.subject.as_str())
+                .to_owned(),
             payload: original.payload.clone(),
             headers: original.headers.clone(),
             attempt: advisory.deliveries,

@@ -23,6 +23,7 @@ pub mod publish;
 pub mod schedule;
 pub mod shutdown;
 pub mod state;
+pub mod subjects;
 pub mod telemetry;
 pub mod topology;
 pub mod worker;
@@ -42,6 +43,7 @@ pub use jobs::{
 pub use publish::{Published, Publisher};
 pub use schedule::Scheduler;
 pub use state::{Decision, ProgressEvent, StateError, StateStore, Versioned};
+pub use subjects::Subjects;
 pub use topology::{Topology, TopologyError};
 
 /// Why the runtime could not start or stopped abnormally.
@@ -160,7 +162,7 @@ impl Runtime {
             ack_wait: spec.ack_wait,
             concurrency: config.worker.concurrency as usize,
             shutdown_grace: Duration::from_millis(config.worker.shutdown_grace_ms),
-            prefix: self.topology.prefix.clone(),
+            subjects: self.topology.subjects(),
             dead_letter_subject: self.topology.subject(&format!("dlq.{}", spec.durable)),
             dead_letter_payloads: self.topology.dead_letter_payloads.clone(),
             payload_limits: spec.payload_limits.clone(),

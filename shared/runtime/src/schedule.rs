@@ -17,6 +17,7 @@ use async_nats::HeaderMap;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
 
+use crate::Subjects;
 use crate::publish::{PublishError, Published, Publisher};
 
 /// The header naming when a schedule fires.
@@ -30,7 +31,7 @@ pub const SCHEDULER_HEADER: &str = "Nats-Scheduler";
 #[derive(Debug, Clone)]
 pub struct Scheduler {
     publisher: Publisher,
-    prefix: String,
+    subjects: Subjects,
 }
 
 /// The `Nats-Schedule` value for `at`: `@at` and the time in RFC 3339 UTC, rounded up to the
@@ -46,20 +47,16 @@ pub fn at_expression(at: DateTime<Utc>) -> String {
 }
 
 impl Scheduler {
-    /// A scheduler publishing through `publisher`, subjects under `prefix` (empty for none).
-    pub fn new(publisher: Publisher, prefix: impl Into<String>) -> Self {
+    /// A scheduler publishing through `publisher`, under `subjects`' prefix.
+    pub fn new(publisher: Publisher, subjects: Subjects) -> Self {
         Self {
             publisher,
-            prefix: prefix.into(),
+            subjects,
         }
     }
 
     fn subject(&self, subject: &str) -> String {
-        if self.prefix.is_empty() {
-            subject.to_owned()
-        } else {
-            format!("{}.{subject}", self.prefix)
-        }
+        self.subjects.full(subject)
     }
 
     /// Schedules `payload` to be published to `target` at `at`. The schedule lives at

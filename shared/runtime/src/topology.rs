@@ -270,23 +270,9 @@ impl Topology {
     /// [`Topology::fleet`] with explicit consumer settings.
     pub fn fleet_with(prefix: &str, replicas: usize, consumers: ConsumerSettings) -> Self {
         use names::*;
-        let subject = |s: &str| {
-            if prefix.is_empty() {
-                s.to_owned()
-            } else {
-                format!("{prefix}.{s}")
-            }
-        };
-        let name = |n: &str| {
-            if prefix.is_empty() {
-                n.to_owned()
-            } else {
-                format!(
-                    "{}_{n}",
-                    prefix.to_ascii_uppercase().replace(['.', '-'], "_")
-                )
-            }
-        };
+        let subjects = crate::Subjects::new(prefix);
+        let subject = |s: &str| subjects.full(s);
+        let name = |n: &str| subjects.stream(n);
         let work = |n: &str, subjects: &[&str], max_msg_size: i32| StreamSpec {
             name: name(n),
             subjects: subjects.iter().map(|s| subject(s)).collect(),
@@ -382,11 +368,12 @@ impl Topology {
 
     /// A subject under this topology's prefix.
     pub fn subject(&self, subject: &str) -> String {
-        if self.prefix.is_empty() {
-            subject.to_owned()
-        } else {
-            format!("{}.{subject}", self.prefix)
-        }
+        self.subjects().full(subject)
+    }
+
+    /// The subjects under this topology's prefix.
+    pub fn subjects(&self) -> crate::Subjects {
+        crate::Subjects::new(self.prefix.clone())
     }
 
     /// The stream named `name` (before prefixing, e.g. [`names::HOOKS`]).

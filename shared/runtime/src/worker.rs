@@ -44,7 +44,7 @@ impl WorkerContext {
     pub fn scheduler(&self) -> Scheduler {
         Scheduler::new(
             self.runtime.publisher.clone(),
-            self.runtime.topology.prefix.clone(),
+            self.runtime.topology.subjects(),
         )
     }
 }
@@ -89,8 +89,8 @@ pub async fn run<W: Worker>() -> Result<(), WorkerError> {
         .map_err(WorkerError::Runtime)?;
     let hooks = Hooks::new(
         runtime.publisher.clone(),
-        &format!("/objectos-fleet/{}", W::NAME),
-        runtime.topology.prefix.clone(),
+        format!("/objectos-fleet/{}", W::NAME),
+        runtime.topology.subjects(),
     );
     let context = WorkerContext {
         config,

@@ -33,7 +33,9 @@ use fleet_protocol::{
     QuotaEnforcementResult, TenantDeployJob, TenantId, TenantProvisioningStatus, Timestamp,
 };
 use fleet_runtime::worker::{BuildError, Worker, WorkerContext};
-use fleet_runtime::{Delivery, Handler, Hook, Hooks, Outcome, Publisher, StateStore, Versioned};
+use fleet_runtime::{
+    Delivery, Handler, Hook, Hooks, Outcome, Publisher, StateStore, Subjects, Versioned,
+};
 use fleet_schema::{BoundStatement, PlanError, PlanOptions, SchemaError};
 use fleet_tenantdb::{KeyRing, TenantDatabases};
 use fleet_tenants::machine::TenantRecord;
@@ -51,13 +53,13 @@ pub struct Deployer {
     keys: Arc<KeyRing>,
     hooks: Hooks,
     publisher: Publisher,
-    prefix: String,
+    subjects: Subjects,
 }
 
 impl std::fmt::Debug for Deployer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Deployer")
-            .field("prefix", &self.prefix)
+            .field("subjects", &self.subjects)
             .finish_non_exhaustive()
     }
 }
@@ -95,7 +97,7 @@ enum TenantError {
 /// finds the tenant recorded.
 pub async fn publish_wave(
     publisher: &Publisher,
-    prefix: &str,
+    subjects: &Subjects,
     d: &Deployment,
 ) -> Result<(), DeployerError> {
     let rollback = d.status == RolloutStatus::RollingBack;
@@ -115,11 +117,7 @@ pub async fn publish_wave(
             .cloned()
             .collect()
     };
-    let subject = if prefix.is_empty() {
-        format!("deploy.tenant.{}", d.id)
-    } else {
-        format!("{prefix}.deploy.tenant.{}", d.id)
-    };
+    let subject = subjects.full(&format!("deploy.tenant.{}", d.id));
     let suffix = match (rollback, d.resumes) {
         (true, _) => ":rollback".to_owned(),
         (false, 0) => String::new(),
@@ -166,7 +164,7 @@ impl Worker for Deployer {
             keys: Arc::new(fleet_tenantdb::key_ring_from_config(&context.config)?),
             hooks: context.hooks.clone(),
             publisher: runtime.publisher.clone(),
-            prefix: runtime.topology.prefix.clone(),
+            subjects: runtime.topology.subjects(),
         })
     }
 }
@@ -340,7 +338,7 @@ impl Deployer {
         ) {
             return self.finish_hook(deployment).await;
         }
-        publish_wave(&self.publisher, &self.prefix, d).await
+        publish_wave(&self.publisher, &self.subjects, d).await
     }
 
     async fn finish_hook(&self, deployment: &Versioned<Deployment>) -> Result<(), DeployerError> {

@@ -64,6 +64,68 @@ pub const DELETE_CRASH_POINTS: &[&str] = &[
     "delete.database_deleted",
 ];
 
+/// A command of the provisioner, parsed once from a delivery's subject and payload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TenantCommand {
+    /// `tenant.created`: provision a new tenant.
+    Create(TenantCreated),
+    /// `tenant.suspended`, with the reason for the record and the hook.
+    Suspend {
+        /// The tenant.
+        tenant: TenantId,
+        /// Why (billing, policy, request).
+        reason: Option<String>,
+    },
+    /// `tenant.resumed`.
+    Resume(TenantId),
+    /// `tenant.deleted`: delete now or schedule the deletion after the grace period.
+    Delete(TenantId),
+    /// `tenant.deletion_due`: a scheduled deletion fired.
+    DeletionDue(TenantId),
+    /// `tenant.plan_changed`.
+    ChangePlan {
+        /// The tenant.
+        tenant: TenantId,
+        /// The new plan.
+        plan: fleet_protocol::TenantPlan,
+    },
+}
+
+impl TenantCommand {
+    /// Parses a delivery (subject, then its payload); anything else is poison with the reason.
+    pub fn parse(delivery: &Delivery) -> Result<Self, Outcome> {
+        let lifecycle = || delivery.decode::<TenantLifecycleCommand>();
+        Ok(match delivery.subject.as_str() {
+            "tenant.created" => Self::Create(delivery.decode::<TenantCreated>()?),
+            "tenant.suspended" => {
+                let command = lifecycle()?;
+                Self::Suspend {
+                    tenant: command.tenant_id,
+                    reason: command.reason,
+                }
+            }
+            "tenant.resumed" => Self::Resume(lifecycle()?.tenant_id),
+            "tenant.deleted" => Self::Delete(lifecycle()?.tenant_id),
+            "tenant.deletion_due" => Self::DeletionDue(lifecycle()?.tenant_id),
+            "tenant.plan_changed" => {
+                let command = lifecycle()?;
+                let plan = command.plan.ok_or_else(|| Outcome::Poison {
+                    reason: "tenant.plan_changed needs `plan`".to_owned(),
+                })?;
+                Self::ChangePlan {
+                    tenant: command.tenant_id,
+                    plan,
+                }
+            }
+            other => {
+                return Err(Outcome::Poison {
+                    reason: format!("the provisioner handles no {other:?} commands"),
+                });
+            }
+        })
+    }
+}
+
 /// Settings of the provisioner.
 #[derive(Debug, Clone)]
 pub struct ProvisionerSettings {
@@ -77,7 +139,7 @@ pub struct ProvisionerSettings {
     pub backup_dir: PathBuf,
     /// How long one worker holds a tenant's provisioning lease.
     pub lease: Duration,
-    /// Chaos testing only: a pause inside every step (`FLEET_PROVISIONER_STEP_DELAY_MS`), so a
+    /// Chaos testing only: a pause inside every step (`provisioner.step_delay_ms`), so a
     /// test can kill the worker in the middle of one. Zero in production.
     pub step_delay: Duration,
 }
@@ -99,10 +161,7 @@ impl ProvisionerSettings {
                 horizon,
             });
         }
-        let step_delay = std::env::var("FLEET_PROVISIONER_STEP_DELAY_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let step_delay = config.provisioner.step_delay_ms;
         Ok(Self {
             regions,
             lifecycle: config.provisioner.lifecycle.clone(),
@@ -629,27 +688,17 @@ impl Provisioner {
         Ok(())
     }
 
-    async fn lifecycle(
-        &self,
-        subject: &str,
-        command: TenantLifecycleCommand,
-        attempt: u64,
-    ) -> Outcome {
-        let tenant = command.tenant_id.clone();
-        let result = match subject {
-            "tenant.suspended" => self.suspend(&tenant, command.reason.clone()).await,
-            "tenant.resumed" => self.resume(&tenant).await,
-            "tenant.deleted" => return self.delete(&tenant, attempt, false).await,
-            "tenant.deletion_due" => return self.delete(&tenant, attempt, true).await,
-            "tenant.plan_changed" => match command.plan {
-                Some(plan) => self.change_plan(&tenant, plan).await,
-                None => Err(ProvisionError::Permanent(
-                    "tenant.plan_changed needs `plan`".into(),
-                )),
-            },
-            _ => Err(ProvisionError::Permanent(format!(
-                "no handler for {subject}"
-            ))),
+    /// Carries out one parsed command.
+    async fn execute(&self, command: TenantCommand, attempt: u64) -> Outcome {
+        let result = match command {
+            TenantCommand::Create(command) => return self.created(command, attempt).await,
+            TenantCommand::Delete(tenant) => return self.delete(&tenant, attempt, false).await,
+            TenantCommand::DeletionDue(tenant) => {
+                return self.delete(&tenant, attempt, true).await;
+            }
+            TenantCommand::Suspend { tenant, reason } => self.suspend(&tenant, reason).await,
+            TenantCommand::Resume(tenant) => self.resume(&tenant).await,
+            TenantCommand::ChangePlan { tenant, plan } => self.change_plan(&tenant, plan).await,
         };
         match result {
             Ok(()) => Outcome::Done,
@@ -1062,29 +1111,15 @@ impl Worker for Provisioner {
 #[async_trait]
 impl Handler for Provisioner {
     async fn handle(&self, delivery: Delivery) -> Outcome {
-        match delivery.subject.as_str() {
-            "tenant.created" => match delivery.decode::<TenantCreated>() {
-                Ok(command) => self.created(command, delivery.attempt).await,
-                Err(poison) => poison,
-            },
-            subject @ ("tenant.suspended"
-            | "tenant.resumed"
-            | "tenant.deleted"
-            | "tenant.deletion_due"
-            | "tenant.plan_changed") => match delivery.decode::<TenantLifecycleCommand>() {
-                Ok(command) => self.lifecycle(subject, command, delivery.attempt).await,
-                Err(poison) => poison,
-            },
-            other => Outcome::Poison {
-                reason: format!("the provisioner handles no {other:?} commands"),
-            },
+        match TenantCommand::parse(&delivery) {
+            Ok(command) => self.execute(command, delivery.attempt).await,
+            Err(poison) => poison,
         }
     }
 
     async fn dead_lettered(&self, delivery: &Delivery, letter: &DeadLetter) {
-        if delivery.subject == "tenant.created"
-            && letter.reason == "max_deliver"
-            && let Ok(command) = delivery.decode::<TenantCreated>()
+        if letter.reason == "max_deliver"
+            && let Ok(TenantCommand::Create(command)) = TenantCommand::parse(delivery)
         {
             self.creation_abandoned(command, letter).await;
         }
@@ -1094,6 +1129,77 @@ impl Handler for Provisioner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(subject: &str, payload: serde_json::Value) -> Result<TenantCommand, Outcome> {
+        TenantCommand::parse(&Delivery::new(subject, payload.to_string()))
+    }
+
+    fn refusal(result: Result<TenantCommand, Outcome>) -> String {
+        match result {
+            Err(Outcome::Poison { reason }) => reason,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_subject_parses_into_its_command_once() {
+        let acme = TenantId::parse("acme").unwrap();
+        assert!(matches!(
+            parse("tenant.created", json!({"tenantId": "acme", "orgId": "o"})),
+            Ok(TenantCommand::Create(c)) if c.tenant_id == acme
+        ));
+        assert_eq!(
+            parse(
+                "tenant.suspended",
+                json!({"tenantId": "acme", "reason": "billing"})
+            )
+            .unwrap(),
+            TenantCommand::Suspend {
+                tenant: acme.clone(),
+                reason: Some("billing".into())
+            }
+        );
+        assert_eq!(
+            parse("tenant.resumed", json!({"tenantId": "acme"})).unwrap(),
+            TenantCommand::Resume(acme.clone())
+        );
+        assert_eq!(
+            parse("tenant.deleted", json!({"tenantId": "acme"})).unwrap(),
+            TenantCommand::Delete(acme.clone())
+        );
+        assert_eq!(
+            parse("tenant.deletion_due", json!({"tenantId": "acme"})).unwrap(),
+            TenantCommand::DeletionDue(acme.clone())
+        );
+        assert_eq!(
+            parse(
+                "tenant.plan_changed",
+                json!({"tenantId": "acme", "plan": "pro"})
+            )
+            .unwrap(),
+            TenantCommand::ChangePlan {
+                tenant: acme,
+                plan: fleet_protocol::TenantPlan::Pro
+            }
+        );
+    }
+
+    #[test]
+    fn bad_commands_are_poison_with_the_reason() {
+        assert!(
+            refusal(parse("tenant.plan_changed", json!({"tenantId": "acme"})))
+                .contains("needs `plan`")
+        );
+        assert!(
+            refusal(parse("tenant.renamed", json!({"tenantId": "acme"})))
+                .contains("tenant.renamed")
+        );
+        assert!(refusal(parse("tenant.deleted", json!({"tenantId": "../x"}))).contains("tenantId"));
+        assert!(
+            refusal(TenantCommand::parse(&Delivery::new("tenant.created", "{")))
+                .contains("not JSON")
+        );
+    }
 
     #[test]
     fn a_grace_period_beyond_what_can_be_scheduled_is_refused() {

@@ -71,7 +71,7 @@ impl Env {
             ack_wait: spec.ack_wait,
             concurrency,
             shutdown_grace: Duration::from_secs(10),
-            prefix: String::new(),
+            subjects: fleet_runtime::Subjects::default(),
             dead_letter_subject: format!("dlq.{}", spec.durable),
             dead_letter_payloads: self.topology.dead_letter_payloads.clone(),
             payload_limits: spec.payload_limits.clone(),

@@ -107,8 +107,8 @@ group = "local"
             tenants.clone(),
             fleet_tenantdb::backend_from_config(&config).unwrap(),
             Arc::new(fleet_tenantdb::key_ring_from_config(&config).unwrap()),
-            Hooks::new(publisher.clone(), "/test/provisioner", ""),
-            fleet_runtime::Scheduler::new(publisher.clone(), ""),
+            Hooks::new(publisher.clone(), "/test/provisioner", Default::default()),
+            fleet_runtime::Scheduler::new(publisher.clone(), Default::default()),
             ProvisionerSettings::from_config(&config).unwrap(),
         ));
         let spec = topology.consumer(names::PROVISIONER).unwrap().clone();
@@ -119,7 +119,7 @@ group = "local"
             ack_wait: spec.ack_wait,
             concurrency: 8,
             shutdown_grace: Duration::from_secs(5),
-            prefix: String::new(),
+            subjects: fleet_runtime::Subjects::default(),
             dead_letter_subject: "dlq.provisioner".into(),
             dead_letter_payloads: topology.dead_letter_payloads.clone(),
             payload_limits: spec.payload_limits.clone(),

@@ -94,7 +94,7 @@ async fn a_duplicate_tenant_created_is_a_no_op() {
 #[tokio::test]
 async fn a_worker_killed_mid_step_and_restarted_ends_active_once() {
     let mut fleet = Fleet::start("").await;
-    let slow = fleet.spawn_worker(&[("FLEET_PROVISIONER_STEP_DELAY_MS", "700")]);
+    let slow = fleet.spawn_worker(&[("FLEET_PROVISIONER__STEP_DELAY_MS", "700")]);
     fleet.register("acme", "acme", json!({})).await;
     // Kill it while a step is running (after the database exists, before the token is stored).
     fleet
