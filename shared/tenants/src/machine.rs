@@ -16,15 +16,62 @@ use fleet_tenantdb::StoredConnectionConfig;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// The provisioning steps, in order.
-pub const STEPS: [&str; 6] = [
-    "create_database",
-    "issue_token",
-    "store_connection",
-    "sync_schema",
-    "seed",
-    "register",
-];
+/// A provisioning step (upstream `ProvisioningStep.name`), in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// The tenant's database, in its region's group.
+    CreateDatabase,
+    /// A full-access token (an orphan of a crashed attempt revoked first).
+    IssueToken,
+    /// The connection, its token sealed, in the tenant record.
+    StoreConnection,
+    /// The base system schema.
+    SyncSchema,
+    /// Seed data (the admin user).
+    Seed,
+    /// `active`, with `hooks.tenant.created`.
+    Register,
+}
+
+impl Step {
+    /// Every step, in order.
+    pub const ALL: [Step; 6] = [
+        Step::CreateDatabase,
+        Step::IssueToken,
+        Step::StoreConnection,
+        Step::SyncSchema,
+        Step::Seed,
+        Step::Register,
+    ];
+
+    /// The steps that prepare the tenant; [`Step::Register`] is [`activate`]'s own write.
+    pub const PREPARATION: [Step; 5] = [
+        Step::CreateDatabase,
+        Step::IssueToken,
+        Step::StoreConnection,
+        Step::SyncSchema,
+        Step::Seed,
+    ];
+
+    /// The upstream step name (`create_database`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::CreateDatabase => "create_database",
+            Step::IssueToken => "issue_token",
+            Step::StoreConnection => "store_connection",
+            Step::SyncSchema => "sync_schema",
+            Step::Seed => "seed",
+            Step::Register => "register",
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// A lease on a tenant's provisioning work: one executor at a time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +237,7 @@ fn event(
     step: &str,
     duration_ms: Option<u64>,
     error: Option<String>,
+    now: &Timestamp,
 ) -> ProgressEvent {
     ProgressEvent {
         kind: "tenant".to_owned(),
@@ -198,7 +246,7 @@ fn event(
         status: status_name(record),
         duration_ms,
         error,
-        at: Timestamp::now(),
+        at: now.clone(),
         revision: 0,
     }
 }
@@ -219,8 +267,9 @@ fn write(
     step: &str,
     duration_ms: Option<u64>,
     error: Option<String>,
+    now: &Timestamp,
 ) -> Decision<TenantRecord> {
-    let event = event(&next, step, duration_ms, error);
+    let event = event(&next, step, duration_ms, error, now);
     Decision::Write { next, event }
 }
 
@@ -239,6 +288,7 @@ pub fn create(
     current: Option<&Versioned<TenantRecord>>,
     tenant: &TenantId,
     request: &TenantProvisioningRequest,
+    now: &Timestamp,
 ) -> Result<Decision<TenantRecord>, TransitionError> {
     let print = fingerprint(request);
     match current.map(|v| &v.state) {
@@ -257,7 +307,7 @@ pub fn create(
                 step.status = StepStatus::Pending;
                 step.error = None;
             }
-            Ok(write(next, "retry", None, None))
+            Ok(write(next, "retry", None, None, now))
         }
         Some(_) => Ok(Decision::Unchanged),
         None => {
@@ -270,10 +320,10 @@ pub fn create(
                 admin_email: request.admin_email.clone(),
                 status: TenantProvisioningStatus::Provisioning,
                 deleted: false,
-                steps: STEPS
+                steps: Step::ALL
                     .iter()
-                    .map(|name| ProvisioningStep {
-                        name: (*name).to_owned(),
+                    .map(|step| ProvisioningStep {
+                        name: step.as_str().to_owned(),
                         status: StepStatus::Pending,
                         started_at: None,
                         completed_at: None,
@@ -287,7 +337,7 @@ pub fn create(
                 quotas: plan_quotas(request.plan),
                 fingerprint: print,
                 lease: None,
-                requested_at: Timestamp::now(),
+                requested_at: now.clone(),
                 provisioned_at: None,
                 total_duration_ms: None,
                 error: None,
@@ -296,22 +346,24 @@ pub fn create(
                 delete_after: None,
                 backup: None,
             };
-            Ok(write(record, "requested", None, None))
+            Ok(write(record, "requested", None, None, now))
         }
     }
 }
 
-/// Takes the provisioning lease for `owner` (free, expired, or already ours).
+/// Takes the provisioning lease for `owner` until `until` (free, expired at `now`, or already
+/// ours).
 pub fn claim(
     current: Option<&Versioned<TenantRecord>>,
     tenant: &TenantId,
     owner: &str,
     until: Timestamp,
+    now: &Timestamp,
 ) -> Result<Decision<TenantRecord>, TransitionError> {
     let record = existing(current, tenant)?;
     if let Some(lease) = &record.lease
         && lease.owner != owner
-        && lease.until.instant() > chrono::Utc::now()
+        && lease.until.instant() > now.instant()
     {
         return Err(TransitionError::Busy {
             tenant: tenant.to_string(),
@@ -324,10 +376,7 @@ pub fn claim(
         owner: owner.to_owned(),
         until,
     });
-    Ok(Decision::Write {
-        event: event(&next, "lease", None, None),
-        next,
-    })
+    Ok(write(next, "lease", None, None, now))
 }
 
 fn illegal(
@@ -342,27 +391,47 @@ fn illegal(
     }
 }
 
-fn step_mut<'a>(record: &'a mut TenantRecord, step: &str) -> &'a mut ProvisioningStep {
-    record
-        .steps
-        .iter_mut()
-        .find(|s| s.name == step)
-        .expect("a known step")
+/// The record's entry for `step`, added (pending) when a record written by an older release
+/// lacks it — never a panic.
+fn step_mut(record: &mut TenantRecord, step: Step) -> &mut ProvisioningStep {
+    let index = match record.steps.iter().position(|s| s.name == step.as_str()) {
+        Some(index) => index,
+        None => {
+            record.steps.push(ProvisioningStep {
+                name: step.as_str().to_owned(),
+                status: StepStatus::Pending,
+                started_at: None,
+                completed_at: None,
+                duration_ms: None,
+                error: None,
+            });
+            record.steps.len() - 1
+        }
+    };
+    &mut record.steps[index]
 }
 
 /// Whether a step is done (completed or skipped).
-pub fn step_done(record: &TenantRecord, step: &str) -> bool {
-    record
-        .steps
-        .iter()
-        .any(|s| s.name == step && matches!(s.status, StepStatus::Completed | StepStatus::Skipped))
+pub fn step_done(record: &TenantRecord, step: Step) -> bool {
+    record.steps.iter().any(|s| {
+        s.name == step.as_str() && matches!(s.status, StepStatus::Completed | StepStatus::Skipped)
+    })
+}
+
+/// The first step not done yet ([`Step::Register`] when all preparation is done).
+pub fn next_step(record: &TenantRecord) -> Step {
+    Step::PREPARATION
+        .into_iter()
+        .find(|step| !step_done(record, *step))
+        .unwrap_or(Step::Register)
 }
 
 /// A step starts.
 pub fn step_started(
     current: Option<&Versioned<TenantRecord>>,
     tenant: &TenantId,
-    step: &str,
+    step: Step,
+    now: &Timestamp,
 ) -> Result<Decision<TenantRecord>, TransitionError> {
     let record = existing(current, tenant)?;
     if record.status != TenantProvisioningStatus::Provisioning {
@@ -371,19 +440,20 @@ pub fn step_started(
     let mut next = record.clone();
     let s = step_mut(&mut next, step);
     s.status = StepStatus::Running;
-    s.started_at = Some(Timestamp::now());
+    s.started_at = Some(now.clone());
     s.error = None;
-    Ok(write(next, step, None, None))
+    Ok(write(next, step.as_str(), None, None, now))
 }
 
 /// A step ends: completed or skipped, with what it produced.
 pub fn step_finished(
     current: Option<&Versioned<TenantRecord>>,
     tenant: &TenantId,
-    step: &str,
+    step: Step,
     skipped: bool,
     duration_ms: u64,
     update: &dyn Fn(&mut TenantRecord),
+    now: &Timestamp,
 ) -> Result<Decision<TenantRecord>, TransitionError> {
     let record = existing(current, tenant)?;
     if record.status != TenantProvisioningStatus::Provisioning {
@@ -397,9 +467,9 @@ pub fn step_finished(
     } else {
         StepStatus::Completed
     };
-    s.completed_at = Some(Timestamp::now());
+    s.completed_at = Some(now.clone());
     s.duration_ms = Some(duration_ms);
-    Ok(write(next, step, Some(duration_ms), None))
+    Ok(write(next, step.as_str(), Some(duration_ms), None, now))
 }
 
 /// A step failed: transiently (the status stays `provisioning`) or for good (`failed`). A
@@ -408,26 +478,31 @@ pub fn step_finished(
 pub fn step_failed(
     current: Option<&Versioned<TenantRecord>>,
     tenant: &TenantId,
-    step: &str,
+    step: Step,
     error: &str,
     permanent: bool,
+    now: &Timestamp,
 ) -> Result<Decision<TenantRecord>, TransitionError> {
     let record = existing(current, tenant)?;
     if record.status != TenantProvisioningStatus::Provisioning {
         return Ok(Decision::Unchanged);
     }
     let mut next = record.clone();
-    if next.steps.iter().any(|s| s.name == step) {
-        let s = step_mut(&mut next, step);
-        s.status = StepStatus::Failed;
-        s.error = Some(error.to_owned());
-    }
+    let s = step_mut(&mut next, step);
+    s.status = StepStatus::Failed;
+    s.error = Some(error.to_owned());
     next.error = Some(format!("{step}: {error}"));
     if permanent {
         next.status = TenantProvisioningStatus::Failed;
         next.lease = None;
     }
-    Ok(write(next, step, None, Some(error.to_owned())))
+    Ok(write(
+        next,
+        step.as_str(),
+        None,
+        Some(error.to_owned()),
+        now,
+    ))
 }
 
 /// All steps done: `active` (the `register` step is this write).
@@ -435,6 +510,7 @@ pub fn activate(
     current: Option<&Versioned<TenantRecord>>,
     tenant: &TenantId,
     register_ms: u64,
+    now: &Timestamp,
 ) -> Result<Decision<TenantRecord>, TransitionError> {
     let record = existing(current, tenant)?;
     match record.status {
@@ -445,8 +521,7 @@ pub fn activate(
         }
     }
     let mut next = record.clone();
-    let now = Timestamp::now();
-    let s = step_mut(&mut next, "register");
+    let s = step_mut(&mut next, Step::Register);
     s.status = StepStatus::Completed;
     s.started_at.get_or_insert_with(|| now.clone());
     s.completed_at = Some(now.clone());
@@ -457,10 +532,10 @@ pub fn activate(
             .num_milliseconds()
             .max(0) as u64,
     );
-    next.provisioned_at = Some(now);
+    next.provisioned_at = Some(now.clone());
     next.lease = None;
     next.error = None;
-    Ok(write(next, "register", Some(register_ms), None))
+    Ok(write(next, "register", Some(register_ms), None, now))
 }
 
 /// Attaches `hook` to a decision (published after the write).
@@ -479,6 +554,7 @@ pub fn hook_sent(
     current: Option<&Versioned<TenantRecord>>,
     tenant: &TenantId,
     key: &str,
+    now: &Timestamp,
 ) -> Result<Decision<TenantRecord>, TransitionError> {
     let record = existing(current, tenant)?;
     if record.pending_hook.as_ref().is_none_or(|h| h.key != key) {
@@ -487,7 +563,7 @@ pub fn hook_sent(
     let mut next = record.clone();
     next.pending_hook = None;
     next.hooks_sent.push(key.to_owned());
-    Ok(write(next, "hook", None, None))
+    Ok(write(next, "hook", None, None, now))
 }
 
 /// `active` → `suspended`, with the (read-only or no) connection left.
@@ -495,6 +571,7 @@ pub fn suspend(
     current: Option<&Versioned<TenantRecord>>,
     tenant: &TenantId,
     connection: Option<StoredConnectionConfig>,
+    now: &Timestamp,
 ) -> Result<Decision<TenantRecord>, TransitionError> {
     let record = existing(current, tenant)?;
     match record.status {
@@ -503,7 +580,7 @@ pub fn suspend(
             let mut next = record.clone();
             next.status = TenantProvisioningStatus::Suspended;
             next.connection = connection;
-            Ok(write(next, "suspend", None, None))
+            Ok(write(next, "suspend", None, None, now))
         }
         from => Err(illegal(tenant, from, "suspend")),
     }
@@ -514,6 +591,7 @@ pub fn resume(
     current: Option<&Versioned<TenantRecord>>,
     tenant: &TenantId,
     connection: StoredConnectionConfig,
+    now: &Timestamp,
 ) -> Result<Decision<TenantRecord>, TransitionError> {
     let record = existing(current, tenant)?;
     match record.status {
@@ -521,7 +599,7 @@ pub fn resume(
             let mut next = record.clone();
             next.status = TenantProvisioningStatus::Active;
             next.connection = Some(connection);
-            Ok(write(next, "resume", None, None))
+            Ok(write(next, "resume", None, None, now))
         }
         from => Err(illegal(tenant, from, "resume")),
     }
@@ -532,6 +610,7 @@ pub fn destroy(
     current: Option<&Versioned<TenantRecord>>,
     tenant: &TenantId,
     delete_after: Timestamp,
+    now: &Timestamp,
 ) -> Result<Decision<TenantRecord>, TransitionError> {
     let record = existing(current, tenant)?;
     match record.status {
@@ -543,7 +622,7 @@ pub fn destroy(
             let mut next = record.clone();
             next.status = TenantProvisioningStatus::Destroying;
             next.delete_after = Some(delete_after);
-            Ok(write(next, "destroy", None, None))
+            Ok(write(next, "destroy", None, None, now))
         }
     }
 }
@@ -553,6 +632,7 @@ pub fn deleted(
     current: Option<&Versioned<TenantRecord>>,
     tenant: &TenantId,
     backup: Option<String>,
+    now: &Timestamp,
 ) -> Result<Decision<TenantRecord>, TransitionError> {
     let record = existing(current, tenant)?;
     if record.deleted {
@@ -565,7 +645,7 @@ pub fn deleted(
     next.deleted = true;
     next.connection = None;
     next.backup = backup.or(next.backup);
-    Ok(write(next, "deleted", None, None))
+    Ok(write(next, "deleted", None, None, now))
 }
 
 /// A new plan and its quotas.
@@ -573,6 +653,7 @@ pub fn change_plan(
     current: Option<&Versioned<TenantRecord>>,
     tenant: &TenantId,
     plan: TenantPlan,
+    now: &Timestamp,
 ) -> Result<Decision<TenantRecord>, TransitionError> {
     let record = existing(current, tenant)?;
     if record.plan == plan {
@@ -584,7 +665,7 @@ pub fn change_plan(
     let mut next = record.clone();
     next.plan = plan;
     next.quotas = plan_quotas(plan);
-    Ok(write(next, "plan_changed", None, None))
+    Ok(write(next, "plan_changed", None, None, now))
 }
 
 impl TenantRecord {
@@ -610,7 +691,19 @@ impl TenantRecord {
 
 #[cfg(test)]
 mod tests {
+    //! Every transition, legal and illegal, at pinned times.
+
     use super::*;
+
+    /// `t(0)` is 2026-01-01T00:00:00Z; `t(n)` is `n` seconds later.
+    fn t(seconds: i64) -> Timestamp {
+        let epoch = Timestamp::parse("2026-01-01T00:00:00Z").unwrap().instant();
+        Timestamp::from(epoch + chrono::Duration::seconds(seconds))
+    }
+
+    fn acme() -> TenantId {
+        TenantId::parse("acme").unwrap()
+    }
 
     fn request() -> TenantProvisioningRequest {
         TenantProvisioningRequest {
@@ -623,6 +716,15 @@ mod tests {
         }
     }
 
+    fn connection(url: &str) -> StoredConnectionConfig {
+        StoredConnectionConfig {
+            url: url.into(),
+            group: None,
+            sealed_auth_token: None,
+        }
+    }
+
+    /// Applies a decision as the store would (revision + 1), returning the new current value.
     fn apply(
         current: Option<Versioned<TenantRecord>>,
         decision: Decision<TenantRecord>,
@@ -636,114 +738,443 @@ mod tests {
         }
     }
 
+    fn event_of(decision: &Decision<TenantRecord>) -> &ProgressEvent {
+        match decision {
+            Decision::Write { event, .. } => event,
+            Decision::Unchanged => panic!("nothing written"),
+        }
+    }
+
+    fn status(s: &Option<Versioned<TenantRecord>>) -> TenantProvisioningStatus {
+        s.as_ref().unwrap().state.status
+    }
+
+    fn is_illegal<T: std::fmt::Debug>(result: Result<T, TransitionError>) -> bool {
+        matches!(result, Err(TransitionError::Illegal { .. }))
+    }
+
+    /// A tenant provisioned through every step, active at `t(10)`.
+    fn active() -> Option<Versioned<TenantRecord>> {
+        let mut s = apply(None, create(None, &acme(), &request(), &t(0)).unwrap());
+        for (i, step) in Step::PREPARATION.into_iter().enumerate() {
+            let at = t(i as i64 + 1);
+            s = apply(
+                s.clone(),
+                step_started(s.as_ref(), &acme(), step, &at).unwrap(),
+            );
+            s = apply(
+                s.clone(),
+                step_finished(s.as_ref(), &acme(), step, false, 3, &|_| {}, &at).unwrap(),
+            );
+        }
+        apply(s.clone(), activate(s.as_ref(), &acme(), 1, &t(10)).unwrap())
+    }
+
     #[test]
-    fn the_lifecycle_walks_through_its_states() {
-        let t = TenantId::parse("acme").unwrap();
-        let mut s = apply(None, create(None, &t, &request()).unwrap());
+    fn create_writes_a_record_with_every_step_pending_and_repeats_are_no_ops() {
+        let decision = create(None, &acme(), &request(), &t(0)).unwrap();
+        assert_eq!(event_of(&decision).step, "requested");
+        assert_eq!(event_of(&decision).at, t(0));
+        let s = apply(None, decision);
+        let record = &s.as_ref().unwrap().state;
+        assert_eq!(record.requested_at, t(0));
         assert_eq!(
-            create(s.as_ref(), &t, &request()).unwrap(),
-            Decision::Unchanged,
-            "a repeated create is a no-op"
+            record
+                .steps
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>(),
+            Step::ALL.map(Step::as_str)
+        );
+        assert!(record.steps.iter().all(|s| s.status == StepStatus::Pending));
+        assert_eq!(record.quotas, plan_quotas(TenantPlan::Pro));
+        assert_eq!(
+            create(s.as_ref(), &acme(), &request(), &t(1)).unwrap(),
+            Decision::Unchanged
         );
         let mut other = request();
         other.region = TenantRegion::UsEast;
+        assert_eq!(
+            create(s.as_ref(), &acme(), &other, &t(1)),
+            Err(TransitionError::Conflict("acme".into()))
+        );
+    }
+
+    #[test]
+    fn a_lease_is_busy_until_it_expires_at_the_given_time() {
+        let s = apply(None, create(None, &acme(), &request(), &t(0)).unwrap());
+        let s = apply(
+            s.clone(),
+            claim(s.as_ref(), &acme(), "w1", t(15), &t(0)).unwrap(),
+        );
         assert!(matches!(
-            create(s.as_ref(), &t, &other),
-            Err(TransitionError::Conflict(_))
+            claim(s.as_ref(), &acme(), "w2", t(30), &t(14)),
+            Err(TransitionError::Busy { until, .. }) if until == t(15)
         ));
-        for step in &STEPS[..5] {
-            s = apply(s.clone(), step_started(s.as_ref(), &t, step).unwrap());
-            s = apply(
-                s.clone(),
-                step_finished(s.as_ref(), &t, step, false, 3, &|_| {}).unwrap(),
-            );
-        }
-        s = apply(s.clone(), activate(s.as_ref(), &t, 1).unwrap());
+        assert!(
+            claim(s.as_ref(), &acme(), "w1", t(30), &t(14)).is_ok(),
+            "the holder renews"
+        );
+        let taken = claim(s.as_ref(), &acme(), "w2", t(30), &t(15)).unwrap();
+        assert_eq!(event_of(&taken).step, "lease");
+        let s = apply(s, taken);
+        assert_eq!(s.unwrap().state.lease.unwrap().owner, "w2");
+        assert_eq!(
+            claim(None, &acme(), "w1", t(1), &t(0)),
+            Err(TransitionError::Unknown("acme".into()))
+        );
+    }
+
+    #[test]
+    fn steps_start_and_finish_with_their_times_and_what_they_produced() {
+        let s = apply(None, create(None, &acme(), &request(), &t(0)).unwrap());
+        let s = apply(
+            s.clone(),
+            step_started(s.as_ref(), &acme(), Step::CreateDatabase, &t(1)).unwrap(),
+        );
+        let step = &s.as_ref().unwrap().state.steps[0];
+        assert_eq!(
+            (step.status, step.started_at.clone()),
+            (StepStatus::Running, Some(t(1)))
+        );
+        let decision = step_finished(
+            s.as_ref(),
+            &acme(),
+            Step::CreateDatabase,
+            false,
+            42,
+            &|r| r.database = Some("acme".into()),
+            &t(2),
+        )
+        .unwrap();
+        assert_eq!(event_of(&decision).duration_ms, Some(42));
+        let s = apply(s, decision);
+        let record = &s.as_ref().unwrap().state;
+        assert_eq!(record.database.as_deref(), Some("acme"));
+        assert!(step_done(record, Step::CreateDatabase));
+        assert_eq!(record.steps[0].completed_at, Some(t(2)));
+        assert_eq!(next_step(record), Step::IssueToken);
+        let skipped = step_finished(
+            s.as_ref(),
+            &acme(),
+            Step::IssueToken,
+            true,
+            0,
+            &|_| {},
+            &t(3),
+        );
+        let s = apply(s.clone(), skipped.unwrap());
+        assert_eq!(
+            s.as_ref().unwrap().state.steps[1].status,
+            StepStatus::Skipped
+        );
+        assert!(step_done(&s.as_ref().unwrap().state, Step::IssueToken));
+    }
+
+    #[test]
+    fn a_step_missing_from_an_old_record_is_added_not_a_panic() {
+        let mut s = apply(None, create(None, &acme(), &request(), &t(0)).unwrap());
+        s.as_mut().unwrap().state.steps.retain(|s| s.name != "seed");
+        let s = apply(
+            s.clone(),
+            step_started(s.as_ref(), &acme(), Step::Seed, &t(1)).unwrap(),
+        );
+        assert!(s.unwrap().state.steps.iter().any(|s| s.name == "seed"));
+    }
+
+    #[test]
+    fn steps_are_refused_outside_provisioning() {
+        let s = active();
+        assert!(is_illegal(step_started(
+            s.as_ref(),
+            &acme(),
+            Step::Seed,
+            &t(11)
+        )));
+        assert!(is_illegal(step_finished(
+            s.as_ref(),
+            &acme(),
+            Step::Seed,
+            false,
+            1,
+            &|_| {},
+            &t(11)
+        )));
+        assert_eq!(
+            step_failed(s.as_ref(), &acme(), Step::Seed, "late", true, &t(11)).unwrap(),
+            Decision::Unchanged,
+            "a late failure report leaves an active tenant alone"
+        );
+        assert_eq!(
+            step_started(None, &acme(), Step::Seed, &t(0)),
+            Err(TransitionError::Unknown("acme".into()))
+        );
+    }
+
+    #[test]
+    fn a_transient_failure_keeps_provisioning_and_a_permanent_one_fails_for_good() {
+        let s = apply(None, create(None, &acme(), &request(), &t(0)).unwrap());
+        let s = apply(
+            s.clone(),
+            claim(s.as_ref(), &acme(), "w1", t(15), &t(0)).unwrap(),
+        );
+        let transient = step_failed(
+            s.as_ref(),
+            &acme(),
+            Step::CreateDatabase,
+            "503",
+            false,
+            &t(1),
+        );
+        let s = apply(s.clone(), transient.unwrap());
+        assert_eq!(status(&s), TenantProvisioningStatus::Provisioning);
+        assert!(s.as_ref().unwrap().state.lease.is_some(), "the lease stays");
+        let permanent = step_failed(
+            s.as_ref(),
+            &acme(),
+            Step::CreateDatabase,
+            "no group",
+            true,
+            &t(2),
+        )
+        .unwrap();
+        assert_eq!(event_of(&permanent).error.as_deref(), Some("no group"));
+        let s = apply(s, permanent);
+        let record = &s.as_ref().unwrap().state;
+        assert_eq!(record.status, TenantProvisioningStatus::Failed);
+        assert_eq!(record.error.as_deref(), Some("create_database: no group"));
+        assert!(record.lease.is_none());
+        assert_eq!(
+            step_failed(
+                s.as_ref(),
+                &acme(),
+                Step::CreateDatabase,
+                "again",
+                true,
+                &t(3)
+            )
+            .unwrap(),
+            Decision::Unchanged,
+            "a failed tenant is not failed twice"
+        );
+        // A new tenant.created retries it: failed steps pending again.
+        let s = apply(
+            s.clone(),
+            create(s.as_ref(), &acme(), &request(), &t(4)).unwrap(),
+        );
+        let record = &s.as_ref().unwrap().state;
+        assert_eq!(record.status, TenantProvisioningStatus::Provisioning);
+        assert!(record.error.is_none());
+        assert_eq!(record.steps[0].status, StepStatus::Pending);
+    }
+
+    #[test]
+    fn activation_records_the_total_time_and_is_idempotent() {
+        let s = active();
         let record = &s.as_ref().unwrap().state;
         assert_eq!(record.status, TenantProvisioningStatus::Active);
+        assert_eq!(record.provisioned_at, Some(t(10)));
+        assert_eq!(record.total_duration_ms, Some(10_000));
         assert!(
             record
                 .steps
                 .iter()
                 .all(|s| s.status == StepStatus::Completed)
         );
-        assert!(matches!(
-            resume(
-                s.as_ref(),
-                &t,
-                record.connection.clone().unwrap_or(StoredConnectionConfig {
-                    url: "x".into(),
-                    group: None,
-                    sealed_auth_token: None
-                })
-            ),
-            Err(TransitionError::Illegal { .. })
-        ));
-        s = apply(s.clone(), suspend(s.as_ref(), &t, None).unwrap());
-        assert_eq!(suspend(s.as_ref(), &t, None).unwrap(), Decision::Unchanged);
-        s = apply(
-            s.clone(),
-            destroy(s.as_ref(), &t, Timestamp::now()).unwrap(),
+        assert_eq!(
+            activate(s.as_ref(), &acme(), 1, &t(11)).unwrap(),
+            Decision::Unchanged
         );
-        s = apply(s.clone(), deleted(s.as_ref(), &t, None).unwrap());
-        assert_eq!(status_name(&s.as_ref().unwrap().state), "deleted");
-        assert!(matches!(
-            step_started(s.as_ref(), &t, "seed"),
-            Err(TransitionError::Illegal { .. })
-        ));
+        let failed = apply(None, create(None, &acme(), &request(), &t(0)).unwrap());
+        let failed = apply(
+            failed.clone(),
+            step_failed(failed.as_ref(), &acme(), Step::Seed, "x", true, &t(1)).unwrap(),
+        );
+        assert!(is_illegal(activate(failed.as_ref(), &acme(), 1, &t(2))));
     }
 
     #[test]
-    fn a_lease_held_by_another_worker_is_busy_until_it_expires() {
-        let t = TenantId::parse("acme").unwrap();
-        let s = apply(None, create(None, &t, &request()).unwrap());
-        let later = Timestamp::from(chrono::Utc::now() + chrono::Duration::seconds(60));
-        let s = apply(
-            s.clone(),
-            claim(s.as_ref(), &t, "w1", later.clone()).unwrap(),
-        );
-        assert!(matches!(
-            claim(s.as_ref(), &t, "w2", later.clone()),
-            Err(TransitionError::Busy { .. })
-        ));
-        assert!(
-            claim(s.as_ref(), &t, "w1", later).is_ok(),
-            "the holder renews"
-        );
-        let expired = apply(
-            s.clone(),
-            claim(
-                s.as_ref(),
-                &t,
-                "w1",
-                Timestamp::from(chrono::Utc::now() - chrono::Duration::seconds(1)),
-            )
-            .unwrap(),
-        );
-        assert!(claim(expired.as_ref(), &t, "w2", Timestamp::now()).is_ok());
-    }
-
-    #[test]
-    fn a_permanent_failure_fails_the_tenant_and_a_new_create_retries_it() {
-        let t = TenantId::parse("acme").unwrap();
-        let s = apply(None, create(None, &t, &request()).unwrap());
-        let s = apply(
-            s.clone(),
-            step_failed(s.as_ref(), &t, "create_database", "group not found", true).unwrap(),
+    fn a_hook_rides_its_transition_and_is_cleared_once_sent() {
+        let s = active();
+        let hook = PendingHook {
+            subject: "hooks.tenant.suspended".into(),
+            event: "tenant.suspended".into(),
+            key: "suspended@3".into(),
+            data: serde_json::json!({}),
+        };
+        let decision = with_hook(suspend(s.as_ref(), &acme(), None, &t(20)).unwrap(), hook);
+        let s = apply(s, decision);
+        assert_eq!(
+            s.as_ref().unwrap().state.pending_hook.as_ref().unwrap().key,
+            "suspended@3"
         );
         assert_eq!(
-            s.as_ref().unwrap().state.status,
-            TenantProvisioningStatus::Failed
-        );
-        assert_eq!(
-            step_failed(s.as_ref(), &t, "create_database", "late report", true).unwrap(),
+            hook_sent(s.as_ref(), &acme(), "other", &t(21)).unwrap(),
             Decision::Unchanged,
-            "a failed tenant is not failed twice"
+            "another key clears nothing"
         );
-        let s = apply(s.clone(), create(s.as_ref(), &t, &request()).unwrap());
+        let s = apply(
+            s.clone(),
+            hook_sent(s.as_ref(), &acme(), "suspended@3", &t(21)).unwrap(),
+        );
+        let record = &s.as_ref().unwrap().state;
+        assert!(record.pending_hook.is_none());
+        assert_eq!(record.hooks_sent, ["suspended@3"]);
+        let again = PendingHook {
+            subject: "hooks.tenant.suspended".into(),
+            event: "tenant.suspended".into(),
+            key: "suspended@4".into(),
+            data: serde_json::json!({}),
+        };
         assert_eq!(
-            s.as_ref().unwrap().state.status,
-            TenantProvisioningStatus::Provisioning
+            with_hook(suspend(s.as_ref(), &acme(), None, &t(22)).unwrap(), again),
+            Decision::Unchanged,
+            "no write, no hook"
         );
+    }
+
+    #[test]
+    fn suspend_and_resume_swap_the_connection() {
+        let s = active();
+        assert!(is_illegal(resume(
+            s.as_ref(),
+            &acme(),
+            connection("x"),
+            &t(20)
+        )));
+        let s = apply(
+            s.clone(),
+            suspend(s.as_ref(), &acme(), Some(connection("read-only")), &t(20)).unwrap(),
+        );
+        assert_eq!(status(&s), TenantProvisioningStatus::Suspended);
+        assert_eq!(
+            s.as_ref().unwrap().state.connection,
+            Some(connection("read-only"))
+        );
+        assert_eq!(
+            suspend(s.as_ref(), &acme(), None, &t(21)).unwrap(),
+            Decision::Unchanged
+        );
+        let s = apply(
+            s.clone(),
+            resume(s.as_ref(), &acme(), connection("fresh"), &t(22)).unwrap(),
+        );
+        assert_eq!(status(&s), TenantProvisioningStatus::Active);
+        assert_eq!(
+            s.as_ref().unwrap().state.connection,
+            Some(connection("fresh"))
+        );
+        let provisioning = apply(None, create(None, &acme(), &request(), &t(0)).unwrap());
+        assert!(is_illegal(suspend(
+            provisioning.as_ref(),
+            &acme(),
+            None,
+            &t(1)
+        )));
+        assert!(is_illegal(resume(
+            provisioning.as_ref(),
+            &acme(),
+            connection("x"),
+            &t(1)
+        )));
+    }
+
+    #[test]
+    fn deletion_goes_through_destroying_with_its_due_time() {
+        let s = active();
+        let s = apply(
+            s.clone(),
+            destroy(s.as_ref(), &acme(), t(3600), &t(20)).unwrap(),
+        );
+        let record = &s.as_ref().unwrap().state;
+        assert_eq!(record.status, TenantProvisioningStatus::Destroying);
+        assert_eq!(record.delete_after, Some(t(3600)));
+        assert_eq!(
+            destroy(s.as_ref(), &acme(), t(9999), &t(21)).unwrap(),
+            Decision::Unchanged,
+            "a repeated tenant.deleted keeps the first due time"
+        );
+        assert!(is_illegal(suspend(s.as_ref(), &acme(), None, &t(21))));
+        assert!(is_illegal(change_plan(
+            s.as_ref(),
+            &acme(),
+            TenantPlan::Free,
+            &t(21)
+        )));
+        let s = apply(
+            s.clone(),
+            deleted(s.as_ref(), &acme(), Some("/b/acme.db".into()), &t(3600)).unwrap(),
+        );
+        let record = &s.as_ref().unwrap().state;
+        assert_eq!(status_name(record), "deleted");
+        assert!(record.connection.is_none());
+        assert_eq!(record.backup.as_deref(), Some("/b/acme.db"));
+        assert_eq!(
+            deleted(s.as_ref(), &acme(), None, &t(3601)).unwrap(),
+            Decision::Unchanged
+        );
+        assert!(is_illegal(step_started(
+            s.as_ref(),
+            &acme(),
+            Step::Seed,
+            &t(3601)
+        )));
+        // Not while provisioning, and never straight from active to deleted.
+        let provisioning = apply(None, create(None, &acme(), &request(), &t(0)).unwrap());
+        assert!(is_illegal(destroy(
+            provisioning.as_ref(),
+            &acme(),
+            t(1),
+            &t(0)
+        )));
+        assert!(is_illegal(deleted(
+            active().as_ref(),
+            &acme(),
+            None,
+            &t(11)
+        )));
+    }
+
+    #[test]
+    fn a_plan_change_brings_its_quotas() {
+        let s = active();
+        assert_eq!(
+            change_plan(s.as_ref(), &acme(), TenantPlan::Pro, &t(20)).unwrap(),
+            Decision::Unchanged
+        );
+        let decision = change_plan(s.as_ref(), &acme(), TenantPlan::Free, &t(20)).unwrap();
+        assert_eq!(event_of(&decision).at, t(20));
+        let s = apply(s, decision);
+        let record = &s.as_ref().unwrap().state;
+        assert_eq!(record.plan, TenantPlan::Free);
+        assert_eq!(record.quotas, plan_quotas(TenantPlan::Free));
+        assert_eq!(
+            change_plan(None, &acme(), TenantPlan::Free, &t(20)),
+            Err(TransitionError::Unknown("acme".into()))
+        );
+    }
+
+    #[test]
+    fn the_fingerprint_covers_org_plan_and_region_only() {
+        let mut a = request();
+        let b = request();
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        a.display_name = Some("Other name".into());
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        a.plan = TenantPlan::Free;
+        assert_ne!(fingerprint(&a), fingerprint(&b));
+    }
+
+    #[test]
+    fn the_result_is_upstream_shaped() {
+        let s = active();
+        let result = s.unwrap().state.result();
+        assert_eq!(result.status, TenantProvisioningStatus::Active);
+        assert_eq!(
+            result.connection_url, "-",
+            "no connection stored in this test"
+        );
+        assert_eq!(result.total_duration_ms, Some(10_000));
+        assert_eq!(result.steps.len(), 6);
     }
 }

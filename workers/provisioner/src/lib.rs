@@ -53,7 +53,7 @@ use fleet_tenantdb::{
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
-use fleet_tenants::machine::{PendingHook, STEPS, TenantRecord, TransitionError};
+use fleet_tenants::machine::{PendingHook, Step, TenantRecord, TransitionError};
 
 /// The provisioner's own crash points (see [`fleet_tenantdb::crashpoint`]), in the order a
 /// deletion passes them: the backup written to its `.partial` file, renamed to its final name,
@@ -339,8 +339,10 @@ impl Provisioner {
             .publish(&hook)
             .await
             .map_err(|e| ProvisionError::Hook(e.to_string()))?;
-        self.transition(tenant, |cur| machine::hook_sent(cur, tenant, &pending.key))
-            .await?;
+        self.transition(tenant, |cur| {
+            machine::hook_sent(cur, tenant, &pending.key, &Timestamp::now())
+        })
+        .await?;
         Ok(())
     }
 
@@ -361,11 +363,12 @@ impl Provisioner {
         }
     }
 
-    async fn fail(&self, tenant: &TenantId, step: &str, error: &ProvisionError) -> Outcome {
+    async fn fail(&self, tenant: &TenantId, step: Step, error: &ProvisionError) -> Outcome {
         let reason = error.to_string();
         let result = self
             .transition(tenant, |cur| {
-                let decision = machine::step_failed(cur, tenant, step, &reason, true)?;
+                let decision =
+                    machine::step_failed(cur, tenant, step, &reason, true, &Timestamp::now())?;
                 let data = match &decision {
                     Decision::Write { next, .. } => {
                         serde_json::to_value(next.result()).unwrap_or_default()
@@ -382,7 +385,7 @@ impl Provisioner {
         match result {
             Ok(record) => {
                 let _ = self.flush_hook(tenant, &record).await;
-                tracing::error!(%tenant, step, error = %reason, "provisioning failed");
+                tracing::error!(%tenant, %step, error = %reason, "provisioning failed");
                 Outcome::Poison {
                     reason: format!("{step}: {reason}"),
                 }
@@ -395,7 +398,9 @@ impl Provisioner {
         let tenant = command.tenant_id.clone();
         let request = command.request.clone();
         let record = match self
-            .transition(&tenant, |cur| machine::create(cur, &tenant, &request))
+            .transition(&tenant, |cur| {
+                machine::create(cur, &tenant, &request, &Timestamp::now())
+            })
             .await
         {
             Ok(record) => record,
@@ -426,7 +431,7 @@ impl Provisioner {
                 "region {} is not mapped to a database group (provisioner.regions): its data has nowhere to live",
                 request.region
             ));
-            return self.fail(&tenant, "create_database", &error).await;
+            return self.fail(&tenant, Step::CreateDatabase, &error).await;
         };
         let record = match self.hold_lease(&tenant, &current.state).await {
             Ok(record) => record,
@@ -448,10 +453,10 @@ impl Provisioner {
                 let reason = e.to_string();
                 let _ = self
                     .transition(&tenant, |cur| {
-                        machine::step_failed(cur, &tenant, step, &reason, false)
+                        machine::step_failed(cur, &tenant, step, &reason, false, &Timestamp::now())
                     })
                     .await;
-                tracing::warn!(%tenant, step, error = %reason, attempt, "provisioning step failed; retrying");
+                tracing::warn!(%tenant, %step, error = %reason, attempt, "provisioning step failed; retrying");
                 Outcome::retry(backoff(attempt), format!("{step}: {reason}"))
             }
             Err((step, e)) => self.fail(&tenant, step, &e).await,
@@ -465,15 +470,15 @@ impl Provisioner {
         tenant: &TenantId,
         group: &str,
         mut record: TenantRecord,
-    ) -> Result<(), (&'static str, ProvisionError)> {
+    ) -> Result<(), (Step, ProvisionError)> {
         let lifecycle = &self.settings.lifecycle.on_tenant_create;
         let database = self.backend.database_name(tenant);
         let mut token: Option<SecretString> = None;
-        for step in &STEPS[..5] {
+        for step in &Step::PREPARATION {
             // A token lives only in memory until it is stored: re-issue it unless stored.
             let redo_token =
-                *step == "issue_token" && !machine::step_done(&record, "store_connection");
-            if machine::step_done(&record, step) && !redo_token {
+                *step == Step::IssueToken && !machine::step_done(&record, Step::StoreConnection);
+            if machine::step_done(&record, *step) && !redo_token {
                 continue;
             }
             // (the lease write is superseded by the step's own write just below)
@@ -481,8 +486,10 @@ impl Provisioner {
                 .await
                 .map_err(|e| (*step, e))?;
             record = latest(
-                self.transition(tenant, |cur| machine::step_started(cur, tenant, step))
-                    .await,
+                self.transition(tenant, |cur| {
+                    machine::step_started(cur, tenant, *step, &Timestamp::now())
+                })
+                .await,
             )
             .map_err(|e| (*step, e))?;
             let started = Instant::now();
@@ -490,7 +497,7 @@ impl Provisioner {
                 tokio::time::sleep(self.settings.step_delay).await;
             }
             let update: Box<dyn Fn(&mut TenantRecord) + Send + Sync> = match *step {
-                "create_database" => {
+                Step::CreateDatabase => {
                     let info = if lifecycle.auto_create {
                         self.backend
                             .create_database(tenant, Some(group))
@@ -515,7 +522,7 @@ impl Provisioner {
                         r.group = Some(info.group.clone());
                     })
                 }
-                "issue_token" => {
+                Step::IssueToken => {
                     // Revoke any token an interrupted attempt issued but never stored.
                     self.backend
                         .rotate_tokens(&database)
@@ -533,7 +540,7 @@ impl Provisioner {
                     token = Some(issued.token);
                     Box::new(|_: &mut TenantRecord| {})
                 }
-                "store_connection" => {
+                Step::StoreConnection => {
                     let secret = token.clone().ok_or((
                         *step,
                         ProvisionError::Store("no token issued in this attempt".into()),
@@ -541,13 +548,13 @@ impl Provisioner {
                     let sealed = self.seal(tenant, &database, &secret, Some(group.to_owned()));
                     Box::new(move |r: &mut TenantRecord| r.connection = Some(sealed.clone()))
                 }
-                "sync_schema" if lifecycle.apply_group_schema => {
+                Step::SyncSchema if lifecycle.apply_group_schema => {
                     self.sync_schema(tenant, &database, &record)
                         .await
                         .map_err(|e| (*step, e))?;
                     Box::new(|_: &mut TenantRecord| {})
                 }
-                "seed" if lifecycle.seed_data && record.admin_email.is_some() => {
+                Step::Seed if lifecycle.seed_data && record.admin_email.is_some() => {
                     self.seed(tenant, &database, &record)
                         .await
                         .map_err(|e| (*step, e))?;
@@ -557,7 +564,15 @@ impl Provisioner {
                     let ms = started.elapsed().as_millis() as u64;
                     record = latest(
                         self.transition(tenant, |cur| {
-                            machine::step_finished(cur, tenant, step, true, ms, &|_| {})
+                            machine::step_finished(
+                                cur,
+                                tenant,
+                                *step,
+                                true,
+                                ms,
+                                &|_| {},
+                                &Timestamp::now(),
+                            )
                         })
                         .await,
                     )
@@ -568,7 +583,15 @@ impl Provisioner {
             let ms = started.elapsed().as_millis() as u64;
             record = latest(
                 self.transition(tenant, |cur| {
-                    machine::step_finished(cur, tenant, step, false, ms, &*update)
+                    machine::step_finished(
+                        cur,
+                        tenant,
+                        *step,
+                        false,
+                        ms,
+                        &*update,
+                        &Timestamp::now(),
+                    )
                 })
                 .await,
             )
@@ -578,7 +601,7 @@ impl Provisioner {
         let record = self
             .transition(tenant, |cur| {
                 let ms = started.elapsed().as_millis() as u64;
-                let decision = machine::activate(cur, tenant, ms)?;
+                let decision = machine::activate(cur, tenant, ms, &Timestamp::now())?;
                 let Decision::Write { next, event } = decision else {
                     return Ok(Decision::Unchanged);
                 };
@@ -590,10 +613,10 @@ impl Provisioner {
                 ))
             })
             .await
-            .map_err(|e| ("register", e))?;
+            .map_err(|e| (Step::Register, e))?;
         self.flush_hook(tenant, &record)
             .await
-            .map_err(|e| ("register", e))?;
+            .map_err(|e| (Step::Register, e))?;
         tracing::info!(%tenant, ms = record.as_ref().and_then(|r| r.state.total_duration_ms), "tenant active");
         Ok(())
     }
@@ -618,7 +641,7 @@ impl Provisioner {
         );
         latest(
             self.transition(tenant, |cur| {
-                machine::claim(cur, tenant, &self.owner, until.clone())
+                machine::claim(cur, tenant, &self.owner, until.clone(), &Timestamp::now())
             })
             .await,
         )
@@ -733,7 +756,7 @@ impl Provisioner {
         if current.state.status == TenantProvisioningStatus::Suspended {
             return Ok(());
         }
-        machine::suspend(Some(&current), tenant, None)?; // refuse early when illegal
+        machine::suspend(Some(&current), tenant, None, &Timestamp::now())?; // refuse early when illegal
         let database = self.database_of(&current.state);
         let policy = &self.settings.lifecycle.on_tenant_suspend;
         let mut connection = current.state.connection.clone();
@@ -762,7 +785,7 @@ impl Provisioner {
             .transition(tenant, |cur| {
                 let key = format!("suspended@{}", cur.map_or(0, |c| c.revision));
                 Ok(machine::with_hook(
-                    machine::suspend(cur, tenant, connection.clone())?,
+                    machine::suspend(cur, tenant, connection.clone(), &Timestamp::now())?,
                     Self::hook(
                         "hooks.tenant.suspended",
                         "tenant.suspended",
@@ -785,7 +808,7 @@ impl Provisioner {
             group: None,
             sealed_auth_token: None,
         };
-        machine::resume(Some(&current), tenant, placeholder)?;
+        machine::resume(Some(&current), tenant, placeholder, &Timestamp::now())?;
         let database = self.database_of(&current.state);
         self.backend.rotate_tokens(&database).await?;
         let issued = self
@@ -807,7 +830,7 @@ impl Provisioner {
             .transition(tenant, |cur| {
                 let key = format!("resumed@{}", cur.map_or(0, |c| c.revision));
                 Ok(machine::with_hook(
-                    machine::resume(cur, tenant, sealed.clone())?,
+                    machine::resume(cur, tenant, sealed.clone(), &Timestamp::now())?,
                     Self::hook("hooks.tenant.resumed", "tenant.resumed", key, data.clone()),
                 ))
             })
@@ -826,7 +849,7 @@ impl Provisioner {
             .transition(tenant, |cur| {
                 let key = format!("plan_changed@{}", cur.map_or(0, |c| c.revision));
                 Ok(machine::with_hook(
-                    machine::change_plan(cur, tenant, plan)?,
+                    machine::change_plan(cur, tenant, plan, &Timestamp::now())?,
                     Self::hook(
                         "hooks.tenant.plan_changed",
                         "tenant.plan_changed",
@@ -868,7 +891,9 @@ impl Provisioner {
             };
             let after = Timestamp::from(chrono::Utc::now() + chrono::Duration::hours(grace));
             current = self
-                .transition(tenant, |cur| machine::destroy(cur, tenant, after.clone()))
+                .transition(tenant, |cur| {
+                    machine::destroy(cur, tenant, after.clone(), &Timestamp::now())
+                })
                 .await?
                 .ok_or_else(|| ProvisionError::Store("record vanished".into()))?;
         }
@@ -944,7 +969,7 @@ impl Provisioner {
             .transition(tenant, |cur| {
                 let key = format!("deleted@{}", cur.map_or(0, |c| c.revision));
                 Ok(machine::with_hook(
-                    machine::deleted(cur, tenant, backup.clone())?,
+                    machine::deleted(cur, tenant, backup.clone(), &Timestamp::now())?,
                     Self::hook("hooks.tenant.deleted", "tenant.deleted", key, data.clone()),
                 ))
             })
@@ -987,11 +1012,7 @@ impl Provisioner {
             return;
         }
         let record = &record;
-        let step = STEPS
-            .iter()
-            .copied()
-            .find(|step| !machine::step_done(record, step))
-            .unwrap_or("register");
+        let step = machine::next_step(record);
         let error = ProvisionError::Permanent(letter.error.clone());
         self.fail(&tenant, step, &error).await;
     }
