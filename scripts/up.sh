@@ -25,14 +25,19 @@ else
 fi
 
 cargo build --quiet -p provisioner -p deployer -p fleetctl
+# Each worker serves its probes and metrics on a port of its own (9464, 9465, …): two on the
+# default address would collide and the second would exit.
+health_port=9464
 for worker in provisioner deployer; do
+  health="127.0.0.1:$health_port"
+  health_port=$((health_port + 1))
   pidfile="$home/run/$worker.pid"
   if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
     echo "$worker already running (pid $(cat "$pidfile"))"
     continue
   fi
-  FLEET_NATS__URL="$url" "$root/target/debug/$worker" >"$home/logs/$worker.log" 2>&1 &
+  FLEET_NATS__URL="$url" FLEET_WORKER__HEALTH_ADDR="$health" "$root/target/debug/$worker" >"$home/logs/$worker.log" 2>&1 &
   echo $! > "$pidfile"
-  echo "$worker started (pid $!), log $home/logs/$worker.log"
+  echo "$worker started (pid $!), probes and metrics on http://$health, log $home/logs/$worker.log"
 done
 echo "coming with the next issues: installer, quota-auditor"

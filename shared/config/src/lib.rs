@@ -17,6 +17,10 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use fleet_protocol::TenantResolverStrategy;
 use serde::{Deserialize, Serialize};
 
+pub mod retry;
+
+pub use retry::RetryPolicy;
+
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -106,8 +110,6 @@ pub struct NatsConfig {
     /// How long a delivered message may stay unacknowledged (renewed while a job runs) before it
     /// is redelivered — how soon a crashed worker's work moves on — in milliseconds.
     pub ack_wait_ms: u64,
-    /// Deliveries of one message before it is dead-lettered.
-    pub max_deliver: u32,
     /// Unacknowledged deliveries at most per consumer, across all its replicas.
     pub max_ack_pending: u32,
     /// Replicas of streams and buckets (1 for one server, 3 in a production cluster).
@@ -121,7 +123,6 @@ impl Default for NatsConfig {
             subject_prefix: String::new(),
             connect_timeout_ms: 5000,
             ack_wait_ms: 30_000,
-            max_deliver: 5,
             max_ack_pending: 1000,
             replicas: 1,
         }
@@ -183,12 +184,9 @@ pub struct TursoConfig {
     pub default_group: String,
     /// Timeout of one API request, in milliseconds.
     pub request_timeout_ms: u64,
-    /// Retries of a transient failure (429, 5xx, timeout, dropped connection).
-    pub max_retries: usize,
-    /// First retry delay in milliseconds (doubles, with jitter).
-    pub min_backoff_ms: u64,
-    /// Longest retry delay (and longest Retry-After honoured) in milliseconds.
-    pub max_backoff_ms: u64,
+    /// Retries of a transient failure (429, 5xx, timeout, dropped connection); its longest
+    /// delay is also the longest `Retry-After` honoured.
+    pub retry: RetryPolicy,
     /// Client-side limit of API calls per second.
     pub rate_limit_per_second: u32,
 }
@@ -219,9 +217,7 @@ impl Default for TursoConfig {
             api_token: String::new(),
             default_group: "default".into(),
             request_timeout_ms: 10_000,
-            max_retries: 5,
-            min_backoff_ms: 200,
-            max_backoff_ms: 10_000,
+            retry: RetryPolicy::turso_default(),
             rate_limit_per_second: 20,
         }
     }
@@ -322,6 +318,9 @@ pub struct WorkerConfig {
     pub health_addr: String,
     /// Longest one job may run before it is presumed stuck, in milliseconds.
     pub max_job_duration_ms: u64,
+    /// How transient failures are redelivered; `max_attempts` is each consumer's `max_deliver`
+    /// (deliveries before a message is dead-lettered).
+    pub retry: RetryPolicy,
 }
 
 impl Default for WorkerConfig {
@@ -331,6 +330,7 @@ impl Default for WorkerConfig {
             shutdown_grace_ms: 30_000,
             health_addr: "127.0.0.1:9464".into(),
             max_job_duration_ms: 600_000,
+            retry: RetryPolicy::worker_default(),
         }
     }
 }
@@ -430,9 +430,8 @@ impl Config {
                 self.provisioner.lease_secs, self.nats.ack_wait_ms
             ));
         }
-        if self.nats.max_deliver == 0 {
-            problems.push("nats.max_deliver: must be at least 1".into());
-        }
+        problems.extend(self.worker.retry.problems("worker.retry"));
+        problems.extend(self.tenantdb.turso.retry.problems("tenantdb.turso.retry"));
         if self.nats.max_ack_pending == 0 {
             problems.push("nats.max_ack_pending: must be at least 1".into());
         }
@@ -572,7 +571,10 @@ mod tests {
         );
         config.validate().unwrap();
         config.nats.ack_wait_ms = 10_000;
-        config.nats.max_deliver = 0;
+        config.worker.retry = RetryPolicy::Fixed {
+            interval_ms: 10,
+            max_attempts: 0,
+        };
         let Err(ConfigError::Invalid(problems)) = config.validate() else {
             panic!("accepted")
         };
@@ -580,7 +582,7 @@ mod tests {
         assert!(problems[0].starts_with(
             "provisioner.lease_secs: 15 s must be shorter than nats.ack_wait_ms (10000 ms)"
         ));
-        assert!(problems[1].starts_with("nats.max_deliver"));
+        assert!(problems[1].starts_with("worker.retry.max_attempts"));
     }
 
     #[test]

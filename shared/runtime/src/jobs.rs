@@ -45,7 +45,14 @@ pub const VERSION_HEADER: &str = "Fleet-Command-Version";
 pub enum Outcome {
     /// Handled: ack it.
     Done,
-    /// Failed transiently: deliver it again after `after`.
+    /// Failed transiently: deliver it again when the worker's retry policy (`[worker.retry]`)
+    /// says, or dead-letter it once its attempts are used up.
+    Transient {
+        /// What failed (kept if it ends in the dead-letter stream).
+        reason: String,
+    },
+    /// Deliver it again after `after` — for work whose due time is known (a lease that
+    /// expires); still dead-lettered at `max_deliver`.
     Retry {
         /// Delay before the next delivery.
         after: Duration,
@@ -60,6 +67,20 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// A transient failure, retried per the worker's retry policy.
+    pub fn transient(reason: impl std::fmt::Display) -> Self {
+        Self::Transient {
+            reason: reason.to_string(),
+        }
+    }
+
+    /// A transient `error`, with its whole cause chain, retried per the worker's retry policy.
+    pub fn transient_error(error: &(dyn std::error::Error + 'static)) -> Self {
+        Self::Transient {
+            reason: error_chain(error),
+        }
+    }
+
     /// A retry after `after`.
     pub fn retry(after: Duration, reason: impl std::fmt::Display) -> Self {
         Self::Retry {
@@ -82,6 +103,17 @@ impl Outcome {
             reason: error_chain(error),
         }
     }
+}
+
+/// A server timestamp in RFC 3339 UTC (`2026-11-29T12:13:40.790Z`), as every fleet timestamp.
+fn rfc3339(at: time::OffsetDateTime) -> String {
+    let nanos = at.unix_timestamp_nanos();
+    chrono::DateTime::from_timestamp(
+        (nanos.div_euclid(1_000_000_000)) as i64,
+        nanos.rem_euclid(1_000_000_000) as u32,
+    )
+    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    .unwrap_or_default()
 }
 
 /// `error` and each of its causes, once each, joined by `: `.
@@ -216,6 +248,9 @@ pub struct DeadLetter {
     pub sequence: u64,
     /// Original headers (at most [`HEADERS_MAX`], values cut at [`HEADER_VALUE_MAX`] bytes).
     pub headers: BTreeMap<String, Vec<String>>,
+    /// How many original headers were left out (beyond [`HEADERS_MAX`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub headers_dropped: usize,
     /// Size of the original payload, in bytes.
     #[serde(default)]
     pub payload_bytes: usize,
@@ -244,6 +279,10 @@ pub struct DeadLetter {
 
 fn yes() -> bool {
     true
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
@@ -323,6 +362,7 @@ impl DeadLetter {
             subject: bounded(&subject, HEADER_VALUE_MAX),
             stream: settings.stream.clone(),
             sequence,
+            headers_dropped: headers.iter().count().saturating_sub(kept_headers.len()),
             headers: kept_headers,
             payload_bytes: payload.len(),
             payload_text,
@@ -495,6 +535,8 @@ pub struct JobLoopSettings {
     pub stream: String,
     /// Deliveries before dead-lettering (the consumer's `max_deliver`).
     pub max_deliver: u64,
+    /// When a transient failure is retried (`[worker.retry]`).
+    pub retry: fleet_config::RetryPolicy,
     /// The consumer's ack wait (progress acks are sent at a third of it).
     pub ack_wait: Duration,
     /// Jobs at once.
@@ -627,7 +669,7 @@ async fn process<H: Handler>(
         Ok(info) => (
             info.delivered.max(1) as u64,
             info.stream_sequence,
-            info.published.to_string(),
+            rfc3339(info.published),
         ),
         Err(_) => (1, 0, String::new()),
     };
@@ -694,7 +736,7 @@ async fn process<H: Handler>(
             .catch_unwind()
             .await;
         keepalive.abort();
-        outcome.unwrap_or_else(|_| Outcome::retry(Duration::from_secs(1), "handler panicked"))
+        outcome.unwrap_or_else(|_| Outcome::transient("handler panicked"))
     }
     .instrument(span.clone())
     .await;
@@ -792,7 +834,7 @@ pub async fn watch_max_deliveries<H: Handler>(
             &original.headers,
             &original.payload,
             advisory.deliveries,
-            original.time.to_string(),
+            rfc3339(original.time),
         );
         match letters.write(letter, &original.payload).await {
             Ok(letter) => {
@@ -829,6 +871,19 @@ async fn settle<H: Handler>(
                 tracing::warn!(error = %e, "ack not confirmed; the job may be redelivered (handlers are idempotent)");
             }
             return "done";
+        }
+        Outcome::Transient { reason } => {
+            match settings.retry.delay(attempt as u32, rand::random::<f64>()) {
+                Some(after) if attempt < settings.max_deliver => {
+                    tracing::info!(%reason, ?after, attempt, "retrying later");
+                    let _ = message.ack_with(AckKind::Nak(Some(after))).await;
+                    return "retry";
+                }
+                _ => (
+                    "max_deliver",
+                    format!("gave up after {attempt} deliveries: {reason}"),
+                ),
+            }
         }
         Outcome::Retry { after, reason } if attempt < settings.max_deliver => {
             tracing::info!(%reason, ?after, attempt, "retrying later");

@@ -104,7 +104,7 @@ impl Runtime {
                 message: e.to_string(),
             })?;
         let js = jetstream::new(client.clone());
-        let topology = Topology::from_config(&config.nats);
+        let topology = Topology::from_config(config);
         topology.ensure(&client, &js).await?;
         let publisher = Publisher::new(js.clone());
         Ok(Self {
@@ -159,6 +159,7 @@ impl Runtime {
             consumer: spec.durable.clone(),
             stream: spec.stream.clone(),
             max_deliver: spec.max_deliver as u64,
+            retry: config.worker.retry.clone(),
             ack_wait: spec.ack_wait,
             concurrency: config.worker.concurrency as usize,
             shutdown_grace: Duration::from_millis(config.worker.shutdown_grace_ms),

@@ -77,12 +77,12 @@ impl Default for ConsumerSettings {
 }
 
 impl ConsumerSettings {
-    /// The settings of `[nats]`.
-    pub fn from_config(nats: &fleet_config::NatsConfig) -> Self {
+    /// The settings of `[nats]`, and `max_deliver` from `[worker.retry]`'s `max_attempts`.
+    pub fn from_config(config: &fleet_config::Config) -> Self {
         Self {
-            ack_wait: Duration::from_millis(nats.ack_wait_ms),
-            max_deliver: nats.max_deliver as i64,
-            max_ack_pending: nats.max_ack_pending as i64,
+            ack_wait: Duration::from_millis(config.nats.ack_wait_ms),
+            max_deliver: i64::from(config.worker.retry.max_attempts()),
+            max_ack_pending: i64::from(config.nats.max_ack_pending),
         }
     }
 }
@@ -259,11 +259,11 @@ impl Topology {
     }
 
     /// The topology `config` describes (`[nats]`: prefix, replicas, consumer settings).
-    pub fn from_config(nats: &fleet_config::NatsConfig) -> Self {
+    pub fn from_config(config: &fleet_config::Config) -> Self {
         Self::fleet_with(
-            &nats.subject_prefix,
-            nats.replicas,
-            ConsumerSettings::from_config(nats),
+            &config.nats.subject_prefix,
+            config.nats.replicas,
+            ConsumerSettings::from_config(config),
         )
     }
 

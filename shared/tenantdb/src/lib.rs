@@ -76,9 +76,7 @@ pub fn backend_from_config(config: &Config) -> Result<Arc<dyn TenantDatabases>, 
                 organization: turso.organization.clone(),
                 api_token: SecretString::from(turso.api_token.clone()),
                 request_timeout: Duration::from_millis(turso.request_timeout_ms),
-                max_retries: turso.max_retries,
-                min_backoff: Duration::from_millis(turso.min_backoff_ms),
-                max_backoff: Duration::from_millis(turso.max_backoff_ms),
+                retry: turso.retry.clone(),
                 rate_limit_per_second: NonZeroU32::new(turso.rate_limit_per_second)
                     .unwrap_or(NonZeroU32::MIN),
             })?;

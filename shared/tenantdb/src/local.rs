@@ -15,7 +15,8 @@
 //!   concurrent creates of one database end with one record — and the temp name removed;
 //! - a changed record replaces the old one with `rename(2)`; then the directory is synced.
 //!
-//! What an older writer or a crash mid-`write` could leave — a zero-length or truncated record —
+//! What an older writer, a crash mid-`write` or a power loss could leave — a zero-length, all-NUL
+//! or truncated record —
 //! is a record that was never written: reads treat it as absent and a create for the same
 //! database reclaims it (the name derives from the tenant id, so it can only be this tenant's).
 //! A complete record that does not parse is [`TenantDbError::Corrupt`]: permanent, for an
@@ -75,7 +76,9 @@ fn read_stored(path: &Path, database: &DatabaseName) -> TenantDbResult<Stored> {
             ))(e));
         }
     };
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    // Zero-length, blank, or all NUL bytes (what some file systems leave of a file whose data
+    // never reached the disk before power was lost): never written.
+    if bytes.iter().all(|b| b.is_ascii_whitespace() || *b == 0) {
         return Ok(Stored::Torn);
     }
     match serde_json::from_slice(&bytes) {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use fleet_protocol::turso::{TursoDatabaseInfo, TursoTokenScope};
 use fleet_protocol::{DatabaseName, TenantId};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -34,12 +34,9 @@ pub struct TursoApiSettings {
     pub api_token: SecretString,
     /// Timeout of one HTTP attempt.
     pub request_timeout: Duration,
-    /// Retries after the first attempt, for transient failures.
-    pub max_retries: usize,
-    /// First backoff delay (doubled per retry, with jitter).
-    pub min_backoff: Duration,
-    /// Longest backoff delay (and longest `Retry-After` honoured).
-    pub max_backoff: Duration,
+    /// How transient failures are retried; its longest delay is also the longest
+    /// `Retry-After` honoured.
+    pub retry: fleet_config::RetryPolicy,
     /// Calls per second, client-side.
     pub rate_limit_per_second: NonZeroU32,
 }
@@ -193,11 +190,8 @@ impl TursoClient {
         query: &[(&str, &str)],
         body: Option<Value>,
     ) -> Pin<Box<dyn Future<Output = TenantDbResult<Value>> + Send + 'static>> {
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(self.settings.min_backoff)
-            .with_max_delay(self.settings.max_backoff)
-            .with_max_times(self.settings.max_retries)
-            .with_jitter();
+        // The policy's delays, jittered here; backon takes any iterator of delays.
+        let backoff = self.settings.retry.delays(rand::random::<f64>).into_iter();
         let this = self.clone();
         let path = path.to_owned();
         let query: Vec<(String, String)> = query
@@ -261,7 +255,7 @@ impl TursoClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|secs| Duration::from_secs(secs).min(self.settings.max_backoff));
+            .map(|secs| Duration::from_secs(secs).min(self.settings.retry.max_delay()));
         let text = response
             .text()
             .await

@@ -23,7 +23,7 @@
 pub use fleet_rollouts as rollout;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::kv;
@@ -218,7 +218,7 @@ impl Deployer {
                     .await;
             }
             Ok(targets) => targets,
-            Err(e) => return Outcome::retry_error(Duration::from_secs(1), &e),
+            Err(e) => return Outcome::transient_error(&e),
         };
         let ends = match request.rollout.wave_ends(targets.len()) {
             Ok(ends) => ends,
@@ -236,7 +236,7 @@ impl Deployer {
         }
         let bundle = serde_json::to_vec(&request.bundle).expect("a bundle serializes");
         if let Err(e) = self.bundles.put(bundle_key(&id), bundle.into()).await {
-            return Outcome::retry_error(Duration::from_secs(1), &e);
+            return Outcome::transient_error(&e);
         }
         let deployment = Deployment {
             id: id.clone(),
@@ -266,8 +266,8 @@ impl Deployer {
             .await
         {
             Ok(Some(written)) => written,
-            Ok(None) => return Outcome::retry(Duration::from_secs(1), "deployment vanished"),
-            Err(e) => return Outcome::retry_error(Duration::from_secs(1), &e),
+            Ok(None) => return Outcome::transient("deployment vanished"),
+            Err(e) => return Outcome::transient_error(&e),
         };
         self.advanced(&written).await
     }
@@ -398,7 +398,7 @@ impl Deployer {
                     reason: format!("unknown deployment {}", job.deployment_id),
                 };
             }
-            Err(e) => return Outcome::retry_error(Duration::from_secs(1), &e),
+            Err(e) => return Outcome::transient_error(&e),
         };
         if job.rollback {
             return self.rollback_job(&current, &job.tenant_id).await;
@@ -423,7 +423,7 @@ impl Deployer {
                     reason: format!("bundle of {} missing", job.deployment_id),
                 };
             }
-            Err(e) => return Outcome::retry_error(Duration::from_secs(1), &e),
+            Err(e) => return Outcome::transient_error(&e),
         };
         let started = Instant::now();
         let outcome = match self
@@ -432,7 +432,7 @@ impl Deployer {
         {
             Ok(outcome) => outcome,
             Err(TenantError::Transient(e)) => {
-                return Outcome::retry(Duration::from_millis(500 * delivery.attempt), e);
+                return Outcome::transient(e);
             }
             Err(TenantError::Failed(error)) => TenantOutcome::failed(error),
         };
@@ -451,7 +451,7 @@ impl Deployer {
                 data: json!({"deploymentId": job.deployment_id, "tenantId": job.tenant_id, "error": outcome.error}),
             };
             if let Err(e) = self.hooks.publish(&hook).await {
-                return Outcome::retry_error(Duration::from_secs(1), &e);
+                return Outcome::transient_error(&e);
             }
         }
         self.record_and_advance(&job.deployment_id, |cur| {
@@ -472,7 +472,7 @@ impl Deployer {
         match self.deployments.transition(id.as_str(), decide).await {
             Ok(Some(written)) => self.advanced(&written).await,
             Ok(None) => Outcome::Done,
-            Err(e) => Outcome::retry_error(Duration::from_secs(1), &e),
+            Err(e) => Outcome::transient_error(&e),
         }
     }
 
@@ -480,7 +480,7 @@ impl Deployer {
     async fn advanced(&self, deployment: &Versioned<Deployment>) -> Outcome {
         match self.advance(deployment).await {
             Ok(()) => Outcome::Done,
-            Err(e) => Outcome::retry_error(Duration::from_secs(1), &e),
+            Err(e) => Outcome::transient_error(&e),
         }
     }
 
@@ -521,7 +521,7 @@ impl Deployer {
                 reason: format!("unknown deployment {id}"),
             },
             Err(fleet_runtime::StateError::Refused(e)) => Outcome::poison(&e),
-            Err(e) => Outcome::retry_error(Duration::from_secs(1), &e),
+            Err(e) => Outcome::transient_error(&e),
         }
     }
 
@@ -541,7 +541,7 @@ impl Deployer {
                 reason: format!("unknown deployment {id}"),
             },
             Err(fleet_runtime::StateError::Refused(e)) => Outcome::poison(&e),
-            Err(e) => Outcome::retry_error(Duration::from_secs(1), &e),
+            Err(e) => Outcome::transient_error(&e),
         }
     }
 
@@ -555,7 +555,7 @@ impl Deployer {
         let started = Instant::now();
         let outcome = match self.rollback_tenant(d, tenant).await {
             Ok(statements) => TenantOutcome::ready(statements),
-            Err(TenantError::Transient(e)) => return Outcome::retry(Duration::from_secs(1), e),
+            Err(TenantError::Transient(e)) => return Outcome::transient(e),
             Err(TenantError::Failed(error)) => TenantOutcome::failed(error),
         };
         let outcome = TenantOutcome {

@@ -92,8 +92,12 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
             for (seq, letter) in chosen {
                 let mut headers = HeaderMap::new();
                 for (name, values) in &letter.headers {
-                    if name.eq_ignore_ascii_case("Nats-Msg-Id")
+                    // The command's own headers travel again; NATS control headers (`Nats-*`:
+                    // message id, rollups, schedules, expectations) and the old trace do not —
+                    // a replayed `Nats-Rollup: all` would purge the whole work stream.
+                    if name.to_ascii_lowercase().starts_with("nats-")
                         || name.eq_ignore_ascii_case("traceparent")
+                        || name.eq_ignore_ascii_case("tracestate")
                     {
                         continue;
                     }

@@ -74,7 +74,7 @@ async fn show(config: &fleet_config::Config, as_json: bool) -> anyhow::Result<Ex
         .await
         .map_err(|e| anyhow::anyhow!("connecting to {}: {e}", config.nats.url))?;
     let js = jetstream::new(client);
-    let declared = Topology::from_config(&config.nats);
+    let declared = Topology::from_config(config);
     let mut streams = Vec::new();
     for spec in &declared.streams {
         let entry = match js.get_stream(&spec.name).await {

@@ -257,10 +257,6 @@ fn latest(written: Result<Current, ProvisionError>) -> Result<TenantRecord, Prov
         .ok_or_else(|| ProvisionError::Store("the tenant record vanished".into()))
 }
 
-fn backoff(attempt: u64) -> Duration {
-    Duration::from_millis(250u64.saturating_mul(1 << attempt.min(7))).min(Duration::from_secs(30))
-}
-
 /// The provisioner's handler.
 pub struct Provisioner {
     tenants: StateStore<TenantRecord>,
@@ -355,9 +351,9 @@ impl Provisioner {
         }
     }
 
-    fn outcome(&self, error: ProvisionError, attempt: u64) -> Outcome {
+    fn outcome(&self, error: ProvisionError) -> Outcome {
         if error.is_transient() {
-            Outcome::retry(backoff(attempt), &error)
+            Outcome::transient_error(&error)
         } else {
             Outcome::poison(&error)
         }
@@ -390,7 +386,7 @@ impl Provisioner {
                     reason: format!("{step}: {reason}"),
                 }
             }
-            Err(e) => Outcome::retry(Duration::from_secs(1), e),
+            Err(e) => Outcome::transient_error(&e),
         }
     }
 
@@ -407,13 +403,13 @@ impl Provisioner {
             Err(ProvisionError::Transition(e @ TransitionError::Conflict(_))) => {
                 return Outcome::poison(&e);
             }
-            Err(e) => return self.outcome(e, attempt),
+            Err(e) => return self.outcome(e),
         };
         if let Err(e) = self.flush_hook(&tenant, &record).await {
-            return self.outcome(e, attempt);
+            return self.outcome(e);
         }
         let Some(current) = record else {
-            return Outcome::retry(Duration::from_secs(1), "record vanished");
+            return Outcome::transient("record vanished");
         };
         match current.state.status {
             TenantProvisioningStatus::Active | TenantProvisioningStatus::Suspended => {
@@ -445,7 +441,7 @@ impl Provisioner {
                     format!("tenant {tenant} is being provisioned by another worker"),
                 );
             }
-            Err(e) => return self.outcome(e, attempt),
+            Err(e) => return self.outcome(e),
         };
         match self.run_steps(&tenant, &group, record).await {
             Ok(()) => Outcome::Done,
@@ -457,7 +453,7 @@ impl Provisioner {
                     })
                     .await;
                 tracing::warn!(%tenant, %step, error = %reason, attempt, "provisioning step failed; retrying");
-                Outcome::retry(backoff(attempt), format!("{step}: {reason}"))
+                Outcome::transient(format!("{step}: {reason}"))
             }
             Err((step, e)) => self.fail(&tenant, step, &e).await,
         }
@@ -715,9 +711,9 @@ impl Provisioner {
     async fn execute(&self, command: TenantCommand, attempt: u64) -> Outcome {
         let result = match command {
             TenantCommand::Create(command) => return self.created(command, attempt).await,
-            TenantCommand::Delete(tenant) => return self.delete(&tenant, attempt, false).await,
+            TenantCommand::Delete(tenant) => return self.delete(&tenant, false).await,
             TenantCommand::DeletionDue(tenant) => {
-                return self.delete(&tenant, attempt, true).await;
+                return self.delete(&tenant, true).await;
             }
             TenantCommand::Suspend { tenant, reason } => self.suspend(&tenant, reason).await,
             TenantCommand::Resume(tenant) => self.resume(&tenant).await,
@@ -726,7 +722,7 @@ impl Provisioner {
         match result {
             Ok(()) => Outcome::Done,
             Err(ProvisionError::Transition(e)) => Outcome::poison(&e),
-            Err(e) => self.outcome(e, attempt),
+            Err(e) => self.outcome(e),
         }
     }
 
@@ -862,7 +858,7 @@ impl Provisioner {
         self.flush_hook(tenant, &record).await
     }
 
-    async fn delete(&self, tenant: &TenantId, attempt: u64, due: bool) -> Outcome {
+    async fn delete(&self, tenant: &TenantId, due: bool) -> Outcome {
         let result = if due {
             self.deletion_due(tenant).await
         } else {
@@ -871,7 +867,7 @@ impl Provisioner {
         match result {
             Ok(()) => Outcome::Done,
             Err(ProvisionError::Transition(e)) => Outcome::poison(&e),
-            Err(e) => self.outcome(e, attempt),
+            Err(e) => self.outcome(e),
         }
     }
 
@@ -934,7 +930,14 @@ impl Provisioner {
             .delete_after
             .as_ref()
             .map_or_else(chrono::Utc::now, |after| after.instant());
-        let id = format!("deletion:{tenant}:{}", due.timestamp());
+        // One schedule per tenant subject: publishing again replaces it, so the id needs no
+        // stability — and must not have it: a re-schedule inside the duplicate window (after an
+        // early or forged firing) under the first id would be dropped, losing the deletion.
+        let id = format!(
+            "deletion:{tenant}:{}:{}",
+            due.timestamp(),
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        );
         self.scheduler
             .schedule_at(
                 &format!("tenant.schedule.{tenant}"),

@@ -68,6 +68,10 @@ impl Env {
             consumer: spec.durable.clone(),
             stream: spec.stream.clone(),
             max_deliver: spec.max_deliver as u64,
+            retry: fleet_config::RetryPolicy::Fixed {
+                interval_ms: 100,
+                max_attempts: spec.max_deliver as u32,
+            },
             ack_wait: spec.ack_wait,
             concurrency,
             shutdown_grace: Duration::from_secs(10),

@@ -26,9 +26,13 @@ fn client(base_url: &str, token: &str) -> (TursoClient, Arc<Mutex<Vec<Duration>>
         organization: ORG.to_owned(),
         api_token: SecretString::from(token.to_owned()),
         request_timeout: Duration::from_millis(500),
-        max_retries: 3,
-        min_backoff: Duration::from_millis(100),
-        max_backoff: Duration::from_secs(30),
+        retry: fleet_config::RetryPolicy::Exponential {
+            initial_ms: 100,
+            factor: 2.0,
+            max_ms: 30_000,
+            max_attempts: 4,
+            jitter: true,
+        },
         rate_limit_per_second: NonZeroU32::new(1000).unwrap(),
     })
     .unwrap()

@@ -120,7 +120,7 @@ async fn a_tenant_whose_deliveries_run_out_ends_failed_with_its_hook() {
     // The data dir's place is taken by a file: every create fails (transiently, as a full or
     // read-only disk would) until the deliveries run out.
     std::fs::write(fleet.data_dir(), b"not a directory").unwrap();
-    fleet.spawn_worker(&[("FLEET_NATS__MAX_DELIVER", "3")]);
+    fleet.spawn_worker(&[("FLEET_WORKER__RETRY__MAX_ATTEMPTS", "3")]);
     fleet.register("acme", "acme", json!({})).await;
     fleet.wait_status("acme", "failed").await;
     let record = fleet.record("acme").await.unwrap();

@@ -146,3 +146,54 @@ async fn a_due_schedule_deletes_the_database_with_its_backup_and_hook() {
     assert_eq!(fleet.hooks("hooks.tenant.deleted").await.len(), 1);
     assert!(fleet.dead_letters().await.is_empty());
 }
+
+#[tokio::test]
+async fn a_schedule_fired_early_is_put_back_at_the_real_due_time() {
+    // The default lifecycle (72 hours). A schedule replaced by one due now — forged, or left by
+    // an operator — fires early; the deletion must be scheduled again, not dropped as a
+    // duplicate of the first scheduling and lost.
+    let mut fleet = Fleet::start("").await;
+    fleet.spawn_worker(&[]);
+    fleet.provision(&["acme".to_owned()]).await;
+    fleet
+        .command("tenant.deleted", json!({"tenantId": "acme"}), "d1")
+        .await;
+    fleet
+        .eventually(Duration::from_secs(30), "scheduled", async || {
+            fleet.stored("tenant.schedule.acme").await == Some(1)
+        })
+        .await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Schedule", "@at 2020-01-01T00:00:00Z");
+    headers.insert("Nats-Schedule-Target", "tenant.deletion_due");
+    fleet
+        .publisher
+        .publish_bytes(
+            "tenant.schedule.acme",
+            "forged",
+            r#"{"tenantId":"acme"}"#.into(),
+            headers,
+        )
+        .await
+        .unwrap();
+    fleet
+        .eventually(Duration::from_secs(30), "scheduled again", async || {
+            let schedules = fleet_testkit::stream_messages(
+                &fleet.js,
+                "FLEET_TENANT_COMMANDS",
+                Some("tenant.schedule.acme"),
+            )
+            .await;
+            schedules.len() == 1
+                && schedules[0]
+                    .headers
+                    .get("Nats-Schedule")
+                    .is_some_and(|at| !at.as_str().contains("2020"))
+        })
+        .await;
+    assert_eq!(fleet.status("acme").await, "destroying");
+    assert!(
+        fleet.data_dir().join("acme.db").exists(),
+        "not deleted early"
+    );
+}
