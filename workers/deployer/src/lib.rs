@@ -186,7 +186,12 @@ impl Deployer {
                         Outcome::Poison { reason } => reason.clone(),
                         _ => String::new(),
                     };
-                    let _ = self.reject(&id, "?", &reason).await;
+                    // The rejection could not be recorded yet: retry, so it is.
+                    if let outcome @ Outcome::Transient { .. } =
+                        self.reject(&id, "?", &reason).await
+                    {
+                        return outcome;
+                    }
                 }
                 return poison;
             }
@@ -290,12 +295,20 @@ impl Deployer {
             finished_at: Some(Timestamp::now()),
             resumes: 0,
         };
-        if let Ok(Some(written)) = self
+        // Recorded with its hook, or retried until it is (both idempotent: the record is
+        // unchanged the second time, the hook's id derives from the rejection).
+        match self
             .deployments
             .transition(id.as_str(), |cur| rollout::start(cur, &deployment))
             .await
         {
-            let _ = self.finish_hook(&written).await;
+            Ok(Some(written)) => {
+                if let Err(e) = self.finish_hook(&written).await {
+                    return Outcome::transient_error(&e);
+                }
+            }
+            Ok(None) | Err(fleet_runtime::StateError::Refused(_)) => {}
+            Err(e) => return Outcome::transient_error(&e),
         }
         Outcome::Poison {
             reason: format!("deployment {id} rejected: {reason}"),

@@ -380,7 +380,10 @@ impl Provisioner {
             .await;
         match result {
             Ok(record) => {
-                let _ = self.flush_hook(tenant, &record).await;
+                if let Err(e) = self.flush_hook(tenant, &record).await {
+                    // The hook stays pending in the record; the tenant's next command publishes it.
+                    tracing::error!(%tenant, error = %e, "hooks.tenant.failed not published yet");
+                }
                 tracing::error!(%tenant, %step, error = %reason, "provisioning failed");
                 Outcome::Poison {
                     reason: format!("{step}: {reason}"),
@@ -447,11 +450,15 @@ impl Provisioner {
             Ok(()) => Outcome::Done,
             Err((step, e)) if e.is_transient() => {
                 let reason = e.to_string();
-                let _ = self
+                if let Err(record) = self
                     .transition(&tenant, |cur| {
                         machine::step_failed(cur, &tenant, step, &reason, false, &Timestamp::now())
                     })
-                    .await;
+                    .await
+                {
+                    // Only the record of this attempt's failure is missing; the retry goes on.
+                    tracing::warn!(%tenant, %step, error = %record, "the failed step could not be recorded");
+                }
                 tracing::warn!(%tenant, %step, error = %reason, attempt, "provisioning step failed; retrying");
                 Outcome::transient(format!("{step}: {reason}"))
             }

@@ -26,18 +26,23 @@ fn client(base_url: &str, token: &str) -> (TursoClient, Arc<Mutex<Vec<Duration>>
         organization: ORG.to_owned(),
         api_token: SecretString::from(token.to_owned()),
         request_timeout: Duration::from_millis(500),
-        retry: fleet_config::RetryPolicy::Exponential {
-            initial_ms: 100,
-            factor: 2.0,
-            max_ms: 30_000,
-            max_attempts: 4,
-            jitter: true,
-        },
+        retry: retry_policy(),
         rate_limit_per_second: NonZeroU32::new(1000).unwrap(),
     })
     .unwrap()
     .with_sleeper(sleeper);
     (client, waits)
+}
+
+/// 100 ms doubling, 4 attempts in all (3 retries), jittered.
+fn retry_policy() -> fleet_config::RetryPolicy {
+    fleet_config::RetryPolicy::Exponential {
+        initial_ms: 100,
+        factor: 2.0,
+        max_ms: 30_000,
+        max_attempts: 4,
+        jitter: true,
+    }
 }
 
 fn name(n: &str) -> DatabaseName {
@@ -143,12 +148,19 @@ async fn server_errors_and_slow_answers_are_retried_with_backoff() {
     assert_eq!(info.name, "acme");
     let waits = waits.lock().unwrap().clone();
     assert_eq!(waits.len(), 3, "three failures, three waits: {waits:?}");
-    assert!(
-        waits
-            .iter()
-            .all(|w| *w >= Duration::from_millis(100) && *w <= Duration::from_secs(30)),
-        "{waits:?}"
-    );
+    // Each wait is the policy's delay for that retry, jittered within [delay/2, delay].
+    let policy = retry_policy();
+    for (n, wait) in waits.iter().enumerate() {
+        let (low, high) = (
+            policy.delay(n as u32 + 1, 0.0).unwrap(),
+            policy.delay(n as u32 + 1, 1.0).unwrap(),
+        );
+        assert!(
+            *wait >= low && *wait <= high,
+            "retry {}: {wait:?} not in {low:?}..={high:?}",
+            n + 1
+        );
+    }
     // POSTs: 500, 503, slow (created, but timed out), 409; then the GET that confirms it.
     assert_eq!(double.requests().len(), 5, "{:?}", double.requests());
 }
