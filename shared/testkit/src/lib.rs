@@ -5,9 +5,14 @@
 //! port, with a store dir of its own; it waits until the server accepts connections and kills
 //! it on drop. [`NatsServer::stop`] and [`NatsServer::restart`] (same port, same store) inject
 //! outages. [`wait_until`] polls a condition with a deadline; [`stream_messages`] reads what a
-//! stream holds.
+//! stream holds. [`TestFleet`] is one fleet under test: a server, folders, the typed
+//! configuration and the worker processes of one test.
 
 #![deny(missing_docs)]
+
+pub mod fleet;
+
+pub use fleet::TestFleet;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -4,149 +4,82 @@
 mod deploys;
 
 use std::path::Path;
-use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
-use fleet_config::{Config, ConfigSource};
+use fleet_config::Config;
 use fleet_deployer::rollout::{Deployment, RolloutStatus};
-use fleet_provisioner::{Provisioner, ProvisionerSettings};
-use fleet_runtime::metrics::Metrics;
+use fleet_provisioner::Provisioner;
 use fleet_runtime::topology::names;
-use fleet_runtime::{Hooks, JobLoopSettings, Publisher, StateStore};
+use fleet_runtime::worker::{Worker, WorkerContext};
+use fleet_runtime::{Hooks, Publisher, Runtime, StateStore};
 use fleet_tenants::machine::TenantRecord;
-use fleet_testkit::NatsServer;
+use fleet_testkit::TestFleet;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+/// One [`TestFleet`] with deployer processes, the provisioner running in this process on the
+/// same configuration (through the worker entry's own parts), and typed access to the stores.
 #[allow(missing_debug_implementations)]
 pub struct Fleet {
-    pub server: NatsServer,
-    pub dir: tempfile::TempDir,
+    fleet: TestFleet,
     pub js: jetstream::Context,
     pub publisher: Publisher,
     pub tenants: StateStore<TenantRecord>,
     pub deployments: StateStore<Deployment>,
     pub config: Config,
-    deployers: Vec<Child>,
     _provisioner: watch::Sender<bool>,
+}
+
+impl std::ops::Deref for Fleet {
+    type Target = TestFleet;
+
+    fn deref(&self) -> &TestFleet {
+        &self.fleet
+    }
+}
+
+impl std::ops::DerefMut for Fleet {
+    fn deref_mut(&mut self) -> &mut TestFleet {
+        &mut self.fleet
+    }
 }
 
 impl Fleet {
     pub async fn start() -> Self {
-        let server = NatsServer::start();
-        let dir = tempfile::tempdir().unwrap();
-        let config_dir = dir.path().join("config");
-        std::fs::create_dir_all(&config_dir).unwrap();
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        std::fs::copy(
-            root.join("config/default.toml"),
-            config_dir.join("default.toml"),
-        )
-        .unwrap();
-        std::fs::write(
-            config_dir.join("e2e.toml"),
-            format!(
-                r#"
-[nats]
-url = "{url}"
-ack_wait_ms = 2000
-[tenantdb]
-data_dir = "{data}"
-[telemetry]
-log_format = "json"
-[worker]
-concurrency = 8
-health_addr = "127.0.0.1:0"
-[secrets]
-active_key = "e2e"
-keys = {{ e2e = "ZTJlLXRlc3Qta2V5LW5vdC1mb3ItcHJvZHVjdGlvbiE=" }}
-[provisioner]
-lease_secs = 1
-[provisioner.regions.us-east]
-group = "local"
-"#,
-                url = server.url(),
-                data = dir.path().join("tenants").display(),
+        let fleet = TestFleet::start("");
+        let config = fleet.config.clone();
+        let runtime = Runtime::connect(&config).await.unwrap();
+        let (js, publisher) = (runtime.js.clone(), runtime.publisher.clone());
+        let tenants = fleet_control::tenants(&runtime).await.unwrap();
+        let deployments = fleet_control::deployments(&runtime).await.unwrap();
+        // The provisioner, in process: built and run as its binary would be.
+        let context = WorkerContext {
+            config: config.clone(),
+            runtime: runtime.clone(),
+            hooks: Hooks::new(
+                publisher.clone(),
+                "/test/provisioner",
+                runtime.topology.subjects(),
             ),
-        )
-        .unwrap();
-        let config = Config::load_from(&ConfigSource {
-            dir: config_dir,
-            env: "e2e".into(),
-        })
-        .unwrap();
-        let client = async_nats::connect(server.url()).await.unwrap();
-        let js = jetstream::new(client.clone());
-        let topology = fleet_runtime::Topology::fleet_with(
-            "",
-            1,
-            fleet_runtime::topology::ConsumerSettings {
-                ack_wait: Duration::from_secs(2),
-                ..Default::default()
-            },
-        );
-        topology.ensure(&client, &js).await.unwrap();
-        let publisher = Publisher::new(js.clone());
-        let tenants = StateStore::new(
-            "tenant",
-            js.get_key_value(names::TENANTS).await.unwrap(),
-            publisher.clone(),
-            "progress.tenant",
-        );
-        let deployments = StateStore::new(
-            "deploy",
-            js.get_key_value(names::DEPLOYMENTS).await.unwrap(),
-            publisher.clone(),
-            "progress.deploy",
-        );
-        // The provisioner, in process.
-        let provisioner = Arc::new(Provisioner::new(
-            tenants.clone(),
-            fleet_tenantdb::backend_from_config(&config).unwrap(),
-            Arc::new(fleet_tenantdb::key_ring_from_config(&config).unwrap()),
-            Hooks::new(publisher.clone(), "/test/provisioner", Default::default()),
-            fleet_runtime::Scheduler::new(publisher.clone(), Default::default()),
-            ProvisionerSettings::from_config(&config).unwrap(),
-        ));
-        let spec = topology.consumer(names::PROVISIONER).unwrap().clone();
-        let settings = JobLoopSettings {
-            consumer: spec.durable.clone(),
-            stream: spec.stream.clone(),
-            max_deliver: spec.max_deliver as u64,
-            retry: fleet_config::RetryPolicy::Fixed {
-                interval_ms: 100,
-                max_attempts: spec.max_deliver as u32,
-            },
-            ack_wait: spec.ack_wait,
-            concurrency: 8,
-            shutdown_grace: Duration::from_secs(5),
-            subjects: fleet_runtime::Subjects::default(),
-            dead_letter_subject: "dlq.provisioner".into(),
-            dead_letter_payloads: topology.dead_letter_payloads.clone(),
-            payload_limits: spec.payload_limits.clone(),
-            max_job_duration: Duration::from_secs(60),
         };
+        let provisioner = Arc::new(Provisioner::build(&context).await.unwrap());
         let (stop, rx) = watch::channel(false);
-        tokio::spawn(fleet_runtime::run_job_loop(
-            js.clone(),
-            settings,
-            provisioner,
-            publisher.clone(),
-            Arc::new(Metrics::new("p")),
-            rx,
-        ));
+        let worker_config = config.clone();
+        tokio::spawn(async move {
+            runtime
+                .run_worker(&worker_config, names::PROVISIONER, provisioner, rx)
+                .await
+        });
         Self {
-            server,
-            dir,
+            fleet,
             js,
             publisher,
             tenants,
             deployments,
             config,
-            deployers: Vec::new(),
             _provisioner: stop,
         }
     }
@@ -183,31 +116,15 @@ group = "local"
     }
 
     pub fn spawn_deployer(&mut self) -> usize {
-        let log = std::fs::File::create(
-            self.dir
-                .path()
-                .join(format!("deployer-{}.log", self.deployers.len())),
-        )
-        .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_deployer"))
-            .env("FLEET_CONFIG_DIR", self.dir.path().join("config"))
-            .env("FLEET_ENV", "e2e")
-            .env_remove("RUST_LOG")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.deployers.push(child);
-        self.deployers.len() - 1
+        self.fleet.spawn(env!("CARGO_BIN_EXE_deployer"), &[])
     }
 
     pub fn kill_deployer(&mut self, index: usize) {
-        let _ = self.deployers[index].kill();
-        let _ = self.deployers[index].wait();
+        self.fleet.kill(index);
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("deployer-0.log")).unwrap_or_default()
+        self.fleet.log(0)
     }
 
     pub async fn request(&self, id: &str, bundle: Value, target: Value, rollout: Value) {
@@ -320,15 +237,6 @@ group = "local"
             .iter()
             .map(|m| serde_json::from_slice(&m.payload).unwrap())
             .collect()
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for child in &mut self.deployers {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 

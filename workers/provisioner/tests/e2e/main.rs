@@ -6,8 +6,6 @@ mod lifecycle;
 mod provisioning;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -16,142 +14,68 @@ use fleet_protocol::TenantId;
 use fleet_runtime::topology::names;
 use fleet_runtime::{DeadLetter, Publisher, StateStore};
 use fleet_tenants::machine::TenantRecord;
-use fleet_testkit::NatsServer;
+use fleet_testkit::TestFleet;
 use serde_json::json;
 
-/// A nats-server, a data dir, a config overlay, and provisioner processes.
+/// One [`TestFleet`] (server, folders, configuration, provisioner processes) and typed access
+/// to its streams and tenant records.
 #[allow(missing_debug_implementations)]
 pub struct Fleet {
-    pub server: NatsServer,
-    pub dir: tempfile::TempDir,
+    fleet: TestFleet,
     pub js: jetstream::Context,
     pub publisher: Publisher,
     pub tenants: StateStore<TenantRecord>,
-    workers: Vec<Child>,
+}
+
+impl std::ops::Deref for Fleet {
+    type Target = TestFleet;
+
+    fn deref(&self) -> &TestFleet {
+        &self.fleet
+    }
+}
+
+impl std::ops::DerefMut for Fleet {
+    fn deref_mut(&mut self) -> &mut TestFleet {
+        &mut self.fleet
+    }
 }
 
 impl Fleet {
-    /// `overlay` is TOML appended to the e2e config (e.g. lifecycle settings).
+    /// `overlay` is TOML appended to the e2e configuration (e.g. lifecycle settings).
     pub async fn start(overlay: &str) -> Self {
-        let server = NatsServer::start();
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("config");
-        std::fs::create_dir_all(&config).unwrap();
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        std::fs::copy(
-            root.join("config/default.toml"),
-            config.join("default.toml"),
-        )
-        .unwrap();
-        std::fs::write(
-            config.join("e2e.toml"),
-            format!(
-                r#"
-[nats]
-url = "{url}"
-ack_wait_ms = 2000
-
-[tenantdb]
-data_dir = "{data}"
-
-[telemetry]
-log_format = "json"
-log_filter = "info"
-
-[worker]
-concurrency = 8
-health_addr = "127.0.0.1:0"
-shutdown_grace_ms = 5000
-
-[secrets]
-active_key = "e2e"
-keys = {{ e2e = "ZTJlLXRlc3Qta2V5LW5vdC1mb3ItcHJvZHVjdGlvbiE=" }}
-
-[provisioner]
-backup_dir = "{backups}"
-lease_secs = 1
-
-[provisioner.regions.us-east]
-group = "local"
-[provisioner.regions.eu-west]
-group = "local"
-{overlay}
-"#,
-                url = server.url(),
-                data = dir.path().join("tenants").display(),
-                backups = dir.path().join("backups").display(),
-            ),
-        )
-        .unwrap();
-        let client = async_nats::connect(server.url()).await.unwrap();
+        let fleet = TestFleet::start(overlay);
+        let client = async_nats::connect(fleet.server.url()).await.unwrap();
         let js = jetstream::new(client.clone());
-        fleet_runtime::Topology::fleet_with(
-            "",
-            1,
-            fleet_runtime::topology::ConsumerSettings {
-                ack_wait: Duration::from_secs(2),
-                ..Default::default()
-            },
-        )
-        .ensure(&client, &js)
-        .await
-        .unwrap();
+        // The same topology the workers ensure from the same configuration.
+        fleet_runtime::Topology::from_config(&fleet.config)
+            .ensure(&client, &js)
+            .await
+            .unwrap();
         let publisher = Publisher::new(js.clone());
         let kv = js.get_key_value(names::TENANTS).await.unwrap();
         let tenants = StateStore::new("tenant", kv, publisher.clone(), "progress.tenant");
         Self {
-            server,
-            dir,
+            fleet,
             js,
             publisher,
             tenants,
-            workers: Vec::new(),
         }
     }
 
-    /// Starts one more provisioner process (`extra_env` e.g. the chaos step delay).
+    /// Starts one more provisioner process (`extra_env`: `FLEET_…` overrides, crash points).
     pub fn spawn_worker(&mut self, extra_env: &[(&str, &str)]) -> usize {
-        let log = std::fs::File::create(
-            self.dir
-                .path()
-                .join(format!("provisioner-{}.log", self.workers.len())),
-        )
-        .unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_provisioner"));
-        command
-            .env("FLEET_CONFIG_DIR", self.dir.path().join("config"))
-            .env("FLEET_ENV", "e2e")
-            .env_remove("RUST_LOG")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        for (k, v) in extra_env {
-            command.env(k, v);
-        }
-        self.workers
-            .push(command.spawn().expect("the provisioner binary starts"));
-        self.workers.len() - 1
+        self.fleet
+            .spawn(env!("CARGO_BIN_EXE_provisioner"), extra_env)
     }
 
     /// SIGKILLs a worker.
     pub fn kill_worker(&mut self, index: usize) {
-        let _ = self.workers[index].kill();
-        let _ = self.workers[index].wait();
+        self.fleet.kill(index);
     }
 
-    /// Waits up to `limit` for a worker to exit by itself; its status, or `None` if it runs on.
-    pub async fn wait_exit(
-        &mut self,
-        index: usize,
-        limit: Duration,
-    ) -> Option<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + limit;
-        while std::time::Instant::now() < deadline {
-            if let Some(status) = self.workers[index].try_wait().unwrap() {
-                return Some(status);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        None
+    pub fn worker_log(&self, index: usize) -> String {
+        self.fleet.log(index)
     }
 
     /// The provisioner's durable consumer as the server reports it.
@@ -226,15 +150,6 @@ group = "local"
             .unwrap_or_default();
         files.sort();
         files
-    }
-
-    pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("tenants")
-    }
-
-    pub fn worker_log(&self, index: usize) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("provisioner-{index}.log")))
-            .unwrap_or_default()
     }
 
     /// Publishes `tenant.created` as the registration service does.
@@ -330,15 +245,6 @@ group = "local"
             .as_array()
             .cloned()
             .unwrap_or_default()
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for worker in &mut self.workers {
-            let _ = worker.kill();
-            let _ = worker.wait();
-        }
     }
 }
 

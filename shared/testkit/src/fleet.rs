@@ -1,0 +1,179 @@
+//! One fleet under test: [`TestFleet::start`] gives a test its own nats-server, a temp dir (tenant
+//! data, backups, logs), and a configuration folder holding the shipped `config/default.toml`
+//! and an `e2e.toml` overlay pointing at them with fast timings — loaded through the real
+//! configuration chain into [`TestFleet::config`]. [`TestFleet::spawn`] starts any worker
+//! binary on that configuration (as many replicas as a test wants), each with its own log;
+//! [`TestFleet::kill`] is a SIGKILL; dropping the fleet stops everything.
+//!
+//! The overlay's settings: the test's server, `ack_wait_ms = 2000` (a crashed worker's message
+//! moves on in 2 s), `provisioner.lease_secs = 1` (shorter than ack_wait), concurrency 8,
+//! probes on a free port, JSON logs at `info`, a test key, regions `us-east` and `eu-west` on
+//! the local backend's group. A test adds tables of its own with `overlay` (appended), and
+//! overrides a key the overlay already sets through the environment (`FLEET_NATS__…`) when it
+//! spawns a worker.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use fleet_config::{Config, ConfigSource};
+
+use crate::NatsServer;
+
+/// A test's fleet: server, folders, configuration, worker processes.
+#[derive(Debug)]
+pub struct TestFleet {
+    /// The test's nats-server.
+    pub server: NatsServer,
+    /// Everything on disk: `tenants/`, `backups/`, `config/`, `<worker>-<n>.log`.
+    pub dir: tempfile::TempDir,
+    /// The configuration the workers load (defaults → `default.toml` → `e2e.toml`).
+    pub config: Config,
+    workers: Vec<(String, Child)>,
+}
+
+impl TestFleet {
+    /// A fresh fleet; `overlay` is TOML appended to the e2e overlay (new tables only).
+    pub fn start(overlay: &str) -> Self {
+        let server = NatsServer::start();
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let config_dir = dir.path().join("config");
+        std::fs::create_dir_all(&config_dir).expect("the config folder");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        std::fs::copy(
+            root.join("config/default.toml"),
+            config_dir.join("default.toml"),
+        )
+        .expect("config/default.toml");
+        std::fs::write(
+            config_dir.join("e2e.toml"),
+            format!(
+                r#"
+[nats]
+url = "{url}"
+ack_wait_ms = 2000
+
+[tenantdb]
+data_dir = "{data}"
+
+[telemetry]
+log_format = "json"
+log_filter = "info"
+
+[worker]
+concurrency = 8
+health_addr = "127.0.0.1:0"
+shutdown_grace_ms = 5000
+
+[secrets]
+active_key = "e2e"
+keys = {{ e2e = "ZTJlLXRlc3Qta2V5LW5vdC1mb3ItcHJvZHVjdGlvbiE=" }}
+
+[provisioner]
+backup_dir = "{backups}"
+lease_secs = 1
+
+[provisioner.regions.us-east]
+group = "local"
+[provisioner.regions.eu-west]
+group = "local"
+{overlay}
+"#,
+                url = server.url(),
+                data = dir.path().join("tenants").display(),
+                backups = dir.path().join("backups").display(),
+            ),
+        )
+        .expect("the e2e overlay");
+        let config = Config::load_from(&ConfigSource {
+            dir: config_dir,
+            env: "e2e".into(),
+        })
+        .expect("the e2e configuration is valid");
+        Self {
+            server,
+            dir,
+            config,
+            workers: Vec::new(),
+        }
+    }
+
+    /// The configuration folder (`FLEET_CONFIG_DIR` of every worker).
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir.path().join("config")
+    }
+
+    /// The local backend's data dir.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("tenants")
+    }
+
+    /// Where backups before deletion go.
+    pub fn backups_dir(&self) -> PathBuf {
+        self.dir.path().join("backups")
+    }
+
+    /// Starts `binary` (e.g. `env!("CARGO_BIN_EXE_provisioner")`) on the fleet's configuration,
+    /// with `env` on top (`FLEET_…` overrides, crash points); stdout and stderr go to
+    /// `<name>-<index>.log`. Returns the index.
+    pub fn spawn(&mut self, binary: impl AsRef<Path>, env: &[(&str, &str)]) -> usize {
+        let binary = binary.as_ref();
+        let name = binary
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "worker".to_owned());
+        let index = self.workers.len();
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}-{index}.log")))
+            .expect("a log file");
+        let mut command = Command::new(binary);
+        command
+            .env("FLEET_CONFIG_DIR", self.config_dir())
+            .env("FLEET_ENV", "e2e")
+            .env_remove("RUST_LOG")
+            .stdout(log.try_clone().expect("the log file"))
+            .stderr(log);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("the worker binary starts");
+        self.workers.push((name, child));
+        index
+    }
+
+    /// SIGKILLs worker `index` and reaps it.
+    pub fn kill(&mut self, index: usize) {
+        let child = &mut self.workers[index].1;
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Waits up to `limit` for worker `index` to exit by itself: its status, or `None`.
+    pub async fn wait_exit(&mut self, index: usize, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.workers[index].1.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// Everything worker `index` logged so far.
+    pub fn log(&self, index: usize) -> String {
+        let Some((name, _)) = self.workers.get(index) else {
+            return String::new();
+        };
+        std::fs::read_to_string(self.dir.path().join(format!("{name}-{index}.log")))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for TestFleet {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.workers {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
