@@ -64,6 +64,88 @@ impl std::fmt::Debug for Deployer {
     }
 }
 
+/// A command of the deployer, parsed once from a delivery's subject and payload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeployCommand {
+    /// `deploy.requested`: a bundle to roll out.
+    Request(Box<DeployRequest>),
+    /// `deploy.rollback`: undo a finished deployment.
+    Rollback(DeploymentId),
+    /// `deploy.control.<id>`: resume or cancel (the subject names the same deployment).
+    Control(fleet_protocol::DeployControl),
+    /// `deploy.tenant.<id>`: one tenant's job (the subject names its deployment).
+    TenantJob(TenantDeployJob),
+}
+
+/// A delivery that is no deployer command: the poison outcome, and the deployment a bad
+/// `deploy.requested` names (so its rejection can be recorded).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unparsed {
+    /// Poison, with every issue.
+    pub outcome: Outcome,
+    /// The deployment the payload names, when it names a valid one.
+    pub deployment: Option<DeploymentId>,
+}
+
+impl DeployCommand {
+    /// Parses a delivery (subject, then its payload).
+    pub fn parse(delivery: &Delivery) -> Result<Self, Unparsed> {
+        let poison = |outcome: Outcome| Unparsed {
+            outcome,
+            deployment: None,
+        };
+        let mismatch = |id: &DeploymentId| {
+            poison(Outcome::Poison {
+                reason: format!(
+                    "{} carries a command for deployment {id}: subject and payload disagree",
+                    delivery.subject
+                ),
+            })
+        };
+        let subject = delivery.subject.as_str();
+        if subject == "deploy.requested" {
+            return delivery
+                .decode::<DeployRequest>()
+                .map(|request| Self::Request(Box::new(request)))
+                .map_err(|outcome| Unparsed {
+                    outcome,
+                    deployment: serde_json::from_slice::<serde_json::Value>(&delivery.payload)
+                        .ok()
+                        .and_then(|raw| {
+                            raw.get("deploymentId")?
+                                .as_str()
+                                .and_then(|id| DeploymentId::parse(id).ok())
+                        }),
+                });
+        }
+        if subject == "deploy.rollback" {
+            return delivery
+                .decode::<fleet_protocol::DeployRollbackRequest>()
+                .map(|request| Self::Rollback(request.deployment_id))
+                .map_err(poison);
+        }
+        if let Some(named) = subject.strip_prefix("deploy.control.") {
+            let control = delivery
+                .decode::<fleet_protocol::DeployControl>()
+                .map_err(poison)?;
+            if named != control.deployment_id.as_str() {
+                return Err(mismatch(&control.deployment_id));
+            }
+            return Ok(Self::Control(control));
+        }
+        if let Some(named) = subject.strip_prefix("deploy.tenant.") {
+            let job = delivery.decode::<TenantDeployJob>().map_err(poison)?;
+            if named != job.deployment_id.as_str() {
+                return Err(mismatch(&job.deployment_id));
+            }
+            return Ok(Self::TenantJob(job));
+        }
+        Err(poison(Outcome::Poison {
+            reason: format!("the deployer handles no {subject:?} commands"),
+        }))
+    }
+}
+
 /// Why the deployer could not read its inputs or publish what a deployment needs: all
 /// transient (the stores or the server are unavailable) — the job is retried.
 #[derive(Debug, thiserror::Error)]
@@ -170,32 +252,18 @@ impl Worker for Deployer {
 }
 
 impl Deployer {
-    async fn requested(&self, delivery: &Delivery) -> Outcome {
-        let request = match delivery.decode::<DeployRequest>() {
-            Ok(request) => request,
-            Err(poison) => {
-                // Record the rejection when the request names its deployment.
-                let raw: serde_json::Value =
-                    serde_json::from_slice(&delivery.payload).unwrap_or_default();
-                if let Some(id) = raw
-                    .get("deploymentId")
-                    .and_then(|v| v.as_str())
-                    .and_then(|v| DeploymentId::parse(v).ok())
-                {
-                    let reason = match &poison {
-                        Outcome::Poison { reason } => reason.clone(),
-                        _ => String::new(),
-                    };
-                    // The rejection could not be recorded yet: retry, so it is.
-                    if let outcome @ Outcome::Transient { .. } =
-                        self.reject(&id, "?", &reason).await
-                    {
-                        return outcome;
-                    }
-                }
-                return poison;
-            }
-        };
+    /// A request that could not be parsed: poison, after its rejection is recorded when it names
+    /// its deployment (retried until the record and its hook are written).
+    async fn unparsed(&self, unparsed: Unparsed) -> Outcome {
+        if let (Some(id), Outcome::Poison { reason }) = (&unparsed.deployment, &unparsed.outcome)
+            && let outcome @ Outcome::Transient { .. } = self.reject(id, "?", reason).await
+        {
+            return outcome;
+        }
+        unparsed.outcome
+    }
+
+    async fn requested(&self, request: DeployRequest) -> Outcome {
         let id = request.deployment_id.clone();
         let objects = match request.bundle.object_definitions() {
             Ok(objects) => objects,
@@ -395,11 +463,7 @@ impl Deployer {
             })
     }
 
-    async fn tenant_job(&self, delivery: &Delivery) -> Outcome {
-        let job = match delivery.decode::<TenantDeployJob>() {
-            Ok(job) => job,
-            Err(poison) => return poison,
-        };
+    async fn tenant_job(&self, job: TenantDeployJob) -> Outcome {
         let current = match self
             .deployments
             .get::<RolloutError>(job.deployment_id.as_str())
@@ -499,20 +563,8 @@ impl Deployer {
 
     /// `deploy.control.<id>`: resume or cancel, the operator's commands (`fleetctl deploy
     /// resume|cancel`), carried out here so only the deployer writes deployment state.
-    async fn control(&self, delivery: &Delivery) -> Outcome {
-        let control = match delivery.decode::<fleet_protocol::DeployControl>() {
-            Ok(control) => control,
-            Err(poison) => return poison,
-        };
+    async fn control(&self, control: fleet_protocol::DeployControl) -> Outcome {
         let id = control.deployment_id;
-        if delivery.subject != format!("deploy.control.{id}") {
-            return Outcome::Poison {
-                reason: format!(
-                    "{} carries a command for deployment {id}: subject and payload disagree",
-                    delivery.subject
-                ),
-            };
-        }
         let written = match control.action {
             fleet_protocol::DeployControlAction::Resume => {
                 self.deployments
@@ -538,12 +590,7 @@ impl Deployer {
         }
     }
 
-    async fn rollback_requested(&self, delivery: &Delivery) -> Outcome {
-        let request = match delivery.decode::<fleet_protocol::DeployRollbackRequest>() {
-            Ok(request) => request,
-            Err(poison) => return poison,
-        };
-        let id = request.deployment_id;
+    async fn rollback_requested(&self, id: DeploymentId) -> Outcome {
         match self
             .deployments
             .transition(id.as_str(), |cur| rollout::start_rollback(cur, &id))
@@ -833,18 +880,78 @@ fn registry_statements(
 #[async_trait]
 impl Handler for Deployer {
     async fn handle(&self, delivery: Delivery) -> Outcome {
-        if delivery.subject == "deploy.requested" {
-            self.requested(&delivery).await
-        } else if delivery.subject == "deploy.rollback" {
-            self.rollback_requested(&delivery).await
-        } else if delivery.subject.starts_with("deploy.control.") {
-            self.control(&delivery).await
-        } else if delivery.subject.starts_with("deploy.tenant.") {
-            self.tenant_job(&delivery).await
-        } else {
-            Outcome::Poison {
-                reason: format!("the deployer handles no {:?} commands", delivery.subject),
-            }
+        match DeployCommand::parse(&delivery) {
+            Ok(DeployCommand::Request(request)) => self.requested(*request).await,
+            Ok(DeployCommand::Rollback(id)) => self.rollback_requested(id).await,
+            Ok(DeployCommand::Control(control)) => self.control(control).await,
+            Ok(DeployCommand::TenantJob(job)) => self.tenant_job(job).await,
+            Err(unparsed) => self.unparsed(unparsed).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(subject: &str, payload: serde_json::Value) -> Result<DeployCommand, Unparsed> {
+        DeployCommand::parse(&Delivery::new(subject, payload.to_string()))
+    }
+
+    fn reason(unparsed: &Unparsed) -> &str {
+        match &unparsed.outcome {
+            Outcome::Poison { reason } => reason,
+            other => panic!("not poison: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_subject_parses_into_its_command() {
+        assert_eq!(
+            parse("deploy.rollback", json!({"deploymentId": "d1"})).unwrap(),
+            DeployCommand::Rollback(DeploymentId::parse("d1").unwrap())
+        );
+        assert!(matches!(
+            parse("deploy.control.d1", json!({"deploymentId": "d1", "action": "resume"})),
+            Ok(DeployCommand::Control(c)) if c.action == fleet_protocol::DeployControlAction::Resume
+        ));
+        assert!(matches!(
+            parse(
+                "deploy.tenant.d1",
+                json!({"deploymentId": "d1", "tenantId": "acme", "wave": 0})
+            ),
+            Ok(DeployCommand::TenantJob(job)) if job.tenant_id.as_str() == "acme"
+        ));
+    }
+
+    #[test]
+    fn a_command_for_another_deployment_than_its_subject_names_is_refused() {
+        let control = parse(
+            "deploy.control.other",
+            json!({"deploymentId": "d1", "action": "cancel"}),
+        )
+        .unwrap_err();
+        assert!(reason(&control).contains("subject and payload disagree"));
+        let job = parse(
+            "deploy.tenant.other",
+            json!({"deploymentId": "d1", "tenantId": "acme", "wave": 0}),
+        )
+        .unwrap_err();
+        assert!(reason(&job).contains("subject and payload disagree"));
+    }
+
+    #[test]
+    fn a_bad_request_names_its_deployment_so_the_rejection_is_recorded() {
+        let bad = parse(
+            "deploy.requested",
+            json!({"deploymentId": "d9", "bundle": 1}),
+        )
+        .unwrap_err();
+        assert_eq!(bad.deployment, Some(DeploymentId::parse("d9").unwrap()));
+        assert!(reason(&bad).contains("bundle"), "{}", reason(&bad));
+        let anonymous = parse("deploy.requested", json!({"bundle": 1})).unwrap_err();
+        assert_eq!(anonymous.deployment, None);
+        let unknown = parse("deploy.unknown", json!({})).unwrap_err();
+        assert!(reason(&unknown).contains("deploy.unknown"));
     }
 }
