@@ -212,7 +212,7 @@ impl Deployment {
     }
 }
 
-fn event(d: &Deployment, step: &str, error: Option<String>) -> ProgressEvent {
+fn event(d: &Deployment, step: &str, error: Option<String>, now: &Timestamp) -> ProgressEvent {
     ProgressEvent {
         kind: "deploy".to_owned(),
         id: d.id.to_string(),
@@ -223,13 +223,18 @@ fn event(d: &Deployment, step: &str, error: Option<String>) -> ProgressEvent {
             .unwrap_or_default(),
         duration_ms: None,
         error,
-        at: Timestamp::now(),
+        at: now.clone(),
         revision: 0,
     }
 }
 
-fn write(next: Deployment, step: &str, error: Option<String>) -> Decision<Deployment> {
-    let event = event(&next, step, error);
+fn write(
+    next: Deployment,
+    step: &str,
+    error: Option<String>,
+    now: &Timestamp,
+) -> Decision<Deployment> {
+    let event = event(&next, step, error, now);
     Decision::Write { next, event }
 }
 
@@ -246,13 +251,11 @@ fn existing<'a>(
 pub fn start(
     current: Option<&Versioned<Deployment>>,
     deployment: &Deployment,
+    now: &Timestamp,
 ) -> Result<Decision<Deployment>, RolloutError> {
     match current {
         Some(_) => Ok(Decision::Unchanged),
-        None => Ok(Decision::Write {
-            event: event(deployment, "requested", None),
-            next: deployment.clone(),
-        }),
+        None => Ok(write(deployment.clone(), "requested", None, now)),
     }
 }
 
@@ -262,6 +265,7 @@ pub fn record(
     id: &DeploymentId,
     tenant: &TenantId,
     outcome: &TenantOutcome,
+    now: &Timestamp,
 ) -> Result<Decision<Deployment>, RolloutError> {
     let d = existing(current, id)?;
     if d.results.contains_key(tenant) {
@@ -280,7 +284,7 @@ pub fn record(
         Next::StartWave(wave) => next.current_wave = wave,
         Next::Finished(status) => {
             next.status = status;
-            next.finished_at = Some(Timestamp::now());
+            next.finished_at = Some(now.clone());
             if status == RolloutStatus::Halted {
                 let (_, failed, _) = next.counts();
                 next.reason = Some(format!(
@@ -292,13 +296,14 @@ pub fn record(
         }
         Next::Wait => {}
     }
-    Ok(write(next, &step, outcome.error.clone()))
+    Ok(write(next, &step, outcome.error.clone(), now))
 }
 
 /// Stops a running deployment (tenants not started stay untouched).
 pub fn cancel(
     current: Option<&Versioned<Deployment>>,
     id: &DeploymentId,
+    now: &Timestamp,
 ) -> Result<Decision<Deployment>, RolloutError> {
     let d = existing(current, id)?;
     match d.status {
@@ -307,8 +312,8 @@ pub fn cancel(
             let mut next = d.clone();
             next.status = RolloutStatus::Cancelled;
             next.reason = Some("cancelled by an operator".to_owned());
-            next.finished_at = Some(Timestamp::now());
-            Ok(write(next, "cancel", None))
+            next.finished_at = Some(now.clone());
+            Ok(write(next, "cancel", None, now))
         }
         status => Err(RolloutError::Illegal {
             id: id.to_string(),
@@ -322,6 +327,7 @@ pub fn cancel(
 pub fn resume(
     current: Option<&Versioned<Deployment>>,
     id: &DeploymentId,
+    now: &Timestamp,
 ) -> Result<Decision<Deployment>, RolloutError> {
     let d = existing(current, id)?;
     match d.status {
@@ -333,7 +339,7 @@ pub fn resume(
             next.finished_at = None;
             next.results.retain(|_, r| r.status != DeployStatus::Failed);
             next.resumes += 1;
-            Ok(write(next, "resume", None))
+            Ok(write(next, "resume", None, now))
         }
         status => Err(RolloutError::Illegal {
             id: id.to_string(),
@@ -347,6 +353,7 @@ pub fn resume(
 pub fn start_rollback(
     current: Option<&Versioned<Deployment>>,
     id: &DeploymentId,
+    now: &Timestamp,
 ) -> Result<Decision<Deployment>, RolloutError> {
     let d = existing(current, id)?;
     match d.status {
@@ -365,7 +372,7 @@ pub fn start_rollback(
             };
             next.rollbacks.clear();
             next.finished_at = None;
-            Ok(write(next, "rollback", None))
+            Ok(write(next, "rollback", None, now))
         }
     }
 }
@@ -376,6 +383,7 @@ pub fn record_rollback(
     id: &DeploymentId,
     tenant: &TenantId,
     outcome: &TenantOutcome,
+    now: &Timestamp,
 ) -> Result<Decision<Deployment>, RolloutError> {
     let d = existing(current, id)?;
     if d.status != RolloutStatus::RollingBack || d.rollbacks.contains_key(tenant) {
@@ -389,7 +397,7 @@ pub fn record_rollback(
         .all(|t| next.rollbacks.contains_key(t))
     {
         next.status = RolloutStatus::RolledBack;
-        next.finished_at = Some(Timestamp::now());
+        next.finished_at = Some(now.clone());
         let failed = next
             .rollbacks
             .values()
@@ -403,52 +411,74 @@ pub fn record_rollback(
         next,
         &format!("rollback {tenant}"),
         outcome.error.clone(),
+        now,
     ))
 }
 
 #[cfg(test)]
 mod tests {
+    //! Every rollout transition, legal and illegal, at pinned times.
+
     use super::*;
 
-    fn deployment(waves: Vec<Vec<&str>>, ratio: f64) -> Versioned<Deployment> {
-        Versioned {
-            state: Deployment {
-                id: DeploymentId::parse("d1").unwrap(),
-                version: "1".into(),
-                checksum: "x".into(),
-                status: RolloutStatus::Running,
-                dry_run: false,
-                allow_destructive: false,
-                max_failure_ratio: ratio,
-                waves: waves
-                    .into_iter()
-                    .map(|w| w.into_iter().map(|t| TenantId::parse(t).unwrap()).collect())
-                    .collect(),
-                current_wave: 0,
-                results: BTreeMap::new(),
-                rollbacks: BTreeMap::new(),
-                reason: None,
-                requested_at: Timestamp::now(),
-                finished_at: None,
-                resumes: 0,
-            },
-            revision: 1,
+    /// `t(0)` is 2026-01-01T00:00:00Z; `t(n)` is `n` seconds later.
+    fn t(seconds: i64) -> Timestamp {
+        let epoch = Timestamp::parse("2026-01-01T00:00:00Z").unwrap().instant();
+        Timestamp::from(epoch + chrono::Duration::seconds(seconds))
+    }
+
+    fn tenant(id: &str) -> TenantId {
+        TenantId::parse(id).unwrap()
+    }
+
+    fn deployment(waves: Vec<Vec<&str>>, ratio: f64) -> Deployment {
+        Deployment {
+            id: DeploymentId::parse("d1").unwrap(),
+            version: "1".into(),
+            checksum: "x".into(),
+            status: RolloutStatus::Running,
+            dry_run: false,
+            allow_destructive: false,
+            max_failure_ratio: ratio,
+            waves: waves
+                .into_iter()
+                .map(|w| w.into_iter().map(tenant).collect())
+                .collect(),
+            current_wave: 0,
+            results: BTreeMap::new(),
+            rollbacks: BTreeMap::new(),
+            reason: None,
+            requested_at: t(0),
+            finished_at: None,
+            resumes: 0,
         }
     }
 
+    /// A started deployment (revision 1).
+    fn started(waves: Vec<Vec<&str>>, ratio: f64) -> Versioned<Deployment> {
+        let mut v = None;
+        apply_to(
+            &mut v,
+            start(None, &deployment(waves, ratio), &t(0)).unwrap(),
+        );
+        v.unwrap()
+    }
+
     fn outcome(ok: bool) -> TenantOutcome {
-        TenantOutcome {
-            status: if ok {
-                DeployStatus::Ready
-            } else {
-                DeployStatus::Failed
-            },
-            skipped: false,
-            statements: 1,
-            changes: [1, 0, 0],
-            breaking: false,
-            error: (!ok).then(|| "boom".into()),
-            duration_ms: 1,
+        if ok {
+            TenantOutcome::ready(1)
+        } else {
+            TenantOutcome::failed("boom".into())
+        }
+    }
+
+    fn apply_to(v: &mut Option<Versioned<Deployment>>, d: Decision<Deployment>) {
+        if let Decision::Write { next, .. } = d {
+            let revision = v.as_ref().map_or(1, |c| c.revision + 1);
+            *v = Some(Versioned {
+                state: next,
+                revision,
+            });
         }
     }
 
@@ -459,76 +489,78 @@ mod tests {
         }
     }
 
+    fn id() -> DeploymentId {
+        DeploymentId::parse("d1").unwrap()
+    }
+
+    fn illegal<T: std::fmt::Debug>(result: Result<T, RolloutError>) -> bool {
+        matches!(result, Err(RolloutError::Illegal { .. }))
+    }
+
+    #[test]
+    fn start_writes_once() {
+        let d = started(vec![vec!["a"]], 0.5);
+        assert_eq!(d.state.status, RolloutStatus::Running);
+        assert_eq!(
+            start(Some(&d), &deployment(vec![vec!["b"]], 0.5), &t(1)).unwrap(),
+            Decision::Unchanged,
+            "a repeated request with the same id changes nothing"
+        );
+    }
+
     #[test]
     fn waves_advance_only_when_complete_and_finish() {
-        let mut d = deployment(vec![vec!["a"], vec!["b", "c"]], 0.5);
-        let id = d.state.id.clone();
-        let decision = record(
-            Some(&d),
-            &id,
-            &TenantId::parse("a").unwrap(),
-            &outcome(true),
-        )
-        .unwrap();
+        let mut d = started(vec![vec!["a"], vec!["b", "c"]], 0.5);
+        let decision = record(Some(&d), &id(), &tenant("a"), &outcome(true), &t(1)).unwrap();
         apply(&mut d, decision);
         assert_eq!(d.state.current_wave, 1);
-        let decision = record(
-            Some(&d),
-            &id,
-            &TenantId::parse("b").unwrap(),
-            &outcome(true),
-        )
-        .unwrap();
+        let decision = record(Some(&d), &id(), &tenant("b"), &outcome(true), &t(2)).unwrap();
         apply(&mut d, decision);
         assert_eq!(
             (d.state.current_wave, d.state.status),
             (1, RolloutStatus::Running)
         );
         assert_eq!(
-            record(
-                Some(&d),
-                &id,
-                &TenantId::parse("b").unwrap(),
-                &outcome(false)
-            )
-            .unwrap(),
+            record(Some(&d), &id(), &tenant("b"), &outcome(false), &t(3)).unwrap(),
             Decision::Unchanged,
-            "first result wins"
+            "a tenant's first result stands"
         );
-        let decision = record(
-            Some(&d),
-            &id,
-            &TenantId::parse("c").unwrap(),
-            &outcome(true),
-        )
-        .unwrap();
+        let last = record(Some(&d), &id(), &tenant("c"), &outcome(true), &t(4)).unwrap();
+        match &last {
+            Decision::Write { event, .. } => assert_eq!(event.at, t(4)),
+            Decision::Unchanged => panic!("recorded"),
+        }
+        let decision = last;
         apply(&mut d, decision);
         assert_eq!(d.state.status, RolloutStatus::Completed);
+        assert_eq!(d.state.finished_at, Some(t(4)));
+        assert_eq!(
+            record(None, &id(), &tenant("a"), &outcome(true), &t(5)),
+            Err(RolloutError::Unknown("d1".into()))
+        );
+    }
+
+    #[test]
+    fn failures_under_the_ratio_complete_with_failures() {
+        let mut d = started(vec![vec!["a", "b", "c", "d"]], 0.5);
+        for (name, ok) in [("a", true), ("b", false), ("c", true), ("d", true)] {
+            let decision = record(Some(&d), &id(), &tenant(name), &outcome(ok), &t(1)).unwrap();
+            apply(&mut d, decision);
+        }
+        assert_eq!(d.state.status, RolloutStatus::CompletedWithFailures);
     }
 
     #[test]
     fn too_many_failures_halt_and_resume_retries_them() {
-        let mut d = deployment(vec![vec!["a", "b"], vec!["c"]], 0.4);
-        let id = d.state.id.clone();
-        let decision = record(
-            Some(&d),
-            &id,
-            &TenantId::parse("a").unwrap(),
-            &outcome(false),
-        )
-        .unwrap();
+        let mut d = started(vec![vec!["a", "b"], vec!["c"]], 0.4);
+        let decision = record(Some(&d), &id(), &tenant("a"), &outcome(false), &t(1)).unwrap();
         apply(&mut d, decision);
-        let decision = record(
-            Some(&d),
-            &id,
-            &TenantId::parse("b").unwrap(),
-            &outcome(true),
-        )
-        .unwrap();
+        let decision = record(Some(&d), &id(), &tenant("b"), &outcome(true), &t(2)).unwrap();
         apply(&mut d, decision);
         assert_eq!(d.state.status, RolloutStatus::Halted);
         assert!(d.state.reason.as_deref().unwrap().contains("failure ratio"));
-        let decision = resume(Some(&d), &id).unwrap();
+        assert_eq!(d.state.finished_at, Some(t(2)));
+        let decision = resume(Some(&d), &id(), &t(3)).unwrap();
         apply(&mut d, decision);
         assert_eq!(
             (d.state.status, d.state.results.len()),
@@ -536,17 +568,88 @@ mod tests {
         );
         assert_eq!(d.state.next(), Next::Wait, "a is pending again");
         assert_eq!(d.state.resumes, 1, "its jobs get fresh message ids");
+        assert_eq!(d.state.finished_at, None);
         assert_eq!(
-            resume(Some(&d), &id).unwrap(),
+            resume(Some(&d), &id(), &t(4)).unwrap(),
             Decision::Unchanged,
             "resuming a running rollout changes nothing"
         );
-        let decision = cancel(Some(&d), &id).unwrap();
+        let decision = cancel(Some(&d), &id(), &t(5)).unwrap();
         apply(&mut d, decision);
         assert_eq!(d.state.status, RolloutStatus::Cancelled);
-        assert_eq!(cancel(Some(&d), &id).unwrap(), Decision::Unchanged);
-        let decision = resume(Some(&d), &id).unwrap();
+        assert_eq!(d.state.finished_at, Some(t(5)));
+        assert_eq!(cancel(Some(&d), &id(), &t(6)).unwrap(), Decision::Unchanged);
+        let decision = resume(Some(&d), &id(), &t(7)).unwrap();
         apply(&mut d, decision);
         assert_eq!(d.state.resumes, 2);
+    }
+
+    #[test]
+    fn finished_deployments_cannot_be_cancelled_or_resumed() {
+        let mut d = started(vec![vec!["a"]], 0.5);
+        let decision = record(Some(&d), &id(), &tenant("a"), &outcome(true), &t(1)).unwrap();
+        apply(&mut d, decision);
+        assert!(illegal(cancel(Some(&d), &id(), &t(2))));
+        assert!(illegal(resume(Some(&d), &id(), &t(2))));
+        assert_eq!(
+            cancel(None, &id(), &t(2)),
+            Err(RolloutError::Unknown("d1".into()))
+        );
+    }
+
+    #[test]
+    fn a_rollback_undoes_every_migrated_tenant_and_reports_failures() {
+        let mut d = started(vec![vec!["a", "b", "c"]], 1.0);
+        assert!(
+            illegal(start_rollback(Some(&d), &id(), &t(1))),
+            "not while running"
+        );
+        for (name, ok) in [("a", true), ("b", true), ("c", false)] {
+            let decision = record(Some(&d), &id(), &tenant(name), &outcome(ok), &t(1)).unwrap();
+            apply(&mut d, decision);
+        }
+        assert_eq!(d.state.status, RolloutStatus::CompletedWithFailures);
+        assert_eq!(
+            record_rollback(Some(&d), &id(), &tenant("a"), &outcome(true), &t(2)).unwrap(),
+            Decision::Unchanged,
+            "no rollback result outside a rollback"
+        );
+        let decision = start_rollback(Some(&d), &id(), &t(2)).unwrap();
+        apply(&mut d, decision);
+        assert_eq!(d.state.status, RolloutStatus::RollingBack);
+        assert_eq!(d.state.migrated(), vec![tenant("a"), tenant("b")]);
+        assert_eq!(
+            start_rollback(Some(&d), &id(), &t(3)).unwrap(),
+            Decision::Unchanged
+        );
+        let decision =
+            record_rollback(Some(&d), &id(), &tenant("a"), &outcome(true), &t(3)).unwrap();
+        apply(&mut d, decision);
+        assert_eq!(d.state.status, RolloutStatus::RollingBack);
+        let decision =
+            record_rollback(Some(&d), &id(), &tenant("b"), &outcome(false), &t(4)).unwrap();
+        apply(&mut d, decision);
+        assert_eq!(d.state.status, RolloutStatus::RolledBack);
+        assert_eq!(d.state.finished_at, Some(t(4)));
+        assert_eq!(
+            d.state.reason.as_deref(),
+            Some("1 tenant(s) could not be rolled back")
+        );
+    }
+
+    #[test]
+    fn a_rollback_with_nothing_migrated_is_done_at_once_and_rejected_ones_are_refused() {
+        let mut d = started(vec![vec!["a"]], 0.0);
+        let decision = record(Some(&d), &id(), &tenant("a"), &outcome(false), &t(1)).unwrap();
+        apply(&mut d, decision);
+        assert_eq!(d.state.status, RolloutStatus::Halted);
+        let decision = start_rollback(Some(&d), &id(), &t(2)).unwrap();
+        apply(&mut d, decision);
+        assert_eq!(d.state.status, RolloutStatus::RolledBack);
+        let mut rejected = deployment(vec![], 0.5);
+        rejected.status = RolloutStatus::Rejected;
+        let mut v = None;
+        apply_to(&mut v, start(None, &rejected, &t(0)).unwrap());
+        assert!(illegal(start_rollback(v.as_ref(), &id(), &t(1))));
     }
 }

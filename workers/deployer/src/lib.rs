@@ -335,7 +335,9 @@ impl Deployer {
         };
         let written = match self
             .deployments
-            .transition(id.as_str(), |cur| rollout::start(cur, &deployment))
+            .transition(id.as_str(), |cur| {
+                rollout::start(cur, &deployment, &Timestamp::now())
+            })
             .await
         {
             Ok(Some(written)) => written,
@@ -367,7 +369,9 @@ impl Deployer {
         // unchanged the second time, the hook's id derives from the rejection).
         match self
             .deployments
-            .transition(id.as_str(), |cur| rollout::start(cur, &deployment))
+            .transition(id.as_str(), |cur| {
+                rollout::start(cur, &deployment, &Timestamp::now())
+            })
             .await
         {
             Ok(Some(written)) => {
@@ -532,7 +536,13 @@ impl Deployer {
             }
         }
         self.record_and_advance(&job.deployment_id, |cur| {
-            rollout::record(cur, &job.deployment_id, &job.tenant_id, &outcome)
+            rollout::record(
+                cur,
+                &job.deployment_id,
+                &job.tenant_id,
+                &outcome,
+                &Timestamp::now(),
+            )
         })
         .await
     }
@@ -568,12 +578,16 @@ impl Deployer {
         let written = match control.action {
             fleet_protocol::DeployControlAction::Resume => {
                 self.deployments
-                    .transition(id.as_str(), |cur| rollout::resume(cur, &id))
+                    .transition(id.as_str(), |cur| {
+                        rollout::resume(cur, &id, &Timestamp::now())
+                    })
                     .await
             }
             fleet_protocol::DeployControlAction::Cancel => {
                 self.deployments
-                    .transition(id.as_str(), |cur| rollout::cancel(cur, &id))
+                    .transition(id.as_str(), |cur| {
+                        rollout::cancel(cur, &id, &Timestamp::now())
+                    })
                     .await
             }
         };
@@ -593,7 +607,9 @@ impl Deployer {
     async fn rollback_requested(&self, id: DeploymentId) -> Outcome {
         match self
             .deployments
-            .transition(id.as_str(), |cur| rollout::start_rollback(cur, &id))
+            .transition(id.as_str(), |cur| {
+                rollout::start_rollback(cur, &id, &Timestamp::now())
+            })
             .await
         {
             Ok(Some(current)) => self.advanced(&current).await,
@@ -623,7 +639,7 @@ impl Deployer {
             ..outcome
         };
         self.record_and_advance(&d.id, |cur| {
-            rollout::record_rollback(cur, &d.id, tenant, &outcome)
+            rollout::record_rollback(cur, &d.id, tenant, &outcome, &Timestamp::now())
         })
         .await
     }

@@ -13,7 +13,7 @@ use async_nats::HeaderMap;
 use clap::{Args, Subcommand};
 use fleet_protocol::{
     DeployControl, DeployControlAction, DeployRequest, DeployTarget, DeploymentId, RolloutOptions,
-    TenantId,
+    TenantId, Timestamp,
 };
 use fleet_rollouts::{self as rollout, Deployment, RolloutStatus};
 use fleet_runtime::{Runtime, StateStore};
@@ -258,8 +258,8 @@ async fn control(
         return Ok(ExitCode::from(1));
     };
     let check = match action {
-        DeployControlAction::Resume => rollout::resume(current.as_ref(), id),
-        DeployControlAction::Cancel => rollout::cancel(current.as_ref(), id),
+        DeployControlAction::Resume => rollout::resume(current.as_ref(), id, &Timestamp::now()),
+        DeployControlAction::Cancel => rollout::cancel(current.as_ref(), id, &Timestamp::now()),
     };
     if let Err(refused) = check {
         eprintln!("{refused}");
