@@ -105,6 +105,29 @@ impl Outcome {
     }
 }
 
+/// Renews a delivery (`renew`, a `Progress` ack; false when the delivery is gone) every third
+/// of `ack_wait` (at least every 100 ms) until `cap` has passed: a handler still running then is
+/// presumed stuck, and its message is redelivered (and dead-lettered at `max_deliver`).
+/// Returns the renewals sent.
+pub async fn keep_alive<F, Fut>(ack_wait: Duration, cap: Duration, mut renew: F) -> u32
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let every = (ack_wait / 3).max(Duration::from_millis(100));
+    let until = tokio::time::Instant::now() + cap;
+    let mut sent = 0;
+    while tokio::time::Instant::now() + every < until {
+        tokio::time::sleep(every).await;
+        if !renew().await {
+            return sent;
+        }
+        sent += 1;
+    }
+    tracing::warn!("job exceeded its maximum duration; no longer extending its delivery");
+    sent
+}
+
 /// A server timestamp in RFC 3339 UTC (`2026-11-29T12:13:40.790Z`), as every fleet timestamp.
 fn rfc3339(at: time::OffsetDateTime) -> String {
     let nanos = at.unix_timestamp_nanos();
@@ -718,19 +741,11 @@ async fn process<H: Handler>(
         // Keep the delivery alive while the handler works.
         let keepalive = {
             let message = message.clone();
-            let every = (settings.ack_wait / 3).max(Duration::from_millis(100));
-            let until = Instant::now() + settings.max_job_duration;
-            tokio::spawn(async move {
-                while Instant::now() + every < until {
-                    tokio::time::sleep(every).await;
-                    if message.ack_with(AckKind::Progress).await.is_err() {
-                        return;
-                    }
-                }
-                tracing::warn!(
-                    "job exceeded its maximum duration; no longer extending its delivery"
-                );
-            })
+            let (ack_wait, cap) = (settings.ack_wait, settings.max_job_duration);
+            tokio::spawn(keep_alive(ack_wait, cap, move || {
+                let message = message.clone();
+                async move { message.ack_with(AckKind::Progress).await.is_ok() }
+            }))
         };
         let outcome = std::panic::AssertUnwindSafe(handler.handle(delivery.clone()))
             .catch_unwind()
@@ -922,5 +937,47 @@ async fn settle<H: Handler>(
                 .await;
             "retry"
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_running_job_is_kept_alive_until_its_duration_cap() {
+        // ack_wait 30 s: a renewal every 10 s; a 600 s cap: renewals at 10 … 590 s.
+        let started = tokio::time::Instant::now();
+        let sent = keep_alive(
+            Duration::from_secs(30),
+            Duration::from_secs(600),
+            || async { true },
+        )
+        .await;
+        assert_eq!(sent, 59);
+        assert_eq!(started.elapsed(), Duration::from_secs(590));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewing_stops_when_the_delivery_is_gone_and_is_never_too_rare() {
+        let calls = AtomicU32::new(0);
+        let sent = keep_alive(Duration::from_secs(30), Duration::from_secs(600), || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move { n < 2 }
+        })
+        .await;
+        assert_eq!((sent, calls.load(Ordering::SeqCst)), (2, 3));
+        // A tiny ack_wait still renews at most every 100 ms, not in a busy loop.
+        let started = tokio::time::Instant::now();
+        let sent = keep_alive(
+            Duration::from_millis(30),
+            Duration::from_secs(1),
+            || async { true },
+        )
+        .await;
+        assert_eq!(sent, 9);
+        assert_eq!(started.elapsed(), Duration::from_millis(900));
     }
 }

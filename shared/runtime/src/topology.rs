@@ -551,7 +551,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn versions_before_2_10_are_refused_by_name() {
+    fn versions_before_2_12_are_refused_by_name() {
         for ok in ["2.12.0", "2.15.1", "v2.12.3-beta", "3.0.0"] {
             check_server_version(ok).unwrap();
         }
