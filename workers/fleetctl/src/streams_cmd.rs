@@ -168,9 +168,9 @@ async fn show(config: &fleet_config::Config, as_json: bool) -> anyhow::Result<Ex
             say!(
                 "{:<28} {:>9} {:>12} {:>10}  {}{}",
                 s["name"].as_str().unwrap_or_default(),
-                s["messages"],
-                s["bytes"],
-                s["maxMsgSize"],
+                s["messages"].to_string(),
+                s["bytes"].to_string(),
+                s["maxMsgSize"].to_string(),
                 s["subjects"]
                     .as_array()
                     .map(|a| a
@@ -206,14 +206,14 @@ async fn show(config: &fleet_config::Config, as_json: bool) -> anyhow::Result<Ex
                 continue;
             }
             say!(
-                "{:<14} {:<16} {:>8}ms {:>11} {:>15} {:>8} {:>12}",
+                "{:<14} {:<16} {:>10} {:>11} {:>15} {:>8} {:>12}",
                 c["durable"].as_str().unwrap_or_default(),
                 c["filter"].as_str().unwrap_or_default(),
-                c["ackWaitMs"],
-                c["maxDeliver"],
-                c["maxAckPending"],
-                c["numPending"],
-                c["numAckPending"]
+                format!("{}ms", c["ackWaitMs"]),
+                c["maxDeliver"].to_string(),
+                c["maxAckPending"].to_string(),
+                c["numPending"].to_string(),
+                c["numAckPending"].to_string()
             );
             for why in c["differsFromConfig"].as_array().into_iter().flatten() {
                 say!("  ! {}", why.as_str().unwrap_or_default());
