@@ -58,17 +58,18 @@ impl TenantDirectory for KvTenantDirectory {
             .map_err(|e| TenantDbError::Unavailable(format!("tenant directory: {e}")))?;
         Ok(record.and_then(|v| {
             let r = v.state;
-            if r.deleted {
+            if r.is_deleted() {
                 return None;
             }
             let database = r
                 .database
                 .as_deref()
                 .and_then(|d| DatabaseName::parse(d).ok())?;
+            let status = r.status();
             let connection = r.connection?;
             Some(TenantEntry {
                 tenant: r.tenant_id,
-                status: r.status,
+                status,
                 plan: r.plan,
                 region: r.region,
                 database,

@@ -116,11 +116,9 @@ pub struct TenantRecord {
     /// Initial admin e-mail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_email: Option<String>,
-    /// Lifecycle status.
-    pub status: TenantProvisioningStatus,
-    /// Whether the database has been deleted (status stays `destroying`).
-    #[serde(default)]
-    pub deleted: bool,
+    /// Where the tenant is in its lifecycle, with what only that state has.
+    #[serde(flatten)]
+    pub state: TenantState,
     /// The provisioning steps.
     pub steps: Vec<ProvisioningStep>,
     /// Database name at the backend.
@@ -156,12 +154,78 @@ pub struct TenantRecord {
     /// Keys of the hooks published.
     #[serde(default)]
     pub hooks_sent: Vec<String>,
-    /// When a pending deletion happens.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delete_after: Option<Timestamp>,
+}
+
+/// A tenant's lifecycle state, each variant with the data only it has: no record can be
+/// "deleted but provisioning" or "due for deletion while active". Stored flattened into the
+/// record as `"status": "<state>"` plus its fields (`deleteAfter`, `backup`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "status",
+    rename_all = "snake_case",
+    rename_all_fields = "camelCase"
+)]
+pub enum TenantState {
+    /// Steps running.
+    Provisioning,
+    /// Serving.
+    Active,
+    /// Suspended (read-only or no connection, per the lifecycle).
+    Suspended,
+    /// Provisioning failed for good; a new `tenant.created` retries it.
+    Failed,
+    /// Deletion recorded, due at `delete_after` (scheduled when there is a grace period).
+    Destroying {
+        /// When the database is deleted.
+        delete_after: Timestamp,
+    },
+    /// The database is gone.
+    Deleted {
+        /// The backup kept before deletion (local backends).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        backup: Option<String>,
+    },
+}
+
+impl TenantState {
+    /// The upstream status (`deleted` is reported as `destroying`, upstream has no more).
+    pub fn status(&self) -> TenantProvisioningStatus {
+        match self {
+            Self::Provisioning => TenantProvisioningStatus::Provisioning,
+            Self::Active => TenantProvisioningStatus::Active,
+            Self::Suspended => TenantProvisioningStatus::Suspended,
+            Self::Failed => TenantProvisioningStatus::Failed,
+            Self::Destroying { .. } | Self::Deleted { .. } => TenantProvisioningStatus::Destroying,
+        }
+    }
+}
+
+impl TenantRecord {
+    /// The upstream status.
+    pub fn status(&self) -> TenantProvisioningStatus {
+        self.state.status()
+    }
+
+    /// Whether the database has been deleted.
+    pub fn is_deleted(&self) -> bool {
+        matches!(self.state, TenantState::Deleted { .. })
+    }
+
+    /// When a recorded deletion is due.
+    pub fn delete_after(&self) -> Option<&Timestamp> {
+        match &self.state {
+            TenantState::Destroying { delete_after } => Some(delete_after),
+            _ => None,
+        }
+    }
+
     /// The backup kept before deletion.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backup: Option<String>,
+    pub fn backup(&self) -> Option<&str> {
+        match &self.state {
+            TenantState::Deleted { backup } => backup.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// Why a transition was refused.
@@ -253,10 +317,10 @@ fn event(
 
 /// `provisioning`, `active`, …, or `deleted`.
 pub fn status_name(record: &TenantRecord) -> String {
-    if record.deleted {
+    if record.is_deleted() {
         return "deleted".to_owned();
     }
-    serde_json::to_value(record.status)
+    serde_json::to_value(record.status())
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default()
@@ -295,9 +359,9 @@ pub fn create(
         Some(record) if record.fingerprint != print => {
             Err(TransitionError::Conflict(tenant.to_string()))
         }
-        Some(record) if record.status == TenantProvisioningStatus::Failed => {
+        Some(record) if record.state == TenantState::Failed => {
             let mut next = record.clone();
-            next.status = TenantProvisioningStatus::Provisioning;
+            next.state = TenantState::Provisioning;
             next.error = None;
             for step in next
                 .steps
@@ -318,8 +382,7 @@ pub fn create(
                 region: request.region,
                 display_name: request.display_name.clone(),
                 admin_email: request.admin_email.clone(),
-                status: TenantProvisioningStatus::Provisioning,
-                deleted: false,
+                state: TenantState::Provisioning,
                 steps: Step::ALL
                     .iter()
                     .map(|step| ProvisioningStep {
@@ -343,8 +406,6 @@ pub fn create(
                 error: None,
                 pending_hook: None,
                 hooks_sent: Vec::new(),
-                delete_after: None,
-                backup: None,
             };
             Ok(write(record, "requested", None, None, now))
         }
@@ -434,8 +495,8 @@ pub fn step_started(
     now: &Timestamp,
 ) -> Result<Decision<TenantRecord>, TransitionError> {
     let record = existing(current, tenant)?;
-    if record.status != TenantProvisioningStatus::Provisioning {
-        return Err(illegal(tenant, record.status, "run a provisioning step"));
+    if record.state != TenantState::Provisioning {
+        return Err(illegal(tenant, record.status(), "run a provisioning step"));
     }
     let mut next = record.clone();
     let s = step_mut(&mut next, step);
@@ -456,8 +517,12 @@ pub fn step_finished(
     now: &Timestamp,
 ) -> Result<Decision<TenantRecord>, TransitionError> {
     let record = existing(current, tenant)?;
-    if record.status != TenantProvisioningStatus::Provisioning {
-        return Err(illegal(tenant, record.status, "finish a provisioning step"));
+    if record.state != TenantState::Provisioning {
+        return Err(illegal(
+            tenant,
+            record.status(),
+            "finish a provisioning step",
+        ));
     }
     let mut next = record.clone();
     update(&mut next);
@@ -484,7 +549,7 @@ pub fn step_failed(
     now: &Timestamp,
 ) -> Result<Decision<TenantRecord>, TransitionError> {
     let record = existing(current, tenant)?;
-    if record.status != TenantProvisioningStatus::Provisioning {
+    if record.state != TenantState::Provisioning {
         return Ok(Decision::Unchanged);
     }
     let mut next = record.clone();
@@ -493,7 +558,7 @@ pub fn step_failed(
     s.error = Some(error.to_owned());
     next.error = Some(format!("{step}: {error}"));
     if permanent {
-        next.status = TenantProvisioningStatus::Failed;
+        next.state = TenantState::Failed;
         next.lease = None;
     }
     Ok(write(
@@ -513,11 +578,11 @@ pub fn activate(
     now: &Timestamp,
 ) -> Result<Decision<TenantRecord>, TransitionError> {
     let record = existing(current, tenant)?;
-    match record.status {
-        TenantProvisioningStatus::Active => return Ok(Decision::Unchanged),
-        TenantProvisioningStatus::Provisioning => {}
-        from => {
-            return Err(illegal(tenant, from, "activate"));
+    match record.state {
+        TenantState::Active => return Ok(Decision::Unchanged),
+        TenantState::Provisioning => {}
+        _ => {
+            return Err(illegal(tenant, record.status(), "activate"));
         }
     }
     let mut next = record.clone();
@@ -526,7 +591,7 @@ pub fn activate(
     s.started_at.get_or_insert_with(|| now.clone());
     s.completed_at = Some(now.clone());
     s.duration_ms = Some(register_ms);
-    next.status = TenantProvisioningStatus::Active;
+    next.state = TenantState::Active;
     next.total_duration_ms = Some(
         (now.instant() - record.requested_at.instant())
             .num_milliseconds()
@@ -574,15 +639,15 @@ pub fn suspend(
     now: &Timestamp,
 ) -> Result<Decision<TenantRecord>, TransitionError> {
     let record = existing(current, tenant)?;
-    match record.status {
-        TenantProvisioningStatus::Suspended => Ok(Decision::Unchanged),
-        TenantProvisioningStatus::Active => {
+    match record.state {
+        TenantState::Suspended => Ok(Decision::Unchanged),
+        TenantState::Active => {
             let mut next = record.clone();
-            next.status = TenantProvisioningStatus::Suspended;
+            next.state = TenantState::Suspended;
             next.connection = connection;
             Ok(write(next, "suspend", None, None, now))
         }
-        from => Err(illegal(tenant, from, "suspend")),
+        _ => Err(illegal(tenant, record.status(), "suspend")),
     }
 }
 
@@ -594,14 +659,14 @@ pub fn resume(
     now: &Timestamp,
 ) -> Result<Decision<TenantRecord>, TransitionError> {
     let record = existing(current, tenant)?;
-    match record.status {
-        TenantProvisioningStatus::Suspended => {
+    match record.state {
+        TenantState::Suspended => {
             let mut next = record.clone();
-            next.status = TenantProvisioningStatus::Active;
+            next.state = TenantState::Active;
             next.connection = Some(connection);
             Ok(write(next, "resume", None, None, now))
         }
-        from => Err(illegal(tenant, from, "resume")),
+        _ => Err(illegal(tenant, record.status(), "resume")),
     }
 }
 
@@ -613,15 +678,16 @@ pub fn destroy(
     now: &Timestamp,
 ) -> Result<Decision<TenantRecord>, TransitionError> {
     let record = existing(current, tenant)?;
-    match record.status {
-        TenantProvisioningStatus::Destroying => Ok(Decision::Unchanged),
-        TenantProvisioningStatus::Provisioning => {
-            Err(illegal(tenant, record.status, "delete while provisioning"))
-        }
+    match record.state {
+        TenantState::Destroying { .. } | TenantState::Deleted { .. } => Ok(Decision::Unchanged),
+        TenantState::Provisioning => Err(illegal(
+            tenant,
+            record.status(),
+            "delete while provisioning",
+        )),
         _ => {
             let mut next = record.clone();
-            next.status = TenantProvisioningStatus::Destroying;
-            next.delete_after = Some(delete_after);
+            next.state = TenantState::Destroying { delete_after };
             Ok(write(next, "destroy", None, None, now))
         }
     }
@@ -635,16 +701,14 @@ pub fn deleted(
     now: &Timestamp,
 ) -> Result<Decision<TenantRecord>, TransitionError> {
     let record = existing(current, tenant)?;
-    if record.deleted {
-        return Ok(Decision::Unchanged);
-    }
-    if record.status != TenantProvisioningStatus::Destroying {
-        return Err(illegal(tenant, record.status, "mark deleted"));
+    match record.state {
+        TenantState::Deleted { .. } => return Ok(Decision::Unchanged),
+        TenantState::Destroying { .. } => {}
+        _ => return Err(illegal(tenant, record.status(), "mark deleted")),
     }
     let mut next = record.clone();
-    next.deleted = true;
+    next.state = TenantState::Deleted { backup };
     next.connection = None;
-    next.backup = backup.or(next.backup);
     Ok(write(next, "deleted", None, None, now))
 }
 
@@ -659,8 +723,11 @@ pub fn change_plan(
     if record.plan == plan {
         return Ok(Decision::Unchanged);
     }
-    if record.deleted || record.status == TenantProvisioningStatus::Destroying {
-        return Err(illegal(tenant, record.status, "change plan"));
+    if matches!(
+        record.state,
+        TenantState::Destroying { .. } | TenantState::Deleted { .. }
+    ) {
+        return Err(illegal(tenant, record.status(), "change plan"));
     }
     let mut next = record.clone();
     next.plan = plan;
@@ -678,7 +745,7 @@ impl TenantRecord {
                 .as_ref()
                 .map(|c| c.url.clone())
                 .unwrap_or_else(|| "-".to_owned()),
-            status: self.status,
+            status: self.status(),
             region: self.region,
             plan: self.plan,
             steps: self.steps.clone(),
@@ -746,7 +813,7 @@ mod tests {
     }
 
     fn status(s: &Option<Versioned<TenantRecord>>) -> TenantProvisioningStatus {
-        s.as_ref().unwrap().state.status
+        s.as_ref().unwrap().state.status()
     }
 
     fn is_illegal<T: std::fmt::Debug>(result: Result<T, TransitionError>) -> bool {
@@ -941,7 +1008,7 @@ mod tests {
         assert_eq!(event_of(&permanent).error.as_deref(), Some("no group"));
         let s = apply(s, permanent);
         let record = &s.as_ref().unwrap().state;
-        assert_eq!(record.status, TenantProvisioningStatus::Failed);
+        assert_eq!(record.status(), TenantProvisioningStatus::Failed);
         assert_eq!(record.error.as_deref(), Some("create_database: no group"));
         assert!(record.lease.is_none());
         assert_eq!(
@@ -963,7 +1030,7 @@ mod tests {
             create(s.as_ref(), &acme(), &request(), &t(4)).unwrap(),
         );
         let record = &s.as_ref().unwrap().state;
-        assert_eq!(record.status, TenantProvisioningStatus::Provisioning);
+        assert_eq!(record.status(), TenantProvisioningStatus::Provisioning);
         assert!(record.error.is_none());
         assert_eq!(record.steps[0].status, StepStatus::Pending);
     }
@@ -972,7 +1039,7 @@ mod tests {
     fn activation_records_the_total_time_and_is_idempotent() {
         let s = active();
         let record = &s.as_ref().unwrap().state;
-        assert_eq!(record.status, TenantProvisioningStatus::Active);
+        assert_eq!(record.status(), TenantProvisioningStatus::Active);
         assert_eq!(record.provisioned_at, Some(t(10)));
         assert_eq!(record.total_duration_ms, Some(10_000));
         assert!(
@@ -1087,8 +1154,8 @@ mod tests {
             destroy(s.as_ref(), &acme(), t(3600), &t(20)).unwrap(),
         );
         let record = &s.as_ref().unwrap().state;
-        assert_eq!(record.status, TenantProvisioningStatus::Destroying);
-        assert_eq!(record.delete_after, Some(t(3600)));
+        assert_eq!(record.status(), TenantProvisioningStatus::Destroying);
+        assert_eq!(record.delete_after(), Some(&t(3600)));
         assert_eq!(
             destroy(s.as_ref(), &acme(), t(9999), &t(21)).unwrap(),
             Decision::Unchanged,
@@ -1108,7 +1175,7 @@ mod tests {
         let record = &s.as_ref().unwrap().state;
         assert_eq!(status_name(record), "deleted");
         assert!(record.connection.is_none());
-        assert_eq!(record.backup.as_deref(), Some("/b/acme.db"));
+        assert_eq!(record.backup(), Some("/b/acme.db"));
         assert_eq!(
             deleted(s.as_ref(), &acme(), None, &t(3601)).unwrap(),
             Decision::Unchanged
@@ -1176,5 +1243,33 @@ mod tests {
         );
         assert_eq!(result.total_duration_ms, Some(10_000));
         assert_eq!(result.steps.len(), 6);
+    }
+
+    #[test]
+    fn the_state_is_stored_flat_with_only_its_own_fields() {
+        let s = active();
+        let s = apply(
+            s.clone(),
+            destroy(s.as_ref(), &acme(), t(3600), &t(20)).unwrap(),
+        );
+        let json = serde_json::to_value(&s.as_ref().unwrap().state).unwrap();
+        assert_eq!(json["status"], "destroying");
+        assert_eq!(json["deleteAfter"], "2026-01-01T01:00:00.000Z");
+        assert!(json.get("backup").is_none());
+        let back: TenantRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(back.delete_after(), Some(&t(3600)));
+        let s = apply(
+            s.clone(),
+            deleted(s.as_ref(), &acme(), Some("/b/x.db".into()), &t(3600)).unwrap(),
+        );
+        let json = serde_json::to_value(&s.unwrap().state).unwrap();
+        assert_eq!(
+            (json["status"].as_str(), json["backup"].as_str()),
+            (Some("deleted"), Some("/b/x.db"))
+        );
+        assert!(
+            json.get("deleteAfter").is_none(),
+            "a deleted tenant is due for nothing"
+        );
     }
 }

@@ -400,7 +400,7 @@ impl Deployer {
                     .get::<std::convert::Infallible>(tenant.as_str())
                     .await
                     .map_err(DeployerError::Tenants)?;
-                if record.is_some_and(|r| r.state.status == TenantProvisioningStatus::Active) {
+                if record.is_some_and(|r| r.state.status() == TenantProvisioningStatus::Active) {
                     active.push(tenant);
                 }
             }
@@ -694,7 +694,7 @@ impl Deployer {
             .map_err(|e| TenantError::Transient(e.to_string()))?
             .ok_or_else(|| TenantError::Failed(format!("unknown tenant {tenant}")))?
             .state;
-        if record.status != TenantProvisioningStatus::Active {
+        if record.status() != TenantProvisioningStatus::Active {
             return Err(TenantError::Failed(format!(
                 "tenant {tenant} is not active"
             )));

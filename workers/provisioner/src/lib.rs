@@ -414,7 +414,7 @@ impl Provisioner {
         let Some(current) = record else {
             return Outcome::transient("record vanished");
         };
-        match current.state.status {
+        match current.state.status() {
             TenantProvisioningStatus::Active | TenantProvisioningStatus::Suspended => {
                 return Outcome::Done;
             }
@@ -756,7 +756,7 @@ impl Provisioner {
         reason: Option<String>,
     ) -> Result<(), ProvisionError> {
         let current = self.existing(tenant).await?;
-        if current.state.status == TenantProvisioningStatus::Suspended {
+        if current.state.status() == TenantProvisioningStatus::Suspended {
             return Ok(());
         }
         machine::suspend(Some(&current), tenant, None, &Timestamp::now())?; // refuse early when illegal
@@ -803,7 +803,7 @@ impl Provisioner {
 
     async fn resume(&self, tenant: &TenantId) -> Result<(), ProvisionError> {
         let current = self.existing(tenant).await?;
-        if current.state.status == TenantProvisioningStatus::Active {
+        if current.state.status() == TenantProvisioningStatus::Active {
             return Ok(());
         }
         let placeholder = StoredConnectionConfig {
@@ -883,10 +883,10 @@ impl Provisioner {
     async fn delete_requested(&self, tenant: &TenantId) -> Result<(), ProvisionError> {
         let policy = &self.settings.lifecycle.on_tenant_delete;
         let mut current = self.existing(tenant).await?;
-        if current.state.deleted {
+        if current.state.is_deleted() {
             return Ok(());
         }
-        if current.state.status != TenantProvisioningStatus::Destroying {
+        if current.state.status() != TenantProvisioningStatus::Destroying {
             let grace = if policy.immediate {
                 0
             } else {
@@ -911,14 +911,13 @@ impl Provisioner {
     /// fired early (clock skew), ignores a tenant no longer waiting for deletion.
     async fn deletion_due(&self, tenant: &TenantId) -> Result<(), ProvisionError> {
         let current = self.existing(tenant).await?;
-        if current.state.deleted || current.state.status != TenantProvisioningStatus::Destroying {
+        if current.state.delete_after().is_none() {
             tracing::info!(%tenant, status = %machine::status_name(&current.state), "deletion schedule fired for a tenant not waiting for deletion; nothing to do");
             return Ok(());
         }
         let early = current
             .state
-            .delete_after
-            .as_ref()
+            .delete_after()
             .is_some_and(|after| after.instant() > chrono::Utc::now());
         if early {
             return self.schedule_deletion(tenant, &current.state).await;
@@ -934,8 +933,7 @@ impl Provisioner {
         record: &TenantRecord,
     ) -> Result<(), ProvisionError> {
         let due = record
-            .delete_after
-            .as_ref()
+            .delete_after()
             .map_or_else(chrono::Utc::now, |after| after.instant());
         // One schedule per tenant subject: publishing again replaces it, so the id needs no
         // stability — and must not have it: a re-schedule inside the duplicate window (after an
@@ -967,7 +965,7 @@ impl Provisioner {
     ) -> Result<(), ProvisionError> {
         let policy = &self.settings.lifecycle.on_tenant_delete;
         let database = self.database_of(record);
-        let backup = if policy.create_backup && record.backup.is_none() {
+        let backup = if policy.create_backup && record.backup().is_none() {
             self.backup(tenant, &database, record).await?
         } else {
             None
@@ -1018,7 +1016,7 @@ impl Provisioner {
             }
             record = again;
         }
-        if record.status != TenantProvisioningStatus::Provisioning {
+        if record.status() != TenantProvisioningStatus::Provisioning {
             return;
         }
         let record = &record;
@@ -1050,8 +1048,7 @@ impl Provisioner {
         };
         let dir = self.settings.backup_dir.clone();
         let due = record
-            .delete_after
-            .as_ref()
+            .delete_after()
             .map_or_else(chrono::Utc::now, |at| at.instant());
         let file = dir.join(format!("{database}-{}.db", due.format("%Y%m%dT%H%M%SZ")));
         let path = file.display().to_string();

@@ -103,7 +103,7 @@ impl Fleet {
                     .await
                     .unwrap()
                     .is_some_and(|r| {
-                        r.state.status == fleet_protocol::TenantProvisioningStatus::Active
+                        r.state.status() == fleet_protocol::TenantProvisioningStatus::Active
                     })
                 {
                     active += 1;

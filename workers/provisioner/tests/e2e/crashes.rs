@@ -293,7 +293,7 @@ createBackup = true
             "{point}: one finished backup, no partial: {backups:?}"
         );
         let record = fleet.record(id).await.unwrap();
-        assert!(record.backup.unwrap().ends_with(&backups[0]), "{point}");
+        assert!(record.backup().unwrap().ends_with(&backups[0]), "{point}");
         assert!(
             !fleet.data_dir().join(format!("{id}.db")).exists(),
             "{point}"

@@ -67,7 +67,7 @@ async fn registrations_flow_while_deletions_wait_out_their_grace_period() {
         )
         .await;
     let record = fleet.record("doomed-0000").await.unwrap();
-    let due = record.delete_after.unwrap().instant() - chrono::Utc::now();
+    let due = record.delete_after().unwrap().instant() - chrono::Utc::now();
     assert!(due > chrono::Duration::hours(71), "due in 72 hours: {due}");
     assert!(fleet.data_dir().join("doomed-0000.db").exists(), "not yet");
 
@@ -115,7 +115,13 @@ async fn a_due_schedule_deletes_the_database_with_its_backup_and_hook() {
         })
         .await;
     assert!(!fleet.data_dir().join("acme.db").exists());
-    let backup = fleet.record("acme").await.unwrap().backup.unwrap();
+    let backup = fleet
+        .record("acme")
+        .await
+        .unwrap()
+        .backup()
+        .unwrap()
+        .to_owned();
     assert!(std::path::Path::new(&backup).exists(), "{backup}");
     fleet
         .eventually(Duration::from_secs(10), "deleted hook", async || {

@@ -99,7 +99,7 @@ async fn suspend_resume_and_delete_with_their_hooks() {
         "the database is gone"
     );
     let record = fleet.record("acme").await.unwrap();
-    let backup = record.backup.expect("a backup was kept");
+    let backup = record.backup().expect("a backup was kept");
     assert!(std::path::Path::new(&backup).exists(), "{backup}");
     fleet
         .eventually(Duration::from_secs(10), "deleted hook", async || {
