@@ -38,7 +38,7 @@ use tokio::sync::watch;
 pub use hooks::{CloudEvent, Hook, Hooks};
 pub use jobs::{
     DeadLetter, DeadLetterWriter, Delivery, Handler, JobLoopSettings, Outcome, PayloadError,
-    run_job_loop,
+    error_chain, run_job_loop,
 };
 pub use publish::{Published, Publisher};
 pub use schedule::Scheduler;
@@ -67,7 +67,7 @@ pub enum RuntimeError {
     #[error(transparent)]
     Jobs(#[from] jobs::JobLoopError),
     /// The health server could not start.
-    #[error("health server on {address}: {source}")]
+    #[error("health server on {address}")]
     Health {
         /// Address.
         address: String,

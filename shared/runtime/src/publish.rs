@@ -11,7 +11,7 @@ use serde::Serialize;
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     /// The payload could not be encoded.
-    #[error("encoding the payload for {subject}: {source}")]
+    #[error("encoding the payload for {subject}")]
     Encode {
         /// Subject.
         subject: String,

@@ -41,9 +41,7 @@ pub enum StateError<E: std::error::Error + 'static> {
     #[error("state of {0} keeps changing under us; giving up for now")]
     Contention(String),
     /// Written, but the progress entry could not be published (transient; history incomplete).
-    #[error(
-        "state written at revision {revision}, but its progress entry was not published: {source}"
-    )]
+    #[error("state written at revision {revision}, but its progress entry was not published")]
     Progress {
         /// The revision written.
         revision: u64,

@@ -169,7 +169,7 @@ pub enum TopologyError {
         wanted: String,
     },
     /// A JetStream call failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     JetStream {
         /// What was being done.
         what: String,

@@ -20,7 +20,7 @@ pub enum ApplyError {
     #[error("the plan is for {0:?}, not sqlite")]
     Dialect(String),
     /// The transaction could not be started or ended.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Transaction {
         /// What failed.
         what: &'static str,
@@ -29,7 +29,7 @@ pub enum ApplyError {
         source: libsql::Error,
     },
     /// A statement failed; everything was rolled back.
-    #[error("statement {index} failed and the migration was rolled back: {source}\n  {sql}")]
+    #[error("statement {index} failed and the migration was rolled back ({sql})")]
     Statement {
         /// Position of the failed statement.
         index: usize,

@@ -14,7 +14,7 @@ use crate::sql::{FLEET_TABLE_PREFIX, quote};
 #[derive(Debug, thiserror::Error)]
 pub enum IntrospectError {
     /// A query against the catalog failed.
-    #[error("cannot read the schema ({what}): {source}")]
+    #[error("cannot read the schema ({what})")]
     Query {
         /// What was being read.
         what: String,

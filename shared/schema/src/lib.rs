@@ -82,7 +82,7 @@ pub use plan::{DataFacts, Loss, PlanError, PlanOptions, Planned, plan, rollback_
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
     /// The database could not be opened.
-    #[error("cannot open {path}: {source}")]
+    #[error("cannot open {path}")]
     Open {
         /// The database path.
         path: String,

@@ -40,7 +40,7 @@ pub enum TenantDbError {
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
     /// A local I/O error.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being done.
         what: String,
@@ -58,7 +58,7 @@ pub enum TenantDbError {
         why: String,
     },
     /// libSQL failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Database {
         /// What was being done.
         what: String,

@@ -79,7 +79,7 @@ pub enum RouterError {
         status: TenantProvisioningStatus,
     },
     /// The tenant's stored credentials cannot be opened.
-    #[error("credentials of tenant {tenant}: {source}")]
+    #[error("credentials of tenant {tenant}")]
     Secret {
         /// The tenant.
         tenant: TenantId,

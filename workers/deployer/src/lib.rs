@@ -35,6 +35,7 @@ use fleet_protocol::{
 use fleet_runtime::worker::{BuildError, Worker, WorkerContext};
 use fleet_runtime::{
     Delivery, Handler, Hook, Hooks, Outcome, Publisher, StateStore, Subjects, Versioned,
+    error_chain,
 };
 use fleet_schema::{BoundStatement, PlanError, PlanOptions, SchemaError};
 use fleet_tenantdb::{KeyRing, TenantDatabases};
@@ -652,11 +653,11 @@ impl Deployer {
                 vec![SqlValue::Text(d.id.to_string())],
             )
             .await
-            .map_err(|e| TenantError::Failed(e.to_string()))?;
+            .map_err(|e| TenantError::Failed(error_chain(&e)))?;
         let Some(row) = rows
             .next()
             .await
-            .map_err(|e| TenantError::Transient(e.to_string()))?
+            .map_err(|e| TenantError::Transient(error_chain(&e)))?
         else {
             return Ok(0); // already rolled back (or never recorded): nothing to undo
         };
@@ -678,7 +679,7 @@ impl Deployer {
         };
         fleet_schema::apply_plan_with(&conn, &plan, &[forget])
             .await
-            .map_err(|e| TenantError::Failed(e.to_string()))?;
+            .map_err(|e| TenantError::Failed(error_chain(&e)))?;
         Ok(plan.statements.len() as u64)
     }
 
@@ -691,7 +692,7 @@ impl Deployer {
             .tenants
             .get::<RolloutError>(tenant.as_str())
             .await
-            .map_err(|e| TenantError::Transient(e.to_string()))?
+            .map_err(|e| TenantError::Transient(error_chain(&e)))?
             .ok_or_else(|| TenantError::Failed(format!("unknown tenant {tenant}")))?
             .state;
         if record.status() != TenantProvisioningStatus::Active {
@@ -705,7 +706,7 @@ impl Deployer {
             .ok_or_else(|| TenantError::Failed("no stored connection".into()))?;
         let token = connection
             .auth_token(tenant, &self.keys)
-            .map_err(|e| TenantError::Failed(e.to_string()))?
+            .map_err(|e| TenantError::Failed(error_chain(&e)))?
             .ok_or_else(|| TenantError::Failed("no token".into()))?;
         let database = record
             .database
@@ -714,15 +715,15 @@ impl Deployer {
             .unwrap_or_else(|| self.backend.database_name(tenant));
         let db = self.backend.open(&database, &token).await.map_err(|e| {
             if e.is_transient() {
-                TenantError::Transient(e.to_string())
+                TenantError::Transient(error_chain(&e))
             } else {
-                TenantError::Failed(e.to_string())
+                TenantError::Failed(error_chain(&e))
             }
         })?;
         let conn = db
             .connect()
             .await
-            .map_err(|e| TenantError::Transient(e.to_string()))?;
+            .map_err(|e| TenantError::Transient(error_chain(&e)))?;
         Ok((record, conn))
     }
 
@@ -736,7 +737,7 @@ impl Deployer {
         let (record, conn) = self.tenant_connection(tenant).await?;
         let objects: Vec<ObjectDefinition> = bundle
             .object_definitions()
-            .map_err(|e| TenantError::Failed(e.to_string()))?;
+            .map_err(|e| TenantError::Failed(error_chain(&e)))?;
         let already = count(
             &conn,
             "SELECT count(*) FROM sys_deployment WHERE version = ?1 AND checksum = ?2",
@@ -787,9 +788,9 @@ impl Deployer {
             Ok(planned) => planned,
             Err(SchemaError::Plan(
                 e @ (PlanError::Destructive { .. } | PlanError::Conflicts { .. }),
-            )) => return Err(TenantError::Failed(e.to_string())),
-            Err(SchemaError::Desired(e)) => return Err(TenantError::Failed(e.to_string())),
-            Err(e) => return Err(TenantError::Transient(e.to_string())),
+            )) => return Err(TenantError::Failed(error_chain(&e))),
+            Err(SchemaError::Desired(e)) => return Err(TenantError::Failed(error_chain(&e))),
+            Err(e) => return Err(TenantError::Transient(error_chain(&e))),
         };
         let summary = planned.diff.summary;
         let outcome = TenantOutcome {
@@ -804,7 +805,7 @@ impl Deployer {
         let registry = registry_statements(d, bundle, &planned.plan);
         fleet_schema::apply_plan_with(&conn, &planned.plan, &registry)
             .await
-            .map_err(|e| TenantError::Failed(e.to_string()))?;
+            .map_err(|e| TenantError::Failed(error_chain(&e)))?;
         Ok(outcome)
     }
 }
@@ -835,7 +836,7 @@ async fn count(
     let row = rows
         .next()
         .await
-        .map_err(|e| TenantError::Transient(e.to_string()))?;
+        .map_err(|e| TenantError::Transient(error_chain(&e)))?;
     Ok(row.and_then(|r| r.get::<i64>(0).ok()).unwrap_or(0).max(0) as u64)
 }
 

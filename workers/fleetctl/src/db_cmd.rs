@@ -198,7 +198,7 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(err) => {
-                    eprintln!("fleetctl: {err}");
+                    eprintln!("fleetctl: {}", fleet_runtime::error_chain(&err));
                     eprintln!("the database is unchanged");
                     Ok(ExitCode::from(1))
                 }

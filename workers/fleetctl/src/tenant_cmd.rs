@@ -113,7 +113,7 @@ async fn record(
     Ok(tenants
         .get::<std::convert::Infallible>(id.as_str())
         .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .map_err(|e| anyhow::anyhow!(fleet_runtime::error_chain(&e)))?
         .map(|v| v.state))
 }
 

@@ -44,7 +44,7 @@ use fleet_protocol::{
 use fleet_runtime::worker::{BuildError, Worker, WorkerContext};
 use fleet_runtime::{
     DeadLetter, Decision, Delivery, Handler, Hook, Hooks, Outcome, Scheduler, StateError,
-    StateStore, Versioned,
+    StateStore, Versioned, error_chain,
 };
 use fleet_schema::SchemaError;
 use fleet_tenantdb::{
@@ -245,7 +245,7 @@ impl From<StateError<TransitionError>> for ProvisionError {
     fn from(err: StateError<TransitionError>) -> Self {
         match err {
             StateError::Refused(e) => Self::Transition(e),
-            other => Self::Store(other.to_string()),
+            other => Self::Store(error_chain(&other)),
         }
     }
 }
@@ -334,7 +334,7 @@ impl Provisioner {
         self.hooks
             .publish(&hook)
             .await
-            .map_err(|e| ProvisionError::Hook(e.to_string()))?;
+            .map_err(|e| ProvisionError::Hook(error_chain(&e)))?;
         self.transition(tenant, |cur| {
             machine::hook_sent(cur, tenant, &pending.key, &Timestamp::now())
         })
@@ -360,7 +360,7 @@ impl Provisioner {
     }
 
     async fn fail(&self, tenant: &TenantId, step: Step, error: &ProvisionError) -> Outcome {
-        let reason = error.to_string();
+        let reason = error_chain(error);
         let result = self
             .transition(tenant, |cur| {
                 let decision =
@@ -449,7 +449,7 @@ impl Provisioner {
         match self.run_steps(&tenant, &group, record).await {
             Ok(()) => Outcome::Done,
             Err((step, e)) if e.is_transient() => {
-                let reason = e.to_string();
+                let reason = error_chain(&e);
                 if let Err(record) = self
                     .transition(&tenant, |cur| {
                         machine::step_failed(cur, &tenant, step, &reason, false, &Timestamp::now())
@@ -952,7 +952,7 @@ impl Provisioner {
                 &json!({"tenantId": tenant}),
             )
             .await
-            .map_err(|e| ProvisionError::Schedule(e.to_string()))?;
+            .map_err(|e| ProvisionError::Schedule(error_chain(&e)))?;
         tracing::info!(%tenant, due = %due.to_rfc3339(), "deletion scheduled");
         Ok(())
     }
