@@ -165,13 +165,92 @@ pub enum DeployerError {
     Tenants(#[source] fleet_runtime::StateError<std::convert::Infallible>),
 }
 
-/// Why a tenant could not be deployed (a failed tenant) or the job must be retried.
-#[derive(Debug)]
+/// Why one tenant's deploy or rollback did not happen: recorded as that tenant's failure, or —
+/// when [`TenantError::is_transient`] — retried by the job loop's retry policy.
+#[derive(Debug, thiserror::Error)]
 enum TenantError {
-    /// Record this tenant as failed.
-    Failed(String),
-    /// Try again later (the backend or the store is unavailable).
-    Transient(String),
+    /// No such tenant in the control plane.
+    #[error("unknown tenant {0}")]
+    Unknown(TenantId),
+    /// Only active tenants are deployed to.
+    #[error("tenant {0} is not active")]
+    NotActive(TenantId),
+    /// The record has no (usable) connection.
+    #[error("tenant {0} has no stored connection")]
+    NoConnection(TenantId),
+    /// The stored token could not be unsealed.
+    #[error("the stored connection of tenant {tenant}")]
+    Token {
+        /// The tenant.
+        tenant: TenantId,
+        /// Why.
+        #[source]
+        source: fleet_tenantdb::SecretError,
+    },
+    /// The tenant's database could not be opened or connected to.
+    #[error("opening the database of tenant {tenant}")]
+    Open {
+        /// The tenant.
+        tenant: TenantId,
+        /// Why.
+        #[source]
+        source: fleet_tenantdb::TenantDbError,
+    },
+    /// The tenants' store could not be read.
+    #[error("reading tenant {tenant}")]
+    Store {
+        /// The tenant.
+        tenant: TenantId,
+        /// Why.
+        #[source]
+        source: fleet_runtime::StateError<std::convert::Infallible>,
+    },
+    /// The stored bundle's objects are not valid (it was validated when requested).
+    #[error("the bundle's objects")]
+    Bundle(#[source] fleet_protocol::validate::Rejected),
+    /// A quota of the tenant's plan would be exceeded.
+    #[error("quota exceeded: {0}")]
+    Quota(String),
+    /// The change cannot be planned for this tenant (destructive without permission,
+    /// conflicting with its data or objects, an invalid desired schema).
+    #[error("planning the change")]
+    Refused(#[source] SchemaError),
+    /// Planning could not read the tenant's database (transient).
+    #[error("reading the tenant's schema")]
+    Introspect(#[source] SchemaError),
+    /// The migration failed and was rolled back: the tenant is as before.
+    #[error("migrating")]
+    Apply(#[source] fleet_schema::ApplyError),
+    /// A query of the fleet's registry tables failed.
+    #[error("querying {what}")]
+    Query {
+        /// The statement or what it reads.
+        what: String,
+        /// Why.
+        #[source]
+        source: libsql::Error,
+        /// Whether retrying may succeed (reading rows, not preparing the statement).
+        transient: bool,
+    },
+    /// The stored rollback plan does not parse.
+    #[error("the stored rollback plan")]
+    StoredPlan(#[source] serde_json::Error),
+    /// The deployment dropped data, so it has no rollback plan.
+    #[error("the deployment's plan was not reversible (it dropped data)")]
+    NotReversible,
+}
+
+impl TenantError {
+    /// Whether retrying later may succeed (the store, the backend or the database is
+    /// unavailable); everything else is this tenant's failure.
+    fn is_transient(&self) -> bool {
+        match self {
+            Self::Open { source, .. } => source.is_transient(),
+            Self::Store { .. } | Self::Introspect(_) => true,
+            Self::Query { transient, .. } => *transient,
+            _ => false,
+        }
+    }
 }
 
 /// Publishes the jobs still open: during a rollout, the current wave's tenants without a result;
@@ -513,10 +592,8 @@ impl Deployer {
             .await
         {
             Ok(outcome) => outcome,
-            Err(TenantError::Transient(e)) => {
-                return Outcome::transient(e);
-            }
-            Err(TenantError::Failed(error)) => TenantOutcome::failed(error),
+            Err(e) if e.is_transient() => return Outcome::transient_error(&e),
+            Err(e) => TenantOutcome::failed(error_chain(&e)),
         };
         let outcome = TenantOutcome {
             duration_ms: started.elapsed().as_millis() as u64,
@@ -632,8 +709,8 @@ impl Deployer {
         let started = Instant::now();
         let outcome = match self.rollback_tenant(d, tenant).await {
             Ok(statements) => TenantOutcome::ready(statements),
-            Err(TenantError::Transient(e)) => return Outcome::transient(e),
-            Err(TenantError::Failed(error)) => TenantOutcome::failed(error),
+            Err(e) if e.is_transient() => return Outcome::transient_error(&e),
+            Err(e) => TenantOutcome::failed(error_chain(&e)),
         };
         let outcome = TenantOutcome {
             duration_ms: started.elapsed().as_millis() as u64,
@@ -653,22 +730,24 @@ impl Deployer {
                 vec![SqlValue::Text(d.id.to_string())],
             )
             .await
-            .map_err(|e| TenantError::Failed(error_chain(&e)))?;
-        let Some(row) = rows
-            .next()
-            .await
-            .map_err(|e| TenantError::Transient(error_chain(&e)))?
+            .map_err(|source| TenantError::Query {
+                what: "the deployment's rollback plan".into(),
+                source,
+                transient: false,
+            })?;
+        let Some(row) = rows.next().await.map_err(|source| TenantError::Query {
+            what: "the deployment's rollback plan".into(),
+            source,
+            transient: true,
+        })?
         else {
             return Ok(0); // already rolled back (or never recorded): nothing to undo
         };
         let plan: fleet_protocol::MigrationPlan = match row.get_value(0) {
-            Ok(SqlValue::Text(text)) => serde_json::from_str(&text)
-                .map_err(|e| TenantError::Failed(format!("stored rollback plan: {e}")))?,
-            _ => {
-                return Err(TenantError::Failed(
-                    "the deployment's plan was not reversible (it dropped data)".into(),
-                ));
+            Ok(SqlValue::Text(text)) => {
+                serde_json::from_str(&text).map_err(TenantError::StoredPlan)?
             }
+            _ => return Err(TenantError::NotReversible),
         };
         // The statement must be finished before the plan's DDL runs on this connection.
         drop(row);
@@ -679,7 +758,7 @@ impl Deployer {
         };
         fleet_schema::apply_plan_with(&conn, &plan, &[forget])
             .await
-            .map_err(|e| TenantError::Failed(error_chain(&e)))?;
+            .map_err(TenantError::Apply)?;
         Ok(plan.statements.len() as u64)
     }
 
@@ -690,40 +769,42 @@ impl Deployer {
     ) -> Result<(TenantRecord, libsql::Connection), TenantError> {
         let record = self
             .tenants
-            .get::<RolloutError>(tenant.as_str())
+            .get::<std::convert::Infallible>(tenant.as_str())
             .await
-            .map_err(|e| TenantError::Transient(error_chain(&e)))?
-            .ok_or_else(|| TenantError::Failed(format!("unknown tenant {tenant}")))?
+            .map_err(|source| TenantError::Store {
+                tenant: tenant.clone(),
+                source,
+            })?
+            .ok_or_else(|| TenantError::Unknown(tenant.clone()))?
             .state;
         if record.status() != TenantProvisioningStatus::Active {
-            return Err(TenantError::Failed(format!(
-                "tenant {tenant} is not active"
-            )));
+            return Err(TenantError::NotActive(tenant.clone()));
         }
         let connection = record
             .connection
             .clone()
-            .ok_or_else(|| TenantError::Failed("no stored connection".into()))?;
+            .ok_or_else(|| TenantError::NoConnection(tenant.clone()))?;
         let token = connection
             .auth_token(tenant, &self.keys)
-            .map_err(|e| TenantError::Failed(error_chain(&e)))?
-            .ok_or_else(|| TenantError::Failed("no token".into()))?;
+            .map_err(|source| TenantError::Token {
+                tenant: tenant.clone(),
+                source,
+            })?
+            .ok_or_else(|| TenantError::NoConnection(tenant.clone()))?;
         let database = record
             .database
             .as_deref()
             .and_then(|n| fleet_protocol::DatabaseName::parse(n).ok())
             .unwrap_or_else(|| self.backend.database_name(tenant));
-        let db = self.backend.open(&database, &token).await.map_err(|e| {
-            if e.is_transient() {
-                TenantError::Transient(error_chain(&e))
-            } else {
-                TenantError::Failed(error_chain(&e))
-            }
+        let open = |source| TenantError::Open {
+            tenant: tenant.clone(),
+            source,
+        };
+        let db = self.backend.open(&database, &token).await.map_err(open)?;
+        let conn = db.connect().await.map_err(|e| {
+            // A connection that will not come up now may later.
+            open(fleet_tenantdb::TenantDbError::Unavailable(error_chain(&e)))
         })?;
-        let conn = db
-            .connect()
-            .await
-            .map_err(|e| TenantError::Transient(error_chain(&e)))?;
         Ok((record, conn))
     }
 
@@ -735,9 +816,8 @@ impl Deployer {
     ) -> Result<TenantOutcome, TenantError> {
         // validating: the tenant is active, its stored token opens its database
         let (record, conn) = self.tenant_connection(tenant).await?;
-        let objects: Vec<ObjectDefinition> = bundle
-            .object_definitions()
-            .map_err(|e| TenantError::Failed(error_chain(&e)))?;
+        let objects: Vec<ObjectDefinition> =
+            bundle.object_definitions().map_err(TenantError::Bundle)?;
         let already = count(
             &conn,
             "SELECT count(*) FROM sys_deployment WHERE version = ?1 AND checksum = ?2",
@@ -757,7 +837,7 @@ impl Deployer {
         if let Some(max) = record.quotas.max_objects {
             let objects_count = objects.len() as u64;
             if objects_count > max.get() {
-                return Err(TenantError::Failed(quota(
+                return Err(TenantError::Quota(quota(
                     "maxObjects",
                     objects_count,
                     max.get(),
@@ -767,7 +847,7 @@ impl Deployer {
         if let Some(max) = record.quotas.max_deployments_per_day {
             let today = count(&conn, "SELECT count(*) FROM sys_deployment WHERE applied_at >= strftime('%Y-%m-%d', 'now')", vec![]).await?;
             if today >= max.get() {
-                return Err(TenantError::Failed(quota(
+                return Err(TenantError::Quota(quota(
                     "maxDeploymentsPerDay",
                     today,
                     max.get(),
@@ -786,11 +866,11 @@ impl Deployer {
         .await
         {
             Ok(planned) => planned,
-            Err(SchemaError::Plan(
-                e @ (PlanError::Destructive { .. } | PlanError::Conflicts { .. }),
-            )) => return Err(TenantError::Failed(error_chain(&e))),
-            Err(SchemaError::Desired(e)) => return Err(TenantError::Failed(error_chain(&e))),
-            Err(e) => return Err(TenantError::Transient(error_chain(&e))),
+            Err(
+                e @ (SchemaError::Plan(PlanError::Destructive { .. } | PlanError::Conflicts { .. })
+                | SchemaError::Desired(_)),
+            ) => return Err(TenantError::Refused(e)),
+            Err(e) => return Err(TenantError::Introspect(e)),
         };
         let summary = planned.diff.summary;
         let outcome = TenantOutcome {
@@ -805,7 +885,7 @@ impl Deployer {
         let registry = registry_statements(d, bundle, &planned.plan);
         fleet_schema::apply_plan_with(&conn, &planned.plan, &registry)
             .await
-            .map_err(|e| TenantError::Failed(error_chain(&e)))?;
+            .map_err(TenantError::Apply)?;
         Ok(outcome)
     }
 }
@@ -832,11 +912,16 @@ async fn count(
     let mut rows = conn
         .query(sql, params)
         .await
-        .map_err(|e| TenantError::Failed(format!("{sql}: {e}")))?;
-    let row = rows
-        .next()
-        .await
-        .map_err(|e| TenantError::Transient(error_chain(&e)))?;
+        .map_err(|source| TenantError::Query {
+            what: sql.to_owned(),
+            source,
+            transient: false,
+        })?;
+    let row = rows.next().await.map_err(|source| TenantError::Query {
+        what: sql.to_owned(),
+        source,
+        transient: true,
+    })?;
     Ok(row.and_then(|r| r.get::<i64>(0).ok()).unwrap_or(0).max(0) as u64)
 }
 

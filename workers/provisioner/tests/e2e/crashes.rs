@@ -305,5 +305,6 @@ createBackup = true
     }
     let hooks = fleet.hooks("hooks.tenant.deleted").await;
     assert_eq!(hooks.len(), ids.len(), "one deleted hook each");
-    assert!(fleet.dead_letters().await.is_empty());
+    let letters = fleet.dead_letters().await;
+    assert!(letters.is_empty(), "{letters:#?}");
 }
