@@ -163,6 +163,8 @@ pub struct Delivery {
     pub attempt: u64,
     /// Stream sequence.
     pub sequence: u64,
+    /// When the message was published (stored in the stream), when known.
+    pub published_at: Option<Timestamp>,
 }
 
 impl Delivery {
@@ -175,6 +177,7 @@ impl Delivery {
             headers: HeaderMap::new(),
             attempt: 1,
             sequence: 0,
+            published_at: None,
         }
     }
 
@@ -703,6 +706,7 @@ async fn process<H: Handler>(
         headers: headers.clone(),
         attempt,
         sequence,
+        published_at: Timestamp::parse(published_at.clone()).ok(),
     };
     let span = tracing::info_span!("job", consumer = %settings.consumer, subject = %delivery.subject, attempt, sequence);
     crate::telemetry::set_parent_from_headers(&span, &headers);
@@ -836,6 +840,7 @@ pub async fn watch_max_deliveries<H: Handler>(
             headers: original.headers.clone(),
             attempt: advisory.deliveries,
             sequence: advisory.stream_seq,
+            published_at: Timestamp::parse(rfc3339(original.time)).ok(),
         };
         let letter = DeadLetter::new(
             &settings,

@@ -126,6 +126,10 @@ impl TenantCommand {
     }
 }
 
+/// The crash point after a tenant is active and its hook published, before the message is
+/// acknowledged: its creation is delivered again later.
+pub const ACTIVATED_CRASH_POINT: &str = "create.activated";
+
 /// Settings of the provisioner.
 #[derive(Debug, Clone)]
 pub struct ProvisionerSettings {
@@ -393,7 +397,7 @@ impl Provisioner {
         }
     }
 
-    async fn created(&self, command: TenantCreated, attempt: u64) -> Outcome {
+    async fn created(&self, command: TenantCreated, published_at: Option<&Timestamp>) -> Outcome {
         let tenant = command.tenant_id.clone();
         let request = command.request.clone();
         let record = match self
@@ -416,6 +420,21 @@ impl Provisioner {
         };
         match current.state.status() {
             TenantProvisioningStatus::Active | TenantProvisioningStatus::Suspended => {
+                return Outcome::Done;
+            }
+            // The creation that provisioned this tenant, delivered again after the deletion (its
+            // worker died before the ack): published before the tenant became active, its work
+            // was done — not a new request, which is refused below.
+            TenantProvisioningStatus::Destroying
+                if published_at.is_some_and(|published| {
+                    current
+                        .state
+                        .provisioned_at
+                        .as_ref()
+                        .is_some_and(|active| published.instant() <= active.instant())
+                }) =>
+            {
+                tracing::info!(%tenant, "late delivery of the creation that provisioned this tenant; it is being deleted");
                 return Outcome::Done;
             }
             TenantProvisioningStatus::Destroying => {
@@ -459,7 +478,7 @@ impl Provisioner {
                     // Only the record of this attempt's failure is missing; the retry goes on.
                     tracing::warn!(%tenant, %step, error = %record, "the failed step could not be recorded");
                 }
-                tracing::warn!(%tenant, %step, error = %reason, attempt, "provisioning step failed; retrying");
+                tracing::warn!(%tenant, %step, error = %reason, "provisioning step failed; retrying");
                 Outcome::transient(format!("{step}: {reason}"))
             }
             Err((step, e)) => self.fail(&tenant, step, &e).await,
@@ -621,6 +640,7 @@ impl Provisioner {
             .await
             .map_err(|e| (Step::Register, e))?;
         tracing::info!(%tenant, ms = record.as_ref().and_then(|r| r.state.total_duration_ms), "tenant active");
+        crashpoint::reached("create.activated");
         Ok(())
     }
 
@@ -715,9 +735,11 @@ impl Provisioner {
     }
 
     /// Carries out one parsed command.
-    async fn execute(&self, command: TenantCommand, attempt: u64) -> Outcome {
+    async fn execute(&self, command: TenantCommand, delivery: &Delivery) -> Outcome {
         let result = match command {
-            TenantCommand::Create(command) => return self.created(command, attempt).await,
+            TenantCommand::Create(command) => {
+                return self.created(command, delivery.published_at.as_ref()).await;
+            }
             TenantCommand::Delete(tenant) => return self.delete(&tenant, false).await,
             TenantCommand::DeletionDue(tenant) => {
                 return self.delete(&tenant, true).await;
@@ -1140,7 +1162,7 @@ impl Worker for Provisioner {
 impl Handler for Provisioner {
     async fn handle(&self, delivery: Delivery) -> Outcome {
         match TenantCommand::parse(&delivery) {
-            Ok(command) => self.execute(command, delivery.attempt).await,
+            Ok(command) => self.execute(command, &delivery).await,
             Err(poison) => poison,
         }
     }

@@ -203,3 +203,55 @@ async fn a_schedule_fired_early_is_put_back_at_the_real_due_time() {
         "not deleted early"
     );
 }
+
+#[tokio::test]
+async fn the_creation_delivered_again_after_the_deletion_is_done_not_dead_lettered() {
+    // The worker that provisioned the tenant dies before acknowledging tenant.created; the
+    // tenant is deleted before that message comes back. Its work was done: it must end done,
+    // not as a dead letter ("being deleted; not re-created" is for new requests).
+    let mut fleet = Fleet::start(
+        r#"
+[provisioner.lifecycle.onTenantDelete]
+immediate = true
+gracePeriodHours = 0
+createBackup = false
+"#,
+    )
+    .await;
+    let doomed = fleet.spawn_worker(&[(
+        fleet_tenantdb::crashpoint::ENV,
+        fleet_provisioner::ACTIVATED_CRASH_POINT,
+    )]);
+    fleet.register("acme", "acme", json!({})).await;
+    let status = fleet.wait_exit(doomed, Duration::from_secs(30)).await;
+    assert!(status.is_some(), "the worker died after activating acme");
+    assert_eq!(fleet.status("acme").await, "active");
+    fleet.spawn_worker(&[]);
+    fleet
+        .command("tenant.deleted", json!({"tenantId": "acme"}), "d1")
+        .await;
+    fleet.wait_status("acme", "deleted").await;
+    fleet
+        .eventually(
+            Duration::from_secs(30),
+            "the creation settled",
+            async || {
+                fleet.consumer().await.num_ack_pending == 0
+                    && fleet.consumer().await.num_pending == 0
+            },
+        )
+        .await;
+    assert!(fleet.dead_letters().await.is_empty());
+    // A new creation of the same tenant while it is deleted is refused, as before.
+    fleet.register("acme", "acme-again", json!({})).await;
+    fleet
+        .eventually(Duration::from_secs(30), "refused", async || {
+            fleet.dead_letters().await.len() == 1
+        })
+        .await;
+    assert!(
+        fleet.dead_letters().await[0]
+            .error
+            .contains("not re-created")
+    );
+}
