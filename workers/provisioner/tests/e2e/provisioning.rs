@@ -176,3 +176,40 @@ async fn two_provisioners_never_process_a_tenant_twice() {
         assert_eq!(completed("sync_schema"), 1, "{id}: sync_schema ran once");
     }
 }
+
+#[tokio::test]
+async fn one_message_runs_through_the_handler_without_the_job_loop() {
+    // The seam: the handler built as its binary builds it, one delivery handed to it directly.
+    use fleet_runtime::worker::{Worker, WorkerContext};
+    use fleet_runtime::{Delivery, Handler, Hooks, Outcome, Runtime};
+
+    let fleet = Fleet::start("").await;
+    let runtime = Runtime::connect(&fleet.config).await.unwrap();
+    let hooks = Hooks::new(
+        runtime.publisher.clone(),
+        "/test/provisioner",
+        runtime.topology.subjects(),
+    );
+    let context = WorkerContext {
+        config: fleet.config.clone(),
+        runtime,
+        hooks,
+    };
+    let provisioner = fleet_provisioner::Provisioner::build(&context)
+        .await
+        .unwrap();
+    let payload = json!({"tenantId": "acme", "orgId": "org_42", "adminEmail": "ops@acme.example"});
+    let outcome = provisioner
+        .handle(Delivery::new("tenant.created", payload.to_string()))
+        .await;
+    assert_eq!(outcome, Outcome::Done);
+    assert_eq!(fleet.status("acme").await, "active");
+    assert_eq!(fleet.tables("acme").await, SYSTEM_TABLES);
+    let refused = provisioner
+        .handle(Delivery::new(
+            "tenant.plan_changed",
+            r#"{"tenantId":"acme"}"#,
+        ))
+        .await;
+    assert!(matches!(refused, Outcome::Poison { reason } if reason.contains("needs `plan`")));
+}
