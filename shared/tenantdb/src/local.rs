@@ -191,7 +191,13 @@ impl LocalBackend {
             let Stored::Record(mut record) = read_stored(&path, &name)? else {
                 return Err(TenantDbError::NotFound(name.to_string()));
             };
+            let before = record.clone();
             let out = change(&mut record);
+            if record == before {
+                // Nothing changed (revoking the tokens of a record that has none): no write, no
+                // fsync — the first provisioning of every tenant revokes orphans that are not there.
+                return Ok(out);
+            }
             let io = |what: &str| TenantDbError::io(format!("{what} the record of {name}"));
             write_temp(&tmp, &record, operation).map_err(io("writing"))?;
             std::fs::rename(&tmp, &path).map_err(io("replacing"))?;

@@ -140,3 +140,31 @@ async fn concurrent_token_issues_on_one_database_keep_every_token() {
         backend.open(&name, &issued.token).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn revoking_nothing_rewrites_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = LocalBackend::new(dir.path(), "");
+    let acme = tenant("acme");
+    backend.create_database(&acme, None).await.unwrap();
+    let name = backend.database_name(&acme);
+    let record = dir.path().join("acme.meta.json");
+    let inode =
+        |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let before = inode(&record);
+    backend.rotate_tokens(&name).await.unwrap();
+    assert_eq!(
+        inode(&record),
+        before,
+        "no tokens to revoke: the record is not replaced"
+    );
+    backend
+        .issue_token(&name, TursoTokenScope::FullAccess, None)
+        .await
+        .unwrap();
+    let issued = inode(&record);
+    assert_ne!(issued, before, "a new token replaces the record");
+    backend.rotate_tokens(&name).await.unwrap();
+    assert_ne!(inode(&record), issued, "revoking a token replaces it again");
+    assert_eq!(token_count(&backend, "acme").await, 0);
+}
