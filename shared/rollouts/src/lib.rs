@@ -238,6 +238,14 @@ fn write(
     Decision::Write { next, event }
 }
 
+fn illegal(id: &DeploymentId, status: RolloutStatus, event: &'static str) -> RolloutError {
+    RolloutError::Illegal {
+        id: id.to_string(),
+        status,
+        event,
+    }
+}
+
 fn existing<'a>(
     current: Option<&'a Versioned<Deployment>>,
     id: &DeploymentId,
@@ -315,11 +323,7 @@ pub fn cancel(
             next.finished_at = Some(now.clone());
             Ok(write(next, "cancel", None, now))
         }
-        status => Err(RolloutError::Illegal {
-            id: id.to_string(),
-            status,
-            event: "cancel",
-        }),
+        status => Err(illegal(id, status, "cancel")),
     }
 }
 
@@ -341,11 +345,7 @@ pub fn resume(
             next.resumes += 1;
             Ok(write(next, "resume", None, now))
         }
-        status => Err(RolloutError::Illegal {
-            id: id.to_string(),
-            status,
-            event: "resume",
-        }),
+        status => Err(illegal(id, status, "resume")),
     }
 }
 
@@ -358,11 +358,7 @@ pub fn start_rollback(
     let d = existing(current, id)?;
     match d.status {
         RolloutStatus::RollingBack | RolloutStatus::RolledBack => Ok(Decision::Unchanged),
-        RolloutStatus::Running | RolloutStatus::Rejected => Err(RolloutError::Illegal {
-            id: id.to_string(),
-            status: d.status,
-            event: "roll back",
-        }),
+        RolloutStatus::Running | RolloutStatus::Rejected => Err(illegal(id, d.status, "roll back")),
         _ => {
             let mut next = d.clone();
             next.status = if next.migrated().is_empty() {
