@@ -40,7 +40,7 @@ pub struct ProgressEvent {
     /// Error, when the step failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// When.
+    /// When the transition happened (the machine's `now`).
     pub at: Timestamp,
     /// The KV revision that recorded it (filled in on write).
     #[serde(default)]

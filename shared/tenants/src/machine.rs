@@ -168,7 +168,7 @@ pub struct TenantRecord {
 pub enum TenantState {
     /// Steps running.
     Provisioning,
-    /// Serving.
+    /// Provisioned and serving.
     Active,
     /// Suspended (read-only or no connection, per the lifecycle).
     Suspended,

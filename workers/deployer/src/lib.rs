@@ -156,7 +156,7 @@ pub enum DeployerError {
     Publish {
         /// The subject.
         subject: String,
-        /// Why.
+        /// The server's refusal or the lost connection.
         #[source]
         source: fleet_runtime::publish::PublishError,
     },
@@ -183,7 +183,7 @@ enum TenantError {
     Token {
         /// The tenant.
         tenant: TenantId,
-        /// Why.
+        /// Why the sealed token would not open (wrong key, another tenant's, tampered).
         #[source]
         source: fleet_tenantdb::SecretError,
     },
@@ -192,7 +192,7 @@ enum TenantError {
     Open {
         /// The tenant.
         tenant: TenantId,
-        /// Why.
+        /// The backend's error (transient when it says so).
         #[source]
         source: fleet_tenantdb::TenantDbError,
     },
@@ -201,7 +201,7 @@ enum TenantError {
     Store {
         /// The tenant.
         tenant: TenantId,
-        /// Why.
+        /// The KV store's error.
         #[source]
         source: fleet_runtime::StateError<std::convert::Infallible>,
     },
@@ -226,7 +226,7 @@ enum TenantError {
     Query {
         /// The statement or what it reads.
         what: String,
-        /// Why.
+        /// SQLite's error.
         #[source]
         source: libsql::Error,
         /// Whether retrying may succeed (reading rows, not preparing the statement).
