@@ -8,7 +8,7 @@
 //! outcome into the exit code (an error is printed with its whole cause chain). A worker's
 //! `main.rs` is one line:
 //!
-//! ```ignore
+//! ```text
 //! fn main() -> std::process::ExitCode {
 //!     fleet_runtime::worker::main::<fleet_provisioner::Provisioner>()
 //! }
