@@ -867,7 +867,7 @@ pub async fn watch_max_deliveries<H: Handler>(
                 );
             }
             Err(e) => {
-                tracing::error!(error = %e, "dead-letter write failed; the message stays in the stream")
+                tracing::error!(error = %error_chain(&e), "dead-letter write failed; the message stays in the stream")
             }
         }
     }
@@ -936,7 +936,7 @@ async fn settle<H: Handler>(
         }
         Err(e) => {
             // Never drop a message we could not copy: try again later.
-            tracing::error!(error = %e, "dead-letter write failed; keeping the message");
+            tracing::error!(error = %error_chain(&e), "dead-letter write failed; keeping the message");
             let _ = message
                 .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
                 .await;

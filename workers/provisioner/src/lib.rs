@@ -386,7 +386,7 @@ impl Provisioner {
             Ok(record) => {
                 if let Err(e) = self.flush_hook(tenant, &record).await {
                     // The hook stays pending in the record; the tenant's next command publishes it.
-                    tracing::error!(%tenant, error = %e, "hooks.tenant.failed not published yet");
+                    tracing::error!(%tenant, error = %error_chain(&e), "hooks.tenant.failed not published yet");
                 }
                 tracing::error!(%tenant, %step, error = %reason, "provisioning failed");
                 Outcome::Poison {
