@@ -95,14 +95,6 @@ impl Outcome {
             reason: error_chain(error),
         }
     }
-
-    /// A retry after `after` for `error`, with its whole cause chain.
-    pub fn retry_error(after: Duration, error: &(dyn std::error::Error + 'static)) -> Self {
-        Self::Retry {
-            after,
-            reason: error_chain(error),
-        }
-    }
 }
 
 /// Renews a delivery (`renew`, a `Progress` ack; false when the delivery is gone) every third
@@ -128,15 +120,19 @@ where
     sent
 }
 
-/// A server timestamp in RFC 3339 UTC (`2026-11-29T12:13:40.790Z`), as every fleet timestamp.
-fn rfc3339(at: time::OffsetDateTime) -> String {
+/// A server timestamp as a fleet [`Timestamp`] (RFC 3339 UTC, `2026-11-29T12:13:40.790Z`).
+fn server_time(at: time::OffsetDateTime) -> Option<Timestamp> {
     let nanos = at.unix_timestamp_nanos();
     chrono::DateTime::from_timestamp(
         (nanos.div_euclid(1_000_000_000)) as i64,
         nanos.rem_euclid(1_000_000_000) as u32,
     )
-    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-    .unwrap_or_default()
+    .map(Timestamp::from)
+}
+
+/// `at` as a dead letter's `publishedAt` (empty when unknown).
+fn published_text(at: Option<&Timestamp>) -> String {
+    at.map(ToString::to_string).unwrap_or_default()
 }
 
 /// `error` and each of its causes, once each, joined by `: `.
@@ -695,9 +691,9 @@ async fn process<H: Handler>(
         Ok(info) => (
             info.delivered.max(1) as u64,
             info.stream_sequence,
-            rfc3339(info.published),
+            server_time(info.published),
         ),
-        Err(_) => (1, 0, String::new()),
+        Err(_) => (1, 0, None),
     };
     let headers = message.headers.clone().unwrap_or_default();
     let delivery = Delivery {
@@ -706,7 +702,7 @@ async fn process<H: Handler>(
         headers: headers.clone(),
         attempt,
         sequence,
-        published_at: Timestamp::parse(published_at.clone()).ok(),
+        published_at,
     };
     let span = tracing::info_span!("job", consumer = %settings.consumer, subject = %delivery.subject, attempt, sequence);
     crate::telemetry::set_parent_from_headers(&span, &headers);
@@ -714,11 +710,8 @@ async fn process<H: Handler>(
     metrics.in_flight.inc();
 
     let outcome = async {
-        let limit = settings
-            .payload_limits
-            .iter()
-            .find(|l| crate::topology::subject_matches(&l.subject, &delivery.subject));
-        if let Some(limit) = limit
+        if let Some(limit) =
+            crate::topology::payload_limit(&settings.payload_limits, &delivery.subject)
             && delivery.payload.len() > limit.max_bytes
         {
             return Outcome::Poison {
@@ -760,18 +753,9 @@ async fn process<H: Handler>(
     .instrument(span.clone())
     .await;
 
-    let label = settle(
-        &message,
-        outcome,
-        attempt,
-        &delivery,
-        &published_at,
-        handler,
-        letters,
-        settings,
-    )
-    .instrument(span)
-    .await;
+    let label = settle(&message, outcome, &delivery, handler, letters, settings)
+        .instrument(span)
+        .await;
     metrics.in_flight.dec();
     metrics.observe(label, started.elapsed());
 }
@@ -840,7 +824,7 @@ pub async fn watch_max_deliveries<H: Handler>(
             headers: original.headers.clone(),
             attempt: advisory.deliveries,
             sequence: advisory.stream_seq,
-            published_at: Timestamp::parse(rfc3339(original.time)).ok(),
+            published_at: server_time(original.time),
         };
         let letter = DeadLetter::new(
             &settings,
@@ -854,7 +838,7 @@ pub async fn watch_max_deliveries<H: Handler>(
             &original.headers,
             &original.payload,
             advisory.deliveries,
-            rfc3339(original.time),
+            published_text(delivery.published_at.as_ref()),
         );
         match letters.write(letter, &original.payload).await {
             Ok(letter) => {
@@ -874,17 +858,15 @@ pub async fn watch_max_deliveries<H: Handler>(
 }
 
 /// The one place outcomes become acknowledgements. Returns the metrics label.
-#[allow(clippy::too_many_arguments)]
 async fn settle<H: Handler>(
     message: &jetstream::Message,
     outcome: Outcome,
-    attempt: u64,
     delivery: &Delivery,
-    published_at: &str,
     handler: &H,
     letters: &DeadLetterWriter,
     settings: &JobLoopSettings,
 ) -> &'static str {
+    let attempt = delivery.attempt;
     let (reason, error) = match outcome {
         Outcome::Done => {
             if let Err(e) = message.double_ack().await {
@@ -925,7 +907,7 @@ async fn settle<H: Handler>(
         &delivery.headers,
         &delivery.payload,
         attempt,
-        published_at.to_owned(),
+        published_text(delivery.published_at.as_ref()),
     );
     match letters.write(letter, &delivery.payload).await {
         Ok(letter) => {

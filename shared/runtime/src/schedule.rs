@@ -55,10 +55,6 @@ impl Scheduler {
         }
     }
 
-    fn subject(&self, subject: &str) -> String {
-        self.subjects.full(subject)
-    }
-
     /// Schedules `payload` to be published to `target` at `at`. The schedule lives at
     /// `schedule_subject` (e.g. `tenant.schedule.acme`; both unprefixed, both in the same work
     /// stream), replacing any earlier schedule there; `message_id` deduplicates retries.
@@ -72,10 +68,10 @@ impl Scheduler {
     ) -> Result<Published, PublishError> {
         let mut headers = HeaderMap::new();
         headers.insert(SCHEDULE_HEADER, at_expression(at).as_str());
-        headers.insert(TARGET_HEADER, self.subject(target).as_str());
+        headers.insert(TARGET_HEADER, self.subjects.full(target).as_str());
         self.publisher
             .publish_json(
-                &self.subject(schedule_subject),
+                &self.subjects.full(schedule_subject),
                 message_id,
                 payload,
                 headers,

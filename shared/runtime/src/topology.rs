@@ -111,11 +111,13 @@ pub struct ConsumerSpec {
 impl ConsumerSpec {
     /// The payload limit of `subject` (unprefixed), if one is declared.
     pub fn payload_limit(&self, subject: &str) -> Option<usize> {
-        self.payload_limits
-            .iter()
-            .find(|l| subject_matches(&l.subject, subject))
-            .map(|l| l.max_bytes)
+        payload_limit(&self.payload_limits, subject).map(|l| l.max_bytes)
     }
+}
+
+/// The first of `limits` whose pattern matches `subject` (unprefixed).
+pub fn payload_limit<'a>(limits: &'a [PayloadLimit], subject: &str) -> Option<&'a PayloadLimit> {
+    limits.iter().find(|l| subject_matches(&l.subject, subject))
 }
 
 /// Whether `subject` matches the NATS pattern `pattern` (`*` one token, `>` the rest).

@@ -227,10 +227,6 @@ impl LocalBackend {
         blocking(move || {
             let io = |what: String| TenantDbError::io(what);
             std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-            // Most creates are retries of an earlier attempt: look before writing.
-            if let Stored::Record(existing) = read_stored(&path, &name)? {
-                return Ok(existing);
-            }
             write_temp(&tmp, &fresh, "create_database")
                 .map_err(io(format!("writing the record of {name}")))?;
             match std::fs::hard_link(&tmp, &path) {

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
-use fleet_config::Config;
 use fleet_deployer::rollout::{Deployment, RolloutStatus};
 use fleet_provisioner::Provisioner;
 use fleet_runtime::topology::names;
@@ -29,7 +28,6 @@ pub struct Fleet {
     pub publisher: Publisher,
     pub tenants: StateStore<TenantRecord>,
     pub deployments: StateStore<Deployment>,
-    pub config: Config,
     _provisioner: watch::Sender<bool>,
 }
 
@@ -79,7 +77,6 @@ impl Fleet {
             publisher,
             tenants,
             deployments,
-            config,
             _provisioner: stop,
         }
     }

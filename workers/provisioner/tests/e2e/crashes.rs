@@ -9,7 +9,7 @@ use std::time::Duration;
 use fleet_tenantdb::crashpoint;
 use serde_json::json;
 
-use crate::{Fleet, env_size};
+use crate::{Fleet, IMMEDIATE_DELETE, env_size};
 
 /// One tenant's outcome: one database file, one valid token, one hook of the right kind.
 async fn assert_active_once(fleet: &Fleet, id: &str) {
@@ -243,15 +243,7 @@ async fn tenants_registered_while_the_provisioner_is_killed_again_and_again_all_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_at_every_step_of_a_deletion_ends_deleted_with_one_backup() {
-    let mut fleet = Fleet::start(
-        r#"
-[provisioner.lifecycle.onTenantDelete]
-immediate = true
-gracePeriodHours = 0
-createBackup = true
-"#,
-    )
-    .await;
+    let mut fleet = Fleet::start(IMMEDIATE_DELETE).await;
     let ids: Vec<String> = (0..fleet_provisioner::DELETE_CRASH_POINTS.len())
         .map(|i| format!("gone-{i}"))
         .collect();
@@ -282,7 +274,7 @@ createBackup = true
             )
             .await;
         fleet.kill_worker(survivor);
-        let backups: Vec<String> = std::fs::read_dir(fleet.dir.path().join("backups"))
+        let backups: Vec<String> = std::fs::read_dir(fleet.backups_dir())
             .unwrap()
             .filter_map(|e| e.ok()?.file_name().to_str().map(str::to_owned))
             .filter(|n| n.starts_with(&format!("{id}-")))

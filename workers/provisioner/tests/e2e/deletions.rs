@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::{Fleet, env_size};
+use crate::{Fleet, IMMEDIATE_DELETE, env_size};
 
 /// `immediate = false` with no grace: due at once, but still carried out through the schedule.
 const GRACE_ZERO: &str = r#"
@@ -209,15 +209,7 @@ async fn the_creation_delivered_again_after_the_deletion_is_done_not_dead_letter
     // The worker that provisioned the tenant dies before acknowledging tenant.created; the
     // tenant is deleted before that message comes back. Its work was done: it must end done,
     // not as a dead letter ("being deleted; not re-created" is for new requests).
-    let mut fleet = Fleet::start(
-        r#"
-[provisioner.lifecycle.onTenantDelete]
-immediate = true
-gracePeriodHours = 0
-createBackup = false
-"#,
-    )
-    .await;
+    let mut fleet = Fleet::start(IMMEDIATE_DELETE).await;
     let doomed = fleet.spawn_worker(&[(
         fleet_tenantdb::crashpoint::ENV,
         fleet_provisioner::ACTIVATED_CRASH_POINT,

@@ -4,14 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::Fleet;
-
-const IMMEDIATE_DELETE: &str = r#"
-[provisioner.lifecycle.onTenantDelete]
-immediate = true
-gracePeriodHours = 0
-createBackup = true
-"#;
+use crate::{Fleet, IMMEDIATE_DELETE};
 
 #[tokio::test]
 async fn suspend_resume_and_delete_with_their_hooks() {

@@ -17,6 +17,14 @@ use fleet_tenants::machine::TenantRecord;
 use fleet_testkit::TestFleet;
 use serde_json::json;
 
+/// Overlay: deletions carried out at once, with a backup first.
+pub const IMMEDIATE_DELETE: &str = r#"
+[provisioner.lifecycle.onTenantDelete]
+immediate = true
+gracePeriodHours = 0
+createBackup = true
+"#;
+
 /// One [`TestFleet`] (server, folders, configuration, provisioner processes) and typed access
 /// to its streams and tenant records.
 #[allow(missing_debug_implementations)]
