@@ -740,10 +740,8 @@ impl Provisioner {
             TenantCommand::Create(command) => {
                 return self.created(command, delivery.published_at.as_ref()).await;
             }
-            TenantCommand::Delete(tenant) => return self.delete(&tenant, false).await,
-            TenantCommand::DeletionDue(tenant) => {
-                return self.delete(&tenant, true).await;
-            }
+            TenantCommand::Delete(tenant) => self.delete_requested(&tenant).await,
+            TenantCommand::DeletionDue(tenant) => self.deletion_due(&tenant).await,
             TenantCommand::Suspend { tenant, reason } => self.suspend(&tenant, reason).await,
             TenantCommand::Resume(tenant) => self.resume(&tenant).await,
             TenantCommand::ChangePlan { tenant, plan } => self.change_plan(&tenant, plan).await,
@@ -885,19 +883,6 @@ impl Provisioner {
             })
             .await?;
         self.flush_hook(tenant, &record).await
-    }
-
-    async fn delete(&self, tenant: &TenantId, due: bool) -> Outcome {
-        let result = if due {
-            self.deletion_due(tenant).await
-        } else {
-            self.delete_requested(tenant).await
-        };
-        match result {
-            Ok(()) => Outcome::Done,
-            Err(ProvisionError::Transition(e)) => Outcome::poison(&e),
-            Err(e) => self.outcome(e),
-        }
     }
 
     /// `tenant.deleted`: the tenant becomes `destroying`, due now (`immediate`) or after the
