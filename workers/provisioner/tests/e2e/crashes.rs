@@ -13,7 +13,7 @@ use crate::{Fleet, IMMEDIATE_DELETE, env_size};
 
 /// One tenant's outcome: one database file, one valid token, one hook of the right kind.
 async fn assert_active_once(fleet: &Fleet, id: &str) {
-    assert_eq!(fleet.status(id).await, "active", "{id}");
+    fleet.wait_settled(id, "active").await;
     assert!(
         fleet.data_dir().join(format!("{id}.db")).exists(),
         "{id}: its database"
@@ -214,6 +214,9 @@ async fn tenants_registered_while_the_provisioner_is_killed_again_and_again_all_
             fleet.dead_letters().await.len()
         );
     }
+    for id in &ids {
+        fleet.wait_settled(id, "active").await;
+    }
     let hooks = fleet.hooks("hooks.tenant.created").await;
     let mut per_tenant: BTreeMap<String, usize> = BTreeMap::new();
     for hook in &hooks {
@@ -266,13 +269,7 @@ async fn a_crash_at_every_step_of_a_deletion_ends_deleted_with_one_backup() {
         assert_eq!(status.signal(), Some(6), "{point}: aborted at the point");
         assert_ne!(fleet.status(id).await, "deleted", "{point}");
         let survivor = fleet.spawn_worker(&[]);
-        fleet
-            .eventually(
-                Duration::from_secs(60),
-                &format!("{id} deleted after {point}"),
-                async || fleet.status(id).await == "deleted",
-            )
-            .await;
+        fleet.wait_settled(id, "deleted").await;
         fleet.kill_worker(survivor);
         let backups: Vec<String> = std::fs::read_dir(fleet.backups_dir())
             .unwrap()

@@ -138,6 +138,22 @@ impl Fleet {
         .await;
     }
 
+    /// Waits until tenant `id` has `status` and the hook of that transition is published (it
+    /// is written with the transition and published right after: a worker killed in between
+    /// publishes it when the message comes back).
+    pub async fn wait_settled(&self, id: &str, status: &str) {
+        self.eventually(
+            Duration::from_secs(60),
+            &format!("{id} {status}, hook sent"),
+            async || {
+                self.record(id).await.is_some_and(|r| {
+                    fleet_tenants::machine::status_name(&r) == status && r.pending_hook.is_none()
+                })
+            },
+        )
+        .await;
+    }
+
     /// How many tenants of `ids` are in each status.
     pub async fn statuses(&self, ids: &[String]) -> BTreeMap<String, usize> {
         let mut counts = BTreeMap::new();
