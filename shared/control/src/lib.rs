@@ -3,9 +3,15 @@
 //! - [`tenants`], [`deployments`]: the typed state stores of tenants and deployments
 //!   (`fleet_tenants` / `fleet_deployments` KV, progress on `progress.tenant.<id>` /
 //!   `progress.deploy.<id>`), built from a connected runtime;
+//! - [`deploy_results`]: the per-tenant entries of deployments (targets, results, rollbacks),
+//!   so a deployment's record stays the same size however many tenants it targets;
 //! - [`KvTenantDirectory`]: those records served to the tenant router.
 
 #![deny(missing_docs)]
+
+pub mod deploy_results;
+
+pub use deploy_results::{DeployResults, ResultsError};
 
 use async_trait::async_trait;
 use fleet_protocol::{DatabaseName, TenantId};
@@ -22,6 +28,13 @@ pub async fn deployments(runtime: &Runtime) -> Result<StateStore<Deployment>, Ru
         runtime.bucket(names::DEPLOYMENTS).await?,
         runtime.publisher.clone(),
         runtime.topology.subject("progress.deploy"),
+    ))
+}
+
+/// The per-tenant entries of deployments of a connected runtime.
+pub async fn deploy_results(runtime: &Runtime) -> Result<DeployResults, RuntimeError> {
+    Ok(DeployResults::new(
+        runtime.bucket(names::DEPLOY_RESULTS).await?,
     ))
 }
 

@@ -1,15 +1,37 @@
-//! Deployments' data: the deployment record (KV `fleet_deployments`) and its pure state
-//! machine — waves, per-tenant results, the failure ratio that halts a rollout, resume and
-//! cancel, rollbacks. No I/O: the deployer carries the decisions out, `fleetctl` reads the
-//! records; neither depends on the other.
+//! Deployments' data: the deployment record (KV `fleet_deployments`), the per-tenant entries
+//! beside it (KV `fleet_deploy_results`), and the pure rollout machine over both — waves, the
+//! failure ratio that halts a rollout, resume and cancel, rollbacks. No I/O: the deployer
+//! carries the decisions out, `fleetctl` reads the records; neither depends on the other.
+//!
+//! ## Flat cost per tenant
+//!
+//! A deployment's record is the same size for 10 tenants and for 100 000: it holds the wave
+//! ends (cumulative counts), sums of results ([`Tally`]) and a watermark, never a list of
+//! tenants. What grows with the fleet lives under keys of its own in `fleet_deploy_results`:
+//!
+//! - `<deployment>.targets.<attempt>.<chunk>` — the targets in rollout order, [`TARGET_CHUNK`]
+//!   per key, written once before the record exists (the record names the attempt whose
+//!   chunks are complete, see [`Deployment::targets_attempt`]);
+//! - `<deployment>.t.<tenant>` — a tenant's [`ResultEntry`]: its outcome (created once: the
+//!   first result stands) or a retry marker written by a resume over a failed outcome;
+//! - `<deployment>.r.<tenant>` — a tenant's rollback outcome.
+//!
+//! A result is counted by [`fold`]: the record keeps `folded`, the stream sequence of the last
+//! entry it has summed, and a fold adds the entries after it in stream order and moves the
+//! watermark in the same compare-and-set — so every entry is counted exactly once whichever
+//! worker folds it, and a crash between writing a result and folding it is repaired by the
+//! next fold. Each fold reads only the entries written since the last one: the work per tenant
+//! does not depend on how many tenants the deployment has.
 
 #![deny(missing_docs)]
-
-use std::collections::BTreeMap;
 
 use fleet_protocol::{DeployStatus, DeploymentId, TenantId, Timestamp};
 use fleet_state::{Decision, ProgressEvent, Versioned};
 use serde::{Deserialize, Serialize};
+
+/// Targets per `<deployment>.targets.<attempt>.<chunk>` key: at most ~64 KiB of tenant ids
+/// per value, well under the server's 1 MiB payload limit.
+pub const TARGET_CHUNK: usize = 1000;
 
 /// Where a deployment stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,7 +51,7 @@ pub enum RolloutStatus {
     Rejected,
     /// Being undone on the tenants it migrated.
     RollingBack,
-    /// Undone on every tenant it migrated (see `rollbacks` for any that could not be).
+    /// Undone on every tenant it migrated (see the rollback tally for any that could not be).
     RolledBack,
 }
 
@@ -54,12 +76,129 @@ pub struct TenantOutcome {
     /// Error of a failed tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Duration.
+    /// Duration in milliseconds.
     #[serde(default)]
     pub duration_ms: u64,
 }
 
-/// A deployment (the `fleet_deployments` KV value).
+/// A tenant's entry under `<deployment>.t.<tenant>` or `<deployment>.r.<tenant>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "entry")]
+pub enum ResultEntry {
+    /// The tenant's outcome in wave `wave` (0-based).
+    Outcome {
+        /// The wave the tenant belongs to.
+        wave: u32,
+        /// What happened.
+        outcome: TenantOutcome,
+    },
+    /// A resume retries this tenant: the failed outcome at stream sequence `replaces` no
+    /// longer counts.
+    Retry {
+        /// The stream sequence (KV revision) of the failed outcome this marker replaced.
+        replaces: u64,
+    },
+}
+
+/// Which entry a key of `fleet_deploy_results` holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKey {
+    /// `<deployment>.t.<tenant>`: a deploy result.
+    Deploy(TenantId),
+    /// `<deployment>.r.<tenant>`: a rollback result.
+    Rollback(TenantId),
+    /// `<deployment>.targets.…`: part of the target list (not a result).
+    Targets,
+}
+
+impl EntryKey {
+    /// The key of this entry of deployment `id`.
+    pub fn key(&self, id: &DeploymentId) -> String {
+        match self {
+            Self::Deploy(t) => format!("{id}.t.{t}"),
+            Self::Rollback(t) => format!("{id}.r.{t}"),
+            Self::Targets => format!("{id}.targets"),
+        }
+    }
+
+    /// Parses a key of deployment `id` (`None` for another deployment's or an unknown key).
+    pub fn parse(id: &DeploymentId, key: &str) -> Option<Self> {
+        let rest = key.strip_prefix(id.as_str())?.strip_prefix('.')?;
+        if let Some(t) = rest.strip_prefix("t.") {
+            return TenantId::parse(t).ok().map(Self::Deploy);
+        }
+        if let Some(t) = rest.strip_prefix("r.") {
+            return TenantId::parse(t).ok().map(Self::Rollback);
+        }
+        rest.starts_with("targets.").then_some(Self::Targets)
+    }
+}
+
+/// The key of chunk `chunk` of attempt `attempt`'s target list of deployment `id`.
+pub fn targets_key(id: &DeploymentId, attempt: &str, chunk: usize) -> String {
+    format!("{id}.targets.{attempt}.{chunk}")
+}
+
+/// One entry read back from `fleet_deploy_results`, in stream order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    /// Its stream sequence (the KV revision).
+    pub sequence: u64,
+    /// Its key.
+    pub key: EntryKey,
+    /// Its value.
+    pub entry: ResultEntry,
+}
+
+/// Sums of tenant outcomes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Tally {
+    /// Tenants ready (migrated, planned in a dry run, or skipped).
+    pub ready: u64,
+    /// Tenants failed (their failed outcome still counts: not retried by a resume).
+    pub failed: u64,
+    /// Ready tenants that were already at the bundle's version.
+    pub skipped: u64,
+    /// Ready tenants whose plan had statements (changed, or would change in a dry run).
+    pub changed: u64,
+    /// Ready tenants whose plan had breaking changes.
+    pub breaking: u64,
+    /// DDL statements executed (or planned), summed.
+    pub statements: u64,
+    /// Changes by kind (added, modified, removed), summed.
+    pub changes: [u64; 3],
+}
+
+impl Tally {
+    fn add(&mut self, outcome: &TenantOutcome) {
+        match outcome.status {
+            DeployStatus::Failed => self.failed += 1,
+            _ => {
+                self.ready += 1;
+                self.skipped += u64::from(outcome.skipped);
+                self.changed += u64::from(!outcome.skipped && outcome.statements > 0);
+                self.breaking += u64::from(outcome.breaking);
+                self.statements += outcome.statements;
+                for (sum, n) in self.changes.iter_mut().zip(outcome.changes) {
+                    *sum += n;
+                }
+            }
+        }
+    }
+
+    /// Tenants with a result that counts (ready or failed).
+    pub fn recorded(&self) -> u64 {
+        self.ready + self.failed
+    }
+
+    /// Ready tenants that were not skipped: the ones a rollback undoes.
+    pub fn migrated(&self) -> u64 {
+        self.ready - self.skipped
+    }
+}
+
+/// A deployment (the `fleet_deployments` KV value): the same size whatever the fleet's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Deployment {
@@ -77,15 +216,32 @@ pub struct Deployment {
     pub allow_destructive: bool,
     /// Halt above this failure share.
     pub max_failure_ratio: f64,
-    /// Tenants per wave, in order.
-    pub waves: Vec<Vec<TenantId>>,
-    /// The wave running now.
+    /// Cumulative number of targets at the end of each wave (the last is the number of
+    /// targets): wave `k` is targets `wave_ends[k-1]..wave_ends[k]` in rollout order.
+    pub wave_ends: Vec<u64>,
+    /// The attempt whose `<id>.targets.<attempt>.<chunk>` keys hold the target list.
+    #[serde(default)]
+    pub targets_attempt: String,
+    /// The wave running now (0-based).
     pub current_wave: usize,
-    /// Results by tenant.
-    pub results: BTreeMap<TenantId, TenantOutcome>,
-    /// Rollback results by tenant (only during and after a rollback).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub rollbacks: BTreeMap<TenantId, TenantOutcome>,
+    /// Sums of the deploy results folded so far.
+    #[serde(default)]
+    pub tally: Tally,
+    /// Sums of the rollback results folded so far (only during and after a rollback).
+    #[serde(default)]
+    pub rollback_tally: Tally,
+    /// Tenants a rollback undoes (fixed when it starts: the migrated count then).
+    #[serde(default)]
+    pub rollback_targets: u64,
+    /// Stream sequence of the last `fleet_deploy_results` entry summed into the tallies.
+    #[serde(default)]
+    pub folded: u64,
+    /// Whether what the current status calls for was published (a wave's jobs, a rollback's
+    /// jobs, the end-of-deployment hook): false after every transition that calls for
+    /// something, true once a worker published it — a crash in between is repaired by any
+    /// later delivery that sees it false.
+    #[serde(default)]
+    pub announced: bool,
     /// Why it stopped, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -122,7 +278,7 @@ pub enum RolloutError {
     },
 }
 
-/// What happens after a tenant result is recorded.
+/// What happens after the results folded so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
     /// The wave is still running.
@@ -131,6 +287,15 @@ pub enum Next {
     StartWave(usize),
     /// The deployment ended (completed, completed with failures, halted).
     Finished(RolloutStatus),
+}
+
+/// What a deployment's current state calls for, as published by one worker: marking it
+/// announced is only right while the deployment is still in that state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Announcement {
+    status: RolloutStatus,
+    wave: usize,
+    resumes: u32,
 }
 
 impl TenantOutcome {
@@ -158,51 +323,47 @@ impl TenantOutcome {
 }
 
 impl Deployment {
-    /// The tenants a rollback undoes: those this deployment migrated.
-    pub fn migrated(&self) -> Vec<TenantId> {
-        if self.dry_run {
-            return Vec::new();
-        }
-        self.results
-            .iter()
-            .filter(|(_, r)| r.status == DeployStatus::Ready && !r.skipped)
-            .map(|(t, _)| t.clone())
-            .collect()
+    /// How many tenants it targets.
+    pub fn targets(&self) -> u64 {
+        self.wave_ends.last().copied().unwrap_or(0)
+    }
+
+    /// Targets (ordinals in rollout order) of wave `wave`: `start..end`.
+    pub fn wave_range(&self, wave: usize) -> std::ops::Range<u64> {
+        let start = match wave {
+            0 => 0,
+            n => self.wave_ends.get(n - 1).copied().unwrap_or(0),
+        };
+        start..self.wave_ends.get(wave).copied().unwrap_or(start)
     }
 
     /// Counts of tenant results: (ready, failed, pending).
-    pub fn counts(&self) -> (usize, usize, usize) {
-        let ready = self
-            .results
-            .values()
-            .filter(|r| r.status == DeployStatus::Ready)
-            .count();
-        let failed = self
-            .results
-            .values()
-            .filter(|r| r.status == DeployStatus::Failed)
-            .count();
-        let total: usize = self.waves.iter().map(Vec::len).sum();
-        (ready, failed, total - ready - failed)
+    pub fn counts(&self) -> (u64, u64, u64) {
+        let (ready, failed) = (self.tally.ready, self.tally.failed);
+        (ready, failed, self.targets().saturating_sub(ready + failed))
     }
 
-    fn wave_done(&self, wave: usize) -> bool {
-        self.waves
-            .get(wave)
-            .is_some_and(|tenants| tenants.iter().all(|t| self.results.contains_key(t)))
+    /// What the current state calls for (see [`announced`]).
+    pub fn announcement(&self) -> Announcement {
+        Announcement {
+            status: self.status,
+            wave: self.current_wave,
+            resumes: self.resumes,
+        }
     }
 
-    /// What follows the results recorded so far.
+    /// What follows the results folded so far.
     pub fn next(&self) -> Next {
-        if self.status != RolloutStatus::Running || !self.wave_done(self.current_wave) {
+        let wave_end = self.wave_ends.get(self.current_wave).copied().unwrap_or(0);
+        if self.status != RolloutStatus::Running || self.tally.recorded() < wave_end {
             return Next::Wait;
         }
-        let (ready, failed, _) = self.counts();
+        let (ready, failed) = (self.tally.ready, self.tally.failed);
         let finished = ready + failed;
         if failed > 0 && (failed as f64 / finished.max(1) as f64) > self.max_failure_ratio {
             return Next::Finished(RolloutStatus::Halted);
         }
-        if self.current_wave + 1 < self.waves.len() {
+        if self.current_wave + 1 < self.wave_ends.len() {
             Next::StartWave(self.current_wave + 1)
         } else if failed == 0 {
             Next::Finished(RolloutStatus::Completed)
@@ -267,44 +428,100 @@ pub fn start(
     }
 }
 
-/// Records one tenant's outcome, then moves the rollout on when its wave is done.
-pub fn record(
+/// Sums the entries written after the deployment's watermark into its tallies and moves the
+/// watermark to `through` (the last stream sequence read; `entries` are those read, in stream
+/// order), then moves the rollout on: the next wave, the end of the deployment (completed,
+/// with failures, halted) or of its rollback.
+pub fn fold(
     current: Option<&Versioned<Deployment>>,
     id: &DeploymentId,
-    tenant: &TenantId,
-    outcome: &TenantOutcome,
+    entries: &[Written],
+    through: u64,
     now: &Timestamp,
 ) -> Result<Decision<Deployment>, RolloutError> {
     let d = existing(current, id)?;
-    if d.results.contains_key(tenant) {
+    if through <= d.folded {
         return Ok(Decision::Unchanged);
     }
     let mut next = d.clone();
-    next.results.insert(tenant.clone(), outcome.clone());
-    let step = format!(
-        "tenant {tenant}: {}",
-        serde_json::to_value(outcome.status)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default()
-    );
-    match next.next() {
-        Next::StartWave(wave) => next.current_wave = wave,
-        Next::Finished(status) => {
-            next.status = status;
+    // Failed outcomes summed in this fold: a retry marker replacing one of them un-counts it.
+    let mut failed_here = Vec::new();
+    let mut summed = 0usize;
+    for written in entries.iter().filter(|w| w.sequence > d.folded) {
+        match (&written.key, &written.entry) {
+            (EntryKey::Deploy(_), ResultEntry::Outcome { outcome, .. }) => {
+                if outcome.status == DeployStatus::Failed {
+                    failed_here.push(written.sequence);
+                }
+                next.tally.add(outcome);
+                summed += 1;
+            }
+            (EntryKey::Deploy(_), ResultEntry::Retry { replaces }) => {
+                if *replaces <= d.folded || failed_here.contains(replaces) {
+                    next.tally.failed = next.tally.failed.saturating_sub(1);
+                }
+                summed += 1;
+            }
+            (EntryKey::Rollback(_), ResultEntry::Outcome { outcome, .. }) => {
+                next.rollback_tally.add(outcome);
+                summed += 1;
+            }
+            _ => {}
+        }
+    }
+    next.folded = through;
+    match next.status {
+        RolloutStatus::Running => match next.next() {
+            Next::StartWave(wave) => {
+                next.current_wave = wave;
+                next.announced = false;
+            }
+            Next::Finished(status) => {
+                next.status = status;
+                next.finished_at = Some(now.clone());
+                next.announced = false;
+                if status == RolloutStatus::Halted {
+                    next.reason = Some(format!(
+                        "halted after wave {}: {} failed tenant(s) exceed the failure ratio {}",
+                        next.current_wave + 1,
+                        next.tally.failed,
+                        next.max_failure_ratio
+                    ));
+                }
+            }
+            Next::Wait => {}
+        },
+        RolloutStatus::RollingBack if next.rollback_tally.recorded() >= next.rollback_targets => {
+            next.status = RolloutStatus::RolledBack;
             next.finished_at = Some(now.clone());
-            if status == RolloutStatus::Halted {
-                let (_, failed, _) = next.counts();
+            next.announced = false;
+            if next.rollback_tally.failed > 0 {
                 next.reason = Some(format!(
-                    "halted after wave {}: {failed} failed tenant(s) exceed the failure ratio {}",
-                    next.current_wave + 1,
-                    next.max_failure_ratio
+                    "{} tenant(s) could not be rolled back",
+                    next.rollback_tally.failed
                 ));
             }
         }
-        Next::Wait => {}
+        _ => {}
     }
-    Ok(write(next, &step, outcome.error.clone(), now))
+    Ok(write(next, &format!("{summed} result(s)"), None, now))
+}
+
+/// Marks what `announcement` called for as published — unless the deployment has moved on
+/// since (a new wave, a resume, the end), which calls for something else.
+pub fn announced(
+    current: Option<&Versioned<Deployment>>,
+    id: &DeploymentId,
+    announcement: Announcement,
+    now: &Timestamp,
+) -> Result<Decision<Deployment>, RolloutError> {
+    let d = existing(current, id)?;
+    if d.announced || d.announcement() != announcement {
+        return Ok(Decision::Unchanged);
+    }
+    let mut next = d.clone();
+    next.announced = true;
+    Ok(write(next, "announced", None, now))
 }
 
 /// Stops a running deployment (tenants not started stay untouched).
@@ -321,13 +538,16 @@ pub fn cancel(
             next.status = RolloutStatus::Cancelled;
             next.reason = Some("cancelled by an operator".to_owned());
             next.finished_at = Some(now.clone());
+            next.announced = false;
             Ok(write(next, "cancel", None, now))
         }
         status => Err(illegal(id, status, "cancel")),
     }
 }
 
-/// Restarts a halted or cancelled deployment: failed tenants of the current wave are retried.
+/// Restarts a halted or cancelled deployment. Its failed tenants are retried: the deployer
+/// writes a [`ResultEntry::Retry`] over each failed outcome first (folded, they no longer
+/// count), then publishes their jobs again with fresh message ids.
 pub fn resume(
     current: Option<&Versioned<Deployment>>,
     id: &DeploymentId,
@@ -341,15 +561,15 @@ pub fn resume(
             next.status = RolloutStatus::Running;
             next.reason = None;
             next.finished_at = None;
-            next.results.retain(|_, r| r.status != DeployStatus::Failed);
             next.resumes += 1;
+            next.announced = false;
             Ok(write(next, "resume", None, now))
         }
         status => Err(illegal(id, status, "resume")),
     }
 }
 
-/// Starts undoing a finished deployment.
+/// Starts undoing a finished deployment on the tenants it migrated.
 pub fn start_rollback(
     current: Option<&Versioned<Deployment>>,
     id: &DeploymentId,
@@ -361,59 +581,26 @@ pub fn start_rollback(
         RolloutStatus::Running | RolloutStatus::Rejected => Err(illegal(id, d.status, "roll back")),
         _ => {
             let mut next = d.clone();
-            next.status = if next.migrated().is_empty() {
-                RolloutStatus::RolledBack
+            next.rollback_targets = if d.dry_run { 0 } else { d.tally.migrated() };
+            next.rollback_tally = Tally::default();
+            next.reason = None;
+            next.announced = false;
+            if next.rollback_targets == 0 {
+                next.status = RolloutStatus::RolledBack;
+                next.finished_at = Some(now.clone());
             } else {
-                RolloutStatus::RollingBack
-            };
-            next.rollbacks.clear();
-            next.finished_at = None;
+                next.status = RolloutStatus::RollingBack;
+                next.finished_at = None;
+            }
             Ok(write(next, "rollback", None, now))
         }
     }
 }
 
-/// Records one tenant's rollback; the last one ends the rollback.
-pub fn record_rollback(
-    current: Option<&Versioned<Deployment>>,
-    id: &DeploymentId,
-    tenant: &TenantId,
-    outcome: &TenantOutcome,
-    now: &Timestamp,
-) -> Result<Decision<Deployment>, RolloutError> {
-    let d = existing(current, id)?;
-    if d.status != RolloutStatus::RollingBack || d.rollbacks.contains_key(tenant) {
-        return Ok(Decision::Unchanged);
-    }
-    let mut next = d.clone();
-    next.rollbacks.insert(tenant.clone(), outcome.clone());
-    if next
-        .migrated()
-        .iter()
-        .all(|t| next.rollbacks.contains_key(t))
-    {
-        next.status = RolloutStatus::RolledBack;
-        next.finished_at = Some(now.clone());
-        let failed = next
-            .rollbacks
-            .values()
-            .filter(|r| r.status == DeployStatus::Failed)
-            .count();
-        if failed > 0 {
-            next.reason = Some(format!("{failed} tenant(s) could not be rolled back"));
-        }
-    }
-    Ok(write(
-        next,
-        &format!("rollback {tenant}"),
-        outcome.error.clone(),
-        now,
-    ))
-}
-
 #[cfg(test)]
 mod tests {
-    //! Every rollout transition, legal and illegal, at pinned times.
+    //! Every rollout transition, legal and illegal, at pinned times; results arrive as the
+    //! entries a fold reads back, with stream sequences.
 
     use super::*;
 
@@ -427,22 +614,27 @@ mod tests {
         TenantId::parse(id).unwrap()
     }
 
-    fn deployment(waves: Vec<Vec<&str>>, ratio: f64) -> Deployment {
+    fn id() -> DeploymentId {
+        DeploymentId::parse("d1").unwrap()
+    }
+
+    fn deployment(wave_ends: Vec<u64>, ratio: f64) -> Deployment {
         Deployment {
-            id: DeploymentId::parse("d1").unwrap(),
+            id: id(),
             version: "1".into(),
             checksum: "x".into(),
             status: RolloutStatus::Running,
             dry_run: false,
             allow_destructive: false,
             max_failure_ratio: ratio,
-            waves: waves
-                .into_iter()
-                .map(|w| w.into_iter().map(tenant).collect())
-                .collect(),
+            wave_ends,
+            targets_attempt: "a1".into(),
             current_wave: 0,
-            results: BTreeMap::new(),
-            rollbacks: BTreeMap::new(),
+            tally: Tally::default(),
+            rollback_tally: Tally::default(),
+            rollback_targets: 0,
+            folded: 0,
+            announced: false,
             reason: None,
             requested_at: t(0),
             finished_at: None,
@@ -450,14 +642,25 @@ mod tests {
         }
     }
 
-    /// A started deployment (revision 1).
-    fn started(waves: Vec<Vec<&str>>, ratio: f64) -> Versioned<Deployment> {
-        let mut v = None;
-        apply_to(
-            &mut v,
-            start(None, &deployment(waves, ratio), &t(0)).unwrap(),
-        );
-        v.unwrap()
+    fn started(wave_ends: Vec<u64>, ratio: f64) -> Versioned<Deployment> {
+        match start(None, &deployment(wave_ends, ratio), &t(0)).unwrap() {
+            Decision::Write { next, .. } => Versioned {
+                state: next,
+                revision: 1,
+            },
+            Decision::Unchanged => panic!("written"),
+        }
+    }
+
+    fn apply(v: &mut Versioned<Deployment>, d: Decision<Deployment>) -> bool {
+        match d {
+            Decision::Write { next, .. } => {
+                v.state = next;
+                v.revision += 1;
+                true
+            }
+            Decision::Unchanged => false,
+        }
     }
 
     fn outcome(ok: bool) -> TenantOutcome {
@@ -468,25 +671,38 @@ mod tests {
         }
     }
 
-    fn apply_to(v: &mut Option<Versioned<Deployment>>, d: Decision<Deployment>) {
-        if let Decision::Write { next, .. } = d {
-            let revision = v.as_ref().map_or(1, |c| c.revision + 1);
-            *v = Some(Versioned {
-                state: next,
-                revision,
-            });
+    fn result(sequence: u64, name: &str, ok: bool) -> Written {
+        Written {
+            sequence,
+            key: EntryKey::Deploy(tenant(name)),
+            entry: ResultEntry::Outcome {
+                wave: 0,
+                outcome: outcome(ok),
+            },
         }
     }
 
-    fn apply(v: &mut Versioned<Deployment>, d: Decision<Deployment>) {
-        if let Decision::Write { next, .. } = d {
-            v.state = next;
-            v.revision += 1;
+    fn retry(sequence: u64, name: &str, replaces: u64) -> Written {
+        Written {
+            sequence,
+            key: EntryKey::Deploy(tenant(name)),
+            entry: ResultEntry::Retry { replaces },
         }
     }
 
-    fn id() -> DeploymentId {
-        DeploymentId::parse("d1").unwrap()
+    fn rolled_back(sequence: u64, name: &str, ok: bool) -> Written {
+        Written {
+            sequence,
+            key: EntryKey::Rollback(tenant(name)),
+            ..result(sequence, name, ok)
+        }
+    }
+
+    /// Folds `entries` (through the last one's sequence) at time `at`.
+    fn fold_in(d: &mut Versioned<Deployment>, entries: &[Written], at: i64) -> bool {
+        let through = entries.last().map_or(0, |w| w.sequence);
+        let decision = fold(Some(d), &id(), entries, through, &t(at)).unwrap();
+        apply(d, decision)
     }
 
     fn illegal<T: std::fmt::Debug>(result: Result<T, RolloutError>) -> bool {
@@ -495,10 +711,10 @@ mod tests {
 
     #[test]
     fn start_writes_once() {
-        let d = started(vec![vec!["a"]], 0.5);
+        let d = started(vec![1], 0.5);
         assert_eq!(d.state.status, RolloutStatus::Running);
         assert_eq!(
-            start(Some(&d), &deployment(vec![vec!["b"]], 0.5), &t(1)).unwrap(),
+            start(Some(&d), &deployment(vec![2], 0.5), &t(1)).unwrap(),
             Decision::Unchanged,
             "a repeated request with the same id changes nothing"
         );
@@ -506,65 +722,108 @@ mod tests {
 
     #[test]
     fn waves_advance_only_when_complete_and_finish() {
-        let mut d = started(vec![vec!["a"], vec!["b", "c"]], 0.5);
-        let decision = record(Some(&d), &id(), &tenant("a"), &outcome(true), &t(1)).unwrap();
-        apply(&mut d, decision);
+        let mut d = started(vec![1, 3], 0.5);
+        d.state.announced = true;
+        fold_in(&mut d, &[result(5, "a", true)], 1);
         assert_eq!(d.state.current_wave, 1);
-        let decision = record(Some(&d), &id(), &tenant("b"), &outcome(true), &t(2)).unwrap();
-        apply(&mut d, decision);
-        assert_eq!(
-            (d.state.current_wave, d.state.status),
-            (1, RolloutStatus::Running)
+        assert!(
+            !d.state.announced,
+            "the new wave's jobs are to be published"
         );
+        assert_eq!(d.state.wave_range(1), 1..3);
+        fold_in(&mut d, &[result(6, "b", true)], 2);
         assert_eq!(
-            record(Some(&d), &id(), &tenant("b"), &outcome(false), &t(3)).unwrap(),
-            Decision::Unchanged,
-            "a tenant's first result stands"
+            (d.state.current_wave, d.state.status, d.state.counts()),
+            (1, RolloutStatus::Running, (2, 0, 1))
         );
-        let last = record(Some(&d), &id(), &tenant("c"), &outcome(true), &t(4)).unwrap();
-        match &last {
-            Decision::Write { event, .. } => assert_eq!(event.at, t(4)),
-            Decision::Unchanged => panic!("recorded"),
-        }
-        let decision = last;
-        apply(&mut d, decision);
+        fold_in(&mut d, &[result(9, "c", true)], 4);
         assert_eq!(d.state.status, RolloutStatus::Completed);
         assert_eq!(d.state.finished_at, Some(t(4)));
+        assert_eq!(d.state.folded, 9);
         assert_eq!(
-            record(None, &id(), &tenant("a"), &outcome(true), &t(5)),
+            fold(None, &id(), &[], 1, &t(5)),
             Err(RolloutError::Unknown("d1".into()))
         );
     }
 
     #[test]
+    fn every_entry_counts_once_whoever_folds_it() {
+        let mut d = started(vec![10], 0.5);
+        let entries = [result(3, "a", true), result(4, "b", false)];
+        assert!(fold_in(&mut d, &entries, 1));
+        assert_eq!(d.state.counts(), (1, 1, 8));
+        // A second folder read the same entries: behind the watermark, nothing changes.
+        assert!(!fold_in(&mut d, &entries, 2));
+        // A folder that read further counts only what is past the watermark.
+        assert!(fold_in(
+            &mut d,
+            &[result(4, "b", false), result(7, "c", true)],
+            3
+        ));
+        assert_eq!(d.state.counts(), (2, 1, 7));
+        // Targets chunks and foreign keys are not results.
+        let chunk = Written {
+            sequence: 8,
+            key: EntryKey::Targets,
+            entry: ResultEntry::Retry { replaces: 1 },
+        };
+        assert!(fold_in(&mut d, &[chunk], 4));
+        assert_eq!((d.state.counts(), d.state.folded), ((2, 1, 7), 8));
+    }
+
+    #[test]
+    fn the_record_does_not_grow_with_the_fleet() {
+        let size = |n: u64| {
+            let mut d = started(vec![n / 10, n], 1.0);
+            let entries: Vec<Written> = (0..n)
+                .map(|i| result(i + 1, &format!("t{i}"), i % 7 != 0))
+                .collect();
+            fold_in(&mut d, &entries, 1);
+            assert_eq!(d.state.tally.recorded(), n);
+            serde_json::to_vec(&d.state).unwrap().len()
+        };
+        let (small, large) = (size(10), size(100_000));
+        assert!(
+            large <= small + 64,
+            "{small} bytes for 10 tenants, {large} for 100 000: only digits may differ"
+        );
+    }
+
+    #[test]
     fn failures_under_the_ratio_complete_with_failures() {
-        let mut d = started(vec![vec!["a", "b", "c", "d"]], 0.5);
-        for (name, ok) in [("a", true), ("b", false), ("c", true), ("d", true)] {
-            let decision = record(Some(&d), &id(), &tenant(name), &outcome(ok), &t(1)).unwrap();
-            apply(&mut d, decision);
-        }
+        let mut d = started(vec![4], 0.5);
+        fold_in(
+            &mut d,
+            &[
+                result(1, "a", true),
+                result(2, "b", false),
+                result(3, "c", true),
+                result(4, "d", true),
+            ],
+            1,
+        );
         assert_eq!(d.state.status, RolloutStatus::CompletedWithFailures);
+        assert_eq!(d.state.tally.changed, 3);
     }
 
     #[test]
     fn too_many_failures_halt_and_resume_retries_them() {
-        let mut d = started(vec![vec!["a", "b"], vec!["c"]], 0.4);
-        let decision = record(Some(&d), &id(), &tenant("a"), &outcome(false), &t(1)).unwrap();
-        apply(&mut d, decision);
-        let decision = record(Some(&d), &id(), &tenant("b"), &outcome(true), &t(2)).unwrap();
-        apply(&mut d, decision);
+        let mut d = started(vec![2, 3], 0.4);
+        fold_in(&mut d, &[result(1, "a", false)], 1);
+        fold_in(&mut d, &[result(2, "b", true)], 2);
         assert_eq!(d.state.status, RolloutStatus::Halted);
         assert!(d.state.reason.as_deref().unwrap().contains("failure ratio"));
         assert_eq!(d.state.finished_at, Some(t(2)));
+        // The deployer marks a's failed outcome (sequence 1, folded) for retry, then resumes.
+        fold_in(&mut d, &[retry(3, "a", 1)], 3);
+        assert_eq!(d.state.counts(), (1, 0, 2));
         let decision = resume(Some(&d), &id(), &t(3)).unwrap();
         apply(&mut d, decision);
-        assert_eq!(
-            (d.state.status, d.state.results.len()),
-            (RolloutStatus::Running, 1)
-        );
+        assert_eq!(d.state.status, RolloutStatus::Running);
         assert_eq!(d.state.next(), Next::Wait, "a is pending again");
         assert_eq!(d.state.resumes, 1, "its jobs get fresh message ids");
         assert_eq!(d.state.finished_at, None);
+        assert!(!d.state.announced);
         assert_eq!(
             resume(Some(&d), &id(), &t(4)).unwrap(),
             Decision::Unchanged,
@@ -581,10 +840,44 @@ mod tests {
     }
 
     #[test]
-    fn finished_deployments_cannot_be_cancelled_or_resumed() {
-        let mut d = started(vec![vec!["a"]], 0.5);
-        let decision = record(Some(&d), &id(), &tenant("a"), &outcome(true), &t(1)).unwrap();
+    fn a_retry_marker_uncounts_only_a_failure_that_was_counted() {
+        let mut d = started(vec![5], 1.0);
+        // Failed outcome and its marker in one fold: counted, then un-counted.
+        fold_in(&mut d, &[result(1, "a", false), retry(2, "a", 1)], 1);
+        assert_eq!(d.state.tally.failed, 0);
+        // A failed outcome replaced before any fold read it (history 1 keeps only the
+        // marker): never counted, so nothing to un-count.
+        fold_in(&mut d, &[retry(4, "b", 3)], 2);
+        assert_eq!(d.state.tally.failed, 0);
+        // The retried tenant's new outcome counts.
+        fold_in(&mut d, &[result(5, "a", true)], 3);
+        assert_eq!(d.state.counts(), (1, 0, 4));
+    }
+
+    #[test]
+    fn announcing_marks_only_the_state_it_was_published_for() {
+        let mut d = started(vec![1, 2], 0.5);
+        let first = d.state.announcement();
+        fold_in(&mut d, &[result(1, "a", true)], 1);
+        assert_eq!(
+            announced(Some(&d), &id(), first, &t(2)).unwrap(),
+            Decision::Unchanged,
+            "wave 0's announcement does not cover wave 1"
+        );
+        let second = d.state.announcement();
+        let decision = announced(Some(&d), &id(), second, &t(2)).unwrap();
         apply(&mut d, decision);
+        assert!(d.state.announced);
+        assert_eq!(
+            announced(Some(&d), &id(), second, &t(3)).unwrap(),
+            Decision::Unchanged
+        );
+    }
+
+    #[test]
+    fn finished_deployments_cannot_be_cancelled_or_resumed() {
+        let mut d = started(vec![1], 0.5);
+        fold_in(&mut d, &[result(1, "a", true)], 1);
         assert!(illegal(cancel(Some(&d), &id(), &t(2))));
         assert!(illegal(resume(Some(&d), &id(), &t(2))));
         assert_eq!(
@@ -595,36 +888,43 @@ mod tests {
 
     #[test]
     fn a_rollback_undoes_every_migrated_tenant_and_reports_failures() {
-        let mut d = started(vec![vec!["a", "b", "c"]], 1.0);
+        let mut d = started(vec![4], 1.0);
         assert!(
             illegal(start_rollback(Some(&d), &id(), &t(1))),
             "not while running"
         );
-        for (name, ok) in [("a", true), ("b", true), ("c", false)] {
-            let decision = record(Some(&d), &id(), &tenant(name), &outcome(ok), &t(1)).unwrap();
-            apply(&mut d, decision);
-        }
-        assert_eq!(d.state.status, RolloutStatus::CompletedWithFailures);
-        assert_eq!(
-            record_rollback(Some(&d), &id(), &tenant("a"), &outcome(true), &t(2)).unwrap(),
-            Decision::Unchanged,
-            "no rollback result outside a rollback"
+        let skipped = Written {
+            entry: ResultEntry::Outcome {
+                wave: 0,
+                outcome: TenantOutcome {
+                    skipped: true,
+                    ..TenantOutcome::ready(0)
+                },
+            },
+            ..result(4, "d", true)
+        };
+        fold_in(
+            &mut d,
+            &[
+                result(1, "a", true),
+                result(2, "b", true),
+                result(3, "c", false),
+                skipped,
+            ],
+            1,
         );
+        assert_eq!(d.state.status, RolloutStatus::CompletedWithFailures);
         let decision = start_rollback(Some(&d), &id(), &t(2)).unwrap();
         apply(&mut d, decision);
         assert_eq!(d.state.status, RolloutStatus::RollingBack);
-        assert_eq!(d.state.migrated(), vec![tenant("a"), tenant("b")]);
+        assert_eq!(d.state.rollback_targets, 2, "a and b; d was skipped");
         assert_eq!(
             start_rollback(Some(&d), &id(), &t(3)).unwrap(),
             Decision::Unchanged
         );
-        let decision =
-            record_rollback(Some(&d), &id(), &tenant("a"), &outcome(true), &t(3)).unwrap();
-        apply(&mut d, decision);
+        fold_in(&mut d, &[rolled_back(5, "a", true)], 3);
         assert_eq!(d.state.status, RolloutStatus::RollingBack);
-        let decision =
-            record_rollback(Some(&d), &id(), &tenant("b"), &outcome(false), &t(4)).unwrap();
-        apply(&mut d, decision);
+        fold_in(&mut d, &[rolled_back(6, "b", false)], 4);
         assert_eq!(d.state.status, RolloutStatus::RolledBack);
         assert_eq!(d.state.finished_at, Some(t(4)));
         assert_eq!(
@@ -635,17 +935,36 @@ mod tests {
 
     #[test]
     fn a_rollback_with_nothing_migrated_is_done_at_once_and_rejected_ones_are_refused() {
-        let mut d = started(vec![vec!["a"]], 0.0);
-        let decision = record(Some(&d), &id(), &tenant("a"), &outcome(false), &t(1)).unwrap();
-        apply(&mut d, decision);
+        let mut d = started(vec![1], 0.0);
+        fold_in(&mut d, &[result(1, "a", false)], 1);
         assert_eq!(d.state.status, RolloutStatus::Halted);
         let decision = start_rollback(Some(&d), &id(), &t(2)).unwrap();
         apply(&mut d, decision);
         assert_eq!(d.state.status, RolloutStatus::RolledBack);
         let mut rejected = deployment(vec![], 0.5);
         rejected.status = RolloutStatus::Rejected;
-        let mut v = None;
-        apply_to(&mut v, start(None, &rejected, &t(0)).unwrap());
-        assert!(illegal(start_rollback(v.as_ref(), &id(), &t(1))));
+        let Decision::Write { next, .. } = start(None, &rejected, &t(0)).unwrap() else {
+            panic!("written")
+        };
+        let v = Versioned {
+            state: next,
+            revision: 1,
+        };
+        assert!(illegal(start_rollback(Some(&v), &id(), &t(1))));
+    }
+
+    #[test]
+    fn keys_name_their_entries() {
+        let d = id();
+        assert_eq!(EntryKey::Deploy(tenant("acme")).key(&d), "d1.t.acme");
+        assert_eq!(
+            EntryKey::parse(&d, "d1.r.acme"),
+            Some(EntryKey::Rollback(tenant("acme")))
+        );
+        assert_eq!(
+            EntryKey::parse(&d, &targets_key(&d, "a1", 3)),
+            Some(EntryKey::Targets)
+        );
+        assert_eq!(EntryKey::parse(&d, "d10.t.acme"), None);
     }
 }

@@ -133,6 +133,57 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
         Ok(keys)
     }
 
+    /// Writes `next` over `current` (created when `current` is `None`) by compare-and-set,
+    /// then publishes `event` with the new revision. `Ok(None)`: another writer got there first
+    /// (re-read and decide again). For callers whose decision needs I/O between the read and
+    /// the write, which [`Self::transition`]'s pure `decide` cannot do.
+    pub async fn try_write<E: std::error::Error + 'static>(
+        &self,
+        key: &str,
+        current: Option<&Versioned<S>>,
+        next: S,
+        mut event: ProgressEvent,
+    ) -> Result<Option<Versioned<S>>, StateError<E>> {
+        let bytes = Bytes::from(serde_json::to_vec(&next).expect("states serialize"));
+        let written = match current {
+            None => self.kv.create(key, bytes).await.map_err(|e| {
+                if e.kind() == kv::CreateErrorKind::AlreadyExists {
+                    None
+                } else {
+                    Some(e.to_string())
+                }
+            }),
+            Some(current) => self
+                .kv
+                .update(key, bytes, current.revision)
+                .await
+                .map_err(|e| {
+                    if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
+                        None
+                    } else {
+                        Some(e.to_string())
+                    }
+                }),
+        };
+        match written {
+            Ok(revision) => {
+                event.revision = revision;
+                let subject = format!("{}.{key}", self.progress_subject);
+                let id = format!("{}:{key}:{revision}", self.kind);
+                self.publisher
+                    .publish_json(&subject, &id, &event, HeaderMap::new())
+                    .await
+                    .map_err(|source| StateError::Progress { revision, source })?;
+                Ok(Some(Versioned {
+                    state: next,
+                    revision,
+                }))
+            }
+            Err(None) => Ok(None),
+            Err(Some(message)) => Err(StateError::Store(message)),
+        }
+    }
+
     /// Applies `decide` to the latest state of `key` until it is written without a lost race.
     /// Returns the written state, or the current one when `decide` said [`Decision::Unchanged`].
     pub async fn transition<E, F>(
@@ -146,48 +197,14 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
     {
         for _ in 0..MAX_RACES {
             let current = self.get(key).await?;
-            let (next, mut event) = match decide(current.as_ref()).map_err(StateError::Refused)? {
+            let (next, event) = match decide(current.as_ref()).map_err(StateError::Refused)? {
                 Decision::Write { next, event } => (next, event),
                 Decision::Unchanged => return Ok(current),
             };
-            let bytes = Bytes::from(serde_json::to_vec(&next).expect("states serialize"));
-            let written = match &current {
-                None => self.kv.create(key, bytes).await.map_err(|e| {
-                    if e.kind() == kv::CreateErrorKind::AlreadyExists {
-                        None
-                    } else {
-                        Some(e.to_string())
-                    }
-                }),
-                Some(current) => self
-                    .kv
-                    .update(key, bytes, current.revision)
-                    .await
-                    .map_err(|e| {
-                        if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
-                            None
-                        } else {
-                            Some(e.to_string())
-                        }
-                    }),
-            };
-            match written {
-                Ok(revision) => {
-                    event.revision = revision;
-                    let subject = format!("{}.{key}", self.progress_subject);
-                    let id = format!("{}:{key}:{revision}", self.kind);
-                    self.publisher
-                        .publish_json(&subject, &id, &event, HeaderMap::new())
-                        .await
-                        .map_err(|source| StateError::Progress { revision, source })?;
-                    return Ok(Some(Versioned {
-                        state: next,
-                        revision,
-                    }));
-                }
-                Err(None) => continue, // lost the race: re-read, re-decide
-                Err(Some(message)) => return Err(StateError::Store(message)),
+            if let Some(written) = self.try_write(key, current.as_ref(), next, event).await? {
+                return Ok(Some(written));
             }
+            // lost the race: re-read, re-decide
         }
         Err(StateError::Contention(key.to_owned()))
     }

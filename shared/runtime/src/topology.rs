@@ -247,6 +247,9 @@ pub mod names {
     pub const TENANTS: &str = "fleet_tenants";
     /// Deployments' current state.
     pub const DEPLOYMENTS: &str = "fleet_deployments";
+    /// KV bucket: per-tenant entries of deployments (targets, results, rollbacks), one
+    /// revision per key (`fleet-rollouts` folds them in stream order).
+    pub const DEPLOY_RESULTS: &str = "fleet_deploy_results";
     /// App installs' current state.
     pub const INSTALLS: &str = "fleet_installs";
     /// Tenants' usage.
@@ -362,6 +365,10 @@ impl Topology {
             buckets: vec![
                 bucket(TENANTS),
                 bucket(DEPLOYMENTS),
+                BucketSpec {
+                    history: 1,
+                    ..bucket(DEPLOY_RESULTS)
+                },
                 bucket(INSTALLS),
                 bucket(USAGE),
             ],

@@ -2,22 +2,28 @@
 //!
 //! `deploy.requested` is validated first — every issue of the bundle, its checksum, and the
 //! schema its objects map to — and a bad bundle is rejected before any tenant is touched. Then
-//! the deployment record (KV `fleet_deployments`) is written with its waves, the bundle is stored
-//! beside it, and the first wave fans out as one job per tenant on
-//! `deploy.tenant.<deploymentId>` (message id `<deployment>:<tenant>`), so every deployer replica
-//! shares the work and a crash loses nothing.
+//! the targets are written in chunks (`fleet_deploy_results`), the bundle beside the record, and
+//! the deployment record (KV `fleet_deployments`) — a fixed-size record of wave ends, tallies
+//! and a watermark, whatever the number of tenants. Each wave fans out as one job per tenant on
+//! `deploy.tenant.<deploymentId>` (message id `<deployment>:<tenant>`), so every deployer
+//! replica shares the work and a crash loses nothing.
 //!
 //! A tenant's job: `validating` (tenant active, quotas) → `diffing` (live schema vs bundle + base
 //! system objects) → `migrating` + `registering` (the DDL, the bundle's metadata in
 //! `sys_metadata` and the deployment in `sys_deployment`, all in one transaction: a tenant is
 //! never migrated but unregistered) → `ready`, or `failed` with the error (the transaction rolled
-//! back, the tenant is as before). A tenant already at the bundle's version is skipped.
+//! back, the tenant is as before). A tenant already at the bundle's version is skipped. The
+//! bundle is read and parsed once per worker and deployment, not per job.
 //!
-//! Recording a result is a compare-and-set on the deployment; the write that completes a wave
-//! starts the next (or halts the rollout when the failure ratio passes its limit, or finishes
-//! it) — re-derived on every delivery, so a crash between the two is repaired by the next job.
-//! `hooks.deploy.completed` / `hooks.deploy.failed` end a deployment, and
-//! `hooks.deploy.tenant_failed` reports each failed tenant.
+//! A result is written under the tenant's own key (the first result stands), then folded into
+//! the record: a compare-and-set that sums every result written since the record's watermark
+//! (see `fleet-rollouts`), so each write costs the same for 10 tenants or 100 000. The fold
+//! that completes a wave starts the next (or halts the rollout when the failure ratio passes
+//! its limit, or finishes it) and marks it unannounced; whoever sees an unannounced record —
+//! that worker, or any later delivery after a crash — publishes the wave's jobs or the
+//! end-of-deployment hook and marks it announced. `hooks.deploy.completed` /
+//! `hooks.deploy.failed` end a deployment, and `hooks.deploy.tenant_failed` reports each failed
+//! tenant.
 
 /// The deployment record and its rollout machine (in `fleet-rollouts`, shared with `fleetctl`).
 pub use fleet_rollouts as rollout;
@@ -28,13 +34,14 @@ use std::time::Instant;
 use async_nats::HeaderMap;
 use async_nats::jetstream::kv;
 use async_trait::async_trait;
+use fleet_control::DeployResults;
 use fleet_protocol::{
     DeployBundle, DeployRequest, DeployStatus, DeploymentId, ObjectDefinition,
     QuotaEnforcementResult, TenantDeployJob, TenantId, TenantProvisioningStatus, Timestamp,
 };
 use fleet_runtime::worker::{BuildError, Worker, WorkerContext};
 use fleet_runtime::{
-    Delivery, Handler, Hook, Hooks, Outcome, Publisher, StateStore, Subjects, Versioned,
+    Decision, Delivery, Handler, Hook, Hooks, Outcome, Publisher, StateStore, Subjects, Versioned,
     error_chain,
 };
 use fleet_schema::{BoundStatement, PlanError, PlanOptions, SchemaError};
@@ -43,12 +50,16 @@ use fleet_tenants::machine::TenantRecord;
 use libsql::Value as SqlValue;
 use serde_json::json;
 
-use crate::rollout::{Deployment, RolloutError, RolloutStatus, TenantOutcome};
+use crate::rollout::{
+    Deployment, EntryKey, ResultEntry, RolloutError, RolloutStatus, TenantOutcome,
+};
 
 /// The deployer's handler.
 pub struct Deployer {
     deployments: StateStore<Deployment>,
+    results: DeployResults,
     bundles: kv::Store,
+    prepared: moka::future::Cache<DeploymentId, Arc<Prepared>>,
     tenants: StateStore<TenantRecord>,
     backend: Arc<dyn TenantDatabases>,
     keys: Arc<KeyRing>,
@@ -163,7 +174,22 @@ pub enum DeployerError {
     /// The tenants could not be listed or read.
     #[error("reading the tenants")]
     Tenants(#[source] fleet_runtime::StateError<std::convert::Infallible>),
+    /// The deployment's record could not be read or written.
+    #[error("the deployment record")]
+    Record(#[source] fleet_runtime::StateError<RolloutError>),
+    /// The deployment's per-tenant entries could not be read or written.
+    #[error("the deployment's entries")]
+    Results(#[source] fleet_control::ResultsError),
+    /// No record of this deployment.
+    #[error("unknown deployment {0}")]
+    Unknown(DeploymentId),
+    /// Folding lost [`FOLD_RACES`] races in a row to other workers.
+    #[error("deployment {0}: too many concurrent folds")]
+    Contention(DeploymentId),
 }
+
+/// Compare-and-set attempts of one fold before the job is retried later.
+const FOLD_RACES: usize = 64;
 
 /// Why one tenant's deploy or rollback did not happen: recorded as that tenant's failure, or —
 /// when [`TenantError::is_transient`] — retried by the job loop's retry policy.
@@ -205,9 +231,6 @@ enum TenantError {
         #[source]
         source: fleet_runtime::StateError<std::convert::Infallible>,
     },
-    /// The stored bundle's objects are not valid (it was validated when requested).
-    #[error("the bundle's objects")]
-    Bundle(#[source] fleet_protocol::validate::Rejected),
     /// A quota of the tenant's plan would be exceeded.
     #[error("quota exceeded: {0}")]
     Quota(String),
@@ -253,60 +276,25 @@ impl TenantError {
     }
 }
 
-/// Publishes the jobs still open: during a rollout, the current wave's tenants without a result;
-/// during a rollback, the migrated tenants not rolled back yet. Message ids derive from the
-/// deployment and tenant, so a repeat within the duplicate window is dropped and a later one
-/// finds the tenant recorded.
-pub async fn publish_wave(
-    publisher: &Publisher,
-    subjects: &Subjects,
-    d: &Deployment,
-) -> Result<(), DeployerError> {
-    let rollback = d.status == RolloutStatus::RollingBack;
-    let open: Vec<TenantId> = if rollback {
-        d.migrated()
-            .into_iter()
-            .filter(|t| !d.rollbacks.contains_key(t))
-            .collect()
-    } else {
-        let wave = d
-            .waves
-            .get(d.current_wave)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        wave.iter()
-            .filter(|t| !d.results.contains_key(*t))
-            .cloned()
-            .collect()
-    };
-    let subject = subjects.full(&format!("deploy.tenant.{}", d.id));
-    let suffix = match (rollback, d.resumes) {
-        (true, _) => ":rollback".to_owned(),
-        (false, 0) => String::new(),
-        (false, n) => format!(":resume-{n}"),
-    };
-    for tenant in open {
-        let message_id = format!("{}:{tenant}{suffix}", d.id);
-        let job = TenantDeployJob {
-            deployment_id: d.id.clone(),
-            tenant_id: tenant,
-            wave: d.current_wave as u32,
-            rollback,
-        };
-        publisher
-            .publish_json(&subject, &message_id, &job, HeaderMap::new())
-            .await
-            .map_err(|source| DeployerError::Publish {
-                subject: subject.clone(),
-                source,
-            })?;
-    }
-    Ok(())
-}
-
 /// The KV key of a deployment's bundle.
 pub fn bundle_key(id: &DeploymentId) -> String {
     format!("bundle.{id}")
+}
+
+/// Jobs published at once while announcing a wave (each waits for its stream ack).
+const PUBLISH_WINDOW: usize = 64;
+
+/// Failed tenants named in an end-of-deployment hook (all of them: `fleetctl deploy status`).
+const HOOK_FAILURES: usize = 100;
+
+/// A deployment's bundle as the jobs use it, parsed once per worker and deployment.
+#[derive(Debug)]
+struct Prepared {
+    bundle: DeployBundle,
+    /// The bundle's objects.
+    objects: Vec<ObjectDefinition>,
+    /// The objects with the base system objects: the schema every tenant should have.
+    desired: Vec<ObjectDefinition>,
 }
 
 #[async_trait]
@@ -318,9 +306,11 @@ impl Worker for Deployer {
         let runtime = &context.runtime;
         Ok(Self {
             deployments: fleet_control::deployments(runtime).await?,
+            results: fleet_control::deploy_results(runtime).await?,
             bundles: runtime
                 .bucket(fleet_runtime::topology::names::DEPLOYMENTS)
                 .await?,
+            prepared: moka::future::Cache::new(PREPARED_BUNDLES),
             tenants: fleet_control::tenants(runtime).await?,
             backend: fleet_tenantdb::backend_from_config(&context.config)?,
             keys: Arc::new(fleet_tenantdb::key_ring_from_config(&context.config)?),
@@ -330,6 +320,10 @@ impl Worker for Deployer {
         })
     }
 }
+
+/// Deployments whose parsed bundle a worker keeps (a few run at once; each entry is one
+/// bundle, up to the server's payload limit).
+const PREPARED_BUNDLES: u64 = 16;
 
 impl Deployer {
     /// A request that could not be parsed: poison, after its rejection is recorded when it names
@@ -345,47 +339,42 @@ impl Deployer {
 
     async fn requested(&self, request: DeployRequest) -> Outcome {
         let id = request.deployment_id.clone();
+        let version = request.bundle.manifest.version.clone();
         let objects = match request.bundle.object_definitions() {
             Ok(objects) => objects,
-            Err(rejected) => {
-                return self
-                    .reject(&id, &request.bundle.manifest.version, &rejected.to_string())
-                    .await;
-            }
+            Err(rejected) => return self.reject(&id, &version, &rejected.to_string()).await,
         };
         if let Err(err) =
             fleet_schema::desired_schema(&fleet_schema::system::with_system_objects(&objects))
         {
-            return self
-                .reject(&id, &request.bundle.manifest.version, &err.to_string())
-                .await;
+            return self.reject(&id, &version, &err.to_string()).await;
+        }
+        // Delivered again (a crash after the record was written): carry on from the record.
+        match self.deployments.get::<RolloutError>(id.as_str()).await {
+            Ok(Some(current)) => return self.settled(current).await,
+            Ok(None) => {}
+            Err(e) => return Outcome::transient_error(&e),
         }
         let targets = match self.targets(&request).await {
             Ok(targets) if targets.is_empty() => {
-                return self
-                    .reject(
-                        &id,
-                        &request.bundle.manifest.version,
-                        "no tenant to deploy to",
-                    )
-                    .await;
+                return self.reject(&id, &version, "no tenant to deploy to").await;
             }
             Ok(targets) => targets,
             Err(e) => return Outcome::transient_error(&e),
         };
         let ends = match request.rollout.wave_ends(targets.len()) {
             Ok(ends) => ends,
-            Err(e) => {
-                return self
-                    .reject(&id, &request.bundle.manifest.version, &e.to_string())
-                    .await;
-            }
+            Err(e) => return self.reject(&id, &version, &e.to_string()).await,
         };
-        let mut waves = Vec::new();
-        let mut start = 0;
-        for end in ends {
-            waves.push(targets[start..end].to_vec());
-            start = end;
+        // The target list is written before the record that names it, under a name of this
+        // attempt's own: a record only ever names a complete list.
+        let attempt = format!(
+            "{:x}{:x}",
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
+            std::process::id()
+        );
+        if let Err(e) = self.results.write_targets(&id, &attempt, &targets).await {
+            return Outcome::transient_error(&e);
         }
         let bundle = serde_json::to_vec(&request.bundle).expect("a bundle serializes");
         if let Err(e) = self.bundles.put(bundle_key(&id), bundle.into()).await {
@@ -393,7 +382,7 @@ impl Deployer {
         }
         let deployment = Deployment {
             id: id.clone(),
-            version: request.bundle.manifest.version.clone(),
+            version,
             checksum: request
                 .bundle
                 .manifest
@@ -404,46 +393,54 @@ impl Deployer {
             dry_run: request.rollout.dry_run,
             allow_destructive: request.rollout.allow_destructive,
             max_failure_ratio: request.rollout.max_failure_ratio,
-            waves,
-            current_wave: 0,
-            results: Default::default(),
-            rollbacks: Default::default(),
-            reason: None,
-            requested_at: Timestamp::now(),
-            finished_at: None,
-            resumes: 0,
+            wave_ends: ends.into_iter().map(|end| end as u64).collect(),
+            targets_attempt: attempt,
+            ..Self::record(&id, RolloutStatus::Running)
         };
-        let written = match self
+        match self
             .deployments
             .transition(id.as_str(), |cur| {
                 rollout::start(cur, &deployment, &Timestamp::now())
             })
             .await
         {
-            Ok(Some(written)) => written,
-            Ok(None) => return Outcome::transient("deployment vanished"),
-            Err(e) => return Outcome::transient_error(&e),
-        };
-        self.advanced(&written).await
+            Ok(Some(written)) => self.settled(written).await,
+            Ok(None) => Outcome::transient("deployment vanished"),
+            Err(e) => Outcome::transient_error(&e),
+        }
+    }
+
+    /// A deployment record with nothing in it yet.
+    fn record(id: &DeploymentId, status: RolloutStatus) -> Deployment {
+        Deployment {
+            id: id.clone(),
+            version: String::new(),
+            checksum: String::new(),
+            status,
+            dry_run: false,
+            allow_destructive: false,
+            max_failure_ratio: 0.0,
+            wave_ends: Vec::new(),
+            targets_attempt: String::new(),
+            current_wave: 0,
+            tally: Default::default(),
+            rollback_tally: Default::default(),
+            rollback_targets: 0,
+            folded: 0,
+            announced: false,
+            reason: None,
+            requested_at: Timestamp::now(),
+            finished_at: None,
+            resumes: 0,
+        }
     }
 
     async fn reject(&self, id: &DeploymentId, version: &str, reason: &str) -> Outcome {
         let deployment = Deployment {
-            id: id.clone(),
             version: version.to_owned(),
-            checksum: String::new(),
-            status: RolloutStatus::Rejected,
-            dry_run: false,
-            allow_destructive: false,
-            max_failure_ratio: 0.0,
-            waves: Vec::new(),
-            current_wave: 0,
-            results: Default::default(),
-            rollbacks: Default::default(),
             reason: Some(reason.to_owned()),
-            requested_at: Timestamp::now(),
             finished_at: Some(Timestamp::now()),
-            resumes: 0,
+            ..Self::record(id, RolloutStatus::Rejected)
         };
         // Recorded with its hook, or retried until it is (both idempotent: the record is
         // unchanged the second time, the hook's id derives from the rejection).
@@ -454,12 +451,12 @@ impl Deployer {
             })
             .await
         {
-            Ok(Some(written)) => {
-                if let Err(e) = self.finish_hook(&written).await {
-                    return Outcome::transient_error(&e);
+            Ok(Some(written)) if written.state.status == RolloutStatus::Rejected => {
+                if let outcome @ Outcome::Transient { .. } = self.settled(written).await {
+                    return outcome;
                 }
             }
-            Ok(None) | Err(fleet_runtime::StateError::Refused(_)) => {}
+            Ok(_) | Err(fleet_runtime::StateError::Refused(_)) => {}
             Err(e) => return Outcome::transient_error(&e),
         }
         Outcome::Poison {
@@ -467,7 +464,8 @@ impl Deployer {
         }
     }
 
-    /// The tenants a request targets: the named ones, or every active tenant.
+    /// The tenants a request targets: the named ones, or every active tenant (read once per
+    /// deployment).
     async fn targets(&self, request: &DeployRequest) -> Result<Vec<TenantId>, DeployerError> {
         let mut targets: Vec<TenantId> = if request.target.all {
             let mut active = Vec::new();
@@ -493,21 +491,189 @@ impl Deployer {
         Ok(targets)
     }
 
-    /// Publishes the jobs of the current wave still without a result, or the end-of-deployment
-    /// hook (both idempotent: message ids derive from the deployment).
-    async fn advance(&self, deployment: &Versioned<Deployment>) -> Result<(), DeployerError> {
-        let d = &deployment.state;
-        if !matches!(
-            d.status,
-            RolloutStatus::Running | RolloutStatus::RollingBack
-        ) {
-            return self.finish_hook(deployment).await;
+    /// Sums the results written since the record's watermark into it until the watermark
+    /// reaches `at_least` (a result this worker wrote), or — with `None` — everything written
+    /// so far. Returns the record as it then is.
+    async fn fold(
+        &self,
+        id: &DeploymentId,
+        at_least: Option<u64>,
+    ) -> Result<Versioned<Deployment>, DeployerError> {
+        for _ in 0..FOLD_RACES {
+            let head = self.head(id).await?;
+            if at_least.is_some_and(|sequence| head.state.folded >= sequence) {
+                return Ok(head);
+            }
+            let (entries, through) = self
+                .results
+                .read_since(id, head.state.folded)
+                .await
+                .map_err(DeployerError::Results)?;
+            let decision = rollout::fold(Some(&head), id, &entries, through, &Timestamp::now())
+                .map_err(|e| DeployerError::Record(fleet_runtime::StateError::Refused(e)))?;
+            let Decision::Write { next, event } = decision else {
+                // Nothing new since the watermark.
+                if at_least.is_none() {
+                    return Ok(head);
+                }
+                continue;
+            };
+            if let Some(written) = self
+                .deployments
+                .try_write(id.as_str(), Some(&head), next, event)
+                .await
+                .map_err(DeployerError::Record)?
+                && at_least.is_none_or(|sequence| written.state.folded >= sequence)
+            {
+                return Ok(written);
+            }
+            // Another worker folded first: its fold most likely covered ours.
         }
-        publish_wave(&self.publisher, &self.subjects, d).await
+        Err(DeployerError::Contention(id.clone()))
     }
 
-    async fn finish_hook(&self, deployment: &Versioned<Deployment>) -> Result<(), DeployerError> {
-        let d = &deployment.state;
+    async fn head(&self, id: &DeploymentId) -> Result<Versioned<Deployment>, DeployerError> {
+        self.deployments
+            .get::<RolloutError>(id.as_str())
+            .await
+            .map_err(DeployerError::Record)?
+            .ok_or_else(|| DeployerError::Unknown(id.clone()))
+    }
+
+    /// Publishes what the deployment's state calls for unless that was done — the current
+    /// wave's jobs, the rollback's jobs, the end-of-deployment hook — and records that it was
+    /// (all idempotent: message ids derive from the deployment, its tenants and its resumes).
+    async fn announce(&self, head: &Versioned<Deployment>) -> Result<(), DeployerError> {
+        let d = &head.state;
+        if d.announced {
+            return Ok(());
+        }
+        match d.status {
+            RolloutStatus::Running => self.publish_wave(d).await?,
+            RolloutStatus::RollingBack => self.publish_rollbacks(d).await?,
+            _ => self.finish_hook(d).await?,
+        }
+        let announcement = d.announcement();
+        self.deployments
+            .transition(d.id.as_str(), |cur| {
+                rollout::announced(cur, &d.id, announcement, &Timestamp::now())
+            })
+            .await
+            .map_err(DeployerError::Record)?;
+        Ok(())
+    }
+
+    /// [`Self::announce`] as a job outcome.
+    async fn settled(&self, head: Versioned<Deployment>) -> Outcome {
+        match self.announce(&head).await {
+            Ok(()) => Outcome::Done,
+            Err(e) => Outcome::transient_error(&e),
+        }
+    }
+
+    /// The current wave's jobs. A first pass publishes the wave's targets (read from their
+    /// chunks); after a resume, every target up to the current wave's end without an outcome
+    /// (the retried ones, and any a cancel left unstarted) — one listing per resume.
+    async fn publish_wave(&self, d: &Deployment) -> Result<(), DeployerError> {
+        let (range, suffix) = match d.resumes {
+            0 => (d.wave_range(d.current_wave), String::new()),
+            n => (0..d.wave_range(d.current_wave).end, format!(":resume-{n}")),
+        };
+        let mut tenants = self
+            .results
+            .targets(&d.id, &d.targets_attempt, range)
+            .await
+            .map_err(DeployerError::Results)?;
+        if d.resumes > 0 {
+            let recorded: std::collections::HashSet<TenantId> = self
+                .results
+                .list(&d.id)
+                .await
+                .map_err(DeployerError::Results)?
+                .into_iter()
+                .filter_map(|w| match (w.key, w.entry) {
+                    (EntryKey::Deploy(t), ResultEntry::Outcome { .. }) => Some(t),
+                    _ => None,
+                })
+                .collect();
+            tenants.retain(|t| !recorded.contains(t));
+        }
+        let jobs = tenants.into_iter().map(|tenant| TenantDeployJob {
+            deployment_id: d.id.clone(),
+            tenant_id: tenant,
+            wave: d.current_wave as u32,
+            rollback: false,
+        });
+        self.publish_jobs(&d.id, jobs, &suffix).await
+    }
+
+    /// The rollback's jobs: every migrated tenant without a rollback result (one listing).
+    async fn publish_rollbacks(&self, d: &Deployment) -> Result<(), DeployerError> {
+        let entries = self
+            .results
+            .list(&d.id)
+            .await
+            .map_err(DeployerError::Results)?;
+        let rolled: std::collections::HashSet<&TenantId> = entries
+            .iter()
+            .filter_map(|w| match &w.key {
+                EntryKey::Rollback(t) => Some(t),
+                _ => None,
+            })
+            .collect();
+        let jobs = entries
+            .iter()
+            .filter_map(|w| match (&w.key, &w.entry) {
+                (EntryKey::Deploy(t), ResultEntry::Outcome { outcome, .. })
+                    if outcome.status == DeployStatus::Ready
+                        && !outcome.skipped
+                        && !rolled.contains(t) =>
+                {
+                    Some(TenantDeployJob {
+                        deployment_id: d.id.clone(),
+                        tenant_id: t.clone(),
+                        wave: 0,
+                        rollback: true,
+                    })
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        self.publish_jobs(&d.id, jobs.into_iter(), ":rollback")
+            .await
+    }
+
+    /// Publishes jobs on `deploy.tenant.<id>` (message id `<id>:<tenant><suffix>`), a window
+    /// of them at a time.
+    async fn publish_jobs(
+        &self,
+        id: &DeploymentId,
+        jobs: impl Iterator<Item = TenantDeployJob>,
+        suffix: &str,
+    ) -> Result<(), DeployerError> {
+        use futures::{StreamExt, TryStreamExt};
+        let subject = self.subjects.full(&format!("deploy.tenant.{id}"));
+        futures::stream::iter(jobs)
+            .map(|job| {
+                let subject = &subject;
+                async move {
+                    let message_id = format!("{id}:{}{suffix}", job.tenant_id);
+                    self.publisher
+                        .publish_json(subject, &message_id, &job, HeaderMap::new())
+                        .await
+                        .map(|_| ())
+                        .map_err(|source| DeployerError::Publish {
+                            subject: subject.clone(),
+                            source,
+                        })
+                }
+            })
+            .buffer_unordered(PUBLISH_WINDOW)
+            .try_collect()
+            .await
+    }
+
+    async fn finish_hook(&self, d: &Deployment) -> Result<(), DeployerError> {
         let (event, subject) = match d.status {
             RolloutStatus::Running | RolloutStatus::RollingBack => return Ok(()),
             RolloutStatus::Completed => ("deploy.completed", "hooks.deploy.completed"),
@@ -515,12 +681,25 @@ impl Deployer {
             _ => ("deploy.failed", "hooks.deploy.failed"),
         };
         let (ready, failed, pending) = d.counts();
-        let failures: Vec<_> = d
-            .results
-            .iter()
-            .filter(|(_, r)| r.status == DeployStatus::Failed)
-            .map(|(t, r)| json!({"tenantId": t, "error": r.error}))
-            .collect();
+        let failures: Vec<_> = if failed > 0 {
+            self.results
+                .list(&d.id)
+                .await
+                .map_err(DeployerError::Results)?
+                .into_iter()
+                .filter_map(|w| match (w.key, w.entry) {
+                    (EntryKey::Deploy(t), ResultEntry::Outcome { outcome, .. })
+                        if outcome.status == DeployStatus::Failed =>
+                    {
+                        Some(json!({"tenantId": t, "error": outcome.error}))
+                    }
+                    _ => None,
+                })
+                .take(HOOK_FAILURES)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let hook = Hook {
             subject: subject.to_owned(),
             event: event.to_owned(),
@@ -547,104 +726,121 @@ impl Deployer {
             })
     }
 
+    /// The parsed bundle of deployment `id` (read and parsed once per worker).
+    async fn prepared(&self, id: &DeploymentId) -> Result<Arc<Prepared>, Outcome> {
+        if let Some(prepared) = self.prepared.get(id).await {
+            return Ok(prepared);
+        }
+        let bundle = match self.bundles.get(bundle_key(id)).await {
+            Ok(Some(bytes)) => {
+                serde_json::from_slice::<DeployBundle>(&bytes).map_err(|e| Outcome::Poison {
+                    reason: format!("stored bundle unreadable: {e}"),
+                })?
+            }
+            Ok(None) => {
+                return Err(Outcome::Poison {
+                    reason: format!("bundle of {id} missing"),
+                });
+            }
+            Err(e) => return Err(Outcome::transient_error(&e)),
+        };
+        let objects = bundle.object_definitions().map_err(|e| Outcome::Poison {
+            reason: format!("the stored bundle's objects: {e}"),
+        })?;
+        let prepared = Arc::new(Prepared {
+            desired: fleet_schema::system::with_system_objects(&objects),
+            objects,
+            bundle,
+        });
+        self.prepared.insert(id.clone(), prepared.clone()).await;
+        Ok(prepared)
+    }
+
     async fn tenant_job(&self, job: TenantDeployJob) -> Outcome {
-        let current = match self
-            .deployments
-            .get::<RolloutError>(job.deployment_id.as_str())
-            .await
-        {
-            Ok(Some(current)) => current,
-            Ok(None) => {
+        let id = &job.deployment_id;
+        let current = match self.head(id).await {
+            Ok(current) => current,
+            Err(DeployerError::Unknown(_)) => {
                 return Outcome::Poison {
-                    reason: format!("unknown deployment {}", job.deployment_id),
+                    reason: format!("unknown deployment {id}"),
                 };
             }
             Err(e) => return Outcome::transient_error(&e),
         };
-        if job.rollback {
-            return self.rollback_job(&current, &job.tenant_id).await;
-        }
-        if current.state.status != RolloutStatus::Running
-            || current.state.results.contains_key(&job.tenant_id)
-        {
-            // Cancelled, halted, or already recorded: make sure the rollout moved on, nothing else.
-            return self.advanced(&current).await;
-        }
-        let bundle = match self.bundles.get(bundle_key(&job.deployment_id)).await {
-            Ok(Some(bytes)) => match serde_json::from_slice::<DeployBundle>(&bytes) {
-                Ok(bundle) => bundle,
-                Err(e) => {
-                    return Outcome::Poison {
-                        reason: format!("stored bundle unreadable: {e}"),
-                    };
-                }
-            },
-            Ok(None) => {
-                return Outcome::Poison {
-                    reason: format!("bundle of {} missing", job.deployment_id),
-                };
+        let key = if job.rollback {
+            if current.state.status != RolloutStatus::RollingBack {
+                return self.settled(current).await;
             }
-            Err(e) => return Outcome::transient_error(&e),
+            EntryKey::Rollback(job.tenant_id.clone())
+        } else {
+            if current.state.status != RolloutStatus::Running {
+                // Cancelled or halted: nothing to do but what the state calls for.
+                return self.settled(current).await;
+            }
+            EntryKey::Deploy(job.tenant_id.clone())
         };
+        // Recorded by an earlier delivery: make sure it counts, nothing else.
+        match self.results.get(id, &key).await {
+            Ok(Some((ResultEntry::Outcome { .. }, sequence))) => {
+                return self.counted(id, sequence).await;
+            }
+            Ok(_) => {}
+            Err(e) => return Outcome::transient_error(&e),
+        }
         let started = Instant::now();
-        let outcome = match self
-            .deploy_tenant(&current.state, &bundle, &job.tenant_id)
-            .await
-        {
-            Ok(outcome) => outcome,
-            Err(e) if e.is_transient() => return Outcome::transient_error(&e),
-            Err(e) => TenantOutcome::failed(error_chain(&e)),
+        let outcome = if job.rollback {
+            match self.rollback_tenant(&current.state, &job.tenant_id).await {
+                Ok(statements) => TenantOutcome::ready(statements),
+                Err(e) if e.is_transient() => return Outcome::transient_error(&e),
+                Err(e) => TenantOutcome::failed(error_chain(&e)),
+            }
+        } else {
+            let prepared = match self.prepared(id).await {
+                Ok(prepared) => prepared,
+                Err(outcome) => return outcome,
+            };
+            match self
+                .deploy_tenant(&current.state, &prepared, &job.tenant_id)
+                .await
+            {
+                Ok(outcome) => outcome,
+                Err(e) if e.is_transient() => return Outcome::transient_error(&e),
+                Err(e) => TenantOutcome::failed(error_chain(&e)),
+            }
         };
         let outcome = TenantOutcome {
             duration_ms: started.elapsed().as_millis() as u64,
             ..outcome
         };
-        if outcome.status == DeployStatus::Failed {
+        if outcome.status == DeployStatus::Failed && !job.rollback {
             let hook = Hook {
                 subject: "hooks.deploy.tenant_failed".to_owned(),
                 event: "deploy.tenant_failed".to_owned(),
                 version: 1,
                 entity: job.tenant_id.to_string(),
-                transition: format!("{}", job.deployment_id),
+                transition: format!("{id}:{}", current.state.resumes),
                 at: chrono::Utc::now(),
-                data: json!({"deploymentId": job.deployment_id, "tenantId": job.tenant_id, "error": outcome.error}),
+                data: json!({"deploymentId": id, "tenantId": job.tenant_id, "error": outcome.error}),
             };
             if let Err(e) = self.hooks.publish(&hook).await {
                 return Outcome::transient_error(&e);
             }
         }
-        self.record_and_advance(&job.deployment_id, |cur| {
-            rollout::record(
-                cur,
-                &job.deployment_id,
-                &job.tenant_id,
-                &outcome,
-                &Timestamp::now(),
-            )
-        })
-        .await
-    }
-
-    /// Writes a tenant's result into the deployment, then publishes what that opens up (the
-    /// next wave, the remaining rollbacks, the end-of-deployment hook).
-    async fn record_and_advance(
-        &self,
-        id: &DeploymentId,
-        decide: impl Fn(
-            Option<&Versioned<Deployment>>,
-        ) -> Result<fleet_runtime::Decision<Deployment>, RolloutError>,
-    ) -> Outcome {
-        match self.deployments.transition(id.as_str(), decide).await {
-            Ok(Some(written)) => self.advanced(&written).await,
-            Ok(None) => Outcome::Done,
+        let entry = ResultEntry::Outcome {
+            wave: job.wave,
+            outcome,
+        };
+        match self.results.record(id, &key, &entry).await {
+            Ok(sequence) => self.counted(id, sequence).await,
             Err(e) => Outcome::transient_error(&e),
         }
     }
 
-    /// [`Self::advance`] as a job outcome.
-    async fn advanced(&self, deployment: &Versioned<Deployment>) -> Outcome {
-        match self.advance(deployment).await {
-            Ok(()) => Outcome::Done,
+    /// Folds until the result at `sequence` counts, then publishes what that opened up (the
+    /// next wave, the end-of-deployment hook).
+    async fn counted(&self, id: &DeploymentId, sequence: u64) -> Outcome {
+        match self.fold(id, Some(sequence)).await {
+            Ok(head) => self.settled(head).await,
             Err(e) => Outcome::transient_error(&e),
         }
     }
@@ -655,6 +851,14 @@ impl Deployer {
         let id = control.deployment_id;
         let written = match control.action {
             fleet_protocol::DeployControlAction::Resume => {
+                if let Err(e) = self.mark_failed_for_retry(&id).await {
+                    return match e {
+                        DeployerError::Unknown(_) => Outcome::Poison {
+                            reason: format!("unknown deployment {id}"),
+                        },
+                        e => Outcome::transient_error(&e),
+                    };
+                }
                 self.deployments
                     .transition(id.as_str(), |cur| {
                         rollout::resume(cur, &id, &Timestamp::now())
@@ -670,10 +874,7 @@ impl Deployer {
             }
         };
         match written {
-            Ok(Some(current)) if control.action == fleet_protocol::DeployControlAction::Resume => {
-                self.advanced(&current).await
-            }
-            Ok(Some(_)) => Outcome::Done,
+            Ok(Some(current)) => self.settled(current).await,
             Ok(None) => Outcome::Poison {
                 reason: format!("unknown deployment {id}"),
             },
@@ -682,7 +883,45 @@ impl Deployer {
         }
     }
 
+    /// Before a resume of a halted or cancelled deployment: each failed outcome becomes a retry
+    /// marker, and every entry is folded, so the resumed rollout counts only what stands.
+    async fn mark_failed_for_retry(&self, id: &DeploymentId) -> Result<(), DeployerError> {
+        let head = self.head(id).await?;
+        if !matches!(
+            head.state.status,
+            RolloutStatus::Halted | RolloutStatus::Cancelled
+        ) {
+            return Ok(());
+        }
+        for written in self
+            .results
+            .list(id)
+            .await
+            .map_err(DeployerError::Results)?
+        {
+            if let (EntryKey::Deploy(tenant), ResultEntry::Outcome { outcome, .. }) =
+                (&written.key, &written.entry)
+                && outcome.status == DeployStatus::Failed
+            {
+                self.results
+                    .mark_retry(id, tenant, written.sequence)
+                    .await
+                    .map_err(DeployerError::Results)?;
+            }
+        }
+        self.fold(id, None).await.map(|_| ())
+    }
+
     async fn rollback_requested(&self, id: DeploymentId) -> Outcome {
+        // Everything recorded so far counts before the rollback fixes what it undoes.
+        if let Err(e) = self.fold(&id, None).await {
+            return match e {
+                DeployerError::Unknown(_) => Outcome::Poison {
+                    reason: format!("unknown deployment {id}"),
+                },
+                e => Outcome::transient_error(&e),
+            };
+        }
         match self
             .deployments
             .transition(id.as_str(), |cur| {
@@ -690,36 +929,13 @@ impl Deployer {
             })
             .await
         {
-            Ok(Some(current)) => self.advanced(&current).await,
+            Ok(Some(current)) => self.settled(current).await,
             Ok(None) => Outcome::Poison {
                 reason: format!("unknown deployment {id}"),
             },
             Err(fleet_runtime::StateError::Refused(e)) => Outcome::poison(&e),
             Err(e) => Outcome::transient_error(&e),
         }
-    }
-
-    /// Undoes the deployment on one tenant: its stored rollback plan, and the deployment's
-    /// registry row removed, in one transaction.
-    async fn rollback_job(&self, current: &Versioned<Deployment>, tenant: &TenantId) -> Outcome {
-        let d = &current.state;
-        if d.status != RolloutStatus::RollingBack || d.rollbacks.contains_key(tenant) {
-            return self.advanced(current).await;
-        }
-        let started = Instant::now();
-        let outcome = match self.rollback_tenant(d, tenant).await {
-            Ok(statements) => TenantOutcome::ready(statements),
-            Err(e) if e.is_transient() => return Outcome::transient_error(&e),
-            Err(e) => TenantOutcome::failed(error_chain(&e)),
-        };
-        let outcome = TenantOutcome {
-            duration_ms: started.elapsed().as_millis() as u64,
-            ..outcome
-        };
-        self.record_and_advance(&d.id, |cur| {
-            rollout::record_rollback(cur, &d.id, tenant, &outcome, &Timestamp::now())
-        })
-        .await
     }
 
     async fn rollback_tenant(&self, d: &Deployment, tenant: &TenantId) -> Result<u64, TenantError> {
@@ -811,13 +1027,12 @@ impl Deployer {
     async fn deploy_tenant(
         &self,
         d: &Deployment,
-        bundle: &DeployBundle,
+        prepared: &Prepared,
         tenant: &TenantId,
     ) -> Result<TenantOutcome, TenantError> {
         // validating: the tenant is active, its stored token opens its database
         let (record, conn) = self.tenant_connection(tenant).await?;
-        let objects: Vec<ObjectDefinition> =
-            bundle.object_definitions().map_err(TenantError::Bundle)?;
+        let objects = &prepared.objects;
         let already = count(
             &conn,
             "SELECT count(*) FROM sys_deployment WHERE version = ?1 AND checksum = ?2",
@@ -855,10 +1070,9 @@ impl Deployer {
             }
         }
         // diffing
-        let desired = fleet_schema::system::with_system_objects(&objects);
         let planned = match fleet_schema::plan_database(
             &conn,
-            &desired,
+            &prepared.desired,
             PlanOptions {
                 allow_destructive: d.allow_destructive,
             },
@@ -882,7 +1096,7 @@ impl Deployer {
             return Ok(outcome);
         }
         // migrating + registering, in one transaction
-        let registry = registry_statements(d, bundle, &planned.plan);
+        let registry = registry_statements(d, &prepared.bundle, &planned.plan);
         fleet_schema::apply_plan_with(&conn, &planned.plan, &registry)
             .await
             .map_err(TenantError::Apply)?;

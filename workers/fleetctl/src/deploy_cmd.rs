@@ -11,11 +11,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use async_nats::HeaderMap;
 use clap::{Args, Subcommand};
+use fleet_control::DeployResults;
 use fleet_protocol::{
     DeployControl, DeployControlAction, DeployRequest, DeployTarget, DeploymentId, RolloutOptions,
     TenantId, Timestamp,
 };
-use fleet_rollouts::{self as rollout, Deployment, RolloutStatus};
+use fleet_rollouts::{self as rollout, Deployment, EntryKey, ResultEntry, RolloutStatus};
 use fleet_runtime::{Runtime, StateStore};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::{Map, Value, json};
@@ -124,6 +125,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let config = fleet_config::Config::load()?;
     let runtime = Runtime::connect(&config).await?;
     let deployments = fleet_control::deployments(&runtime).await?;
+    let results = fleet_control::deploy_results(&runtime).await?;
     match args.action {
         Some(DeployAction::Status { id, json }) => {
             let id = DeploymentId::parse(id)?;
@@ -135,10 +137,19 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("no deployment {id}");
                 return Ok(ExitCode::from(1));
             };
+            let failures = failures(&results, &d).await?;
             if json {
-                say!("{}", serde_json::to_string_pretty(&d)?);
+                let failures: Vec<Value> = failures
+                    .iter()
+                    .map(|(tenant, error)| json!({"tenantId": tenant, "error": error}))
+                    .collect();
+                let mut document = serde_json::to_value(&d)?;
+                if let Some(object) = document.as_object_mut() {
+                    object.insert("failures".into(), Value::Array(failures));
+                }
+                say!("{}", serde_json::to_string_pretty(&document)?);
             } else {
-                print_summary(&d);
+                print_summary(&d, &failures);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -168,9 +179,8 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
                     .map(|v| v.state)
                     && d.status == RolloutStatus::RolledBack
                 {
-                    print_summary(&d);
-                    let failed = d.rollbacks.values().filter(|r| r.error.is_some()).count();
-                    return Ok(if failed == 0 {
+                    print_summary(&d, &failures(&results, &d).await?);
+                    return Ok(if d.rollback_tally.failed == 0 {
                         ExitCode::SUCCESS
                     } else {
                         ExitCode::from(1)
@@ -236,7 +246,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
                 say!("{id}");
                 return Ok(ExitCode::SUCCESS);
             }
-            watch(&deployments, &id).await
+            watch(&deployments, &results, &id).await
         }
     }
 }
@@ -319,6 +329,7 @@ async fn control(
 /// Follows a deployment with a progress bar per wave until it ends.
 async fn watch(
     deployments: &StateStore<Deployment>,
+    results: &DeployResults,
     id: &DeploymentId,
 ) -> anyhow::Result<ExitCode> {
     let bars = MultiProgress::new();
@@ -335,22 +346,21 @@ async fn watch(
             continue;
         };
         if wave_bars.is_empty() {
-            for (i, wave) in d.waves.iter().enumerate() {
-                let bar = bars.add(ProgressBar::new(wave.len() as u64));
+            for wave in 0..d.wave_ends.len() {
+                let range = d.wave_range(wave);
+                let bar = bars.add(ProgressBar::new(range.end - range.start));
                 bar.set_style(style.clone());
-                bar.set_prefix(format!("wave {}", i + 1));
+                bar.set_prefix(format!("wave {}", wave + 1));
                 wave_bars.push(bar);
             }
         }
-        for (wave, bar) in d.waves.iter().zip(&wave_bars) {
-            let done = wave.iter().filter(|t| d.results.contains_key(*t)).count();
-            let failed = wave
-                .iter()
-                .filter(|t| d.results.get(*t).is_some_and(|r| r.error.is_some()))
-                .count();
-            bar.set_position(done as u64);
-            bar.set_message(if failed > 0 {
-                format!("{failed} failed")
+        // Waves run in order: the results so far fill the waves from the first.
+        let recorded = d.tally.recorded();
+        for (wave, bar) in wave_bars.iter().enumerate() {
+            let range = d.wave_range(wave);
+            bar.set_position(recorded.clamp(range.start, range.end) - range.start);
+            bar.set_message(if wave == d.current_wave && d.tally.failed > 0 {
+                format!("{} failed so far", d.tally.failed)
             } else {
                 String::new()
             });
@@ -359,7 +369,7 @@ async fn watch(
             for bar in &wave_bars {
                 bar.abandon();
             }
-            print_summary(&d);
+            print_summary(&d, &failures(results, &d).await?);
             return Ok(if d.status == RolloutStatus::Completed {
                 ExitCode::SUCCESS
             } else {
@@ -372,37 +382,60 @@ async fn watch(
     Ok(ExitCode::from(1))
 }
 
-fn print_summary(d: &Deployment) {
+/// The failed tenants of a deployment (or of its rollback) and their errors: one listing of
+/// its entries, only when its tallies say there are failures.
+async fn failures(
+    results: &DeployResults,
+    d: &Deployment,
+) -> anyhow::Result<Vec<(TenantId, String)>> {
+    if d.tally.failed == 0 && d.rollback_tally.failed == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(results
+        .list(&d.id)
+        .await?
+        .into_iter()
+        .filter_map(|w| match (w.key, w.entry) {
+            (
+                EntryKey::Deploy(tenant) | EntryKey::Rollback(tenant),
+                ResultEntry::Outcome { outcome, .. },
+            ) if outcome.error.is_some() => Some((tenant, outcome.error.unwrap_or_default())),
+            _ => None,
+        })
+        .collect())
+}
+
+fn print_summary(d: &Deployment, failures: &[(TenantId, String)]) {
     let (ready, failed, pending) = d.counts();
-    let skipped = d.results.values().filter(|r| r.skipped).count();
+    let t = &d.tally;
     say!(
-        "deployment {}  version {}  {:?}{}  ready {ready} (skipped {skipped})  failed {failed}  pending {pending}",
+        "deployment {}  version {}  {:?}{}  ready {ready} (skipped {})  failed {failed}  pending {pending}",
         d.id,
         d.version,
         d.status,
-        if d.dry_run { " (dry run)" } else { "" }
+        if d.dry_run { " (dry run)" } else { "" },
+        t.skipped
     );
     if let Some(reason) = &d.reason {
         say!("reason: {reason}");
     }
     if d.dry_run {
-        let changing = d.results.values().filter(|r| r.statements > 0).count();
-        let breaking = d.results.values().filter(|r| r.breaking).count();
-        let [added, modified, removed] = d.results.values().fold([0, 0, 0], |acc, r| {
-            [
-                acc[0] + r.changes[0],
-                acc[1] + r.changes[1],
-                acc[2] + r.changes[2],
-            ]
-        });
+        let [added, modified, removed] = t.changes;
         say!(
-            "dry run: {changing} tenant(s) would change ({added} added, {modified} modified, {removed} removed in all); {breaking} with breaking changes"
+            "dry run: {} tenant(s) would change ({added} added, {modified} modified, {removed} removed in all); {} with breaking changes",
+            t.changed,
+            t.breaking
         );
     }
-    for (tenant, result) in d.results.iter().filter(|(_, r)| r.error.is_some()) {
+    if d.rollback_targets > 0 {
         say!(
-            "  failed {tenant}: {}",
-            result.error.as_deref().unwrap_or_default()
+            "rollback: {} of {} undone, {} failed",
+            d.rollback_tally.ready,
+            d.rollback_targets,
+            d.rollback_tally.failed
         );
+    }
+    for (tenant, error) in failures {
+        say!("  failed {tenant}: {error}");
     }
 }

@@ -27,10 +27,7 @@ async fn a_bundle_rolls_out_to_300_tenants_in_three_waves() {
         .await;
     let d = fleet.finished("d1", Duration::from_secs(240)).await;
     assert_eq!(d.status, RolloutStatus::Completed, "{:?}", d.reason);
-    assert_eq!(
-        d.waves.iter().map(Vec::len).collect::<Vec<_>>(),
-        vec![1, 29, 270]
-    );
+    assert_eq!(d.wave_ends, vec![1, 30, 300]);
     assert_eq!(d.counts(), (300, 0, 0));
     let bundle: fleet_protocol::DeployBundle = serde_json::from_value(crm("v1")).unwrap();
     let desired = fleet_schema::desired_schema(&fleet_schema::system::with_system_objects(
@@ -82,7 +79,7 @@ async fn a_bundle_rolls_out_to_300_tenants_in_three_waves() {
     let again = fleet.finished("d2", Duration::from_secs(120)).await;
     assert_eq!(again.status, RolloutStatus::Completed);
     assert!(
-        again.results.values().all(|r| r.skipped),
+        fleet.results("d2").await.values().all(|r| r.skipped),
         "re-running a deployed version is a no-op"
     );
 }
@@ -111,8 +108,8 @@ async fn failures_past_the_ratio_halt_the_rollout_and_leave_the_rest_untouched()
     let d = fleet.finished("d1", Duration::from_secs(120)).await;
     assert_eq!(d.status, RolloutStatus::Halted, "{d:?}");
     assert!(d.reason.as_deref().unwrap().contains("failure ratio"));
-    let failed: Vec<_> = d
-        .results
+    let results = fleet.results("d1").await;
+    let failed: Vec<_> = results
         .iter()
         .filter(|(_, r)| r.status == DeployStatus::Failed)
         .collect();
@@ -125,10 +122,7 @@ async fn failures_past_the_ratio_halt_the_rollout_and_leave_the_rest_untouched()
     );
     // The third wave never started.
     for tenant in &tenants[10..] {
-        assert!(
-            !d.results
-                .contains_key(&fleet_protocol::TenantId::parse(tenant.clone()).unwrap())
-        );
+        assert!(!results.contains_key(tenant));
         assert!(
             !fleet
                 .tables(tenant)
@@ -223,12 +217,17 @@ async fn a_dry_run_plans_every_tenant_and_changes_nothing() {
     let d = fleet.finished("dry", Duration::from_secs(60)).await;
     assert_eq!(d.status, RolloutStatus::Completed);
     assert!(d.dry_run);
+    let results = fleet.results("dry").await;
     assert!(
-        d.results
-            .values()
-            .all(|r| r.statements == 7 && r.changes == [3, 0, 0]),
-        "{:?}",
-        d.results
+        results.len() == tenants.len()
+            && results
+                .values()
+                .all(|r| r.statements == 7 && r.changes == [3, 0, 0]),
+        "{results:?}"
+    );
+    assert_eq!(
+        (d.tally.changed, d.tally.changes),
+        (tenants.len() as u64, [3 * tenants.len() as u64, 0, 0])
     );
     for tenant in &tenants {
         assert!(
@@ -300,7 +299,7 @@ async fn a_deployer_killed_mid_deployment_resumes_where_it_stopped() {
             fleet
                 .deployment("d1")
                 .await
-                .is_some_and(|d| d.results.len() >= 5)
+                .is_some_and(|d| d.tally.recorded() >= 5)
         })
         .await;
     fleet.kill_deployer(first);
@@ -309,7 +308,9 @@ async fn a_deployer_killed_mid_deployment_resumes_where_it_stopped() {
     assert_eq!(d.status, RolloutStatus::Completed, "{:?}", d.reason);
     assert_eq!(d.counts(), (40, 0, 0));
     assert_eq!(fleet.hooks("hooks.deploy.completed").await.len(), 1);
-    for tenant in d.results.keys() {
+    let results = fleet.results("d1").await;
+    assert_eq!(results.len(), 40);
+    for tenant in results.keys() {
         assert_eq!(
             fleet
                 .count(
@@ -354,13 +355,12 @@ async fn a_destructive_bundle_is_refused_without_the_flag() {
         .await;
     let refused = fleet.finished("drop", Duration::from_secs(60)).await;
     assert_eq!(refused.counts(), (0, 3, 0));
+    let results = fleet.results("drop").await;
     assert!(
-        refused
-            .results
+        results
             .values()
             .all(|r| r.error.as_deref().unwrap().contains("lose data")),
-        "{:?}",
-        refused.results
+        "{results:?}"
     );
     assert!(
         fleet
@@ -382,7 +382,7 @@ async fn a_destructive_bundle_is_refused_without_the_flag() {
         accepted.status,
         RolloutStatus::Completed,
         "{:?}",
-        accepted.results
+        fleet.results("drop-ok").await
     );
     assert!(
         !fleet
@@ -468,11 +468,12 @@ async fn a_reversible_deployment_is_rolled_back_to_the_previous_schema() {
         })
         .await;
     let d = fleet.deployment("v11").await.unwrap();
+    let rollbacks = fleet.outcomes("v11", true).await;
     assert!(
-        d.rollbacks.values().all(|r| r.error.is_none()),
-        "{:?}",
-        d.rollbacks
+        !rollbacks.is_empty() && rollbacks.values().all(|r| r.error.is_none()),
+        "{rollbacks:?}"
     );
+    assert_eq!(d.rollback_tally.ready, d.rollback_targets);
     let after = fleet_schema::introspect(&fleet.connect(&tenants[0]).await)
         .await
         .unwrap();

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
-use fleet_deployer::rollout::{Deployment, RolloutStatus};
+use std::collections::BTreeMap;
+
+use fleet_deployer::rollout::{Deployment, EntryKey, ResultEntry, RolloutStatus, TenantOutcome};
 use fleet_provisioner::Provisioner;
 use fleet_runtime::topology::names;
 use fleet_runtime::worker::{Worker, WorkerContext};
@@ -28,6 +30,7 @@ pub struct Fleet {
     pub publisher: Publisher,
     pub tenants: StateStore<TenantRecord>,
     pub deployments: StateStore<Deployment>,
+    pub results: fleet_control::DeployResults,
     _provisioner: watch::Sender<bool>,
 }
 
@@ -53,6 +56,7 @@ impl Fleet {
         let (js, publisher) = (runtime.js.clone(), runtime.publisher.clone());
         let tenants = fleet_control::tenants(&runtime).await.unwrap();
         let deployments = fleet_control::deployments(&runtime).await.unwrap();
+        let results = fleet_control::deploy_results(&runtime).await.unwrap();
         // The provisioner, in process: built and run as its binary would be.
         let context = WorkerContext {
             config: config.clone(),
@@ -77,6 +81,7 @@ impl Fleet {
             publisher,
             tenants,
             deployments,
+            results,
             _provisioner: stop,
         }
     }
@@ -157,6 +162,31 @@ impl Fleet {
             .map(|v| v.state)
     }
 
+    /// The deploy outcomes of deployment `id` by tenant (`rollback`: its rollback outcomes).
+    pub async fn outcomes(&self, id: &str, rollback: bool) -> BTreeMap<String, TenantOutcome> {
+        let id = fleet_protocol::DeploymentId::parse(id).unwrap();
+        self.results
+            .list(&id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|w| match (w.key, w.entry) {
+                (EntryKey::Deploy(t), ResultEntry::Outcome { outcome, .. }) if !rollback => {
+                    Some((t.to_string(), outcome))
+                }
+                (EntryKey::Rollback(t), ResultEntry::Outcome { outcome, .. }) if rollback => {
+                    Some((t.to_string(), outcome))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The deploy outcomes of deployment `id` by tenant.
+    pub async fn results(&self, id: &str) -> BTreeMap<String, TenantOutcome> {
+        self.outcomes(id, false).await
+    }
+
     pub async fn finished(&self, id: &str, limit: Duration) -> Deployment {
         self.eventually(limit, "deployment finished", async || {
             self.deployment(id)
@@ -175,8 +205,8 @@ impl Fleet {
         for key in ["v1", "v11", "d1"] {
             if let Some(d) = self.deployment(key).await {
                 records.push_str(&format!(
-                    "{key}: {:?} {:?} rollbacks {:?}\n",
-                    d.status, d.reason, d.rollbacks
+                    "{key}: {:?} {:?} tally {:?} rollbacks {:?}\n",
+                    d.status, d.reason, d.tally, d.rollback_tally
                 ));
             }
         }

@@ -1,0 +1,254 @@
+//! The per-tenant entries of deployments (KV `fleet_deploy_results`, one revision per key):
+//! target lists, results, retry markers and rollback results, as `fleet-rollouts` names them
+//! ([`EntryKey`], [`ResultEntry`]). Every operation here touches one key or the entries of one
+//! deployment written after a given stream sequence — never the whole fleet on a per-tenant
+//! path. Only [`DeployResults::list`] reads a deployment's every entry: an operator's listing,
+//! a resume or a rollback (once per deployment, not per tenant).
+
+use std::ops::Range;
+
+use async_nats::jetstream::kv;
+use async_nats::jetstream::stream::DirectGetErrorKind;
+use bytes::Bytes;
+use fleet_protocol::{DeploymentId, TenantId};
+use fleet_rollouts::{EntryKey, ResultEntry, TARGET_CHUNK, Written, targets_key};
+
+/// Why an entry could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ResultsError {
+    /// The bucket did not answer (transient: the server is unreachable or slow).
+    #[error("fleet_deploy_results: {0}")]
+    Store(String),
+    /// A stored entry does not parse.
+    #[error("entry {key} does not parse: {message}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// A chunk of a deployment's target list is missing (written before the deployment, so
+    /// this is a bucket that lost data).
+    #[error("deployment {0}: target chunk {1} is missing")]
+    MissingTargets(DeploymentId, String),
+}
+
+impl ResultsError {
+    /// Whether retrying may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Store(_))
+    }
+}
+
+fn store_error(e: impl std::fmt::Display) -> ResultsError {
+    ResultsError::Store(e.to_string())
+}
+
+/// The `fleet_deploy_results` bucket.
+#[derive(Debug, Clone)]
+pub struct DeployResults {
+    kv: kv::Store,
+}
+
+impl DeployResults {
+    /// Entries in `kv` (the bucket `fleet_deploy_results` of the topology).
+    pub fn new(kv: kv::Store) -> Self {
+        Self { kv }
+    }
+
+    /// Writes attempt `attempt`'s target list of `id`, [`TARGET_CHUNK`] tenants per key (in
+    /// rollout order). Overwrites an earlier write of the same attempt.
+    pub async fn write_targets(
+        &self,
+        id: &DeploymentId,
+        attempt: &str,
+        targets: &[TenantId],
+    ) -> Result<(), ResultsError> {
+        use futures::{StreamExt, TryStreamExt};
+        let puts: Vec<_> = targets
+            .chunks(TARGET_CHUNK)
+            .enumerate()
+            .map(|(chunk, tenants)| {
+                let key = targets_key(id, attempt, chunk);
+                let value = Bytes::from(serde_json::to_vec(tenants).expect("tenant ids serialize"));
+                let kv = self.kv.clone();
+                async move { kv.put(key, value).await.map(|_| ()).map_err(store_error) }
+            })
+            .collect();
+        futures::stream::iter(puts)
+            .buffer_unordered(16)
+            .try_collect::<()>()
+            .await
+    }
+
+    /// Targets `range` (ordinals in rollout order) of `id`'s list written by `attempt`.
+    pub async fn targets(
+        &self,
+        id: &DeploymentId,
+        attempt: &str,
+        range: Range<u64>,
+    ) -> Result<Vec<TenantId>, ResultsError> {
+        let mut out = Vec::with_capacity((range.end - range.start) as usize);
+        if range.is_empty() {
+            return Ok(out);
+        }
+        let chunk = TARGET_CHUNK as u64;
+        for index in range.start / chunk..=(range.end - 1) / chunk {
+            let key = targets_key(id, attempt, index as usize);
+            let value = self
+                .kv
+                .get(&key)
+                .await
+                .map_err(store_error)?
+                .ok_or_else(|| ResultsError::MissingTargets(id.clone(), key.clone()))?;
+            let tenants: Vec<TenantId> =
+                serde_json::from_slice(&value).map_err(|e| ResultsError::Corrupt {
+                    key: key.clone(),
+                    message: e.to_string(),
+                })?;
+            let first = index * chunk;
+            for (offset, tenant) in tenants.into_iter().enumerate() {
+                if range.contains(&(first + offset as u64)) {
+                    out.push(tenant);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The entry at `key` of `id` and its revision.
+    pub async fn get(
+        &self,
+        id: &DeploymentId,
+        key: &EntryKey,
+    ) -> Result<Option<(ResultEntry, u64)>, ResultsError> {
+        let key = key.key(id);
+        let Some(entry) = self.kv.entry(&key).await.map_err(store_error)? else {
+            return Ok(None);
+        };
+        if entry.operation != kv::Operation::Put {
+            return Ok(None);
+        }
+        let value = serde_json::from_slice(&entry.value).map_err(|e| ResultsError::Corrupt {
+            key,
+            message: e.to_string(),
+        })?;
+        Ok(Some((value, entry.revision)))
+    }
+
+    /// Records a tenant's outcome at `key` unless one is there: the first outcome stands, a
+    /// retry marker is replaced. Returns the revision of the outcome that stands (ours or the
+    /// earlier one) — what a fold must reach before the result counts.
+    pub async fn record(
+        &self,
+        id: &DeploymentId,
+        key: &EntryKey,
+        entry: &ResultEntry,
+    ) -> Result<u64, ResultsError> {
+        let name = key.key(id);
+        let value = Bytes::from(serde_json::to_vec(entry).expect("entries serialize"));
+        for _ in 0..8 {
+            match self.kv.create(&name, value.clone()).await {
+                Ok(revision) => return Ok(revision),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(store_error(e)),
+            }
+            match self.get(id, key).await? {
+                Some((ResultEntry::Outcome { .. }, revision)) => return Ok(revision),
+                Some((ResultEntry::Retry { .. }, revision)) => {
+                    match self.kv.update(&name, value.clone(), revision).await {
+                        Ok(revision) => return Ok(revision),
+                        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                        Err(e) => return Err(store_error(e)),
+                    }
+                }
+                None => {} // deleted meanwhile: create again
+            }
+        }
+        Err(ResultsError::Store(format!(
+            "{name}: too many concurrent writers"
+        )))
+    }
+
+    /// Replaces the failed outcome at revision `failed` with a retry marker (a resume). `false`
+    /// when the entry changed since (already marked, or retried and recorded again).
+    pub async fn mark_retry(
+        &self,
+        id: &DeploymentId,
+        tenant: &TenantId,
+        failed: u64,
+    ) -> Result<bool, ResultsError> {
+        let value = serde_json::to_vec(&ResultEntry::Retry { replaces: failed })
+            .expect("entries serialize");
+        match self
+            .kv
+            .update(
+                EntryKey::Deploy(tenant.clone()).key(id),
+                value.into(),
+                failed,
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    /// The entries of `id` written after stream sequence `after`, in stream order, and the
+    /// sequence of the last one read (`after` when there are none).
+    pub async fn read_since(
+        &self,
+        id: &DeploymentId,
+        after: u64,
+    ) -> Result<(Vec<Written>, u64), ResultsError> {
+        let filter = format!("{}{id}.>", self.kv.prefix);
+        let mut out = Vec::new();
+        let mut through = after;
+        loop {
+            let message = match self
+                .kv
+                .stream
+                .direct_get_next_for_subject(filter.as_str(), Some(through + 1))
+                .await
+            {
+                Ok(message) => message,
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
+                Err(e) => return Err(store_error(e)),
+            };
+            through = message.sequence;
+            let Some(name) = message.subject.strip_prefix(self.kv.prefix.as_str()) else {
+                continue;
+            };
+            let deleted = message
+                .headers
+                .get("KV-Operation")
+                .is_some_and(|op| op.as_str() != "PUT");
+            if deleted || message.payload.is_empty() {
+                continue;
+            }
+            let Some(key) = EntryKey::parse(id, name) else {
+                continue;
+            };
+            if key == EntryKey::Targets {
+                continue;
+            }
+            let entry =
+                serde_json::from_slice(&message.payload).map_err(|e| ResultsError::Corrupt {
+                    key: name.to_owned(),
+                    message: e.to_string(),
+                })?;
+            out.push(Written {
+                sequence: message.sequence,
+                key,
+                entry,
+            });
+        }
+        Ok((out, through))
+    }
+
+    /// Every entry of `id` (the bucket keeps one revision per key: the latest of each).
+    pub async fn list(&self, id: &DeploymentId) -> Result<Vec<Written>, ResultsError> {
+        Ok(self.read_since(id, 0).await?.0)
+    }
+}
