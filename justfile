@@ -32,9 +32,11 @@ test: setup
     cargo clippy --workspace --all-targets -- -D warnings
     cargo test --workspace -- --show-output
 
-# Benchmarks: ratios against baselines measured in the same run (release build).
-bench:
-    cargo run --release --quiet -p fleet-bench
+# Benchmarks against raw floors measured in the same run (release builds); see bench/README.md.
+# `just bench --tenants 500 --scale 0` is a quick run.
+bench *args: nats-server
+    cargo build --release --quiet -p provisioner -p deployer -p fleet-bench
+    target/release/fleet-bench {{args}}
 
 # Format the code.
 fmt:

@@ -78,8 +78,9 @@ echo '{"tenantId":"acme","orgId":"org_42","plan":"pro","region":"eu-west","displ
 step "7. CRM v1 deployed to tenant acme's database (the local backend: a libSQL file), some rows"
 # fleetctl issues itself a short-lived token and opens the database the way every worker will;
 # the tenant's base system tables stay part of the desired schema.
-tenant_db="$demo/tenants/acme.db"
 "$fleetctl" db apply --tenant acme --bundle examples/crm-v1.bundle.json | tail -1
+# The local backend spreads tenant files over 256 shard folders.
+tenant_db="$(find "$demo/tenants" -name acme.db | head -1)"
 python3 - "$tenant_db" <<'PY'
 import sqlite3, sys
 c = sqlite3.connect(sys.argv[1])
@@ -108,7 +109,7 @@ PY
 echo "planning v2 again:"
 "$fleetctl" db plan --tenant acme --bundle examples/crm-v2.bundle.json --format text
 echo "the tenant's record (tokens are kept as hashes only):"
-python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("  tenant", r["tenant"], "group", r["group"], "tokens", [t["scope"] for t in r["tokens"]])' "$demo/tenants/acme.meta.json"
+python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("  tenant", r["tenant"], "group", r["group"], "tokens", [t["scope"] for t in r["tokens"]])' "${tenant_db%.db}.meta.json"
 
 step "10. The CRM bundle deployed to every demo tenant, in waves (canary, 10%, the rest)"
 # acme already has CRM v2 (steps 7-9); the others get it from scratch. A dry run first.

@@ -1,155 +1,326 @@
-//! `just bench`: measures the fleet's hot paths against baselines run in the same process, and
-//! prints ratios (never absolute claims; nothing here is asserted).
+//! `just bench [--tenants N] [--scale M]`: the fleet's hot paths measured against raw floors
+//! run in the same process and the same hour, printed as ratios and written to
+//! `bench/results/latest.json`. Nothing here is asserted: the targets are printed as met or
+//! not. See `bench/README.md` for what each number means.
 //!
-//! - validating a deploy bundle (every issue, paths, defaults) vs a plain serde decode;
-//! - planning + applying CRM v1 on a fresh libSQL file vs executing the same DDL directly;
-//! - a tenant connection from the router-style cache (open once, connect per request) vs opening
-//!   the database file for every request.
+//! 1. provisioning — N `tenant.created` at full speed through a local nats-server and the
+//!    release provisioner → all active (tenants/s, register → active latency), then a fixed
+//!    offered load at half that maximum; vs the same database work in a plain loop on every
+//!    core, and vs the `sqlite3` shell applying the same SQL;
+//! 2. fleet deploy — CRM v1, then v2 (new objects and fields, table rebuilds), to all N
+//!    tenants in waves 1, 10 %, 100 %; vs the same migrations by hand and through the shell;
+//! 3. the schema engine alone — a 50-object bundle planned and applied, introspection;
+//! 4. memory — each worker's resident set idle and at its peak under load;
+//! 5. scale — the fleet run again with M tenants (default 10 000; `--scale 0` skips it), cost
+//!    per tenant side by side with N's.
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+mod baseline;
+mod fleet;
+mod scenarios;
+mod sys;
 
-use fleet_protocol::{DeployBundle, parse_value};
-use fleet_schema::{PlanOptions, apply_plan, open_local, plan_database};
-use fleet_tenantdb::{LocalBackend, TenantDatabases};
+use anyhow::Context;
+use serde_json::{Value, json};
 
-/// Median duration of `runs` runs of `f`.
-async fn median<F, Fut>(runs: usize, mut f: F) -> Duration
-where
-    F: FnMut(usize) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let mut times = Vec::with_capacity(runs);
-    for i in 0..runs {
-        let started = Instant::now();
-        f(i).await;
-        times.push(started.elapsed());
-    }
-    times.sort();
-    times[runs / 2]
+use crate::scenarios::round;
+
+/// Command-line arguments.
+#[derive(Debug)]
+struct Args {
+    tenants: usize,
+    scale: usize,
+    out: std::path::PathBuf,
 }
 
-fn report(name: &str, measured: Duration, baseline_name: &str, baseline: Duration) {
-    let ratio = measured.as_secs_f64() / baseline.as_secs_f64().max(f64::EPSILON);
-    println!(
-        "{name:<44} {:>10.3} ms   {ratio:>6.2}× {baseline_name} ({:.3} ms)",
-        measured.as_secs_f64() * 1e3,
-        baseline.as_secs_f64() * 1e3
-    );
-}
-
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let text = std::fs::read_to_string(root.join("examples/crm-v1.bundle.json"))
-        .expect("examples/crm-v1.bundle.json");
-    let document: serde_json::Value = serde_json::from_str(&text).expect("JSON");
-    let bundle: DeployBundle = serde_json::from_value(document.clone()).expect("a bundle");
-    let objects = bundle.object_definitions().expect("valid objects");
-    println!("fleet benchmarks (median of repeated runs; ratios against same-run baselines)\n");
-
-    // 1. Validation vs decode.
-    let decode = median(200, |_| {
-        let d = document.clone();
-        async move {
-            std::hint::black_box(serde_json::from_value::<DeployBundle>(d).unwrap());
-        }
-    })
-    .await;
-    let validate = median(200, |_| {
-        let d = document.clone();
-        async move {
-            std::hint::black_box(parse_value::<DeployBundle>(&d).unwrap());
-        }
-    })
-    .await;
-    report(
-        "validate DeployBundle (all issues, paths)",
-        validate,
-        "plain serde decode",
-        decode,
-    );
-
-    // 2. Plan + apply vs raw DDL.
-    let dir = tempfile::tempdir().expect("temp dir");
-    let planned = {
-        let conn = open_local(&dir.path().join("probe.db")).await.unwrap();
-        plan_database(&conn, &objects, PlanOptions::default())
-            .await
-            .unwrap()
+fn args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        tenants: 2000,
+        scale: 10_000,
+        out: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results/latest.json"),
     };
-    let ddl: Vec<String> = planned
-        .plan
-        .statements
-        .iter()
-        .map(|s| s.sql.clone())
-        .collect();
-    let raw = median(30, |i| {
-        let path = dir.path().join(format!("raw-{i}.db"));
-        let ddl = ddl.clone();
-        async move {
-            let conn = open_local(&path).await.unwrap();
-            conn.execute_batch(&format!("BEGIN; {}; COMMIT;", ddl.join(";\n")))
-                .await
-                .unwrap();
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--tenants" => args.tenants = value()?.parse()?,
+            "--scale" => args.scale = value()?.parse()?,
+            "--out" => args.out = value()?.into(),
+            "-h" | "--help" => {
+                println!(
+                    "just bench [--tenants N (2000)] [--scale M (10000; 0 skips)] [--out FILE]"
+                );
+                std::process::exit(0);
+            }
+            other => anyhow::bail!("unknown argument {other:?} (try --help)"),
         }
-    })
-    .await;
-    let engine = median(30, |i| {
-        let path = dir.path().join(format!("engine-{i}.db"));
-        let objects = objects.clone();
-        async move {
-            let conn = open_local(&path).await.unwrap();
-            let planned = plan_database(&conn, &objects, PlanOptions::default())
-                .await
-                .unwrap();
-            apply_plan(&conn, &planned.plan).await.unwrap();
-        }
-    })
-    .await;
-    report(
-        "introspect + diff + plan + apply CRM v1",
-        engine,
-        "the same DDL executed directly",
-        raw,
-    );
+    }
+    anyhow::ensure!(args.tenants >= 20, "--tenants must be at least 20");
+    Ok(args)
+}
 
-    // 3. Cached database handle vs open per request.
-    let backend = LocalBackend::new(dir.path().join("tenants"), "");
-    let tenant = fleet_protocol::TenantId::parse("bench").unwrap();
-    backend.create_database(&tenant, None).await.unwrap();
-    let name = backend.database_name(&tenant);
-    let token = backend
-        .issue_token(
-            &name,
-            fleet_protocol::turso::TursoTokenScope::FullAccess,
-            None,
-        )
-        .await
-        .unwrap()
-        .token;
-    let cached = backend.open(&name, &token).await.unwrap();
-    let per_request = median(200, |_| {
-        let (backend, name, token) = (&backend, name.clone(), token.clone());
-        async move {
-            let db = backend.open(&name, &token).await.unwrap();
-            let conn = db.connect().await.unwrap();
-            conn.query("SELECT 1", ()).await.unwrap();
-        }
-    })
-    .await;
-    let from_cache = median(200, |_| {
-        let cached = &cached;
-        async move {
-            let conn = cached.connect().await.unwrap();
-            conn.query("SELECT 1", ()).await.unwrap();
-        }
-    })
-    .await;
-    report(
-        "tenant query via the cached database handle",
-        from_cache,
-        "opening the tenant db per request",
-        per_request,
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(0.0)
+}
+
+/// A target: the measured value, the goal, and whether it is met.
+fn target(name: &str, value: f64, goal: &str, met: bool) -> Value {
+    json!({"target": name, "value": round(value), "goal": goal, "met": met})
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = args()?;
+    let n = args.tenants;
+    eprintln!(
+        "bench: {n} tenants (scale run: {}), release build",
+        args.scale
     );
+    eprintln!("  schema engine …");
+    let engine = scenarios::engine().await?;
+    eprintln!("  raw floors for {n} tenants …");
+    let floors = scenarios::baselines(n).await?;
+    eprintln!("  the fleet with {n} tenants …");
+    let run = scenarios::fleet_run(n, true).await?;
+    let scale = if args.scale > 0 {
+        eprintln!("  the fleet with {} tenants …", args.scale);
+        Some(scenarios::fleet_run(args.scale, false).await?)
+    } else {
+        None
+    };
+
+    let p = &run["provisioning"];
+    let prov_rate = f(&p["tenantsPerSecond"]);
+    let prov_floor = f(&floors["provisioning"]["inProcess"]["tenantsPerSecond"]);
+    let prov_shell = f(&floors["provisioning"]["sqlite3"]["tenantsPerSecond"]);
+    let half_p99 = f(&p["halfLoad"]["latency"]["p99Ms"]);
+    let mut targets = vec![
+        target(
+            "provisioning vs raw floor",
+            prov_rate / prov_floor,
+            "≥ 0.7×",
+            prov_rate >= 0.7 * prov_floor,
+        ),
+        target(
+            "p99 register → active at half of max load (ms)",
+            half_p99,
+            "≤ 50 ms",
+            half_p99 <= 50.0,
+        ),
+    ];
+    if prov_shell > 0.0 {
+        targets.push(target(
+            "provisioning vs sqlite3 loop",
+            prov_rate / prov_shell,
+            "≥ 3×",
+            prov_rate >= 3.0 * prov_shell,
+        ));
+    }
+    for version in ["v1", "v2"] {
+        let rate = f(&run["deploy"][version]["tenantsPerSecond"]);
+        let floor = f(&floors["deploy"][version]["inProcess"]["tenantsPerSecond"]);
+        let shell = f(&floors["deploy"][version]["sqlite3"]["tenantsPerSecond"]);
+        targets.push(target(
+            &format!("deploy CRM {version} vs raw floor"),
+            rate / floor,
+            "≥ 0.8×",
+            rate >= 0.8 * floor,
+        ));
+        if shell > 0.0 {
+            targets.push(target(
+                &format!("deploy CRM {version} vs sqlite3 loop"),
+                rate / shell,
+                "≥ 3×",
+                rate >= 3.0 * shell,
+            ));
+        }
+    }
+    for worker in ["provisioner", "deployer"] {
+        let idle = f(&run["memory"]["idle"][format!("{worker}MiB")]);
+        targets.push(target(
+            &format!("{worker} idle RSS (MiB)"),
+            idle,
+            "≤ 40 MB",
+            idle * 1.048_576 <= 40.0,
+        ));
+    }
+    // Cost per tenant: CPU (worker + server) and wall time, at N and at the scale run's M.
+    let cost = |run: &Value, path: &str, worker: &str| {
+        let v = &run[path];
+        let (cpu, rate) = if path == "provisioning" {
+            (&v["cpuMsPerTenant"], f(&v["tenantsPerSecond"]))
+        } else {
+            (&v["v2"]["cpuMsPerTenant"], f(&v["v2"]["tenantsPerSecond"]))
+        };
+        (
+            f(&cpu[worker]) + f(&cpu["natsServer"]),
+            1e3 / rate.max(f64::EPSILON),
+        )
+    };
+    let mut scale_rows = Vec::new();
+    if let Some(big) = &scale {
+        for (path, worker) in [("provisioning", "provisioner"), ("deploy", "deployer")] {
+            let (cpu_n, wall_n) = cost(&run, path, worker);
+            let (cpu_m, wall_m) = cost(big, path, worker);
+            scale_rows.push(json!({
+                "path": path,
+                "cpuMsPerTenant": {"at": [n, args.scale], "values": [round(cpu_n), round(cpu_m)], "ratio": round(cpu_m / cpu_n)},
+                "wallMsPerTenant": {"at": [n, args.scale], "values": [round(wall_n), round(wall_m)], "ratio": round(wall_m / wall_n)},
+            }));
+            targets.push(target(
+                &format!("{path}: CPU per tenant at {} vs {n}", args.scale),
+                cpu_m / cpu_n,
+                "≤ 1.2×",
+                cpu_m <= 1.2 * cpu_n,
+            ));
+            targets.push(target(
+                &format!("{path}: wall time per tenant at {} vs {n}", args.scale),
+                wall_m / wall_n,
+                "≤ 1.2×",
+                wall_m <= 1.2 * wall_n,
+            ));
+        }
+    }
+
+    let results = json!({
+        "generatedAt": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "machine": sys::machine(),
+        "tenants": n,
+        "scaleTenants": args.scale,
+        "fleet": run,
+        "floors": floors,
+        "scaleRun": scale,
+        "scale": scale_rows,
+        "engine": engine,
+        "targets": targets,
+    });
+    print_table(&results);
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&results)? + "\n")?;
+    println!("\nwritten to {}", args.out.display());
+    Ok(())
+}
+
+fn print_table(r: &Value) {
+    let n = &r["tenants"];
+    let run = &r["fleet"];
+    let floors = &r["floors"];
+    let m = &r["machine"];
+    println!(
+        "\nfleet bench — {} × {} ({} GiB, {}, {}), {n} tenants\n",
+        m["cpus"],
+        m["cpuModel"].as_str().unwrap_or("?"),
+        m["memoryGiB"],
+        m["filesystem"].as_str().unwrap_or("?"),
+        m["kernel"].as_str().unwrap_or("?")
+    );
+    let p = &run["provisioning"];
+    println!("{:<52} {:>12}", "provisioning", "tenants/s");
+    println!(
+        "{:<52} {:>12}",
+        "  through the fleet (register → hook, full speed)", p["tenantsPerSecond"]
+    );
+    println!(
+        "{:<52} {:>12}",
+        "  raw floor: same work, plain loop, all cores",
+        floors["provisioning"]["inProcess"]["tenantsPerSecond"]
+    );
+    println!(
+        "{:<52} {:>12}",
+        "  sqlite3 shell loop, same SQL", floors["provisioning"]["sqlite3"]["tenantsPerSecond"]
+    );
+    println!(
+        "  latency at full speed: p50 {} ms, p99 {} ms, max {} ms",
+        p["latency"]["p50Ms"], p["latency"]["p99Ms"], p["latency"]["maxMs"]
+    );
+    println!(
+        "  latency at {} tenants/s offered (half of max): p50 {} ms, p99 {} ms",
+        p["halfLoad"]["offeredPerSecond"],
+        p["halfLoad"]["latency"]["p50Ms"],
+        p["halfLoad"]["latency"]["p99Ms"]
+    );
+    println!(
+        "  CPU per tenant: provisioner {} ms, nats-server {} ms",
+        p["cpuMsPerTenant"]["provisioner"], p["cpuMsPerTenant"]["natsServer"]
+    );
+    for version in ["v1", "v2"] {
+        let d = &run["deploy"][version];
+        println!(
+            "\n{:<52} {:>12}",
+            format!("fleet deploy CRM {version} (waves 1, 10%, 100%)"),
+            "tenants/s"
+        );
+        println!(
+            "{:<52} {:>12}",
+            "  through the fleet", d["tenantsPerSecond"]
+        );
+        println!(
+            "{:<52} {:>12}",
+            "  raw floor: same migration, plain loop, all cores",
+            floors["deploy"][version]["inProcess"]["tenantsPerSecond"]
+        );
+        println!(
+            "{:<52} {:>12}",
+            "  sqlite3 shell loop, same SQL",
+            floors["deploy"][version]["sqlite3"]["tenantsPerSecond"]
+        );
+        println!(
+            "  CPU per tenant: deployer {} ms, nats-server {} ms; total {} s",
+            d["cpuMsPerTenant"]["deployer"], d["cpuMsPerTenant"]["natsServer"], d["seconds"]
+        );
+    }
+    let e = &r["engine"];
+    println!(
+        "\nschema engine ({} objects, {} statements)",
+        e["objects"], e["statements"]
+    );
+    println!(
+        "  plan + apply {} ms vs raw DDL {} ms",
+        e["planApplyMs"], e["rawDdlMs"]
+    );
+    println!(
+        "  introspect {} ms vs reading sqlite_schema {} ms; re-plan (no change) {} ms",
+        e["introspectMs"], e["readSqliteSchemaMs"], e["replanUnchangedMs"]
+    );
+    println!(
+        "  validate CRM bundle {} ms vs plain serde decode {} ms",
+        e["validateBundleMs"], e["decodeBundleMs"]
+    );
+    let mem = &run["memory"];
+    println!(
+        "\nmemory (MiB): provisioner idle {} peak {}; deployer idle {} peak {}",
+        mem["idle"]["provisionerMiB"],
+        mem["peak"]["provisionerMiB"],
+        mem["idle"]["deployerMiB"],
+        mem["peak"]["deployerMiB"]
+    );
+    if let Some(rows) = r["scale"].as_array().filter(|rows| !rows.is_empty()) {
+        println!(
+            "\nscale: cost per tenant at {n} and at {} tenants",
+            r["scaleTenants"]
+        );
+        for row in rows {
+            println!(
+                "  {:<13} CPU {} → {} ms ({}×)   wall {} → {} ms ({}×)",
+                row["path"].as_str().unwrap_or_default(),
+                row["cpuMsPerTenant"]["values"][0],
+                row["cpuMsPerTenant"]["values"][1],
+                row["cpuMsPerTenant"]["ratio"],
+                row["wallMsPerTenant"]["values"][0],
+                row["wallMsPerTenant"]["values"][1],
+                row["wallMsPerTenant"]["ratio"],
+            );
+        }
+    }
+    println!("\ntargets");
+    for t in r["targets"].as_array().into_iter().flatten() {
+        println!(
+            "  {} {:<58} {:>9} (goal {})",
+            if t["met"] == true { "met " } else { "MISS" },
+            t["target"].as_str().unwrap_or_default(),
+            t["value"],
+            t["goal"].as_str().unwrap_or_default()
+        );
+    }
 }

@@ -1,9 +1,22 @@
 //! The embedded default: one libSQL file per tenant under the data dir.
 //!
-//! `<data_dir>/<database>.db` is the database (WAL mode; connections use `synchronous=FULL`, so a
-//! committed transaction survives power loss, and a busy timeout, so writers queue instead of
-//! failing). `<database>.meta.json` records its tenant, group, id and issued tokens (hashes
-//! only).
+//! `<data_dir>/<shard>/<database>.db` is the database (WAL mode; connections use
+//! `synchronous=FULL`, so a committed transaction survives power loss, and a busy timeout, so
+//! writers queue instead of failing). `<database>.meta.json` beside it records its tenant, group,
+//! id and issued tokens (hashes only). `<shard>` is the first byte of the SHA-256 of the
+//! database name in hex: 256 folders, so no directory holds every tenant's files (creating and
+//! deleting files in one huge directory puts the kernel's directory lock on every tenant's
+//! path). Databases created before the layout was sharded (directly under the data dir) are
+//! found where they are.
+//!
+//! ## Open databases
+//!
+//! [`LocalBackend::open`] checks the token against the record on every call, but keeps the
+//! opened database in a bounded LRU of handles ([`OPEN_DATABASES`]), keyed by the database and
+//! its record's id (a database deleted and created again is a new key): each step of a
+//! provisioning or a deployment connects to the same handle instead of opening the file again,
+//! so SQLite does not checkpoint and remove the write-ahead log at every step. A handle leaves
+//! the cache when evicted or when this backend deletes the database.
 //!
 //! ## Crash consistency
 //!
@@ -47,12 +60,25 @@ pub const LOCAL_GROUP: &str = "local";
 /// Lock stripes for record writers: bounded, whatever the number of tenants.
 const STRIPES: usize = 64;
 
+/// Open database handles a backend keeps (each holds up to three file descriptors: the
+/// database, its write-ahead log and its shared-memory index).
+pub const OPEN_DATABASES: u64 = 128;
+
 /// One libSQL file per tenant.
-#[derive(Debug)]
 pub struct LocalBackend {
     data_dir: PathBuf,
     prefix: String,
     stripes: [Mutex<()>; STRIPES],
+    open: moka::sync::Cache<(DatabaseName, String), std::sync::Arc<libsql::Database>>,
+}
+
+impl std::fmt::Debug for LocalBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBackend")
+            .field("data_dir", &self.data_dir)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a record file holds.
@@ -115,6 +141,15 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// The shard folder of `database`: the first byte of the SHA-256 of its name, in hex.
+fn shard(database: &DatabaseName) -> String {
+    use sha2::Digest;
+    format!(
+        "{:02x}",
+        sha2::Sha256::digest(database.as_str().as_bytes())[0]
+    )
+}
+
 /// Runs blocking file-system work off the async threads.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> TenantDbResult<T> + Send + 'static,
@@ -131,6 +166,7 @@ impl LocalBackend {
             data_dir: data_dir.into(),
             prefix: prefix.into(),
             stripes: std::array::from_fn(|_| Mutex::new(())),
+            open: moka::sync::Cache::new(OPEN_DATABASES),
         }
     }
 
@@ -139,16 +175,36 @@ impl LocalBackend {
         &self.data_dir
     }
 
-    fn db_path(&self, database: &DatabaseName) -> PathBuf {
-        self.data_dir.join(format!("{database}.db"))
+    /// The folder holding `database`'s files: its shard, or the data dir itself for a
+    /// database created before the layout was sharded.
+    pub fn database_dir(&self, database: &DatabaseName) -> PathBuf {
+        let sharded = self.data_dir.join(shard(database));
+        if !sharded.join(format!("{database}.meta.json")).exists()
+            && self.data_dir.join(format!("{database}.meta.json")).exists()
+        {
+            return self.data_dir.clone();
+        }
+        sharded
     }
 
-    fn record_path(&self, database: &DatabaseName) -> PathBuf {
-        self.data_dir.join(format!("{database}.meta.json"))
+    /// The database file of `database`.
+    pub fn database_path(&self, database: &DatabaseName) -> PathBuf {
+        self.database_dir(database).join(format!("{database}.db"))
+    }
+
+    /// The record (`.meta.json`) of `database`.
+    pub fn record_path(&self, database: &DatabaseName) -> PathBuf {
+        self.database_dir(database)
+            .join(format!("{database}.meta.json"))
+    }
+
+    fn db_path(&self, database: &DatabaseName) -> PathBuf {
+        self.database_path(database)
     }
 
     fn temp_path(&self, database: &DatabaseName) -> PathBuf {
-        self.data_dir.join(format!("{database}.meta.json.tmp"))
+        self.database_dir(database)
+            .join(format!("{database}.meta.json.tmp"))
     }
 
     /// The lock stripe of `database`'s record.
@@ -184,7 +240,7 @@ impl LocalBackend {
         let (path, tmp, dir) = (
             self.record_path(database),
             self.temp_path(database),
-            self.data_dir.clone(),
+            self.database_dir(database),
         );
         let name = database.clone();
         blocking(move || {
@@ -221,12 +277,17 @@ impl LocalBackend {
         let (path, tmp, dir) = (
             self.record_path(database),
             self.temp_path(database),
-            self.data_dir.clone(),
+            self.database_dir(database),
         );
         let (name, fresh) = (database.clone(), DatabaseRecord::new(tenant, group));
+        let data_dir = self.data_dir.clone();
         blocking(move || {
             let io = |what: String| TenantDbError::io(what);
-            std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+            if !dir.exists() {
+                std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+                // The new folder's own entry, made durable once.
+                sync_dir(&data_dir).map_err(io(format!("syncing {}", data_dir.display())))?;
+            }
             write_temp(&tmp, &fresh, "create_database")
                 .map_err(io(format!("writing the record of {name}")))?;
             match std::fs::hard_link(&tmp, &path) {
@@ -309,7 +370,7 @@ impl TenantDatabases for LocalBackend {
         crashpoint::reached("create_database.database_created");
         // One directory sync makes both new names (record, database) durable before the step
         // is recorded as done.
-        let dir = self.data_dir.clone();
+        let dir = self.database_dir(&database);
         blocking(move || {
             sync_dir(&dir).map_err(TenantDbError::io(format!("syncing {}", dir.display())))
         })
@@ -329,29 +390,41 @@ impl TenantDatabases for LocalBackend {
     }
 
     async fn list_databases(&self, group: Option<&str>) -> TenantDbResult<Vec<TursoDatabaseInfo>> {
-        let mut out = Vec::new();
-        let mut dir = match tokio::fs::read_dir(&self.data_dir).await {
-            Ok(dir) => dir,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => {
-                return Err(TenantDbError::io(format!(
-                    "listing {}",
-                    self.data_dir.display()
-                ))(e));
-            }
-        };
-        while let Some(entry) = dir
-            .next_entry()
-            .await
-            .map_err(TenantDbError::io("listing databases"))?
-        {
-            let file = entry.file_name().to_string_lossy().into_owned();
-            let Some(name) = file
-                .strip_suffix(".meta.json")
-                .and_then(|n| DatabaseName::parse(n).ok())
-            else {
-                continue;
+        // Records in the shard folders, and any created before the layout was sharded.
+        let root = self.data_dir.clone();
+        let names = blocking(move || {
+            let mut names = Vec::new();
+            let mut folders = vec![root.clone()];
+            let entries = match std::fs::read_dir(&root) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
+                Err(e) => {
+                    return Err(TenantDbError::io(format!("listing {}", root.display()))(e));
+                }
             };
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    folders.push(entry.path());
+                }
+            }
+            for folder in folders {
+                let entries = std::fs::read_dir(&folder)
+                    .map_err(TenantDbError::io(format!("listing {}", folder.display())))?;
+                for entry in entries.flatten() {
+                    let file = entry.file_name().to_string_lossy().into_owned();
+                    if let Some(name) = file
+                        .strip_suffix(".meta.json")
+                        .and_then(|n| DatabaseName::parse(n).ok())
+                    {
+                        names.push(name);
+                    }
+                }
+            }
+            Ok(names)
+        })
+        .await?;
+        let mut out = Vec::new();
+        for name in names {
             if let Some(record) = self.read_record(&name).await?
                 && group.is_none_or(|g| g == record.group)
             {
@@ -359,6 +432,7 @@ impl TenantDatabases for LocalBackend {
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.dedup_by(|a, b| a.name == b.name);
         Ok(out)
     }
 
@@ -375,7 +449,13 @@ impl TenantDatabases for LocalBackend {
             self.temp_path(database),
             record.clone(),
         ];
-        let dir = self.data_dir.clone();
+        let dir = self.database_dir(database);
+        // Close this process's handles first: files are not removed under an open database.
+        for (key, _) in self.open.iter() {
+            if &key.0 == database {
+                self.open.invalidate(&*key);
+            }
+        }
         blocking(move || {
             let existed = record.exists() || db.exists();
             for file in files {
@@ -437,16 +517,27 @@ impl TenantDatabases for LocalBackend {
             .ok_or_else(|| TenantDbError::NotFound(database.to_string()))?;
         let scope = record.authorize(database, token)?;
         let read_only = scope == TursoTokenScope::ReadOnly;
-        let mut builder = libsql::Builder::new_local(self.db_path(database));
-        if read_only {
-            builder = builder.flags(OpenFlags::SQLITE_OPEN_READ_ONLY);
+        let key = (database.clone(), record.db_id.clone());
+        let db = if read_only {
+            // Read-only handles are opened read-only, and not kept.
+            libsql::Builder::new_local(self.db_path(database))
+                .flags(OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .build()
+                .await
+                .map_err(TenantDbError::db(format!("opening {database}")))?
+                .into()
+        } else if let Some(db) = self.open.get(&key) {
+            db
         } else {
-            builder = builder.flags(OpenFlags::SQLITE_OPEN_READ_WRITE);
-        }
-        let db = builder
-            .build()
-            .await
-            .map_err(TenantDbError::db(format!("opening {database}")))?;
+            let db = libsql::Builder::new_local(self.db_path(database))
+                .flags(OpenFlags::SQLITE_OPEN_READ_WRITE)
+                .build()
+                .await
+                .map_err(TenantDbError::db(format!("opening {database}")))?;
+            let db = std::sync::Arc::new(db);
+            self.open.insert(key, db.clone());
+            db
+        };
         Ok(TenantDatabase::new(
             record.tenant,
             database.clone(),

@@ -140,6 +140,11 @@ group = "local"
         index
     }
 
+    /// The process id of worker `index`.
+    pub fn pid(&self, index: usize) -> u32 {
+        self.workers[index].1.id()
+    }
+
     /// SIGKILLs worker `index` and reaps it.
     pub fn kill(&mut self, index: usize) {
         let child = &mut self.workers[index].1;

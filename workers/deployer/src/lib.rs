@@ -1140,7 +1140,7 @@ async fn count(
 }
 
 /// The bundle's metadata into `sys_metadata` and the deployment into `sys_deployment`.
-fn registry_statements(
+pub fn registry_statements(
     d: &Deployment,
     bundle: &DeployBundle,
     plan: &fleet_protocol::MigrationPlan,

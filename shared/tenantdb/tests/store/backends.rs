@@ -121,10 +121,16 @@ async fn local_databases_are_wal_files_under_the_data_dir() {
     backend.create_database(&acme, None).await.unwrap();
     let name = backend.database_name(&acme);
     assert_eq!(name.as_str(), "t-acme");
-    assert!(dir.path().join("t-acme.db").exists());
+    let file = backend.database_path(&name);
+    assert!(file.exists() && file.starts_with(dir.path()));
+    assert_ne!(
+        file.parent(),
+        Some(dir.path()),
+        "spread over shard folders, not all in the data dir"
+    );
     assert_eq!(
         backend.connection_url(&name),
-        format!("file:{}", dir.path().join("t-acme.db").display())
+        format!("file:{}", file.display())
     );
     let token = backend
         .issue_token(&name, TursoTokenScope::FullAccess, None)
@@ -148,9 +154,39 @@ async fn local_databases_are_wal_files_under_the_data_dir() {
         "wal"
     );
     // The record holds a hash, never the token.
-    let record = std::fs::read_to_string(dir.path().join("t-acme.meta.json")).unwrap();
+    let record = std::fs::read_to_string(backend.record_path(&name)).unwrap();
     use secrecy::ExposeSecret;
     assert!(!record.contains(token.token.expose_secret()));
+}
+
+#[tokio::test]
+async fn databases_of_the_flat_layout_are_found_where_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = LocalBackend::new(dir.path(), "");
+    let acme = tenant("acme");
+    backend.create_database(&acme, None).await.unwrap();
+    let name = backend.database_name(&acme);
+    let token = backend
+        .issue_token(&name, TursoTokenScope::FullAccess, None)
+        .await
+        .unwrap();
+    // What an earlier release left: every file directly under the data dir.
+    for file in [backend.database_path(&name), backend.record_path(&name)] {
+        std::fs::rename(&file, dir.path().join(file.file_name().unwrap())).unwrap();
+    }
+    let backend = LocalBackend::new(dir.path(), "");
+    assert_eq!(backend.database_path(&name), dir.path().join("acme.db"));
+    assert_eq!(backend.list_databases(None).await.unwrap().len(), 1);
+    let conn = backend
+        .open(&name, &token.token)
+        .await
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    conn.execute("CREATE TABLE t (x)", ()).await.unwrap();
+    assert!(backend.delete_database(&name).await.unwrap());
+    assert!(!dir.path().join("acme.db").exists() && !dir.path().join("acme.meta.json").exists());
 }
 
 #[tokio::test]

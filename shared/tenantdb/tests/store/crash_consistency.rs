@@ -11,7 +11,8 @@ fn tenant(id: &str) -> TenantId {
 }
 
 async fn token_count(backend: &LocalBackend, id: &str) -> usize {
-    let record = std::fs::read(backend.data_dir().join(format!("{id}.meta.json"))).unwrap();
+    let name = backend.database_name(&tenant(id));
+    let record = std::fs::read(backend.record_path(&name)).unwrap();
     serde_json::from_slice::<serde_json::Value>(&record).unwrap()["tokens"]
         .as_array()
         .unwrap()
@@ -82,36 +83,38 @@ async fn leftover_temp_files_never_become_records() {
     let backend = LocalBackend::new(dir.path(), "");
     let acme = tenant("acme");
     let name = backend.database_name(&acme);
+    let record = backend.record_path(&name);
+    let temp = record.with_extension("json.tmp");
     // A crashed writer's temp file, before any record exists: not a database.
-    std::fs::write(dir.path().join("acme.meta.json.tmp"), b"{\"tenant\":").unwrap();
+    std::fs::create_dir_all(record.parent().unwrap()).unwrap();
+    std::fs::write(&temp, b"{\"tenant\":").unwrap();
     assert!(backend.get_database(&name).await.unwrap().is_none());
     assert!(backend.list_databases(None).await.unwrap().is_empty());
     backend.create_database(&acme, None).await.unwrap();
     // A temp file hard-linked to the record (crash between link and unlink) must not let the
     // next write truncate the record through the shared inode.
-    std::fs::hard_link(
-        dir.path().join("acme.meta.json"),
-        dir.path().join("acme.meta.json.tmp"),
-    )
-    .unwrap();
-    let before = std::fs::read(dir.path().join("acme.meta.json")).unwrap();
+    std::fs::hard_link(&record, &temp).unwrap();
+    let before = std::fs::read(&record).unwrap();
     backend
         .issue_token(&name, TursoTokenScope::FullAccess, None)
         .await
         .unwrap();
     assert_eq!(token_count(&backend, "acme").await, 1);
     let after: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("acme.meta.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
     let before: serde_json::Value = serde_json::from_slice(&before).unwrap();
     assert_eq!(before["dbId"], after["dbId"]);
     assert!(
-        !dir.path().join("acme.meta.json.tmp").exists(),
+        !&temp.exists(),
         "no temp file is left after a completed write"
     );
     // Deleting removes every file of the database, leftovers included.
-    std::fs::write(dir.path().join("acme.meta.json.tmp"), b"x").unwrap();
+    std::fs::write(&temp, b"x").unwrap();
     assert!(backend.delete_database(&name).await.unwrap());
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(record.parent().unwrap()).unwrap().count(),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,7 +151,7 @@ async fn revoking_nothing_rewrites_nothing() {
     let acme = tenant("acme");
     backend.create_database(&acme, None).await.unwrap();
     let name = backend.database_name(&acme);
-    let record = dir.path().join("acme.meta.json");
+    let record = backend.record_path(&name);
     let inode =
         |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
     let before = inode(&record);

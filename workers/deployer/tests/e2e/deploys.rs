@@ -90,15 +90,9 @@ async fn failures_past_the_ratio_halt_the_rollout_and_leave_the_rest_untouched()
     let tenants = fleet.provision(20).await;
     // Five tenants whose data conflicts with the bundle: duplicate account names under a unique index.
     for tenant in &tenants[3..8] {
-        let conn = fleet_schema::open_local(
-            &fleet
-                .dir
-                .path()
-                .join("tenants")
-                .join(format!("{tenant}.db")),
-        )
-        .await
-        .unwrap();
+        let conn = fleet_schema::open_local(&fleet.db_file(tenant))
+            .await
+            .unwrap();
         conn.execute_batch("CREATE TABLE crm_account (id TEXT NOT NULL PRIMARY KEY, name TEXT); INSERT INTO crm_account VALUES ('a', 'x'), ('b', 'x');")
             .await
             .unwrap();

@@ -217,9 +217,16 @@ impl Fleet {
         );
     }
 
+    /// Where the local backend keeps tenant `id`'s database file.
+    pub fn db_file(&self, id: &str) -> std::path::PathBuf {
+        use fleet_tenantdb::TenantDatabases;
+        let backend = fleet_tenantdb::LocalBackend::new(self.dir.path().join("tenants"), "");
+        backend.database_path(&backend.database_name(&fleet_protocol::TenantId::parse(id).unwrap()))
+    }
+
     /// A connection to a tenant's database file.
     pub async fn connect(&self, tenant: &str) -> libsql::Connection {
-        fleet_schema::open_local(&self.dir.path().join("tenants").join(format!("{tenant}.db")))
+        fleet_schema::open_local(&self.db_file(tenant))
             .await
             .unwrap()
     }
@@ -232,10 +239,9 @@ impl Fleet {
     }
 
     pub async fn tables(&self, tenant: &str) -> Vec<String> {
-        let conn =
-            fleet_schema::open_local(&self.dir.path().join("tenants").join(format!("{tenant}.db")))
-                .await
-                .unwrap();
+        let conn = fleet_schema::open_local(&self.db_file(tenant))
+            .await
+            .unwrap();
         let mut rows = conn
             .query(
                 "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",

@@ -269,7 +269,9 @@ async fn a_tenant_database_is_reached_through_the_configured_backend() {
     .stdout(predicate::str::contains(
         "applied 15 statement(s) to tenant acme",
     ));
-    assert!(dir.path().join("acme.db").exists() && dir.path().join("acme.meta.json").exists());
+    let backend = fleet_tenantdb::LocalBackend::new(dir.path(), "");
+    let name = fleet_protocol::DatabaseName::parse("acme").unwrap();
+    assert!(backend.database_path(&name).exists() && backend.record_path(&name).exists());
     let out = with_backend(&["db", "introspect", "--tenant", "acme"])
         .assert()
         .success();

@@ -14,10 +14,7 @@ use crate::{Fleet, IMMEDIATE_DELETE, env_size};
 /// One tenant's outcome: one database file, one valid token, one hook of the right kind.
 async fn assert_active_once(fleet: &Fleet, id: &str) {
     fleet.wait_settled(id, "active").await;
-    assert!(
-        fleet.data_dir().join(format!("{id}.db")).exists(),
-        "{id}: its database"
-    );
+    assert!(fleet.db_file(id).exists(), "{id}: its database");
     assert_eq!(fleet.tokens(id).len(), 1, "{id}: exactly one valid token");
     let hooks = fleet.hooks("hooks.tenant.created").await;
     assert_eq!(
@@ -26,10 +23,7 @@ async fn assert_active_once(fleet: &Fleet, id: &str) {
         "{id}: one hook"
     );
     assert!(
-        !fleet
-            .data_dir()
-            .join(format!("{id}.meta.json.tmp"))
-            .exists(),
+        !fleet.record_file(id).with_extension("json.tmp").exists(),
         "{id}: no temp file left"
     );
 }
@@ -38,8 +32,7 @@ async fn assert_active_once(fleet: &Fleet, id: &str) {
 async fn an_empty_record_left_by_a_crash_is_reclaimed_and_the_tenant_ends_active() {
     let mut fleet = Fleet::start("").await;
     // What a provisioner killed between creating the record file and writing it left behind.
-    std::fs::create_dir_all(fleet.data_dir()).unwrap();
-    std::fs::write(fleet.data_dir().join("acme.meta.json"), b"").unwrap();
+    std::fs::write(fleet.record_file("acme"), b"").unwrap();
     fleet.spawn_worker(&[]);
     fleet.register("acme", "acme", json!({})).await;
     fleet.wait_status("acme", "active").await;
@@ -50,8 +43,7 @@ async fn an_empty_record_left_by_a_crash_is_reclaimed_and_the_tenant_ends_active
 #[tokio::test]
 async fn a_corrupt_record_fails_the_tenant_with_its_hook_instead_of_retrying_for_ever() {
     let mut fleet = Fleet::start("").await;
-    std::fs::create_dir_all(fleet.data_dir()).unwrap();
-    std::fs::write(fleet.data_dir().join("acme.meta.json"), b"{\"x\": 1}").unwrap();
+    std::fs::write(fleet.record_file("acme"), b"{\"x\": 1}").unwrap();
     fleet.spawn_worker(&[]);
     fleet.register("acme", "acme", json!({})).await;
     fleet.wait_status("acme", "failed").await;
@@ -70,7 +62,7 @@ async fn a_corrupt_record_fails_the_tenant_with_its_hook_instead_of_retrying_for
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].reason, "poison");
     assert_eq!(
-        std::fs::read(fleet.data_dir().join("acme.meta.json")).unwrap(),
+        std::fs::read(fleet.record_file("acme")).unwrap(),
         b"{\"x\": 1}",
         "left for an operator, not overwritten"
     );
@@ -283,14 +275,8 @@ async fn a_crash_at_every_step_of_a_deletion_ends_deleted_with_one_backup() {
         );
         let record = fleet.record(id).await.unwrap();
         assert!(record.backup().unwrap().ends_with(&backups[0]), "{point}");
-        assert!(
-            !fleet.data_dir().join(format!("{id}.db")).exists(),
-            "{point}"
-        );
-        assert!(
-            !fleet.data_dir().join(format!("{id}.meta.json")).exists(),
-            "{point}"
-        );
+        assert!(!fleet.db_file(id).exists(), "{point}");
+        assert!(!fleet.record_file(id).exists(), "{point}");
     }
     let hooks = fleet.hooks("hooks.tenant.deleted").await;
     assert_eq!(hooks.len(), ids.len(), "one deleted hook each");

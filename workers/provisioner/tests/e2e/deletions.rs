@@ -69,7 +69,7 @@ async fn registrations_flow_while_deletions_wait_out_their_grace_period() {
     let record = fleet.record("doomed-0000").await.unwrap();
     let due = record.delete_after().unwrap().instant() - chrono::Utc::now();
     assert!(due > chrono::Duration::hours(71), "due in 72 hours: {due}");
-    assert!(fleet.data_dir().join("doomed-0000.db").exists(), "not yet");
+    assert!(fleet.db_file("doomed-0000").exists(), "not yet");
 
     let fresh: Vec<String> = (0..5).map(|i| format!("fresh-{i}")).collect();
     fleet.provision(&fresh).await;
@@ -114,7 +114,7 @@ async fn a_due_schedule_deletes_the_database_with_its_backup_and_hook() {
             fleet.status("acme").await == "deleted"
         })
         .await;
-    assert!(!fleet.data_dir().join("acme.db").exists());
+    assert!(!fleet.db_file("acme").exists());
     let backup = fleet
         .record("acme")
         .await
@@ -198,10 +198,7 @@ async fn a_schedule_fired_early_is_put_back_at_the_real_due_time() {
         })
         .await;
     assert_eq!(fleet.status("acme").await, "destroying");
-    assert!(
-        fleet.data_dir().join("acme.db").exists(),
-        "not deleted early"
-    );
+    assert!(fleet.db_file("acme").exists(), "not deleted early");
 }
 
 #[tokio::test]

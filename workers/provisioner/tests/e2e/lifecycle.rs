@@ -87,10 +87,7 @@ async fn suspend_resume_and_delete_with_their_hooks() {
             fleet.status("acme").await == "deleted"
         })
         .await;
-    assert!(
-        !fleet.data_dir().join("acme.db").exists(),
-        "the database is gone"
-    );
+    assert!(!fleet.db_file("acme").exists(), "the database is gone");
     let record = fleet.record("acme").await.unwrap();
     let backup = record.backup().expect("a backup was kept");
     assert!(std::path::Path::new(&backup).exists(), "{backup}");
@@ -172,7 +169,7 @@ async fn bad_input_is_dead_lettered_with_a_clear_reason_and_nothing_half_created
         "eu-west"
     );
     assert_eq!(fleet.status("far").await, "failed");
-    assert!(!fleet.data_dir().join("far.db").exists());
+    assert!(!fleet.db_file("far").exists());
     assert_eq!(fleet.hooks("hooks.tenant.failed").await.len(), 1);
 }
 

@@ -163,17 +163,39 @@ impl Fleet {
         counts
     }
 
-    /// Database files (`*.db`) in the data dir.
+    /// Database files (`*.db`) in the data dir and its shard folders.
     pub fn database_files(&self) -> Vec<String> {
-        let mut files: Vec<_> = std::fs::read_dir(self.data_dir())
-            .map(|dir| {
-                dir.filter_map(|e| e.ok()?.file_name().to_str().map(str::to_owned))
-                    .filter(|n| n.ends_with(".db"))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut files = Vec::new();
+        let mut folders = vec![self.data_dir()];
+        while let Some(folder) = folders.pop() {
+            for entry in std::fs::read_dir(folder).into_iter().flatten().flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    folders.push(entry.path());
+                } else if let Some(name) = entry.file_name().to_str()
+                    && name.ends_with(".db")
+                {
+                    files.push(name.to_owned());
+                }
+            }
+        }
         files.sort();
         files
+    }
+
+    /// Where the local backend keeps tenant `id`'s database file.
+    pub fn db_file(&self, id: &str) -> std::path::PathBuf {
+        let backend = fleet_tenantdb::LocalBackend::new(self.data_dir(), "");
+        use fleet_tenantdb::TenantDatabases;
+        backend.database_path(&backend.database_name(&tenant(id)))
+    }
+
+    /// Where the local backend keeps tenant `id`'s record (`.meta.json`), its folder created.
+    pub fn record_file(&self, id: &str) -> std::path::PathBuf {
+        let backend = fleet_tenantdb::LocalBackend::new(self.data_dir(), "");
+        use fleet_tenantdb::TenantDatabases;
+        let path = backend.record_path(&backend.database_name(&tenant(id)));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        path
     }
 
     /// Publishes `tenant.created` as the registration service does.
@@ -244,7 +266,7 @@ impl Fleet {
 
     /// Tables of a tenant's database file.
     pub async fn tables(&self, tenant: &str) -> Vec<String> {
-        let conn = fleet_schema::open_local(&self.data_dir().join(format!("{tenant}.db")))
+        let conn = fleet_schema::open_local(&self.db_file(tenant))
             .await
             .unwrap();
         let mut rows = conn
@@ -263,8 +285,7 @@ impl Fleet {
 
     /// Token records of a tenant's local database.
     pub fn tokens(&self, tenant: &str) -> Vec<serde_json::Value> {
-        let meta =
-            std::fs::read_to_string(self.data_dir().join(format!("{tenant}.meta.json"))).unwrap();
+        let meta = std::fs::read_to_string(self.record_file(tenant)).unwrap();
         serde_json::from_str::<serde_json::Value>(&meta).unwrap()["tokens"]
             .as_array()
             .cloned()

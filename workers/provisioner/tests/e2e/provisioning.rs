@@ -126,11 +126,7 @@ async fn a_worker_killed_mid_step_and_restarted_ends_active_once() {
         1,
         "the orphan token of the killed attempt was revoked"
     );
-    let databases: Vec<_> = std::fs::read_dir(fleet.data_dir())
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str().map(str::to_owned))
-        .filter(|n| n.ends_with(".db"))
-        .collect();
+    let databases = fleet.database_files();
     assert_eq!(databases, ["acme.db"], "one database");
     assert_eq!(fleet.tables("acme").await, SYSTEM_TABLES);
 }
