@@ -109,10 +109,24 @@ pub async fn run<W: Worker>() -> Result<(), WorkerError> {
     result
 }
 
-/// The whole `main` of a worker binary: a multi-threaded Tokio runtime running [`run`], the
-/// error (with its causes) on stderr and exit code 1 when it fails.
+/// Runtime threads per core. Local libSQL work (statements, commits that wait for `fsync`)
+/// runs on the async threads — libSQL's API is async but its local engine is not — so a
+/// thread per core would stall every other job while one waits for the disk.
+const THREADS_PER_CORE: usize = 4;
+
+/// The whole `main` of a worker binary: a multi-threaded Tokio runtime running [`run`] (with
+/// [`THREADS_PER_CORE`] threads per core, or `TOKIO_WORKER_THREADS`), the error (with its
+/// causes) on stderr and exit code 1 when it fails.
 pub fn main<W: Worker>() -> ExitCode {
+    let threads = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |n| n.get()) * THREADS_PER_CORE
+        });
     let tokio = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
         .enable_all()
         .build()
     {

@@ -18,15 +18,14 @@ static ARMED: LazyLock<Option<String>> =
     LazyLock::new(|| std::env::var(ENV).ok().filter(|p| !p.is_empty()));
 
 /// Every crash point of the local backend, in the order a provisioning passes them:
-/// `create_database` (the record written to a temp file, synced, linked into place, the temp
-/// name removed, the database file created in WAL mode, the directory synced) then
-/// `issue_token` (the new record in a temp file, synced, renamed over the old one, the
-/// directory synced). `rotate_tokens` has the same four record points under its own name.
+/// `create_database` (the record created under its own name — exclusively — and written, then
+/// synced; the database file written from the empty WAL-mode image, then synced; the directory
+/// synced) then `issue_token` (the new record in a temp file, synced, renamed over the old one,
+/// the directory synced). `rotate_tokens` has the same four record points under its own name.
 pub const LOCAL_POINTS: &[&str] = &[
-    "create_database.temp_written",
-    "create_database.temp_synced",
-    "create_database.record_linked",
-    "create_database.temp_removed",
+    "create_database.record_written",
+    "create_database.record_synced",
+    "create_database.database_written",
     "create_database.database_created",
     "create_database.directory_synced",
     "issue_token.temp_written",

@@ -20,18 +20,25 @@
 //!
 //! ## Crash consistency
 //!
-//! A record is never written in place, so a crash between any two system calls leaves either
-//! the old record or the new one, never a torn one:
-//! - every write goes to `<database>.meta.json.tmp` (any leftover of a crashed writer removed
-//!   first), which is synced before it is published;
-//! - a new record is published with `link(2)` — atomic, and refused when the name exists, so two
-//!   concurrent creates of one database end with one record — and the temp name removed;
-//! - a changed record replaces the old one with `rename(2)`; then the directory is synced.
+//! A changed record is never written in place, so a crash between any two system calls leaves
+//! either the old record or the new one:
+//! - a new record is created under its own name with `O_CREAT | O_EXCL` (two concurrent creates
+//!   of one database end with one record), written and synced. A crash before the sync can
+//!   leave it empty or cut short: that is a record that was never written (below);
+//! - a changed record goes to `<database>.meta.json.tmp` (any leftover of a crashed writer
+//!   removed first), is synced, and replaces the old one with `rename(2)`; then the directory
+//!   is synced.
 //!
-//! What an older writer, a crash mid-`write` or a power loss could leave — a zero-length, all-NUL
-//! or truncated record —
-//! is a record that was never written: reads treat it as absent and a create for the same
-//! database reclaims it (the name derives from the tenant id, so it can only be this tenant's).
+//! What a crash mid-`write` or a power loss could leave of a new record — a zero-length,
+//! all-NUL or truncated file — is a record that was never written: reads treat it as absent and
+//! a create for the same database reclaims it (the name derives from the tenant id, so it can
+//! only be this tenant's).
+//!
+//! The database file is not made by SQLite's `PRAGMA journal_mode = WAL` on an empty file
+//! (which writes the header through a rollback journal: a file created, four syncs, the file
+//! removed) but written from the bytes of an empty WAL-mode database that the backend asks
+//! SQLite for once, and synced. A file shorter than that image is an interrupted write and is
+//! written again.
 //! A complete record that does not parse is [`TenantDbError::Corrupt`]: permanent, for an
 //! operator. Every step a crash could interrupt is a named [`crashpoint`].
 //!
@@ -69,6 +76,8 @@ pub struct LocalBackend {
     data_dir: PathBuf,
     prefix: String,
     stripes: [Mutex<()>; STRIPES],
+    /// An empty WAL-mode database, as SQLite writes it (asked for once).
+    empty: tokio::sync::OnceCell<Vec<u8>>,
     open: moka::sync::Cache<(DatabaseName, String), std::sync::Arc<libsql::Database>>,
 }
 
@@ -166,8 +175,60 @@ impl LocalBackend {
             data_dir: data_dir.into(),
             prefix: prefix.into(),
             stripes: std::array::from_fn(|_| Mutex::new(())),
-            open: moka::sync::Cache::new(OPEN_DATABASES),
+            // Least recently used out: every new handle is admitted (a tenant is opened for a few
+            // steps in a row, then rarely), which frequency-based admission would refuse.
+            open: moka::sync::Cache::builder()
+                .max_capacity(OPEN_DATABASES)
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .build(),
+            empty: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The bytes of an empty database in WAL mode: SQLite makes one in a temp file once.
+    async fn empty_database(&self) -> TenantDbResult<&[u8]> {
+        self.empty
+            .get_or_try_init(|| async {
+                let path = std::env::temp_dir().join(format!(
+                    "fleet-empty-{}-{:x}.db",
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos())
+                ));
+                let fail = |e| TenantDbError::db("making the empty database image")(e);
+                let db = libsql::Builder::new_local(&path)
+                    .build()
+                    .await
+                    .map_err(fail)?;
+                let conn = db.connect().map_err(fail)?;
+                let mut rows = conn
+                    .query("PRAGMA journal_mode = WAL", ())
+                    .await
+                    .map_err(fail)?;
+                while rows.next().await.map_err(fail)?.is_some() {}
+                drop(rows);
+                drop(conn);
+                drop(db);
+                let bytes = std::fs::read(&path);
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+                let bytes = bytes.map_err(TenantDbError::io("reading the empty database image"))?;
+                // "SQLite format 3\0", then file format write/read versions 2 (WAL).
+                if bytes.len() < 100
+                    || !bytes.starts_with(b"SQLite format 3\0")
+                    || bytes[18] != 2
+                    || bytes[19] != 2
+                {
+                    return Err(TenantDbError::Unavailable(
+                        "SQLite did not write an empty WAL-mode database".into(),
+                    ));
+                }
+                Ok(bytes)
+            })
+            .await
+            .map(Vec::as_slice)
     }
 
     /// The folder holding the databases.
@@ -288,29 +349,35 @@ impl LocalBackend {
                 // The new folder's own entry, made durable once.
                 sync_dir(&data_dir).map_err(io(format!("syncing {}", data_dir.display())))?;
             }
-            write_temp(&tmp, &fresh, "create_database")
-                .map_err(io(format!("writing the record of {name}")))?;
-            match std::fs::hard_link(&tmp, &path) {
-                Ok(()) => crashpoint::reached("create_database.record_linked"),
+            let created = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path);
+            match created {
+                Ok(mut file) => {
+                    let bytes = serde_json::to_vec_pretty(&fresh).expect("a record serializes");
+                    let write = |e| io(format!("writing the record of {name}"))(e);
+                    file.write_all(&bytes).map_err(write)?;
+                    crashpoint::reached("create_database.record_written");
+                    file.sync_all().map_err(write)?;
+                    crashpoint::reached("create_database.record_synced");
+                    Ok(fresh)
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     match read_stored(&path, &name)? {
-                        Stored::Record(existing) => {
-                            let _ = std::fs::remove_file(&tmp);
-                            return Ok(existing);
-                        }
+                        Stored::Record(existing) => Ok(existing),
                         Stored::Absent | Stored::Torn => {
                             tracing::warn!(database = %name, "reclaiming a torn record left by an interrupted create");
+                            write_temp(&tmp, &fresh, "create_database")
+                                .map_err(io(format!("writing the record of {name}")))?;
                             std::fs::rename(&tmp, &path)
                                 .map_err(io(format!("reclaiming the record of {name}")))?;
-                            return Ok(fresh);
+                            Ok(fresh)
                         }
                     }
                 }
-                Err(e) => return Err(io(format!("linking the record of {name}"))(e)),
+                Err(e) => Err(io(format!("creating the record of {name}"))(e)),
             }
-            std::fs::remove_file(&tmp).map_err(io(format!("removing {}", tmp.display())))?;
-            crashpoint::reached("create_database.temp_removed");
-            Ok(fresh)
         })
         .await
     }
@@ -344,29 +411,28 @@ impl TenantDatabases for LocalBackend {
         let database = self.database_name(tenant);
         let record = self.create_record(&database, tenant, group).await?;
         record.check_owner(&database, tenant, group)?;
-        // Creating the file and switching it to WAL is idempotent: safe to repeat after a crash
-        // (SQLite's own journal makes the switch atomic).
-        let db = libsql::Builder::new_local(self.db_path(&database))
-            .build()
-            .await
-            .map_err(TenantDbError::db(format!("creating {database}")))?;
-        let conn = db
-            .connect()
-            .map_err(TenantDbError::db(format!("creating {database}")))?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(TenantDbError::db("busy_timeout"))?;
-        let mut rows = conn
-            .query("PRAGMA journal_mode = WAL", ())
-            .await
-            .map_err(TenantDbError::db("enabling WAL"))?;
-        while rows
-            .next()
-            .await
-            .map_err(TenantDbError::db("enabling WAL"))?
-            .is_some()
-        {}
-        drop(rows);
-        drop(conn);
+        // The database file from the empty WAL-mode image, unless a complete one is there
+        // (a retry after a crash); synced before the step can be recorded as done.
+        let empty = self.empty_database().await?.to_vec();
+        let path = self.db_path(&database);
+        let name = database.clone();
+        blocking(move || {
+            let io = |what: &str| TenantDbError::io(format!("{what} the database file of {name}"));
+            let complete = std::fs::metadata(&path).is_ok_and(|m| m.len() >= empty.len() as u64);
+            if !complete {
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&path)
+                    .map_err(io("creating"))?;
+                file.write_all(&empty).map_err(io("writing"))?;
+                crashpoint::reached("create_database.database_written");
+                file.sync_all().map_err(io("syncing"))?;
+            }
+            Ok(())
+        })
+        .await?;
         crashpoint::reached("create_database.database_created");
         // One directory sync makes both new names (record, database) durable before the step
         // is recorded as done.

@@ -506,7 +506,8 @@ pub fn step_started(
     Ok(write(next, step.as_str(), None, None, now))
 }
 
-/// A step ends: completed or skipped, with what it produced.
+/// A step ends: completed or skipped, with what it produced (and its start, when
+/// [`step_started`] did not record it).
 pub fn step_finished(
     current: Option<&Versioned<TenantRecord>>,
     tenant: &TenantId,
@@ -532,8 +533,14 @@ pub fn step_finished(
     } else {
         StepStatus::Completed
     };
+    // A step whose start was not written (the provisioner writes only its end): it started
+    // `duration_ms` before it ended.
+    s.started_at.get_or_insert_with(|| {
+        Timestamp::from(now.instant() - chrono::Duration::milliseconds(duration_ms as i64))
+    });
     s.completed_at = Some(now.clone());
     s.duration_ms = Some(duration_ms);
+    s.error = None;
     Ok(write(next, step.as_str(), Some(duration_ms), None, now))
 }
 

@@ -503,17 +503,13 @@ impl Provisioner {
             if machine::step_done(&record, *step) && !redo_token {
                 continue;
             }
-            // (the lease write is superseded by the step's own write just below)
-            self.hold_lease(tenant, &record)
+            // One write per step, at its end (the start is derived from its duration): a
+            // crash mid-step leaves it not done, and the retry runs it again (every step is
+            // idempotent).
+            record = self
+                .hold_lease(tenant, &record)
                 .await
                 .map_err(|e| (*step, e))?;
-            record = latest(
-                self.transition(tenant, |cur| {
-                    machine::step_started(cur, tenant, *step, &Timestamp::now())
-                })
-                .await,
-            )
-            .map_err(|e| (*step, e))?;
             let started = Instant::now();
             if !self.settings.step_delay.is_zero() {
                 tokio::time::sleep(self.settings.step_delay).await;

@@ -91,8 +91,10 @@ async fn leftover_temp_files_never_become_records() {
     assert!(backend.get_database(&name).await.unwrap().is_none());
     assert!(backend.list_databases(None).await.unwrap().is_empty());
     backend.create_database(&acme, None).await.unwrap();
-    // A temp file hard-linked to the record (crash between link and unlink) must not let the
-    // next write truncate the record through the shared inode.
+    // A temp file hard-linked to the record (what an earlier release's create left when it
+    // crashed between link and unlink) must not let the next write truncate the record
+    // through the shared inode.
+    std::fs::remove_file(&temp).unwrap();
     std::fs::hard_link(&record, &temp).unwrap();
     let before = std::fs::read(&record).unwrap();
     backend

@@ -96,16 +96,22 @@ async fn a_worker_killed_mid_step_and_restarted_ends_active_once() {
     let mut fleet = Fleet::start("").await;
     let slow = fleet.spawn_worker(&[("FLEET_PROVISIONER__STEP_DELAY_MS", "700")]);
     fleet.register("acme", "acme", json!({})).await;
-    // Kill it while a step is running (after the database exists, before the token is stored).
+    // Kill it while a step is running: the database exists (its step's end is written), the
+    // token step is in its 700 ms delay or just issued, not stored.
     fleet
-        .eventually(Duration::from_secs(30), "issue_token running", async || {
-            fleet.record("acme").await.is_some_and(|r| {
-                r.steps
-                    .iter()
-                    .any(|s| s.name == "issue_token" && format!("{:?}", s.status) == "Running")
-            })
-        })
+        .eventually(
+            Duration::from_secs(30),
+            "create_database done",
+            async || {
+                fleet.record("acme").await.is_some_and(|r| {
+                    r.steps.iter().any(|s| {
+                        s.name == "create_database" && format!("{:?}", s.status) == "Completed"
+                    })
+                })
+            },
+        )
         .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     fleet.kill_worker(slow);
     assert_ne!(fleet.status("acme").await, "active");
     fleet.spawn_worker(&[]);
