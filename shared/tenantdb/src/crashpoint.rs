@@ -1,7 +1,7 @@
 //! Named crash points, for crash-consistency tests of the real binaries.
 //!
 //! Every file-system step of the local backend that a crash could interrupt calls
-//! [`reached`] with its name (`create_database.temp_synced`, `issue_token.record_replaced`, …;
+//! [`reached`] with its name (`create_database.record_synced`, `issue_token.record_replaced`, …;
 //! the full list is [`LOCAL_POINTS`]). When the process was started with
 //! `FLEET_CRASH_POINT=<that name>`, it aborts right there — no destructors, no flushing, the same
 //! as a `SIGKILL` at that instant — after one line on stderr saying which point fired, so a test
