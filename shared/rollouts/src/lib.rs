@@ -217,7 +217,10 @@ pub struct Deployment {
     /// Halt above this failure share.
     pub max_failure_ratio: f64,
     /// Cumulative number of targets at the end of each wave (the last is the number of
-    /// targets): wave `k` is targets `wave_ends[k-1]..wave_ends[k]` in rollout order.
+    /// targets): wave `k` is targets `wave_ends[k-1]..wave_ends[k]` in rollout order. (A
+    /// record of an earlier release, which listed its tenants, reads with none: it can be
+    /// inspected, not resumed.)
+    #[serde(default)]
     pub wave_ends: Vec<u64>,
     /// The attempt whose `<id>.targets.<attempt>.<chunk>` keys hold the target list.
     #[serde(default)]

@@ -400,9 +400,30 @@ impl Provisioner {
     async fn created(&self, command: TenantCreated, published_at: Option<&Timestamp>) -> Outcome {
         let tenant = command.tenant_id.clone();
         let request = command.request.clone();
+        // A new record is written with this worker's lease in it: one write, not two.
+        let until = self.lease_until();
         let record = match self
             .transition(&tenant, |cur| {
-                machine::create(cur, &tenant, &request, &Timestamp::now())
+                let now = Timestamp::now();
+                let Decision::Write { next, event } =
+                    machine::create(cur, &tenant, &request, &now)?
+                else {
+                    return Ok(Decision::Unchanged);
+                };
+                let created = Versioned {
+                    state: next,
+                    revision: 0,
+                };
+                Ok(
+                    match machine::claim(Some(&created), &tenant, &self.owner, until.clone(), &now)?
+                    {
+                        Decision::Write { next, .. } => Decision::Write { next, event },
+                        Decision::Unchanged => Decision::Write {
+                            next: created.state,
+                            event,
+                        },
+                    },
+                )
             })
             .await
         {
@@ -654,15 +675,20 @@ impl Provisioner {
         if fresh {
             return Ok(record.clone());
         }
-        let until = Timestamp::from(
-            chrono::Utc::now()
-                + chrono::Duration::from_std(self.settings.lease).unwrap_or_default(),
-        );
+        let until = self.lease_until();
         latest(
             self.transition(tenant, |cur| {
                 machine::claim(cur, tenant, &self.owner, until.clone(), &Timestamp::now())
             })
             .await,
+        )
+    }
+
+    /// When a lease taken now ends.
+    fn lease_until(&self) -> Timestamp {
+        Timestamp::from(
+            chrono::Utc::now()
+                + chrono::Duration::from_std(self.settings.lease).unwrap_or_default(),
         )
     }
 

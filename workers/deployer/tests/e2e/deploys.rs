@@ -16,6 +16,8 @@ const CRM_TABLES: [&str; 3] = ["crm_account", "crm_contact", "crm_opportunity"];
 async fn a_bundle_rolls_out_to_300_tenants_in_three_waves() {
     let mut fleet = Fleet::start().await;
     let tenants = fleet.provision(300).await;
+    // Two replicas: their jobs' results are folded into one record concurrently.
+    fleet.spawn_deployer();
     fleet.spawn_deployer();
     fleet
         .request(
@@ -29,6 +31,13 @@ async fn a_bundle_rolls_out_to_300_tenants_in_three_waves() {
     assert_eq!(d.status, RolloutStatus::Completed, "{:?}", d.reason);
     assert_eq!(d.wave_ends, vec![1, 30, 300]);
     assert_eq!(d.counts(), (300, 0, 0));
+    // Every result counted exactly once: the tallies agree with the entries themselves.
+    let results = fleet.results("d1").await;
+    assert_eq!(results.len(), 300);
+    assert_eq!(
+        d.tally.statements,
+        results.values().map(|r| r.statements).sum::<u64>()
+    );
     let bundle: fleet_protocol::DeployBundle = serde_json::from_value(crm("v1")).unwrap();
     let desired = fleet_schema::desired_schema(&fleet_schema::system::with_system_objects(
         &bundle.object_definitions().unwrap(),
