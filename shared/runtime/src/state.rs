@@ -184,6 +184,30 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
         }
     }
 
+    /// [`Self::transition`] starting from `known`, a state of `key` the caller read or wrote
+    /// before: decided on and written by compare-and-set without reading it again, and only
+    /// re-read if another writer changed it since (a worker that owns an entity saves a read
+    /// per write).
+    pub async fn transition_from<E, F>(
+        &self,
+        key: &str,
+        known: &Versioned<S>,
+        decide: F,
+    ) -> Result<Option<Versioned<S>>, StateError<E>>
+    where
+        E: std::error::Error + 'static,
+        F: Fn(Option<&Versioned<S>>) -> Result<Decision<S>, E>,
+    {
+        let (next, event) = match decide(Some(known)).map_err(StateError::Refused)? {
+            Decision::Write { next, event } => (next, event),
+            Decision::Unchanged => return Ok(Some(known.clone())),
+        };
+        if let Some(written) = self.try_write(key, Some(known), next, event).await? {
+            return Ok(Some(written));
+        }
+        self.transition(key, decide).await
+    }
+
     /// Applies `decide` to the latest state of `key` until it is written without a lost race.
     /// Returns the written state, or the current one when `decide` said [`Decision::Unchanged`].
     pub async fn transition<E, F>(

@@ -255,10 +255,10 @@ impl From<StateError<TransitionError>> for ProvisionError {
 }
 
 /// The record a transition left (it always leaves one for an existing tenant).
-fn latest(written: Result<Current, ProvisionError>) -> Result<TenantRecord, ProvisionError> {
-    written?
-        .map(|v| v.state)
-        .ok_or_else(|| ProvisionError::Store("the tenant record vanished".into()))
+fn latest(
+    written: Result<Current, ProvisionError>,
+) -> Result<Versioned<TenantRecord>, ProvisionError> {
+    written?.ok_or_else(|| ProvisionError::Store("the tenant record vanished".into()))
 }
 
 /// The provisioner's handler.
@@ -319,6 +319,21 @@ impl Provisioner {
         ) -> Result<Decision<TenantRecord>, TransitionError>,
     ) -> Result<Current, ProvisionError> {
         Ok(self.tenants.transition(tenant.as_str(), decide).await?)
+    }
+
+    /// [`Self::transition`] from a state this worker read or wrote (no read unless it changed).
+    async fn transition_from(
+        &self,
+        tenant: &TenantId,
+        known: &Versioned<TenantRecord>,
+        decide: impl Fn(
+            Option<&Versioned<TenantRecord>>,
+        ) -> Result<Decision<TenantRecord>, TransitionError>,
+    ) -> Result<Current, ProvisionError> {
+        Ok(self
+            .tenants
+            .transition_from(tenant.as_str(), known, decide)
+            .await?)
     }
 
     /// Publishes the record's pending hook, then clears it.
@@ -472,7 +487,7 @@ impl Provisioner {
             ));
             return self.fail(&tenant, Step::CreateDatabase, &error).await;
         };
-        let record = match self.hold_lease(&tenant, &current.state).await {
+        let record = match self.hold_lease(&tenant, &current).await {
             Ok(record) => record,
             Err(ProvisionError::Transition(TransitionError::Busy { until, .. })) => {
                 let wait = (until.instant() - chrono::Utc::now())
@@ -506,31 +521,33 @@ impl Provisioner {
         }
     }
 
-    /// Runs every step not done yet. `record` is the latest state; each write returns the next,
-    /// so the steps read nothing back from the store.
+    /// Runs every step not done yet. `known` is the latest state; each write starts from it and
+    /// returns the next, so the steps read nothing back from the store.
     async fn run_steps(
         &self,
         tenant: &TenantId,
         group: &str,
-        mut record: TenantRecord,
+        mut known: Versioned<TenantRecord>,
     ) -> Result<(), (Step, ProvisionError)> {
         let lifecycle = &self.settings.lifecycle.on_tenant_create;
         let database = self.backend.database_name(tenant);
         let mut token: Option<SecretString> = None;
         for step in &Step::PREPARATION {
+            let record = &known.state;
             // A token lives only in memory until it is stored: re-issue it unless stored.
             let redo_token =
-                *step == Step::IssueToken && !machine::step_done(&record, Step::StoreConnection);
-            if machine::step_done(&record, *step) && !redo_token {
+                *step == Step::IssueToken && !machine::step_done(record, Step::StoreConnection);
+            if machine::step_done(record, *step) && !redo_token {
                 continue;
             }
             // One write per step, at its end (the start is derived from its duration): a
             // crash mid-step leaves it not done, and the retry runs it again (every step is
             // idempotent).
-            record = self
-                .hold_lease(tenant, &record)
+            known = self
+                .hold_lease(tenant, &known)
                 .await
                 .map_err(|e| (*step, e))?;
+            let record = &known.state;
             let started = Instant::now();
             if !self.settings.step_delay.is_zero() {
                 tokio::time::sleep(self.settings.step_delay).await;
@@ -588,21 +605,21 @@ impl Provisioner {
                     Box::new(move |r: &mut TenantRecord| r.connection = Some(sealed.clone()))
                 }
                 Step::SyncSchema if lifecycle.apply_group_schema => {
-                    self.sync_schema(tenant, &database, &record)
+                    self.sync_schema(tenant, &database, record)
                         .await
                         .map_err(|e| (*step, e))?;
                     Box::new(|_: &mut TenantRecord| {})
                 }
                 Step::Seed if lifecycle.seed_data && record.admin_email.is_some() => {
-                    self.seed(tenant, &database, &record)
+                    self.seed(tenant, &database, record)
                         .await
                         .map_err(|e| (*step, e))?;
                     Box::new(|_: &mut TenantRecord| {})
                 }
                 _ => {
                     let ms = started.elapsed().as_millis() as u64;
-                    record = latest(
-                        self.transition(tenant, |cur| {
+                    known = latest(
+                        self.transition_from(tenant, &known, |cur| {
                             machine::step_finished(
                                 cur,
                                 tenant,
@@ -620,8 +637,8 @@ impl Provisioner {
                 }
             };
             let ms = started.elapsed().as_millis() as u64;
-            record = latest(
-                self.transition(tenant, |cur| {
+            known = latest(
+                self.transition_from(tenant, &known, |cur| {
                     machine::step_finished(
                         cur,
                         tenant,
@@ -638,7 +655,7 @@ impl Provisioner {
         }
         let started = Instant::now();
         let record = self
-            .transition(tenant, |cur| {
+            .transition_from(tenant, &known, |cur| {
                 let ms = started.elapsed().as_millis() as u64;
                 let decision = machine::activate(cur, tenant, ms, &Timestamp::now())?;
                 let Decision::Write { next, event } = decision else {
@@ -666,10 +683,10 @@ impl Provisioner {
     async fn hold_lease(
         &self,
         tenant: &TenantId,
-        record: &TenantRecord,
-    ) -> Result<TenantRecord, ProvisionError> {
+        record: &Versioned<TenantRecord>,
+    ) -> Result<Versioned<TenantRecord>, ProvisionError> {
         let half = chrono::Duration::from_std(self.settings.lease / 2).unwrap_or_default();
-        let fresh = record.lease.as_ref().is_some_and(|lease| {
+        let fresh = record.state.lease.as_ref().is_some_and(|lease| {
             lease.owner == self.owner && lease.until.instant() - chrono::Utc::now() > half
         });
         if fresh {
@@ -677,7 +694,7 @@ impl Provisioner {
         }
         let until = self.lease_until();
         latest(
-            self.transition(tenant, |cur| {
+            self.transition_from(tenant, record, |cur| {
                 machine::claim(cur, tenant, &self.owner, until.clone(), &Timestamp::now())
             })
             .await,
