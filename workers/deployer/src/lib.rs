@@ -756,7 +756,7 @@ impl Deployer {
         Ok(prepared)
     }
 
-    async fn tenant_job(&self, job: TenantDeployJob) -> Outcome {
+    async fn tenant_job(&self, job: TenantDeployJob, attempt: u64) -> Outcome {
         let id = &job.deployment_id;
         let current = match self.head(id).await {
             Ok(current) => current,
@@ -779,13 +779,18 @@ impl Deployer {
             }
             EntryKey::Deploy(job.tenant_id.clone())
         };
-        // Recorded by an earlier delivery: make sure it counts, nothing else.
-        match self.results.get(id, &key).await {
-            Ok(Some((ResultEntry::Outcome { .. }, sequence))) => {
-                return self.counted(id, sequence).await;
+        // Delivered again: recorded by the earlier delivery? Then make sure it counts, nothing
+        // else. (A first delivery skips the read: should another job of this tenant have
+        // recorded a result meanwhile, the work is repeated — a tenant at the bundle's version
+        // is skipped — and the first result stands.)
+        if attempt > 1 {
+            match self.results.get(id, &key).await {
+                Ok(Some((ResultEntry::Outcome { .. }, sequence))) => {
+                    return self.counted(id, sequence).await;
+                }
+                Ok(_) => {}
+                Err(e) => return Outcome::transient_error(&e),
             }
-            Ok(_) => {}
-            Err(e) => return Outcome::transient_error(&e),
         }
         let started = Instant::now();
         let outcome = if job.rollback {
@@ -1200,7 +1205,7 @@ impl Handler for Deployer {
             Ok(DeployCommand::Request(request)) => self.requested(*request).await,
             Ok(DeployCommand::Rollback(id)) => self.rollback_requested(id).await,
             Ok(DeployCommand::Control(control)) => self.control(control).await,
-            Ok(DeployCommand::TenantJob(job)) => self.tenant_job(job).await,
+            Ok(DeployCommand::TenantJob(job)) => self.tenant_job(job, delivery.attempt).await,
             Err(unparsed) => self.unparsed(unparsed).await,
         }
     }
