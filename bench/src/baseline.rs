@@ -20,11 +20,6 @@ use fleet_protocol::{DatabaseName, TenantId};
 use fleet_schema::BoundStatement;
 use fleet_tenantdb::LocalBackend;
 
-/// Cores the baselines use: all of them.
-pub fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 /// The SQL of provisioning and of a deployment, planned once on probe databases.
 #[derive(Debug, Clone)]
 pub struct Scripts {
@@ -34,8 +29,13 @@ pub struct Scripts {
     pub seed: BoundStatement,
 }
 
-/// Runs `work(i)` for `i` in `0..n` on [`cores`] threads, each with a runtime of its own;
-/// returns the elapsed time.
+/// Jobs the baselines run at once: the workers' concurrency (`worker.concurrency` of the
+/// shipped configuration, which the bench runs with), each on a thread of its own (libSQL's
+/// local engine blocks its thread while it waits for the disk), over all cores.
+pub const CONCURRENCY: usize = 16;
+
+/// Runs `work(i)` for `i` in `0..n`, [`CONCURRENCY`] at a time on threads of their own (each
+/// with a runtime), on every core; returns the elapsed time.
 pub fn on_all_cores<F, Fut>(n: usize, work: F) -> anyhow::Result<Duration>
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
@@ -44,7 +44,7 @@ where
     let work = Arc::new(work);
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let threads: Vec<_> = (0..cores())
+    let threads: Vec<_> = (0..CONCURRENCY)
         .map(|_| {
             let (work, next) = (work.clone(), next.clone());
             std::thread::spawn(move || -> anyhow::Result<()> {

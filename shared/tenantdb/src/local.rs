@@ -9,15 +9,6 @@
 //! path). Databases created before the layout was sharded (directly under the data dir) are
 //! found where they are.
 //!
-//! ## Open databases
-//!
-//! [`LocalBackend::open`] checks the token against the record on every call, but keeps the
-//! opened database in a bounded LRU of handles ([`OPEN_DATABASES`]), keyed by the database and
-//! its record's id (a database deleted and created again is a new key): each step of a
-//! provisioning or a deployment connects to the same handle instead of opening the file again,
-//! so SQLite does not checkpoint and remove the write-ahead log at every step. A handle leaves
-//! the cache when evicted or when this backend deletes the database.
-//!
 //! ## Crash consistency
 //!
 //! A changed record is never written in place, so a crash between any two system calls leaves
@@ -67,10 +58,6 @@ pub const LOCAL_GROUP: &str = "local";
 /// Lock stripes for record writers: bounded, whatever the number of tenants.
 const STRIPES: usize = 64;
 
-/// Open database handles a backend keeps (each holds up to three file descriptors: the
-/// database, its write-ahead log and its shared-memory index).
-pub const OPEN_DATABASES: u64 = 128;
-
 /// One libSQL file per tenant.
 pub struct LocalBackend {
     data_dir: PathBuf,
@@ -78,7 +65,6 @@ pub struct LocalBackend {
     stripes: [Mutex<()>; STRIPES],
     /// An empty WAL-mode database, as SQLite writes it (asked for once).
     empty: tokio::sync::OnceCell<Vec<u8>>,
-    open: moka::sync::Cache<(DatabaseName, String), std::sync::Arc<libsql::Database>>,
 }
 
 impl std::fmt::Debug for LocalBackend {
@@ -175,12 +161,6 @@ impl LocalBackend {
             data_dir: data_dir.into(),
             prefix: prefix.into(),
             stripes: std::array::from_fn(|_| Mutex::new(())),
-            // Least recently used out: every new handle is admitted (a tenant is opened for a few
-            // steps in a row, then rarely), which frequency-based admission would refuse.
-            open: moka::sync::Cache::builder()
-                .max_capacity(OPEN_DATABASES)
-                .eviction_policy(moka::policy::EvictionPolicy::lru())
-                .build(),
             empty: tokio::sync::OnceCell::new(),
         }
     }
@@ -516,12 +496,6 @@ impl TenantDatabases for LocalBackend {
             record.clone(),
         ];
         let dir = self.database_dir(database);
-        // Close this process's handles first: files are not removed under an open database.
-        for (key, _) in self.open.iter() {
-            if &key.0 == database {
-                self.open.invalidate(&*key);
-            }
-        }
         blocking(move || {
             let existed = record.exists() || db.exists();
             for file in files {
@@ -583,27 +557,16 @@ impl TenantDatabases for LocalBackend {
             .ok_or_else(|| TenantDbError::NotFound(database.to_string()))?;
         let scope = record.authorize(database, token)?;
         let read_only = scope == TursoTokenScope::ReadOnly;
-        let key = (database.clone(), record.db_id.clone());
-        let db = if read_only {
-            // Read-only handles are opened read-only, and not kept.
-            libsql::Builder::new_local(self.db_path(database))
-                .flags(OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .build()
-                .await
-                .map_err(TenantDbError::db(format!("opening {database}")))?
-                .into()
-        } else if let Some(db) = self.open.get(&key) {
-            db
+        let mut builder = libsql::Builder::new_local(self.db_path(database));
+        if read_only {
+            builder = builder.flags(OpenFlags::SQLITE_OPEN_READ_ONLY);
         } else {
-            let db = libsql::Builder::new_local(self.db_path(database))
-                .flags(OpenFlags::SQLITE_OPEN_READ_WRITE)
-                .build()
-                .await
-                .map_err(TenantDbError::db(format!("opening {database}")))?;
-            let db = std::sync::Arc::new(db);
-            self.open.insert(key, db.clone());
-            db
-        };
+            builder = builder.flags(OpenFlags::SQLITE_OPEN_READ_WRITE);
+        }
+        let db = builder
+            .build()
+            .await
+            .map_err(TenantDbError::db(format!("opening {database}")))?;
         Ok(TenantDatabase::new(
             record.tenant,
             database.clone(),

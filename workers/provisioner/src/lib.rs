@@ -532,6 +532,10 @@ impl Provisioner {
         let lifecycle = &self.settings.lifecycle.on_tenant_create;
         let database = self.backend.database_name(tenant);
         let mut token: Option<SecretString> = None;
+        // One connection for the steps that use the database (schema, seed): SQLite
+        // checkpoints and removes the write-ahead log when a database's last connection
+        // closes — once per provisioning, not once per step.
+        let mut conn: Option<libsql::Connection> = None;
         for step in &Step::PREPARATION {
             let record = &known.state;
             // A token lives only in memory until it is stored: re-issue it unless stored.
@@ -605,15 +609,19 @@ impl Provisioner {
                     Box::new(move |r: &mut TenantRecord| r.connection = Some(sealed.clone()))
                 }
                 Step::SyncSchema if lifecycle.apply_group_schema => {
-                    self.sync_schema(tenant, &database, record)
+                    let conn = self
+                        .step_connection(&mut conn, tenant, &database, record)
                         .await
                         .map_err(|e| (*step, e))?;
+                    self.sync_schema(conn).await.map_err(|e| (*step, e))?;
                     Box::new(|_: &mut TenantRecord| {})
                 }
                 Step::Seed if lifecycle.seed_data && record.admin_email.is_some() => {
-                    self.seed(tenant, &database, record)
+                    let conn = self
+                        .step_connection(&mut conn, tenant, &database, record)
                         .await
                         .map_err(|e| (*step, e))?;
+                    self.seed(conn, record).await.map_err(|e| (*step, e))?;
                     Box::new(|_: &mut TenantRecord| {})
                 }
                 _ => {
@@ -724,6 +732,20 @@ impl Provisioner {
         StoredConnectionConfig::seal(&plain, tenant, &self.keys)
     }
 
+    /// The provisioning's connection, opened with the tenant's stored token on first use.
+    async fn step_connection<'c>(
+        &self,
+        conn: &'c mut Option<libsql::Connection>,
+        tenant: &TenantId,
+        database: &DatabaseName,
+        record: &TenantRecord,
+    ) -> Result<&'c libsql::Connection, ProvisionError> {
+        if conn.is_none() {
+            *conn = Some(self.connect(tenant, database, record).await?);
+        }
+        Ok(conn.as_ref().expect("just opened"))
+    }
+
     /// A connection with the tenant's stored token.
     async fn connect(
         &self,
@@ -741,15 +763,10 @@ impl Provisioner {
         Ok(db.connect().await?)
     }
 
-    async fn sync_schema(
-        &self,
-        tenant: &TenantId,
-        database: &DatabaseName,
-        record: &TenantRecord,
-    ) -> Result<(), ProvisionError> {
-        let conn = self.connect(tenant, database, record).await?;
+    /// The base system schema, through the schema engine (a no-op when it is there).
+    async fn sync_schema(&self, conn: &libsql::Connection) -> Result<(), ProvisionError> {
         fleet_schema::migrate(
-            &conn,
+            conn,
             &fleet_schema::system::base_objects(),
             fleet_schema::PlanOptions::default(),
         )
@@ -757,13 +774,12 @@ impl Provisioner {
         Ok(())
     }
 
+    /// The admin user (kept when it is there).
     async fn seed(
         &self,
-        tenant: &TenantId,
-        database: &DatabaseName,
+        conn: &libsql::Connection,
         record: &TenantRecord,
     ) -> Result<(), ProvisionError> {
-        let conn = self.connect(tenant, database, record).await?;
         conn.execute(
             "INSERT OR IGNORE INTO sys_user (id, email, display_name, role) VALUES ('admin', ?1, ?2, 'admin')",
             libsql::params![record.admin_email.clone().unwrap_or_default(), record.display_name.clone()],
