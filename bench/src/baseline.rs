@@ -34,9 +34,14 @@ pub struct Scripts {
 /// local engine blocks its thread while it waits for the disk), over all cores.
 pub const CONCURRENCY: usize = 16;
 
-/// Runs `work(i)` for `i` in `0..n`, [`CONCURRENCY`] at a time on threads of their own (each
+/// One job per core: the floor without overlapping waits for the disk (for context).
+pub fn per_core() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Runs `work(i)` for `i` in `0..n`, `concurrency` at a time on threads of their own (each
 /// with a runtime), on every core; returns the elapsed time.
-pub fn on_all_cores<F, Fut>(n: usize, work: F) -> anyhow::Result<Duration>
+pub fn on_all_cores<F, Fut>(n: usize, concurrency: usize, work: F) -> anyhow::Result<Duration>
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
@@ -44,7 +49,7 @@ where
     let work = Arc::new(work);
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let threads: Vec<_> = (0..CONCURRENCY)
+    let threads: Vec<_> = (0..concurrency)
         .map(|_| {
             let (work, next) = (work.clone(), next.clone());
             std::thread::spawn(move || -> anyhow::Result<()> {

@@ -29,6 +29,7 @@ use crate::scenarios::round;
 struct Args {
     tenants: usize,
     scale: usize,
+    settle: u64,
     out: std::path::PathBuf,
 }
 
@@ -36,6 +37,7 @@ fn args() -> anyhow::Result<Args> {
     let mut args = Args {
         tenants: 2000,
         scale: 10_000,
+        settle: 30,
         out: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results/latest.json"),
     };
     let mut it = std::env::args().skip(1);
@@ -44,6 +46,7 @@ fn args() -> anyhow::Result<Args> {
         match arg.as_str() {
             "--tenants" => args.tenants = value()?.parse()?,
             "--scale" => args.scale = value()?.parse()?,
+            "--settle" => args.settle = value()?.parse()?,
             "--out" => args.out = value()?.into(),
             "-h" | "--help" => {
                 println!(
@@ -78,14 +81,23 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("  schema engine …");
     let engine = scenarios::engine().await?;
     eprintln!("  raw floors for {n} tenants …");
-    let floors = scenarios::baselines(n).await?;
+    let (floors, floor_files) = scenarios::baselines(n).await?;
+    // The disk's background work of one phase (writeback, recently freed inodes that ext4
+    // skips for 30 s when it allocates) is not charged to the next.
+    let settle = || async {
+        eprintln!("  settling {} s …", args.settle);
+        tokio::time::sleep(std::time::Duration::from_secs(args.settle)).await;
+    };
+    settle().await;
     eprintln!("  the fleet with {n} tenants …");
-    let run = scenarios::fleet_run(n, true).await?;
-    let scale = if args.scale > 0 {
+    let (run, fleet) = scenarios::fleet_run(n, true).await?;
+    let (scale, scale_fleet) = if args.scale > 0 {
+        settle().await;
         eprintln!("  the fleet with {} tenants …", args.scale);
-        Some(scenarios::fleet_run(args.scale, false).await?)
+        let (run, fleet) = scenarios::fleet_run(args.scale, false).await?;
+        (Some(run), Some(fleet))
     } else {
-        None
+        (None, None)
     };
 
     let p = &run["provisioning"];
@@ -199,6 +211,8 @@ async fn main() -> anyhow::Result<()> {
     }
     std::fs::write(&args.out, serde_json::to_string_pretty(&results)? + "\n")?;
     println!("\nwritten to {}", args.out.display());
+    // Every scenario's files are removed only now (see `scenarios::fleet_run`).
+    drop((floor_files, fleet, scale_fleet));
     Ok(())
 }
 

@@ -119,7 +119,12 @@ fn deployment(id: &str, bundle: &DeployBundle) -> fleet_rollouts::Deployment {
 /// One fleet run: N tenants provisioned at full speed, CRM v1 then v2 to all of them, then
 /// (optionally) a fixed offered load at half the measured maximum. CPU per tenant is the
 /// worker's and the nats-server's, from `/proc`.
-pub async fn fleet_run(n: usize, half_load: bool) -> anyhow::Result<Value> {
+///
+/// The fleet is stopped when the run ends but its folders are kept (returned) until the bench
+/// ends: removing tens of thousands of files between measurements would slow the next one's
+/// file creation (ext4 skips recently freed inodes), charging one scenario for another's
+/// clean-up.
+pub async fn fleet_run(n: usize, half_load: bool) -> anyhow::Result<(Value, BenchFleet)> {
     let fleet = BenchFleet::start(&["provisioner", "deployer"]).await?;
     let idle = json!({
         "provisionerMiB": round(sys::rss_mib(fleet.pid("provisioner")).0),
@@ -172,17 +177,23 @@ pub async fn fleet_run(n: usize, half_load: bool) -> anyhow::Result<Value> {
         "provisionerMiB": round(sys::rss_mib(fleet.pid("provisioner")).1),
         "deployerMiB": round(sys::rss_mib(fleet.pid("deployer")).1),
     });
-    Ok(json!({
-        "tenants": n,
-        "provisioning": provisioning,
-        "deploy": deploys,
-        "memory": {"idle": idle, "peak": peak},
-    }))
+    let mut fleet = fleet;
+    fleet.fleet.stop();
+    Ok((
+        json!({
+            "tenants": n,
+            "provisioning": provisioning,
+            "deploy": deploys,
+            "memory": {"idle": idle, "peak": peak},
+        }),
+        fleet,
+    ))
 }
 
 /// The raw floors for N tenants: provisioning and both migrations, in-process on every core
-/// and through the `sqlite3` shell (when it is installed).
-pub async fn baselines(n: usize) -> anyhow::Result<Value> {
+/// and through the `sqlite3` shell (when it is installed). The folder is returned, to be
+/// removed when the bench ends (see [`fleet_run`]).
+pub async fn baselines(n: usize) -> anyhow::Result<(Value, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
     let scripts = provisioning_scripts(dir.path()).await?;
     let (v1, v2) = (crm("v1")?, crm("v2")?);
@@ -192,28 +203,35 @@ pub async fn baselines(n: usize) -> anyhow::Result<Value> {
         &[("bench-v1", &v1), ("bench-v2", &v2)],
     )
     .await?;
-    let backend = std::sync::Arc::new(LocalBackend::new(dir.path().join("raw"), ""));
-    let s = std::sync::Arc::new(scripts.clone());
-    let took = {
-        let (backend, s) = (backend.clone(), s.clone());
-        baseline::on_all_cores(n, move |i| {
+    let mut out = json!({"provisioning": {}, "deploy": {"v1": {}, "v2": {}}});
+    // The floor at the workers' concurrency (what the targets compare with), and with one job
+    // per core (each in a folder of its own).
+    for (label, concurrency) in [
+        ("inProcess", baseline::CONCURRENCY),
+        ("inProcessPerCore", baseline::per_core()),
+    ] {
+        let backend = std::sync::Arc::new(LocalBackend::new(dir.path().join(label), ""));
+        let s = std::sync::Arc::new(scripts.clone());
+        let took = {
             let (backend, s) = (backend.clone(), s.clone());
-            async move { baseline::provision_one(&backend, &s, &baseline::tenant(i)).await }
-        })?
-    };
-    let mut out = json!({
-        "provisioning": {"inProcess": {"tenantsPerSecond": round(n as f64 / took.as_secs_f64())}},
-        "deploy": {},
-    });
-    for ((plan, registry), version) in deploy.iter().zip(["v1", "v2"]) {
-        let work = std::sync::Arc::new((plan.clone(), registry.clone()));
-        let backend = backend.clone();
-        let took = baseline::on_all_cores(n, move |i| {
-            let (backend, work) = (backend.clone(), work.clone());
-            async move { baseline::migrate_one(&backend, &work.0, &work.1, &baseline::tenant(i)).await }
-        })?;
-        out["deploy"][version] =
-            json!({"inProcess": {"tenantsPerSecond": round(n as f64 / took.as_secs_f64())}});
+            baseline::on_all_cores(n, concurrency, move |i| {
+                let (backend, s) = (backend.clone(), s.clone());
+                async move { baseline::provision_one(&backend, &s, &baseline::tenant(i)).await }
+            })?
+        };
+        out["provisioning"][label] =
+            json!({"tenantsPerSecond": round(n as f64 / took.as_secs_f64()), "concurrency": concurrency});
+        for ((plan, registry), version) in deploy.iter().zip(["v1", "v2"]) {
+            let work = std::sync::Arc::new((plan.clone(), registry.clone()));
+            let backend = backend.clone();
+            let took = baseline::on_all_cores(n, concurrency, move |i| {
+                let (backend, work) = (backend.clone(), work.clone());
+                async move {
+                    baseline::migrate_one(&backend, &work.0, &work.1, &baseline::tenant(i)).await
+                }
+            })?;
+            out["deploy"][version][label] = json!({"tenantsPerSecond": round(n as f64 / took.as_secs_f64()), "concurrency": concurrency});
+        }
     }
     if sys::sqlite3_version().is_some() {
         let shell = std::sync::Arc::new(LocalBackend::new(dir.path().join("shell"), ""));
@@ -225,7 +243,7 @@ pub async fn baselines(n: usize) -> anyhow::Result<Value> {
         let took = {
             let shell = shell.clone();
             let script = std::sync::Arc::new(script);
-            baseline::on_all_cores(n, move |i| {
+            baseline::on_all_cores(n, baseline::CONCURRENCY, move |i| {
                 let (shell, script) = (shell.clone(), script.clone());
                 async move {
                     let (_, db, _) = baseline::paths(&shell, &baseline::tenant(i));
@@ -243,7 +261,7 @@ pub async fn baselines(n: usize) -> anyhow::Result<Value> {
                 registry,
             ));
             let shell = shell.clone();
-            let took = baseline::on_all_cores(n, move |i| {
+            let took = baseline::on_all_cores(n, baseline::CONCURRENCY, move |i| {
                 let (shell, script) = (shell.clone(), script.clone());
                 async move {
                     let (_, db, _) = baseline::paths(&shell, &baseline::tenant(i));
@@ -254,7 +272,7 @@ pub async fn baselines(n: usize) -> anyhow::Result<Value> {
                 json!({"tenantsPerSecond": round(n as f64 / took.as_secs_f64())});
         }
     }
-    Ok(out)
+    Ok((out, dir))
 }
 
 /// A bundle of `n` objects of ten fields each (text, numbers, dates, a select, a lookup to

@@ -145,6 +145,15 @@ group = "local"
         self.workers[index].1.id()
     }
 
+    /// Stops every worker and the server, keeping the folders (until the fleet is dropped).
+    pub fn stop(&mut self) {
+        for (_, child) in &mut self.workers {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.server.stop();
+    }
+
     /// SIGKILLs worker `index` and reaps it.
     pub fn kill(&mut self, index: usize) {
         let child = &mut self.workers[index].1;
