@@ -31,6 +31,7 @@ struct Args {
     scale: usize,
     settle: u64,
     out: std::path::PathBuf,
+    print: Option<std::path::PathBuf>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -38,6 +39,7 @@ fn args() -> anyhow::Result<Args> {
         tenants: 2000,
         scale: 10_000,
         settle: 30,
+        print: None,
         out: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results/latest.json"),
     };
     let mut it = std::env::args().skip(1);
@@ -47,6 +49,7 @@ fn args() -> anyhow::Result<Args> {
             "--tenants" => args.tenants = value()?.parse()?,
             "--scale" => args.scale = value()?.parse()?,
             "--settle" => args.settle = value()?.parse()?,
+            "--print" => args.print = Some(value()?.into()),
             "--out" => args.out = value()?.into(),
             "-h" | "--help" => {
                 println!(
@@ -73,6 +76,11 @@ fn target(name: &str, value: f64, goal: &str, met: bool) -> Value {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = args()?;
+    if let Some(path) = &args.print {
+        let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+        print_table(&serde_json::from_str(&text)?);
+        return Ok(());
+    }
     let n = args.tenants;
     eprintln!(
         "bench: {n} tenants (scale run: {}), release build",
@@ -216,6 +224,36 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The baselines of one path, each with the fleet's rate as a ratio of it.
+fn baseline_rows(floors: &Value, fleet: f64, what: &str) {
+    let rows = [
+        (
+            "inProcess",
+            format!(
+                "  raw floor: {what}, plain loop, {} at once",
+                floors["inProcess"]["concurrency"]
+            ),
+        ),
+        (
+            "inProcessPerCore",
+            format!("  raw floor: {what}, one at a time per core"),
+        ),
+        (
+            "sqlite3",
+            format!(
+                "  sqlite3 shell, same SQL, {} at once",
+                baseline::CONCURRENCY
+            ),
+        ),
+    ];
+    for (key, label) in rows {
+        let rate = f(&floors[key]["tenantsPerSecond"]);
+        if rate > 0.0 {
+            println!("{label:<52} {rate:>12.1} {:>13.2}×", fleet / rate);
+        }
+    }
+}
+
 fn print_table(r: &Value) {
     let n = &r["tenants"];
     let run = &r["fleet"];
@@ -230,20 +268,16 @@ fn print_table(r: &Value) {
         m["kernel"].as_str().unwrap_or("?")
     );
     let p = &run["provisioning"];
-    println!("{:<52} {:>12}", "provisioning", "tenants/s");
+    println!(
+        "{:<52} {:>12} {:>14}",
+        "provisioning", "tenants/s", "fleet ÷ this"
+    );
     println!(
         "{:<52} {:>12}",
         "  through the fleet (register → hook, full speed)", p["tenantsPerSecond"]
     );
-    println!(
-        "{:<52} {:>12}",
-        "  raw floor: same work, plain loop, all cores",
-        floors["provisioning"]["inProcess"]["tenantsPerSecond"]
-    );
-    println!(
-        "{:<52} {:>12}",
-        "  sqlite3 shell loop, same SQL", floors["provisioning"]["sqlite3"]["tenantsPerSecond"]
-    );
+    let fleet_rate = f(&p["tenantsPerSecond"]);
+    baseline_rows(&floors["provisioning"], fleet_rate, "same work");
     println!(
         "  latency at full speed: p50 {} ms, p99 {} ms, max {} ms",
         p["latency"]["p50Ms"], p["latency"]["p99Ms"], p["latency"]["maxMs"]
@@ -261,23 +295,19 @@ fn print_table(r: &Value) {
     for version in ["v1", "v2"] {
         let d = &run["deploy"][version];
         println!(
-            "\n{:<52} {:>12}",
+            "\n{:<52} {:>12} {:>14}",
             format!("fleet deploy CRM {version} (waves 1, 10%, 100%)"),
-            "tenants/s"
+            "tenants/s",
+            "fleet ÷ this"
         );
         println!(
             "{:<52} {:>12}",
             "  through the fleet", d["tenantsPerSecond"]
         );
-        println!(
-            "{:<52} {:>12}",
-            "  raw floor: same migration, plain loop, all cores",
-            floors["deploy"][version]["inProcess"]["tenantsPerSecond"]
-        );
-        println!(
-            "{:<52} {:>12}",
-            "  sqlite3 shell loop, same SQL",
-            floors["deploy"][version]["sqlite3"]["tenantsPerSecond"]
+        baseline_rows(
+            &floors["deploy"][version],
+            f(&d["tenantsPerSecond"]),
+            "same migration",
         );
         println!(
             "  CPU per tenant: deployer {} ms, nats-server {} ms; total {} s",

@@ -219,8 +219,7 @@ pub async fn baselines(n: usize) -> anyhow::Result<(Value, tempfile::TempDir)> {
                 async move { baseline::provision_one(&backend, &s, &baseline::tenant(i)).await }
             })?
         };
-        out["provisioning"][label] =
-            json!({"tenantsPerSecond": round(n as f64 / took.as_secs_f64()), "concurrency": concurrency});
+        out["provisioning"][label] = json!({"tenantsPerSecond": round(n as f64 / took.as_secs_f64()), "concurrency": concurrency});
         for ((plan, registry), version) in deploy.iter().zip(["v1", "v2"]) {
             let work = std::sync::Arc::new((plan.clone(), registry.clone()));
             let backend = backend.clone();
