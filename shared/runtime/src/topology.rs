@@ -143,6 +143,8 @@ pub struct BucketSpec {
     pub history: i64,
     /// Replicas.
     pub replicas: usize,
+    /// How long a value is kept after its last write (zero: for ever).
+    pub max_age: Duration,
 }
 
 /// Why the topology could not be ensured.
@@ -213,6 +215,10 @@ pub const COMMAND_MAX_BYTES: usize = 64 * 1024;
 /// How long a work stream keeps a message (unconsumed commands, and schedules waiting to fire):
 /// 7 days. Work due later than this cannot be scheduled.
 pub const WORK_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How long a deployment's per-tenant entries (targets, results, rollbacks) are kept after
+/// their last write: a deployment can be resumed or rolled back that long.
+pub const DEPLOY_RESULTS_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The oldest nats-server the fleet runs on: 2.12 brought message schedules (ADR-51).
 pub const MIN_SERVER_VERSION: (u64, u64) = (2, 12);
@@ -333,6 +339,7 @@ impl Topology {
             bucket: name(b).to_ascii_lowercase(),
             history: 10,
             replicas,
+            max_age: Duration::ZERO,
         };
         Self {
             prefix: prefix.to_owned(),
@@ -365,8 +372,11 @@ impl Topology {
             buckets: vec![
                 bucket(TENANTS),
                 bucket(DEPLOYMENTS),
+                // A deployment's entries outlive it by DEPLOY_RESULTS_MAX_AGE: resumable and
+                // inspectable that long, then gone (the record keeps its tallies).
                 BucketSpec {
                     history: 1,
+                    max_age: DEPLOY_RESULTS_MAX_AGE,
                     ..bucket(DEPLOY_RESULTS)
                 },
                 bucket(INSTALLS),
@@ -467,6 +477,7 @@ impl Topology {
                 js.create_key_value(kv::Config {
                     bucket: spec.bucket.clone(),
                     history: spec.history,
+                    max_age: spec.max_age,
                     num_replicas: spec.replicas,
                     storage: StorageType::File,
                     ..Default::default()
