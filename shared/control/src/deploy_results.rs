@@ -8,7 +8,7 @@
 use std::ops::Range;
 
 use async_nats::jetstream::kv;
-use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::jetstream::stream::RawMessageErrorKind;
 use bytes::Bytes;
 use fleet_protocol::{DeploymentId, TenantId};
 use fleet_rollouts::{EntryKey, ResultEntry, TARGET_CHUNK, Written, targets_key};
@@ -206,14 +206,19 @@ impl DeployResults {
         let mut out = Vec::new();
         let mut through = after;
         loop {
+            // From the stream's leader (not a direct get, which a follower may answer before it
+            // has the entry this worker just wrote).
             let message = match self
                 .kv
                 .stream
-                .direct_get_next_for_subject(filter.as_str(), Some(through + 1))
+                .raw_message_builder()
+                .sequence(through + 1)
+                .next_by_subject(filter.as_str())
+                .send()
                 .await
             {
                 Ok(message) => message,
-                Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
+                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
                 Err(e) => return Err(store_error(e)),
             };
             through = message.sequence;
