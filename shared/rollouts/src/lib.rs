@@ -431,6 +431,45 @@ pub fn start(
     }
 }
 
+/// Moves the rollout on from what its tallies say: the next wave, the end of the deployment
+/// (completed, with failures, halted) or of its rollback — each marked unannounced.
+fn advance(next: &mut Deployment, now: &Timestamp) {
+    match next.status {
+        RolloutStatus::Running => match next.next() {
+            Next::StartWave(wave) => {
+                next.current_wave = wave;
+                next.announced = false;
+            }
+            Next::Finished(status) => {
+                next.status = status;
+                next.finished_at = Some(now.clone());
+                next.announced = false;
+                if status == RolloutStatus::Halted {
+                    next.reason = Some(format!(
+                        "halted after wave {}: {} failed tenant(s) exceed the failure ratio {}",
+                        next.current_wave + 1,
+                        next.tally.failed,
+                        next.max_failure_ratio
+                    ));
+                }
+            }
+            Next::Wait => {}
+        },
+        RolloutStatus::RollingBack if next.rollback_tally.recorded() >= next.rollback_targets => {
+            next.status = RolloutStatus::RolledBack;
+            next.finished_at = Some(now.clone());
+            next.announced = false;
+            if next.rollback_tally.failed > 0 {
+                next.reason = Some(format!(
+                    "{} tenant(s) could not be rolled back",
+                    next.rollback_tally.failed
+                ));
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Sums the entries written after the deployment's watermark into its tallies and moves the
 /// watermark to `through` (the last stream sequence read; `entries` are those read, in stream
 /// order), then moves the rollout on: the next wave, the end of the deployment (completed,
@@ -473,40 +512,7 @@ pub fn fold(
         }
     }
     next.folded = through;
-    match next.status {
-        RolloutStatus::Running => match next.next() {
-            Next::StartWave(wave) => {
-                next.current_wave = wave;
-                next.announced = false;
-            }
-            Next::Finished(status) => {
-                next.status = status;
-                next.finished_at = Some(now.clone());
-                next.announced = false;
-                if status == RolloutStatus::Halted {
-                    next.reason = Some(format!(
-                        "halted after wave {}: {} failed tenant(s) exceed the failure ratio {}",
-                        next.current_wave + 1,
-                        next.tally.failed,
-                        next.max_failure_ratio
-                    ));
-                }
-            }
-            Next::Wait => {}
-        },
-        RolloutStatus::RollingBack if next.rollback_tally.recorded() >= next.rollback_targets => {
-            next.status = RolloutStatus::RolledBack;
-            next.finished_at = Some(now.clone());
-            next.announced = false;
-            if next.rollback_tally.failed > 0 {
-                next.reason = Some(format!(
-                    "{} tenant(s) could not be rolled back",
-                    next.rollback_tally.failed
-                ));
-            }
-        }
-        _ => {}
-    }
+    advance(&mut next, now);
     Ok(write(next, &format!("{summed} result(s)"), None, now))
 }
 
@@ -549,8 +555,9 @@ pub fn cancel(
 }
 
 /// Restarts a halted or cancelled deployment. Its failed tenants are retried: the deployer
-/// writes a [`ResultEntry::Retry`] over each failed outcome first (folded, they no longer
-/// count), then publishes their jobs again with fresh message ids.
+/// writes a [`ResultEntry::Retry`] over each failed outcome first and folds them (they no
+/// longer count), then publishes their jobs again with fresh message ids. A wave that is
+/// complete moves on at once (to the next wave, or the end).
 pub fn resume(
     current: Option<&Versioned<Deployment>>,
     id: &DeploymentId,
@@ -566,6 +573,9 @@ pub fn resume(
             next.finished_at = None;
             next.resumes += 1;
             next.announced = false;
+            // A wave whose every tenant has a result (the cancel came after its last job) moves
+            // on now: no result is coming that would move it.
+            advance(&mut next, now);
             Ok(write(next, "resume", None, now))
         }
         status => Err(illegal(id, status, "resume")),
@@ -840,6 +850,33 @@ mod tests {
         let decision = resume(Some(&d), &id(), &t(7)).unwrap();
         apply(&mut d, decision);
         assert_eq!(d.state.resumes, 2);
+    }
+
+    #[test]
+    fn resuming_a_rollout_cancelled_after_its_wave_completed_moves_it_on() {
+        let mut d = started(vec![1, 2], 0.5);
+        let decision = cancel(Some(&d), &id(), &t(1)).unwrap();
+        apply(&mut d, decision);
+        // The wave's last result arrives after the cancel.
+        fold_in(&mut d, &[result(1, "a", true)], 2);
+        assert_eq!(d.state.status, RolloutStatus::Cancelled);
+        let decision = resume(Some(&d), &id(), &t(3)).unwrap();
+        apply(&mut d, decision);
+        assert_eq!(
+            (d.state.status, d.state.current_wave),
+            (RolloutStatus::Running, 1)
+        );
+        assert!(!d.state.announced, "wave 2's jobs are to be published");
+        let decision = cancel(Some(&d), &id(), &t(4)).unwrap();
+        apply(&mut d, decision);
+        fold_in(&mut d, &[result(2, "b", true)], 5);
+        let decision = resume(Some(&d), &id(), &t(6)).unwrap();
+        apply(&mut d, decision);
+        assert_eq!(
+            d.state.status,
+            RolloutStatus::Completed,
+            "every target has a result: it ends"
+        );
     }
 
     #[test]

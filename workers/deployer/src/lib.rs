@@ -258,6 +258,11 @@ enum TenantError {
     /// The stored rollback plan does not parse.
     #[error("the stored rollback plan")]
     StoredPlan(#[source] serde_json::Error),
+    /// A later deployment was applied after the one being rolled back.
+    #[error(
+        "deployment {0} was applied after this one: roll that back first (a reverse plan only fits the schema its deployment left)"
+    )]
+    Superseded(String),
     /// The deployment dropped data, so it has no rollback plan.
     #[error("the deployment's plan was not reversible (it dropped data)")]
     NotReversible,
@@ -681,7 +686,14 @@ impl Deployer {
             _ => ("deploy.failed", "hooks.deploy.failed"),
         };
         let (ready, failed, pending) = d.counts();
-        let failures: Vec<_> = if failed > 0 {
+        // A rollback's hook names the tenants it could not undo; the others, failed deploys.
+        let rollback = d.status == RolloutStatus::RolledBack;
+        let any = if rollback {
+            d.rollback_tally.failed
+        } else {
+            failed
+        };
+        let failures: Vec<_> = if any > 0 {
             self.results
                 .list(&d.id)
                 .await
@@ -689,7 +701,12 @@ impl Deployer {
                 .into_iter()
                 .filter_map(|w| match (w.key, w.entry) {
                     (EntryKey::Deploy(t), ResultEntry::Outcome { outcome, .. })
-                        if outcome.status == DeployStatus::Failed =>
+                        if !rollback && outcome.status == DeployStatus::Failed =>
+                    {
+                        Some(json!({"tenantId": t, "error": outcome.error}))
+                    }
+                    (EntryKey::Rollback(t), ResultEntry::Outcome { outcome, .. })
+                        if rollback && outcome.status == DeployStatus::Failed =>
                     {
                         Some(json!({"tenantId": t, "error": outcome.error}))
                     }
@@ -945,6 +962,20 @@ impl Deployer {
 
     async fn rollback_tenant(&self, d: &Deployment, tenant: &TenantId) -> Result<u64, TenantError> {
         let (_, conn) = self.tenant_connection(tenant).await?;
+        // Only the last deployment applied can be undone: its reverse plan assumes the schema
+        // it left, which a later deployment changed.
+        if let Some(latest) = latest_deployment(&conn).await?
+            && latest.deployment_id != d.id.as_str()
+            && count(
+                &conn,
+                "SELECT count(*) FROM sys_deployment WHERE deployment_id = ?1",
+                vec![SqlValue::Text(d.id.to_string())],
+            )
+            .await?
+                > 0
+        {
+            return Err(TenantError::Superseded(latest.deployment_id));
+        }
         let mut rows = conn
             .query(
                 "SELECT rollback_plan FROM sys_deployment WHERE deployment_id = ?1",
@@ -1038,20 +1069,20 @@ impl Deployer {
         // validating: the tenant is active, its stored token opens its database
         let (record, conn) = self.tenant_connection(tenant).await?;
         let objects = &prepared.objects;
-        let already = count(
-            &conn,
-            "SELECT count(*) FROM sys_deployment WHERE version = ?1 AND checksum = ?2",
-            vec![
-                SqlValue::Text(d.version.clone()),
-                SqlValue::Text(d.checksum.clone()),
-            ],
-        )
-        .await?;
-        if already > 0 {
-            return Ok(TenantOutcome {
-                skipped: true,
-                ..TenantOutcome::ready(0)
-            });
+        match latest_deployment(&conn).await? {
+            // This deployment's own row: an earlier delivery migrated the tenant and died
+            // before its result was written. Migrated, not skipped (a rollback undoes it).
+            Some(latest) if latest.deployment_id == d.id.as_str() && !d.dry_run => {
+                return Ok(TenantOutcome::ready(latest.statements));
+            }
+            // Already at the bundle's version (the last deployment applied was this one's).
+            Some(latest) if latest.version == d.version && latest.checksum == d.checksum => {
+                return Ok(TenantOutcome {
+                    skipped: true,
+                    ..TenantOutcome::ready(0)
+                });
+            }
+            _ => {}
         }
         // Quota gate: objects and deployments per day.
         if let Some(max) = record.quotas.max_objects {
@@ -1121,6 +1152,46 @@ fn quota(name: &str, current: u64, limit: u64) -> String {
         "quota exceeded: {}",
         serde_json::to_string(&result).unwrap_or_default()
     )
+}
+
+/// The last deployment applied to a tenant (its `sys_deployment` row).
+struct Applied {
+    deployment_id: String,
+    version: String,
+    checksum: String,
+    statements: u64,
+}
+
+/// The tenant's last applied deployment, if any.
+async fn latest_deployment(conn: &libsql::Connection) -> Result<Option<Applied>, TenantError> {
+    let sql = "SELECT deployment_id, version, checksum, statements FROM sys_deployment \
+               ORDER BY applied_at DESC, rowid DESC LIMIT 1";
+    let query = |transient| {
+        move |source| TenantError::Query {
+            what: "the last applied deployment".into(),
+            source,
+            transient,
+        }
+    };
+    let mut rows = conn.query(sql, ()).await.map_err(query(false))?;
+    let Some(row) = rows.next().await.map_err(query(true))? else {
+        return Ok(None);
+    };
+    let text = |i| match row.get_value(i) {
+        Ok(SqlValue::Text(t)) => t,
+        _ => String::new(),
+    };
+    let statements = match row.get_value(3) {
+        Ok(SqlValue::Integer(n)) => n.max(0) as u64,
+        Ok(SqlValue::Real(x)) => x.max(0.0) as u64,
+        _ => 0,
+    };
+    Ok(Some(Applied {
+        deployment_id: text(0),
+        version: text(1),
+        checksum: text(2),
+        statements,
+    }))
 }
 
 async fn count(

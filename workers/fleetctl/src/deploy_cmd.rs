@@ -93,6 +93,15 @@ fn bundle_document(path: &Path) -> anyhow::Result<Value> {
     if path.is_file() {
         return read_json(path);
     }
+    if !path.is_dir() {
+        bail!("{}: no such bundle file or directory", path.display());
+    }
+    if !path.join("manifest.json").is_file() && !path.join("bundle.json").is_file() {
+        bail!(
+            "{}: a bundle directory holds manifest.json (or bundle.json)",
+            path.display()
+        );
+    }
     if path.join("bundle.json").is_file() {
         return read_json(&path.join("bundle.json"));
     }
@@ -159,6 +168,24 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         }
         Some(DeployAction::Rollback { id }) => {
             let id = DeploymentId::parse(id)?;
+            match deployments
+                .get::<rollout::RolloutError>(id.as_str())
+                .await?
+                .map(|v| v.state)
+            {
+                None => {
+                    eprintln!("no deployment {id}");
+                    return Ok(ExitCode::from(1));
+                }
+                Some(d) if matches!(d.status, RolloutStatus::Running | RolloutStatus::Rejected) => {
+                    eprintln!(
+                        "deployment {id} is {:?}: only a finished, halted or cancelled deployment can be rolled back",
+                        d.status
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+                Some(_) => {}
+            }
             let request = fleet_protocol::DeployRollbackRequest {
                 deployment_id: id.clone(),
             };
@@ -208,6 +235,16 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
                     rand::random::<u32>() & 0xff_ffff
                 ))?,
             };
+            if let Some(existing) = deployments
+                .get::<rollout::RolloutError>(id.as_str())
+                .await?
+            {
+                eprintln!(
+                    "deployment {id} already exists ({:?}, version {}): choose another --id",
+                    existing.state.status, existing.state.version
+                );
+                return Ok(ExitCode::from(1));
+            }
             if !args.all && args.tenants.is_empty() {
                 bail!("name --tenants or --all");
             }
@@ -292,31 +329,39 @@ async fn control(
             HeaderMap::new(),
         )
         .await?;
-    let wanted = match action {
-        DeployControlAction::Resume => RolloutStatus::Running,
-        DeployControlAction::Cancel => RolloutStatus::Cancelled,
-    };
+    // Results keep changing the record while the command waits its turn: the answer is a
+    // resume counted (whatever the rollout did next) or the status `cancelled` — or, for a
+    // cancel, the rollout ending on its own first.
     for _ in 0..300 {
         if let Some(now) = deployments
             .get::<rollout::RolloutError>(id.as_str())
             .await?
-            && now.revision > before.revision
         {
-            if now.state.status != wanted {
-                eprintln!(
-                    "deployment {id} is {:?}: the deployer did not {action:?} it",
-                    now.state.status
-                );
-                return Ok(ExitCode::from(1));
-            }
+            let d = &now.state;
             match action {
-                DeployControlAction::Resume => say!(
-                    "deployment {id} resumed at wave {}",
-                    now.state.current_wave + 1
-                ),
-                DeployControlAction::Cancel => say!("deployment {id} cancelled"),
+                DeployControlAction::Resume if d.resumes > before.state.resumes => {
+                    say!(
+                        "deployment {id} resumed at wave {}: now {:?}",
+                        d.current_wave + 1,
+                        d.status
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
+                DeployControlAction::Cancel if d.status == RolloutStatus::Cancelled => {
+                    say!("deployment {id} cancelled");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                DeployControlAction::Cancel
+                    if !matches!(d.status, RolloutStatus::Running | RolloutStatus::Halted) =>
+                {
+                    eprintln!(
+                        "deployment {id} ended {:?} before the cancel was carried out",
+                        d.status
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+                _ => {}
             }
-            return Ok(ExitCode::SUCCESS);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -452,6 +452,46 @@ async fn a_reversible_deployment_is_rolled_back_to_the_previous_schema() {
             .contains(&"ticket".to_owned())
     );
 
+    // v1 is no longer the last deployment applied: undoing it would undo v1.1 too (and drop
+    // the row above). Refused on every tenant, nothing touched.
+    fleet
+        .publisher
+        .publish_json(
+            "deploy.rollback",
+            "rb-0",
+            &json!({"deploymentId": "v1"}),
+            async_nats::HeaderMap::new(),
+        )
+        .await
+        .unwrap();
+    fleet
+        .eventually(Duration::from_secs(60), "v1 rollback ended", async || {
+            fleet
+                .deployment("v1")
+                .await
+                .is_some_and(|d| d.status == RolloutStatus::RolledBack)
+        })
+        .await;
+    let refused = fleet.deployment("v1").await.unwrap();
+    assert_eq!(
+        (refused.rollback_tally.ready, refused.rollback_tally.failed),
+        (0, 3),
+        "{refused:?}"
+    );
+    assert!(fleet.outcomes("v1", true).await.values().all(|r| {
+        r.error
+            .as_deref()
+            .unwrap()
+            .contains("applied after this one")
+    }),);
+    assert_eq!(
+        fleet
+            .count(&tenants[0], "SELECT count(*) FROM crm_account")
+            .await,
+        1,
+        "nothing undone"
+    );
+
     fleet
         .publisher
         .publish_json(
@@ -506,7 +546,14 @@ async fn a_reversible_deployment_is_rolled_back_to_the_previous_schema() {
             .await,
         0
     );
-    assert_eq!(fleet.hooks("hooks.deploy.rolled_back").await.len(), 1);
+    let hooks = fleet.hooks("hooks.deploy.rolled_back").await;
+    assert_eq!(hooks.len(), 2, "v1's refused rollback, then v11's");
+    let v1 = hooks.iter().find(|h| h["subject"] == "v1").unwrap();
+    assert_eq!(
+        v1["data"]["failures"].as_array().map(Vec::len),
+        Some(3),
+        "a rollback's hook names the tenants it could not undo: {v1}"
+    );
 }
 
 #[tokio::test]

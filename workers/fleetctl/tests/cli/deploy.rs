@@ -82,3 +82,23 @@ async fn a_bundle_directory_is_assembled_from_its_files() {
     assert_eq!(request["bundle"]["objects"][0]["name"], "ticket");
     assert_eq!(request["target"]["tenants"], serde_json::json!(["acme"]));
 }
+
+#[tokio::test]
+async fn a_bundle_path_that_does_not_exist_is_refused_not_deployed_empty() {
+    let server = NatsServer::start();
+    fleetctl()
+        .env("FLEET_NATS__URL", server.url())
+        .args(["deploy", "/no/such/bundle.json", "--all", "--dry-run"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no such bundle file or directory"));
+    let empty = tempfile::tempdir().unwrap();
+    fleetctl()
+        .env("FLEET_NATS__URL", server.url())
+        .args(["deploy", "--all"])
+        .arg(empty.path())
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("manifest.json"));
+    assert_eq!(deploy_commands(&server).await, 0);
+}
