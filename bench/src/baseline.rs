@@ -83,17 +83,13 @@ pub fn tenant(i: usize) -> TenantId {
 
 /// Where the local backend keeps `tenant`'s files under `root`.
 pub fn paths(backend: &LocalBackend, tenant: &TenantId) -> (DatabaseName, PathBuf, PathBuf) {
-    let name = backend_name(backend, tenant);
+    use fleet_tenantdb::TenantDatabases;
+    let name = backend.database_name(tenant);
     (
         name.clone(),
         backend.database_path(&name),
         backend.record_path(&name),
     )
-}
-
-fn backend_name(backend: &LocalBackend, tenant: &TenantId) -> DatabaseName {
-    use fleet_tenantdb::TenantDatabases;
-    backend.database_name(tenant)
 }
 
 /// A token record written the way the local backend makes one durable: temp file, fsync,

@@ -128,7 +128,7 @@ impl BenchFleet {
             let sent = sent.clone();
             let tenants = tenants.to_vec();
             let publisher = self.publisher.clone();
-            let this = Self::registrar(publisher);
+            let this = Registrar { publisher };
             tokio::spawn(async move {
                 match interval {
                     None => {
@@ -180,10 +180,6 @@ impl BenchFleet {
         let elapsed = started.elapsed();
         publishing.await?;
         Ok((latencies, elapsed))
-    }
-
-    fn registrar(publisher: fleet_runtime::Publisher) -> Registrar {
-        Registrar { publisher }
     }
 
     /// Publishes `deploy.requested` for `bundle` to every active tenant in waves 1, 10 %,

@@ -94,25 +94,13 @@ pub async fn deploy_scripts(
 
 fn deployment(id: &str, bundle: &DeployBundle) -> fleet_rollouts::Deployment {
     fleet_rollouts::Deployment {
-        id: DeploymentId::parse(id).expect("a deployment id"),
         version: bundle.manifest.version.clone(),
         checksum: bundle.contents_checksum(),
-        status: fleet_rollouts::RolloutStatus::Running,
-        dry_run: false,
-        allow_destructive: false,
-        max_failure_ratio: 0.0,
-        wave_ends: Vec::new(),
-        targets_attempt: String::new(),
-        current_wave: 0,
-        tally: Default::default(),
-        rollback_tally: Default::default(),
-        rollback_targets: 0,
-        folded: 0,
-        announced: false,
-        reason: None,
-        requested_at: Timestamp::now(),
-        finished_at: None,
-        resumes: 0,
+        ..fleet_rollouts::Deployment::new(
+            DeploymentId::parse(id).expect("a deployment id"),
+            fleet_rollouts::RolloutStatus::Running,
+            Timestamp::now(),
+        )
     }
 }
 

@@ -10,7 +10,7 @@ use std::ops::Range;
 use async_nats::jetstream::kv;
 use async_nats::jetstream::stream::RawMessageErrorKind;
 use bytes::Bytes;
-use fleet_protocol::{DeploymentId, TenantId};
+use fleet_protocol::{DeployStatus, DeploymentId, TenantId};
 use fleet_rollouts::{EntryKey, ResultEntry, TARGET_CHUNK, Written, targets_key};
 
 /// Why an entry could not be read or written.
@@ -250,6 +250,35 @@ impl DeployResults {
             });
         }
         Ok((out, through))
+    }
+
+    /// The failed tenants of `id` and their errors, in stream order: its deploys, or with
+    /// `rollback` its rollbacks (one listing of its entries).
+    pub async fn failures(
+        &self,
+        id: &DeploymentId,
+        rollback: bool,
+    ) -> Result<Vec<(TenantId, String)>, ResultsError> {
+        Ok(self
+            .list(id)
+            .await?
+            .into_iter()
+            .filter_map(|w| {
+                let tenant = match w.key {
+                    EntryKey::Deploy(t) if !rollback => t,
+                    EntryKey::Rollback(t) if rollback => t,
+                    _ => return None,
+                };
+                match w.entry {
+                    ResultEntry::Outcome { outcome, .. }
+                        if outcome.status == DeployStatus::Failed =>
+                    {
+                        Some((tenant, outcome.error.unwrap_or_default()))
+                    }
+                    _ => None,
+                }
+            })
+            .collect())
     }
 
     /// Every entry of `id` (the bucket keeps one revision per key: the latest of each).

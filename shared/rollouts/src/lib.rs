@@ -326,6 +326,32 @@ impl TenantOutcome {
 }
 
 impl Deployment {
+    /// A record of deployment `id` with nothing in it yet (no targets, no results), requested
+    /// at `requested_at`: the base a request or a rejection fills in.
+    pub fn new(id: DeploymentId, status: RolloutStatus, requested_at: Timestamp) -> Self {
+        Deployment {
+            id,
+            version: String::new(),
+            checksum: String::new(),
+            status,
+            dry_run: false,
+            allow_destructive: false,
+            max_failure_ratio: 0.0,
+            wave_ends: Vec::new(),
+            targets_attempt: String::new(),
+            current_wave: 0,
+            tally: Tally::default(),
+            rollback_tally: Tally::default(),
+            rollback_targets: 0,
+            folded: 0,
+            announced: false,
+            reason: None,
+            requested_at,
+            finished_at: None,
+            resumes: 0,
+        }
+    }
+
     /// How many tenants it targets.
     pub fn targets(&self) -> u64 {
         self.wave_ends.last().copied().unwrap_or(0)
@@ -633,25 +659,12 @@ mod tests {
 
     fn deployment(wave_ends: Vec<u64>, ratio: f64) -> Deployment {
         Deployment {
-            id: id(),
             version: "1".into(),
             checksum: "x".into(),
-            status: RolloutStatus::Running,
-            dry_run: false,
-            allow_destructive: false,
             max_failure_ratio: ratio,
             wave_ends,
             targets_attempt: "a1".into(),
-            current_wave: 0,
-            tally: Tally::default(),
-            rollback_tally: Tally::default(),
-            rollback_targets: 0,
-            folded: 0,
-            announced: false,
-            reason: None,
-            requested_at: t(0),
-            finished_at: None,
-            resumes: 0,
+            ..Deployment::new(id(), RolloutStatus::Running, t(0))
         }
     }
 

@@ -118,18 +118,14 @@ const THREADS_PER_CORE: usize = 4;
 /// [`THREADS_PER_CORE`] threads per core, or `TOKIO_WORKER_THREADS`), the error (with its
 /// causes) on stderr and exit code 1 when it fails.
 pub fn main<W: Worker>() -> ExitCode {
-    let threads = std::env::var("TOKIO_WORKER_THREADS")
-        .ok()
-        .and_then(|n| n.parse::<usize>().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, |n| n.get()) * THREADS_PER_CORE
-        });
-    let tokio = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-    {
+    let mut tokio = tokio::runtime::Builder::new_multi_thread();
+    // Tokio reads TOKIO_WORKER_THREADS itself when no count is set.
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        tokio.worker_threads(
+            std::thread::available_parallelism().map_or(1, |n| n.get()) * THREADS_PER_CORE,
+        );
+    }
+    let tokio = match tokio.enable_all().build() {
         Ok(tokio) => tokio,
         Err(e) => {
             eprintln!("{}: starting the async runtime: {e}", W::NAME);

@@ -184,7 +184,7 @@ pub trait TenantDatabases: Send + Sync + fmt::Debug {
 pub struct TenantDatabase {
     tenant: TenantId,
     database: DatabaseName,
-    db: std::sync::Arc<libsql::Database>,
+    db: libsql::Database,
     read_only: bool,
     local: bool,
 }
@@ -203,14 +203,14 @@ impl TenantDatabase {
     pub(crate) fn new(
         tenant: TenantId,
         database: DatabaseName,
-        db: impl Into<std::sync::Arc<libsql::Database>>,
+        db: libsql::Database,
         read_only: bool,
         local: bool,
     ) -> Self {
         Self {
             tenant,
             database,
-            db: db.into(),
+            db,
             read_only,
             local,
         }

@@ -136,6 +136,14 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// The paths of one database's files.
+struct Files {
+    dir: PathBuf,
+    db: PathBuf,
+    record: PathBuf,
+    temp: PathBuf,
+}
+
 /// The shard folder of `database`: the first byte of the SHA-256 of its name, in hex.
 fn shard(database: &DatabaseName) -> String {
     use sha2::Digest;
@@ -216,36 +224,38 @@ impl LocalBackend {
         &self.data_dir
     }
 
-    /// The folder holding `database`'s files: its shard, or the data dir itself for a
-    /// database created before the layout was sharded.
-    pub fn database_dir(&self, database: &DatabaseName) -> PathBuf {
+    /// Where `database`'s files are: its shard folder, or the data dir itself for a database
+    /// created before the layout was sharded (found with at most two `stat`s, once per
+    /// operation).
+    fn files(&self, database: &DatabaseName) -> Files {
         let sharded = self.data_dir.join(shard(database));
-        if !sharded.join(format!("{database}.meta.json")).exists()
-            && self.data_dir.join(format!("{database}.meta.json")).exists()
-        {
-            return self.data_dir.clone();
+        let record = format!("{database}.meta.json");
+        let dir = if !sharded.join(&record).exists() && self.data_dir.join(&record).exists() {
+            self.data_dir.clone()
+        } else {
+            sharded
+        };
+        Files {
+            db: dir.join(format!("{database}.db")),
+            record: dir.join(&record),
+            temp: dir.join(format!("{record}.tmp")),
+            dir,
         }
-        sharded
+    }
+
+    /// The folder holding `database`'s files.
+    pub fn database_dir(&self, database: &DatabaseName) -> PathBuf {
+        self.files(database).dir
     }
 
     /// The database file of `database`.
     pub fn database_path(&self, database: &DatabaseName) -> PathBuf {
-        self.database_dir(database).join(format!("{database}.db"))
+        self.files(database).db
     }
 
     /// The record (`.meta.json`) of `database`.
     pub fn record_path(&self, database: &DatabaseName) -> PathBuf {
-        self.database_dir(database)
-            .join(format!("{database}.meta.json"))
-    }
-
-    fn db_path(&self, database: &DatabaseName) -> PathBuf {
-        self.database_path(database)
-    }
-
-    fn temp_path(&self, database: &DatabaseName) -> PathBuf {
-        self.database_dir(database)
-            .join(format!("{database}.meta.json.tmp"))
+        self.files(database).record
     }
 
     /// The lock stripe of `database`'s record.
@@ -278,11 +288,12 @@ impl LocalBackend {
         change: impl FnOnce(&mut DatabaseRecord) -> T + Send + 'static,
     ) -> TenantDbResult<T> {
         let _guard = self.stripe(database).lock().await;
-        let (path, tmp, dir) = (
-            self.record_path(database),
-            self.temp_path(database),
-            self.database_dir(database),
-        );
+        let Files {
+            record: path,
+            temp: tmp,
+            dir,
+            ..
+        } = self.files(database);
         let name = database.clone();
         blocking(move || {
             let Stored::Record(mut record) = read_stored(&path, &name)? else {
@@ -315,11 +326,12 @@ impl LocalBackend {
         group: &str,
     ) -> TenantDbResult<DatabaseRecord> {
         let _guard = self.stripe(database).lock().await;
-        let (path, tmp, dir) = (
-            self.record_path(database),
-            self.temp_path(database),
-            self.database_dir(database),
-        );
+        let Files {
+            record: path,
+            temp: tmp,
+            dir,
+            ..
+        } = self.files(database);
         let (name, fresh) = (database.clone(), DatabaseRecord::new(tenant, group));
         let data_dir = self.data_dir.clone();
         blocking(move || {
@@ -365,7 +377,7 @@ impl LocalBackend {
     fn info(&self, database: &DatabaseName, record: &DatabaseRecord) -> TursoDatabaseInfo {
         record.info(
             database,
-            self.db_path(database).display().to_string(),
+            self.database_path(database).display().to_string(),
             "libsql-local",
         )
     }
@@ -379,7 +391,7 @@ impl TenantDatabases for LocalBackend {
     }
 
     fn connection_url(&self, database: &DatabaseName) -> String {
-        format!("file:{}", self.db_path(database).display())
+        format!("file:{}", self.database_path(database).display())
     }
 
     async fn create_database(
@@ -394,7 +406,7 @@ impl TenantDatabases for LocalBackend {
         // The database file from the empty WAL-mode image, unless a complete one is there
         // (a retry after a crash); synced before the step can be recorded as done.
         let empty = self.empty_database().await?.to_vec();
-        let path = self.db_path(&database);
+        let Files { db: path, dir, .. } = self.files(&database);
         let name = database.clone();
         blocking(move || {
             let io = |what: &str| TenantDbError::io(format!("{what} the database file of {name}"));
@@ -410,14 +422,9 @@ impl TenantDatabases for LocalBackend {
                 crashpoint::reached("create_database.database_written");
                 file.sync_all().map_err(io("syncing"))?;
             }
-            Ok(())
-        })
-        .await?;
-        crashpoint::reached("create_database.database_created");
-        // One directory sync makes both new names (record, database) durable before the step
-        // is recorded as done.
-        let dir = self.database_dir(&database);
-        blocking(move || {
+            crashpoint::reached("create_database.database_created");
+            // One directory sync makes both new names (record, database) durable before the
+            // step is recorded as done.
             sync_dir(&dir).map_err(TenantDbError::io(format!("syncing {}", dir.display())))
         })
         .await?;
@@ -484,18 +491,21 @@ impl TenantDatabases for LocalBackend {
 
     async fn delete_database(&self, database: &DatabaseName) -> TenantDbResult<bool> {
         let _guard = self.stripe(database).lock().await;
-        let db = self.db_path(database);
-        let record = self.record_path(database);
+        let Files {
+            db,
+            record,
+            temp,
+            dir,
+        } = self.files(database);
         // The database's files first, its record last: while the record exists the deletion
         // is unfinished, and a retry after a crash removes the rest (a corrupt record too).
         let files = [
             db.clone(),
             PathBuf::from(format!("{}-wal", db.display())),
             PathBuf::from(format!("{}-shm", db.display())),
-            self.temp_path(database),
+            temp,
             record.clone(),
         ];
-        let dir = self.database_dir(database);
         blocking(move || {
             let existed = record.exists() || db.exists();
             for file in files {
@@ -536,7 +546,7 @@ impl TenantDatabases for LocalBackend {
         if self.read_record(database).await?.is_none() {
             return Err(TenantDbError::NotFound(database.to_string()));
         }
-        let db = self.db_path(database);
+        let db = self.database_path(database);
         let mut total = 0;
         for file in [db.clone(), PathBuf::from(format!("{}-wal", db.display()))] {
             if let Ok(meta) = tokio::fs::metadata(&file).await {
@@ -557,7 +567,7 @@ impl TenantDatabases for LocalBackend {
             .ok_or_else(|| TenantDbError::NotFound(database.to_string()))?;
         let scope = record.authorize(database, token)?;
         let read_only = scope == TursoTokenScope::ReadOnly;
-        let mut builder = libsql::Builder::new_local(self.db_path(database));
+        let mut builder = libsql::Builder::new_local(self.database_path(database));
         if read_only {
             builder = builder.flags(OpenFlags::SQLITE_OPEN_READ_ONLY);
         } else {

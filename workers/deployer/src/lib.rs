@@ -400,7 +400,7 @@ impl Deployer {
             max_failure_ratio: request.rollout.max_failure_ratio,
             wave_ends: ends.into_iter().map(|end| end as u64).collect(),
             targets_attempt: attempt,
-            ..Self::record(&id, RolloutStatus::Running)
+            ..Deployment::new(id.clone(), RolloutStatus::Running, Timestamp::now())
         };
         match self
             .deployments
@@ -415,37 +415,12 @@ impl Deployer {
         }
     }
 
-    /// A deployment record with nothing in it yet.
-    fn record(id: &DeploymentId, status: RolloutStatus) -> Deployment {
-        Deployment {
-            id: id.clone(),
-            version: String::new(),
-            checksum: String::new(),
-            status,
-            dry_run: false,
-            allow_destructive: false,
-            max_failure_ratio: 0.0,
-            wave_ends: Vec::new(),
-            targets_attempt: String::new(),
-            current_wave: 0,
-            tally: Default::default(),
-            rollback_tally: Default::default(),
-            rollback_targets: 0,
-            folded: 0,
-            announced: false,
-            reason: None,
-            requested_at: Timestamp::now(),
-            finished_at: None,
-            resumes: 0,
-        }
-    }
-
     async fn reject(&self, id: &DeploymentId, version: &str, reason: &str) -> Outcome {
         let deployment = Deployment {
             version: version.to_owned(),
             reason: Some(reason.to_owned()),
             finished_at: Some(Timestamp::now()),
-            ..Self::record(id, RolloutStatus::Rejected)
+            ..Deployment::new(id.clone(), RolloutStatus::Rejected, Timestamp::now())
         };
         // Recorded with its hook, or retried until it is (both idempotent: the record is
         // unchanged the second time, the hook's id derives from the rejection).
@@ -695,24 +670,12 @@ impl Deployer {
         };
         let failures: Vec<_> = if any > 0 {
             self.results
-                .list(&d.id)
+                .failures(&d.id, rollback)
                 .await
                 .map_err(DeployerError::Results)?
                 .into_iter()
-                .filter_map(|w| match (w.key, w.entry) {
-                    (EntryKey::Deploy(t), ResultEntry::Outcome { outcome, .. })
-                        if !rollback && outcome.status == DeployStatus::Failed =>
-                    {
-                        Some(json!({"tenantId": t, "error": outcome.error}))
-                    }
-                    (EntryKey::Rollback(t), ResultEntry::Outcome { outcome, .. })
-                        if rollback && outcome.status == DeployStatus::Failed =>
-                    {
-                        Some(json!({"tenantId": t, "error": outcome.error}))
-                    }
-                    _ => None,
-                })
                 .take(HOOK_FAILURES)
+                .map(|(t, error)| json!({"tenantId": t, "error": error}))
                 .collect()
         } else {
             Vec::new()

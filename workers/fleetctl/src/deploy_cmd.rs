@@ -16,7 +16,7 @@ use fleet_protocol::{
     DeployControl, DeployControlAction, DeployRequest, DeployTarget, DeploymentId, RolloutOptions,
     TenantId, Timestamp,
 };
-use fleet_rollouts::{self as rollout, Deployment, EntryKey, ResultEntry, RolloutStatus};
+use fleet_rollouts::{self as rollout, Deployment, RolloutStatus};
 use fleet_runtime::{Runtime, StateStore};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::{Map, Value, json};
@@ -433,21 +433,14 @@ async fn failures(
     results: &DeployResults,
     d: &Deployment,
 ) -> anyhow::Result<Vec<(TenantId, String)>> {
-    if d.tally.failed == 0 && d.rollback_tally.failed == 0 {
-        return Ok(Vec::new());
+    let mut out = Vec::new();
+    if d.tally.failed > 0 {
+        out.extend(results.failures(&d.id, false).await?);
     }
-    Ok(results
-        .list(&d.id)
-        .await?
-        .into_iter()
-        .filter_map(|w| match (w.key, w.entry) {
-            (
-                EntryKey::Deploy(tenant) | EntryKey::Rollback(tenant),
-                ResultEntry::Outcome { outcome, .. },
-            ) if outcome.error.is_some() => Some((tenant, outcome.error.unwrap_or_default())),
-            _ => None,
-        })
-        .collect())
+    if d.rollback_tally.failed > 0 {
+        out.extend(results.failures(&d.id, true).await?);
+    }
+    Ok(out)
 }
 
 fn print_summary(d: &Deployment, failures: &[(TenantId, String)]) {
