@@ -412,6 +412,29 @@ pub fn create(
     }
 }
 
+/// [`create`] with `owner`'s provisioning lease (until `until`) already in the new record: the
+/// worker that creates a tenant goes on to provision it, in one write, not two. A repeated
+/// request changes nothing (the lease is then [`claim`]ed as for any delivery).
+pub fn create_leased(
+    current: Option<&Versioned<TenantRecord>>,
+    tenant: &TenantId,
+    request: &TenantProvisioningRequest,
+    owner: &str,
+    until: Timestamp,
+    now: &Timestamp,
+) -> Result<Decision<TenantRecord>, TransitionError> {
+    Ok(match create(current, tenant, request, now)? {
+        Decision::Write { mut next, event } => {
+            next.lease = Some(Lease {
+                owner: owner.to_owned(),
+                until,
+            });
+            Decision::Write { next, event }
+        }
+        Decision::Unchanged => Decision::Unchanged,
+    })
+}
+
 /// Takes the provisioning lease for `owner` until `until` (free, expired at `now`, or already
 /// ours).
 pub fn claim(
@@ -842,6 +865,18 @@ mod tests {
             );
         }
         apply(s.clone(), activate(s.as_ref(), &acme(), 1, &t(10)).unwrap())
+    }
+
+    #[test]
+    fn a_leased_create_holds_the_lease_and_repeats_are_no_ops() {
+        let decision = create_leased(None, &acme(), &request(), "w1", t(10), &t(0)).unwrap();
+        let s = apply(None, decision);
+        let lease = s.as_ref().unwrap().state.lease.clone().unwrap();
+        assert_eq!((lease.owner.as_str(), lease.until), ("w1", t(10)));
+        assert_eq!(
+            create_leased(s.as_ref(), &acme(), &request(), "w2", t(20), &t(1)).unwrap(),
+            Decision::Unchanged
+        );
     }
 
     #[test]

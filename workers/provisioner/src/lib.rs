@@ -419,25 +419,13 @@ impl Provisioner {
         let until = self.lease_until();
         let record = match self
             .transition(&tenant, |cur| {
-                let now = Timestamp::now();
-                let Decision::Write { next, event } =
-                    machine::create(cur, &tenant, &request, &now)?
-                else {
-                    return Ok(Decision::Unchanged);
-                };
-                let created = Versioned {
-                    state: next,
-                    revision: 0,
-                };
-                Ok(
-                    match machine::claim(Some(&created), &tenant, &self.owner, until.clone(), &now)?
-                    {
-                        Decision::Write { next, .. } => Decision::Write { next, event },
-                        Decision::Unchanged => Decision::Write {
-                            next: created.state,
-                            event,
-                        },
-                    },
+                machine::create_leased(
+                    cur,
+                    &tenant,
+                    &request,
+                    &self.owner,
+                    until.clone(),
+                    &Timestamp::now(),
                 )
             })
             .await
