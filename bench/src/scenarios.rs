@@ -85,7 +85,12 @@ pub async fn deploy_scripts(
         let desired = fleet_schema::system::with_system_objects(&objects(bundle)?);
         let planned = fleet_schema::plan_database(&conn, &desired, PlanOptions::default()).await?;
         let d = deployment(id, &parsed);
-        let registry = fleet_deployer::registry_statements(&d, &parsed, &planned.plan);
+        let registry = fleet_deployer::registry_statements(
+            &d,
+            &parsed,
+            &planned.plan,
+            planned.registered.as_deref().unwrap_or_default(),
+        );
         fleet_schema::apply_plan_with(&conn, &planned.plan, &registry).await?;
         out.push((planned.plan, registry));
     }

@@ -54,6 +54,7 @@ pub fn system_columns() -> Vec<Column> {
         default_sql: default_sql.map(str::to_owned),
         references: None,
         renamed_from: None,
+        field_type: None,
     };
     vec![
         column("id", true, None),
@@ -196,6 +197,9 @@ pub fn desired_schema(objects: &[ObjectDefinition]) -> Result<Schema, DesiredSch
                 default_sql: field.default_value.as_ref().and_then(literal),
                 references,
                 renamed_from,
+                field_type: serde_json::to_value(field.field_type)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned)),
             });
         }
         for (i, index) in object.indexes.iter().flatten().enumerate() {

@@ -1,14 +1,21 @@
-//! Reads a live database's schema: `sqlite_master` for the tables, `pragma table_xinfo` for
-//! columns, `index_list`/`index_info` for indexes, `foreign_key_list` for keys.
+//! Reads a live database's schema: `pragma table_list` and `sqlite_master` for the tables,
+//! views and triggers, `pragma table_xinfo` for columns, `index_list`/`index_info` for indexes,
+//! `foreign_key_list` for keys.
 //!
 //! Tables of SQLite (`sqlite_…`), libSQL (`libsql_…`) and the fleet itself (`_fleet_…`) are not
 //! part of a tenant's object schema and are left out. Only explicitly created indexes are read
-//! (the primary key's automatic index is implied by the column).
+//! (the primary key's automatic index is implied by the column). Every ordinary table comes
+//! back in [`Schema::tables`]; what the engine never creates — virtual tables and their shadow
+//! tables, views, triggers, generated columns — in [`Schema::unmanaged`], each with its SQL.
+//! Which ordinary tables, columns and indexes the engine manages is decided afterwards, from
+//! the metadata registry ([`crate::owned`]).
 
 use libsql::{Connection, Value};
 
-use crate::model::{Column, ColumnType, ForeignKey, Index, OnDelete, Schema, Table};
-use crate::sql::{FLEET_TABLE_PREFIX, quote};
+use crate::model::{
+    Column, ColumnType, ForeignKey, Index, OnDelete, Schema, Table, Unmanaged, UnmanagedKind,
+};
+use crate::sql::{FLEET_TABLE_PREFIX, column_definitions, quote};
 
 /// Why introspection failed.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +31,7 @@ pub enum IntrospectError {
     },
 }
 
-async fn rows(
+pub(crate) async fn rows(
     conn: &Connection,
     sql: &str,
     what: &str,
@@ -44,7 +51,7 @@ async fn rows(
     Ok(out)
 }
 
-fn text(value: &Value) -> Option<String> {
+pub(crate) fn text(value: &Value) -> Option<String> {
     match value {
         Value::Text(s) => Some(s.clone()),
         _ => None,
@@ -65,26 +72,98 @@ pub fn is_internal_table(name: &str) -> bool {
         || name.starts_with(FLEET_TABLE_PREFIX)
 }
 
-/// The schema of the tenant objects in `conn`'s database.
+/// The schema of the tenant objects in `conn`'s database, with everything else it holds.
 pub async fn introspect(conn: &Connection) -> Result<Schema, IntrospectError> {
     let mut schema = Schema::default();
-    let tables = rows(
-        conn,
-        "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
-        "tables",
-    )
-    .await?;
-    for name in tables.iter().filter_map(|r| text(&r[0])) {
+    // schema, name, type (table, view, shadow, virtual), ncol, wr, strict
+    let list = rows(conn, "PRAGMA main.table_list", "tables").await?;
+    let mut tables = Vec::new();
+    for row in &list {
+        let (Some(name), Some(kind)) = (text(&row[1]), text(&row[2])) else {
+            continue;
+        };
         if is_internal_table(&name) {
             continue;
         }
-        let table = introspect_table(conn, &name).await?;
+        let kind = match kind.as_str() {
+            "table" => {
+                tables.push(name);
+                continue;
+            }
+            "virtual" => UnmanagedKind::VirtualTable,
+            "shadow" => UnmanagedKind::ShadowTable,
+            _ => continue, // views are read with their SQL below
+        };
+        schema.unmanaged.push(Unmanaged {
+            kind,
+            name,
+            table: None,
+            sql: None,
+        });
+    }
+    // type, name, tbl_name, sql — in creation order.
+    let master = rows(
+        conn,
+        "SELECT type, name, tbl_name, sql FROM main.sqlite_master ORDER BY rowid",
+        "the schema table",
+    )
+    .await?;
+    for row in &master {
+        let (Some(kind), Some(name)) = (text(&row[0]), text(&row[1])) else {
+            continue;
+        };
+        let sql = text(&row[3]);
+        match kind.as_str() {
+            "view" | "trigger" => schema.unmanaged.push(Unmanaged {
+                kind: if kind == "view" {
+                    UnmanagedKind::View
+                } else {
+                    UnmanagedKind::Trigger
+                },
+                name,
+                table: (kind == "trigger").then(|| text(&row[2])).flatten(),
+                sql,
+            }),
+            _ => {
+                if let Some(sql) = sql {
+                    schema.sql.insert(name.clone(), sql.clone());
+                    if let Some(u) = schema.unmanaged.iter_mut().find(|u| u.name == name) {
+                        u.sql = Some(sql);
+                    }
+                }
+            }
+        }
+    }
+    tables.sort();
+    for name in tables {
+        let (table, generated) = introspect_table(conn, &name).await?;
+        let definitions = schema
+            .sql
+            .get(&name)
+            .map(|sql| column_definitions(sql))
+            .unwrap_or_default();
+        for column in generated {
+            let sql = definitions
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(&column))
+                .map(|(_, d)| d.clone());
+            schema.unmanaged.push(Unmanaged {
+                kind: UnmanagedKind::GeneratedColumn,
+                name: column,
+                table: Some(name.clone()),
+                sql,
+            });
+        }
         schema.tables.insert(name, table);
     }
     Ok(schema)
 }
 
-async fn introspect_table(conn: &Connection, name: &str) -> Result<Table, IntrospectError> {
+/// One table: its columns (generated ones aside, returned by name), indexes and keys.
+async fn introspect_table(
+    conn: &Connection,
+    name: &str,
+) -> Result<(Table, Vec<String>), IntrospectError> {
     let quoted = quote(name);
     let keys = rows(
         conn,
@@ -103,6 +182,7 @@ async fn introspect_table(conn: &Connection, name: &str) -> Result<Table, Intros
             })
     };
     let mut columns = Vec::new();
+    let mut generated = Vec::new();
     // cid, name, type, notnull, dflt_value, pk, hidden
     for row in rows(
         conn,
@@ -112,7 +192,9 @@ async fn introspect_table(conn: &Connection, name: &str) -> Result<Table, Intros
     .await?
     {
         if int(&row[6]) != 0 {
-            continue; // generated or hidden columns are not the fleet's
+            // 2: generated VIRTUAL, 3: generated STORED (1: hidden, in virtual tables only)
+            generated.extend(text(&row[1]));
+            continue;
         }
         let column_name = text(&row[1]).unwrap_or_default();
         columns.push(Column {
@@ -123,6 +205,7 @@ async fn introspect_table(conn: &Connection, name: &str) -> Result<Table, Intros
             primary_key: int(&row[5]) != 0,
             default_sql: text(&row[4]),
             renamed_from: None,
+            field_type: None,
         });
     }
     let mut indexes = Vec::new();
@@ -157,16 +240,35 @@ async fn introspect_table(conn: &Connection, name: &str) -> Result<Table, Intros
         });
     }
     indexes.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Table {
-        name: name.to_owned(),
-        columns,
-        indexes,
-        renamed_from: None,
-    })
+    Ok((
+        Table {
+            name: name.to_owned(),
+            columns,
+            indexes,
+            renamed_from: None,
+        },
+        generated,
+    ))
 }
 
 /// Row count of a table.
 pub async fn count(conn: &Connection, sql: &str) -> Result<u64, IntrospectError> {
-    let found = rows(conn, sql, "row count").await?;
-    Ok(found.first().map_or(0, |r| int(&r[0]).max(0) as u64))
+    Ok(counts(conn, sql).await?.first().copied().unwrap_or(0))
+}
+
+/// The counts of a one-row query with one count per column (`SELECT count(…), sum(…) …`).
+pub async fn counts(conn: &Connection, sql: &str) -> Result<Vec<u64>, IntrospectError> {
+    let found = rows(conn, sql, "row counts").await?;
+    Ok(found
+        .first()
+        .map(|r| {
+            r.iter()
+                .map(|v| match v {
+                    Value::Integer(i) => (*i).max(0) as u64,
+                    Value::Real(x) => x.max(0.0) as u64,
+                    _ => 0,
+                })
+                .collect()
+        })
+        .unwrap_or_default())
 }

@@ -2,10 +2,20 @@
 //! ObjectStack metadata describes, safely and keeping every row.
 //!
 //! `objects` —[`desired::desired_schema`]→ desired [`Schema`]; the database
-//! —[`introspect::introspect`]→ current [`Schema`]; both —[`diff::diff`]→ [`Change`]s
+//! —[`introspect::introspect`]→ live [`Schema`] —[`owned::owned`] (by the metadata
+//! [`registry`])→ the part the engine manages; both —[`diff::diff`]→ [`Change`]s
 //! —[`plan::plan`] (with [`facts`] about the rows)→ upstream `DeployDiff` + `MigrationPlan`
 //! —[`apply::apply_plan`]→ applied in one transaction. Re-planning after an apply yields an
 //! empty plan. [`plan_database`] and [`migrate`] run the whole pipeline.
+//!
+//! # What the engine owns
+//!
+//! Only what it created: the tables of the objects registered in the tenant's metadata registry
+//! (`sys_metadata`) by the owner a plan is for (the platform bundle, or an app), and their
+//! declared columns and indexes. Views, triggers, virtual tables (FTS5 …) and their shadow
+//! tables, generated columns, and tables, columns and indexes made by hand are left as they are
+//! — and kept through table rebuilds — and `fleetctl db introspect` lists them as unmanaged.
+//! See [`owned`] for the rule on databases without a registry.
 //!
 //! # Mapping (SQLite dialect)
 //!
@@ -29,7 +39,8 @@
 //! - `deleteBehavior`: `set_null` → `SET NULL`, `cascade` → `CASCADE`, `restrict` → `RESTRICT`;
 //!   a *required* reference cannot be set to NULL, so there `set_null` becomes `RESTRICT`.
 //! - `required` → `NOT NULL`. Where existing rows have no value, a `defaultValue` fills them;
-//!   without one those rows would be deleted, which is a destructive change (see below).
+//!   without one the change is refused, naming the field and the number of rows (records are
+//!   never deleted to satisfy a constraint).
 //! - `defaultValue` → `DEFAULT` literal: strings quoted, numbers as numbers, booleans 1/0,
 //!   arrays and objects as JSON text, `null` = no default.
 //! - `unique` → unique index `uq_<table>_<column>`; `index` → index `ix_<table>_<column>`.
@@ -41,16 +52,20 @@
 //!
 //! Never guessed: a field or object that disappears while another appears is a drop plus an
 //! add. `renamedFrom: "<old name>"` on a field or object (a fleet extension of the upstream
-//! metadata) makes a rename explicit; the column or table is renamed and its data kept.
+//! metadata) makes a rename explicit; the column or table is renamed and its data kept — also
+//! into a name the same change frees (its old holder is dropped, a destructive change), and in
+//! chains and swaps. A hint that contradicts the bundle is refused; one with nothing to rename
+//! is reported as a note.
 //!
 //! # Safety
 //!
 //! Identifiers must be snake_case ASCII, at most 63 characters, not an SQL keyword, not
 //! `sqlite_…`/`_fleet_…` ([`sql::check_identifier`]), and are always quoted. Removing an object
-//! or field, narrowing a type (anything but INTEGER→REAL and numbers→TEXT), and making a column
-//! required over rows without a value are destructive: planning refuses them, listing what would
-//! be lost, unless the caller allows destructive changes. A new unique index over duplicated
-//! values is refused in any case. Tables named `_fleet_…` (the fleet's own) are never touched.
+//! or field is destructive: planning refuses it, listing what would be lost, unless the caller
+//! allows destructive changes — which allows nothing else. Changes that depend on the data
+//! (required over NULLs, a narrower type over values that do not fit, unique over duplicates)
+//! are checked against the rows first and refused in any case, with the field and the number of
+//! rows. Tables named `_fleet_…` (the fleet's own) are never touched.
 
 #![deny(missing_docs)]
 
@@ -60,7 +75,9 @@ pub mod diff;
 pub mod facts;
 pub mod introspect;
 pub mod model;
+pub mod owned;
 pub mod plan;
+pub mod registry;
 pub mod sql;
 pub mod system;
 
@@ -73,10 +90,11 @@ use libsql::Connection;
 
 pub use apply::{ApplyError, BoundStatement, apply_plan, apply_plan_with};
 pub use desired::{DesiredSchemaError, desired_schema};
-pub use diff::{Change, diff};
+pub use diff::{Change, Conflict, Diff, diff};
 pub use introspect::{IntrospectError, introspect};
-pub use model::{Column, ColumnType, Index, Schema, Table};
+pub use model::{Column, ColumnType, Index, Schema, Table, Unmanaged, UnmanagedKind};
 pub use plan::{DataFacts, Loss, PlanError, PlanOptions, Planned, plan, rollback_plan};
+pub use registry::Owner;
 
 /// Why the schema engine could not plan or apply.
 #[derive(Debug, thiserror::Error)]
@@ -120,16 +138,53 @@ pub async fn open_local(path: &Path) -> Result<Connection, SchemaError> {
     Ok(conn)
 }
 
-/// Introspects `conn`, and plans the migration to `objects`.
+/// Introspects `conn`, and plans the migration to `objects` for the platform bundle.
 pub async fn plan_database(
     conn: &Connection,
     objects: &[ObjectDefinition],
     options: PlanOptions,
 ) -> Result<Planned, SchemaError> {
+    plan_database_for(conn, objects, options, &Owner::Platform).await
+}
+
+/// Introspects `conn`, and plans the migration of what `owner` registered to `objects`
+/// (the tables other owners registered are never touched; claiming one is a conflict).
+pub async fn plan_database_for(
+    conn: &Connection,
+    objects: &[ObjectDefinition],
+    options: PlanOptions,
+    owner: &Owner,
+) -> Result<Planned, SchemaError> {
     let desired = desired_schema(objects)?;
-    let current = introspect(conn).await?;
+    let live = introspect(conn).await?;
+    let registered = registry::read(conn).await?;
+    let ownership = registered
+        .as_deref()
+        .map(|rows| registry::Ownership::of(rows, owner));
+    if let Some(ownership) = &ownership {
+        let conflicts: Vec<Conflict> = desired
+            .tables
+            .keys()
+            .filter_map(|t| {
+                ownership.others.get(t).map(|other| Conflict {
+                    entity: t.clone(),
+                    why: format!("the table belongs to {other}, which registered it"),
+                })
+            })
+            .collect();
+        if !conflicts.is_empty() {
+            return Err(PlanError::Conflicts { conflicts }.into());
+        }
+    }
+    let desired = match &ownership {
+        Some(ownership) => owned::without_applied_renames(desired, ownership),
+        None => desired,
+    };
+    let current = owned::owned(&live, &desired, ownership.as_ref());
     let facts = facts::collect_facts(conn, &current, &desired).await?;
-    Ok(plan(&current, &desired, &facts, options)?)
+    let mut planned = plan(&current, &desired, &facts, options)?;
+    planned.registered = registered;
+    Ok(planned)
 }
 
 /// Plans and applies the migration of `conn` to `objects`.

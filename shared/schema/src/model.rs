@@ -128,6 +128,11 @@ pub struct Column {
     /// Desired side only: the column's previous name (an explicit rename).
     #[serde(skip)]
     pub renamed_from: Option<String>,
+    /// The ObjectStack field type the column stores (`number`, `text`, …), when known: from the
+    /// bundle on the desired side, from the registered object on the live side. For display
+    /// (`amount: number → text`); never part of a comparison.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field_type: Option<String>,
 }
 
 impl Column {
@@ -188,15 +193,68 @@ impl Table {
     }
 }
 
-/// A database schema: its tables by name.
+/// What kind of thing in a database the engine does not manage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnmanagedKind {
+    /// A table no registered object maps to.
+    Table,
+    /// A virtual table (`CREATE VIRTUAL TABLE`, e.g. FTS5).
+    VirtualTable,
+    /// A shadow table holding a virtual table's data (`<vtab>_data`, `_idx`, …).
+    ShadowTable,
+    /// A view.
+    View,
+    /// A trigger.
+    Trigger,
+    /// An index no object declares (on a managed table).
+    Index,
+    /// A column no field declares (on a managed table).
+    Column,
+    /// A generated column (`GENERATED ALWAYS AS …`).
+    GeneratedColumn,
+}
+
+/// One thing in a tenant's database that the engine did not create: left as it is, and kept
+/// through a table rebuild by recreating it from its own SQL.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Unmanaged {
+    /// What it is.
+    pub kind: UnmanagedKind,
+    /// Its name.
+    pub name: String,
+    /// The table it belongs to (columns, indexes, triggers); `None` for tables and views.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// Its definition as SQLite stores it: the `CREATE …` statement, or for a column its
+    /// definition inside `CREATE TABLE`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
+}
+
+/// A database schema: its tables by name, and what else the database holds that the engine does
+/// not manage.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Schema {
     /// Tables by name.
     pub tables: BTreeMap<String, Table>,
+    /// Everything the engine does not manage (live side only), in the order SQLite holds it
+    /// (views and triggers in creation order, which is the order to recreate them in).
+    pub unmanaged: Vec<Unmanaged>,
+    /// Live side only: the stored SQL (`sqlite_master.sql`) of each table and explicit index,
+    /// by name — what a rebuild needs to keep columns and indexes the engine does not manage.
+    #[serde(skip)]
+    pub sql: BTreeMap<String, String>,
 }
 
 impl Schema {
-    /// Whether both schemas define the same tables, columns, indexes and keys.
+    /// The unmanaged things of `kind`.
+    pub fn unmanaged_of(&self, kind: UnmanagedKind) -> impl Iterator<Item = &Unmanaged> {
+        self.unmanaged.iter().filter(move |u| u.kind == kind)
+    }
+
+    /// Whether both schemas define the same tables, columns, indexes and keys (what the engine
+    /// manages; unmanaged things aside).
     pub fn same_definition(&self, other: &Schema) -> bool {
         self.tables.len() == other.tables.len()
             && self

@@ -12,21 +12,32 @@
 //! Planning is pure: what it needs to know about the rows (counts, NULLs, duplicates) comes in as
 //! [`DataFacts`], gathered beforehand by [`crate::facts`].
 //!
-//! **Safety.** Removing an object or field, narrowing a column's type, and making a column
-//! required where rows have no value (and no default fills them) lose data: such a plan is
-//! refused with the list of [`Loss`]es unless `allow_destructive` is set. A new unique index over
-//! duplicate values can never apply, destructive or not: it is a [`Conflict`].
+//! **Safety.** Removing an object or field loses data: such a plan is refused with the list of
+//! [`Loss`]es unless `allow_destructive` is set — and that flag accepts nothing else. Changes
+//! that depend on the rows are checked against them before anything is written ([`DataFacts`])
+//! and refused, flag or not, as a [`Conflict`] naming the field and how many rows stand in the
+//! way: required over rows without a value (and no `defaultValue` to fill them), a new required
+//! field without a default on a table with rows, a narrower type over values that do not fit,
+//! a unique index over duplicates. Records are never deleted to satisfy a constraint.
+//!
+//! **What is not the engine's is kept.** A rebuild recreates the table's unmanaged columns
+//! (hand-added and generated, from their own definitions) and indexes, and saves and recreates
+//! every view and trigger that names the table (SQLite's procedure); if one of them no longer
+//! fits the new table, the apply fails and rolls back, leaving the database as it was.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use fleet_protocol::{DeployDiff, MigrationPlan, MigrationStatement};
 use serde::Serialize;
 
-use crate::diff::{Change, deploy_diff};
-use crate::model::{Column, Index, Schema, Table};
+pub use crate::diff::Conflict;
+use crate::diff::{Change, Diff, deploy_diff};
+use crate::model::{Column, Index, Schema, Table, Unmanaged, UnmanagedKind};
+use crate::owned::kept_through_rebuild;
+use crate::registry::Registered;
 use crate::sql::{
-    FLEET_TABLE_PREFIX, column_definition, create_index, create_table, drop_index, is_literal,
-    quote,
+    FLEET_TABLE_PREFIX, column_definition, create_index, create_table, drop_index, identifiers,
+    is_literal, quote,
 };
 
 /// What planning knows about the rows of the current database.
@@ -38,6 +49,9 @@ pub struct DataFacts {
     pub nulls: BTreeMap<(String, String), u64>,
     /// Count of duplicated value groups per new unique index name (on existing tables).
     pub duplicates: BTreeMap<String, u64>,
+    /// Per (desired table, desired column) whose type narrows: how many values do not fit the
+    /// new type (text that is not a number for `REAL`, …).
+    pub misfits: BTreeMap<(String, String), u64>,
 }
 
 impl DataFacts {
@@ -49,7 +63,7 @@ impl DataFacts {
 /// Planning options.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PlanOptions {
-    /// Allow changes that lose data.
+    /// Allow dropping the objects and fields the bundle removed (nothing else is ever lost).
     pub allow_destructive: bool,
 }
 
@@ -62,19 +76,10 @@ pub struct Loss {
     pub what: String,
 }
 
-/// A change that cannot be applied whatever the options.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Conflict {
-    /// `table` or index name.
-    pub entity: String,
-    /// Why it cannot apply.
-    pub why: String,
-}
-
 /// Why no plan was produced.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PlanError {
-    /// The plan would lose data and `allow_destructive` was not set.
+    /// The plan would drop what the bundle removed and `allow_destructive` was not set.
     #[error("the migration would lose data (pass allow-destructive to accept):\n  {}", list_losses(.losses))]
     Destructive {
         /// Everything that would be lost.
@@ -82,8 +87,8 @@ pub enum PlanError {
         /// The diff, for display.
         diff: Box<DeployDiff>,
     },
-    /// The data makes the change impossible.
-    #[error("the migration cannot apply to this data:\n  {}", .conflicts.iter().map(|c| format!("{}: {}", c.entity, c.why)).collect::<Vec<_>>().join("\n  "))]
+    /// The data or the declared intent makes the change impossible, whatever the options.
+    #[error("the migration cannot apply:\n  {}", .conflicts.iter().map(|c| format!("{}: {}", c.entity, c.why)).collect::<Vec<_>>().join("\n  "))]
     Conflicts {
         /// Every conflict.
         conflicts: Vec<Conflict>,
@@ -107,6 +112,12 @@ pub struct Planned {
     pub plan: MigrationPlan,
     /// What the plan loses (empty unless `allow_destructive`).
     pub losses: Vec<Loss>,
+    /// Declared hints the plan does not use (`renamedFrom` with nothing to rename), in words.
+    pub notes: Vec<String>,
+    /// What the database holds that the plan leaves alone (see [`crate::owned`]).
+    pub unmanaged: Vec<Unmanaged>,
+    /// The metadata registry as it was when planned (`None`: the database has none).
+    pub registered: Option<Vec<Registered>>,
 }
 
 /// One statement in the making.
@@ -115,14 +126,212 @@ struct Step {
     rollback: Option<String>,
 }
 
-/// Plans the migration from `current` to `desired`.
+/// Orders parallel renames `(from, to)` so that none overwrites a name still to be moved,
+/// breaking cycles (swaps) through a scratch name.
+fn sequential(
+    mut moves: Vec<(String, String)>,
+    scratch: &dyn Fn(usize) -> String,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut temps = 0;
+    while !moves.is_empty() {
+        let free = moves
+            .iter()
+            .position(|(_, to)| !moves.iter().any(|(from, _)| from == to));
+        match free {
+            Some(i) => out.push(moves.remove(i)),
+            None => {
+                let (from, to) = moves.remove(0);
+                let temp = scratch(temps);
+                temps += 1;
+                out.push((from, temp.clone()));
+                moves.push((temp, to));
+            }
+        }
+    }
+    out
+}
+
+/// How many values of `facts` stop a change, as a conflict.
+fn data_conflicts(
+    changes: &[Change],
+    facts: &DataFacts,
+    current_name: &dyn Fn(&str) -> String,
+) -> Vec<Conflict> {
+    let mut conflicts = Vec::new();
+    for change in changes {
+        match change {
+            Change::AlterColumn { table, from, to } => {
+                let key = (table.clone(), to.name.clone());
+                let misfits = facts.misfits.get(&key).copied().unwrap_or(0);
+                if !from.column_type.widens_to(to.column_type) && misfits > 0 {
+                    conflicts.push(Conflict {
+                        entity: format!("{table}.{}", to.name),
+                        why: format!(
+                            "{misfits} row(s) hold values that do not fit {} ({}); fix or clear them first",
+                            to.field_type.as_deref().unwrap_or(to.column_type.sql()),
+                            to.column_type.sql()
+                        ),
+                    });
+                }
+                let nulls = facts.nulls.get(&key).copied().unwrap_or(0);
+                if to.not_null && !from.not_null && to.default_sql.is_none() && nulls > 0 {
+                    conflicts.push(Conflict {
+                        entity: format!("{table}.{}", to.name),
+                        why: format!(
+                            "becomes required, but {nulls} row(s) have no value; give the field a defaultValue (which fills them) or fill them first"
+                        ),
+                    });
+                }
+            }
+            Change::AddColumn { table, column } => {
+                let rows = facts.rows_of(&current_name(table));
+                if column.not_null && column.default_sql.is_none() && rows > 0 {
+                    conflicts.push(Conflict {
+                        entity: format!("{table}.{}", column.name),
+                        why: format!("a new required field without a defaultValue, but the {rows} existing row(s) would have no value; give it a defaultValue"),
+                    });
+                }
+            }
+            Change::CreateIndex { index, .. } if index.unique => {
+                if let Some(&groups) = facts.duplicates.get(&index.name).filter(|&&n| n > 0) {
+                    conflicts.push(Conflict {
+                        entity: index.name.clone(),
+                        why: format!(
+                            "unique on ({}) but {groups} value(s) occur more than once",
+                            index.columns.join(", ")
+                        ),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    conflicts
+}
+
+/// The views and triggers that must be saved and recreated around rebuilding `tables`: every
+/// trigger on them, and every view or trigger whose SQL names them or a view saved before
+/// (views over views), in creation order.
+fn dependents<'a>(current: &'a Schema, tables: &BTreeSet<String>) -> Vec<&'a Unmanaged> {
+    let mut names: BTreeSet<String> = tables.iter().map(|t| t.to_lowercase()).collect();
+    let candidates: Vec<(&Unmanaged, BTreeSet<String>)> = current
+        .unmanaged
+        .iter()
+        .filter(|u| {
+            matches!(u.kind, UnmanagedKind::View | UnmanagedKind::Trigger) && u.sql.is_some()
+        })
+        .map(|u| (u, identifiers(u.sql.as_deref().unwrap_or_default())))
+        .collect();
+    let mut saved = vec![false; candidates.len()];
+    loop {
+        let mut grew = false;
+        for (i, (u, words)) in candidates.iter().enumerate() {
+            if saved[i] {
+                continue;
+            }
+            let on_table = u
+                .table
+                .as_ref()
+                .is_some_and(|t| names.contains(&t.to_lowercase()));
+            if on_table
+                || words
+                    .iter()
+                    .any(|w| names.contains(w) && *w != u.name.to_lowercase())
+            {
+                saved[i] = true;
+                grew = true;
+                if u.kind == UnmanagedKind::View {
+                    names.insert(u.name.to_lowercase());
+                }
+            }
+        }
+        if !grew {
+            break;
+        }
+    }
+    candidates
+        .iter()
+        .zip(saved)
+        .filter(|(_, s)| *s)
+        .map(|((u, _), _)| *u)
+        .collect()
+}
+
+/// The saved views and triggers that name a column a rebuild removes or renames away (by the
+/// words of their SQL: conservative, a refusal names what to change).
+fn broken_dependents(
+    saved: &[&Unmanaged],
+    current: &Schema,
+    desired: &Schema,
+    rebuilt: &BTreeSet<String>,
+    current_name: &dyn Fn(&str) -> String,
+) -> Vec<Conflict> {
+    let mut out = Vec::new();
+    for u in saved {
+        let words = identifiers(u.sql.as_deref().unwrap_or_default());
+        for table in rebuilt {
+            let live = current_name(table);
+            let (Some(have), Some(want)) = (current.tables.get(&live), desired.tables.get(table))
+            else {
+                continue;
+            };
+            let names_table = u.table.as_deref() == Some(live.as_str())
+                || words.contains(&live.to_lowercase())
+                || words.contains(&table.to_lowercase());
+            if !names_table {
+                continue;
+            }
+            let gone = have.columns.iter().filter(|c| {
+                want.column(&c.name).is_none_or(|w| {
+                    w.renamed_from.as_deref().is_some_and(|from| from != c.name)
+                        && have
+                            .column(w.renamed_from.as_deref().unwrap_or_default())
+                            .is_some()
+                })
+            });
+            for column in gone {
+                if words.contains(&column.name.to_lowercase()) {
+                    let kind = if u.kind == UnmanagedKind::View {
+                        "view"
+                    } else {
+                        "trigger"
+                    };
+                    out.push(Conflict {
+                        entity: u.name.clone(),
+                        why: format!(
+                            "the {kind} names {table}.{}, which this change removes or renames; change or drop the {kind} first",
+                            column.name
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+fn drop_unmanaged(u: &Unmanaged) -> String {
+    let kind = if u.kind == UnmanagedKind::View {
+        "VIEW"
+    } else {
+        "TRIGGER"
+    };
+    format!("DROP {kind} {}", quote(&u.name))
+}
+
+/// Plans the migration from `current` (the managed view of the live database) to `desired`.
 pub fn plan(
     current: &Schema,
     desired: &Schema,
     facts: &DataFacts,
     options: PlanOptions,
 ) -> Result<Planned, PlanError> {
-    let changes = crate::diff::diff(current, desired);
+    let Diff {
+        changes,
+        mut conflicts,
+        notes,
+    } = crate::diff::diff(current, desired);
     let renamed_tables: BTreeMap<&str, &str> = changes
         .iter()
         .filter_map(|c| match c {
@@ -139,8 +348,8 @@ pub fn plan(
     };
 
     let mut losses = Vec::new();
-    let mut conflicts = Vec::new();
-    let mut rebuilt: BTreeMap<String, ()> = BTreeMap::new();
+    let mut rebuilt: BTreeSet<String> = BTreeSet::new();
+    let mut narrowed: BTreeSet<String> = BTreeSet::new();
     for change in &changes {
         match change {
             Change::DropTable(t) => losses.push(Loss {
@@ -159,59 +368,39 @@ pub fn plan(
                     ),
                 });
                 if column.references.is_some() || column.primary_key {
-                    rebuilt.insert(table.clone(), ());
+                    rebuilt.insert(table.clone());
                 }
             }
             Change::AlterColumn { table, from, to } => {
-                rebuilt.insert(table.clone(), ());
-                let rows = facts.rows_of(&current_name(table));
+                rebuilt.insert(table.clone());
                 if !from.column_type.widens_to(to.column_type) {
-                    losses.push(Loss {
-                        entity: format!("{table}.{}", to.name),
-                        what: format!(
-                            "type narrows from {} to {}: values in {rows} row(s) may no longer fit",
-                            from.column_type.sql(),
-                            to.column_type.sql()
-                        ),
-                    });
-                }
-                if to.not_null && !from.not_null && to.default_sql.is_none() {
-                    let key = (table.clone(), to.name.clone());
-                    let nulls = facts.nulls.get(&key).copied().unwrap_or(0);
-                    if nulls > 0 {
-                        losses.push(Loss {
-                            entity: format!("{table}.{}", to.name),
-                            what: format!("becomes required without a default: {nulls} row(s) without a value would be deleted"),
-                        });
-                    }
+                    narrowed.insert(table.clone());
                 }
             }
-            Change::AddColumn { table, column } => {
-                if !can_add_natively(column) {
-                    rebuilt.insert(table.clone(), ());
-                }
-                let rows = facts.rows_of(&current_name(table));
-                if column.not_null && column.default_sql.is_none() && rows > 0 {
-                    losses.push(Loss {
-                        entity: format!("{table}.{}", column.name),
-                        what: format!("new required field without a default: the {rows} existing row(s) would be deleted"),
-                    });
-                }
-            }
-            Change::CreateIndex { index, .. } if index.unique => {
-                if let Some(&groups) = facts.duplicates.get(&index.name).filter(|&&n| n > 0) {
-                    conflicts.push(Conflict {
-                        entity: index.name.clone(),
-                        why: format!(
-                            "unique on ({}) but {groups} value(s) occur more than once",
-                            index.columns.join(", ")
-                        ),
-                    });
-                }
+            Change::AddColumn { table, column } if !can_add_natively(column) => {
+                rebuilt.insert(table.clone());
             }
             _ => {}
         }
     }
+    conflicts.extend(data_conflicts(&changes, facts, &current_name));
+    // 0. Views and triggers that name a rebuilt table are saved (dropped first, recreated
+    //    last): SQLite's procedure, as the rebuild drops and renames the table they refer to.
+    //    One that names a column the change removes or renames could not come back: refused.
+    let mut rebuilt_names = rebuilt.clone();
+    rebuilt_names.extend(rebuilt.iter().map(|t| current_name(t)));
+    let saved = if rebuilt.is_empty() {
+        Vec::new()
+    } else {
+        dependents(current, &rebuilt_names)
+    };
+    conflicts.extend(broken_dependents(
+        &saved,
+        current,
+        desired,
+        &rebuilt,
+        &current_name,
+    ));
     if !conflicts.is_empty() {
         return Err(PlanError::Conflicts { conflicts });
     }
@@ -226,18 +415,22 @@ pub fn plan(
     let mut steps = Vec::new();
     let dropped_tables: Vec<&str> = changes
         .iter()
-        .filter_map(|c| {
-            if let Change::DropTable(t) = c {
-                Some(t.name.as_str())
-            } else {
-                None
-            }
+        .filter_map(|c| match c {
+            Change::DropTable(t) => Some(t.name.as_str()),
+            _ => None,
         })
         .collect();
+    let renamed_to: BTreeSet<&str> = renamed_tables.keys().copied().collect();
+    for u in saved.iter().rev() {
+        steps.push(Step {
+            sql: drop_unmanaged(u),
+            rollback: u.sql.clone(),
+        });
+    }
     // 1. Indexes go first, so the columns they cover can be dropped or renamed natively.
     for change in &changes {
         if let Change::DropIndex { table, index } = change
-            && !rebuilt.contains_key(table)
+            && !rebuilt.contains(table)
             && !dropped_tables.contains(&table.as_str())
         {
             steps.push(Step {
@@ -246,20 +439,30 @@ pub fn plan(
             });
         }
     }
-    // 2. Table renames.
-    for change in &changes {
-        if let Change::RenameTable { from, to } = change {
-            steps.push(Step {
-                sql: format!("ALTER TABLE {} RENAME TO {}", quote(from), quote(to)),
-                rollback: Some(format!(
-                    "ALTER TABLE {} RENAME TO {}",
-                    quote(to),
-                    quote(from)
-                )),
-            });
-        }
+    // 2. Tables whose name a rename takes over are dropped before it; then the renames, in an
+    //    order where none overwrites a table still to be moved.
+    for table in dropped_tables.iter().filter(|t| renamed_to.contains(*t)) {
+        steps.push(Step {
+            sql: format!("DROP TABLE {}", quote(table)),
+            rollback: None,
+        });
     }
-    // 3. Column changes of existing tables: a rebuild, or native ALTERs.
+    let moves = renamed_tables
+        .iter()
+        .map(|(to, from)| ((*from).to_owned(), (*to).to_owned()))
+        .collect();
+    for (from, to) in sequential(moves, &|i| format!("{FLEET_TABLE_PREFIX}rename_{i}")) {
+        steps.push(Step {
+            sql: format!("ALTER TABLE {} RENAME TO {}", quote(&from), quote(&to)),
+            rollback: Some(format!(
+                "ALTER TABLE {} RENAME TO {}",
+                quote(&to),
+                quote(&from)
+            )),
+        });
+    }
+    // 3. Column changes of existing tables: a rebuild, or native ALTERs (drops, then renames,
+    //    then additions).
     for (name, want) in &desired.tables {
         let Some(have) = current.tables.get(&current_name(name)) else {
             continue;
@@ -268,35 +471,53 @@ pub fn plan(
             name: name.clone(),
             ..have.clone()
         };
-        if rebuilt.contains_key(name) {
-            steps.push(rebuild(have, want));
+        if rebuilt.contains(name) {
+            let kept = kept_through_rebuild(current, &current_name(name));
+            steps.push(rebuild(have, want, &kept, narrowed.contains(name)));
             continue;
         }
         for change in &changes {
-            match change {
-                Change::RenameColumn { table, from, to } if table == name => steps.push(Step {
-                    sql: format!(
-                        "ALTER TABLE {} RENAME COLUMN {} TO {}",
-                        quote(table),
-                        quote(from),
-                        quote(to)
-                    ),
-                    rollback: Some(format!(
-                        "ALTER TABLE {} RENAME COLUMN {} TO {}",
-                        quote(table),
-                        quote(to),
-                        quote(from)
-                    )),
-                }),
-                Change::DropColumn { table, column } if table == name => steps.push(Step {
+            if let Change::DropColumn { table, column } = change
+                && table == name
+            {
+                steps.push(Step {
                     sql: format!(
                         "ALTER TABLE {} DROP COLUMN {}",
                         quote(table),
                         quote(&column.name)
                     ),
                     rollback: None,
-                }),
-                Change::AddColumn { table, column } if table == name => steps.push(Step {
+                });
+            }
+        }
+        let moves = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::RenameColumn { table, from, to } if table == name => {
+                    Some((from.clone(), to.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        for (from, to) in sequential(moves, &|i| format!("{FLEET_TABLE_PREFIX}rename_{i}")) {
+            let rename = |a: &str, b: &str| {
+                format!(
+                    "ALTER TABLE {} RENAME COLUMN {} TO {}",
+                    quote(name),
+                    quote(a),
+                    quote(b)
+                )
+            };
+            steps.push(Step {
+                sql: rename(&from, &to),
+                rollback: Some(rename(&to, &from)),
+            });
+        }
+        for change in &changes {
+            if let Change::AddColumn { table, column } = change
+                && table == name
+            {
+                steps.push(Step {
                     sql: format!(
                         "ALTER TABLE {} ADD COLUMN {}",
                         quote(table),
@@ -307,8 +528,7 @@ pub fn plan(
                         quote(table),
                         quote(&column.name)
                     )),
-                }),
-                _ => {}
+                });
             }
         }
     }
@@ -330,7 +550,7 @@ pub fn plan(
     // 5. New indexes of existing tables not rebuilt (a rebuild recreates its own).
     for change in &changes {
         if let Change::CreateIndex { table, index } = change
-            && !rebuilt.contains_key(table)
+            && !rebuilt.contains(table)
         {
             steps.push(Step {
                 sql: create_index(table, index),
@@ -339,11 +559,26 @@ pub fn plan(
         }
     }
     // 6. Dropped tables last: nothing that still runs can depend on them.
-    for table in &dropped_tables {
+    for table in dropped_tables.iter().filter(|t| !renamed_to.contains(*t)) {
         steps.push(Step {
             sql: format!("DROP TABLE {}", quote(table)),
             rollback: None,
         });
+    }
+    // 7. The saved views and triggers, recreated from their own SQL in creation order (a view
+    //    is read once, so one that does not fit the new tables fails the apply here).
+    for u in &saved {
+        if let Some(sql) = &u.sql {
+            let sql = if u.kind == UnmanagedKind::View {
+                format!("{sql};\nSELECT * FROM {} LIMIT 0", quote(&u.name))
+            } else {
+                sql.clone()
+            };
+            steps.push(Step {
+                sql,
+                rollback: Some(drop_unmanaged(u)),
+            });
+        }
     }
 
     let statements: Vec<MigrationStatement> = steps
@@ -362,7 +597,14 @@ pub fn plan(
         dialect: "sqlite".to_owned(),
         estimated_duration_ms: None,
     };
-    Ok(Planned { diff, plan, losses })
+    Ok(Planned {
+        diff,
+        plan,
+        losses,
+        notes,
+        unmanaged: current.unmanaged.clone(),
+        registered: None,
+    })
 }
 
 /// The plan that undoes `plan` (its statements' `rollbackSql`, in reverse order); `None` when
@@ -401,27 +643,47 @@ fn can_add_natively(column: &Column) -> bool {
 }
 
 /// For each column of `want`, the column of `have` it is copied from (same name, or the one it
-/// was explicitly renamed from).
+/// was explicitly renamed from — the diff's rules).
 fn forward_sources(have: &Table, want: &Table) -> Vec<Option<String>> {
+    let changes = crate::diff::diff(
+        &Schema {
+            tables: [(want.name.clone(), have.clone())].into(),
+            ..Schema::default()
+        },
+        &Schema {
+            tables: [(want.name.clone(), want.clone())].into(),
+            ..Schema::default()
+        },
+    )
+    .changes;
     want.columns
         .iter()
-        .map(|column| match &column.renamed_from {
-            Some(old) if have.column(&column.name).is_none() && have.column(old).is_some() => {
-                Some(old.clone())
+        .map(|column| {
+            let renamed = changes.iter().find_map(|c| match c {
+                Change::RenameColumn { from, to, .. } if *to == column.name => Some(from.clone()),
+                _ => None,
+            });
+            let added = changes
+                .iter()
+                .any(|c| matches!(c, Change::AddColumn { column: a, .. } if a.name == column.name));
+            match renamed {
+                Some(from) => Some(from),
+                None if added => None,
+                None => have.column(&column.name).map(|c| c.name.clone()),
             }
-            _ => have.column(&column.name).map(|c| c.name.clone()),
         })
         .collect()
 }
 
-/// The rebuild of `have` into `want` (and, as its rollback, of `want` back into `have` when
-/// nothing is lost on the way). `have` is addressed by `want`'s name: a table rename, when
-/// there is one, has already run.
-fn rebuild(have: &Table, want: &Table) -> Step {
+/// The rebuild of `have` into `want`, keeping `kept` (the table's unmanaged columns and
+/// indexes); and, as its rollback, the rebuild of `want` back into `have` when that restores
+/// exactly what was there (no column dropped, no NULL filled by a default, no type narrowed).
+/// `have` is addressed by `want`'s name: a table rename, when there is one, has already run.
+fn rebuild(have: &Table, want: &Table, kept: &[&Unmanaged], narrows: bool) -> Step {
     let mut have = have.clone();
     have.name = want.name.clone();
     let forward = forward_sources(&have, want);
-    let (sql, lossless) = rebuild_sql(&have, want, &forward);
+    let (sql, lossless) = rebuild_sql(&have, want, &forward, kept);
     let backward: Vec<Option<String>> = have
         .columns
         .iter()
@@ -434,54 +696,70 @@ fn rebuild(have: &Table, want: &Table) -> Step {
         })
         .collect();
     let dropped = backward.iter().any(Option::is_none);
-    let (back, back_lossless) = rebuild_sql(want, &have, &backward);
+    let (back, back_lossless) = rebuild_sql(want, &have, &backward, kept);
     Step {
         sql,
-        rollback: (lossless && !dropped && back_lossless).then_some(back),
+        rollback: (lossless && !dropped && back_lossless && !narrows).then_some(back),
     }
 }
 
 /// The statements that rebuild `have` into `want`, copying `want.columns[i]` from the `have`
-/// column named `sources[i]`; and whether the copy is exact (no row dropped, no NULL replaced
-/// by a default — either would make the reverse rebuild restore something else).
-fn rebuild_sql(have: &Table, want: &Table, sources: &[Option<String>]) -> (String, bool) {
+/// column named `sources[i]` and carrying `kept` over as it was defined; and whether the copy
+/// is exact (no NULL replaced by a default).
+///
+/// Nothing here grows an expression with the number of columns: each column is its own
+/// select-list item (SQLite limits expression depth, not the number of columns), and rows are
+/// never filtered — the data-dependent checks ran before planning ([`DataFacts`]).
+fn rebuild_sql(
+    have: &Table,
+    want: &Table,
+    sources: &[Option<String>],
+    kept: &[&Unmanaged],
+) -> (String, bool) {
     let scratch = format!("{FLEET_TABLE_PREFIX}rebuild_{}", want.name);
     let mut targets = Vec::new();
     let mut exprs = Vec::new();
-    let mut filters = Vec::new();
     let mut filled = false;
     for (column, source) in want.columns.iter().zip(sources) {
-        match source.as_deref().and_then(|name| have.column(name)) {
-            Some(from) => {
-                targets.push(quote(&column.name));
-                let expr = quote(&from.name);
-                if column.not_null && !from.not_null {
-                    filled |= column.default_sql.is_some();
-                    match &column.default_sql {
-                        Some(d) if is_literal(d) => exprs.push(format!("COALESCE({expr}, {d})")),
-                        Some(d) => exprs.push(format!("COALESCE({expr}, ({d}))")),
-                        None => {
-                            filters.push(format!("{expr} IS NOT NULL"));
-                            exprs.push(expr);
-                        }
-                    }
-                } else {
-                    exprs.push(expr);
+        if let Some(from) = source.as_deref().and_then(|name| have.column(name)) {
+            targets.push(quote(&column.name));
+            let expr = quote(&from.name);
+            match &column.default_sql {
+                Some(d) if column.not_null && !from.not_null => {
+                    filled = true;
+                    exprs.push(if is_literal(d) {
+                        format!("COALESCE({expr}, {d})")
+                    } else {
+                        format!("COALESCE({expr}, ({d}))")
+                    });
                 }
+                _ => exprs.push(expr),
             }
-            None if column.not_null && column.default_sql.is_none() => filters.push("0".to_owned()),
-            None => {}
         }
     }
-    let mut parts = vec![create_table(&scratch, want)];
-    let filter = if filters.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", filters.join(" AND "))
-    };
+    let mut definition = create_table(&scratch, want);
+    let extra: Vec<&str> = kept
+        .iter()
+        .filter(|u| {
+            matches!(
+                u.kind,
+                UnmanagedKind::Column | UnmanagedKind::GeneratedColumn
+            )
+        })
+        .filter_map(|u| u.sql.as_deref())
+        .collect();
+    if !extra.is_empty() {
+        definition.pop(); // the closing parenthesis
+        definition.push_str(&format!(", {})", extra.join(", ")));
+    }
+    for u in kept.iter().filter(|u| u.kind == UnmanagedKind::Column) {
+        targets.push(quote(&u.name));
+        exprs.push(quote(&u.name));
+    }
+    let mut parts = vec![definition];
     if !targets.is_empty() {
         parts.push(format!(
-            "INSERT INTO {} ({}) SELECT {} FROM {}{filter}",
+            "INSERT INTO {} ({}) SELECT {} FROM {}",
             quote(&scratch),
             targets.join(", "),
             exprs.join(", "),
@@ -499,5 +777,10 @@ fn rebuild_sql(have: &Table, want: &Table, sources: &[Option<String>]) -> (Strin
             .iter()
             .map(|i: &Index| create_index(&want.name, i)),
     );
-    (parts.join(";\n"), filters.is_empty() && !filled)
+    parts.extend(
+        kept.iter()
+            .filter(|u| u.kind == UnmanagedKind::Index)
+            .filter_map(|u| u.sql.clone()),
+    );
+    (parts.join(";\n"), !filled)
 }

@@ -292,6 +292,129 @@ pub fn drop_index(index: &Index) -> String {
     format!("DROP INDEX {}", quote(&index.name))
 }
 
+/// The column definitions of a `CREATE TABLE` statement as SQLite stores it in
+/// `sqlite_master.sql` (the text as written, with every `ADD COLUMN` appended): each column's
+/// name (unquoted) and its whole definition text. Table constraints (`PRIMARY KEY (…)`,
+/// `UNIQUE`, `CHECK`, `FOREIGN KEY`, `CONSTRAINT`) are left out.
+///
+/// This is what lets a rebuild keep a column the engine does not manage — a hand-added or a
+/// generated one — exactly as it was defined.
+pub fn column_definitions(create_table: &str) -> Vec<(String, String)> {
+    let Some(open) = create_table.find('(') else {
+        return Vec::new();
+    };
+    let body = &create_table[open + 1..];
+    let mut parts = Vec::new();
+    let mut depth = 0usize;
+    let mut start = 0;
+    let mut chars = body.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\'' | '"' | '`' | '[' => {
+                let close = if c == '[' { ']' } else { c };
+                while let Some((_, d)) = chars.next() {
+                    if d == close {
+                        // A doubled quote is an escaped quote: stay inside.
+                        if close != ']' && chars.peek().is_some_and(|&(_, n)| n == close) {
+                            chars.next();
+                            continue;
+                        }
+                        break;
+                    }
+                }
+            }
+            '(' => depth += 1,
+            ')' if depth == 0 => {
+                parts.push(&body[start..i]);
+                break;
+            }
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&body[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts
+        .into_iter()
+        .map(str::trim)
+        .filter_map(|part| {
+            let (name, _) = first_identifier(part)?;
+            let constraint = ["constraint", "primary", "unique", "check", "foreign"]
+                .contains(&name.to_ascii_lowercase().as_str())
+                && !part.starts_with(['"', '`', '[']);
+            (!constraint).then(|| (name, part.to_owned()))
+        })
+        .collect()
+}
+
+/// The first identifier of `text` (bare, or quoted with `"`, `` ` `` or `[]`), unquoted, and
+/// the byte length it takes.
+fn first_identifier(text: &str) -> Option<(String, usize)> {
+    let mut chars = text.char_indices();
+    let (_, first) = chars.next()?;
+    let close = match first {
+        '"' => '"',
+        '`' => '`',
+        '[' => ']',
+        c if c.is_alphanumeric() || c == '_' => {
+            let end = text
+                .char_indices()
+                .find(|&(_, c)| !(c.is_alphanumeric() || c == '_' || c == '$'))
+                .map_or(text.len(), |(i, _)| i);
+            return Some((text[..end].to_owned(), end));
+        }
+        _ => return None,
+    };
+    let mut name = String::new();
+    let mut rest = text[1..].char_indices().peekable();
+    while let Some((i, c)) = rest.next() {
+        if c == close {
+            if close != ']' && rest.peek().is_some_and(|&(_, n)| n == close) {
+                rest.next();
+                name.push(c);
+                continue;
+            }
+            return Some((name, i + 2));
+        }
+        name.push(c);
+    }
+    None
+}
+
+/// Every identifier-like word of an SQL text (bare words and quoted names, lowercased; string
+/// literals skipped): enough to tell whether a view or trigger body may name a table.
+pub fn identifiers(sql: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut i = 0;
+    let bytes = sql.as_bytes();
+    while i < sql.len() {
+        let c = sql[i..].chars().next().unwrap_or(' ');
+        if c == '\'' {
+            // A string literal: skip to its closing quote ('' is an escaped quote).
+            let mut j = i + 1;
+            while j < bytes.len() {
+                if bytes[j] == b'\'' {
+                    if bytes.get(j + 1) == Some(&b'\'') {
+                        j += 2;
+                        continue;
+                    }
+                    break;
+                }
+                j += 1;
+            }
+            i = j + 1;
+        } else if let Some((name, len)) = first_identifier(&sql[i..]) {
+            out.insert(name.to_lowercase());
+            i += len.max(1);
+        } else {
+            i += c.len_utf8();
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,6 +448,29 @@ mod tests {
     fn quoting_doubles_embedded_quotes() {
         assert_eq!(quote("a\"b"), "\"a\"\"b\"");
         assert_eq!(quote_text("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn column_definitions_split_at_top_level_commas_only() {
+        let sql = "CREATE TABLE \"vendor\" (\"id\" TEXT NOT NULL PRIMARY KEY, \"name\" TEXT DEFAULT 'a, (b)', \
+                   total REAL GENERATED ALWAYS AS (coalesce(\"rating\", 0) * 2) VIRTUAL, [odd \"\"x] INT, \
+                   CONSTRAINT ck CHECK (total >= 0), UNIQUE (name))";
+        let defs = column_definitions(sql);
+        let names: Vec<&str> = defs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["id", "name", "total", "odd \"\"x"]);
+        assert_eq!(
+            defs[2].1,
+            "total REAL GENERATED ALWAYS AS (coalesce(\"rating\", 0) * 2) VIRTUAL"
+        );
+        assert_eq!(defs[1].1, "\"name\" TEXT DEFAULT 'a, (b)'");
+    }
+
+    #[test]
+    fn identifiers_skip_string_literals() {
+        let found =
+            identifiers("CREATE VIEW v AS SELECT \"Name\" FROM vendor WHERE note = 'account'");
+        assert!(found.contains("vendor") && found.contains("name") && found.contains("v"));
+        assert!(!found.contains("account"));
     }
 
     #[test]

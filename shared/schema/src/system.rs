@@ -2,6 +2,10 @@
 //! deployment history, installed apps and users, as ObjectStack objects in the `sys` namespace
 //! (tables `sys_metadata`, `sys_deployment`, `sys_installed_app`, `sys_user`).
 //!
+//! `sys_deployment.rollback_plan` holds the reverse `MigrationPlan` of a deployment and
+//! `previous_metadata` the registry entries it replaced, as they were ([`crate::registry::Snapshot`]
+//! JSON): together they are what a rollback restores.
+//!
 //! They go through the same engine as tenant objects, so a desired schema for a tenant is always
 //! [`with_system_objects`] of its bundle: the system tables are never seen as "removed".
 
@@ -25,7 +29,8 @@ pub fn base_objects() -> Vec<ObjectDefinition> {
             "status": {"type": "text", "required": true, "defaultValue": "ready"},
             "statements": {"type": "number", "defaultValue": 0},
             "applied_at": {"type": "datetime"},
-            "rollback_plan": {"type": "json"}
+            "rollback_plan": {"type": "json"},
+            "previous_metadata": {"type": "json"}
         }},
         {"name": "installed_app", "namespace": "sys", "label": "Installed App", "isSystem": true, "fields": {
             "app": {"type": "text", "required": true, "unique": true},

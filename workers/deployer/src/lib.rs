@@ -939,9 +939,10 @@ impl Deployer {
         {
             return Err(TenantError::Superseded(latest.deployment_id));
         }
+        // `SELECT *`: a deployment recorded before `previous_metadata` existed has no such column.
         let mut rows = conn
             .query(
-                "SELECT rollback_plan FROM sys_deployment WHERE deployment_id = ?1",
+                "SELECT * FROM sys_deployment WHERE deployment_id = ?1",
                 vec![SqlValue::Text(d.id.to_string())],
             )
             .await
@@ -958,20 +959,33 @@ impl Deployer {
         else {
             return Ok(0); // already rolled back (or never recorded): nothing to undo
         };
-        let plan: fleet_protocol::MigrationPlan = match row.get_value(0) {
-            Ok(SqlValue::Text(text)) => {
+        let column = |name: &str| {
+            (0..row.column_count())
+                .find(|&i| row.column_name(i) == Some(name))
+                .and_then(|i| row.get_value(i).ok())
+        };
+        let plan: fleet_protocol::MigrationPlan = match column("rollback_plan") {
+            Some(SqlValue::Text(text)) => {
                 serde_json::from_str(&text).map_err(TenantError::StoredPlan)?
             }
             _ => return Err(TenantError::NotReversible),
         };
+        // The registry entries the deployment replaced, back as they were.
+        let snapshot: fleet_schema::registry::Snapshot = match column("previous_metadata") {
+            Some(SqlValue::Text(text)) => {
+                serde_json::from_str(&text).map_err(TenantError::StoredPlan)?
+            }
+            _ => Vec::new(),
+        };
         // The statement must be finished before the plan's DDL runs on this connection.
         drop(row);
         drop(rows);
-        let forget = BoundStatement {
+        let mut after = fleet_schema::registry::restore(&snapshot);
+        after.push(BoundStatement {
             sql: "DELETE FROM sys_deployment WHERE deployment_id = ?1".to_owned(),
             params: vec![SqlValue::Text(d.id.to_string())],
-        };
-        fleet_schema::apply_plan_with(&conn, &plan, &[forget])
+        });
+        fleet_schema::apply_plan_with(&conn, &plan, &after)
             .await
             .map_err(TenantError::Apply)?;
         Ok(plan.statements.len() as u64)
@@ -1095,7 +1109,12 @@ impl Deployer {
             return Ok(outcome);
         }
         // migrating + registering, in one transaction
-        let registry = registry_statements(d, &prepared.bundle, &planned.plan);
+        let registry = registry_statements(
+            d,
+            &prepared.bundle,
+            &planned.plan,
+            planned.registered.as_deref().unwrap_or_default(),
+        );
         fleet_schema::apply_plan_with(&conn, &planned.plan, &registry)
             .await
             .map_err(TenantError::Apply)?;
@@ -1178,48 +1197,52 @@ async fn count(
     Ok(row.and_then(|r| r.get::<i64>(0).ok()).unwrap_or(0).max(0) as u64)
 }
 
-/// The bundle's metadata into `sys_metadata` and the deployment into `sys_deployment`.
+/// Source recorded on the registry rows a deployment writes (its owner is the platform).
+fn registry_source(d: &Deployment) -> String {
+    format!("deployment:{}", d.id)
+}
+
+/// The bundle's metadata as the platform's whole registered set in `sys_metadata` (the entries
+/// it no longer has deleted), and the deployment into `sys_deployment` with its reverse plan and
+/// the registry entries it replaced — so a rollback restores both.
 pub fn registry_statements(
     d: &Deployment,
     bundle: &DeployBundle,
     plan: &fleet_protocol::MigrationPlan,
+    registered: &[fleet_schema::registry::Registered],
 ) -> Vec<BoundStatement> {
     let statements = plan.statements.len();
     let rollback = fleet_schema::rollback_plan(plan)
         .and_then(|p| serde_json::to_string(&p).ok())
         .map_or(SqlValue::Null, SqlValue::Text);
-    let mut out = Vec::new();
     let kinds = [
         ("object", &bundle.objects),
         ("view", &bundle.views),
         ("flow", &bundle.flows),
         ("permission", &bundle.permissions),
     ];
-    for (kind, items) in kinds {
-        for (i, item) in items.iter().enumerate() {
+    let mut items = Vec::new();
+    for (kind, records) in kinds {
+        for (i, item) in records.iter().enumerate() {
             let name = item
                 .get("name")
                 .and_then(|n| n.as_str())
                 .map_or_else(|| format!("{kind}_{i}"), str::to_owned);
-            out.push(BoundStatement {
-                sql: "INSERT INTO sys_metadata (id, metadata_type, metadata_name, body, version, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                      ON CONFLICT (metadata_type, metadata_name) DO UPDATE SET body = excluded.body, version = excluded.version, \
-                      source = excluded.source, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
-                    .to_owned(),
-                params: vec![
-                    SqlValue::Text(format!("{kind}:{name}")),
-                    SqlValue::Text(kind.to_owned()),
-                    SqlValue::Text(name),
-                    SqlValue::Text(serde_json::Value::Object(item.clone()).to_string()),
-                    SqlValue::Text(d.version.clone()),
-                    SqlValue::Text(format!("deployment:{}", d.id)),
-                ],
-            });
+            let body = serde_json::Value::Object(item.clone()).to_string();
+            items.push((kind.to_owned(), name, body));
         }
     }
+    let (mut out, snapshot) = fleet_schema::registry::replace(
+        registered,
+        &fleet_schema::Owner::Platform,
+        &items,
+        &d.version,
+        &registry_source(d),
+    );
+    let previous = serde_json::to_string(&snapshot).map_or(SqlValue::Null, SqlValue::Text);
     out.push(BoundStatement {
-        sql: "INSERT INTO sys_deployment (id, deployment_id, version, checksum, status, statements, applied_at, rollback_plan) \
-              VALUES (?1, ?1, ?2, ?3, 'ready', ?4, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?5) ON CONFLICT (deployment_id) DO NOTHING"
+        sql: "INSERT INTO sys_deployment (id, deployment_id, version, checksum, status, statements, applied_at, rollback_plan, previous_metadata) \
+              VALUES (?1, ?1, ?2, ?3, 'ready', ?4, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?5, ?6) ON CONFLICT (deployment_id) DO NOTHING"
             .to_owned(),
         params: vec![
             SqlValue::Text(d.id.to_string()),
@@ -1227,6 +1250,7 @@ pub fn registry_statements(
             SqlValue::Text(d.checksum.clone()),
             SqlValue::Real(statements as f64),
             rollback,
+            previous,
         ],
     });
     out

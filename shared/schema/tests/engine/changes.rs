@@ -10,7 +10,18 @@ fn text(s: &str) -> Value {
     Value::Text(s.to_owned())
 }
 
-fn is_destructive(result: Result<fleet_schema::Planned, SchemaError>) -> Vec<String> {
+/// The conflicts a refused plan names, as `entity: why`.
+pub fn conflicts(result: Result<fleet_schema::Planned, SchemaError>) -> Vec<String> {
+    match result {
+        Err(SchemaError::Plan(PlanError::Conflicts { conflicts })) => conflicts
+            .into_iter()
+            .map(|c| format!("{}: {}", c.entity, c.why))
+            .collect(),
+        other => panic!("expected a refusal for conflicts, got {other:?}"),
+    }
+}
+
+pub fn is_destructive(result: Result<fleet_schema::Planned, SchemaError>) -> Vec<String> {
     match result {
         Err(SchemaError::Plan(PlanError::Destructive { losses, .. })) => {
             losses.into_iter().map(|l| l.entity).collect()
@@ -178,7 +189,7 @@ async fn rename_field_keeps_its_values() {
 }
 
 #[tokio::test]
-async fn type_change_rebuilds_the_table_narrowing_needs_destructive() {
+async fn type_change_rebuilds_the_table_narrowing_is_checked_against_the_values() {
     let db = crm().await;
     // number → text widens: no refusal, values kept as text.
     let planned = db
@@ -203,16 +214,35 @@ async fn type_change_rebuilds_the_table_narrowing_needs_destructive() {
         db.rows("SELECT rating FROM account WHERE id = 'a1'").await[0][0],
         text("4.5")
     );
-    // text → number narrows: refused, then accepted.
+    // text → number narrows: refused while a value is not a number, flag or not …
     let back = json!([
         {"name": "account", "fields": {"name": {"type": "text", "required": true}, "rating": {"type": "number"}}},
         {"name": "contact", "fields": {"email": {"type": "email"}, "account": {"type": "lookup", "reference": "account"}}}
     ]);
+    db.exec("INSERT INTO account (id, name, rating) VALUES ('a3', 'Initech', 'five')")
+        .await;
+    for allow_destructive in [false, true] {
+        let refused = conflicts(db.migrate(&back, allow_destructive).await);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(
+            refused[0].starts_with("account.rating: 1 row(s) hold values that do not fit number"),
+            "{refused:?}"
+        );
+    }
     assert_eq!(
-        is_destructive(db.migrate(&back, false).await),
-        ["account.rating"]
+        db.rows("SELECT rating FROM account WHERE id = 'a3'").await[0][0],
+        text("five"),
+        "untouched after refusal"
     );
-    db.migrate(&back, true).await.unwrap();
+    // … and applies once every value fits (not reversible: 4.5 would come back as '4.5').
+    db.exec("UPDATE account SET rating = '5' WHERE id = 'a3'")
+        .await;
+    let planned = db.migrate(&back, false).await.unwrap();
+    assert!(!planned.plan.reversible);
+    assert_eq!(
+        db.rows("SELECT rating FROM account WHERE id = 'a3'").await[0][0],
+        Value::Real(5.0)
+    );
     assert_eq!(
         db.rows("SELECT rating FROM account WHERE id = 'a1'").await[0][0],
         Value::Real(4.5)
@@ -226,7 +256,7 @@ async fn type_change_rebuilds_the_table_narrowing_needs_destructive() {
 }
 
 #[tokio::test]
-async fn required_on_fills_from_the_default_or_refuses_then_deletes() {
+async fn required_on_fills_from_the_default_or_is_refused_never_deleting_rows() {
     let db = crm().await;
     let with_default = json!([
         {"name": "account", "fields": {"name": {"type": "text", "required": true}, "rating": {"type": "number", "required": true, "defaultValue": 0}}},
@@ -243,16 +273,22 @@ async fn required_on_fills_from_the_default_or_refuses_then_deletes() {
         {"name": "account", "fields": {"name": {"type": "text", "required": true}, "rating": {"type": "number"}}},
         {"name": "contact", "fields": {"email": {"type": "email", "required": true}, "account": {"type": "lookup", "reference": "account"}}}
     ]);
+    for allow_destructive in [false, true] {
+        assert_eq!(
+            conflicts(db.migrate(&no_default, allow_destructive).await),
+            [
+                "contact.email: becomes required, but 1 row(s) have no value; give the field a defaultValue (which fills them) or fill them first"
+            ]
+        );
+    }
     assert_eq!(
-        is_destructive(db.migrate(&no_default, false).await),
-        ["contact.email"]
+        db.rows("SELECT id FROM contact ORDER BY id").await,
+        vec![vec![text("c1")], vec![text("c2")]],
+        "no record is deleted"
     );
-    db.migrate(&no_default, true).await.unwrap();
-    assert_eq!(
-        db.rows("SELECT id FROM contact").await,
-        vec![vec![text("c1")]],
-        "the row without a value is gone"
-    );
+    db.exec("UPDATE contact SET email = 'y@example.org' WHERE id = 'c2'")
+        .await;
+    db.migrate(&no_default, false).await.unwrap();
 
     // required off is never destructive.
     db.migrate(

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod changes;
+mod field_cases;
 mod properties;
 
 use fleet_protocol::{DeployBundle, ObjectDefinition, parse_value};
@@ -57,6 +58,49 @@ impl TestDb {
             again.plan.statements
         );
         assert!(again.diff.changes.is_empty());
+    }
+
+    /// What a deploy does: migrates to `objects` plus the system objects, and registers the
+    /// objects in the metadata registry as the platform's, in the same transaction. Checks
+    /// convergence (a second plan is empty).
+    pub async fn deploy(
+        &self,
+        objects: &serde_json::Value,
+        allow_destructive: bool,
+    ) -> Result<Planned, SchemaError> {
+        let typed = fleet_schema::system::with_system_objects(&objects_of(objects));
+        let planned = plan_database(&self.conn, &typed, PlanOptions { allow_destructive }).await?;
+        let items: Vec<_> = objects
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                (
+                    "object".to_owned(),
+                    o["name"].as_str().unwrap().to_owned(),
+                    o.to_string(),
+                )
+            })
+            .collect();
+        let (register, _) = fleet_schema::registry::replace(
+            planned.registered.as_deref().unwrap_or_default(),
+            &fleet_schema::Owner::Platform,
+            &items,
+            "test",
+            "deployment:test",
+        );
+        fleet_schema::apply_plan_with(&self.conn, &planned.plan, &register)
+            .await
+            .map_err(SchemaError::Apply)?;
+        let again = plan_database(&self.conn, &typed, PlanOptions::default())
+            .await
+            .unwrap();
+        assert!(
+            again.plan.statements.is_empty(),
+            "second plan is not empty: {:#?}",
+            again.plan.statements
+        );
+        Ok(planned)
     }
 
     pub async fn exec(&self, sql: &str) {
