@@ -97,6 +97,10 @@ pub struct SchemaChange {
     pub new_value: Option<Value>,
 }
 
+impl Spec for SchemaChange {
+    const SPEC_NAME: &'static str = "SchemaChange";
+}
+
 /// Counts of a diff's changes by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -378,7 +382,13 @@ fn typed_objects(records: &[Record], checks: &mut Checks) -> Vec<ObjectDefinitio
                 .and_then(Value::as_str)
                 .filter(|n| !n.is_empty() && !n.contains('.'))
                 .map_or_else(|| index.to_string(), str::to_owned);
-            match parse_value::<ObjectDefinition>(&Value::Object(raw.clone())) {
+            // Upstream's DeployBundleSchema takes objects as free-form records: one without
+            // `fields` is accepted there, and here it is an object with only the system columns.
+            let mut record = raw.clone();
+            record
+                .entry("fields")
+                .or_insert_with(|| Value::Object(Default::default()));
+            match parse_value::<ObjectDefinition>(&Value::Object(record)) {
                 Ok(checked) => {
                     for issue in checked.warnings {
                         checks.at(&label, |c| c.push_nested(issue));

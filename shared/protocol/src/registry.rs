@@ -9,7 +9,7 @@ use crate::app::{AppCompatibilityCheck, AppInstallRequest, AppInstallResult, App
 use crate::contracts::IntrospectedSchema;
 use crate::deploy::{
     DeployBundle, DeployDiff, DeployManifest, DeployStatus, DeployValidationIssue,
-    DeployValidationResult, MigrationPlan, MigrationStatement,
+    DeployValidationResult, MigrationPlan, MigrationStatement, SchemaChange,
 };
 use crate::object::{Field, FieldType, Index, ObjectDefinition, SelectOption};
 use crate::quota::{QuotaEnforcementResult, TenantQuota, TenantRuntimeContext, TenantUsage};
@@ -197,6 +197,13 @@ pub static SPECS: &[SpecEntry] = &[
         'C',
         Some("system/DeployManifest.json"),
         Some(("system", "DeployManifestSchema"))
+    ),
+    // The DeployDiff item, which upstream exports as its own schema (no JSON Schema file).
+    entry!(
+        SchemaChange,
+        'C',
+        None,
+        Some(("system", "SchemaChangeSchema"))
     ),
     entry!(
         DeployDiff,

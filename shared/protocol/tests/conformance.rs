@@ -270,8 +270,14 @@ fn upstream_runtime_and_our_validation_agree_on_every_input() {
                 .into_iter()
                 .flatten()
             {
+                // Upstream's bundle takes objects as free-form records; the fleet reads one
+                // without `fields` as an object with none (only the system columns).
+                let mut object = object.clone();
+                if let Some(map) = object.as_object_mut() {
+                    map.entry("fields").or_insert_with(|| json!({}));
+                }
                 extra.push(requests.len());
-                requests.push((object_export.0, object_export.1, object.clone()));
+                requests.push((object_export.0, object_export.1, object));
             }
         }
         object_requests.push(extra);

@@ -138,6 +138,22 @@ pub async fn open_local(path: &Path) -> Result<Connection, SchemaError> {
     Ok(conn)
 }
 
+/// The live schema of `conn` as the engine sees it: the tables registered objects (of any
+/// owner) and the system objects map to, and everything else listed as unmanaged. A database
+/// without a registry counts every ordinary table as managed ([`owned`]).
+pub async fn introspect_owned(conn: &Connection) -> Result<Schema, SchemaError> {
+    let live = introspect(conn).await?;
+    let Some(rows) = registry::read(conn).await? else {
+        return Ok(owned::owned(&live, &Schema::default(), None));
+    };
+    let system = desired_schema(&system::base_objects())?;
+    Ok(owned::owned(
+        &live,
+        &system,
+        Some(&registry::Ownership::everyone(&rows)),
+    ))
+}
+
 /// Introspects `conn`, and plans the migration to `objects` for the platform bundle.
 pub async fn plan_database(
     conn: &Connection,

@@ -123,6 +123,15 @@ pub struct Ownership {
 impl Ownership {
     /// The ownership `rows` describe for `owner`.
     pub fn of(rows: &[Registered], owner: &Owner) -> Self {
+        Self::build(rows, Some(owner))
+    }
+
+    /// Every registered table as managed, whoever registered it (for display).
+    pub fn everyone(rows: &[Registered]) -> Self {
+        Self::build(rows, None)
+    }
+
+    fn build(rows: &[Registered], owner: Option<&Owner>) -> Self {
         let objects: Vec<(Owner, ObjectDefinition)> = rows
             .iter()
             .filter(|r| r.kind == "object")
@@ -137,7 +146,7 @@ impl Ownership {
         let all: Vec<ObjectDefinition> = objects.iter().map(|(_, o)| o.clone()).collect();
         let own: Vec<ObjectDefinition> = objects
             .iter()
-            .filter(|(o, _)| o == owner)
+            .filter(|(o, _)| owner.is_none_or(|owner| o == owner))
             .map(|(_, o)| o.clone())
             .collect();
         // References may cross owners (an app's lookup to a platform object): map all first.
@@ -150,7 +159,7 @@ impl Ownership {
                 continue;
             }
             let table = object.table();
-            if who == owner {
+            if owner.is_none_or(|owner| who == owner) {
                 let mapped = schema.as_ref().and_then(|s| s.tables.get(&table)).cloned();
                 ownership.mine.insert(table, mapped);
             } else {

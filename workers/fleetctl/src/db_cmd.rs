@@ -1,5 +1,11 @@
 //! `fleetctl db introspect|plan|apply`: the schema engine on one database file.
 //!
+//! `introspect` prints the upstream `IntrospectedSchema` of the tables the engine manages, plus
+//! `unmanaged`: the views, triggers, virtual and shadow tables, generated columns and hand-made
+//! tables, columns and indexes it leaves alone. `apply` on a database with a metadata registry
+//! (every tenant database) registers the bundle as the platform's in the same transaction, as a
+//! deploy does — so the engine knows afterwards what it created.
+//!
 //! Exit codes: 0 done; 1 the bundle is missing or invalid, the plan is refused (destructive
 //! without `--allow-destructive`, or impossible for the data), or the apply failed and was rolled
 //! back — in every such case the database is untouched; 2 the command could not run.
@@ -12,11 +18,14 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use fleet_config::Config;
 use fleet_protocol::TenantId;
-use fleet_protocol::deploy::ChangeType;
+use fleet_protocol::deploy::{ChangeType, EntityType};
 use fleet_protocol::turso::TursoTokenScope;
 use fleet_protocol::{DeployBundle, DeployDiff, MigrationPlan, ObjectDefinition, parse_str};
+use fleet_schema::diff::modification;
+use fleet_schema::registry::Registered;
 use fleet_schema::{
-    PlanError, PlanOptions, Planned, SchemaError, apply_plan, introspect, open_local, plan_database,
+    BoundStatement, Owner, PlanError, PlanOptions, Planned, SchemaError, Unmanaged,
+    apply_plan_with, introspect_owned, open_local, plan_database,
 };
 use fleet_tenantdb::backend_from_config;
 use libsql::Connection;
@@ -38,10 +47,14 @@ pub struct Target {
 /// The `db` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum DbCommand {
-    /// Print the live schema of a database (upstream IntrospectedSchema JSON).
+    /// Print the live schema of a database (upstream IntrospectedSchema JSON, plus what the
+    /// engine leaves alone under `unmanaged`).
     Introspect {
         #[command(flatten)]
         target: Target,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
     },
     /// Show what applying a bundle would do: the DeployDiff and the MigrationPlan.
     Plan {
@@ -127,15 +140,28 @@ async fn open_target(
 /// Runs a `db` subcommand.
 pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
     match command {
-        DbCommand::Introspect { target } => {
+        DbCommand::Introspect { target, format } => {
             let Some((conn, _)) = open_target(&target, false).await? else {
                 bail!("no such database")
             };
-            let schema = introspect(&conn).await?;
-            say!(
-                "{}",
-                serde_json::to_string_pretty(&schema.to_introspected())?
-            );
+            let schema = introspect_owned(&conn).await?;
+            match format {
+                Format::Json => {
+                    let mut out = serde_json::to_value(schema.to_introspected())?;
+                    out["unmanaged"] = serde_json::to_value(&schema.unmanaged)?;
+                    say!("{}", serde_json::to_string_pretty(&out)?);
+                }
+                Format::Text => {
+                    for (name, table) in &schema.tables {
+                        say!(
+                            "table {name}: {} column(s), {} index(es)",
+                            table.columns.len(),
+                            table.indexes.len()
+                        );
+                    }
+                    print_unmanaged(&schema.unmanaged);
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         DbCommand::Plan {
@@ -144,7 +170,7 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
             allow_destructive,
             format,
         } => {
-            let Some(objects) = desired_objects(&bundle, &target)? else {
+            let Some((_, objects)) = desired_objects(&bundle, &target)? else {
                 return Ok(ExitCode::from(1));
             };
             // Planning never creates or changes the database: a missing one is an empty database.
@@ -166,7 +192,7 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
             allow_destructive,
             format,
         } => {
-            let Some(objects) = desired_objects(&bundle, &target)? else {
+            let Some((parsed, objects)) = desired_objects(&bundle, &target)? else {
                 return Ok(ExitCode::from(1));
             };
             let Some((conn, label)) = open_target(&target, true).await? else {
@@ -177,7 +203,14 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
                     Ok(planned) => planned,
                     Err(err) => return refused(err),
                 };
-            match apply_plan(&conn, &planned.plan).await {
+            // A database with a registry — or a tenant's, whose plan creates the system tables
+            // — gets the bundle registered in the same transaction.
+            let register = match (&planned.registered, target.tenant.is_some()) {
+                (Some(rows), _) => registration(&parsed, rows),
+                (None, true) => registration(&parsed, &[]),
+                (None, false) => Vec::new(),
+            };
+            match apply_plan_with(&conn, &planned.plan, &register).await {
                 Ok(result) => {
                     match format {
                         Format::Json => say!(
@@ -193,6 +226,9 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
                                 result.statements_executed,
                                 result.duration_ms
                             );
+                            if !register.is_empty() {
+                                say!("registered the bundle's metadata ({} change(s) to sys_metadata)", register.len());
+                            }
                         }
                     }
                     Ok(ExitCode::SUCCESS)
@@ -207,24 +243,60 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The objects to migrate to: the bundle's, plus the base system objects for a tenant's
-/// database (which holds the system tables too). `None` after printing the bundle's issues.
+/// Source recorded on the registry rows `fleetctl db apply` writes (owner: the platform).
+const APPLY_SOURCE: &str = "fleetctl:db-apply";
+
+/// The statements that register `bundle` as the platform's whole metadata (what a deploy
+/// writes, without a deployment record).
+fn registration(bundle: &DeployBundle, registered: &[Registered]) -> Vec<BoundStatement> {
+    let kinds = [
+        ("object", &bundle.objects),
+        ("view", &bundle.views),
+        ("flow", &bundle.flows),
+        ("permission", &bundle.permissions),
+    ];
+    let mut items = Vec::new();
+    for (kind, records) in kinds {
+        for (i, record) in records.iter().enumerate() {
+            let name = record
+                .get("name")
+                .and_then(|n| n.as_str())
+                .map_or_else(|| format!("{kind}_{i}"), str::to_owned);
+            let body = serde_json::Value::Object(record.clone()).to_string();
+            items.push((kind.to_owned(), name, body));
+        }
+    }
+    fleet_schema::registry::replace(
+        registered,
+        &Owner::Platform,
+        &items,
+        &bundle.manifest.version,
+        APPLY_SOURCE,
+    )
+    .0
+}
+
+/// The bundle and the objects to migrate to: the bundle's, plus the base system objects for a
+/// tenant's database (which holds the system tables too). `None` after printing the bundle's
+/// issues.
 fn desired_objects(
     bundle: &Path,
     target: &Target,
-) -> anyhow::Result<Option<Vec<ObjectDefinition>>> {
-    let Some(objects) = load_objects(bundle)? else {
+) -> anyhow::Result<Option<(DeployBundle, Vec<ObjectDefinition>)>> {
+    let Some((bundle, objects)) = load_objects(bundle)? else {
         return Ok(None);
     };
-    Ok(Some(if target.tenant.is_some() {
+    let objects = if target.tenant.is_some() {
         fleet_schema::system::with_system_objects(&objects)
     } else {
         objects
-    }))
+    };
+    Ok(Some((bundle, objects)))
 }
 
-/// The bundle's objects, or `None` after printing every issue (a missing file is one issue).
-fn load_objects(path: &Path) -> anyhow::Result<Option<Vec<ObjectDefinition>>> {
+/// The bundle and its objects, or `None` after printing every issue (a missing file is one
+/// issue).
+fn load_objects(path: &Path) -> anyhow::Result<Option<(DeployBundle, Vec<ObjectDefinition>)>> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(err) => {
@@ -250,7 +322,8 @@ fn load_objects(path: &Path) -> anyhow::Result<Option<Vec<ObjectDefinition>>> {
             return Ok(None);
         }
     };
-    Ok(Some(bundle.object_definitions().context("bundle objects")?))
+    let objects = bundle.object_definitions().context("bundle objects")?;
+    Ok(Some((bundle, objects)))
 }
 
 fn refused(err: SchemaError) -> anyhow::Result<ExitCode> {
@@ -274,8 +347,11 @@ fn refused(err: SchemaError) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::from(1))
         }
-        SchemaError::Plan(err @ PlanError::Conflicts { .. }) => {
-            eprintln!("refused: {err}");
+        SchemaError::Plan(PlanError::Conflicts { conflicts }) => {
+            eprintln!("refused: the migration cannot apply, with or without --allow-destructive:");
+            for conflict in conflicts {
+                eprintln!("  {}: {}", conflict.entity, conflict.why);
+            }
             Ok(ExitCode::from(1))
         }
         other => Err(other.into()),
@@ -285,7 +361,13 @@ fn refused(err: SchemaError) -> anyhow::Result<ExitCode> {
 fn print_planned(planned: &Planned, format: Format) -> anyhow::Result<()> {
     match format {
         Format::Json => {
-            let out = json!({"diff": planned.diff, "plan": planned.plan, "losses": planned.losses});
+            let out = json!({
+                "diff": planned.diff,
+                "plan": planned.plan,
+                "losses": planned.losses,
+                "notes": planned.notes,
+                "unmanaged": planned.unmanaged,
+            });
             say!("{}", serde_json::to_string_pretty(&out)?);
         }
         Format::Text => {
@@ -294,6 +376,10 @@ fn print_planned(planned: &Planned, format: Format) -> anyhow::Result<()> {
             for loss in &planned.losses {
                 say!("  ! accepted loss — {}: {}", loss.entity, loss.what);
             }
+            for note in &planned.notes {
+                say!("  note: {note}");
+            }
+            print_unmanaged(&planned.unmanaged);
         }
     }
     Ok(())
@@ -332,9 +418,34 @@ fn print_diff(diff: &DeployDiff) {
             .and_then(|v| v.get("name"))
             .and_then(|n| n.as_str())
             .filter(|old| *old != change.entity_name && change.change_type == ChangeType::Modified);
-        match renamed {
-            Some(old) => say!("  {sign} {kind:<6} {name} (renamed from {old})"),
-            None => say!("  {sign} {kind:<6} {name}"),
+        let modified = match (&change.old_value, &change.new_value) {
+            (Some(old), Some(new)) if change.entity_type == EntityType::Field => {
+                modification(old, new)
+            }
+            _ => Vec::new(),
+        };
+        match (renamed, modified.is_empty()) {
+            (Some(old), _) => say!("  {sign} {kind:<6} {name} (renamed from {old})"),
+            (None, true) => say!("  {sign} {kind:<6} {name}"),
+            (None, false) => say!("  {sign} {kind:<6} {name}: {}", modified.join(", ")),
+        }
+    }
+}
+
+/// What the engine leaves alone, one line each (nothing when there is nothing).
+fn print_unmanaged(unmanaged: &[Unmanaged]) {
+    if unmanaged.is_empty() {
+        return;
+    }
+    say!("unmanaged (left as they are): {}", unmanaged.len());
+    for u in unmanaged {
+        let kind = serde_json::to_value(u.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(|k| k.replace('_', " ")))
+            .unwrap_or_default();
+        match &u.table {
+            Some(table) => say!("  {kind} {table}.{}", u.name),
+            None => say!("  {kind} {}", u.name),
         }
     }
 }

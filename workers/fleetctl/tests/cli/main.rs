@@ -4,6 +4,7 @@ mod config;
 mod db;
 mod deploy;
 mod dlq;
+mod field_cases;
 mod schema;
 mod streams;
 mod validate;

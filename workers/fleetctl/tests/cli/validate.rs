@@ -87,3 +87,70 @@ fn non_json_unreadable_files_and_unknown_types_exit_2() {
                 .and(predicate::str::contains("DeployBundle")),
         );
 }
+
+#[test]
+fn a_schema_change_validates_as_the_deploy_diff_item_upstream_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("change.json");
+    std::fs::write(
+        &good,
+        r#"{"entityType": "field", "entityName": "rating", "parentEntity": "vendor", "changeType": "modified", "oldValue": {"default": null}, "newValue": {"default": 3}}"#,
+    )
+    .unwrap();
+    fleetctl()
+        .args(["validate", "SchemaChange"])
+        .arg(&good)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("\"entityName\": \"rating\""));
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"entityType": "table", "entityName": "", "changeType": "modified"}"#,
+    )
+    .unwrap();
+    fleetctl()
+        .args(["validate", "SchemaChange"])
+        .arg(&bad)
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("entityType").and(predicate::str::contains("entityName")));
+}
+
+#[test]
+fn a_bundle_object_without_fields_is_accepted_as_upstream_accepts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle.json");
+    std::fs::write(
+        &bundle,
+        r#"{"manifest": {"version": "1.0.0"}, "objects": [{"name": "marker"}]}"#,
+    )
+    .unwrap();
+    fleetctl()
+        .args(["validate", "DeployBundle"])
+        .arg(&bundle)
+        .assert()
+        .success();
+    let db = dir.path().join("tenant.db");
+    fleetctl()
+        .args(["db", "apply", "--bundle"])
+        .arg(&bundle)
+        .arg("--db")
+        .arg(&db)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("applied 1 statement(s)"));
+    let out = fleetctl()
+        .args(["db", "introspect", "--db"])
+        .arg(&db)
+        .assert()
+        .success();
+    let json: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let columns: Vec<&str> = json["tables"]["marker"]["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["id", "created_at", "updated_at"]);
+}
