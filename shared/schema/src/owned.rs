@@ -9,9 +9,10 @@
 //! never dropped, and kept through a table rebuild.
 //!
 //! A database without a registry (a plain file the engine migrated before, or never) has no
-//! record of what the engine created: there every ordinary table, column and explicit index
-//! counts as the engine's, as before registries existed; views, triggers, virtual tables and
-//! generated columns still never do.
+//! record of what the engine created: there every ordinary table and column counts as the
+//! engine's, as before registries existed, and of the indexes those named as the engine names
+//! them (`ix_<table>_…`, `uq_<table>_…`) or declared by the desired objects; views, triggers,
+//! virtual tables and generated columns never do.
 
 use std::collections::BTreeSet;
 
@@ -36,7 +37,25 @@ pub fn owned(live: &Schema, desired: &Schema, ownership: Option<&Ownership>) -> 
                 .find(|t| t.renamed_from.as_deref() == Some(name))
         });
         let Some(ownership) = ownership else {
-            out.tables.insert(name.clone(), table.clone());
+            // No registry: every ordinary table and column is the engine's; of the indexes,
+            // the ones named as the engine names them (`ix_<table>_…`, `uq_<table>_…`) or that
+            // the desired object declares.
+            let mut table = table.clone();
+            table.indexes.retain(|i| {
+                let keep = i.name.starts_with(&format!("ix_{name}_"))
+                    || i.name.starts_with(&format!("uq_{name}_"))
+                    || want.is_some_and(|w| w.index(&i.name).is_some());
+                if !keep {
+                    extra.push(unmanaged(
+                        UnmanagedKind::Index,
+                        &i.name,
+                        Some(name),
+                        live.sql.get(&i.name),
+                    ));
+                }
+                keep
+            });
+            out.tables.insert(name.clone(), table);
             continue;
         };
         let registered = ownership.mine.get(name);

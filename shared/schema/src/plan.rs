@@ -258,53 +258,65 @@ fn dependents<'a>(current: &'a Schema, tables: &BTreeSet<String>) -> Vec<&'a Unm
         .collect()
 }
 
-/// The saved views and triggers that name a column a rebuild removes or renames away (by the
-/// words of their SQL: conservative, a refusal names what to change).
+/// The views and triggers this change would break, as conflicts: one that names a table the
+/// change drops, or a column it drops (or, in a rebuild, renames away — a native rename
+/// rewrites them, a rebuild's copy cannot). By the words of their SQL: conservative, and the
+/// refusal names what to change.
 fn broken_dependents(
-    saved: &[&Unmanaged],
+    changes: &[Change],
     current: &Schema,
-    desired: &Schema,
     rebuilt: &BTreeSet<String>,
     current_name: &dyn Fn(&str) -> String,
 ) -> Vec<Conflict> {
-    let mut out = Vec::new();
-    for u in saved {
-        let words = identifiers(u.sql.as_deref().unwrap_or_default());
-        for table in rebuilt {
-            let live = current_name(table);
-            let (Some(have), Some(want)) = (current.tables.get(&live), desired.tables.get(table))
-            else {
-                continue;
-            };
-            let names_table = u.table.as_deref() == Some(live.as_str())
-                || words.contains(&live.to_lowercase())
-                || words.contains(&table.to_lowercase());
-            if !names_table {
-                continue;
+    // (live table, desired table, column) gone by this change.
+    let mut gone: Vec<(String, String, String)> = Vec::new();
+    let mut dropped: Vec<&str> = Vec::new();
+    for change in changes {
+        match change {
+            Change::DropTable(t) => dropped.push(&t.name),
+            Change::DropColumn { table, column } => {
+                gone.push((current_name(table), table.clone(), column.name.clone()))
             }
-            let gone = have.columns.iter().filter(|c| {
-                want.column(&c.name).is_none_or(|w| {
-                    w.renamed_from.as_deref().is_some_and(|from| from != c.name)
-                        && have
-                            .column(w.renamed_from.as_deref().unwrap_or_default())
-                            .is_some()
-                })
-            });
-            for column in gone {
-                if words.contains(&column.name.to_lowercase()) {
-                    let kind = if u.kind == UnmanagedKind::View {
-                        "view"
-                    } else {
-                        "trigger"
-                    };
-                    out.push(Conflict {
-                        entity: u.name.clone(),
-                        why: format!(
-                            "the {kind} names {table}.{}, which this change removes or renames; change or drop the {kind} first",
-                            column.name
-                        ),
-                    });
-                }
+            Change::RenameColumn { table, from, .. } if rebuilt.contains(table) => {
+                gone.push((current_name(table), table.clone(), from.clone()))
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for u in current
+        .unmanaged
+        .iter()
+        .filter(|u| matches!(u.kind, UnmanagedKind::View | UnmanagedKind::Trigger))
+    {
+        let words = identifiers(u.sql.as_deref().unwrap_or_default());
+        let kind = if u.kind == UnmanagedKind::View {
+            "view"
+        } else {
+            "trigger"
+        };
+        let names = |table: &str| {
+            u.table
+                .as_deref()
+                .is_some_and(|t| t.eq_ignore_ascii_case(table))
+                || words.contains(&table.to_lowercase())
+        };
+        for table in &dropped {
+            if names(table) {
+                out.push(Conflict {
+                    entity: u.name.clone(),
+                    why: format!("the {kind} names table {table}, which this change drops; change or drop the {kind} first"),
+                });
+            }
+        }
+        for (live, table, column) in &gone {
+            if (names(live) || names(table)) && words.contains(&column.to_lowercase()) {
+                out.push(Conflict {
+                    entity: u.name.clone(),
+                    why: format!(
+                        "the {kind} names {table}.{column}, which this change removes or renames; change or drop the {kind} first"
+                    ),
+                });
             }
         }
     }
@@ -395,9 +407,8 @@ pub fn plan(
         dependents(current, &rebuilt_names)
     };
     conflicts.extend(broken_dependents(
-        &saved,
+        &changes,
         current,
-        desired,
         &rebuilt,
         &current_name,
     ));

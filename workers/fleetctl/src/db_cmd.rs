@@ -227,7 +227,10 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
                                 result.duration_ms
                             );
                             if !register.is_empty() {
-                                say!("registered the bundle's metadata ({} change(s) to sys_metadata)", register.len());
+                                say!(
+                                    "registered the bundle's metadata ({} change(s) to sys_metadata)",
+                                    register.len()
+                                );
                             }
                         }
                     }

@@ -340,14 +340,15 @@ async fn unique_on_and_off_is_an_index_and_duplicates_are_a_conflict() {
 
 #[tokio::test]
 async fn index_add_and_drop() {
-    let db = crm().await;
+    // Deployed (registered): a declared index the bundle drops is known to be the engine's.
+    let db = TestDb::new().await;
     let indexed = json!([
         {"name": "account", "fields": {"name": {"type": "text", "required": true}, "rating": {"type": "number"}},
          "indexes": [{"fields": ["rating", "name"]}, {"name": "account_by_name", "fields": ["name"], "unique": true}]},
         {"name": "contact", "fields": {"email": {"type": "email", "index": true}, "account": {"type": "lookup", "reference": "account"}}}
     ]);
-    db.migrate(&indexed, false).await.unwrap();
-    let names = db.rows("SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY name").await;
+    db.deploy(&indexed, false).await.unwrap();
+    let names = db.rows("SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%' AND tbl_name NOT LIKE 'sys_%' ORDER BY name").await;
     assert_eq!(
         names,
         vec![
@@ -356,7 +357,7 @@ async fn index_add_and_drop() {
             vec![text("ix_contact_email")]
         ]
     );
-    db.migrate(
+    db.deploy(
         &json!([
             {"name": "account", "fields": {"name": {"type": "text", "required": true}, "rating": {"type": "number"}}},
             {"name": "contact", "fields": {"email": {"type": "email"}, "account": {"type": "lookup", "reference": "account"}}}
@@ -366,7 +367,7 @@ async fn index_add_and_drop() {
     .await
     .unwrap();
     assert!(
-        db.rows("SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%'")
+        db.rows("SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%' AND tbl_name NOT LIKE 'sys_%'")
             .await
             .is_empty()
     );

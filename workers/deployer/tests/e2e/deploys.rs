@@ -453,7 +453,11 @@ async fn a_reversible_deployment_is_rolled_back_to_the_previous_schema() {
     );
     let registry_v11 = "SELECT count(*) FROM sys_metadata WHERE metadata_name = 'ticket' \
                         OR (metadata_type = 'object' AND body LIKE '%\"notes\"%')";
-    assert_eq!(fleet.count(&tenants[0], registry_v11).await, 2, "v1.1 registered");
+    assert_eq!(
+        fleet.count(&tenants[0], registry_v11).await,
+        2,
+        "v1.1 registered"
+    );
 
     // v1 is no longer the last deployment applied: undoing it would undo v1.1 too (and drop
     // the row above). Refused on every tenant, nothing touched.
@@ -550,7 +554,11 @@ async fn a_reversible_deployment_is_rolled_back_to_the_previous_schema() {
         0
     );
     // The registry is back to v1's bodies: no ticket, no notes field, every entry v1's.
-    assert_eq!(fleet.count(&tenants[0], registry_v11).await, 0, "registry restored");
+    assert_eq!(
+        fleet.count(&tenants[0], registry_v11).await,
+        0,
+        "registry restored"
+    );
     assert_eq!(
         fleet
             .count(

@@ -172,8 +172,14 @@ async fn input_3_a_full_text_index_in_the_database() {
         .iter()
         .map(|u| (u["kind"].as_str().unwrap(), u["name"].as_str().unwrap()))
         .collect();
-    assert!(unmanaged.contains(&("virtual_table", "vendor_search")), "{unmanaged:?}");
-    assert!(unmanaged.contains(&("shadow_table", "vendor_search_config")), "{unmanaged:?}");
+    assert!(
+        unmanaged.contains(&("virtual_table", "vendor_search")),
+        "{unmanaged:?}"
+    );
+    assert!(
+        unmanaged.contains(&("shadow_table", "vendor_search_config")),
+        "{unmanaged:?}"
+    );
     assert!(json["tables"].get("vendor_search_data").is_none());
 }
 
@@ -182,7 +188,12 @@ async fn input_4_a_wide_object() {
     let case = Case::new();
     let survey = |required: bool| {
         let fields: serde_json::Map<String, Value> = (0..1050)
-            .map(|i| (format!("q{i}"), json!({"type": "text", "required": required})))
+            .map(|i| {
+                (
+                    format!("q{i}"),
+                    json!({"type": "text", "required": required}),
+                )
+            })
             .collect();
         json!([{"name": "survey", "fields": fields}])
     };
@@ -213,16 +224,22 @@ async fn input_4_a_wide_object() {
 #[tokio::test]
 async fn input_5_required_over_nulls_never_deletes_records() {
     let case = Case::new();
-    let account = |employees: Value| json!([{"name": "account", "fields": {"employees": employees}}]);
+    let account =
+        |employees: Value| json!([{"name": "account", "fields": {"employees": employees}}]);
     let v1 = case.bundle("v1", account(json!({"type": "number"})));
     case.run(&["db", "apply"], &v1).success();
     case.exec("INSERT INTO account (id, employees) VALUES ('a1', 10), ('a2', NULL), ('a3', 30)")
         .await;
     let v2 = case.bundle("v2", account(json!({"type": "number", "required": true})));
-    for flags in [&["db", "apply"][..], &["db", "apply", "--allow-destructive"]] {
-        case.run(flags, &v2).code(1).stderr(predicate::str::contains(
-            "account.employees: becomes required, but 1 row(s) have no value",
-        ));
+    for flags in [
+        &["db", "apply"][..],
+        &["db", "apply", "--allow-destructive"],
+    ] {
+        case.run(flags, &v2)
+            .code(1)
+            .stderr(predicate::str::contains(
+                "account.employees: becomes required, but 1 row(s) have no value",
+            ));
     }
     assert_eq!(
         case.rows("SELECT count(*) FROM account").await,
@@ -234,7 +251,8 @@ async fn input_5_required_over_nulls_never_deletes_records() {
     );
     case.run(&["db", "apply"], &v3).success();
     assert_eq!(
-        case.rows("SELECT employees FROM account WHERE id = 'a2'").await,
+        case.rows("SELECT employees FROM account WHERE id = 'a2'")
+            .await,
         vec![vec![libsql::Value::Real(0.0)]]
     );
 }
@@ -258,22 +276,28 @@ async fn on_a_tenant_shaped_file_apply_registers_and_changes_read_in_field_types
         .success()
         .stdout(predicate::str::contains("registered the bundle's metadata"));
     assert_eq!(
-        case.rows("SELECT metadata_name, source FROM sys_metadata").await,
+        case.rows("SELECT metadata_name, source FROM sys_metadata")
+            .await,
         vec![vec![text("deal"), text("fleetctl:db-apply")]]
     );
     let v2 = case.bundle("v2", deal("text"));
     case.run(&["db", "plan", "--format", "text"], &v2)
         .success()
-        .stdout(predicate::str::contains("~ field  deal.amount: number → text"));
+        .stdout(predicate::str::contains(
+            "~ field  deal.amount: number → text",
+        ));
     // A table made by hand is not the engine's: removing every object leaves it.
     case.exec("CREATE TABLE notes_by_hand (x TEXT)").await;
     let empty = case.bundle("v3", json!([]));
-    case.run(&["db", "apply", "--allow-destructive", "--format", "text"], &empty)
-        .success()
-        .stdout(
-            predicate::str::contains("- object deal")
-                .and(predicate::str::contains("table notes_by_hand")),
-        );
+    case.run(
+        &["db", "apply", "--allow-destructive", "--format", "text"],
+        &empty,
+    )
+    .success()
+    .stdout(
+        predicate::str::contains("- object deal")
+            .and(predicate::str::contains("table notes_by_hand")),
+    );
     assert_eq!(
         case.rows("SELECT name FROM sqlite_master WHERE name IN ('deal', 'notes_by_hand')")
             .await,
