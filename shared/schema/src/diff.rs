@@ -349,13 +349,26 @@ pub fn modification(old: &Value, new: &Value) -> Vec<String> {
     if default(old) != default(new) {
         out.push(format!("default {} → {}", default(old), default(new)));
     }
+    // `on_delete` is serialized by variant name (`SetNull`): shown as SQL says it (`set null`).
+    let words = |variant: &str| {
+        variant
+            .chars()
+            .enumerate()
+            .flat_map(|(i, c)| {
+                let space = (i > 0 && c.is_uppercase()).then_some(' ');
+                space.into_iter().chain(c.to_lowercase())
+            })
+            .collect::<String>()
+    };
     let reference = |v: &Value| match v.get("references") {
         Some(Value::Object(fk)) => format!(
             "{} on delete {}",
             fk.get("table").and_then(Value::as_str).unwrap_or_default(),
-            fk.get("on_delete")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
+            words(
+                fk.get("on_delete")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+            )
         ),
         _ => "none".to_owned(),
     };
@@ -458,4 +471,27 @@ pub fn deploy_diff(changes: &[Change], has_breaking_changes: bool) -> DeployDiff
         changes.iter().map(Change::to_schema_change).collect(),
         has_breaking_changes,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_modified_field_is_described_in_words() {
+        let old = json!({"type": "Real", "not_null": false, "default_sql": null, "field_type": "number",
+                         "references": {"table": "account", "column": "id", "on_delete": "Cascade"}});
+        let new = json!({"type": "Text", "not_null": true, "default_sql": "3", "field_type": "text",
+                         "references": {"table": "account", "column": "id", "on_delete": "SetNull"}});
+        assert_eq!(
+            modification(&old, &new),
+            [
+                "number → text",
+                "optional → required",
+                "default none → 3",
+                "reference account on delete cascade → account on delete set null"
+            ]
+        );
+        assert!(modification(&old, &old).is_empty());
+    }
 }
