@@ -5,12 +5,16 @@
 //!   `progress.deploy.<id>`), built from a connected runtime;
 //! - [`deploy_results`]: the per-tenant entries of deployments (targets, results, rollbacks),
 //!   so a deployment's record stays the same size however many tenants it targets;
-//! - [`KvTenantDirectory`]: those records served to the tenant router.
+//! - [`KvTenantDirectory`]: those records served to the tenant router;
+//! - [`TenantConnector`]: a tenant's database, opened from its record (one implementation for
+//!   every worker that works inside tenants' databases).
 
 #![deny(missing_docs)]
 
+pub mod connect;
 pub mod deploy_results;
 
+pub use connect::{ConnectError, TenantConnector};
 pub use deploy_results::{DeployResults, ResultsError};
 
 use async_trait::async_trait;
@@ -35,6 +39,19 @@ pub async fn deployments(runtime: &Runtime) -> Result<StateStore<Deployment>, Ru
 pub async fn deploy_results(runtime: &Runtime) -> Result<DeployResults, RuntimeError> {
     Ok(DeployResults::new(
         runtime.bucket(names::DEPLOY_RESULTS).await?,
+    ))
+}
+
+/// The app installs' state store of a connected runtime (KV `fleet_installs`, key
+/// `<tenant>.<app>`, progress on `progress.app.<tenant>.<app>`).
+pub async fn installs(
+    runtime: &Runtime,
+) -> Result<StateStore<fleet_apps::InstallRecord>, RuntimeError> {
+    Ok(StateStore::new(
+        "app",
+        runtime.bucket(names::INSTALLS).await?,
+        runtime.publisher.clone(),
+        runtime.topology.subject("progress.app"),
     ))
 }
 

@@ -153,3 +153,256 @@ pub struct AppInstallResult {
 impl Spec for AppInstallResult {
     const SPEC_NAME: &'static str = "AppInstallResult";
 }
+
+/// An app as the marketplace ships it (a fleet type): its manifest and the object, view and
+/// flow definitions the manifest names. One JSON document, or a directory holding
+/// `manifest.json` and `objects/`, `views/`, `flows/` (see `fleetctl app`).
+///
+/// Dependencies are the manifest's `dependencies` strings: `<app>` or `<app>@<semver range>`
+/// (`contacts@^1.0`). Seed records name their object: `{"object": "contact", "id": "c1",
+/// "name": "Ada"}` — `id` optional (a stable one is derived from the app and the record's
+/// position), every other key a field of that object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppPackage {
+    /// The manifest.
+    pub manifest: AppManifest,
+    /// Object definitions (ObjectStack objects), one per name in `manifest.objects`.
+    #[serde(default)]
+    pub objects: Vec<Map<String, Value>>,
+    /// View definitions.
+    #[serde(default)]
+    pub views: Vec<Map<String, Value>>,
+    /// Flow definitions.
+    #[serde(default)]
+    pub flows: Vec<Map<String, Value>>,
+}
+
+/// One dependency of an app: the app, and the versions of it that will do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppDependency {
+    /// The app depended on.
+    pub app: String,
+    /// Acceptable versions (`None`: any).
+    pub versions: Option<semver::VersionReq>,
+}
+
+impl AppDependency {
+    /// Parses `<app>` or `<app>@<semver range>`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (app, range) = match text.split_once('@') {
+            Some((app, range)) => (app, Some(range)),
+            None => (text, None),
+        };
+        crate::ids::AppName::parse(app).map_err(|e| format!("{text:?}: {e}"))?;
+        let versions = range
+            .map(|r| {
+                semver::VersionReq::parse(r)
+                    .map_err(|e| format!("{text:?}: {r:?} is not a semver range ({e})"))
+            })
+            .transpose()?;
+        Ok(Self {
+            app: app.to_owned(),
+            versions,
+        })
+    }
+
+    /// Whether `version` satisfies this dependency (an unparsable version never does).
+    pub fn accepts(&self, version: &str) -> bool {
+        match &self.versions {
+            None => true,
+            Some(range) => semver::Version::parse(version).is_ok_and(|v| range.matches(&v)),
+        }
+    }
+}
+
+impl AppPackage {
+    /// The object definitions, typed (every issue, with paths under `objects.`).
+    pub fn object_definitions(&self) -> Result<Vec<crate::ObjectDefinition>, crate::Rejected> {
+        let mut checks = crate::validate::Checks::default();
+        let objects = crate::deploy::typed_objects(&self.objects, &mut checks);
+        let issues = checks.into_issues();
+        if issues
+            .iter()
+            .any(|i| i.severity == crate::deploy::IssueSeverity::Error)
+        {
+            Err(crate::Rejected {
+                type_name: "AppPackage",
+                issues,
+            })
+        } else {
+            Ok(objects)
+        }
+    }
+
+    /// The manifest's dependencies (valid packages only have parsable ones).
+    pub fn dependencies(&self) -> Vec<AppDependency> {
+        self.manifest
+            .dependencies
+            .iter()
+            .filter_map(|d| AppDependency::parse(d).ok())
+            .collect()
+    }
+}
+
+impl Spec for AppPackage {
+    const SPEC_NAME: &'static str = "AppPackage";
+
+    fn check_input(input: &Value, checks: &mut crate::validate::Checks) {
+        let records: Vec<Map<String, Value>> = input
+            .get("objects")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o.as_object().cloned())
+            .collect();
+        let typed = crate::deploy::typed_objects(&records, checks);
+        let defined: Vec<&str> = records
+            .iter()
+            .filter_map(|o| o.get("name")?.as_str())
+            .collect();
+        let manifest = input.get("manifest");
+        let listed: Vec<&str> = manifest
+            .and_then(|m| m.get("objects"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        for name in &listed {
+            if !defined.contains(name) {
+                checks.at_path(&["manifest", "objects"], |c| {
+                    c.error(
+                        "missing_definition",
+                        format!("{name:?} is listed but the package has no definition of it"),
+                    )
+                });
+            }
+        }
+        for name in &defined {
+            if !listed.contains(name) {
+                checks.at_path(&["objects", name], |c| {
+                    c.error(
+                        "unlisted_object",
+                        format!("{name:?} is defined but not listed in manifest.objects"),
+                    )
+                });
+            }
+        }
+        let app = manifest
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        for (i, dependency) in manifest
+            .and_then(|m| m.get("dependencies"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let Some(text) = dependency.as_str() else {
+                continue;
+            };
+            match AppDependency::parse(text) {
+                Ok(d) if d.app == app => checks
+                    .at_path(&["manifest", "dependencies", &i.to_string()], |c| {
+                        c.error("dependency_cycle", format!("{app:?} depends on itself"))
+                    }),
+                Ok(_) => {}
+                Err(why) => checks.at_path(&["manifest", "dependencies", &i.to_string()], |c| {
+                    c.error("invalid_dependency", why)
+                }),
+            }
+        }
+        for (i, record) in manifest
+            .and_then(|m| m.get("seedData"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let object = record.get("object").and_then(Value::as_str);
+            let path = ["manifest", "seedData", &i.to_string()];
+            let Some(definition) = object.and_then(|o| typed.iter().find(|t| t.name.as_str() == o))
+            else {
+                checks.at_path(&path, |c| {
+                    c.error(
+                        "unknown_object",
+                        format!("a seed record must name one of the app's objects in \"object\" (got {object:?})"),
+                    )
+                });
+                continue;
+            };
+            for key in record.as_object().into_iter().flatten().map(|(k, _)| k) {
+                let known = ["object", "id"].contains(&key.as_str())
+                    || definition.fields.keys().any(|f| f.as_str() == key);
+                if !known {
+                    checks.at_path(&[path[0], path[1], path[2], key], |c| {
+                        c.error(
+                            "unknown_field",
+                            format!("{key:?} is not a field of {}", definition.name),
+                        )
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// `app.install_requested` and `app.upgrade_requested`: the upstream request and the package.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppCommand {
+    /// The request (tenant, app, overrides, `skipSeedData`).
+    #[serde(flatten)]
+    pub request: AppInstallRequest,
+    /// The app.
+    pub package: AppPackage,
+    /// Upgrades only: accept dropping objects and fields the new version removed.
+    #[serde(default)]
+    pub allow_destructive: bool,
+}
+
+impl Spec for AppCommand {
+    const SPEC_NAME: &'static str = "AppCommand";
+
+    fn check(&self, checks: &mut crate::validate::Checks) {
+        if self.request.app_id != self.package.manifest.name.as_str() {
+            checks.at("appId", |c| {
+                c.error(
+                    "app_mismatch",
+                    format!(
+                        "the request names {:?} but the package is {:?}",
+                        self.request.app_id,
+                        self.package.manifest.name.as_str()
+                    ),
+                )
+            });
+        }
+    }
+
+    fn check_input(input: &Value, checks: &mut crate::validate::Checks) {
+        if let Some(package) = input.get("package") {
+            checks.at("package", |c| AppPackage::check_input(package, c));
+        }
+    }
+}
+
+/// `app.uninstall_requested`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppUninstallRequest {
+    /// The tenant.
+    #[schemars(length(min = 1))]
+    pub tenant_id: String,
+    /// The app.
+    #[schemars(length(min = 1))]
+    pub app_id: String,
+    /// Drop the app's tables too (default: keep them, unregistered).
+    #[serde(default)]
+    pub drop_tables: bool,
+}
+
+impl Spec for AppUninstallRequest {
+    const SPEC_NAME: &'static str = "AppUninstallRequest";
+}

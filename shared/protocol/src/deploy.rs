@@ -373,7 +373,7 @@ impl DeployBundle {
 
 /// Validates each raw object record as an [`ObjectDefinition`], reporting issues under
 /// `objects.<name>` (or the index when the name is unusable); returns the ones that are valid.
-fn typed_objects(records: &[Record], checks: &mut Checks) -> Vec<ObjectDefinition> {
+pub(crate) fn typed_objects(records: &[Record], checks: &mut Checks) -> Vec<ObjectDefinition> {
     let mut typed = Vec::new();
     checks.at("objects", |checks| {
         for (index, raw) in records.iter().enumerate() {

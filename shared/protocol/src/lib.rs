@@ -38,7 +38,10 @@ pub mod turso;
 pub mod validate;
 mod wire;
 
-pub use app::{AppCompatibilityCheck, AppInstallRequest, AppInstallResult, AppManifest};
+pub use app::{
+    AppCommand, AppCompatibilityCheck, AppDependency, AppInstallRequest, AppInstallResult,
+    AppManifest, AppPackage, AppUninstallRequest,
+};
 pub use deploy::{
     DeployBundle, DeployDiff, DeployManifest, DeployStatus, DeployValidationIssue,
     DeployValidationResult, IssueSeverity, MigrationPlan, MigrationStatement, SchemaChange,

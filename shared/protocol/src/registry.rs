@@ -5,7 +5,10 @@
 
 use serde_json::Value;
 
-use crate::app::{AppCompatibilityCheck, AppInstallRequest, AppInstallResult, AppManifest};
+use crate::app::{
+    AppCommand, AppCompatibilityCheck, AppInstallRequest, AppInstallResult, AppManifest,
+    AppPackage, AppUninstallRequest,
+};
 use crate::contracts::IntrospectedSchema;
 use crate::deploy::{
     DeployBundle, DeployDiff, DeployManifest, DeployStatus, DeployValidationIssue,
@@ -326,6 +329,9 @@ pub static SPECS: &[SpecEntry] = &[
     entry!(crate::deploy::TenantDeployJob, 'C', None, None),
     entry!(crate::deploy::DeployRollbackRequest, 'C', None, None),
     entry!(crate::deploy::DeployControl, 'C', None, None),
+    entry!(AppPackage, 'E', None, None),
+    entry!(AppCommand, 'E', None, None),
+    entry!(AppUninstallRequest, 'E', None, None),
 ];
 
 /// Looks a type up by its upstream name (exact, then case-insensitive).

@@ -184,6 +184,37 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
         }
     }
 
+    /// Deletes `key` if it is still at `known`'s revision (compare-and-set), then publishes
+    /// `event` (message id `<kind>:<key>:deleted:<revision>`). `Ok(false)`: another writer
+    /// changed it first (re-read and decide again).
+    pub async fn remove<E: std::error::Error + 'static>(
+        &self,
+        key: &str,
+        known: &Versioned<S>,
+        mut event: ProgressEvent,
+    ) -> Result<bool, StateError<E>> {
+        match self
+            .kv
+            .delete_expect_revision(key, Some(known.revision))
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => return Ok(false),
+            Err(e) => return Err(StateError::Store(e.to_string())),
+        }
+        event.revision = known.revision;
+        let subject = format!("{}.{key}", self.progress_subject);
+        let id = format!("{}:{key}:deleted:{}", self.kind, known.revision);
+        self.publisher
+            .publish_json(&subject, &id, &event, HeaderMap::new())
+            .await
+            .map_err(|source| StateError::Progress {
+                revision: known.revision,
+                source,
+            })?;
+        Ok(true)
+    }
+
     /// [`Self::transition`] starting from `known`, a state of `key` the caller read or wrote
     /// before: decided on and written by compare-and-set without reading it again, and only
     /// re-read if another writer changed it since (a worker that owns an entity saves a read

@@ -20,15 +20,22 @@ pub const CHECKS_PER_QUERY: usize = 200;
 /// What counts the values of `source` that a column of type `to` cannot hold as they are: text
 /// that is not a number for `REAL`, anything but a whole number for `INTEGER`, blobs for `TEXT`.
 fn misfit(source: &str, to: ColumnType) -> String {
+    // A text is a number when it reads as one (JSON's number grammar: `1.50`, `-2`, `1e3`).
+    let number = |kinds: &str| {
+        // CASE, not AND: json_type() fails on text that is not JSON, so it must not run there.
+        format!(
+            "coalesce(CASE WHEN typeof({source}) = 'text' AND json_valid({source}) THEN json_type({source}) END IN ({kinds}), 0)"
+        )
+    };
     match to {
         ColumnType::Real => format!(
-            "{source} IS NOT NULL AND typeof({source}) NOT IN ('integer', 'real') AND NOT (typeof({source}) = 'text' \
-             AND (CAST(CAST({source} AS REAL) AS TEXT) = {source} OR CAST(CAST({source} AS INTEGER) AS TEXT) = {source}))"
+            "{source} IS NOT NULL AND typeof({source}) NOT IN ('integer', 'real') AND NOT {}",
+            number("'integer', 'real'")
         ),
         ColumnType::Integer => format!(
             "{source} IS NOT NULL AND NOT (typeof({source}) = 'integer' \
-             OR (typeof({source}) = 'real' AND {source} = CAST({source} AS INTEGER)) \
-             OR (typeof({source}) = 'text' AND CAST(CAST({source} AS INTEGER) AS TEXT) = {source}))"
+             OR (typeof({source}) = 'real' AND {source} = CAST({source} AS INTEGER)) OR {})",
+            number("'integer'")
         ),
         ColumnType::Text => format!("typeof({source}) = 'blob'"),
         ColumnType::Blob => "0".to_owned(),

@@ -171,7 +171,34 @@ pub async fn plan_database_for(
     options: PlanOptions,
     owner: &Owner,
 ) -> Result<Planned, SchemaError> {
-    let desired = desired_schema(objects)?;
+    plan_database_within(conn, objects, &[], options, owner).await
+}
+
+/// [`plan_database_for`] with `context`: objects `objects` may refer to (an app's lookups into
+/// the objects of an app it depends on) that are someone else's — mapped so the references
+/// resolve, never planned.
+pub async fn plan_database_within(
+    conn: &Connection,
+    objects: &[ObjectDefinition],
+    context: &[ObjectDefinition],
+    options: PlanOptions,
+    owner: &Owner,
+) -> Result<Planned, SchemaError> {
+    let desired = if context.is_empty() {
+        desired_schema(objects)?
+    } else {
+        let own: std::collections::BTreeSet<String> =
+            objects.iter().map(ObjectDefinition::table).collect();
+        let mut all: Vec<ObjectDefinition> = context
+            .iter()
+            .filter(|c| !objects.iter().any(|o| o.name == c.name))
+            .cloned()
+            .collect();
+        all.extend(objects.iter().cloned());
+        let mut desired = desired_schema(&all)?;
+        desired.tables.retain(|name, _| own.contains(name));
+        desired
+    };
     let live = introspect(conn).await?;
     let registered = registry::read(conn).await?;
     let ownership = registered

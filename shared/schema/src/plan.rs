@@ -234,11 +234,10 @@ fn dependents<'a>(current: &'a Schema, tables: &BTreeSet<String>) -> Vec<&'a Unm
                 .table
                 .as_ref()
                 .is_some_and(|t| names.contains(&t.to_lowercase()));
-            if on_table
-                || words
-                    .iter()
-                    .any(|w| names.contains(w) && *w != u.name.to_lowercase())
-            {
+            // A view's own name in its SQL is not a dependency; a trigger may share a table's name.
+            let own_name =
+                |w: &String| u.kind == UnmanagedKind::View && *w == u.name.to_lowercase();
+            if on_table || words.iter().any(|w| names.contains(w) && !own_name(w)) {
                 saved[i] = true;
                 grew = true;
                 if u.kind == UnmanagedKind::View {
@@ -284,16 +283,21 @@ fn broken_dependents(
         }
     }
     let mut out = Vec::new();
-    for u in current
-        .unmanaged
-        .iter()
-        .filter(|u| matches!(u.kind, UnmanagedKind::View | UnmanagedKind::Trigger))
-    {
+    for u in current.unmanaged.iter().filter(|u| {
+        matches!(
+            u.kind,
+            UnmanagedKind::View
+                | UnmanagedKind::Trigger
+                | UnmanagedKind::Index
+                | UnmanagedKind::GeneratedColumn
+        )
+    }) {
         let words = identifiers(u.sql.as_deref().unwrap_or_default());
-        let kind = if u.kind == UnmanagedKind::View {
-            "view"
-        } else {
-            "trigger"
+        let kind = match u.kind {
+            UnmanagedKind::View => "view",
+            UnmanagedKind::Trigger => "trigger",
+            UnmanagedKind::Index => "index",
+            _ => "generated column",
         };
         let names = |table: &str| {
             u.table
@@ -302,7 +306,12 @@ fn broken_dependents(
                 || words.contains(&table.to_lowercase())
         };
         for table in &dropped {
-            if names(table) {
+            // An index or generated column goes with its own table.
+            let part_of = matches!(
+                u.kind,
+                UnmanagedKind::Index | UnmanagedKind::GeneratedColumn
+            ) && u.table.as_deref() == Some(*table);
+            if names(table) && !part_of {
                 out.push(Conflict {
                     entity: u.name.clone(),
                     why: format!("the {kind} names table {table}, which this change drops; change or drop the {kind} first"),
@@ -317,6 +326,64 @@ fn broken_dependents(
                         "the {kind} names {table}.{column}, which this change removes or renames; change or drop the {kind} first"
                     ),
                 });
+            }
+        }
+    }
+    out
+}
+
+/// What a rebuild could not keep, as conflicts: table constraints, `WITHOUT ROWID` and column
+/// constraints the engine did not create (a table made by hand and taken over by name), and a
+/// view or trigger on a table that is renamed and rebuilt in one change (its saved SQL names
+/// the old table).
+fn unkeepable(
+    current: &Schema,
+    rebuilt: &BTreeSet<String>,
+    saved: &[&Unmanaged],
+    current_name: &dyn Fn(&str) -> String,
+) -> Vec<Conflict> {
+    let mut out = Vec::new();
+    for table in rebuilt {
+        let live = current_name(table);
+        let Some(sql) = current.sql.get(&live) else {
+            continue;
+        };
+        let mut lost = crate::sql::table_constraints(sql);
+        for (column, definition) in crate::sql::column_definitions(sql) {
+            let managed = current
+                .tables
+                .get(&live)
+                .is_some_and(|t| t.column(&column).is_some());
+            let words = identifiers(&definition);
+            if managed
+                && ["check", "collate", "unique", "autoincrement"]
+                    .iter()
+                    .any(|w| words.contains(*w))
+            {
+                lost.push(definition);
+            }
+        }
+        if !lost.is_empty() {
+            out.push(Conflict {
+                entity: table.clone(),
+                why: format!(
+                    "the change rebuilds the table, which has definitions the engine did not create and would lose ({}); change the table by hand or leave it out of the bundle",
+                    lost.join("; ")
+                ),
+            });
+        }
+        if live != *table {
+            for u in saved {
+                let words = identifiers(u.sql.as_deref().unwrap_or_default());
+                if u.table.as_deref() == Some(live.as_str()) || words.contains(&live.to_lowercase())
+                {
+                    out.push(Conflict {
+                        entity: u.name.clone(),
+                        why: format!(
+                            "names {live}, which this change both renames to {table} and rebuilds; deploy the rename and the other changes separately, or drop it first"
+                        ),
+                    });
+                }
             }
         }
     }
@@ -412,6 +479,7 @@ pub fn plan(
         &rebuilt,
         &current_name,
     ));
+    conflicts.extend(unkeepable(current, &rebuilt, &saved, &current_name));
     if !conflicts.is_empty() {
         return Err(PlanError::Conflicts { conflicts });
     }
@@ -768,15 +836,17 @@ fn rebuild_sql(
         exprs.push(quote(&u.name));
     }
     let mut parts = vec![definition];
-    if !targets.is_empty() {
-        parts.push(format!(
-            "INSERT INTO {} ({}) SELECT {} FROM {}",
-            quote(&scratch),
-            targets.join(", "),
-            exprs.join(", "),
-            quote(&have.name)
-        ));
-    }
+    // The rowid is copied too: an external-content FTS index (or anything else keyed on it)
+    // stays pointed at the same rows.
+    parts.push(format!(
+        "INSERT INTO {} (rowid{}{}) SELECT rowid{}{} FROM {}",
+        quote(&scratch),
+        if targets.is_empty() { "" } else { ", " },
+        targets.join(", "),
+        if exprs.is_empty() { "" } else { ", " },
+        exprs.join(", "),
+        quote(&have.name)
+    ));
     parts.push(format!("DROP TABLE {}", quote(&have.name)));
     parts.push(format!(
         "ALTER TABLE {} RENAME TO {}",

@@ -109,6 +109,17 @@ pub async fn read(conn: &Connection) -> Result<Option<Vec<Registered>>, Introspe
     ))
 }
 
+/// A registered object's body as an object definition (a body without `fields` — accepted in
+/// bundles as upstream accepts it — is an object with none).
+pub fn object_of(body: &str) -> Result<ObjectDefinition, serde_json::Error> {
+    let mut value: serde_json::Value = serde_json::from_str(body)?;
+    if let Some(map) = value.as_object_mut() {
+        map.entry("fields")
+            .or_insert_with(|| serde_json::Value::Object(Default::default()));
+    }
+    serde_json::from_value(value)
+}
+
 /// Which tables the registry gives to the owner being planned for, and which to others.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Ownership {
@@ -135,7 +146,7 @@ impl Ownership {
         let objects: Vec<(Owner, ObjectDefinition)> = rows
             .iter()
             .filter(|r| r.kind == "object")
-            .filter_map(|r| match serde_json::from_str::<ObjectDefinition>(&r.body) {
+            .filter_map(|r| match object_of(&r.body) {
                 Ok(object) => Some((r.owner(), object)),
                 Err(err) => {
                     tracing::warn!(object = %r.name, error = %err, "a registered object body does not parse; its table is kept as is");

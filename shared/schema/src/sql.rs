@@ -300,6 +300,36 @@ pub fn drop_index(index: &Index) -> String {
 /// This is what lets a rebuild keep a column the engine does not manage — a hand-added or a
 /// generated one — exactly as it was defined.
 pub fn column_definitions(create_table: &str) -> Vec<(String, String)> {
+    definition_parts(create_table)
+        .into_iter()
+        .filter(|(_, constraint)| !constraint)
+        .filter_map(|(part, _)| first_identifier(&part).map(|(name, _)| (name, part)))
+        .collect()
+}
+
+/// The table constraints of a `CREATE TABLE` statement (`CHECK (…)`, `UNIQUE (…)`, …), and
+/// `WITHOUT ROWID`/`STRICT` when it has them: what a table the engine did not create may carry
+/// and a rebuild from the engine's model would lose.
+pub fn table_constraints(create_table: &str) -> Vec<String> {
+    let mut out: Vec<String> = definition_parts(create_table)
+        .into_iter()
+        .filter(|(_, constraint)| *constraint)
+        .map(|(part, _)| part)
+        .collect();
+    let stripped = strip_comments(create_table);
+    if let Some(close) = stripped.rfind(')') {
+        let options = stripped[close + 1..].trim();
+        if !options.is_empty() && options != ";" {
+            out.push(options.to_owned());
+        }
+    }
+    out
+}
+
+/// The parts of a `CREATE TABLE` body split at top-level commas, each with whether it is a
+/// table constraint.
+fn definition_parts(create_table: &str) -> Vec<(String, bool)> {
+    let create_table = &strip_comments(create_table);
     let Some(open) = create_table.find('(') else {
         return Vec::new();
     };
@@ -339,14 +369,58 @@ pub fn column_definitions(create_table: &str) -> Vec<(String, String)> {
     parts
         .into_iter()
         .map(str::trim)
-        .filter_map(|part| {
-            let (name, _) = first_identifier(part)?;
-            let constraint = ["constraint", "primary", "unique", "check", "foreign"]
-                .contains(&name.to_ascii_lowercase().as_str())
-                && !part.starts_with(['"', '`', '[']);
-            (!constraint).then(|| (name, part.to_owned()))
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let constraint = !part.starts_with(['"', '`', '['])
+                && first_identifier(part).is_some_and(|(word, _)| {
+                    ["constraint", "primary", "unique", "check", "foreign"]
+                        .contains(&word.to_ascii_lowercase().as_str())
+                });
+            (part.to_owned(), constraint)
         })
         .collect()
+}
+
+/// `sql` with its comments (`-- …` to the end of the line, `/* … */`) replaced by a space;
+/// quoted strings and names are kept as they are.
+pub fn strip_comments(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' | '`' | '[' => {
+                let close = if c == '[' { ']' } else { c };
+                out.push(c);
+                for d in chars.by_ref() {
+                    out.push(d);
+                    if d == close {
+                        break; // a doubled quote reopens on the next iteration
+                    }
+                }
+            }
+            '-' if chars.peek() == Some(&'-') => {
+                for d in chars.by_ref() {
+                    if d == '\n' {
+                        break;
+                    }
+                }
+                out.push(' ');
+            }
+            '/' if chars.peek() == Some(&'*') => {
+                chars.next();
+                let mut last = ' ';
+                for d in chars.by_ref() {
+                    if last == '*' && d == '/' {
+                        break;
+                    }
+                    last = d;
+                }
+                out.push(' ');
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The first identifier of `text` (bare, or quoted with `"`, `` ` `` or `[]`), unquoted, and
@@ -386,6 +460,7 @@ fn first_identifier(text: &str) -> Option<(String, usize)> {
 /// Every identifier-like word of an SQL text (bare words and quoted names, lowercased; string
 /// literals skipped): enough to tell whether a view or trigger body may name a table.
 pub fn identifiers(sql: &str) -> std::collections::BTreeSet<String> {
+    let sql = &strip_comments(sql);
     let mut out = std::collections::BTreeSet::new();
     let mut i = 0;
     let bytes = sql.as_bytes();
@@ -463,6 +538,26 @@ mod tests {
             "total REAL GENERATED ALWAYS AS (coalesce(\"rating\", 0) * 2) VIRTUAL"
         );
         assert_eq!(defs[1].1, "\"name\" TEXT DEFAULT 'a, (b)'");
+    }
+
+    #[test]
+    fn table_constraints_and_options_are_found() {
+        let sql = "CREATE TABLE t (id TEXT PRIMARY KEY, n REAL, CHECK (n > 0)) WITHOUT ROWID";
+        assert_eq!(table_constraints(sql), ["CHECK (n > 0)", "WITHOUT ROWID"]);
+        assert!(table_constraints("CREATE TABLE \"t\" (\"id\" TEXT)").is_empty());
+    }
+
+    #[test]
+    fn comments_hide_nothing() {
+        let view =
+            "CREATE VIEW v1 AS SELECT id, name -- it's the list\nFROM vendor /* it's */ WHERE 1";
+        assert!(identifiers(view).contains("vendor"));
+        let table = "CREATE TABLE t (a TEXT /* a, b */, b TEXT -- it's\n, c INT)";
+        let names: Vec<String> = column_definitions(table)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["a", "b", "c"]);
     }
 
     #[test]

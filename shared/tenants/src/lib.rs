@@ -5,5 +5,6 @@
 #![deny(missing_docs)]
 
 pub mod machine;
+pub mod quota;
 
 pub use machine::{TenantRecord, TransitionError, status_name};

@@ -45,7 +45,6 @@ use fleet_runtime::{
     error_chain,
 };
 use fleet_schema::{BoundStatement, PlanError, PlanOptions, SchemaError};
-use fleet_tenantdb::{KeyRing, TenantDatabases};
 use fleet_tenants::machine::TenantRecord;
 use libsql::Value as SqlValue;
 use serde_json::json;
@@ -61,8 +60,7 @@ pub struct Deployer {
     bundles: kv::Store,
     prepared: moka::future::Cache<DeploymentId, Arc<Prepared>>,
     tenants: StateStore<TenantRecord>,
-    backend: Arc<dyn TenantDatabases>,
-    keys: Arc<KeyRing>,
+    connector: fleet_control::TenantConnector,
     hooks: Hooks,
     publisher: Publisher,
     subjects: Subjects,
@@ -195,42 +193,9 @@ const FOLD_RACES: usize = 64;
 /// when [`TenantError::is_transient`] — retried by the job loop's retry policy.
 #[derive(Debug, thiserror::Error)]
 enum TenantError {
-    /// No such tenant in the control plane.
-    #[error("unknown tenant {0}")]
-    Unknown(TenantId),
-    /// Only active tenants are deployed to.
-    #[error("tenant {0} is not active")]
-    NotActive(TenantId),
-    /// The record has no (usable) connection.
-    #[error("tenant {0} has no stored connection")]
-    NoConnection(TenantId),
-    /// The stored token could not be unsealed.
-    #[error("the stored connection of tenant {tenant}")]
-    Token {
-        /// The tenant.
-        tenant: TenantId,
-        /// Why the sealed token would not open (wrong key, another tenant's, tampered).
-        #[source]
-        source: fleet_tenantdb::SecretError,
-    },
-    /// The tenant's database could not be opened or connected to.
-    #[error("opening the database of tenant {tenant}")]
-    Open {
-        /// The tenant.
-        tenant: TenantId,
-        /// The backend's error (transient when it says so).
-        #[source]
-        source: fleet_tenantdb::TenantDbError,
-    },
-    /// The tenants' store could not be read.
-    #[error("reading tenant {tenant}")]
-    Store {
-        /// The tenant.
-        tenant: TenantId,
-        /// The KV store's error.
-        #[source]
-        source: fleet_runtime::StateError<std::convert::Infallible>,
-    },
+    /// The tenant's database could not be reached.
+    #[error(transparent)]
+    Connect(#[from] fleet_control::ConnectError),
     /// A quota of the tenant's plan would be exceeded.
     #[error("quota exceeded: {0}")]
     Quota(String),
@@ -273,8 +238,8 @@ impl TenantError {
     /// unavailable); everything else is this tenant's failure.
     fn is_transient(&self) -> bool {
         match self {
-            Self::Open { source, .. } => source.is_transient(),
-            Self::Store { .. } | Self::Introspect(_) => true,
+            Self::Connect(e) => e.is_transient(),
+            Self::Introspect(_) => true,
             Self::Query { transient, .. } => *transient,
             _ => false,
         }
@@ -309,6 +274,7 @@ impl Worker for Deployer {
 
     async fn build(context: &WorkerContext) -> Result<Self, BuildError> {
         let runtime = &context.runtime;
+        let tenants = fleet_control::tenants(runtime).await?;
         Ok(Self {
             deployments: fleet_control::deployments(runtime).await?,
             results: fleet_control::deploy_results(runtime).await?,
@@ -316,9 +282,12 @@ impl Worker for Deployer {
                 .bucket(fleet_runtime::topology::names::DEPLOYMENTS)
                 .await?,
             prepared: moka::future::Cache::new(PREPARED_BUNDLES),
-            tenants: fleet_control::tenants(runtime).await?,
-            backend: fleet_tenantdb::backend_from_config(&context.config)?,
-            keys: Arc::new(fleet_tenantdb::key_ring_from_config(&context.config)?),
+            tenants: tenants.clone(),
+            connector: fleet_control::TenantConnector::new(
+                tenants,
+                fleet_tenantdb::backend_from_config(&context.config)?,
+                Arc::new(fleet_tenantdb::key_ring_from_config(&context.config)?),
+            ),
             hooks: context.hooks.clone(),
             publisher: runtime.publisher.clone(),
             subjects: runtime.topology.subjects(),
@@ -996,45 +965,7 @@ impl Deployer {
         &self,
         tenant: &TenantId,
     ) -> Result<(TenantRecord, libsql::Connection), TenantError> {
-        let record = self
-            .tenants
-            .get::<std::convert::Infallible>(tenant.as_str())
-            .await
-            .map_err(|source| TenantError::Store {
-                tenant: tenant.clone(),
-                source,
-            })?
-            .ok_or_else(|| TenantError::Unknown(tenant.clone()))?
-            .state;
-        if record.status() != TenantProvisioningStatus::Active {
-            return Err(TenantError::NotActive(tenant.clone()));
-        }
-        let connection = record
-            .connection
-            .clone()
-            .ok_or_else(|| TenantError::NoConnection(tenant.clone()))?;
-        let token = connection
-            .auth_token(tenant, &self.keys)
-            .map_err(|source| TenantError::Token {
-                tenant: tenant.clone(),
-                source,
-            })?
-            .ok_or_else(|| TenantError::NoConnection(tenant.clone()))?;
-        let database = record
-            .database
-            .as_deref()
-            .and_then(|n| fleet_protocol::DatabaseName::parse(n).ok())
-            .unwrap_or_else(|| self.backend.database_name(tenant));
-        let open = |source| TenantError::Open {
-            tenant: tenant.clone(),
-            source,
-        };
-        let db = self.backend.open(&database, &token).await.map_err(open)?;
-        let conn = db.connect().await.map_err(|e| {
-            // A connection that will not come up now may later.
-            open(fleet_tenantdb::TenantDbError::Unavailable(error_chain(&e)))
-        })?;
-        Ok((record, conn))
+        Ok(self.connector.connect(tenant).await?)
     }
 
     async fn deploy_tenant(
@@ -1061,25 +992,21 @@ impl Deployer {
             }
             _ => {}
         }
-        // Quota gate: objects and deployments per day.
-        if let Some(max) = record.quotas.max_objects {
-            let objects_count = objects.len() as u64;
-            if objects_count > max.get() {
-                return Err(TenantError::Quota(quota(
-                    "maxObjects",
-                    objects_count,
-                    max.get(),
-                )));
-            }
+        // Quota gate: objects and deployments per day (the one enforcement function).
+        let objects_quota = fleet_tenants::quota::enforce(
+            "maxObjects",
+            objects.len() as u64,
+            record.quotas.max_objects,
+        );
+        if !objects_quota.allowed {
+            return Err(TenantError::Quota(quota(&objects_quota)));
         }
         if let Some(max) = record.quotas.max_deployments_per_day {
             let today = count(&conn, "SELECT count(*) FROM sys_deployment WHERE applied_at >= strftime('%Y-%m-%d', 'now')", vec![]).await?;
-            if today >= max.get() {
-                return Err(TenantError::Quota(quota(
-                    "maxDeploymentsPerDay",
-                    today,
-                    max.get(),
-                )));
+            let deployments =
+                fleet_tenants::quota::enforce("maxDeploymentsPerDay", today + 1, Some(max));
+            if !deployments.allowed {
+                return Err(TenantError::Quota(quota(&deployments)));
             }
         }
         // diffing
@@ -1122,18 +1049,9 @@ impl Deployer {
     }
 }
 
-fn quota(name: &str, current: u64, limit: u64) -> String {
-    let result = QuotaEnforcementResult {
-        allowed: false,
-        exceeded_quota: Some(name.to_owned()),
-        current_usage: Some(current as f64),
-        limit: Some(limit as f64),
-        message: Some(format!("{name} would be exceeded ({current} of {limit})")),
-    };
-    format!(
-        "quota exceeded: {}",
-        serde_json::to_string(&result).unwrap_or_default()
-    )
+/// A refused quota as the tenant's error text (the upstream result, as JSON).
+fn quota(result: &QuotaEnforcementResult) -> String {
+    serde_json::to_string(result).unwrap_or_default()
 }
 
 /// The last deployment applied to a tenant (its `sys_deployment` row).

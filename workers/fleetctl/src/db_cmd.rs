@@ -2,9 +2,10 @@
 //!
 //! `introspect` prints the upstream `IntrospectedSchema` of the tables the engine manages, plus
 //! `unmanaged`: the views, triggers, virtual and shadow tables, generated columns and hand-made
-//! tables, columns and indexes it leaves alone. `apply` on a database with a metadata registry
-//! (every tenant database) registers the bundle as the platform's in the same transaction, as a
-//! deploy does — so the engine knows afterwards what it created.
+//! tables, columns and indexes it leaves alone. `plan` and `apply` treat every database as a
+//! tenant database: the bundle's objects plus the system objects, and `apply` registers the
+//! bundle as the platform's in the same transaction, as a deploy does — so the engine knows
+//! afterwards what it created (and which rename hints it already applied).
 //!
 //! Exit codes: 0 done; 1 the bundle is missing or invalid, the plan is refused (destructive
 //! without `--allow-destructive`, or impossible for the data), or the apply failed and was rolled
@@ -203,13 +204,9 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
                     Ok(planned) => planned,
                     Err(err) => return refused(err),
                 };
-            // A database with a registry — or a tenant's, whose plan creates the system tables
-            // — gets the bundle registered in the same transaction.
-            let register = match (&planned.registered, target.tenant.is_some()) {
-                (Some(rows), _) => registration(&parsed, rows),
-                (None, true) => registration(&parsed, &[]),
-                (None, false) => Vec::new(),
-            };
+            // The bundle is registered in the same transaction (the plan creates the system
+            // tables where they are missing), so the engine knows what it created.
+            let register = registration(&parsed, planned.registered.as_deref().unwrap_or_default());
             match apply_plan_with(&conn, &planned.plan, &register).await {
                 Ok(result) => {
                     match format {
@@ -279,9 +276,9 @@ fn registration(bundle: &DeployBundle, registered: &[Registered]) -> Vec<BoundSt
     .0
 }
 
-/// The bundle and the objects to migrate to: the bundle's, plus the base system objects for a
-/// tenant's database (which holds the system tables too). `None` after printing the bundle's
-/// issues.
+/// The bundle and the objects to migrate to: the bundle's, plus the base system objects (every
+/// database `fleetctl db` migrates is a tenant database, with the metadata registry that records
+/// what the engine created). `None` after printing the bundle's issues.
 fn desired_objects(
     bundle: &Path,
     target: &Target,
@@ -289,12 +286,11 @@ fn desired_objects(
     let Some((bundle, objects)) = load_objects(bundle)? else {
         return Ok(None);
     };
-    let objects = if target.tenant.is_some() {
-        fleet_schema::system::with_system_objects(&objects)
-    } else {
-        objects
-    };
-    Ok(Some((bundle, objects)))
+    let _ = target;
+    Ok(Some((
+        bundle,
+        fleet_schema::system::with_system_objects(&objects),
+    )))
 }
 
 /// The bundle and its objects, or `None` after printing every issue (a missing file is one

@@ -567,3 +567,113 @@ async fn plans_refused_for_data_name_no_losses() {
         "{err}"
     );
 }
+
+// From a hostile run: an external-content FTS5 index keyed on rowid stays valid through a
+// rebuild (the copy keeps rowids, even after a delete left a gap).
+#[tokio::test]
+async fn an_external_content_fts_index_stays_valid_through_a_rebuild() {
+    let db = vendors().await;
+    db.exec(
+        "CREATE VIRTUAL TABLE vs USING fts5(name, notes, content='vendor', content_rowid='rowid');
+         INSERT INTO vs(vs) VALUES('rebuild');
+         CREATE TRIGGER vs_ad AFTER DELETE ON vendor BEGIN
+           INSERT INTO vs(vs, rowid, name, notes) VALUES('delete', old.rowid, old.name, old.notes);
+         END;
+         DELETE FROM vendor WHERE id = 'v2';",
+    )
+    .await;
+    let before = db.rows("SELECT rowid, id FROM vendor ORDER BY rowid").await;
+    db.deploy(&vendor(json!({"type": "number", "defaultValue": 3})), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        db.rows("SELECT rowid, id FROM vendor ORDER BY rowid").await,
+        before
+    );
+    assert_eq!(
+        names(&db, "SELECT name FROM vs WHERE vs MATCH 'initech'").await,
+        [text("Initech")]
+    );
+}
+
+// From a hostile run: what would not survive is refused before anything runs — a view whose
+// SQL hides the table behind a comment with an apostrophe, a hand-made index on a column a
+// rebuild renames away, a table made by hand with constraints the engine would lose, and a
+// view on a table both renamed and rebuilt.
+#[tokio::test]
+async fn what_a_rebuild_cannot_keep_is_refused_up_front() {
+    let db = vendors().await;
+    db.exec("CREATE VIEW v1 AS SELECT id, name -- it's the list\nFROM vendor")
+        .await;
+    let planned = db
+        .deploy(&vendor(json!({"type": "number", "defaultValue": 3})), false)
+        .await
+        .unwrap();
+    assert!(
+        planned.plan.statements[0]
+            .sql
+            .starts_with("DROP VIEW \"v1\"")
+    );
+    assert_eq!(names(&db, "SELECT count(*) FROM v1").await, [int(3)]);
+
+    db.exec("CREATE INDEX by_rating ON vendor (rating)").await;
+    let renamed = json!([{"name": "vendor", "fields": {
+        "name": {"type": "text", "required": true},
+        "score": {"type": "number", "defaultValue": 5, "renamedFrom": "rating"},
+        "notes": {"type": "textarea"}
+    }}]);
+    let refused = conflicts(db.deploy(&renamed, true).await);
+    assert!(
+        refused
+            .iter()
+            .any(|r| r.starts_with("by_rating: the index names vendor.rating")),
+        "{refused:?}"
+    );
+
+    let moved = json!([{"name": "supplier", "renamedFrom": "vendor", "fields": {
+        "name": {"type": "text", "required": true},
+        "rating": {"type": "number", "defaultValue": 4},
+        "notes": {"type": "textarea"}
+    }}]);
+    let refused = conflicts(db.deploy(&moved, true).await);
+    assert!(
+        refused.iter().any(|r| r.starts_with(
+            "v1: names vendor, which this change both renames to supplier and rebuilds"
+        )),
+        "{refused:?}"
+    );
+
+    db.exec("CREATE TABLE part (id TEXT NOT NULL PRIMARY KEY, created_at TEXT NOT NULL DEFAULT '', updated_at TEXT NOT NULL DEFAULT '', qty REAL, CHECK (qty > 0))")
+        .await;
+    let with_part = json!([
+        {"name": "vendor", "fields": {"name": {"type": "text", "required": true}, "rating": {"type": "number", "defaultValue": 3}, "notes": {"type": "textarea"}}},
+        {"name": "part", "fields": {"qty": {"type": "number", "required": true, "defaultValue": 1}}}
+    ]);
+    let refused = conflicts(db.deploy(&with_part, true).await);
+    assert!(
+        refused.iter().any(|r| r.starts_with("part: the change rebuilds the table, which has definitions the engine did not create and would lose (CHECK (qty > 0))")),
+        "{refused:?}"
+    );
+}
+
+// From a hostile run: text that reads as a number fits a number field ('1.50', '1e3').
+#[tokio::test]
+async fn numbers_written_as_text_fit_a_number_field() {
+    let db = TestDb::new().await;
+    let item = |t: &str| json!([{"name": "item", "fields": {"price": {"type": t}}}]);
+    db.deploy(&item("text"), false).await.unwrap();
+    db.exec(
+        "INSERT INTO item (id, price) VALUES ('a', '10'), ('b', '1.50'), ('c', '1e3'), ('d', NULL)",
+    )
+    .await;
+    db.deploy(&item("number"), false).await.unwrap();
+    assert_eq!(
+        names(&db, "SELECT price FROM item ORDER BY id").await,
+        [
+            Value::Real(10.0),
+            Value::Real(1.5),
+            Value::Real(1000.0),
+            Value::Null
+        ]
+    );
+}

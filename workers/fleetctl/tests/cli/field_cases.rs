@@ -304,3 +304,27 @@ async fn on_a_tenant_shaped_file_apply_registers_and_changes_read_in_field_types
         vec![vec![text("notes_by_hand")]]
     );
 }
+
+#[tokio::test]
+async fn re_applying_a_swap_plans_nothing() {
+    let case = Case::new();
+    let v1 = case.bundle(
+        "v1",
+        json!([{"name": "t", "fields": {"x": {"type": "text"}, "y": {"type": "text"}}}]),
+    );
+    case.run(&["db", "apply"], &v1).success();
+    case.exec("INSERT INTO t (id, x, y) VALUES ('r', 'X', 'Y')")
+        .await;
+    let swap = case.bundle(
+        "v2",
+        json!([{"name": "t", "fields": {"x": {"type": "text", "renamedFrom": "y"}, "y": {"type": "text", "renamedFrom": "x"}}}]),
+    );
+    case.run(&["db", "apply"], &swap).success();
+    case.run(&["db", "apply"], &swap)
+        .success()
+        .stdout(predicate::str::contains("plan: 0 statement(s)"));
+    assert_eq!(
+        case.rows("SELECT x, y FROM t").await,
+        vec![vec![text("Y"), text("X")]]
+    );
+}

@@ -139,7 +139,7 @@ fn a_bundle_object_without_fields_is_accepted_as_upstream_accepts_it() {
         .arg(&db)
         .assert()
         .success()
-        .stdout(predicate::str::contains("applied 1 statement(s)"));
+        .stdout(predicate::str::contains("+ object marker"));
     let out = fleetctl()
         .args(["db", "introspect", "--db"])
         .arg(&db)
