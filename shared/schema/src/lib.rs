@@ -204,8 +204,8 @@ pub async fn plan_database_within(
     let ownership = registered
         .as_deref()
         .map(|rows| registry::Ownership::of(rows, owner));
-    if let Some(ownership) = &ownership {
-        let conflicts: Vec<Conflict> = desired
+    if let (Some(ownership), Some(rows)) = (&ownership, &registered) {
+        let mut conflicts: Vec<Conflict> = desired
             .tables
             .keys()
             .filter_map(|t| {
@@ -215,6 +215,18 @@ pub async fn plan_database_within(
                 })
             })
             .collect();
+        // Object names are unique in a tenant's registry, whatever table they map to.
+        for object in objects {
+            let other = rows.iter().find(|r| {
+                r.kind == "object" && r.name == object.name.as_str() && &r.owner() != owner
+            });
+            if let Some(other) = other {
+                conflicts.push(Conflict {
+                    entity: object.name.to_string(),
+                    why: format!("the object name is registered by {}", other.owner()),
+                });
+            }
+        }
         if !conflicts.is_empty() {
             return Err(PlanError::Conflicts { conflicts }.into());
         }

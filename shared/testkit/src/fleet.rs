@@ -140,6 +140,11 @@ group = "local"
         index
     }
 
+    /// How many worker processes were started.
+    pub fn processes(&self) -> usize {
+        self.workers.len()
+    }
+
     /// The process id of worker `index`.
     pub fn pid(&self, index: usize) -> u32 {
         self.workers[index].1.id()

@@ -34,6 +34,11 @@ use fleet_tenants::TenantRecord;
 use serde_json::json;
 use std::sync::Arc;
 
+/// Crash points of an install (`FLEET_CRASH_POINT`, for crash tests of the real binary): after
+/// the record says `installing` and before the tenant's transaction; after the transaction
+/// committed and before the record says `active`.
+pub const INSTALL_CRASH_POINTS: &[&str] = &["install.begun", "install.applied"];
+
 /// A command of the installer, parsed once from a delivery.
 #[derive(Debug, Clone, PartialEq)]
 pub enum InstallerCommand {
@@ -238,6 +243,7 @@ impl Installer {
         {
             return outcome;
         }
+        fleet_tenantdb::crashpoint::reached(INSTALL_CRASH_POINTS[0]);
         let options = InstallOptions {
             skip_seed_data: command.request.skip_seed_data,
             allow_destructive: command.allow_destructive,
@@ -260,6 +266,7 @@ impl Installer {
                     };
                 }
             };
+        fleet_tenantdb::crashpoint::reached(INSTALL_CRASH_POINTS[1]);
         let names: Vec<String> = objects.iter().map(|o| o.name.to_string()).collect();
         let written = match self
             .installs

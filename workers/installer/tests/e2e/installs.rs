@@ -1,0 +1,435 @@
+//! Installs, re-installs, dependencies, conflicts, a platform deploy beside apps, upgrades,
+//! uninstalls, quotas, bad input and a crash — all through the real installer binary.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use fleet_apps::InstallStatus;
+use libsql::Value;
+use serde_json::json;
+
+use crate::{Fleet, app, crm};
+
+fn text(s: &str) -> Value {
+    Value::Text(s.to_owned())
+}
+
+fn active(version: &str) -> impl Fn(Option<&fleet_apps::InstallRecord>) -> bool + '_ {
+    move |r| {
+        r.is_some_and(|r| {
+            r.status == InstallStatus::Active && r.installed_version.as_deref() == Some(version)
+        })
+    }
+}
+
+#[tokio::test]
+async fn install_reinstall_dependencies_upgrade_and_uninstall() {
+    let mut fleet = Fleet::start().await;
+    fleet.provision(&["acme"], "enterprise").await;
+    fleet.spawn_installer(&[]);
+
+    // A dependency is enforced: helpdesk needs contacts.
+    fleet
+        .send("install", "acme", &app("helpdesk-1.0.0"), json!({}))
+        .await;
+    let refused = fleet
+        .until("acme", "helpdesk", "helpdesk refused", |r| {
+            r.is_some_and(|r| r.status == InstallStatus::Failed)
+        })
+        .await
+        .unwrap();
+    let check = refused.check.unwrap();
+    assert!(!check.compatible);
+    assert_eq!(
+        serde_json::to_value(check.issues[0].category).unwrap(),
+        "dependency_missing"
+    );
+    assert_eq!(
+        fleet
+            .count(
+                "acme",
+                "SELECT count(*) FROM sqlite_master WHERE name = 'helpdesk_ticket'"
+            )
+            .await,
+        0,
+        "nothing written"
+    );
+
+    // contacts: tables, seed, registration, hook.
+    fleet
+        .send("install", "acme", &app("contacts-1.0.0"), json!({}))
+        .await;
+    let record = fleet
+        .until("acme", "contacts", "contacts active", active("1.0.0"))
+        .await
+        .unwrap();
+    let result = record.result.unwrap();
+    assert_eq!(
+        result.created_tables,
+        ["contacts_company", "contacts_contact"]
+    );
+    assert_eq!(result.seeded_records, 2);
+    assert_eq!(
+        fleet
+            .count(
+                "acme",
+                "SELECT count(*) FROM sys_metadata WHERE source = 'app:contacts'"
+            )
+            .await,
+        3,
+        "two objects and the manifest, owned by the app"
+    );
+    assert_eq!(
+        fleet
+            .rows("acme", "SELECT app, version, status FROM sys_installed_app")
+            .await,
+        vec![vec![text("contacts"), text("1.0.0"), text("active")]]
+    );
+
+    // Re-install: a no-op (no row twice).
+    fleet
+        .send("install", "acme", &app("contacts-1.0.0"), json!({}))
+        .await;
+    fleet
+        .eventually(Duration::from_secs(30), "re-install done", async || {
+            fleet.hooks("hooks.app.installed").await.len() == 2
+        })
+        .await;
+    let again = fleet.record("acme", "contacts").await.unwrap();
+    assert_eq!(again.status, InstallStatus::Active);
+    assert_eq!(again.result.unwrap().seeded_records, 0);
+    assert_eq!(
+        fleet
+            .count("acme", "SELECT count(*) FROM contacts_contact")
+            .await,
+        1
+    );
+
+    // Now helpdesk installs, its lookup pointing at the contacts app's table.
+    fleet
+        .send("install", "acme", &app("helpdesk-1.0.0"), json!({}))
+        .await;
+    fleet
+        .until("acme", "helpdesk", "helpdesk active", active("1.0.0"))
+        .await;
+    assert_eq!(
+        fleet
+            .rows(
+                "acme",
+                "SELECT \"table\" FROM pragma_foreign_key_list('helpdesk_ticket')"
+            )
+            .await,
+        vec![vec![text("contacts_contact")]]
+    );
+
+    // contacts cannot go while helpdesk needs it.
+    fleet.uninstall("acme", "contacts", false).await;
+    let kept = fleet
+        .until("acme", "contacts", "uninstall refused", |r| {
+            r.is_some_and(|r| r.error.is_some())
+        })
+        .await
+        .unwrap();
+    assert_eq!(kept.status, InstallStatus::Active);
+    assert!(kept.error.unwrap().contains("needed by helpdesk"));
+
+    // Upgrade: a new field keeps rows; a new object gets its seed, old ones are not re-seeded.
+    fleet
+        .send("upgrade", "acme", &app("helpdesk-1.1.0"), json!({}))
+        .await;
+    let upgraded = fleet
+        .until("acme", "helpdesk", "helpdesk 1.1", active("1.1.0"))
+        .await
+        .unwrap();
+    assert_eq!(upgraded.result.unwrap().seeded_records, 1);
+    assert_eq!(
+        fleet
+            .rows("acme", "SELECT id, priority FROM helpdesk_ticket")
+            .await,
+        vec![vec![text("tk-1"), text("normal")]]
+    );
+    assert_eq!(
+        fleet
+            .count("acme", "SELECT count(*) FROM helpdesk_ticket_comment")
+            .await,
+        1
+    );
+    assert_eq!(fleet.hooks("hooks.app.upgraded").await.len(), 1);
+
+    // Uninstall dropping the tables: they go; without: unregistered, the data kept.
+    fleet.uninstall("acme", "helpdesk", true).await;
+    fleet
+        .until("acme", "helpdesk", "helpdesk removed", |r| r.is_none())
+        .await;
+    assert_eq!(
+        fleet
+            .count(
+                "acme",
+                "SELECT count(*) FROM sys_metadata WHERE source = 'app:helpdesk'"
+            )
+            .await,
+        0
+    );
+    assert_eq!(
+        fleet
+            .count(
+                "acme",
+                "SELECT count(*) FROM sqlite_master WHERE name LIKE 'helpdesk_%' AND type = 'table'"
+            )
+            .await,
+        0,
+        "tables dropped"
+    );
+    fleet.uninstall("acme", "contacts", false).await;
+    fleet
+        .until("acme", "contacts", "contacts removed", |r| r.is_none())
+        .await;
+    assert_eq!(
+        fleet
+            .count("acme", "SELECT count(*) FROM contacts_contact")
+            .await,
+        1,
+        "tables kept"
+    );
+    assert_eq!(
+        fleet
+            .count("acme", "SELECT count(*) FROM sys_installed_app")
+            .await,
+        0
+    );
+    let uninstalled = fleet.hooks("hooks.app.uninstalled").await;
+    assert_eq!(uninstalled.len(), 2);
+    assert_eq!(
+        uninstalled[0]["data"]["droppedTables"],
+        json!(["helpdesk_ticket", "helpdesk_ticket_comment"])
+    );
+    assert!(fleet.dead_letters().await.is_empty());
+}
+
+#[tokio::test]
+async fn conflicts_quotas_platform_deploys_and_bad_input() {
+    let mut fleet = Fleet::start().await;
+    fleet.provision(&["beta", "tiny"], "enterprise").await;
+    fleet.spawn_installer(&[]);
+
+    // The platform deploys its CRM; then contacts installs beside it.
+    fleet
+        .publisher
+        .publish_json(
+            "deploy.requested",
+            "crm-v1",
+            &json!({"deploymentId": "crm-v1", "bundle": crm("v1"), "target": {"tenants": ["beta"]}, "rollout": {"waves": ["100%"]}}),
+            HeaderMap::new(),
+        )
+        .await
+        .unwrap();
+    fleet
+        .eventually(Duration::from_secs(60), "crm deployed", async || {
+            fleet
+                .rows("beta", "SELECT count(*) FROM sys_deployment")
+                .await[0][0]
+                == Value::Integer(1)
+        })
+        .await;
+    // contacts' `contact` is a name the platform registered: object_conflict, nothing written.
+    fleet
+        .send("install", "beta", &app("contacts-1.0.0"), json!({}))
+        .await;
+    let refused = fleet
+        .until("beta", "contacts", "conflict with the platform", |r| {
+            r.is_some_and(|r| r.status == InstallStatus::Failed)
+        })
+        .await
+        .unwrap();
+    let messages: Vec<String> = refused
+        .check
+        .unwrap()
+        .issues
+        .iter()
+        .map(|i| {
+            format!(
+                "{}: {}",
+                serde_json::to_value(i.category).unwrap().as_str().unwrap(),
+                i.message
+            )
+        })
+        .collect();
+    assert_eq!(
+        messages,
+        ["object_conflict: object contact: the name is registered by the platform bundle"]
+    );
+    assert_eq!(
+        fleet
+            .count(
+                "beta",
+                "SELECT count(*) FROM sqlite_master WHERE name LIKE 'contacts_%'"
+            )
+            .await,
+        0
+    );
+
+    // An app beside the platform's objects; the platform's next deploy touches none of its.
+    let notes = json!({
+        "manifest": {"name": "notes", "label": "Notes", "version": "1.0.0", "objects": ["note"],
+                     "seedData": [{"object": "note", "id": "n1", "body": "hello"}]},
+        "objects": [{"name": "note", "namespace": "notes", "fields": {"body": {"type": "textarea"}, "pinned": {"type": "boolean"}}}]
+    });
+    fleet.send("install", "beta", &notes, json!({})).await;
+    fleet
+        .until("beta", "notes", "notes active", active("1.0.0"))
+        .await;
+    fleet
+        .publisher
+        .publish_json(
+            "deploy.requested",
+            "crm-v2",
+            &json!({"deploymentId": "crm-v2", "bundle": crm("v2"), "target": {"tenants": ["beta"]}, "rollout": {"waves": ["100%"]}, "allowDestructive": true}),
+            HeaderMap::new(),
+        )
+        .await
+        .unwrap();
+    fleet
+        .eventually(Duration::from_secs(60), "crm v2 deployed", async || {
+            fleet
+                .rows("beta", "SELECT count(*) FROM sys_deployment")
+                .await[0][0]
+                == Value::Integer(2)
+        })
+        .await;
+    assert_eq!(
+        fleet.rows("beta", "SELECT id, body FROM notes_note").await,
+        vec![vec![text("n1"), text("hello")]]
+    );
+    assert_eq!(
+        fleet
+            .count(
+                "beta",
+                "SELECT count(*) FROM sys_metadata WHERE source = 'app:notes'"
+            )
+            .await,
+        2,
+        "the app's registrations stand"
+    );
+
+    // Against another app: a table the contacts app owns.
+    fleet
+        .send(
+            "install",
+            "tiny",
+            &app("contacts-1.0.0"),
+            json!({"skipSeedData": true}),
+        )
+        .await;
+    let tiny = fleet
+        .until("tiny", "contacts", "tiny active", active("1.0.0"))
+        .await
+        .unwrap();
+    assert_eq!(tiny.result.unwrap().seeded_records, 0);
+    let mut clone = app("contacts-1.0.0");
+    clone["manifest"]["name"] = json!("contacts_clone");
+    clone["manifest"]["seedData"] = json!([]);
+    clone["manifest"]["objects"] = json!(["company"]);
+    clone["objects"] = json!([{"name": "firm", "tableName": "contacts_company", "fields": {"name": {"type": "text"}}}]);
+    clone["manifest"]["objects"] = json!(["firm"]);
+    fleet.send("install", "tiny", &clone, json!({})).await;
+    let refused = fleet
+        .until("tiny", "contacts_clone", "conflict with an app", |r| {
+            r.is_some_and(|r| r.status == InstallStatus::Failed)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.check.unwrap().issues[0].message,
+        "object firm: table contacts_company belongs to app contacts"
+    );
+
+    // A quota that blocks an install: 20 objects on the free plan.
+    fleet.provision(&["free-one"], "free").await;
+    let mut big = app("contacts-1.0.0");
+    big["manifest"]["name"] = json!("big");
+    big["manifest"]["seedData"] = json!([]);
+    let objects: Vec<serde_json::Value> = (0..21)
+        .map(|i| json!({"name": format!("thing_{i}"), "namespace": "big", "fields": {"label": {"type": "text"}}}))
+        .collect();
+    big["manifest"]["objects"] = json!((0..21).map(|i| format!("thing_{i}")).collect::<Vec<_>>());
+    big["objects"] = json!(objects);
+    fleet.send("install", "free-one", &big, json!({})).await;
+    let over = fleet
+        .until("free-one", "big", "quota refused", |r| {
+            r.is_some_and(|r| r.status == InstallStatus::Failed)
+        })
+        .await
+        .unwrap();
+    let issue = &over.check.unwrap().issues[0];
+    assert_eq!(
+        serde_json::to_value(issue.category).unwrap(),
+        "quota_exceeded"
+    );
+    assert_eq!(issue.message, "maxObjects would be exceeded (21 of 20)");
+
+    // Bad input is dead-lettered with its paths; the worker keeps running.
+    let mut broken = app("contacts-1.0.0");
+    broken["objects"][0]["fields"]["name"]["type"] = json!("no_such_type");
+    fleet.send("install", "beta", &broken, json!({})).await;
+    fleet
+        .send("install", "nobody", &app("contacts-1.0.0"), json!({}))
+        .await;
+    let mut cyclic = app("contacts-1.0.0");
+    cyclic["manifest"]["dependencies"] = json!(["contacts@^1"]);
+    fleet.send("install", "beta", &cyclic, json!({})).await;
+    fleet
+        .eventually(Duration::from_secs(60), "three dead letters", async || {
+            fleet.dead_letters().await.len() == 3
+        })
+        .await;
+    let letters = fleet.dead_letters().await.join("\n");
+    assert!(
+        letters.contains("package.objects.company.fields.name.type"),
+        "{letters}"
+    );
+    assert!(letters.contains("unknown tenant nobody"), "{letters}");
+    assert!(letters.contains("dependency_cycle"), "{letters}");
+    // Still serving.
+    fleet.uninstall("tiny", "contacts", true).await;
+    fleet
+        .until("tiny", "contacts", "tiny uninstalled", |r| r.is_none())
+        .await;
+}
+
+#[tokio::test]
+async fn an_installer_killed_after_the_transaction_ends_in_one_clean_install() {
+    let mut fleet = Fleet::start().await;
+    fleet.provision(&["crashy"], "enterprise").await;
+    let doomed = fleet.spawn_installer(&[(fleet_tenantdb::crashpoint::ENV, "install.applied")]);
+    fleet
+        .send("install", "crashy", &app("contacts-1.0.0"), json!({}))
+        .await;
+    assert!(
+        fleet
+            .wait_exit(doomed, Duration::from_secs(60))
+            .await
+            .is_some(),
+        "the installer crashed at its crash point"
+    );
+    assert!(
+        fleet
+            .log(doomed)
+            .contains("crash point install.applied reached")
+    );
+    assert_eq!(
+        fleet.record("crashy", "contacts").await.unwrap().status,
+        InstallStatus::Installing
+    );
+    fleet.spawn_installer(&[]);
+    fleet
+        .until("crashy", "contacts", "contacts active", active("1.0.0"))
+        .await;
+    assert_eq!(
+        fleet
+            .count("crashy", "SELECT count(*) FROM contacts_contact")
+            .await,
+        1,
+        "seeded once"
+    );
+    assert_eq!(fleet.hooks("hooks.app.installed").await.len(), 1);
+}
