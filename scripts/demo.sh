@@ -36,7 +36,9 @@ export FLEET_WORKER__HEALTH_ADDR="127.0.0.1:0"
 provisioner_pid=$!
 "$root/target/debug/deployer" >"$demo/deployer.log" 2>&1 &
 deployer_pid=$!
-trap 'kill "$provisioner_pid" "$deployer_pid" 2>/dev/null || true; wait "$provisioner_pid" "$deployer_pid" 2>/dev/null || true; kill "$nats_pid" 2>/dev/null || true; wait "$nats_pid" 2>/dev/null || true' EXIT
+"$root/target/debug/installer" >"$demo/installer.log" 2>&1 &
+installer_pid=$!
+trap 'kill "$provisioner_pid" "$deployer_pid" "$installer_pid" 2>/dev/null || true; wait "$provisioner_pid" "$deployer_pid" "$installer_pid" 2>/dev/null || true; kill "$nats_pid" 2>/dev/null || true; wait "$nats_pid" 2>/dev/null || true' EXIT
 "$fleetctl" tenant create --id acme --org org_42 --plan pro --region eu-west --admin-email ops@acme.example --wait
 "$fleetctl" tenant create --count 10 --wait
 echo
@@ -118,11 +120,42 @@ step "10. The CRM bundle deployed to every demo tenant, in waves (canary, 10%, t
 echo "deploying the same version again is a no-op for every tenant:"
 "$fleetctl" deploy examples/crm-v2.bundle.json --all --waves 100% --id crm-v2-again
 
-step "11. The protocol's JSON Schemas, exported"
+step "11. Marketplace apps: contacts, and a helpdesk that needs it, into three tenants"
+others="$("$fleetctl" tenant list | awk 'NR > 1 && $1 != "acme" {print $1}' | head -2 | tr '\n' ' ')"
+echo "the compatibility check alone — the helpdesk before contacts is installed:"
+"$fleetctl" app check examples/apps/helpdesk-1.0.0.json --tenant acme | python3 -c 'import json,sys; c=json.load(sys.stdin); print("  compatible:", c["compatible"]); [print("  ", i["category"] + ":", i["message"]) for i in c["issues"]]' || true
+for t in acme $others; do
+  "$fleetctl" app install examples/apps/contacts-1.0.0 --tenant "$t"
+  "$fleetctl" app install examples/apps/helpdesk-1.0.0.json --tenant "$t"
+done
+echo "helpdesk 1.1 on acme (a new field, a new object with its seed; the rows kept):"
+"$fleetctl" app upgrade examples/apps/helpdesk-1.1.0.json --tenant acme
+"$fleetctl" app list --tenant acme
+echo "contacts cannot go while the helpdesk needs it:"
+"$fleetctl" app uninstall contacts --tenant acme || true
+echo "a platform deploy beside the apps (CRM 2.1: a new field on account) touches none of their objects:"
+python3 - "$demo/crm-v2.1.bundle.json" <<'PY'
+import json, sys
+b = json.load(open("examples/crm-v2.bundle.json"))
+b["manifest"]["version"] = "2.1.0"
+next(o for o in b["objects"] if o["name"] == "account")["fields"]["tier"] = {"type": "select", "options": [{"label": "Gold", "value": "gold"}]}
+json.dump(b, open(sys.argv[1], "w"))
+PY
+"$fleetctl" deploy "$demo/crm-v2.1.bundle.json" --tenants acme --waves 100% --id crm-v2-1 | tail -1
+python3 - "$tenant_db" <<'PY'
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1])
+for row in c.execute("SELECT t.id, t.subject, t.priority, p.first_name || ' ' || p.last_name FROM helpdesk_ticket t JOIN contacts_person p ON p.id = t.person"):
+    print("  helpdesk_ticket", row)
+for row in c.execute("SELECT metadata_type, metadata_name, source FROM sys_metadata WHERE source LIKE 'app:%' ORDER BY source, metadata_name"):
+    print("  registered     ", row)
+PY
+
+step "12. The protocol's JSON Schemas, exported"
 "$fleetctl" schema export --out "$demo/schemas"
 
 step "Coming next"
 cat <<'TXT'
-  - the installer: marketplace apps into tenants
+  - fleet-wide app installs and upgrades in waves (the deployer's rollout)
   - the quota auditor: usage against plan quotas, suspension with a grace period
 TXT

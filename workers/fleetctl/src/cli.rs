@@ -43,6 +43,9 @@ enum Command {
     Tenant(crate::tenant_cmd::TenantCommand),
     /// Deploy a bundle to tenants in waves; `deploy status|resume|cancel <id>`.
     Deploy(crate::deploy_cmd::DeployArgs),
+    /// Marketplace apps: install, upgrade, uninstall, list, check (compatibility).
+    #[command(subcommand)]
+    App(crate::app_cmd::AppCommand),
     /// Dead letters: list them, replay them once their cause is fixed.
     #[command(subcommand)]
     Dlq(crate::dlq_cmd::DlqCommand),
@@ -74,6 +77,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Db(command) => db_cmd::run(command).await,
         Command::Tenant(command) => crate::tenant_cmd::run(command).await,
         Command::Dlq(command) => crate::dlq_cmd::run(command).await,
+        Command::App(command) => crate::app_cmd::run(command).await,
         Command::Deploy(args) => crate::deploy_cmd::run(args).await,
         Command::Streams { command } => crate::streams_cmd::run(command).await,
         Command::Config => {

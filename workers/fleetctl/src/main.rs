@@ -18,6 +18,7 @@ macro_rules! say {
 
 use clap::Parser;
 
+mod app_cmd;
 mod cli;
 mod db_cmd;
 mod deploy_cmd;

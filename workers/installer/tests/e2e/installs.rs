@@ -66,7 +66,7 @@ async fn install_reinstall_dependencies_upgrade_and_uninstall() {
     let result = record.result.unwrap();
     assert_eq!(
         result.created_tables,
-        ["contacts_company", "contacts_contact"]
+        ["contacts_organization", "contacts_person"]
     );
     assert_eq!(result.seeded_records, 2);
     assert_eq!(
@@ -100,7 +100,7 @@ async fn install_reinstall_dependencies_upgrade_and_uninstall() {
     assert_eq!(again.result.unwrap().seeded_records, 0);
     assert_eq!(
         fleet
-            .count("acme", "SELECT count(*) FROM contacts_contact")
+            .count("acme", "SELECT count(*) FROM contacts_person")
             .await,
         1
     );
@@ -119,7 +119,7 @@ async fn install_reinstall_dependencies_upgrade_and_uninstall() {
                 "SELECT \"table\" FROM pragma_foreign_key_list('helpdesk_ticket')"
             )
             .await,
-        vec![vec![text("contacts_contact")]]
+        vec![vec![text("contacts_person")]]
     );
 
     // contacts cannot go while helpdesk needs it.
@@ -186,7 +186,7 @@ async fn install_reinstall_dependencies_upgrade_and_uninstall() {
         .await;
     assert_eq!(
         fleet
-            .count("acme", "SELECT count(*) FROM contacts_contact")
+            .count("acme", "SELECT count(*) FROM contacts_person")
             .await,
         1,
         "tables kept"
@@ -231,12 +231,18 @@ async fn conflicts_quotas_platform_deploys_and_bad_input() {
                 == Value::Integer(1)
         })
         .await;
-    // contacts' `contact` is a name the platform registered: object_conflict, nothing written.
-    fleet
-        .send("install", "beta", &app("contacts-1.0.0"), json!({}))
-        .await;
+    // An app whose object name the platform registered (`contact`), and one whose table is
+    // the platform's (`crm_account`): object_conflict, nothing written.
+    let thief = json!({
+        "manifest": {"name": "crm_clone", "label": "CRM clone", "version": "1.0.0", "objects": ["contact", "ledger"]},
+        "objects": [
+            {"name": "contact", "namespace": "clone", "fields": {"name": {"type": "text"}}},
+            {"name": "ledger", "tableName": "crm_account", "fields": {"name": {"type": "text"}}}
+        ]
+    });
+    fleet.send("install", "beta", &thief, json!({})).await;
     let refused = fleet
-        .until("beta", "contacts", "conflict with the platform", |r| {
+        .until("beta", "crm_clone", "conflict with the platform", |r| {
             r.is_some_and(|r| r.status == InstallStatus::Failed)
         })
         .await
@@ -256,13 +262,16 @@ async fn conflicts_quotas_platform_deploys_and_bad_input() {
         .collect();
     assert_eq!(
         messages,
-        ["object_conflict: object contact: the name is registered by the platform bundle"]
+        [
+            "object_conflict: object contact: the name is registered by the platform bundle",
+            "object_conflict: object ledger: table crm_account belongs to the platform bundle"
+        ]
     );
     assert_eq!(
         fleet
             .count(
                 "beta",
-                "SELECT count(*) FROM sqlite_master WHERE name LIKE 'contacts_%'"
+                "SELECT count(*) FROM sqlite_master WHERE name LIKE 'clone_%'"
             )
             .await,
         0
@@ -328,8 +337,7 @@ async fn conflicts_quotas_platform_deploys_and_bad_input() {
     let mut clone = app("contacts-1.0.0");
     clone["manifest"]["name"] = json!("contacts_clone");
     clone["manifest"]["seedData"] = json!([]);
-    clone["manifest"]["objects"] = json!(["company"]);
-    clone["objects"] = json!([{"name": "firm", "tableName": "contacts_company", "fields": {"name": {"type": "text"}}}]);
+    clone["objects"] = json!([{"name": "firm", "tableName": "contacts_organization", "fields": {"name": {"type": "text"}}}]);
     clone["manifest"]["objects"] = json!(["firm"]);
     fleet.send("install", "tiny", &clone, json!({})).await;
     let refused = fleet
@@ -340,7 +348,7 @@ async fn conflicts_quotas_platform_deploys_and_bad_input() {
         .unwrap();
     assert_eq!(
         refused.check.unwrap().issues[0].message,
-        "object firm: table contacts_company belongs to app contacts"
+        "object firm: table contacts_organization belongs to app contacts"
     );
 
     // A quota that blocks an install: 20 objects on the free plan.
@@ -384,7 +392,7 @@ async fn conflicts_quotas_platform_deploys_and_bad_input() {
         .await;
     let letters = fleet.dead_letters().await.join("\n");
     assert!(
-        letters.contains("package.objects.company.fields.name.type"),
+        letters.contains("package.objects.organization.fields.name.type"),
         "{letters}"
     );
     assert!(letters.contains("unknown tenant nobody"), "{letters}");
@@ -426,7 +434,7 @@ async fn an_installer_killed_after_the_transaction_ends_in_one_clean_install() {
         .await;
     assert_eq!(
         fleet
-            .count("crashy", "SELECT count(*) FROM contacts_contact")
+            .count("crashy", "SELECT count(*) FROM contacts_person")
             .await,
         1,
         "seeded once"

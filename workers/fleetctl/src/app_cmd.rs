@@ -1,0 +1,389 @@
+//! `fleetctl app install|upgrade|uninstall|list|check`: marketplace apps in tenants.
+//!
+//! `install`, `upgrade` and `uninstall` send the command the installer carries out
+//! (`app.*_requested`, message id derived from the command) and wait for the app's install
+//! record to settle; `list` reads the records; `check` runs the compatibility check against the
+//! tenant's database directly (the same function the installer runs first), changing nothing.
+//!
+//! Exit codes: 0 done (or compatible); 1 the package is invalid, or the installer refused
+//! (incompatible, destructive, depended on — the reason printed); 2 the command could not run
+//! (no server, no answer in time).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use async_nats::HeaderMap;
+use clap::Subcommand;
+use fleet_apps::{InstallRecord, InstallStatus};
+use fleet_protocol::{AppPackage, TenantId};
+use fleet_runtime::{Runtime, StateStore};
+use serde_json::json;
+
+/// The `app` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AppCommand {
+    /// Install an app (a package file or directory) into a tenant and wait for the outcome.
+    Install {
+        /// The package: one JSON file, or a directory with manifest.json and objects/.
+        package: PathBuf,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Do not insert the app's seed data.
+        #[arg(long)]
+        skip_seed_data: bool,
+        /// Seconds to wait for the outcome.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Upgrade an installed app to the package's version and wait for the outcome.
+    Upgrade {
+        /// The package of the new version.
+        package: PathBuf,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Accept dropping objects and fields the new version removed.
+        #[arg(long)]
+        allow_destructive: bool,
+        /// Seconds to wait for the outcome.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Uninstall an app from a tenant (its tables stay unless --drop-tables).
+    Uninstall {
+        /// The app.
+        app: String,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Drop the app's tables too.
+        #[arg(long)]
+        drop_tables: bool,
+        /// Seconds to wait for the outcome.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// The apps of a tenant: name, version, state, objects.
+    List {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The compatibility check alone (nothing is changed).
+    Check {
+        /// The package.
+        package: PathBuf,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+/// Reads and validates a package; `None` after printing every issue.
+fn load(path: &std::path::Path) -> anyhow::Result<Option<AppPackage>> {
+    match fleet_apps::package::load(path) {
+        Ok(checked) => {
+            for warning in &checked.warnings {
+                eprintln!("warning: {warning}");
+            }
+            Ok(Some(checked.value))
+        }
+        Err(fleet_apps::package::PackageError::Invalid(rejected)) => {
+            for issue in &rejected.issues {
+                say!("{issue}");
+            }
+            eprintln!("{} is not a valid app package", path.display());
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn status(record: &InstallRecord) -> String {
+    serde_json::to_value(record.status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// Waits until the app's record changed past `after` (a revision; 0: none yet) and `settled`
+/// holds for it (checked every 200 ms). `None`: the record is gone.
+async fn wait(
+    installs: &StateStore<InstallRecord>,
+    key: &str,
+    after: u64,
+    timeout: Duration,
+    settled: impl Fn(&InstallRecord) -> bool,
+) -> anyhow::Result<Option<InstallRecord>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let record = installs.get::<std::convert::Infallible>(key).await?;
+        match record {
+            None if after > 0 => return Ok(None),
+            Some(r) if r.revision > after && settled(&r.state) => return Ok(Some(r.state)),
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no outcome within {timeout:?}: the installer may be down (`fleetctl dlq list` shows refused commands)"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn revision(installs: &StateStore<InstallRecord>, key: &str) -> anyhow::Result<u64> {
+    Ok(installs
+        .get::<std::convert::Infallible>(key)
+        .await?
+        .map_or(0, |v| v.revision))
+}
+
+/// Prints the outcome of an install or upgrade; the exit code.
+fn report(record: Option<InstallRecord>, version: &str) -> ExitCode {
+    let Some(record) = record else {
+        return ExitCode::from(1);
+    };
+    if record.error.is_none() && record.installed_version.as_deref() == Some(version) {
+        if let Some(result) = &record.result {
+            say!(
+                "{} {} is {} in {}: objects {}; tables created {}; {} seed record(s); {} ms",
+                record.app_id,
+                version,
+                status(&record),
+                record.tenant_id,
+                result.installed_objects.join(", "),
+                if result.created_tables.is_empty() {
+                    "none".to_owned()
+                } else {
+                    result.created_tables.join(", ")
+                },
+                result.seeded_records,
+                result.duration_ms.unwrap_or_default()
+            );
+        }
+        return ExitCode::SUCCESS;
+    }
+    eprintln!(
+        "refused: {}",
+        record
+            .error
+            .as_deref()
+            .unwrap_or("the operation did not complete")
+    );
+    for issue in record.check.iter().flat_map(|c| &c.issues) {
+        eprintln!(
+            "  {}: {}",
+            serde_json::to_value(issue.category)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            issue.message
+        );
+    }
+    ExitCode::from(1)
+}
+
+/// Runs an `app` subcommand.
+pub async fn run(command: AppCommand) -> anyhow::Result<ExitCode> {
+    let config = fleet_config::Config::load()?;
+    if let AppCommand::Check { package, tenant } = &command {
+        return check(&config, package, tenant).await;
+    }
+    let runtime = Runtime::connect(&config).await?;
+    let installs = fleet_control::installs(&runtime).await?;
+    let publish = async |subject: &str, id: String, payload: serde_json::Value| {
+        runtime
+            .publisher
+            .publish_json(
+                &runtime.topology.subject(subject),
+                &id,
+                &payload,
+                HeaderMap::new(),
+            )
+            .await
+            .with_context(|| format!("sending {subject}"))
+    };
+    let stamp = chrono::Utc::now().timestamp_millis();
+    match command {
+        AppCommand::Install {
+            package,
+            tenant,
+            skip_seed_data,
+            timeout,
+        } => {
+            let tenant = TenantId::parse(&tenant).context("--tenant")?;
+            let Some(package) = load(&package)? else {
+                return Ok(ExitCode::from(1));
+            };
+            let (app, version) = (
+                package.manifest.name.to_string(),
+                package.manifest.version.clone(),
+            );
+            let key = InstallRecord::key(tenant.as_str(), &app);
+            let after = revision(&installs, &key).await?;
+            let command = json!({"tenantId": tenant, "appId": app, "skipSeedData": skip_seed_data, "package": package});
+            publish(
+                "app.install_requested",
+                format!("install:{key}:{version}:{stamp}"),
+                command,
+            )
+            .await?;
+            let record = wait(&installs, &key, after, Duration::from_secs(timeout), |r| {
+                r.version == version && r.status != InstallStatus::Installing
+            })
+            .await?;
+            Ok(report(record, &version))
+        }
+        AppCommand::Upgrade {
+            package,
+            tenant,
+            allow_destructive,
+            timeout,
+        } => {
+            let tenant = TenantId::parse(&tenant).context("--tenant")?;
+            let Some(package) = load(&package)? else {
+                return Ok(ExitCode::from(1));
+            };
+            let (app, version) = (
+                package.manifest.name.to_string(),
+                package.manifest.version.clone(),
+            );
+            let key = InstallRecord::key(tenant.as_str(), &app);
+            let after = revision(&installs, &key).await?;
+            if after == 0 {
+                eprintln!("{app} is not installed in {tenant}: install it instead");
+                return Ok(ExitCode::from(1));
+            }
+            let command = json!({"tenantId": tenant, "appId": app, "allowDestructive": allow_destructive, "package": package});
+            publish(
+                "app.upgrade_requested",
+                format!("upgrade:{key}:{version}:{stamp}"),
+                command,
+            )
+            .await?;
+            let record = wait(&installs, &key, after, Duration::from_secs(timeout), |r| {
+                r.version == version && r.status != InstallStatus::Installing
+            })
+            .await?;
+            Ok(report(record, &version))
+        }
+        AppCommand::Uninstall {
+            app,
+            tenant,
+            drop_tables,
+            timeout,
+        } => {
+            let tenant = TenantId::parse(&tenant).context("--tenant")?;
+            let key = InstallRecord::key(tenant.as_str(), &app);
+            let after = revision(&installs, &key).await?;
+            if after == 0 {
+                eprintln!("{app} is not installed in {tenant}");
+                return Ok(ExitCode::from(1));
+            }
+            let command = json!({"tenantId": tenant, "appId": app, "dropTables": drop_tables});
+            publish(
+                "app.uninstall_requested",
+                format!("uninstall:{key}:{stamp}"),
+                command,
+            )
+            .await?;
+            let record = wait(&installs, &key, after, Duration::from_secs(timeout), |r| {
+                r.status != InstallStatus::Uninstalling
+            })
+            .await?;
+            match record {
+                None => {
+                    say!(
+                        "{app} uninstalled from {tenant}{}",
+                        if drop_tables {
+                            ", its tables dropped"
+                        } else {
+                            " (its tables kept)"
+                        }
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(record) => {
+                    eprintln!("refused: {}", record.error.unwrap_or_default());
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        AppCommand::List { tenant, json } => {
+            let tenant = TenantId::parse(&tenant).context("--tenant")?;
+            let prefix = format!("{tenant}.");
+            let mut records = Vec::new();
+            for key in installs
+                .keys()
+                .await?
+                .into_iter()
+                .filter(|k| k.starts_with(&prefix))
+            {
+                if let Some(record) = installs.get::<std::convert::Infallible>(&key).await? {
+                    records.push(record.state);
+                }
+            }
+            if json {
+                say!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::to_value(&records)?)?
+                );
+            } else if records.is_empty() {
+                say!("no apps in {tenant}");
+            } else {
+                say!("{:<20} {:<10} {:<13} objects", "app", "version", "state");
+                for r in &records {
+                    say!(
+                        "{:<20} {:<10} {:<13} {}{}",
+                        r.app_id,
+                        r.installed_version.as_deref().unwrap_or("-"),
+                        status(r),
+                        r.objects.join(", "),
+                        r.error
+                            .as_deref()
+                            .map(|e| format!("  (last error: {e})"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AppCommand::Check { .. } => unreachable!("handled above"),
+    }
+}
+
+/// The compatibility check against the tenant's database, through the control plane's record
+/// (its quotas, its sealed token) and the configured backend.
+async fn check(
+    config: &fleet_config::Config,
+    package: &std::path::Path,
+    tenant: &str,
+) -> anyhow::Result<ExitCode> {
+    let tenant = TenantId::parse(tenant).context("--tenant")?;
+    let Some(package) = load(package)? else {
+        return Ok(ExitCode::from(1));
+    };
+    let objects = package.object_definitions()?;
+    let runtime = Runtime::connect(config).await?;
+    let connector = fleet_control::TenantConnector::new(
+        fleet_control::tenants(&runtime).await?,
+        fleet_tenantdb::backend_from_config(config)?,
+        Arc::new(fleet_tenantdb::key_ring_from_config(config)?),
+    );
+    let (record, conn) = connector.connect(&tenant).await?;
+    let check = fleet_apps::tenant::check(&conn, &package, &objects, &record.quotas).await?;
+    say!("{}", serde_json::to_string_pretty(&check)?);
+    Ok(if check.compatible {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
