@@ -18,6 +18,10 @@
 //! killed midway leaves the record `installing`; the redelivery carries on and ends in one
 //! install (the transaction either committed or did not; seeds never insert twice).
 
+pub mod lifecycle;
+
+pub use lifecycle::AppLifecycle;
+
 use async_trait::async_trait;
 use fleet_apps::machine::{self, InstallRecord, Operation, TransitionError};
 use fleet_apps::tenant::{AppError, InstallOptions};

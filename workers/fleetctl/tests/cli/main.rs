@@ -1,5 +1,6 @@
 //! End-to-end tests of the `fleetctl` binary: exit codes, output, files written.
 
+mod app;
 mod config;
 mod db;
 mod deploy;

@@ -441,3 +441,65 @@ async fn an_installer_killed_after_the_transaction_ends_in_one_clean_install() {
     );
     assert_eq!(fleet.hooks("hooks.app.installed").await.len(), 1);
 }
+
+#[tokio::test]
+async fn the_upstream_contract_is_served_by_the_same_per_tenant_code() {
+    use fleet_protocol::contracts::AppLifecycleService;
+    let fleet = Fleet::start().await;
+    fleet.provision(&["svc"], "enterprise").await;
+    let runtime = fleet_runtime::Runtime::connect(&fleet.config)
+        .await
+        .unwrap();
+    let service = fleet_installer::AppLifecycle::new(fleet_control::TenantConnector::new(
+        fleet_control::tenants(&runtime).await.unwrap(),
+        fleet_tenantdb::backend_from_config(&fleet.config).unwrap(),
+        std::sync::Arc::new(fleet_tenantdb::key_ring_from_config(&fleet.config).unwrap()),
+    ));
+    let package =
+        |name: &str| -> fleet_protocol::AppPackage { serde_json::from_value(app(name)).unwrap() };
+    for name in ["contacts-1.0.0", "helpdesk-1.0.0", "helpdesk-1.1.0"] {
+        service.add_package(package(name));
+    }
+    let tenant = fleet_protocol::TenantId::parse("svc").unwrap();
+    let helpdesk = package("helpdesk-1.0.0").manifest;
+    let check = service
+        .check_compatibility(&tenant, &helpdesk)
+        .await
+        .unwrap();
+    assert!(!check.compatible);
+    let installed = service
+        .install_app(&tenant, &package("contacts-1.0.0").manifest, None)
+        .await
+        .unwrap();
+    assert_eq!(installed.seeded_records, 2);
+    service.install_app(&tenant, &helpdesk, None).await.unwrap();
+    let upgraded = service
+        .upgrade_app(&tenant, &package("helpdesk-1.1.0").manifest)
+        .await
+        .unwrap();
+    assert_eq!(upgraded.created_tables, ["helpdesk_ticket_comment"]);
+    let refused = service
+        .uninstall_app(
+            &tenant,
+            &fleet_protocol::AppName::parse("contacts").unwrap(),
+            true,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("needed by helpdesk"),
+        "{refused}"
+    );
+    let unknown = service
+        .install_app(
+            &fleet_protocol::TenantId::parse("ghost").unwrap(),
+            &helpdesk,
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        unknown,
+        fleet_protocol::contracts::ContractError::NotFound { kind: "tenant", .. }
+    ));
+}

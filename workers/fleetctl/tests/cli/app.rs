@@ -1,0 +1,80 @@
+//! `fleetctl app`: packages are checked before anything is sent; commands are sent once.
+
+use async_nats::jetstream;
+use fleet_testkit::NatsServer;
+use predicates::prelude::*;
+
+use crate::fleetctl;
+
+async fn app_commands(server: &NatsServer) -> u64 {
+    let client = async_nats::connect(server.url()).await.unwrap();
+    match jetstream::new(client)
+        .get_stream("FLEET_APP_COMMANDS")
+        .await
+    {
+        Ok(mut stream) => stream.info().await.unwrap().state.messages,
+        Err(_) => 0,
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_package_is_refused_with_its_paths_and_nothing_is_sent() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let package = dir.path().join("broken.json");
+    std::fs::write(
+        &package,
+        r#"{"manifest": {"name": "broken", "label": "Broken", "version": "1.0.0", "objects": ["thing", "ghost"],
+            "dependencies": ["contacts@not-a-range"], "seedData": [{"object": "nowhere"}]},
+           "objects": [{"name": "thing", "fields": {"size": {"type": "no_such_type"}}}]}"#,
+    )
+    .unwrap();
+    fleetctl()
+        .env("FLEET_NATS__URL", server.url())
+        .args(["app", "install"])
+        .arg(&package)
+        .args(["--tenant", "acme"])
+        .assert()
+        .code(1)
+        .stdout(
+            predicate::str::contains("objects.thing.fields.size.type")
+                .and(predicate::str::contains("manifest.objects"))
+                .and(predicate::str::contains("manifest.dependencies.0"))
+                .and(predicate::str::contains("manifest.seedData.0")),
+        );
+    assert_eq!(app_commands(&server).await, 0);
+}
+
+#[tokio::test]
+async fn an_install_is_sent_once_and_waits_for_the_installer() {
+    let server = NatsServer::start();
+    fleetctl()
+        .env("FLEET_NATS__URL", server.url())
+        .args([
+            "app",
+            "install",
+            "examples/apps/contacts-1.0.0",
+            "--tenant",
+            "acme",
+            "--timeout",
+            "1",
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no outcome within"));
+    assert_eq!(app_commands(&server).await, 1);
+    fleetctl()
+        .env("FLEET_NATS__URL", server.url())
+        .args(["app", "uninstall", "contacts", "--tenant", "acme"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "contacts is not installed in acme",
+        ));
+    fleetctl()
+        .env("FLEET_NATS__URL", server.url())
+        .args(["app", "list", "--tenant", "acme"])
+        .assert()
+        .success()
+        .stdout("no apps in acme\n");
+}
