@@ -7,13 +7,17 @@
 //!   so a deployment's record stays the same size however many tenants it targets;
 //! - [`KvTenantDirectory`]: those records served to the tenant router;
 //! - [`TenantConnector`]: a tenant's database, opened from its record (one implementation for
-//!   every worker that works inside tenants' databases).
+//!   every worker that works inside tenants' databases);
+//! - [`AppOperations`]: an app installed, upgraded or uninstalled on one tenant, with its
+//!   install record and hooks (the installer's and the deployer's app rollouts' one code path).
 
 #![deny(missing_docs)]
 
+pub mod apps;
 pub mod connect;
 pub mod deploy_results;
 
+pub use apps::{AppOperationError, AppOperations};
 pub use connect::{ConnectError, TenantConnector};
 pub use deploy_results::{DeployResults, ResultsError};
 

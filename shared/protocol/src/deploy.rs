@@ -505,7 +505,8 @@ impl Spec for DeployBundle {
     }
 }
 
-/// Which tenants a deployment targets.
+/// Which tenants a deployment targets: exactly one of a list, every active tenant, every
+/// active tenant on a plan, or (app rollouts) every active tenant that has an app installed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeployTarget {
@@ -515,6 +516,30 @@ pub struct DeployTarget {
     /// Every active tenant (instead of a list).
     #[serde(default)]
     pub all: bool,
+    /// Every active tenant on this plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<crate::tenant::TenantPlan>,
+    /// Every active tenant that has this app installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub has_app: Option<String>,
+}
+
+impl DeployTarget {
+    /// Pushes an issue unless exactly one selector is given.
+    pub fn check(&self, checks: &mut Checks) {
+        let given = usize::from(!self.tenants.is_empty())
+            + usize::from(self.all)
+            + usize::from(self.plan.is_some())
+            + usize::from(self.has_app.is_some());
+        if given != 1 {
+            checks.at("target", |c| {
+                c.error(
+                    "invalid_target",
+                    "name exactly one of: tenants, all, plan, hasApp",
+                )
+            });
+        }
+    }
 }
 
 /// How a deployment rolls out.
@@ -634,14 +659,7 @@ impl Spec for DeployRequest {
     }
 
     fn check(&self, checks: &mut Checks) {
-        if self.target.all != self.target.tenants.is_empty() {
-            checks.at("target", |c| {
-                c.error(
-                    "invalid_target",
-                    "name tenants or set `all`, not both and not neither",
-                )
-            });
-        }
+        self.target.check(checks);
         if let Err(why) = self.rollout.wave_ends(100) {
             checks.at_path(&["rollout", "waves"], |c| {
                 c.error("invalid_value", why.to_string())
@@ -657,6 +675,67 @@ impl Spec for DeployRequest {
                     )
                 });
             }
+        }
+    }
+}
+
+/// `deploy.app_requested`: an app installed or upgraded on many tenants with the deployer's
+/// rollout — waves, the failure-ratio halt, dry run, resume (a fleet type).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppRolloutRequest {
+    /// The rollout's id (its `Nats-Msg-Id` too; `fleetctl deploy status <id>` shows it).
+    pub deployment_id: crate::ids::DeploymentId,
+    /// What to do with which app.
+    pub app: AppRollout,
+    /// Where.
+    #[serde(default)]
+    pub target: DeployTarget,
+    /// How.
+    #[serde(default)]
+    pub rollout: RolloutOptions,
+}
+
+/// The app part of an [`AppRolloutRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppRollout {
+    /// Install or upgrade.
+    pub operation: AppOperation,
+    /// The app.
+    pub package: crate::app::AppPackage,
+    /// Do not insert the app's seed data.
+    #[serde(default)]
+    pub skip_seed_data: bool,
+}
+
+/// What an app rollout does on each tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AppOperation {
+    /// `app.install_requested` on each tenant.
+    Install,
+    /// `app.upgrade_requested` on each tenant.
+    Upgrade,
+}
+
+impl Spec for AppRolloutRequest {
+    const SPEC_NAME: &'static str = "AppRolloutRequest";
+
+    fn check_input(input: &Value, checks: &mut Checks) {
+        if let Some(package) = input.pointer("/app/package") {
+            checks.at_path(&["app", "package"], |c| {
+                crate::app::AppPackage::check_input(package, c)
+            });
+        }
+    }
+
+    fn check(&self, checks: &mut Checks) {
+        self.target.check(checks);
+        if let Err(why) = self.rollout.wave_ends(100) {
+            checks.at_path(&["rollout", "waves"], |c| {
+                c.error("invalid_value", why.to_string())
+            });
         }
     }
 }

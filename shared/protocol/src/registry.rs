@@ -332,6 +332,7 @@ pub static SPECS: &[SpecEntry] = &[
     entry!(AppPackage, 'E', None, None),
     entry!(AppCommand, 'E', None, None),
     entry!(AppUninstallRequest, 'E', None, None),
+    entry!(crate::deploy::AppRolloutRequest, 'E', None, None),
 ];
 
 /// Looks a type up by its upstream name (exact, then case-insensitive).

@@ -257,6 +257,10 @@ pub struct Deployment {
     /// publishes again are not dropped as duplicates of the first ones.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub resumes: u32,
+    /// An app rollout: the app it installs or upgrades on each tenant (`None`: a bundle
+    /// deployment). Its package is kept beside the record, as a bundle is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -349,6 +353,7 @@ impl Deployment {
             requested_at,
             finished_at: None,
             resumes: 0,
+            app: None,
         }
     }
 

@@ -23,20 +23,12 @@ pub mod lifecycle;
 pub use lifecycle::AppLifecycle;
 
 use async_trait::async_trait;
-use fleet_apps::machine::{self, InstallRecord, Operation, TransitionError};
-use fleet_apps::tenant::{AppError, InstallOptions};
-use fleet_control::{ConnectError, TenantConnector};
-use fleet_protocol::{
-    AppCommand, AppInstallResult, AppUninstallRequest, ObjectDefinition, TenantId, Timestamp,
-};
+use fleet_apps::machine::Operation;
+use fleet_apps::tenant::InstallOptions;
+use fleet_control::{AppOperationError, AppOperations};
+use fleet_protocol::{AppCommand, AppUninstallRequest, TenantId};
 use fleet_runtime::worker::{BuildError, Worker, WorkerContext};
-use fleet_runtime::{
-    Delivery, Handler, Hook, Hooks, Outcome, StateError, StateStore, Versioned, error_chain,
-};
-use fleet_schema::SchemaError;
-use fleet_tenants::TenantRecord;
-use serde_json::json;
-use std::sync::Arc;
+use fleet_runtime::{Delivery, Handler, Outcome};
 
 /// Crash points of an install (`FLEET_CRASH_POINT`, for crash tests of the real binary): after
 /// the record says `installing` and before the tenant's transaction; after the transaction
@@ -71,9 +63,7 @@ impl InstallerCommand {
 /// The installer's handler.
 #[derive(Debug)]
 pub struct Installer {
-    installs: StateStore<InstallRecord>,
-    connector: TenantConnector,
-    hooks: Hooks,
+    apps: AppOperations,
 }
 
 #[async_trait]
@@ -82,15 +72,9 @@ impl Worker for Installer {
     const CONSUMER: &'static str = fleet_runtime::topology::names::INSTALLER;
 
     async fn build(context: &WorkerContext) -> Result<Self, BuildError> {
-        let runtime = &context.runtime;
         Ok(Self {
-            installs: fleet_control::installs(runtime).await?,
-            connector: TenantConnector::new(
-                fleet_control::tenants(runtime).await?,
-                fleet_tenantdb::backend_from_config(&context.config)?,
-                Arc::new(fleet_tenantdb::key_ring_from_config(&context.config)?),
-            ),
-            hooks: context.hooks.clone(),
+            apps: AppOperations::new(&context.runtime, &context.config, context.hooks.clone())
+                .await?,
         })
     }
 }
@@ -111,13 +95,15 @@ impl Handler for Installer {
     }
 }
 
-/// The outcome of a state-store failure: transient ones retried, a refused transition (the
-/// command does not fit the app's state) dead-lettered with the reason.
-fn store_outcome(e: &StateError<TransitionError>) -> Outcome {
-    match e {
-        StateError::Refused(refused) => Outcome::poison(refused),
-        e if e.is_transient() => Outcome::transient_error(e),
-        e => Outcome::poison(e),
+/// The one place an operation's failure becomes an ack: retried when transient, dead-lettered
+/// when the input can never succeed, acked when the tenant refused (recorded, with its hook).
+fn outcome(e: &AppOperationError) -> Outcome {
+    if e.is_transient() {
+        Outcome::transient_error(e)
+    } else if e.is_bad_input() {
+        Outcome::poison(e)
+    } else {
+        Outcome::Done
     }
 }
 
@@ -127,174 +113,30 @@ fn tenant_of(raw: &str) -> Result<TenantId, Outcome> {
     })
 }
 
+/// Arms the install crash points of [`INSTALL_CRASH_POINTS`].
+fn crash_point(name: &str) {
+    fleet_tenantdb::crashpoint::reached(name);
+}
+
 impl Installer {
-    /// The tenant's record and database (an unknown or inactive tenant is bad input).
-    async fn connect(
-        &self,
-        tenant: &TenantId,
-    ) -> Result<(TenantRecord, libsql::Connection), Outcome> {
-        self.connector.connect(tenant).await.map_err(|e| match e {
-            e if e.is_transient() => Outcome::transient_error(&e),
-            e @ (ConnectError::Unknown(_) | ConnectError::NotActive(_)) => Outcome::poison(&e),
-            e => Outcome::poison(&e),
-        })
-    }
-
-    async fn hook(&self, name: &str, key: &str, revision: u64, data: serde_json::Value) -> Outcome {
-        let hook = Hook {
-            subject: format!("hooks.app.{name}"),
-            event: format!("app.{name}"),
-            version: 1,
-            entity: key.to_owned(),
-            transition: revision.to_string(),
-            at: chrono::Utc::now(),
-            data,
-        };
-        match self.hooks.publish(&hook).await {
-            Ok(_) => Outcome::Done,
-            Err(e) => Outcome::transient_error(&e),
-        }
-    }
-
-    /// Records the failure of the operation under way, and says so on `hooks.app.failed`.
-    async fn failed(
-        &self,
-        key: &str,
-        error: &AppError,
-        operation: Operation,
-    ) -> Result<(), Outcome> {
-        let check = match error {
-            AppError::Incompatible(check) => Some(check.clone()),
-            _ => None,
-        };
-        let text = error_chain(error);
-        let written = self
-            .installs
-            .transition(key, |cur| {
-                Ok::<_, TransitionError>(machine::failed(
-                    cur.map(|v| &v.state),
-                    &text,
-                    check.clone(),
-                    &Timestamp::now(),
-                ))
-            })
-            .await
-            .map_err(|e| store_outcome(&e))?;
-        let revision = written.map_or(0, |w| w.revision);
-        let (tenant, app) = key.split_once('.').unwrap_or((key, ""));
-        match self
-            .hook(
-                "failed",
-                key,
-                revision,
-                json!({"tenantId": tenant, "appId": app, "operation": operation, "error": text, "check": check}),
-            )
-            .await
-        {
-            Outcome::Done => Ok(()),
-            other => Err(other),
-        }
-    }
-
-    async fn begin(
-        &self,
-        key: &str,
-        tenant: &str,
-        app: &str,
-        operation: Operation,
-        version: &str,
-    ) -> Result<Option<Versioned<InstallRecord>>, Outcome> {
-        self.installs
-            .transition(key, |cur| {
-                machine::begin(
-                    cur.map(|v| &v.state),
-                    tenant,
-                    app,
-                    operation,
-                    version,
-                    &Timestamp::now(),
-                )
-            })
-            .await
-            .map_err(|e| store_outcome(&e))
-    }
-
     async fn install(&self, command: &AppCommand, operation: Operation) -> Outcome {
-        let package = &command.package;
         let tenant = match tenant_of(&command.request.tenant_id) {
             Ok(t) => t,
             Err(outcome) => return outcome,
         };
-        let app = package.manifest.name.as_str();
-        let objects: Vec<ObjectDefinition> = match package.object_definitions() {
-            Ok(objects) => objects,
-            Err(rejected) => return Outcome::poison(&rejected),
-        };
-        let (record, conn) = match self.connect(&tenant).await {
-            Ok(found) => found,
-            Err(outcome) => return outcome,
-        };
-        let key = InstallRecord::key(tenant.as_str(), app);
-        if let Err(outcome) = self
-            .begin(
-                &key,
-                tenant.as_str(),
-                app,
-                operation,
-                &package.manifest.version,
-            )
-            .await
-        {
-            return outcome;
-        }
-        fleet_tenantdb::crashpoint::reached(INSTALL_CRASH_POINTS[0]);
         let options = InstallOptions {
             skip_seed_data: command.request.skip_seed_data,
             allow_destructive: command.allow_destructive,
             upgrade: operation == Operation::Upgrade,
         };
-        let result: AppInstallResult =
-            match fleet_apps::tenant::install(&conn, package, &objects, &record.quotas, options)
-                .await
-            {
-                Ok(result) => result,
-                Err(e) if e.is_transient() => return Outcome::transient_error(&e),
-                Err(e) => {
-                    if let Err(outcome) = self.failed(&key, &e, operation).await {
-                        return outcome;
-                    }
-                    // An app whose objects do not map to a schema is bad input: dead-lettered too.
-                    return match e {
-                        AppError::Schema(SchemaError::Desired(_)) => Outcome::poison(&e),
-                        _ => Outcome::Done,
-                    };
-                }
-            };
-        fleet_tenantdb::crashpoint::reached(INSTALL_CRASH_POINTS[1]);
-        let names: Vec<String> = objects.iter().map(|o| o.name.to_string()).collect();
-        let written = match self
-            .installs
-            .transition(&key, |cur| {
-                Ok::<_, TransitionError>(machine::installed(
-                    cur.map(|v| &v.state),
-                    &result,
-                    names.clone(),
-                    &Timestamp::now(),
-                ))
-            })
+        match self
+            .apps
+            .install(&tenant, &command.package, operation, options, crash_point)
             .await
         {
-            Ok(written) => written,
-            Err(e) => return store_outcome(&e),
-        };
-        let hook = match operation {
-            Operation::Upgrade => "upgraded",
-            _ => "installed",
-        };
-        let mut data = serde_json::to_value(&result).unwrap_or_default();
-        data["tenantId"] = json!(tenant);
-        self.hook(hook, &key, written.map_or(0, |w| w.revision), data)
-            .await
+            Ok(_) => Outcome::Done,
+            Err(e) => outcome(&e),
+        }
     }
 
     async fn uninstall(&self, request: &AppUninstallRequest) -> Outcome {
@@ -302,68 +144,13 @@ impl Installer {
             Ok(t) => t,
             Err(outcome) => return outcome,
         };
-        let app = request.app_id.as_str();
-        let (_, conn) = match self.connect(&tenant).await {
-            Ok(found) => found,
-            Err(outcome) => return outcome,
-        };
-        let key = InstallRecord::key(tenant.as_str(), app);
-        let current = match self.installs.get::<TransitionError>(&key).await {
-            Ok(current) => current,
-            Err(e) => return store_outcome(&e),
-        };
-        let version = current
-            .as_ref()
-            .and_then(|c| c.state.installed_version.clone())
-            .unwrap_or_default();
-        let started = match self
-            .begin(&key, tenant.as_str(), app, Operation::Uninstall, &version)
+        match self
+            .apps
+            .uninstall(&tenant, &request.app_id, request.drop_tables)
             .await
         {
-            Ok(Some(started)) => started,
-            Ok(None) => return Outcome::Done,
-            Err(outcome) => return outcome,
-        };
-        let done = match fleet_apps::tenant::uninstall(&conn, app, request.drop_tables).await {
-            Ok(done) => done,
-            Err(e) if e.is_transient() => return Outcome::transient_error(&e),
-            Err(e) => {
-                return match self.failed(&key, &e, Operation::Uninstall).await {
-                    Ok(()) => Outcome::Done,
-                    Err(outcome) => outcome,
-                };
-            }
-        };
-        let event = fleet_runtime::ProgressEvent {
-            kind: "app".into(),
-            id: key.clone(),
-            step: "uninstalled".into(),
-            status: "uninstalled".into(),
-            duration_ms: None,
-            error: None,
-            at: Timestamp::now(),
-            revision: 0,
-        };
-        // Removed at the revision the uninstall started from; a record changed since (a new
-        // command) is left to that command.
-        let latest = match self.installs.get::<TransitionError>(&key).await {
-            Ok(Some(latest)) => latest,
-            Ok(None) => started,
-            Err(e) => return store_outcome(&e),
-        };
-        if let Err(e) = self
-            .installs
-            .remove::<TransitionError>(&key, &latest, event)
-            .await
-        {
-            return store_outcome(&e);
+            Ok(_) => Outcome::Done,
+            Err(e) => outcome(&e),
         }
-        self.hook(
-            "uninstalled",
-            &key,
-            latest.revision,
-            json!({"tenantId": tenant, "appId": app, "droppedTables": done.dropped_tables, "unregistered": done.unregistered}),
-        )
-        .await
     }
 }
