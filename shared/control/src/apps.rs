@@ -224,6 +224,30 @@ impl AppOperations {
         Ok(result)
     }
 
+    /// The tenants where `app` is installed and active (an operator's listing of the installs
+    /// bucket, once per fleet-wide rollout).
+    pub async fn installed_tenants(
+        &self,
+        app: &str,
+    ) -> Result<Vec<TenantId>, StateError<std::convert::Infallible>> {
+        let suffix = format!(".{app}");
+        let mut out = Vec::new();
+        for key in self.installs.keys().await? {
+            let Some(tenant) = key.strip_suffix(&suffix) else {
+                continue;
+            };
+            let record = self.installs.get::<std::convert::Infallible>(&key).await?;
+            let active = record.is_some_and(|r| {
+                r.state.status == fleet_apps::InstallStatus::Active
+                    && r.state.installed_version.is_some()
+            });
+            if let (true, Ok(tenant)) = (active, TenantId::parse(tenant)) {
+                out.push(tenant);
+            }
+        }
+        Ok(out)
+    }
+
     /// The compatibility check alone (a dry run), recording nothing.
     pub async fn check(
         &self,

@@ -60,7 +60,7 @@ pub struct Deployer {
     bundles: kv::Store,
     prepared: moka::future::Cache<DeploymentId, Arc<Prepared>>,
     tenants: StateStore<TenantRecord>,
-    connector: fleet_control::TenantConnector,
+    apps: fleet_control::AppOperations,
     hooks: Hooks,
     publisher: Publisher,
     subjects: Subjects,
@@ -79,6 +79,8 @@ impl std::fmt::Debug for Deployer {
 pub enum DeployCommand {
     /// `deploy.requested`: a bundle to roll out.
     Request(Box<DeployRequest>),
+    /// `deploy.app_requested`: an app installed or upgraded across tenants in waves.
+    AppRequest(Box<fleet_protocol::deploy::AppRolloutRequest>),
     /// `deploy.rollback`: undo a finished deployment.
     Rollback(DeploymentId),
     /// `deploy.control.<id>`: resume or cancel (the subject names the same deployment).
@@ -117,6 +119,21 @@ impl DeployCommand {
             return delivery
                 .decode::<DeployRequest>()
                 .map(|request| Self::Request(Box::new(request)))
+                .map_err(|outcome| Unparsed {
+                    outcome,
+                    deployment: serde_json::from_slice::<serde_json::Value>(&delivery.payload)
+                        .ok()
+                        .and_then(|raw| {
+                            raw.get("deploymentId")?
+                                .as_str()
+                                .and_then(|id| DeploymentId::parse(id).ok())
+                        }),
+                });
+        }
+        if subject == "deploy.app_requested" {
+            return delivery
+                .decode::<fleet_protocol::deploy::AppRolloutRequest>()
+                .map(|request| Self::AppRequest(Box::new(request)))
                 .map_err(|outcome| Unparsed {
                     outcome,
                     deployment: serde_json::from_slice::<serde_json::Value>(&delivery.payload)
@@ -181,6 +198,9 @@ pub enum DeployerError {
     /// No record of this deployment.
     #[error("unknown deployment {0}")]
     Unknown(DeploymentId),
+    /// The apps' install records could not be listed.
+    #[error("reading the app installs")]
+    Installs(#[source] fleet_runtime::StateError<std::convert::Infallible>),
     /// Folding lost [`FOLD_RACES`] races in a row to other workers.
     #[error("deployment {0}: too many concurrent folds")]
     Contention(DeploymentId),
@@ -228,6 +248,12 @@ enum TenantError {
         "deployment {0} was applied after this one: roll that back first (a reverse plan only fits the schema its deployment left)"
     )]
     Superseded(String),
+    /// An app operation failed on this tenant (refused and recorded, or bad input).
+    #[error(transparent)]
+    App(#[from] fleet_control::AppOperationError),
+    /// A dry run's compatibility check refused the app.
+    #[error("the app is not compatible: {0}")]
+    Incompatible(String),
     /// The deployment dropped data, so it has no rollback plan.
     #[error("the deployment's plan was not reversible (it dropped data)")]
     NotReversible,
@@ -239,11 +265,26 @@ impl TenantError {
     fn is_transient(&self) -> bool {
         match self {
             Self::Connect(e) => e.is_transient(),
+            Self::App(e) => e.is_transient(),
             Self::Introspect(_) => true,
             Self::Query { transient, .. } => *transient,
             _ => false,
         }
     }
+}
+
+/// The KV key of an app rollout's package and operation.
+pub fn app_key(id: &DeploymentId) -> String {
+    format!("app.{id}")
+}
+
+/// What starting a rollout stores and records.
+struct Start {
+    version: String,
+    checksum: String,
+    app: Option<String>,
+    /// The KV key and value the jobs read (a bundle, or an app rollout).
+    stored: (String, Vec<u8>),
 }
 
 /// The KV key of a deployment's bundle.
@@ -259,7 +300,16 @@ const HOOK_FAILURES: usize = 100;
 
 /// A deployment's bundle as the jobs use it, parsed once per worker and deployment.
 #[derive(Debug)]
-struct Prepared {
+enum Prepared {
+    /// A bundle deployment's bundle.
+    Bundle(PreparedBundle),
+    /// An app rollout's operation and package.
+    App(fleet_protocol::deploy::AppRollout),
+}
+
+/// A deployment's bundle as the jobs use it.
+#[derive(Debug)]
+struct PreparedBundle {
     bundle: DeployBundle,
     /// The bundle's objects.
     objects: Vec<ObjectDefinition>,
@@ -282,12 +332,13 @@ impl Worker for Deployer {
                 .bucket(fleet_runtime::topology::names::DEPLOYMENTS)
                 .await?,
             prepared: moka::future::Cache::new(PREPARED_BUNDLES),
-            tenants: tenants.clone(),
-            connector: fleet_control::TenantConnector::new(
-                tenants,
-                fleet_tenantdb::backend_from_config(&context.config)?,
-                Arc::new(fleet_tenantdb::key_ring_from_config(&context.config)?),
-            ),
+            tenants,
+            apps: fleet_control::AppOperations::new(
+                runtime,
+                &context.config,
+                context.hooks.clone(),
+            )
+            .await?,
             hooks: context.hooks.clone(),
             publisher: runtime.publisher.clone(),
             subjects: runtime.topology.subjects(),
@@ -329,16 +380,71 @@ impl Deployer {
             Ok(None) => {}
             Err(e) => return Outcome::transient_error(&e),
         }
-        let targets = match self.targets(&request).await {
+        let checksum = request
+            .bundle
+            .manifest
+            .checksum
+            .clone()
+            .unwrap_or_else(|| request.bundle.contents_checksum());
+        let bundle = serde_json::to_vec(&request.bundle).expect("a bundle serializes");
+        let rollout = Start {
+            version,
+            checksum,
+            app: None,
+            stored: (bundle_key(&id), bundle),
+        };
+        self.start(&id, &request.target, &request.rollout, rollout)
+            .await
+    }
+
+    /// `deploy.app_requested`: the package checked, then the same rollout as a bundle's, each
+    /// tenant's job an app install or upgrade ([`fleet_control::AppOperations`]).
+    async fn app_requested(&self, request: fleet_protocol::deploy::AppRolloutRequest) -> Outcome {
+        let id = request.deployment_id.clone();
+        let package = &request.app.package;
+        let version = package.manifest.version.clone();
+        if let Err(rejected) = package.object_definitions() {
+            return self.reject(&id, &version, &rejected.to_string()).await;
+        }
+        match self.deployments.get::<RolloutError>(id.as_str()).await {
+            Ok(Some(current)) => return self.settled(current).await,
+            Ok(None) => {}
+            Err(e) => return Outcome::transient_error(&e),
+        }
+        let stored = serde_json::to_vec(&request.app).expect("an app rollout serializes");
+        let checksum = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(&stored))
+        };
+        let rollout = Start {
+            version,
+            checksum,
+            app: Some(package.manifest.name.to_string()),
+            stored: (app_key(&id), stored),
+        };
+        self.start(&id, &request.target, &request.rollout, rollout)
+            .await
+    }
+
+    /// Writes the targets, what the jobs need, and the record that starts the rollout.
+    async fn start(
+        &self,
+        id: &DeploymentId,
+        target: &fleet_protocol::deploy::DeployTarget,
+        options: &fleet_protocol::deploy::RolloutOptions,
+        start: Start,
+    ) -> Outcome {
+        let version = start.version;
+        let targets = match self.targets(target).await {
             Ok(targets) if targets.is_empty() => {
-                return self.reject(&id, &version, "no tenant to deploy to").await;
+                return self.reject(id, &version, "no tenant to deploy to").await;
             }
             Ok(targets) => targets,
             Err(e) => return Outcome::transient_error(&e),
         };
-        let ends = match request.rollout.wave_ends(targets.len()) {
+        let ends = match options.wave_ends(targets.len()) {
             Ok(ends) => ends,
-            Err(e) => return self.reject(&id, &version, &e.to_string()).await,
+            Err(e) => return self.reject(id, &version, &e.to_string()).await,
         };
         // The target list is written before the record that names it, under a name of this
         // attempt's own: a record only ever names a complete list.
@@ -347,28 +453,24 @@ impl Deployer {
             chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
             std::process::id()
         );
-        if let Err(e) = self.results.write_targets(&id, &attempt, &targets).await {
+        if let Err(e) = self.results.write_targets(id, &attempt, &targets).await {
             return Outcome::transient_error(&e);
         }
-        let bundle = serde_json::to_vec(&request.bundle).expect("a bundle serializes");
-        if let Err(e) = self.bundles.put(bundle_key(&id), bundle.into()).await {
+        let (key, bytes) = start.stored;
+        if let Err(e) = self.bundles.put(key, bytes.into()).await {
             return Outcome::transient_error(&e);
         }
         let deployment = Deployment {
             id: id.clone(),
             version,
-            checksum: request
-                .bundle
-                .manifest
-                .checksum
-                .clone()
-                .unwrap_or_else(|| request.bundle.contents_checksum()),
+            checksum: start.checksum,
             status: RolloutStatus::Running,
-            dry_run: request.rollout.dry_run,
-            allow_destructive: request.rollout.allow_destructive,
-            max_failure_ratio: request.rollout.max_failure_ratio,
+            dry_run: options.dry_run,
+            allow_destructive: options.allow_destructive,
+            max_failure_ratio: options.max_failure_ratio,
             wave_ends: ends.into_iter().map(|end| end as u64).collect(),
             targets_attempt: attempt,
+            app: start.app,
             ..Deployment::new(id.clone(), RolloutStatus::Running, Timestamp::now())
         };
         match self
@@ -415,25 +517,47 @@ impl Deployer {
 
     /// The tenants a request targets: the named ones, or every active tenant (read once per
     /// deployment).
-    async fn targets(&self, request: &DeployRequest) -> Result<Vec<TenantId>, DeployerError> {
-        let mut targets: Vec<TenantId> = if request.target.all {
+    /// The tenants `target` names: a list as given; otherwise the active tenants — all, those
+    /// on a plan, or those with an app installed (an operator's listing of the tenants' bucket,
+    /// once per rollout).
+    async fn targets(
+        &self,
+        target: &fleet_protocol::deploy::DeployTarget,
+    ) -> Result<Vec<TenantId>, DeployerError> {
+        let mut targets: Vec<TenantId> = if target.tenants.is_empty() {
+            let with_app = match &target.has_app {
+                Some(app) => Some(
+                    self.apps
+                        .installed_tenants(app)
+                        .await
+                        .map_err(DeployerError::Installs)?,
+                ),
+                None => None,
+            };
             let mut active = Vec::new();
             for key in self.tenants.keys().await.map_err(DeployerError::Tenants)? {
                 let Ok(tenant) = TenantId::parse(key) else {
                     continue;
                 };
+                if with_app.as_ref().is_some_and(|w| !w.contains(&tenant)) {
+                    continue;
+                }
                 let record = self
                     .tenants
                     .get::<std::convert::Infallible>(tenant.as_str())
                     .await
                     .map_err(DeployerError::Tenants)?;
-                if record.is_some_and(|r| r.state.status() == TenantProvisioningStatus::Active) {
+                let fits = record.is_some_and(|r| {
+                    r.state.status() == TenantProvisioningStatus::Active
+                        && target.plan.is_none_or(|plan| r.state.plan == plan)
+                });
+                if fits {
                     active.push(tenant);
                 }
             }
             active
         } else {
-            request.target.tenants.clone()
+            target.tenants.clone()
         };
         targets.sort();
         targets.dedup();
@@ -676,33 +800,82 @@ impl Deployer {
     }
 
     /// The parsed bundle of deployment `id` (read and parsed once per worker).
-    async fn prepared(&self, id: &DeploymentId) -> Result<Arc<Prepared>, Outcome> {
+    async fn prepared(&self, d: &Deployment) -> Result<Arc<Prepared>, Outcome> {
+        let id = &d.id;
         if let Some(prepared) = self.prepared.get(id).await {
             return Ok(prepared);
         }
-        let bundle = match self.bundles.get(bundle_key(id)).await {
-            Ok(Some(bytes)) => {
-                serde_json::from_slice::<DeployBundle>(&bytes).map_err(|e| Outcome::Poison {
-                    reason: format!("stored bundle unreadable: {e}"),
-                })?
-            }
+        let key = if d.app.is_some() {
+            app_key(id)
+        } else {
+            bundle_key(id)
+        };
+        let bytes = match self.bundles.get(&key).await {
+            Ok(Some(bytes)) => bytes,
             Ok(None) => {
                 return Err(Outcome::Poison {
-                    reason: format!("bundle of {id} missing"),
+                    reason: format!("{key} missing"),
                 });
             }
             Err(e) => return Err(Outcome::transient_error(&e)),
         };
-        let objects = bundle.object_definitions().map_err(|e| Outcome::Poison {
-            reason: format!("the stored bundle's objects: {e}"),
-        })?;
-        let prepared = Arc::new(Prepared {
-            desired: fleet_schema::system::with_system_objects(&objects),
-            objects,
-            bundle,
-        });
+        let unreadable = |e: &dyn std::fmt::Display| Outcome::Poison {
+            reason: format!("stored {key} unreadable: {e}"),
+        };
+        let prepared = if d.app.is_some() {
+            Prepared::App(serde_json::from_slice(&bytes).map_err(|e| unreadable(&e))?)
+        } else {
+            let bundle: DeployBundle =
+                serde_json::from_slice(&bytes).map_err(|e| unreadable(&e))?;
+            let objects = bundle.object_definitions().map_err(|e| unreadable(&e))?;
+            Prepared::Bundle(PreparedBundle {
+                desired: fleet_schema::system::with_system_objects(&objects),
+                objects,
+                bundle,
+            })
+        };
+        let prepared = Arc::new(prepared);
         self.prepared.insert(id.clone(), prepared.clone()).await;
         Ok(prepared)
+    }
+
+    /// One tenant's part of an app rollout: the app operation every worker uses (record, work,
+    /// hooks), or — in a dry run — its compatibility check alone.
+    async fn app_tenant(
+        &self,
+        d: &Deployment,
+        rollout: &fleet_protocol::deploy::AppRollout,
+        tenant: &TenantId,
+    ) -> Result<TenantOutcome, TenantError> {
+        let objects = rollout.package.manifest.objects.len() as u64;
+        if d.dry_run {
+            let check = self.apps.check(tenant, &rollout.package).await?;
+            if !check.compatible {
+                let reasons: Vec<String> = check.issues.iter().map(|i| i.message.clone()).collect();
+                return Err(TenantError::Incompatible(reasons.join("; ")));
+            }
+            return Ok(TenantOutcome {
+                changes: [objects, 0, 0],
+                ..TenantOutcome::ready(0)
+            });
+        }
+        let operation = match rollout.operation {
+            fleet_protocol::deploy::AppOperation::Install => fleet_apps::Operation::Install,
+            fleet_protocol::deploy::AppOperation::Upgrade => fleet_apps::Operation::Upgrade,
+        };
+        let options = fleet_apps::InstallOptions {
+            skip_seed_data: rollout.skip_seed_data,
+            allow_destructive: d.allow_destructive,
+            upgrade: operation == fleet_apps::Operation::Upgrade,
+        };
+        let result = self
+            .apps
+            .install(tenant, &rollout.package, operation, options, |_| {})
+            .await?;
+        Ok(TenantOutcome {
+            changes: [result.created_tables.len() as u64, 0, 0],
+            ..TenantOutcome::ready(result.created_tables.len() as u64)
+        })
     }
 
     async fn tenant_job(&self, job: TenantDeployJob, attempt: u64) -> Outcome {
@@ -749,14 +922,21 @@ impl Deployer {
                 Err(e) => TenantOutcome::failed(error_chain(&e)),
             }
         } else {
-            let prepared = match self.prepared(id).await {
+            let prepared = match self.prepared(&current.state).await {
                 Ok(prepared) => prepared,
                 Err(outcome) => return outcome,
             };
-            match self
-                .deploy_tenant(&current.state, &prepared, &job.tenant_id)
-                .await
-            {
+            let done = match &*prepared {
+                Prepared::Bundle(bundle) => {
+                    self.deploy_tenant(&current.state, bundle, &job.tenant_id)
+                        .await
+                }
+                Prepared::App(rollout) => {
+                    self.app_tenant(&current.state, rollout, &job.tenant_id)
+                        .await
+                }
+            };
+            match done {
                 Ok(outcome) => outcome,
                 Err(e) if e.is_transient() => return Outcome::transient_error(&e),
                 Err(e) => TenantOutcome::failed(error_chain(&e)),
@@ -867,6 +1047,15 @@ impl Deployer {
     }
 
     async fn rollback_requested(&self, id: DeploymentId) -> Outcome {
+        if let Ok(Some(current)) = self.deployments.get::<RolloutError>(id.as_str()).await
+            && let Some(app) = &current.state.app
+        {
+            return Outcome::Poison {
+                reason: format!(
+                    "{id} is a rollout of app {app}: apps are not rolled back — upgrade or uninstall them"
+                ),
+            };
+        }
         // Everything recorded so far counts before the rollback fixes what it undoes.
         if let Err(e) = self.fold(&id, None).await {
             return match e {
@@ -965,13 +1154,13 @@ impl Deployer {
         &self,
         tenant: &TenantId,
     ) -> Result<(TenantRecord, libsql::Connection), TenantError> {
-        Ok(self.connector.connect(tenant).await?)
+        Ok(self.apps.connector().connect(tenant).await?)
     }
 
     async fn deploy_tenant(
         &self,
         d: &Deployment,
-        prepared: &Prepared,
+        prepared: &PreparedBundle,
         tenant: &TenantId,
     ) -> Result<TenantOutcome, TenantError> {
         // validating: the tenant is active, its stored token opens its database
@@ -1179,6 +1368,7 @@ impl Handler for Deployer {
     async fn handle(&self, delivery: Delivery) -> Outcome {
         match DeployCommand::parse(&delivery) {
             Ok(DeployCommand::Request(request)) => self.requested(*request).await,
+            Ok(DeployCommand::AppRequest(request)) => self.app_requested(*request).await,
             Ok(DeployCommand::Rollback(id)) => self.rollback_requested(id).await,
             Ok(DeployCommand::Control(control)) => self.control(control).await,
             Ok(DeployCommand::TenantJob(job)) => self.tenant_job(job, delivery.attempt).await,

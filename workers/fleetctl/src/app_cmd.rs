@@ -1,5 +1,9 @@
 //! `fleetctl app install|upgrade|uninstall|list|check`: marketplace apps in tenants.
 //!
+//! `install` and `upgrade` take one tenant (`--tenant`, through the installer) or many in waves
+//! (`--all`, `--plan P`, `--has-app`: an app rollout through the deployer's rollout — failure
+//! halt, dry run, and `fleetctl deploy status|resume|cancel <id>`).
+//!
 //! `install`, `upgrade` and `uninstall` send the command the installer carries out
 //! (`app.*_requested`, message id derived from the command) and wait for the app's install
 //! record to settle; `list` reads the records; `check` runs the compatibility check against the
@@ -16,40 +20,82 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use async_nats::HeaderMap;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use fleet_apps::{InstallRecord, InstallStatus};
-use fleet_protocol::{AppPackage, TenantId};
+use fleet_protocol::{AppPackage, DeploymentId, TenantId};
 use fleet_runtime::{Runtime, StateStore};
 use serde_json::json;
+
+/// Where an install or upgrade goes: one tenant (through the installer), or many in waves
+/// (an app rollout, through the deployer's rollout: `fleetctl deploy status|resume|cancel <id>`).
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false, id = "where")]
+pub struct Where {
+    /// One tenant.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Every active tenant, in waves.
+    #[arg(long)]
+    all: bool,
+    /// Every active tenant on this plan (free, pro, enterprise, custom), in waves.
+    #[arg(long)]
+    plan: Option<String>,
+    /// Every active tenant that has the app installed, in waves (an upgrade's usual target).
+    #[arg(long)]
+    has_app: bool,
+}
+
+/// How a fleet-wide install or upgrade rolls out.
+#[derive(Debug, Args)]
+pub struct Waves {
+    /// Cumulative wave sizes: counts or percentages.
+    #[arg(long, value_delimiter = ',', default_value = "1,10%,100%")]
+    waves: Vec<String>,
+    /// Halt when more than this share of finished tenants failed.
+    #[arg(long, default_value_t = 0.2)]
+    max_failure_ratio: f64,
+    /// Check every tenant's compatibility, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Rollout id (generated when absent).
+    #[arg(long)]
+    id: Option<String>,
+    /// Return the rollout id at once.
+    #[arg(long)]
+    no_wait: bool,
+}
 
 /// The `app` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AppCommand {
-    /// Install an app (a package file or directory) into a tenant and wait for the outcome.
+    /// Install an app (a package file or directory) into a tenant — or many, in waves — and
+    /// wait for the outcome.
     Install {
         /// The package: one JSON file, or a directory with manifest.json and objects/.
         package: PathBuf,
-        /// The tenant.
-        #[arg(long)]
-        tenant: String,
+        #[command(flatten)]
+        target: Where,
+        #[command(flatten)]
+        waves: Waves,
         /// Do not insert the app's seed data.
         #[arg(long)]
         skip_seed_data: bool,
-        /// Seconds to wait for the outcome.
+        /// Seconds to wait for a single tenant's outcome.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
-    /// Upgrade an installed app to the package's version and wait for the outcome.
+    /// Upgrade an installed app to the package's version, in a tenant or many, and wait.
     Upgrade {
         /// The package of the new version.
         package: PathBuf,
-        /// The tenant.
-        #[arg(long)]
-        tenant: String,
+        #[command(flatten)]
+        target: Where,
+        #[command(flatten)]
+        waves: Waves,
         /// Accept dropping objects and fields the new version removed.
         #[arg(long)]
         allow_destructive: bool,
-        /// Seconds to wait for the outcome.
+        /// Seconds to wait for a single tenant's outcome.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
@@ -84,6 +130,80 @@ pub enum AppCommand {
         #[arg(long)]
         tenant: String,
     },
+}
+
+/// Starts an app rollout (`deploy.app_requested`) and watches it like `fleetctl deploy`.
+#[allow(clippy::too_many_arguments)]
+async fn rollout(
+    runtime: &Runtime,
+    package: &AppPackage,
+    operation: &str,
+    target: &Where,
+    waves: Waves,
+    skip_seed_data: bool,
+    allow_destructive: bool,
+) -> anyhow::Result<ExitCode> {
+    let deployments = fleet_control::deployments(runtime).await?;
+    let results = fleet_control::deploy_results(runtime).await?;
+    let id = match waves.id {
+        Some(id) => DeploymentId::parse(id)?,
+        None => DeploymentId::parse(format!(
+            "app-{}-{}-{}",
+            package.manifest.name,
+            chrono::Utc::now().format("%Y%m%d%H%M%S"),
+            rand::random::<u32>() & 0xffff
+        ))?,
+    };
+    if deployments
+        .get::<std::convert::Infallible>(id.as_str())
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        eprintln!("rollout {id} already exists: choose another --id");
+        return Ok(ExitCode::from(1));
+    }
+    let mut selector = json!({});
+    if target.all {
+        selector["all"] = json!(true);
+    }
+    if let Some(plan) = &target.plan {
+        selector["plan"] = json!(plan);
+    }
+    if target.has_app {
+        selector["hasApp"] = json!(package.manifest.name);
+    }
+    let request = json!({
+        "deploymentId": id,
+        "app": {"operation": operation, "package": package, "skipSeedData": skip_seed_data},
+        "target": selector,
+        "rollout": {"waves": waves.waves, "maxFailureRatio": waves.max_failure_ratio,
+                    "dryRun": waves.dry_run, "allowDestructive": allow_destructive},
+    });
+    if let Err(rejected) =
+        fleet_protocol::parse_value::<fleet_protocol::deploy::AppRolloutRequest>(&request)
+    {
+        for issue in rejected.errors() {
+            say!("{issue}");
+        }
+        eprintln!("the rollout was not requested");
+        return Ok(ExitCode::from(1));
+    }
+    runtime
+        .publisher
+        .publish_json(
+            &runtime.topology.subject("deploy.app_requested"),
+            id.as_str(),
+            &request,
+            HeaderMap::new(),
+        )
+        .await?;
+    if waves.no_wait {
+        say!("{id}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    crate::deploy_cmd::watch(&deployments, &results, &id).await
 }
 
 /// Reads and validates a package; `None` after printing every issue.
@@ -215,14 +335,27 @@ pub async fn run(command: AppCommand) -> anyhow::Result<ExitCode> {
     match command {
         AppCommand::Install {
             package,
-            tenant,
+            target,
+            waves,
             skip_seed_data,
             timeout,
         } => {
-            let tenant = TenantId::parse(&tenant).context("--tenant")?;
             let Some(package) = load(&package)? else {
                 return Ok(ExitCode::from(1));
             };
+            let Some(tenant) = &target.tenant else {
+                return rollout(
+                    &runtime,
+                    &package,
+                    "install",
+                    &target,
+                    waves,
+                    skip_seed_data,
+                    false,
+                )
+                .await;
+            };
+            let tenant = TenantId::parse(tenant.as_str()).context("--tenant")?;
             let (app, version) = (
                 package.manifest.name.to_string(),
                 package.manifest.version.clone(),
@@ -244,14 +377,27 @@ pub async fn run(command: AppCommand) -> anyhow::Result<ExitCode> {
         }
         AppCommand::Upgrade {
             package,
-            tenant,
+            target,
+            waves,
             allow_destructive,
             timeout,
         } => {
-            let tenant = TenantId::parse(&tenant).context("--tenant")?;
             let Some(package) = load(&package)? else {
                 return Ok(ExitCode::from(1));
             };
+            let Some(tenant) = &target.tenant else {
+                return rollout(
+                    &runtime,
+                    &package,
+                    "upgrade",
+                    &target,
+                    waves,
+                    false,
+                    allow_destructive,
+                )
+                .await;
+            };
+            let tenant = TenantId::parse(tenant.as_str()).context("--tenant")?;
             let (app, version) = (
                 package.manifest.name.to_string(),
                 package.manifest.version.clone(),

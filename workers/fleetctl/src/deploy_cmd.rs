@@ -254,6 +254,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
                 "target": DeployTarget {
                     tenants: args.tenants.iter().map(|t| TenantId::parse(t.clone())).collect::<Result<_, _>>()?,
                     all: args.all,
+                    ..DeployTarget::default()
                 },
                 "rollout": RolloutOptions {
                     waves: args.waves,
@@ -372,7 +373,7 @@ async fn control(
 }
 
 /// Follows a deployment with a progress bar per wave until it ends.
-async fn watch(
+pub(crate) async fn watch(
     deployments: &StateStore<Deployment>,
     results: &DeployResults,
     id: &DeploymentId,

@@ -503,3 +503,188 @@ async fn the_upstream_contract_is_served_by_the_same_per_tenant_code() {
         fleet_protocol::contracts::ContractError::NotFound { kind: "tenant", .. }
     ));
 }
+
+/// Publishes an app rollout (`deploy.app_requested`) and waits until it stops running.
+async fn app_rollout(
+    fleet: &Fleet,
+    id: &str,
+    operation: &str,
+    package: &serde_json::Value,
+    rollout: serde_json::Value,
+    skip_seed_data: bool,
+) -> fleet_rollouts::Deployment {
+    let request = json!({
+        "deploymentId": id,
+        "app": {"operation": operation, "package": package, "skipSeedData": skip_seed_data},
+        "target": {"all": true},
+        "rollout": rollout,
+    });
+    fleet
+        .publisher
+        .publish_json("deploy.app_requested", id, &request, HeaderMap::new())
+        .await
+        .unwrap();
+    finished(fleet, id).await
+}
+
+async fn finished(fleet: &Fleet, id: &str) -> fleet_rollouts::Deployment {
+    let runtime = fleet_runtime::Runtime::connect(&fleet.config)
+        .await
+        .unwrap();
+    let deployments = fleet_control::deployments(&runtime).await.unwrap();
+    let get = async || {
+        deployments
+            .get::<std::convert::Infallible>(id)
+            .await
+            .unwrap()
+            .map(|v| v.state)
+    };
+    fleet
+        .eventually(Duration::from_secs(60), "rollout stopped", async || {
+            get()
+                .await
+                .is_some_and(|d| d.status != fleet_rollouts::RolloutStatus::Running)
+        })
+        .await;
+    get().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_fleet_wide_upgrade_halted_by_failures_resumes_to_completion() {
+    use fleet_rollouts::RolloutStatus;
+    let mut fleet = Fleet::start().await;
+    let tenants = ["a-1", "a-2", "a-3", "a-4"];
+    fleet.provision(&tenants, "enterprise").await;
+    fleet.spawn_installer(&[]);
+
+    // Installed everywhere in waves (without seed data).
+    let installed = app_rollout(
+        &fleet,
+        "contacts-everywhere",
+        "install",
+        &app("contacts-1.0.0"),
+        json!({"waves": ["1", "100%"]}),
+        true,
+    )
+    .await;
+    assert_eq!(installed.status, RolloutStatus::Completed, "{installed:?}");
+    assert_eq!(installed.app.as_deref(), Some("contacts"));
+    for t in tenants {
+        assert_eq!(
+            fleet
+                .record(t, "contacts")
+                .await
+                .unwrap()
+                .installed_version
+                .as_deref(),
+            Some("1.0.0")
+        );
+    }
+
+    // 1.2.0 makes `phone` required without a default: refused where people have no phone.
+    let mut strict = app("contacts-1.1.0");
+    strict["manifest"]["version"] = json!("1.2.0");
+    strict["objects"][1]["fields"]["phone"] = json!({"type": "phone", "required": true});
+    for t in ["a-1", "a-3"] {
+        let conn = fleet_schema::open_local(&fleet.db_file(t)).await.unwrap();
+        conn.execute(
+            "INSERT INTO contacts_person (id, first_name, last_name) VALUES ('p1', 'Ada', 'L')",
+            (),
+        )
+        .await
+        .unwrap();
+    }
+    // A dry run checks every tenant and changes nothing.
+    let dry = app_rollout(
+        &fleet,
+        "contacts-1-2-dry",
+        "upgrade",
+        &strict,
+        json!({"waves": ["100%"], "dryRun": true}),
+        false,
+    )
+    .await;
+    assert_eq!((dry.status, dry.tally.ready), (RolloutStatus::Completed, 4));
+    assert_eq!(
+        fleet
+            .record("a-2", "contacts")
+            .await
+            .unwrap()
+            .installed_version
+            .as_deref(),
+        Some("1.0.0")
+    );
+
+    let halted = app_rollout(
+        &fleet,
+        "contacts-1-2",
+        "upgrade",
+        &strict,
+        json!({"waves": ["1", "100%"], "maxFailureRatio": 0.0}),
+        false,
+    )
+    .await;
+    assert_eq!(halted.status, RolloutStatus::Halted, "{halted:?}");
+    assert_eq!((halted.tally.ready, halted.tally.failed), (0, 1));
+    let refused = fleet.record("a-1", "contacts").await.unwrap();
+    assert_eq!(refused.installed_version.as_deref(), Some("1.0.0"));
+    assert!(
+        refused
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("contacts_person.phone: a new required field without a defaultValue"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        fleet
+            .record("a-2", "contacts")
+            .await
+            .unwrap()
+            .installed_version
+            .as_deref(),
+        Some("1.0.0"),
+        "the next wave never started"
+    );
+
+    // The data fixed (the rows moved elsewhere), the rollout resumed: the failed tenant
+    // retried, the rest upgraded.
+    for t in ["a-1", "a-3"] {
+        let conn = fleet_schema::open_local(&fleet.db_file(t)).await.unwrap();
+        conn.execute("DELETE FROM contacts_person", ())
+            .await
+            .unwrap();
+    }
+    fleet
+        .publisher
+        .publish_json(
+            "deploy.control.contacts-1-2",
+            "resume-contacts-1-2",
+            &json!({"deploymentId": "contacts-1-2", "action": "resume"}),
+            HeaderMap::new(),
+        )
+        .await
+        .unwrap();
+    fleet
+        .eventually(
+            Duration::from_secs(60),
+            "resumed rollout completed",
+            async || {
+                let mut upgraded = 0;
+                for t in tenants {
+                    if fleet
+                        .record(t, "contacts")
+                        .await
+                        .is_some_and(|r| r.installed_version.as_deref() == Some("1.2.0"))
+                    {
+                        upgraded += 1;
+                    }
+                }
+                upgraded == tenants.len()
+            },
+        )
+        .await;
+    let done = finished(&fleet, "contacts-1-2").await;
+    assert_eq!(done.status, RolloutStatus::Completed, "{done:?}");
+    assert_eq!(fleet.hooks("hooks.app.upgraded").await.len(), 4);
+}
