@@ -439,7 +439,10 @@ async fn another_owners_table_is_left_alone_and_cannot_be_claimed() {
     );
     assert_eq!(
         refused,
-        ["ticket: the table belongs to app helpdesk, which registered it"]
+        [
+            "ticket: the table belongs to app helpdesk, which registered it",
+            "ticket: the object name is registered by app helpdesk"
+        ]
     );
     assert_eq!(
         names(
