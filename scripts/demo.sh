@@ -128,8 +128,8 @@ for t in acme $others; do
   "$fleetctl" app install examples/apps/contacts-1.0.0 --tenant "$t"
   "$fleetctl" app install examples/apps/helpdesk-1.0.0.json --tenant "$t"
 done
-echo "helpdesk 1.1 on acme (a new field, a new object with its seed; the rows kept):"
-"$fleetctl" app upgrade examples/apps/helpdesk-1.1.0.json --tenant acme
+echo "helpdesk 1.1 on every tenant that has it, in waves (a new field, a new object with its seed; the rows kept):"
+"$fleetctl" app upgrade examples/apps/helpdesk-1.1.0.json --has-app --waves 1,100% --id helpdesk-1-1
 "$fleetctl" app list --tenant acme
 echo "contacts cannot go while the helpdesk needs it:"
 "$fleetctl" app uninstall contacts --tenant acme || true
