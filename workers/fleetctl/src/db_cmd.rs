@@ -184,7 +184,7 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
                     print_planned(&planned, format)?;
                     Ok(ExitCode::SUCCESS)
                 }
-                Err(err) => refused(err),
+                Err(err) => refused(err, format),
             }
         }
         DbCommand::Apply {
@@ -202,7 +202,7 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
             let planned =
                 match plan_database(&conn, &objects, PlanOptions { allow_destructive }).await {
                     Ok(planned) => planned,
-                    Err(err) => return refused(err),
+                    Err(err) => return refused(err, format),
                 };
             // The bundle is registered in the same transaction (the plan creates the system
             // tables where they are missing), so the engine knows what it created.
@@ -325,7 +325,23 @@ fn load_objects(path: &Path) -> anyhow::Result<Option<(DeployBundle, Vec<ObjectD
     Ok(Some((bundle, objects)))
 }
 
-fn refused(err: SchemaError) -> anyhow::Result<ExitCode> {
+/// Prints why a plan was refused — on stdout as JSON (`refused`, with the losses or conflicts
+/// and the diff) for `--format json`, else in words on stderr — and exits 1.
+fn refused(err: SchemaError, format: Format) -> anyhow::Result<ExitCode> {
+    if format == Format::Json {
+        let out = match &err {
+            SchemaError::Desired(e) => json!({"refused": "invalid", "issues": e.issues}),
+            SchemaError::Plan(PlanError::Destructive { losses, diff }) => {
+                json!({"refused": "destructive", "losses": losses, "diff": diff})
+            }
+            SchemaError::Plan(PlanError::Conflicts { conflicts }) => {
+                json!({"refused": "conflicts", "conflicts": conflicts})
+            }
+            _ => return Err(err.into()),
+        };
+        say!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::from(1));
+    }
     match err {
         SchemaError::Desired(err) => {
             for issue in &err.issues {

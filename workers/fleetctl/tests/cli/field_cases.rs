@@ -328,3 +328,23 @@ async fn re_applying_a_swap_plans_nothing() {
         vec![vec![text("Y"), text("X")]]
     );
 }
+
+#[tokio::test]
+async fn a_refusal_in_json_is_json() {
+    let case = Case::new();
+    let account =
+        |employees: Value| json!([{"name": "account", "fields": {"employees": employees}}]);
+    let v1 = case.bundle("v1", account(json!({"type": "number"})));
+    case.run(&["db", "apply"], &v1).success();
+    case.exec("INSERT INTO account (id) VALUES ('a1')").await;
+    let v2 = case.bundle("v2", account(json!({"type": "number", "required": true})));
+    let out = case.run(&["db", "plan", "--format", "json"], &v2).code(1);
+    let json: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(json["refused"], "conflicts");
+    assert_eq!(json["conflicts"][0]["entity"], "account.employees");
+    let gone = case.bundle("v3", json!([]));
+    let out = case.run(&["db", "plan", "--format", "json"], &gone).code(1);
+    let json: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(json["refused"], "destructive");
+    assert_eq!(json["losses"][0]["entity"], "account");
+}
