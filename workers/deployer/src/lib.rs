@@ -24,6 +24,11 @@
 //! end-of-deployment hook and marks it announced. `hooks.deploy.completed` /
 //! `hooks.deploy.failed` end a deployment, and `hooks.deploy.tenant_failed` reports each failed
 //! tenant.
+//!
+//! `deploy.app_requested` is the same rollout for a marketplace app: targets (a list, all, a
+//! plan, every tenant that has the app), waves, halt, dry run (the compatibility check) and
+//! resume, with each tenant's job the app operation the installer runs
+//! ([`fleet_control::AppOperations`]). App rollouts are not rolled back.
 
 /// The deployment record and its rollout machine (in `fleet-rollouts`, shared with `fleetctl`).
 pub use fleet_rollouts as rollout;

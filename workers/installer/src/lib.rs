@@ -8,10 +8,12 @@
 //! | `app.upgrade_requested` | [`AppCommand`] (+ `allowDestructive`) | the diff of the app's own objects as a migration, seed for new objects → `hooks.app.upgraded` |
 //! | `app.uninstall_requested` | [`AppUninstallRequest`] | refused while another app depends on it; unregister, drop tables if asked → `hooks.app.uninstalled` |
 //!
-//! Each command moves the app's install record (KV `fleet_installs`, key `<tenant>.<app>`,
-//! history on `progress.app.<tenant>.<app>`) through the pure machine of [`fleet_apps::machine`],
-//! and does the work inside the tenant's database with [`fleet_apps::tenant`] — the schema
-//! engine with the app as owner, one transaction. A refusal (incompatible, destructive,
+//! Each command is one [`fleet_control::AppOperations`] call — the code the deployer's app
+//! rollouts run for each tenant too: the app's install record (KV `fleet_installs`, key
+//! `<tenant>.<app>`, history on `progress.app.<tenant>.<app>`) moved through the pure machine of
+//! [`fleet_apps::machine`], the work inside the tenant's database with [`fleet_apps::tenant`] —
+//! the schema engine with the app as owner, one transaction — and the hooks. This crate maps
+//! the outcome to an ack in one place. A refusal (incompatible, destructive,
 //! depended on) is the tenant's answer: recorded, `hooks.app.failed`, acked. Bad input (a
 //! malformed package, an unknown tenant, a command that does not fit the app's state) is
 //! dead-lettered with every issue; a database that cannot be reached is retried. A worker
