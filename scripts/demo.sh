@@ -156,6 +156,5 @@ step "12. The protocol's JSON Schemas, exported"
 
 step "Coming next"
 cat <<'TXT'
-  - fleet-wide app installs and upgrades in waves (the deployer's rollout)
   - the quota auditor: usage against plan quotas, suspension with a grace period
 TXT

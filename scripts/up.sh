@@ -17,7 +17,7 @@ answers() { python3 -c "import socket,sys; s=socket.socket(); s.settimeout(0.3);
 if answers; then
   echo "nats-server already answers at $url"
 else
-  "$home/bin/nats-server" -a "$host" -p "$port" -js -sd "$home/nats" >"$home/logs/nats-server.log" 2>&1 &
+  "$home/bin/nats-server" -a "$host" -p "$port" -js -sd "$home/nats" >>"$home/logs/nats-server.log" 2>&1 &
   echo $! > "$home/run/nats-server.pid"
   for _ in $(seq 1 50); do answers && break; sleep 0.1; done
   answers || { echo "nats-server did not start; see $home/logs/nats-server.log" >&2; exit 1; }
@@ -36,7 +36,7 @@ for worker in provisioner deployer installer; do
     echo "$worker already running (pid $(cat "$pidfile"))"
     continue
   fi
-  FLEET_NATS__URL="$url" FLEET_WORKER__HEALTH_ADDR="$health" "$root/target/debug/$worker" >"$home/logs/$worker.log" 2>&1 &
+  FLEET_NATS__URL="$url" FLEET_WORKER__HEALTH_ADDR="$health" "$root/target/debug/$worker" >>"$home/logs/$worker.log" 2>&1 &
   echo $! > "$pidfile"
   echo "$worker started (pid $!), probes and metrics on http://$health, log $home/logs/$worker.log"
 done
