@@ -38,6 +38,10 @@ pub enum AppError {
     /// object, or a failed apply — rolled back).
     #[error(transparent)]
     Schema(#[from] SchemaError),
+    /// An upgrade that is not one (not installed, a downgrade) or that would break an app
+    /// depending on this one.
+    #[error("{0}")]
+    Upgrade(String),
     /// A query of the system tables failed.
     #[error("querying {what}")]
     Query {
@@ -390,20 +394,107 @@ async fn context(conn: &Connection, app: &str) -> Result<Vec<ObjectDefinition>, 
         .collect())
 }
 
-/// Installs (or upgrades) `package` into the tenant: the check, then schema sync, seed data,
-/// registration and the installed row in one transaction.
-pub async fn install(
+/// An install or upgrade worked out against the tenant, not yet applied: what a dry run
+/// reports and what [`install`] applies.
+#[derive(Debug, Clone)]
+pub struct InstallPlan {
+    /// The schema engine's plan for the app's objects.
+    pub planned: fleet_schema::Planned,
+    /// Checked again inside the transaction: the dependencies still installed.
+    guards: Vec<fleet_schema::Guard>,
+    /// Registration, installed row and seed records, in the same transaction.
+    after: Vec<BoundStatement>,
+    /// Seed records to insert, and how many of them are there already.
+    seeds: (u64, u64),
+}
+
+impl InstallPlan {
+    /// Changes by kind (added, modified, removed), as the plan's diff counts them.
+    pub fn changes(&self) -> [u64; 3] {
+        let s = self.planned.diff.summary;
+        [s.added, s.modified, s.removed]
+    }
+
+    /// The statements the migration runs.
+    pub fn statements(&self) -> u64 {
+        self.planned.plan.statements.len() as u64
+    }
+
+    /// Whether the migration drops anything.
+    pub fn breaking(&self) -> bool {
+        self.planned.diff.has_breaking_changes
+    }
+}
+
+/// Refusals of an upgrade the compatibility check does not cover: the app must be installed,
+/// at a version not newer than the package's, and every installed app that depends on it must
+/// accept the new version.
+fn upgrade_refusal(apps: &[Installed], package: &AppPackage) -> Option<AppError> {
+    let app = package.manifest.name.as_str();
+    let new = &package.manifest.version;
+    let Some(current) = apps.iter().find(|a| a.app == app) else {
+        return Some(AppError::Upgrade(format!(
+            "{app} is not installed: install it instead"
+        )));
+    };
+    if let (Ok(have), Ok(want)) = (
+        semver::Version::parse(&current.version),
+        semver::Version::parse(new),
+    ) && want < have
+    {
+        return Some(AppError::Upgrade(format!(
+            "{app} {have} is installed: {want} would be a downgrade"
+        )));
+    }
+    let broken: Vec<String> = apps
+        .iter()
+        .filter(|a| a.app != app)
+        .filter_map(|a| {
+            let dependency = a
+                .manifest
+                .iter()
+                .flat_map(|m| &m.dependencies)
+                .filter_map(|d| fleet_protocol::AppDependency::parse(d).ok())
+                .find(|d| d.app == app)?;
+            (!dependency.accepts(new)).then(|| {
+                format!(
+                    "{} needs {app} {}",
+                    a.app,
+                    dependency
+                        .versions
+                        .map(|v| v.to_string())
+                        .unwrap_or_default()
+                )
+            })
+        })
+        .collect();
+    (!broken.is_empty()).then(|| {
+        AppError::Upgrade(format!(
+            "{app} {new} would break what depends on it: {}",
+            broken.join("; ")
+        ))
+    })
+}
+
+/// Works out the install (or upgrade) of `package` against the tenant: the compatibility check
+/// (and an upgrade's own refusals), the schema engine's plan for the app as owner, the seed
+/// records, the registration. Nothing is written.
+pub async fn plan_install(
     conn: &Connection,
     package: &AppPackage,
     objects: &[ObjectDefinition],
     quotas: &TenantQuota,
     options: InstallOptions,
-) -> Result<AppInstallResult, AppError> {
-    let started = Instant::now();
+) -> Result<InstallPlan, AppError> {
     let app = package.manifest.name.as_str();
     let check = check(conn, package, objects, quotas).await?;
     if !check.compatible {
         return Err(AppError::Incompatible(check));
+    }
+    if options.upgrade
+        && let Some(refusal) = upgrade_refusal(&installed(conn).await?, package)
+    {
+        return Err(refusal);
     }
     // The objects of other owners (an app this one depends on) resolve its references.
     let context = context(conn, app).await?;
@@ -461,10 +552,42 @@ pub async fn install(
         ],
     });
     after.extend(seeds.iter().map(|(_, _, s)| s.clone()));
-    fleet_schema::apply_plan_with(conn, &planned.plan, &after)
+    let guards = package
+        .dependencies()
+        .into_iter()
+        .map(|d| fleet_schema::Guard {
+            sql: "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM sys_installed_app WHERE app = ?1 AND status = 'active')"
+                .to_owned(),
+            params: vec![Value::Text(d.app.clone())],
+            refusal: format!("needs app {} installed first (it was uninstalled meanwhile)", d.app),
+        })
+        .collect();
+    Ok(InstallPlan {
+        planned,
+        guards,
+        after,
+        seeds: (seeds.len() as u64, already),
+    })
+}
+
+/// Installs (or upgrades) `package` into the tenant: [`plan_install`], then schema sync, seed
+/// data, registration and the installed row in one transaction (the dependencies checked again
+/// inside it).
+pub async fn install(
+    conn: &Connection,
+    package: &AppPackage,
+    objects: &[ObjectDefinition],
+    quotas: &TenantQuota,
+    options: InstallOptions,
+) -> Result<(AppInstallResult, InstallPlan), AppError> {
+    let started = Instant::now();
+    let app = package.manifest.name.as_str();
+    let plan = plan_install(conn, package, objects, quotas, options).await?;
+    fleet_schema::apply_plan_guarded(conn, &plan.planned.plan, &plan.guards, &plan.after)
         .await
         .map_err(SchemaError::from)?;
-    let created_tables = planned
+    let created_tables = plan
+        .planned
         .diff
         .changes
         .iter()
@@ -474,16 +597,17 @@ pub async fn install(
         })
         .map(|c| c.entity_name.clone())
         .collect();
-    Ok(AppInstallResult {
+    let result = AppInstallResult {
         success: true,
         app_id: app.to_owned(),
         version: package.manifest.version.clone(),
         installed_objects: objects.iter().map(|o| o.name.to_string()).collect(),
         created_tables,
-        seeded_records: seeds.len() as u64 - already,
+        seeded_records: plan.seeds.0 - plan.seeds.1,
         duration_ms: Some(started.elapsed().as_millis() as u64),
         error: None,
-    })
+    };
+    Ok((result, plan))
 }
 
 /// What an uninstall did.
@@ -491,13 +615,14 @@ pub async fn install(
 pub struct Uninstalled {
     /// The tables dropped (only with `drop_tables`).
     pub dropped_tables: Vec<String>,
-    /// The registry entries removed.
+    /// The registry entries removed or changed.
     pub unregistered: usize,
 }
 
-/// Uninstalls `app`: refused while another installed app depends on it; unregisters it and
-/// removes its installed row; drops its tables only when `drop_tables` (otherwise they stay,
-/// unregistered — the engine no longer manages them). One transaction.
+/// Uninstalls `app`: refused while another installed app depends on it (checked again inside
+/// the transaction); removes its installed row, manifest, views and flows; drops its tables
+/// only when `drop_tables` — otherwise they stay with their rows, their objects still
+/// registered to the app, so a later install picks them up. One transaction.
 pub async fn uninstall(
     conn: &Connection,
     app: &str,
@@ -555,12 +680,38 @@ pub async fn uninstall(
         .await
         .map_err(SchemaError::from)?
         .unwrap_or_default();
-    let (mut after, snapshot) = registry::replace(&previous, &owner(app), &[], "", &source(app));
+    // Kept tables stay registered to the app (its objects' entries, nothing else): a later
+    // install picks them up with their rows, and no one else can claim them meanwhile.
+    let kept: Vec<registry::Item> = if drop_tables {
+        Vec::new()
+    } else {
+        previous
+            .iter()
+            .filter(|r| r.kind == "object" && r.owner() == owner(app))
+            .map(|r| (r.kind.clone(), r.name.clone(), r.body.clone()))
+            .collect()
+    };
+    let version = previous
+        .iter()
+        .find(|r| r.kind == "object" && r.owner() == owner(app))
+        .and_then(|r| r.version.clone())
+        .unwrap_or_default();
+    let (mut after, snapshot) =
+        registry::replace(&previous, &owner(app), &kept, &version, &source(app));
     after.push(BoundStatement {
         sql: "DELETE FROM sys_installed_app WHERE app = ?1".to_owned(),
         params: vec![Value::Text(app.to_owned())],
     });
-    fleet_schema::apply_plan_with(conn, &plan, &after)
+    // Another app that depends on this one, installed meanwhile, refuses it.
+    let guard = fleet_schema::Guard {
+        sql: "SELECT 1 FROM sys_metadata m, json_each(m.body, '$.dependencies') d \
+              WHERE m.metadata_type = 'app' AND m.metadata_name <> ?1 \
+              AND (d.value = ?1 OR d.value LIKE ?1 || '@%')"
+            .to_owned(),
+        params: vec![Value::Text(app.to_owned())],
+        refusal: format!("{app} is needed by an app installed meanwhile: uninstall that first"),
+    };
+    fleet_schema::apply_plan_guarded(conn, &plan, &[guard], &after)
         .await
         .map_err(SchemaError::from)?;
     Ok(Uninstalled {

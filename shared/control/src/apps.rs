@@ -65,6 +65,19 @@ impl AppOperationError {
     }
 }
 
+/// What an install or upgrade did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// The upstream result.
+    pub result: AppInstallResult,
+    /// Changes by kind (added, modified, removed) of the app's schema.
+    pub changes: [u64; 3],
+    /// Statements the migration ran.
+    pub statements: u64,
+    /// Whether it dropped anything (an upgrade with `allowDestructive`).
+    pub breaking: bool,
+}
+
 /// App operations on tenants.
 #[derive(Debug, Clone)]
 pub struct AppOperations {
@@ -163,7 +176,7 @@ impl AppOperations {
         operation: Operation,
         options: InstallOptions,
         crash_point: fn(&str),
-    ) -> Result<AppInstallResult, AppOperationError> {
+    ) -> Result<Applied, AppOperationError> {
         let objects = package.object_definitions()?;
         let (record, conn) = self.connector.connect(tenant).await?;
         let app = package.manifest.name.as_str();
@@ -182,11 +195,11 @@ impl AppOperations {
             })
             .await?;
         crash_point("install.begun");
-        let result =
+        let (result, plan) =
             match fleet_apps::tenant::install(&conn, package, &objects, &record.quotas, options)
                 .await
             {
-                Ok(result) => result,
+                Ok(done) => done,
                 Err(e) if e.is_transient() => return Err(AppOperationError::Unavailable(e)),
                 Err(e) => {
                     return Err(AppOperationError::Refused(
@@ -221,7 +234,45 @@ impl AppOperations {
             data,
         )
         .await?;
-        Ok(result)
+        Ok(Applied {
+            changes: plan.changes(),
+            statements: plan.statements(),
+            breaking: plan.breaking(),
+            result,
+        })
+    }
+
+    /// What [`Self::install`] would do, recording nothing (a dry run): the operation must fit
+    /// the app's record, then the compatibility check and the plan.
+    pub async fn plan(
+        &self,
+        tenant: &TenantId,
+        package: &AppPackage,
+        operation: Operation,
+        options: InstallOptions,
+    ) -> Result<fleet_apps::tenant::InstallPlan, AppOperationError> {
+        let objects = package.object_definitions()?;
+        let (record, conn) = self.connector.connect(tenant).await?;
+        let key = InstallRecord::key(tenant.as_str(), package.manifest.name.as_str());
+        let current = self.installs.get::<TransitionError>(&key).await?;
+        machine::begin(
+            current.as_ref().map(|v| &v.state),
+            tenant.as_str(),
+            package.manifest.name.as_str(),
+            operation,
+            &package.manifest.version,
+            &Timestamp::now(),
+        )
+        .map_err(StateError::Refused)?;
+        fleet_apps::tenant::plan_install(&conn, package, &objects, &record.quotas, options)
+            .await
+            .map_err(|e| {
+                if e.is_transient() {
+                    AppOperationError::Unavailable(e)
+                } else {
+                    AppOperationError::Refused(e)
+                }
+            })
     }
 
     /// The tenants where `app` is installed and active (an operator's listing of the installs
@@ -246,19 +297,6 @@ impl AppOperations {
             }
         }
         Ok(out)
-    }
-
-    /// The compatibility check alone (a dry run), recording nothing.
-    pub async fn check(
-        &self,
-        tenant: &TenantId,
-        package: &AppPackage,
-    ) -> Result<fleet_protocol::AppCompatibilityCheck, AppOperationError> {
-        let objects = package.object_definitions()?;
-        let (record, conn) = self.connector.connect(tenant).await?;
-        fleet_apps::tenant::check(&conn, package, &objects, &record.quotas)
-            .await
-            .map_err(AppOperationError::Unavailable)
     }
 
     /// Uninstalls `app` from `tenant` (`None`: it was not installed, or another command holds

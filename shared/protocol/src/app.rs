@@ -257,42 +257,75 @@ impl Spec for AppPackage {
             .filter_map(|o| o.as_object().cloned())
             .collect();
         let typed = crate::deploy::typed_objects(&records, checks);
-        let defined: Vec<&str> = records
-            .iter()
-            .filter_map(|o| o.get("name")?.as_str())
-            .collect();
         let manifest = input.get("manifest");
-        let listed: Vec<&str> = manifest
-            .and_then(|m| m.get("objects"))
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        for name in &listed {
-            if !defined.contains(name) {
-                checks.at_path(&["manifest", "objects"], |c| {
-                    c.error(
-                        "missing_definition",
-                        format!("{name:?} is listed but the package has no definition of it"),
-                    )
-                });
-            }
-        }
-        for name in &defined {
-            if !listed.contains(name) {
-                checks.at_path(&["objects", name], |c| {
-                    c.error(
-                        "unlisted_object",
-                        format!("{name:?} is defined but not listed in manifest.objects"),
-                    )
-                });
-            }
-        }
         let app = manifest
             .and_then(|m| m.get("name"))
             .and_then(Value::as_str)
             .unwrap_or_default();
+        if let Some(version) = manifest
+            .and_then(|m| m.get("version"))
+            .and_then(Value::as_str)
+            && let Err(e) = semver::Version::parse(version)
+        {
+            checks.at_path(&["manifest", "version"], |c| {
+                c.error(
+                    "invalid_version",
+                    format!("{version:?} is not a semver version ({e})"),
+                )
+            });
+        }
+        // Listed in the manifest ⇔ defined in the package, for objects, views and flows.
+        for kind in ["objects", "views", "flows"] {
+            let defined: Vec<&str> = input
+                .get(kind)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|o| o.get("name")?.as_str())
+                .collect();
+            let listed: Vec<&str> = manifest
+                .and_then(|m| m.get(kind))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            for name in &listed {
+                if !defined.contains(name) {
+                    checks.at_path(&["manifest", kind], |c| {
+                        c.error(
+                            "missing_definition",
+                            format!("{name:?} is listed but the package has no definition of it"),
+                        )
+                    });
+                }
+            }
+            for name in &defined {
+                if !listed.contains(name) {
+                    checks.at_path(&[kind, name], |c| {
+                        c.error(
+                            "unlisted",
+                            format!("{name:?} is defined but not listed in manifest.{kind}"),
+                        )
+                    });
+                }
+            }
+        }
+        // An app's tables are its own: named `<app>_…`, so no app can take the platform's, the
+        // system's or another app's table names.
+        for object in &typed {
+            let table = object.table();
+            if !app.is_empty() && !table.starts_with(&format!("{app}_")) {
+                checks.at_path(&["objects", object.name.as_str()], |c| {
+                    c.error(
+                        "foreign_table",
+                        format!(
+                            "its table {table:?} is not the app's: an app's tables are named \"{app}_…\" (give the object \"namespace\": \"{app}\", or a \"tableName\" that starts \"{app}_\")"
+                        ),
+                    )
+                });
+            }
+        }
         for (i, dependency) in manifest
             .and_then(|m| m.get("dependencies"))
             .and_then(Value::as_array)
@@ -314,6 +347,7 @@ impl Spec for AppPackage {
                 }),
             }
         }
+        let mut seen_ids = std::collections::BTreeSet::new();
         for (i, record) in manifest
             .and_then(|m| m.get("seedData"))
             .and_then(Value::as_array)
@@ -333,6 +367,34 @@ impl Spec for AppPackage {
                 });
                 continue;
             };
+            if let Some(id) = record.get("id").and_then(Value::as_str)
+                && !seen_ids.insert((definition.name.to_string(), id.to_owned()))
+            {
+                checks.at_path(&[path[0], path[1], path[2], "id"], |c| {
+                    c.error(
+                        "duplicate_id",
+                        format!("another seed record of {} has id {id:?}", definition.name),
+                    )
+                });
+            }
+            for (key, field) in &definition.fields {
+                let missing = record.get(key.as_str()).is_none_or(Value::is_null);
+                if field.required
+                    && field.default_value.is_none()
+                    && missing
+                    && !field.field_type.is_computed()
+                {
+                    checks.at_path(&[path[0], path[1], path[2], key.as_str()], |c| {
+                        c.error(
+                            "missing_required",
+                            format!(
+                                "{} requires {key} and it has no defaultValue",
+                                definition.name
+                            ),
+                        )
+                    });
+                }
+            }
             for key in record.as_object().into_iter().flatten().map(|(k, _)| k) {
                 let known = ["object", "id"].contains(&key.as_str())
                     || definition.fields.keys().any(|f| f.as_str() == key);

@@ -52,6 +52,9 @@ pub enum ApplyError {
     /// The foreign-key check could not run.
     #[error(transparent)]
     Check(#[from] IntrospectError),
+    /// A guard found what it guards against, inside the transaction; nothing was applied.
+    #[error("{0}")]
+    Guard(String),
 }
 
 impl ApplyError {
@@ -82,10 +85,33 @@ pub struct BoundStatement {
     pub params: Vec<libsql::Value>,
 }
 
+/// A query run first inside the transaction (after `BEGIN IMMEDIATE`, so no other writer can
+/// change what it reads until the commit): a row back refuses the whole apply with `refusal`.
+/// What a caller checked before planning, checked again where it cannot race.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    /// SQL with `?N` placeholders; any row refuses.
+    pub sql: String,
+    /// The values.
+    pub params: Vec<libsql::Value>,
+    /// Why, when it refuses.
+    pub refusal: String,
+}
+
 /// [`apply_plan`], then `after` — all in the same transaction.
 pub async fn apply_plan_with(
     conn: &Connection,
     plan: &MigrationPlan,
+    after: &[BoundStatement],
+) -> Result<MigrationApplyResult, ApplyError> {
+    apply_plan_guarded(conn, plan, &[], after).await
+}
+
+/// [`apply_plan_with`], with `guards` checked first inside the transaction.
+pub async fn apply_plan_guarded(
+    conn: &Connection,
+    plan: &MigrationPlan,
+    guards: &[Guard],
     after: &[BoundStatement],
 ) -> Result<MigrationApplyResult, ApplyError> {
     if plan.dialect != "sqlite" {
@@ -105,7 +131,7 @@ pub async fn apply_plan_with(
     conn.execute("PRAGMA foreign_keys = OFF", ())
         .await
         .map_err(tx("disabling foreign keys"))?;
-    let outcome = run_in_transaction(conn, plan, after).await;
+    let outcome = run_in_transaction(conn, plan, guards, after).await;
     if foreign_keys_on {
         conn.execute("PRAGMA foreign_keys = ON", ())
             .await
@@ -124,6 +150,7 @@ pub async fn apply_plan_with(
 async fn run_in_transaction(
     conn: &Connection,
     plan: &MigrationPlan,
+    guards: &[Guard],
     after: &[BoundStatement],
 ) -> Result<usize, ApplyError> {
     conn.execute("BEGIN IMMEDIATE", ())
@@ -132,7 +159,10 @@ async fn run_in_transaction(
             what: "BEGIN",
             source,
         })?;
-    let result = run_statements(conn, plan, after).await;
+    let result = match run_guards(conn, guards).await {
+        Ok(()) => run_statements(conn, plan, after).await,
+        Err(refused) => Err(refused),
+    };
     match result {
         Ok(executed) => {
             conn.execute("COMMIT", ())
@@ -153,6 +183,29 @@ async fn run_in_transaction(
             Err(err)
         }
     }
+}
+
+async fn run_guards(conn: &Connection, guards: &[Guard]) -> Result<(), ApplyError> {
+    for guard in guards {
+        let mut rows = conn
+            .query(&guard.sql, guard.params.clone())
+            .await
+            .map_err(|source| ApplyError::Transaction {
+                what: "a guard",
+                source,
+            })?;
+        let found = rows
+            .next()
+            .await
+            .map_err(|source| ApplyError::Transaction {
+                what: "a guard",
+                source,
+            })?;
+        if found.is_some() {
+            return Err(ApplyError::Guard(guard.refusal.clone()));
+        }
+    }
+    Ok(())
 }
 
 async fn run_statements(

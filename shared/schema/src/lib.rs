@@ -88,7 +88,9 @@ use fleet_protocol::ObjectDefinition;
 use fleet_protocol::contracts::MigrationApplyResult;
 use libsql::Connection;
 
-pub use apply::{ApplyError, BoundStatement, apply_plan, apply_plan_with};
+pub use apply::{
+    ApplyError, BoundStatement, Guard, apply_plan, apply_plan_guarded, apply_plan_with,
+};
 pub use desired::{DesiredSchemaError, desired_schema};
 pub use diff::{Change, Conflict, Diff, diff};
 pub use introspect::{IntrospectError, introspect};

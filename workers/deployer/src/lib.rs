@@ -256,9 +256,6 @@ enum TenantError {
     /// An app operation failed on this tenant (refused and recorded, or bad input).
     #[error(transparent)]
     App(#[from] fleet_control::AppOperationError),
-    /// A dry run's compatibility check refused the app.
-    #[error("the app is not compatible: {0}")]
-    Incompatible(String),
     /// The deployment dropped data, so it has no rollback plan.
     #[error("the deployment's plan was not reversible (it dropped data)")]
     NotReversible,
@@ -852,18 +849,6 @@ impl Deployer {
         rollout: &fleet_protocol::deploy::AppRollout,
         tenant: &TenantId,
     ) -> Result<TenantOutcome, TenantError> {
-        let objects = rollout.package.manifest.objects.len() as u64;
-        if d.dry_run {
-            let check = self.apps.check(tenant, &rollout.package).await?;
-            if !check.compatible {
-                let reasons: Vec<String> = check.issues.iter().map(|i| i.message.clone()).collect();
-                return Err(TenantError::Incompatible(reasons.join("; ")));
-            }
-            return Ok(TenantOutcome {
-                changes: [objects, 0, 0],
-                ..TenantOutcome::ready(0)
-            });
-        }
         let operation = match rollout.operation {
             fleet_protocol::deploy::AppOperation::Install => fleet_apps::Operation::Install,
             fleet_protocol::deploy::AppOperation::Upgrade => fleet_apps::Operation::Upgrade,
@@ -873,13 +858,26 @@ impl Deployer {
             allow_destructive: d.allow_destructive,
             upgrade: operation == fleet_apps::Operation::Upgrade,
         };
-        let result = self
+        if d.dry_run {
+            // The operation checked against the app's record and planned, nothing written.
+            let plan = self
+                .apps
+                .plan(tenant, &rollout.package, operation, options)
+                .await?;
+            return Ok(TenantOutcome {
+                changes: plan.changes(),
+                breaking: plan.breaking(),
+                ..TenantOutcome::ready(plan.statements())
+            });
+        }
+        let applied = self
             .apps
             .install(tenant, &rollout.package, operation, options, |_| {})
             .await?;
         Ok(TenantOutcome {
-            changes: [result.created_tables.len() as u64, 0, 0],
-            ..TenantOutcome::ready(result.created_tables.len() as u64)
+            changes: applied.changes,
+            breaking: applied.breaking,
+            ..TenantOutcome::ready(applied.statements)
         })
     }
 

@@ -266,6 +266,51 @@ async fn revision(installs: &StateStore<InstallRecord>, key: &str) -> anyhow::Re
         .map_or(0, |v| v.revision))
 }
 
+/// Refuses here, with the reason, what the installer would dead-letter at once: an unknown or
+/// inactive tenant, a command that does not fit the app's record (an install over another
+/// version, an upgrade of an app not installed, anything while another operation runs).
+async fn preflight(
+    runtime: &Runtime,
+    installs: &StateStore<InstallRecord>,
+    tenant: &TenantId,
+    app: &str,
+    operation: fleet_apps::Operation,
+    version: &str,
+) -> anyhow::Result<Option<String>> {
+    let tenants = fleet_control::tenants(runtime).await?;
+    match tenants
+        .get::<std::convert::Infallible>(tenant.as_str())
+        .await?
+    {
+        None => return Ok(Some(format!("unknown tenant {tenant}"))),
+        Some(r) if r.state.status() != fleet_protocol::TenantProvisioningStatus::Active => {
+            return Ok(Some(format!(
+                "tenant {tenant} is {}, not active",
+                fleet_tenants::status_name(&r.state)
+            )));
+        }
+        Some(_) => {}
+    }
+    let current = installs
+        .get::<std::convert::Infallible>(&InstallRecord::key(tenant.as_str(), app))
+        .await?;
+    Ok(fleet_apps::machine::begin(
+        current.as_ref().map(|v| &v.state),
+        tenant.as_str(),
+        app,
+        operation,
+        version,
+        &fleet_protocol::Timestamp::now(),
+    )
+    .err()
+    .map(|e| e.to_string()))
+}
+
+/// The largest command the server takes (its `max_payload`).
+fn payload_limit(runtime: &Runtime) -> usize {
+    runtime.client.server_info().max_payload
+}
+
 /// Prints the outcome of an install or upgrade; the exit code.
 fn report(record: Option<InstallRecord>, version: &str) -> ExitCode {
     let Some(record) = record else {
@@ -319,7 +364,14 @@ pub async fn run(command: AppCommand) -> anyhow::Result<ExitCode> {
     }
     let runtime = Runtime::connect(&config).await?;
     let installs = fleet_control::installs(&runtime).await?;
+    let limit = payload_limit(&runtime);
     let publish = async |subject: &str, id: String, payload: serde_json::Value| {
+        let size = serde_json::to_vec(&payload).map_or(0, |b| b.len());
+        if size > limit {
+            bail!(
+                "the command is {size} bytes, more than the server takes ({limit} bytes, its max_payload): the package is too large to send"
+            );
+        }
         runtime
             .publisher
             .publish_json(
@@ -360,6 +412,19 @@ pub async fn run(command: AppCommand) -> anyhow::Result<ExitCode> {
                 package.manifest.name.to_string(),
                 package.manifest.version.clone(),
             );
+            if let Some(refusal) = preflight(
+                &runtime,
+                &installs,
+                &tenant,
+                &app,
+                fleet_apps::Operation::Install,
+                &version,
+            )
+            .await?
+            {
+                eprintln!("refused: {refusal}");
+                return Ok(ExitCode::from(1));
+            }
             let key = InstallRecord::key(tenant.as_str(), &app);
             let after = revision(&installs, &key).await?;
             let command = json!({"tenantId": tenant, "appId": app, "skipSeedData": skip_seed_data, "package": package});
@@ -403,11 +468,20 @@ pub async fn run(command: AppCommand) -> anyhow::Result<ExitCode> {
                 package.manifest.version.clone(),
             );
             let key = InstallRecord::key(tenant.as_str(), &app);
-            let after = revision(&installs, &key).await?;
-            if after == 0 {
-                eprintln!("{app} is not installed in {tenant}: install it instead");
+            if let Some(refusal) = preflight(
+                &runtime,
+                &installs,
+                &tenant,
+                &app,
+                fleet_apps::Operation::Upgrade,
+                &version,
+            )
+            .await?
+            {
+                eprintln!("refused: {refusal}");
                 return Ok(ExitCode::from(1));
             }
+            let after = revision(&installs, &key).await?;
             let command = json!({"tenantId": tenant, "appId": app, "allowDestructive": allow_destructive, "package": package});
             publish(
                 "app.upgrade_requested",
@@ -429,11 +503,20 @@ pub async fn run(command: AppCommand) -> anyhow::Result<ExitCode> {
         } => {
             let tenant = TenantId::parse(&tenant).context("--tenant")?;
             let key = InstallRecord::key(tenant.as_str(), &app);
-            let after = revision(&installs, &key).await?;
-            if after == 0 {
-                eprintln!("{app} is not installed in {tenant}");
+            if let Some(refusal) = preflight(
+                &runtime,
+                &installs,
+                &tenant,
+                &app,
+                fleet_apps::Operation::Uninstall,
+                "",
+            )
+            .await?
+            {
+                eprintln!("refused: {refusal}");
                 return Ok(ExitCode::from(1));
             }
+            let after = revision(&installs, &key).await?;
             let command = json!({"tenantId": tenant, "appId": app, "dropTables": drop_tables});
             publish(
                 "app.uninstall_requested",
@@ -465,6 +548,15 @@ pub async fn run(command: AppCommand) -> anyhow::Result<ExitCode> {
         }
         AppCommand::List { tenant, json } => {
             let tenant = TenantId::parse(&tenant).context("--tenant")?;
+            let tenants = fleet_control::tenants(&runtime).await?;
+            if tenants
+                .get::<std::convert::Infallible>(tenant.as_str())
+                .await?
+                .is_none()
+            {
+                eprintln!("unknown tenant {tenant}");
+                return Ok(ExitCode::from(1));
+            }
             let prefix = format!("{tenant}.");
             let mut records = Vec::new();
             for key in installs

@@ -38,7 +38,9 @@ fn contract(e: AppError) -> ContractError {
                 .collect::<Vec<_>>()
                 .join("; "),
         ),
-        AppError::Dependents { .. } => ContractError::IllegalState(e.to_string()),
+        AppError::Dependents { .. } | AppError::Upgrade(_) => {
+            ContractError::IllegalState(e.to_string())
+        }
         e => ContractError::Other(Box::new(e)),
     }
 }
@@ -103,6 +105,7 @@ impl AppLifecycle {
             .map_err(connect_error)?;
         fleet_apps::tenant::install(&conn, &package, &objects, &record.quotas, options)
             .await
+            .map(|(result, _)| result)
             .map_err(contract)
     }
 }

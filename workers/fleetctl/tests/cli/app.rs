@@ -46,35 +46,32 @@ async fn an_invalid_package_is_refused_with_its_paths_and_nothing_is_sent() {
 }
 
 #[tokio::test]
-async fn an_install_is_sent_once_and_waits_for_the_installer() {
+async fn commands_for_an_unknown_tenant_are_refused_before_anything_is_sent() {
     let server = NatsServer::start();
-    fleetctl()
-        .env("FLEET_NATS__URL", server.url())
-        .args([
+    for args in [
+        &[
             "app",
             "install",
             "examples/apps/contacts-1.0.0",
             "--tenant",
             "acme",
-            "--timeout",
-            "1",
-        ])
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains("no outcome within"));
-    assert_eq!(app_commands(&server).await, 1);
-    fleetctl()
-        .env("FLEET_NATS__URL", server.url())
-        .args(["app", "uninstall", "contacts", "--tenant", "acme"])
-        .assert()
-        .code(1)
-        .stderr(predicate::str::contains(
-            "contacts is not installed in acme",
-        ));
-    fleetctl()
-        .env("FLEET_NATS__URL", server.url())
-        .args(["app", "list", "--tenant", "acme"])
-        .assert()
-        .success()
-        .stdout("no apps in acme\n");
+        ][..],
+        &[
+            "app",
+            "upgrade",
+            "examples/apps/contacts-1.1.0",
+            "--tenant",
+            "acme",
+        ],
+        &["app", "uninstall", "contacts", "--tenant", "acme"],
+        &["app", "list", "--tenant", "acme"],
+    ] {
+        fleetctl()
+            .env("FLEET_NATS__URL", server.url())
+            .args(args)
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains("unknown tenant acme"));
+    }
+    assert_eq!(app_commands(&server).await, 0);
 }

@@ -156,6 +156,19 @@ async fn install_reinstall_dependencies_upgrade_and_uninstall() {
     );
     assert_eq!(fleet.hooks("hooks.app.upgraded").await.len(), 1);
 
+    // A downgrade is refused; 1.1.0 stays.
+    fleet
+        .send("upgrade", "acme", &app("helpdesk-1.0.0"), json!({}))
+        .await;
+    let kept = fleet
+        .until("acme", "helpdesk", "downgrade refused", |r| {
+            r.is_some_and(|r| r.error.is_some())
+        })
+        .await
+        .unwrap();
+    assert_eq!(kept.installed_version.as_deref(), Some("1.1.0"));
+    assert!(kept.error.unwrap().contains("would be a downgrade"));
+
     // Uninstall dropping the tables: they go; without: unregistered, the data kept.
     fleet.uninstall("acme", "helpdesk", true).await;
     fleet
@@ -197,6 +210,21 @@ async fn install_reinstall_dependencies_upgrade_and_uninstall() {
             .await,
         0
     );
+    // Installed again, it picks its kept tables up with their rows (no seed twice).
+    fleet
+        .send("install", "acme", &app("contacts-1.0.0"), json!({}))
+        .await;
+    let again = fleet
+        .until("acme", "contacts", "contacts back", active("1.0.0"))
+        .await
+        .unwrap();
+    assert_eq!(again.result.unwrap().seeded_records, 0);
+    assert_eq!(
+        fleet
+            .count("acme", "SELECT count(*) FROM contacts_person")
+            .await,
+        1
+    );
     let uninstalled = fleet.hooks("hooks.app.uninstalled").await;
     assert_eq!(uninstalled.len(), 2);
     assert_eq!(
@@ -231,18 +259,15 @@ async fn conflicts_quotas_platform_deploys_and_bad_input() {
                 == Value::Integer(1)
         })
         .await;
-    // An app whose object name the platform registered (`contact`), and one whose table is
-    // the platform's (`crm_account`): object_conflict, nothing written.
+    // An app whose object name the platform registered (`contact`): object_conflict, nothing
+    // written. (Its tables could never be the platform's: an app's tables are `<app>_…`.)
     let thief = json!({
-        "manifest": {"name": "crm_clone", "label": "CRM clone", "version": "1.0.0", "objects": ["contact", "ledger"]},
-        "objects": [
-            {"name": "contact", "namespace": "clone", "fields": {"name": {"type": "text"}}},
-            {"name": "ledger", "tableName": "crm_account", "fields": {"name": {"type": "text"}}}
-        ]
+        "manifest": {"name": "crmclone", "label": "CRM clone", "version": "1.0.0", "objects": ["contact"]},
+        "objects": [{"name": "contact", "namespace": "crmclone", "fields": {"name": {"type": "text"}}}]
     });
     fleet.send("install", "beta", &thief, json!({})).await;
     let refused = fleet
-        .until("beta", "crm_clone", "conflict with the platform", |r| {
+        .until("beta", "crmclone", "conflict with the platform", |r| {
             r.is_some_and(|r| r.status == InstallStatus::Failed)
         })
         .await
@@ -262,16 +287,13 @@ async fn conflicts_quotas_platform_deploys_and_bad_input() {
         .collect();
     assert_eq!(
         messages,
-        [
-            "object_conflict: object contact: the name is registered by the platform bundle",
-            "object_conflict: object ledger: table crm_account belongs to the platform bundle"
-        ]
+        ["object_conflict: object contact: the name is registered by the platform bundle"]
     );
     assert_eq!(
         fleet
             .count(
                 "beta",
-                "SELECT count(*) FROM sqlite_master WHERE name LIKE 'clone_%'"
+                "SELECT count(*) FROM sqlite_master WHERE name LIKE 'crmclone_%'"
             )
             .await,
         0
@@ -337,8 +359,8 @@ async fn conflicts_quotas_platform_deploys_and_bad_input() {
     let mut clone = app("contacts-1.0.0");
     clone["manifest"]["name"] = json!("contacts_clone");
     clone["manifest"]["seedData"] = json!([]);
-    clone["objects"] = json!([{"name": "firm", "tableName": "contacts_organization", "fields": {"name": {"type": "text"}}}]);
-    clone["manifest"]["objects"] = json!(["firm"]);
+    clone["objects"] = json!([{"name": "person", "tableName": "contacts_clone_person", "fields": {"name": {"type": "text"}}}]);
+    clone["manifest"]["objects"] = json!(["person"]);
     fleet.send("install", "tiny", &clone, json!({})).await;
     let refused = fleet
         .until("tiny", "contacts_clone", "conflict with an app", |r| {
@@ -348,7 +370,7 @@ async fn conflicts_quotas_platform_deploys_and_bad_input() {
         .unwrap();
     assert_eq!(
         refused.check.unwrap().issues[0].message,
-        "object firm: table contacts_organization belongs to app contacts"
+        "object person: the name is registered by app contacts"
     );
 
     // A quota that blocks an install: 20 objects on the free plan.
@@ -585,6 +607,7 @@ async fn a_fleet_wide_upgrade_halted_by_failures_resumes_to_completion() {
     let mut strict = app("contacts-1.1.0");
     strict["manifest"]["version"] = json!("1.2.0");
     strict["objects"][1]["fields"]["phone"] = json!({"type": "phone", "required": true});
+    strict["manifest"]["seedData"] = json!([]);
     for t in ["a-1", "a-3"] {
         let conn = fleet_schema::open_local(&fleet.db_file(t)).await.unwrap();
         conn.execute(
@@ -594,7 +617,7 @@ async fn a_fleet_wide_upgrade_halted_by_failures_resumes_to_completion() {
         .await
         .unwrap();
     }
-    // A dry run checks every tenant and changes nothing.
+    // A dry run plans every tenant and changes nothing.
     let dry = app_rollout(
         &fleet,
         "contacts-1-2-dry",
@@ -604,7 +627,12 @@ async fn a_fleet_wide_upgrade_halted_by_failures_resumes_to_completion() {
         false,
     )
     .await;
-    assert_eq!((dry.status, dry.tally.ready), (RolloutStatus::Completed, 4));
+    // It sees what the real run will meet: two tenants whose people have no phone.
+    assert_eq!(
+        (dry.status, dry.tally.ready, dry.tally.failed),
+        (RolloutStatus::Halted, 2, 2),
+        "{dry:?}"
+    );
     assert_eq!(
         fleet
             .record("a-2", "contacts")
