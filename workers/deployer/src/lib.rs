@@ -517,8 +517,6 @@ impl Deployer {
         }
     }
 
-    /// The tenants a request targets: the named ones, or every active tenant (read once per
-    /// deployment).
     /// The tenants `target` names: a list as given; otherwise the active tenants — all, those
     /// on a plan, or those with an app installed (an operator's listing of the tenants' bucket,
     /// once per rollout).
