@@ -151,6 +151,9 @@ for row in c.execute("SELECT metadata_type, metadata_name, source FROM sys_metad
     print("  registered     ", row)
 PY
 
+echo "acme's usage against its plan's quotas, measured from its database:"
+"$fleetctl" quota show acme
+
 step "12. The protocol's JSON Schemas, exported"
 "$fleetctl" schema export --out "$demo/schemas"
 

@@ -80,6 +80,7 @@ pub mod plan;
 pub mod registry;
 pub mod sql;
 pub mod system;
+pub mod usage;
 
 use std::path::Path;
 use std::time::Duration;

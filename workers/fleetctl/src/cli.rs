@@ -46,6 +46,9 @@ enum Command {
     /// Marketplace apps: install, upgrade, uninstall, list, check (compatibility).
     #[command(subcommand)]
     App(crate::app_cmd::AppCommand),
+    /// Quotas: a tenant's usage against its plan's limits.
+    #[command(subcommand)]
+    Quota(crate::quota_cmd::QuotaCommand),
     /// Dead letters: list them, replay them once their cause is fixed.
     #[command(subcommand)]
     Dlq(crate::dlq_cmd::DlqCommand),
@@ -78,6 +81,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tenant(command) => crate::tenant_cmd::run(command).await,
         Command::Dlq(command) => crate::dlq_cmd::run(command).await,
         Command::App(command) => crate::app_cmd::run(command).await,
+        Command::Quota(command) => crate::quota_cmd::run(command).await,
         Command::Deploy(args) => crate::deploy_cmd::run(args).await,
         Command::Streams { command } => crate::streams_cmd::run(command).await,
         Command::Config => {

@@ -23,6 +23,7 @@ mod cli;
 mod db_cmd;
 mod deploy_cmd;
 mod dlq_cmd;
+mod quota_cmd;
 mod schema_cmd;
 mod streams_cmd;
 mod tenant_cmd;

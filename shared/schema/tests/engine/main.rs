@@ -5,6 +5,7 @@ mod bad_input;
 mod changes;
 mod field_cases;
 mod properties;
+mod usage;
 
 use fleet_protocol::{DeployBundle, ObjectDefinition, parse_value};
 use fleet_schema::{

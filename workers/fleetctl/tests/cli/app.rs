@@ -75,3 +75,14 @@ async fn commands_for_an_unknown_tenant_are_refused_before_anything_is_sent() {
     }
     assert_eq!(app_commands(&server).await, 0);
 }
+
+#[tokio::test]
+async fn quota_show_for_an_unknown_tenant_exits_1() {
+    let server = NatsServer::start();
+    fleetctl()
+        .env("FLEET_NATS__URL", server.url())
+        .args(["quota", "show", "nobody"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("unknown tenant nobody"));
+}
