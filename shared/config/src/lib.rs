@@ -50,6 +50,30 @@ pub struct Config {
     pub secrets: SecretsConfig,
     /// Tenant provisioning.
     pub provisioner: ProvisionerConfig,
+    /// The quota auditor.
+    pub quota: QuotaConfig,
+}
+
+/// The quota auditor's schedule and consequences.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// Seconds between audits of every tenant (the tick's time bucket).
+    pub interval_secs: u64,
+    /// Share of a limit, in percent, from which `hooks.quota.warning` is published.
+    pub soft_percent: u64,
+    /// Seconds a tenant may stay over a hard limit before it is suspended (reason `quota`).
+    pub grace_secs: u64,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 300,
+            soft_percent: 80,
+            grace_secs: 24 * 3600,
+        }
+    }
 }
 
 /// Where a region's tenants live: the Turso group (and its primary location).

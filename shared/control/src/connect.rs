@@ -95,6 +95,23 @@ impl TenantConnector {
         &self,
         tenant: &TenantId,
     ) -> Result<(TenantRecord, libsql::Connection), ConnectError> {
+        self.open(tenant, false).await
+    }
+
+    /// [`Self::connect`], for a suspended tenant too (through the read-only token it keeps):
+    /// for readers such as the quota auditor.
+    pub async fn connect_readable(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<(TenantRecord, libsql::Connection), ConnectError> {
+        self.open(tenant, true).await
+    }
+
+    async fn open(
+        &self,
+        tenant: &TenantId,
+        suspended_too: bool,
+    ) -> Result<(TenantRecord, libsql::Connection), ConnectError> {
         let record = self
             .tenants
             .get::<std::convert::Infallible>(tenant.as_str())
@@ -105,7 +122,9 @@ impl TenantConnector {
             })?
             .ok_or_else(|| ConnectError::Unknown(tenant.clone()))?
             .state;
-        if record.status() != TenantProvisioningStatus::Active {
+        let readable = record.status() == TenantProvisioningStatus::Active
+            || (suspended_too && record.status() == TenantProvisioningStatus::Suspended);
+        if !readable {
             return Err(ConnectError::NotActive(tenant.clone()));
         }
         let connection = record

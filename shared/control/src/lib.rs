@@ -59,6 +59,19 @@ pub async fn installs(
     ))
 }
 
+/// The tenants' last quota audits (KV `fleet_usage`, key the tenant, progress on
+/// `progress.usage.<tenant>`).
+pub async fn usage(
+    runtime: &Runtime,
+) -> Result<StateStore<fleet_tenants::audit::UsageRecord>, RuntimeError> {
+    Ok(StateStore::new(
+        "usage",
+        runtime.bucket(names::USAGE).await?,
+        runtime.publisher.clone(),
+        runtime.topology.subject("progress.usage"),
+    ))
+}
+
 /// The tenants' state store of a connected runtime.
 pub async fn tenants(runtime: &Runtime) -> Result<StateStore<TenantRecord>, RuntimeError> {
     Ok(StateStore::new(

@@ -207,3 +207,31 @@ pub struct TenantRuntimeContext {
 impl Spec for TenantRuntimeContext {
     const SPEC_NAME: &'static str = "TenantRuntimeContext";
 }
+
+/// `quota.tick`: audit every tenant for the time bucket starting at `bucket` (unix seconds); a
+/// fleet type. Every auditor replica publishes it with the message id `quota-tick:<bucket>`, so
+/// the duplicate window keeps one per bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaTick {
+    /// Start of the time bucket, unix seconds.
+    pub bucket: u64,
+}
+
+impl Spec for QuotaTick {
+    const SPEC_NAME: &'static str = "QuotaTick";
+}
+
+/// `quota.audit.<tenantId>`: audit one tenant (a fleet type).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaAuditJob {
+    /// The tenant.
+    pub tenant_id: crate::ids::TenantId,
+    /// The tick's bucket (unix seconds).
+    pub bucket: u64,
+}
+
+impl Spec for QuotaAuditJob {
+    const SPEC_NAME: &'static str = "QuotaAuditJob";
+}

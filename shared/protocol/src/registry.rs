@@ -333,6 +333,8 @@ pub static SPECS: &[SpecEntry] = &[
     entry!(AppCommand, 'E', None, None),
     entry!(AppUninstallRequest, 'E', None, None),
     entry!(crate::deploy::AppRolloutRequest, 'E', None, None),
+    entry!(crate::quota::QuotaTick, 'D', None, None),
+    entry!(crate::quota::QuotaAuditJob, 'D', None, None),
 ];
 
 /// Looks a type up by its upstream name (exact, then case-insensitive).

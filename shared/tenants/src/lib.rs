@@ -4,6 +4,7 @@
 
 #![deny(missing_docs)]
 
+pub mod audit;
 pub mod machine;
 pub mod quota;
 

@@ -132,6 +132,10 @@ pub struct TenantRecord {
     pub connection: Option<StoredConnectionConfig>,
     /// Quotas of the plan.
     pub quotas: TenantQuota,
+    /// Why the tenant is suspended (the command's reason; `quota` when the quota auditor
+    /// suspended it, which is the only suspension the auditor lifts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspension_reason: Option<String>,
     /// Digest of the creation settings (a second create with other settings is refused).
     pub fingerprint: String,
     /// Current executor of provisioning work.
@@ -398,6 +402,7 @@ pub fn create(
                 group: None,
                 connection: None,
                 quotas: plan_quotas(request.plan),
+                suspension_reason: None,
                 fingerprint: print,
                 lease: None,
                 requested_at: now.clone(),
@@ -666,6 +671,7 @@ pub fn suspend(
     current: Option<&Versioned<TenantRecord>>,
     tenant: &TenantId,
     connection: Option<StoredConnectionConfig>,
+    reason: Option<&str>,
     now: &Timestamp,
 ) -> Result<Decision<TenantRecord>, TransitionError> {
     let record = existing(current, tenant)?;
@@ -675,6 +681,7 @@ pub fn suspend(
             let mut next = record.clone();
             next.state = TenantState::Suspended;
             next.connection = connection;
+            next.suspension_reason = reason.map(str::to_owned);
             Ok(write(next, "suspend", None, None, now))
         }
         _ => Err(illegal(tenant, record.status(), "suspend")),
@@ -694,6 +701,7 @@ pub fn resume(
             let mut next = record.clone();
             next.state = TenantState::Active;
             next.connection = Some(connection);
+            next.suspension_reason = None;
             Ok(write(next, "resume", None, None, now))
         }
         _ => Err(illegal(tenant, record.status(), "resume")),
@@ -1111,7 +1119,10 @@ mod tests {
             key: "suspended@3".into(),
             data: serde_json::json!({}),
         };
-        let decision = with_hook(suspend(s.as_ref(), &acme(), None, &t(20)).unwrap(), hook);
+        let decision = with_hook(
+            suspend(s.as_ref(), &acme(), None, None, &t(20)).unwrap(),
+            hook,
+        );
         let s = apply(s, decision);
         assert_eq!(
             s.as_ref().unwrap().state.pending_hook.as_ref().unwrap().key,
@@ -1136,7 +1147,10 @@ mod tests {
             data: serde_json::json!({}),
         };
         assert_eq!(
-            with_hook(suspend(s.as_ref(), &acme(), None, &t(22)).unwrap(), again),
+            with_hook(
+                suspend(s.as_ref(), &acme(), None, None, &t(22)).unwrap(),
+                again
+            ),
             Decision::Unchanged,
             "no write, no hook"
         );
@@ -1153,7 +1167,14 @@ mod tests {
         )));
         let s = apply(
             s.clone(),
-            suspend(s.as_ref(), &acme(), Some(connection("read-only")), &t(20)).unwrap(),
+            suspend(
+                s.as_ref(),
+                &acme(),
+                Some(connection("read-only")),
+                None,
+                &t(20),
+            )
+            .unwrap(),
         );
         assert_eq!(status(&s), TenantProvisioningStatus::Suspended);
         assert_eq!(
@@ -1161,7 +1182,7 @@ mod tests {
             Some(connection("read-only"))
         );
         assert_eq!(
-            suspend(s.as_ref(), &acme(), None, &t(21)).unwrap(),
+            suspend(s.as_ref(), &acme(), None, None, &t(21)).unwrap(),
             Decision::Unchanged
         );
         let s = apply(
@@ -1177,6 +1198,7 @@ mod tests {
         assert!(is_illegal(suspend(
             provisioning.as_ref(),
             &acme(),
+            None,
             None,
             &t(1)
         )));
@@ -1203,7 +1225,7 @@ mod tests {
             Decision::Unchanged,
             "a repeated tenant.deleted keeps the first due time"
         );
-        assert!(is_illegal(suspend(s.as_ref(), &acme(), None, &t(21))));
+        assert!(is_illegal(suspend(s.as_ref(), &acme(), None, None, &t(21))));
         assert!(is_illegal(change_plan(
             s.as_ref(),
             &acme(),

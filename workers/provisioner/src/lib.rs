@@ -822,7 +822,7 @@ impl Provisioner {
         if current.state.status() == TenantProvisioningStatus::Suspended {
             return Ok(());
         }
-        machine::suspend(Some(&current), tenant, None, &Timestamp::now())?; // refuse early when illegal
+        machine::suspend(Some(&current), tenant, None, None, &Timestamp::now())?; // refuse early when illegal
         let database = self.database_of(&current.state);
         let policy = &self.settings.lifecycle.on_tenant_suspend;
         let mut connection = current.state.connection.clone();
@@ -851,7 +851,13 @@ impl Provisioner {
             .transition(tenant, |cur| {
                 let key = format!("suspended@{}", cur.map_or(0, |c| c.revision));
                 Ok(machine::with_hook(
-                    machine::suspend(cur, tenant, connection.clone(), &Timestamp::now())?,
+                    machine::suspend(
+                        cur,
+                        tenant,
+                        connection.clone(),
+                        reason.as_deref(),
+                        &Timestamp::now(),
+                    )?,
                     Self::hook(
                         "hooks.tenant.suspended",
                         "tenant.suspended",
