@@ -57,5 +57,5 @@ down:
 
 # The main job on the embedded default (local nats-server, local libSQL files).
 demo: setup
-    cargo build --quiet -p fleetctl -p provisioner -p deployer -p installer
+    cargo build --quiet -p fleetctl -p provisioner -p deployer -p installer -p quota-auditor
     scripts/demo.sh

@@ -38,7 +38,10 @@ provisioner_pid=$!
 deployer_pid=$!
 "$root/target/debug/installer" >"$demo/installer.log" 2>&1 &
 installer_pid=$!
-trap 'kill "$provisioner_pid" "$deployer_pid" "$installer_pid" 2>/dev/null || true; wait "$provisioner_pid" "$deployer_pid" "$installer_pid" 2>/dev/null || true; kill "$nats_pid" 2>/dev/null || true; wait "$nats_pid" 2>/dev/null || true' EXIT
+# The quota auditor on a demo's clock: a bucket every second, two seconds of grace.
+FLEET_QUOTA__INTERVAL_SECS=1 FLEET_QUOTA__GRACE_SECS=2 "$root/target/debug/quota-auditor" >"$demo/quota-auditor.log" 2>&1 &
+auditor_pid=$!
+trap 'kill "$provisioner_pid" "$deployer_pid" "$installer_pid" "$auditor_pid" 2>/dev/null || true; wait "$provisioner_pid" "$deployer_pid" "$installer_pid" "$auditor_pid" 2>/dev/null || true; kill "$nats_pid" 2>/dev/null || true; wait "$nats_pid" 2>/dev/null || true' EXIT
 "$fleetctl" tenant create --id acme --org org_42 --plan pro --region eu-west --admin-email ops@acme.example --wait
 "$fleetctl" tenant create --count 10 --wait
 echo
@@ -154,10 +157,33 @@ PY
 echo "acme's usage against its plan's quotas, measured from its database:"
 "$fleetctl" quota show acme
 
-step "12. The protocol's JSON Schemas, exported"
+step "12. Quotas: a free tenant over maxRecordsPerObject is warned, suspended after its grace period, and resumed once back under"
+"$fleetctl" tenant create --id freebie --org org_7 --plan free --wait | tail -1
+freebie_db="$(find "$demo/tenants" -name freebie.db | head -1)"
+python3 - "$freebie_db" <<'PY'
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1])
+c.executescript("""
+CREATE TABLE note (id TEXT NOT NULL PRIMARY KEY, created_at TEXT NOT NULL DEFAULT '', updated_at TEXT NOT NULL DEFAULT '', body TEXT);
+INSERT INTO sys_metadata (id, metadata_type, metadata_name, body, source)
+  VALUES ('object:note', 'object', 'note', '{"name":"note","fields":{"body":{"type":"text"}}}', 'deployment:demo');
+WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 10200)
+  INSERT INTO note (id, body) SELECT 'n' || i, 'note ' || i FROM k;
+""")
+c.commit()
+print("freebie: 10 200 notes written (the free plan allows 10 000 records per object)")
+PY
+wait_for() { for _ in $(seq 1 60); do "$fleetctl" tenant status freebie | head -1 | grep -q "$1" && return 0; sleep 0.5; done; return 1; }
+wait_for suspended && "$fleetctl" tenant status freebie | head -1
+"$fleetctl" quota list --over 80
+python3 -c 'import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute("DELETE FROM note WHERE rowid > 5000"); c.commit(); print("freebie: back to 5 000 notes")' "$freebie_db"
+wait_for active && "$fleetctl" tenant status freebie | head -1
+"$fleetctl" quota show freebie || true
+
+step "13. The protocol's JSON Schemas, exported"
 "$fleetctl" schema export --out "$demo/schemas"
 
 step "Coming next"
 cat <<'TXT'
-  - the quota auditor: usage against plan quotas, suspension with a grace period
+  - quotas per plan in the configuration, per-tenant overrides (fleetctl tenant quota set)
 TXT

@@ -24,11 +24,11 @@ else
   echo "nats-server started at $url (pid $(cat "$home/run/nats-server.pid"))"
 fi
 
-cargo build --quiet -p provisioner -p deployer -p installer -p fleetctl
+cargo build --quiet -p provisioner -p deployer -p installer -p quota-auditor -p fleetctl
 # Each worker serves its probes and metrics on a port of its own (9464, 9465, …): two on the
 # default address would collide and the second would exit.
 health_port=9464
-for worker in provisioner deployer installer; do
+for worker in provisioner deployer installer quota-auditor; do
   health="127.0.0.1:$health_port"
   health_port=$((health_port + 1))
   pidfile="$home/run/$worker.pid"
@@ -40,4 +40,3 @@ for worker in provisioner deployer installer; do
   echo $! > "$pidfile"
   echo "$worker started (pid $!), probes and metrics on http://$health, log $home/logs/$worker.log"
 done
-echo "coming with the next issues: quota-auditor"
