@@ -185,5 +185,6 @@ step "13. The protocol's JSON Schemas, exported"
 
 step "Coming next"
 cat <<'TXT'
-  - quotas per plan in the configuration, per-tenant overrides (fleetctl tenant quota set)
+  - operating the fleet: dead letters at a glance, status of everything
+  - the reliability suite, fleet-client, the gateway, production manifests
 TXT

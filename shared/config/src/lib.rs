@@ -64,6 +64,9 @@ pub struct QuotaConfig {
     pub soft_percent: u64,
     /// Seconds a tenant may stay over a hard limit before it is suspended (reason `quota`).
     pub grace_secs: u64,
+    /// Each plan's quotas (`free`, `pro`, `enterprise`, `custom` → upstream `TenantQuota`,
+    /// camelCase keys); a plan not listed gets the built-in defaults.
+    pub plans: BTreeMap<String, fleet_protocol::TenantQuota>,
 }
 
 impl Default for QuotaConfig {
@@ -72,6 +75,7 @@ impl Default for QuotaConfig {
             interval_secs: 300,
             soft_percent: 80,
             grace_secs: 24 * 3600,
+            plans: BTreeMap::new(),
         }
     }
 }

@@ -266,6 +266,10 @@ pub struct TenantLifecycleCommand {
     /// The new plan (`tenant.plan_changed` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<TenantPlan>,
+    /// `tenant.quota_changed` only: quotas overriding the plan's for this tenant (each one set
+    /// replaces the plan's value; the others keep theirs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quotas: Option<crate::quota::TenantQuota>,
 }
 
 impl Spec for TenantLifecycleCommand {

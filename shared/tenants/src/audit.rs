@@ -174,9 +174,14 @@ mod tests {
                 .unwrap()
                 .value;
         let tenant = TenantId::parse("acme").unwrap();
-        let Decision::Write { mut next, .. } =
-            crate::machine::create(None, &tenant, &request, &Timestamp::now()).unwrap()
-        else {
+        let Decision::Write { mut next, .. } = crate::machine::create(
+            None,
+            &tenant,
+            &request,
+            &crate::machine::Plans::default(),
+            &Timestamp::now(),
+        )
+        .unwrap() else {
             panic!("a new record")
         };
         next.state = match status {

@@ -132,6 +132,10 @@ pub struct TenantRecord {
     pub connection: Option<StoredConnectionConfig>,
     /// Quotas of the plan.
     pub quotas: TenantQuota,
+    /// Quotas set for this tenant over its plan's (`tenant.quota_changed`); `quotas` is the
+    /// plan's with these on top.
+    #[serde(default, skip_serializing_if = "is_unlimited")]
+    pub quota_overrides: TenantQuota,
     /// Why the tenant is suspended (the command's reason; `quota` when the quota auditor
     /// suspended it, which is the only suspension the auditor lifts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -265,7 +269,78 @@ pub enum TransitionError {
     },
 }
 
-/// The quotas of a plan.
+/// The quotas of each plan: the configuration's `[quota.plans.<plan>]` (upstream
+/// `TenantQuota`, camelCase keys), and for a plan it does not list the built-in defaults of
+/// [`plan_quotas`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plans(std::collections::BTreeMap<String, TenantQuota>);
+
+impl Plans {
+    /// Plans from the configuration (`free`, `pro`, `enterprise`, `custom` → quotas).
+    pub fn new(plans: std::collections::BTreeMap<String, TenantQuota>) -> Self {
+        Self(plans)
+    }
+
+    /// The quotas of `plan`.
+    pub fn quotas(&self, plan: TenantPlan) -> TenantQuota {
+        let name = serde_json::to_value(plan)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        self.0
+            .get(&name)
+            .cloned()
+            .unwrap_or_else(|| plan_quotas(plan))
+    }
+}
+
+fn is_unlimited(quota: &TenantQuota) -> bool {
+    *quota == TenantQuota::default()
+}
+
+/// `base` with every quota `overrides` sets in its place.
+pub fn with_overrides(base: TenantQuota, overrides: &TenantQuota) -> TenantQuota {
+    TenantQuota {
+        max_users: overrides.max_users.or(base.max_users),
+        max_storage: overrides.max_storage.or(base.max_storage),
+        api_rate_limit: overrides.api_rate_limit.or(base.api_rate_limit),
+        max_objects: overrides.max_objects.or(base.max_objects),
+        max_records_per_object: overrides
+            .max_records_per_object
+            .or(base.max_records_per_object),
+        max_deployments_per_day: overrides
+            .max_deployments_per_day
+            .or(base.max_deployments_per_day),
+        max_storage_bytes: overrides.max_storage_bytes.or(base.max_storage_bytes),
+    }
+}
+
+/// Quotas set for one tenant over its plan's (`tenant.quota_changed`): added to those set
+/// before, and the tenant's quotas recomputed.
+pub fn override_quotas(
+    current: Option<&Versioned<TenantRecord>>,
+    tenant: &TenantId,
+    overrides: &TenantQuota,
+    plans: &Plans,
+    now: &Timestamp,
+) -> Result<Decision<TenantRecord>, TransitionError> {
+    let record = existing(current, tenant)?;
+    if matches!(
+        record.state,
+        TenantState::Destroying { .. } | TenantState::Deleted { .. }
+    ) {
+        return Err(illegal(tenant, record.status(), "override quotas"));
+    }
+    let mut next = record.clone();
+    next.quota_overrides = with_overrides(record.quota_overrides.clone(), overrides);
+    next.quotas = with_overrides(plans.quotas(record.plan), &next.quota_overrides);
+    if next == *record {
+        return Ok(Decision::Unchanged);
+    }
+    Ok(write(next, "quota_changed", None, None, now))
+}
+
+/// The built-in quotas of a plan (used where the configuration names none).
 pub fn plan_quotas(plan: TenantPlan) -> TenantQuota {
     let n = |v: u64| std::num::NonZeroU64::new(v);
     match plan {
@@ -356,6 +431,7 @@ pub fn create(
     current: Option<&Versioned<TenantRecord>>,
     tenant: &TenantId,
     request: &TenantProvisioningRequest,
+    plans: &Plans,
     now: &Timestamp,
 ) -> Result<Decision<TenantRecord>, TransitionError> {
     let print = fingerprint(request);
@@ -401,7 +477,8 @@ pub fn create(
                 database: None,
                 group: None,
                 connection: None,
-                quotas: plan_quotas(request.plan),
+                quotas: plans.quotas(request.plan),
+                quota_overrides: TenantQuota::default(),
                 suspension_reason: None,
                 fingerprint: print,
                 lease: None,
@@ -424,11 +501,12 @@ pub fn create_leased(
     current: Option<&Versioned<TenantRecord>>,
     tenant: &TenantId,
     request: &TenantProvisioningRequest,
+    plans: &Plans,
     owner: &str,
     until: Timestamp,
     now: &Timestamp,
 ) -> Result<Decision<TenantRecord>, TransitionError> {
-    Ok(match create(current, tenant, request, now)? {
+    Ok(match create(current, tenant, request, plans, now)? {
         Decision::Write { mut next, event } => {
             next.lease = Some(Lease {
                 owner: owner.to_owned(),
@@ -755,6 +833,7 @@ pub fn change_plan(
     current: Option<&Versioned<TenantRecord>>,
     tenant: &TenantId,
     plan: TenantPlan,
+    plans: &Plans,
     now: &Timestamp,
 ) -> Result<Decision<TenantRecord>, TransitionError> {
     let record = existing(current, tenant)?;
@@ -769,7 +848,7 @@ pub fn change_plan(
     }
     let mut next = record.clone();
     next.plan = plan;
-    next.quotas = plan_quotas(plan);
+    next.quotas = with_overrides(plans.quotas(plan), &record.quota_overrides);
     Ok(write(next, "plan_changed", None, None, now))
 }
 
@@ -860,7 +939,10 @@ mod tests {
 
     /// A tenant provisioned through every step, active at `t(10)`.
     fn active() -> Option<Versioned<TenantRecord>> {
-        let mut s = apply(None, create(None, &acme(), &request(), &t(0)).unwrap());
+        let mut s = apply(
+            None,
+            create(None, &acme(), &request(), &Plans::default(), &t(0)).unwrap(),
+        );
         for (i, step) in Step::PREPARATION.into_iter().enumerate() {
             let at = t(i as i64 + 1);
             s = apply(
@@ -877,19 +959,37 @@ mod tests {
 
     #[test]
     fn a_leased_create_holds_the_lease_and_repeats_are_no_ops() {
-        let decision = create_leased(None, &acme(), &request(), "w1", t(10), &t(0)).unwrap();
+        let decision = create_leased(
+            None,
+            &acme(),
+            &request(),
+            &Plans::default(),
+            "w1",
+            t(10),
+            &t(0),
+        )
+        .unwrap();
         let s = apply(None, decision);
         let lease = s.as_ref().unwrap().state.lease.clone().unwrap();
         assert_eq!((lease.owner.as_str(), lease.until), ("w1", t(10)));
         assert_eq!(
-            create_leased(s.as_ref(), &acme(), &request(), "w2", t(20), &t(1)).unwrap(),
+            create_leased(
+                s.as_ref(),
+                &acme(),
+                &request(),
+                &Plans::default(),
+                "w2",
+                t(20),
+                &t(1)
+            )
+            .unwrap(),
             Decision::Unchanged
         );
     }
 
     #[test]
     fn create_writes_a_record_with_every_step_pending_and_repeats_are_no_ops() {
-        let decision = create(None, &acme(), &request(), &t(0)).unwrap();
+        let decision = create(None, &acme(), &request(), &Plans::default(), &t(0)).unwrap();
         assert_eq!(event_of(&decision).step, "requested");
         assert_eq!(event_of(&decision).at, t(0));
         let s = apply(None, decision);
@@ -906,20 +1006,23 @@ mod tests {
         assert!(record.steps.iter().all(|s| s.status == StepStatus::Pending));
         assert_eq!(record.quotas, plan_quotas(TenantPlan::Pro));
         assert_eq!(
-            create(s.as_ref(), &acme(), &request(), &t(1)).unwrap(),
+            create(s.as_ref(), &acme(), &request(), &Plans::default(), &t(1)).unwrap(),
             Decision::Unchanged
         );
         let mut other = request();
         other.region = TenantRegion::UsEast;
         assert_eq!(
-            create(s.as_ref(), &acme(), &other, &t(1)),
+            create(s.as_ref(), &acme(), &other, &Plans::default(), &t(1)),
             Err(TransitionError::Conflict("acme".into()))
         );
     }
 
     #[test]
     fn a_lease_is_busy_until_it_expires_at_the_given_time() {
-        let s = apply(None, create(None, &acme(), &request(), &t(0)).unwrap());
+        let s = apply(
+            None,
+            create(None, &acme(), &request(), &Plans::default(), &t(0)).unwrap(),
+        );
         let s = apply(
             s.clone(),
             claim(s.as_ref(), &acme(), "w1", t(15), &t(0)).unwrap(),
@@ -944,7 +1047,10 @@ mod tests {
 
     #[test]
     fn steps_start_and_finish_with_their_times_and_what_they_produced() {
-        let s = apply(None, create(None, &acme(), &request(), &t(0)).unwrap());
+        let s = apply(
+            None,
+            create(None, &acme(), &request(), &Plans::default(), &t(0)).unwrap(),
+        );
         let s = apply(
             s.clone(),
             step_started(s.as_ref(), &acme(), Step::CreateDatabase, &t(1)).unwrap(),
@@ -990,7 +1096,10 @@ mod tests {
 
     #[test]
     fn a_step_missing_from_an_old_record_is_added_not_a_panic() {
-        let mut s = apply(None, create(None, &acme(), &request(), &t(0)).unwrap());
+        let mut s = apply(
+            None,
+            create(None, &acme(), &request(), &Plans::default(), &t(0)).unwrap(),
+        );
         s.as_mut().unwrap().state.steps.retain(|s| s.name != "seed");
         let s = apply(
             s.clone(),
@@ -1030,7 +1139,10 @@ mod tests {
 
     #[test]
     fn a_transient_failure_keeps_provisioning_and_a_permanent_one_fails_for_good() {
-        let s = apply(None, create(None, &acme(), &request(), &t(0)).unwrap());
+        let s = apply(
+            None,
+            create(None, &acme(), &request(), &Plans::default(), &t(0)).unwrap(),
+        );
         let s = apply(
             s.clone(),
             claim(s.as_ref(), &acme(), "w1", t(15), &t(0)).unwrap(),
@@ -1077,7 +1189,7 @@ mod tests {
         // A new tenant.created retries it: failed steps pending again.
         let s = apply(
             s.clone(),
-            create(s.as_ref(), &acme(), &request(), &t(4)).unwrap(),
+            create(s.as_ref(), &acme(), &request(), &Plans::default(), &t(4)).unwrap(),
         );
         let record = &s.as_ref().unwrap().state;
         assert_eq!(record.status(), TenantProvisioningStatus::Provisioning);
@@ -1102,7 +1214,10 @@ mod tests {
             activate(s.as_ref(), &acme(), 1, &t(11)).unwrap(),
             Decision::Unchanged
         );
-        let failed = apply(None, create(None, &acme(), &request(), &t(0)).unwrap());
+        let failed = apply(
+            None,
+            create(None, &acme(), &request(), &Plans::default(), &t(0)).unwrap(),
+        );
         let failed = apply(
             failed.clone(),
             step_failed(failed.as_ref(), &acme(), Step::Seed, "x", true, &t(1)).unwrap(),
@@ -1194,7 +1309,10 @@ mod tests {
             s.as_ref().unwrap().state.connection,
             Some(connection("fresh"))
         );
-        let provisioning = apply(None, create(None, &acme(), &request(), &t(0)).unwrap());
+        let provisioning = apply(
+            None,
+            create(None, &acme(), &request(), &Plans::default(), &t(0)).unwrap(),
+        );
         assert!(is_illegal(suspend(
             provisioning.as_ref(),
             &acme(),
@@ -1230,6 +1348,7 @@ mod tests {
             s.as_ref(),
             &acme(),
             TenantPlan::Free,
+            &Plans::default(),
             &t(21)
         )));
         let s = apply(
@@ -1251,7 +1370,10 @@ mod tests {
             &t(3601)
         )));
         // Not while provisioning, and never straight from active to deleted.
-        let provisioning = apply(None, create(None, &acme(), &request(), &t(0)).unwrap());
+        let provisioning = apply(
+            None,
+            create(None, &acme(), &request(), &Plans::default(), &t(0)).unwrap(),
+        );
         assert!(is_illegal(destroy(
             provisioning.as_ref(),
             &acme(),
@@ -1270,17 +1392,31 @@ mod tests {
     fn a_plan_change_brings_its_quotas() {
         let s = active();
         assert_eq!(
-            change_plan(s.as_ref(), &acme(), TenantPlan::Pro, &t(20)).unwrap(),
+            change_plan(
+                s.as_ref(),
+                &acme(),
+                TenantPlan::Pro,
+                &Plans::default(),
+                &t(20)
+            )
+            .unwrap(),
             Decision::Unchanged
         );
-        let decision = change_plan(s.as_ref(), &acme(), TenantPlan::Free, &t(20)).unwrap();
+        let decision = change_plan(
+            s.as_ref(),
+            &acme(),
+            TenantPlan::Free,
+            &Plans::default(),
+            &t(20),
+        )
+        .unwrap();
         assert_eq!(event_of(&decision).at, t(20));
         let s = apply(s, decision);
         let record = &s.as_ref().unwrap().state;
         assert_eq!(record.plan, TenantPlan::Free);
         assert_eq!(record.quotas, plan_quotas(TenantPlan::Free));
         assert_eq!(
-            change_plan(None, &acme(), TenantPlan::Free, &t(20)),
+            change_plan(None, &acme(), TenantPlan::Free, &Plans::default(), &t(20)),
             Err(TransitionError::Unknown("acme".into()))
         );
     }

@@ -92,6 +92,22 @@ pub enum TenantCommand {
         /// The new plan.
         plan: String,
     },
+    /// Quotas of one tenant over its plan's: `tenant quota set acme maxStorageBytes=1048576`.
+    #[command(subcommand)]
+    Quota(QuotaAction),
+}
+
+/// `fleetctl tenant quota …`.
+#[derive(Debug, Subcommand)]
+pub enum QuotaAction {
+    /// Override quotas (upstream TenantQuota names, positive integers).
+    Set {
+        /// Tenant id.
+        id: String,
+        /// `name=value` pairs (`maxObjects=50 maxStorageBytes=1048576`).
+        #[arg(required = true)]
+        quotas: Vec<String>,
+    },
 }
 
 fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, value: &str) -> anyhow::Result<T> {
@@ -300,6 +316,58 @@ pub async fn run(command: TenantCommand) -> anyhow::Result<ExitCode> {
             let plan: TenantPlan = parse_enum("plan", &plan)?;
             lifecycle(&runtime, "tenant.plan_changed", &id, None, Some(plan)).await
         }
+        TenantCommand::Quota(QuotaAction::Set { id, quotas }) => {
+            let mut document = serde_json::Map::new();
+            for pair in &quotas {
+                let Some((name, value)) = pair.split_once('=') else {
+                    bail!("{pair:?}: write name=value");
+                };
+                let value: u64 = value
+                    .parse()
+                    .with_context(|| format!("{pair:?}: the value must be a positive integer"))?;
+                document.insert(name.to_owned(), serde_json::json!(value));
+            }
+            let quotas = match fleet_protocol::parse_value::<fleet_protocol::TenantQuota>(
+                &serde_json::Value::Object(document),
+            ) {
+                Ok(checked) if checked.warnings.is_empty() => checked.value,
+                Ok(checked) => {
+                    for warning in &checked.warnings {
+                        say!("{warning}");
+                    }
+                    eprintln!("unknown quota names; nothing was sent");
+                    return Ok(ExitCode::from(1));
+                }
+                Err(rejected) => {
+                    for issue in &rejected.issues {
+                        say!("{issue}");
+                    }
+                    eprintln!("not valid quotas; nothing was sent");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            let tenant = TenantId::parse(id.clone())?;
+            let command = TenantLifecycleCommand {
+                tenant_id: tenant.clone(),
+                reason: None,
+                plan: None,
+                quotas: Some(quotas),
+            };
+            runtime
+                .publisher
+                .publish_json(
+                    &runtime.topology.subject("tenant.quota_changed"),
+                    &format!(
+                        "tenant.quota_changed:{tenant}:{}",
+                        chrono::Utc::now().timestamp_millis()
+                    ),
+                    &command,
+                    HeaderMap::new(),
+                )
+                .await?;
+            say!("tenant.quota_changed published for {tenant}");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -315,6 +383,7 @@ async fn lifecycle(
         tenant_id: tenant.clone(),
         reason,
         plan,
+        quotas: None,
     };
     let message_id = format!(
         "{subject}:{tenant}:{}",

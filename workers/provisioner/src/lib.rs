@@ -89,6 +89,13 @@ pub enum TenantCommand {
         /// The new plan.
         plan: fleet_protocol::TenantPlan,
     },
+    /// `tenant.quota_changed`: quotas overriding the plan's for one tenant.
+    OverrideQuotas {
+        /// The tenant.
+        tenant: TenantId,
+        /// The quotas set.
+        quotas: fleet_protocol::TenantQuota,
+    },
 }
 
 impl TenantCommand {
@@ -107,6 +114,16 @@ impl TenantCommand {
             "tenant.resumed" => Self::Resume(lifecycle()?.tenant_id),
             "tenant.deleted" => Self::Delete(lifecycle()?.tenant_id),
             "tenant.deletion_due" => Self::DeletionDue(lifecycle()?.tenant_id),
+            "tenant.quota_changed" => {
+                let command = lifecycle()?;
+                let quotas = command.quotas.ok_or_else(|| Outcome::Poison {
+                    reason: "tenant.quota_changed needs `quotas`".to_owned(),
+                })?;
+                Self::OverrideQuotas {
+                    tenant: command.tenant_id,
+                    quotas,
+                }
+            }
             "tenant.plan_changed" => {
                 let command = lifecycle()?;
                 let plan = command.plan.ok_or_else(|| Outcome::Poison {
@@ -146,6 +163,8 @@ pub struct ProvisionerSettings {
     /// Chaos testing only: a pause inside every step (`provisioner.step_delay_ms`), so a
     /// test can kill the worker in the middle of one. Zero in production.
     pub step_delay: Duration,
+    /// Each plan's quotas (`[quota.plans]`).
+    pub plans: machine::Plans,
 }
 
 impl ProvisionerSettings {
@@ -174,6 +193,7 @@ impl ProvisionerSettings {
             backup_dir: config.provisioner.backup_dir.clone(),
             lease: Duration::from_secs(config.provisioner.lease_secs.max(1)),
             step_delay: Duration::from_millis(step_delay),
+            plans: machine::Plans::new(config.quota.plans.clone()),
         })
     }
 }
@@ -423,6 +443,7 @@ impl Provisioner {
                     cur,
                     &tenant,
                     &request,
+                    &self.settings.plans,
                     &self.owner,
                     until.clone(),
                     &Timestamp::now(),
@@ -788,6 +809,9 @@ impl Provisioner {
             TenantCommand::Suspend { tenant, reason } => self.suspend(&tenant, reason).await,
             TenantCommand::Resume(tenant) => self.resume(&tenant).await,
             TenantCommand::ChangePlan { tenant, plan } => self.change_plan(&tenant, plan).await,
+            TenantCommand::OverrideQuotas { tenant, quotas } => {
+                self.override_quotas(&tenant, &quotas).await
+            }
         };
         match result {
             Ok(()) => Outcome::Done,
@@ -916,12 +940,19 @@ impl Provisioner {
         plan: fleet_protocol::TenantPlan,
     ) -> Result<(), ProvisionError> {
         self.existing(tenant).await?;
-        let data = json!({"tenantId": tenant, "plan": plan, "quotas": machine::plan_quotas(plan)});
+        let data =
+            json!({"tenantId": tenant, "plan": plan, "quotas": self.settings.plans.quotas(plan)});
         let record = self
             .transition(tenant, |cur| {
                 let key = format!("plan_changed@{}", cur.map_or(0, |c| c.revision));
                 Ok(machine::with_hook(
-                    machine::change_plan(cur, tenant, plan, &Timestamp::now())?,
+                    machine::change_plan(
+                        cur,
+                        tenant,
+                        plan,
+                        &self.settings.plans,
+                        &Timestamp::now(),
+                    )?,
                     Self::hook(
                         "hooks.tenant.plan_changed",
                         "tenant.plan_changed",
@@ -932,6 +963,26 @@ impl Provisioner {
             })
             .await?;
         self.flush_hook(tenant, &record).await
+    }
+
+    /// `tenant.quota_changed`: the tenant's quotas with the ones set on top of its plan's.
+    async fn override_quotas(
+        &self,
+        tenant: &TenantId,
+        quotas: &fleet_protocol::TenantQuota,
+    ) -> Result<(), ProvisionError> {
+        self.existing(tenant).await?;
+        self.transition(tenant, |cur| {
+            Ok(machine::override_quotas(
+                cur,
+                tenant,
+                quotas,
+                &self.settings.plans,
+                &Timestamp::now(),
+            )?)
+        })
+        .await?;
+        Ok(())
     }
 
     /// `tenant.deleted`: the tenant becomes `destroying`, due now (`immediate`) or after the

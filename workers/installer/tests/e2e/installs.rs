@@ -396,6 +396,36 @@ async fn conflicts_quotas_platform_deploys_and_bad_input() {
         "quota_exceeded"
     );
     assert_eq!(issue.message, "maxObjects would be exceeded (21 of 20)");
+    // A platform deploy of as many objects is refused with the same enforcement result.
+    let objects: Vec<serde_json::Value> = (0..21)
+        .map(|i| json!({"name": format!("thing_{i}"), "fields": {"label": {"type": "text"}}}))
+        .collect();
+    let bundle = json!({"manifest": {"version": "1.0.0"}, "objects": objects});
+    fleet
+        .publisher
+        .publish_json(
+            "deploy.requested",
+            "too-many",
+            &json!({"deploymentId": "too-many", "bundle": bundle, "target": {"tenants": ["free-one"]}, "rollout": {"waves": ["100%"]}}),
+            HeaderMap::new(),
+        )
+        .await
+        .unwrap();
+    fleet
+        .eventually(Duration::from_secs(60), "deploy refused", async || {
+            !fleet.hooks("hooks.deploy.tenant_failed").await.is_empty()
+        })
+        .await;
+    let failed = &fleet.hooks("hooks.deploy.tenant_failed").await[0];
+    let error = failed["data"]["error"].as_str().unwrap();
+    let json_start = error.find('{').unwrap();
+    let result: fleet_protocol::QuotaEnforcementResult =
+        serde_json::from_str(&error[json_start..]).unwrap();
+    assert_eq!(
+        result,
+        fleet_tenants::quota::enforce("maxObjects", 21, std::num::NonZeroU64::new(20))
+    );
+    assert_eq!(result.message.as_deref(), Some(issue.message.as_str()));
 
     // Bad input is dead-lettered with its paths; the worker keeps running.
     let mut broken = app("contacts-1.0.0");

@@ -252,3 +252,86 @@ async fn over_a_quota_a_tenant_is_warned_suspended_after_the_grace_and_resumed_o
         "not audited while an admin holds it"
     );
 }
+
+#[tokio::test]
+async fn a_tenant_over_its_overridden_storage_quota_is_suspended_and_resumed() {
+    let mut fleet = Fleet::start().await;
+    fleet
+        .publish(
+            "tenant.created",
+            "roomy",
+            json!({"tenantId": "roomy", "orgId": "org", "plan": "free"}),
+        )
+        .await;
+    fleet
+        .eventually("active", async || {
+            fleet
+                .tenant("roomy")
+                .await
+                .is_some_and(|r| r.status() == fleet_protocol::TenantProvisioningStatus::Active)
+        })
+        .await;
+    let size = fleet
+        .count(
+            "roomy",
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+        )
+        .await;
+    // An operator's override of one quota: the plan's others stay.
+    let limit = size + 256 * 1024;
+    fleet
+        .publish(
+            "tenant.quota_changed",
+            "roomy-storage",
+            json!({"tenantId": "roomy", "quotas": {"maxStorageBytes": limit}}),
+        )
+        .await;
+    fleet
+        .eventually("the override recorded", async || {
+            fleet.tenant("roomy").await.is_some_and(|r| {
+                r.quotas.max_storage_bytes.map(|n| n.get()) == Some(limit)
+                    && r.quotas.max_objects.map(|n| n.get()) == Some(20)
+            })
+        })
+        .await;
+    fleet.fleet.spawn(env!("CARGO_BIN_EXE_quota-auditor"), &[]);
+    fleet
+        .sql(
+            "roomy",
+            "CREATE TABLE attachment (body BLOB);
+             WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 64)
+               INSERT INTO attachment SELECT randomblob(8192) FROM k;",
+        )
+        .await;
+    fleet
+        .eventually("suspended for storage", async || {
+            fleet
+                .tenant("roomy")
+                .await
+                .is_some_and(|r| r.suspension_reason.as_deref() == Some("quota"))
+        })
+        .await;
+    let over = fleet.usage("roomy").await.unwrap();
+    assert!(over.usage.current_storage_bytes > limit);
+    assert!(
+        over.results
+            .iter()
+            .any(|c| c.quota == "maxStorageBytes" && !c.result.allowed)
+    );
+    assert!(
+        fleet
+            .warnings("roomy")
+            .await
+            .iter()
+            .any(|w| w["data"]["quota"] == "maxStorageBytes")
+    );
+    fleet.sql("roomy", "DROP TABLE attachment; VACUUM;").await;
+    fleet
+        .eventually("resumed", async || {
+            fleet
+                .tenant("roomy")
+                .await
+                .is_some_and(|r| r.status() == fleet_protocol::TenantProvisioningStatus::Active)
+        })
+        .await;
+}
