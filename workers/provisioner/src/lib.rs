@@ -973,13 +973,7 @@ impl Provisioner {
     ) -> Result<(), ProvisionError> {
         self.existing(tenant).await?;
         self.transition(tenant, |cur| {
-            Ok(machine::override_quotas(
-                cur,
-                tenant,
-                quotas,
-                &self.settings.plans,
-                &Timestamp::now(),
-            )?)
+            machine::override_quotas(cur, tenant, quotas, &self.settings.plans, &Timestamp::now())
         })
         .await?;
         Ok(())
