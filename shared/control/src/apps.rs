@@ -36,8 +36,8 @@ pub enum AppOperationError {
     /// The work failed transiently (the database could not be read); nothing recorded.
     #[error(transparent)]
     Unavailable(AppError),
-    /// A hook could not be published.
-    #[error("publishing the app's hook")]
+    /// A hook, or the quota audit an install asks for, could not be published.
+    #[error("publishing the app's hook or its quota audit")]
     Hook(#[source] PublishError),
 }
 
@@ -84,6 +84,8 @@ pub struct AppOperations {
     installs: StateStore<InstallRecord>,
     connector: TenantConnector,
     hooks: Hooks,
+    publisher: fleet_runtime::Publisher,
+    subjects: fleet_runtime::Subjects,
 }
 
 impl AppOperations {
@@ -102,6 +104,8 @@ impl AppOperations {
                 Arc::new(fleet_tenantdb::key_ring_from_config(config)?),
             ),
             hooks,
+            publisher: runtime.publisher.clone(),
+            subjects: runtime.topology.subjects(),
         })
     }
 
@@ -227,13 +231,22 @@ impl AppOperations {
         } else {
             "installed"
         };
-        self.hook(
-            hook,
-            &key,
-            written.map_or(0, |w| w.revision).to_string(),
-            data,
-        )
-        .await?;
+        let revision = written.map_or(0, |w| w.revision);
+        self.hook(hook, &key, revision.to_string(), data).await?;
+        // The tenant's usage changed: audited now, not at the next tick.
+        let job = fleet_protocol::quota::QuotaAuditJob {
+            tenant_id: tenant.clone(),
+            bucket: chrono::Utc::now().timestamp().max(0) as u64,
+        };
+        self.publisher
+            .publish_json(
+                &self.subjects.full(&format!("quota.audit.{tenant}")),
+                &format!("quota-audit:app:{key}:{revision}"),
+                &job,
+                async_nats::HeaderMap::new(),
+            )
+            .await
+            .map_err(AppOperationError::Hook)?;
         Ok(Applied {
             changes: plan.changes(),
             statements: plan.statements(),

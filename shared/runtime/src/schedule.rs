@@ -78,6 +78,24 @@ impl Scheduler {
             )
             .await
     }
+
+    /// Publishes `payload` to `subject` (unprefixed) now — work due at once, e.g. another
+    /// worker's job a transition calls for; `message_id` deduplicates retries.
+    pub async fn publish_now<T: Serialize>(
+        &self,
+        subject: &str,
+        message_id: &str,
+        payload: &T,
+    ) -> Result<Published, PublishError> {
+        self.publisher
+            .publish_json(
+                &self.subjects.full(subject),
+                message_id,
+                payload,
+                HeaderMap::new(),
+            )
+            .await
+    }
 }
 
 #[cfg(test)]

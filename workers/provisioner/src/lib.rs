@@ -962,7 +962,8 @@ impl Provisioner {
                 ))
             })
             .await?;
-        self.flush_hook(tenant, &record).await
+        self.flush_hook(tenant, &record).await?;
+        self.reaudit(tenant, record.as_ref()).await
     }
 
     /// `tenant.quota_changed`: the tenant's quotas with the ones set on top of its plan's.
@@ -972,10 +973,40 @@ impl Provisioner {
         quotas: &fleet_protocol::TenantQuota,
     ) -> Result<(), ProvisionError> {
         self.existing(tenant).await?;
-        self.transition(tenant, |cur| {
-            machine::override_quotas(cur, tenant, quotas, &self.settings.plans, &Timestamp::now())
-        })
-        .await?;
+        let record = self
+            .transition(tenant, |cur| {
+                machine::override_quotas(
+                    cur,
+                    tenant,
+                    quotas,
+                    &self.settings.plans,
+                    &Timestamp::now(),
+                )
+            })
+            .await?;
+        self.reaudit(tenant, record.as_ref()).await
+    }
+
+    /// Asks the quota auditor to audit `tenant` now: its quotas changed (a plan change, an
+    /// override). One request per record revision.
+    async fn reaudit(
+        &self,
+        tenant: &TenantId,
+        record: Option<&Versioned<TenantRecord>>,
+    ) -> Result<(), ProvisionError> {
+        let revision = record.map_or(0, |r| r.revision);
+        let job = fleet_protocol::quota::QuotaAuditJob {
+            tenant_id: tenant.clone(),
+            bucket: chrono::Utc::now().timestamp().max(0) as u64,
+        };
+        self.scheduler
+            .publish_now(
+                &format!("quota.audit.{tenant}"),
+                &format!("quota-audit:quotas-changed:{tenant}:{revision}"),
+                &job,
+            )
+            .await
+            .map_err(|e| ProvisionError::Schedule(error_chain(&e)))?;
         Ok(())
     }
 
