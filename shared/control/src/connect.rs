@@ -98,6 +98,32 @@ impl TenantConnector {
         self.open(tenant, false).await
     }
 
+    /// The storage a remote database uses by its platform's own account (Turso: the Platform
+    /// API's usage endpoint); `None` for a local file, whose pages the caller counts itself.
+    pub async fn remote_storage_bytes(
+        &self,
+        tenant: &TenantId,
+        record: &TenantRecord,
+    ) -> Result<Option<u64>, ConnectError> {
+        let database = record
+            .database
+            .as_deref()
+            .and_then(|n| DatabaseName::parse(n).ok())
+            .unwrap_or_else(|| self.backend.database_name(tenant));
+        let url = self.backend.connection_url(&database);
+        if url.starts_with("file:") || url.starts_with("memory:") {
+            return Ok(None);
+        }
+        self.backend
+            .storage_bytes(&database)
+            .await
+            .map(Some)
+            .map_err(|source| ConnectError::Open {
+                tenant: tenant.clone(),
+                source,
+            })
+    }
+
     /// [`Self::connect`], for a suspended tenant too (through the read-only token it keeps):
     /// for readers such as the quota auditor.
     pub async fn connect_readable(

@@ -961,6 +961,32 @@ impl Deployer {
                 return Outcome::transient_error(&e);
             }
         }
+        // A tenant this deployment changed is audited now, not at the next quota tick.
+        let changed = outcome.status == DeployStatus::Ready
+            && !outcome.skipped
+            && outcome.statements > 0
+            && !current.state.dry_run
+            && !job.rollback;
+        if changed {
+            let audit = fleet_protocol::quota::QuotaAuditJob {
+                tenant_id: job.tenant_id.clone(),
+                bucket: chrono::Utc::now().timestamp().max(0) as u64,
+            };
+            if let Err(e) = self
+                .publisher
+                .publish_json(
+                    &self
+                        .subjects
+                        .full(&format!("quota.audit.{}", job.tenant_id)),
+                    &format!("quota-audit:deploy:{id}:{}", job.tenant_id),
+                    &audit,
+                    HeaderMap::new(),
+                )
+                .await
+            {
+                return Outcome::transient_error(&e);
+            }
+        }
         let entry = ResultEntry::Outcome {
             wave: job.wave,
             outcome,

@@ -211,10 +211,16 @@ impl QuotaAuditor {
         if !Self::audited(&record) {
             return Outcome::Done;
         }
-        let measured = match fleet_schema::usage::measure(&conn).await {
+        let mut measured = match fleet_schema::usage::measure(&conn).await {
             Ok(measured) => measured,
             Err(e) => return Outcome::transient_error(&e),
         };
+        // A remote database's storage is its platform's account (Turso's usage endpoint).
+        match self.connector.remote_storage_bytes(tenant, &record).await {
+            Ok(Some(bytes)) => measured.totals.current_storage_bytes = bytes,
+            Ok(None) => {}
+            Err(e) => return Outcome::transient_error(&e),
+        }
         let results: Vec<QuotaCheck> = fleet_tenants::quota::evaluate(
             &record.quotas,
             &measured.totals,
