@@ -754,6 +754,16 @@ pub fn suspend(
 ) -> Result<Decision<TenantRecord>, TransitionError> {
     let record = existing(current, tenant)?;
     match record.state {
+        // Suspended by the quota auditor, then by someone else: their reason holds it now (the
+        // auditor lifts only its own suspensions). A quota reason never replaces another.
+        TenantState::Suspended
+            if record.suspension_reason.as_deref() == Some(crate::audit::QUOTA_REASON)
+                && reason.is_some_and(|r| r != crate::audit::QUOTA_REASON) =>
+        {
+            let mut next = record.clone();
+            next.suspension_reason = reason.map(str::to_owned);
+            Ok(write(next, "suspend", None, None, now))
+        }
         TenantState::Suspended => Ok(Decision::Unchanged),
         TenantState::Active => {
             let mut next = record.clone();
@@ -1268,6 +1278,32 @@ mod tests {
             ),
             Decision::Unchanged,
             "no write, no hook"
+        );
+    }
+
+    #[test]
+    fn an_admins_suspension_over_the_auditors_takes_its_reason() {
+        let s = apply(
+            None,
+            create(None, &acme(), &request(), &Plans::default(), &t(0)).unwrap(),
+        );
+        let mut record = s.clone().unwrap();
+        record.state.state = TenantState::Suspended;
+        record.state.suspension_reason = Some("quota".into());
+        let by_auditor = Some(record);
+        let decision = suspend(by_auditor.as_ref(), &acme(), None, Some("billing"), &t(1)).unwrap();
+        let Decision::Write { next, .. } = decision else {
+            panic!("the reason changes")
+        };
+        assert_eq!(next.suspension_reason.as_deref(), Some("billing"));
+        let by_admin = Some(Versioned {
+            state: next,
+            revision: by_auditor.map_or(1, |v| v.revision + 1),
+        });
+        assert_eq!(
+            suspend(by_admin.as_ref(), &acme(), None, Some("quota"), &t(2)).unwrap(),
+            Decision::Unchanged,
+            "the auditor never takes over an admin's suspension"
         );
     }
 

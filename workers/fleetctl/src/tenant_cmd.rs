@@ -319,13 +319,25 @@ pub async fn run(command: TenantCommand) -> anyhow::Result<ExitCode> {
         TenantCommand::Quota(QuotaAction::Set { id, quotas }) => {
             let mut document = serde_json::Map::new();
             for pair in &quotas {
-                let Some((name, value)) = pair.split_once('=') else {
-                    bail!("{pair:?}: write name=value");
+                let parsed = pair
+                    .split_once('=')
+                    .and_then(|(name, value)| Some((name, value.parse::<u64>().ok()?)));
+                let Some((name, value)) = parsed else {
+                    eprintln!(
+                        "{pair:?}: write name=value, the value a positive integer; nothing was sent"
+                    );
+                    return Ok(ExitCode::from(1));
                 };
-                let value: u64 = value
-                    .parse()
-                    .with_context(|| format!("{pair:?}: the value must be a positive integer"))?;
                 document.insert(name.to_owned(), serde_json::json!(value));
+            }
+            let tenants = fleet_control::tenants(&runtime).await?;
+            if tenants
+                .get::<std::convert::Infallible>(&id)
+                .await?
+                .is_none()
+            {
+                eprintln!("unknown tenant {id}; nothing was sent");
+                return Ok(ExitCode::from(1));
             }
             let quotas = match fleet_protocol::parse_value::<fleet_protocol::TenantQuota>(
                 &serde_json::Value::Object(document),
@@ -335,7 +347,9 @@ pub async fn run(command: TenantCommand) -> anyhow::Result<ExitCode> {
                     for warning in &checked.warnings {
                         say!("{warning}");
                     }
-                    eprintln!("unknown quota names; nothing was sent");
+                    eprintln!(
+                        "refused: a name above is not a quota (upstream TenantQuota names); nothing was sent"
+                    );
                     return Ok(ExitCode::from(1));
                 }
                 Err(rejected) => {

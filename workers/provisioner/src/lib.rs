@@ -844,6 +844,18 @@ impl Provisioner {
     ) -> Result<(), ProvisionError> {
         let current = self.existing(tenant).await?;
         if current.state.status() == TenantProvisioningStatus::Suspended {
+            // Already suspended: only the reason may change (an admin's over the auditor's).
+            self.transition(tenant, |cur| {
+                let connection = cur.and_then(|c| c.state.connection.clone());
+                machine::suspend(
+                    cur,
+                    tenant,
+                    connection,
+                    reason.as_deref(),
+                    &Timestamp::now(),
+                )
+            })
+            .await?;
             return Ok(());
         }
         machine::suspend(Some(&current), tenant, None, None, &Timestamp::now())?; // refuse early when illegal

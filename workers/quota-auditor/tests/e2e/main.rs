@@ -325,13 +325,31 @@ async fn a_tenant_over_its_overridden_storage_quota_is_suspended_and_resumed() {
             .iter()
             .any(|w| w["data"]["quota"] == "maxStorageBytes")
     );
-    fleet.sql("roomy", "DROP TABLE attachment; VACUUM;").await;
+    // An admin suspends it too: their hold outlasts the quota's.
     fleet
-        .eventually("resumed", async || {
+        .publish(
+            "tenant.suspended",
+            "roomy-legal-hold",
+            json!({"tenantId": "roomy", "reason": "legal hold"}),
+        )
+        .await;
+    fleet
+        .eventually("the admin's reason recorded", async || {
             fleet
                 .tenant("roomy")
                 .await
-                .is_some_and(|r| r.status() == fleet_protocol::TenantProvisioningStatus::Active)
+                .is_some_and(|r| r.suspension_reason.as_deref() == Some("legal hold"))
         })
         .await;
+    fleet.sql("roomy", "DROP TABLE attachment; VACUUM;").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held = fleet.tenant("roomy").await.unwrap();
+    assert_eq!(
+        (held.status(), held.suspension_reason.as_deref()),
+        (
+            fleet_protocol::TenantProvisioningStatus::Suspended,
+            Some("legal hold")
+        ),
+        "back under its quota, but an admin holds it"
+    );
 }
