@@ -417,8 +417,14 @@ async fn lifecycle(
 }
 
 fn print_status(record: &TenantRecord) {
+    let reason = record
+        .suspension_reason
+        .as_deref()
+        .filter(|_| record.status() == fleet_protocol::TenantProvisioningStatus::Suspended)
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
     say!(
-        "tenant {}  {}  plan {:?}  region {}  org {}",
+        "tenant {}  {}{reason}  plan {:?}  region {}  org {}",
         record.tenant_id,
         status_name(record),
         record.plan,

@@ -289,6 +289,20 @@ impl QuotaAuditor {
         let Some((done, actions)) = written else {
             return Outcome::transient("the usage record keeps changing; audit again");
         };
+        tracing::debug!(tenant = %tenant, bucket, over = done.state.over_since.is_some(), "audited");
+        for action in &actions {
+            match action {
+                Action::Warn(check) => {
+                    tracing::info!(tenant = %tenant, quota = %check.quota, "quota warning")
+                }
+                Action::Suspend { since } => {
+                    tracing::info!(tenant = %tenant, over_since = %since, "over a quota past the grace period: suspending")
+                }
+                Action::Resume => {
+                    tracing::info!(tenant = %tenant, "back within every quota: resuming")
+                }
+            }
+        }
         for action in actions {
             if let Err(outcome) = self.act(tenant, bucket, &done.state, action).await {
                 return outcome;
