@@ -154,7 +154,12 @@ async fn install_reinstall_dependencies_upgrade_and_uninstall() {
             .await,
         1
     );
-    assert_eq!(fleet.hooks("hooks.app.upgraded").await.len(), 1);
+    // The record says active first; the hook is published right after.
+    fleet
+        .eventually(Duration::from_secs(30), "the upgrade's hook", async || {
+            fleet.hooks("hooks.app.upgraded").await.len() == 1
+        })
+        .await;
 
     // A downgrade is refused; 1.1.0 stays.
     fleet
@@ -225,6 +230,13 @@ async fn install_reinstall_dependencies_upgrade_and_uninstall() {
             .await,
         1
     );
+    fleet
+        .eventually(
+            Duration::from_secs(30),
+            "the uninstalls' hooks",
+            async || fleet.hooks("hooks.app.uninstalled").await.len() == 2,
+        )
+        .await;
     let uninstalled = fleet.hooks("hooks.app.uninstalled").await;
     assert_eq!(uninstalled.len(), 2);
     assert_eq!(
@@ -491,7 +503,17 @@ async fn an_installer_killed_after_the_transaction_ends_in_one_clean_install() {
         1,
         "seeded once"
     );
-    assert_eq!(fleet.hooks("hooks.app.installed").await.len(), 1);
+    fleet
+        .eventually(Duration::from_secs(30), "one install hook", async || {
+            fleet.hooks("hooks.app.installed").await.len() == 1
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        fleet.hooks("hooks.app.installed").await.len(),
+        1,
+        "and only one"
+    );
 }
 
 #[tokio::test]
