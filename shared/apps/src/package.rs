@@ -15,7 +15,7 @@ pub enum PackageError {
     Read {
         /// The file.
         path: String,
-        /// Why.
+        /// The I/O error (missing file, permissions).
         #[source]
         source: std::io::Error,
     },
@@ -24,7 +24,7 @@ pub enum PackageError {
     Json {
         /// The file.
         path: String,
-        /// Why.
+        /// The parse error, with its line and column.
         #[source]
         source: serde_json::Error,
     },

@@ -637,10 +637,10 @@ pub struct DeployRequest {
     pub deployment_id: crate::ids::DeploymentId,
     /// What to deploy.
     pub bundle: DeployBundle,
-    /// Where.
+    /// The tenants: a list, all, or a plan (exactly one).
     #[serde(default)]
     pub target: DeployTarget,
-    /// How.
+    /// Waves, the failure ratio that halts, dry run, `allowDestructive`.
     #[serde(default)]
     pub rollout: RolloutOptions,
 }
@@ -688,10 +688,10 @@ pub struct AppRolloutRequest {
     pub deployment_id: crate::ids::DeploymentId,
     /// What to do with which app.
     pub app: AppRollout,
-    /// Where.
+    /// The tenants: a list, all, a plan, or every tenant with the app (exactly one).
     #[serde(default)]
     pub target: DeployTarget,
-    /// How.
+    /// Waves, the failure ratio that halts, dry run, `allowDestructive` (upgrades).
     #[serde(default)]
     pub rollout: RolloutOptions,
 }
