@@ -22,7 +22,7 @@ use anyhow::{Context, bail};
 use async_nats::HeaderMap;
 use clap::{Args, Subcommand};
 use fleet_apps::{InstallRecord, InstallStatus};
-use fleet_protocol::{AppPackage, DeploymentId, TenantId};
+use fleet_protocol::{AppPackage, TenantId};
 use fleet_runtime::{Runtime, StateStore};
 use serde_json::json;
 
@@ -143,27 +143,7 @@ async fn rollout(
     skip_seed_data: bool,
     allow_destructive: bool,
 ) -> anyhow::Result<ExitCode> {
-    let deployments = fleet_control::deployments(runtime).await?;
-    let results = fleet_control::deploy_results(runtime).await?;
-    let id = match waves.id {
-        Some(id) => DeploymentId::parse(id)?,
-        None => DeploymentId::parse(format!(
-            "app-{}-{}-{}",
-            package.manifest.name,
-            chrono::Utc::now().format("%Y%m%d%H%M%S"),
-            rand::random::<u32>() & 0xffff
-        ))?,
-    };
-    if deployments
-        .get::<std::convert::Infallible>(id.as_str())
-        .await
-        .ok()
-        .flatten()
-        .is_some()
-    {
-        eprintln!("rollout {id} already exists: choose another --id");
-        return Ok(ExitCode::from(1));
-    }
+    let id = crate::deploy_cmd::rollout_id(waves.id, &format!("app-{}", package.manifest.name))?;
     let mut selector = json!({});
     if target.all {
         selector["all"] = json!(true);
@@ -181,29 +161,14 @@ async fn rollout(
         "rollout": {"waves": waves.waves, "maxFailureRatio": waves.max_failure_ratio,
                     "dryRun": waves.dry_run, "allowDestructive": allow_destructive},
     });
-    if let Err(rejected) =
-        fleet_protocol::parse_value::<fleet_protocol::deploy::AppRolloutRequest>(&request)
-    {
-        for issue in rejected.errors() {
-            say!("{issue}");
-        }
-        eprintln!("the rollout was not requested");
-        return Ok(ExitCode::from(1));
-    }
-    runtime
-        .publisher
-        .publish_json(
-            &runtime.topology.subject("deploy.app_requested"),
-            id.as_str(),
-            &request,
-            HeaderMap::new(),
-        )
-        .await?;
-    if waves.no_wait {
-        say!("{id}");
-        return Ok(ExitCode::SUCCESS);
-    }
-    crate::deploy_cmd::watch(&deployments, &results, &id).await
+    crate::deploy_cmd::start_rollout::<fleet_protocol::deploy::AppRolloutRequest>(
+        runtime,
+        &id,
+        "deploy.app_requested",
+        &request,
+        waves.no_wait,
+    )
+    .await
 }
 
 /// Reads and validates a package; `None` after printing every issue.
@@ -356,6 +321,127 @@ fn report(record: Option<InstallRecord>, version: &str) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// What the single-tenant commands share: the connection, the install records, the server's
+/// payload limit and the stamp that makes each command's message id its own.
+struct Sender {
+    runtime: Runtime,
+    installs: StateStore<InstallRecord>,
+    limit: usize,
+    stamp: i64,
+}
+
+impl Sender {
+    /// One operation on one tenant: refused here when it cannot fit the tenant or the app's
+    /// record ([`preflight`]); else sent once and waited for until the record changed past the
+    /// revision it had and `settled` holds. `Err(reason)`: refused before sending.
+    #[allow(clippy::too_many_arguments)]
+    async fn one_tenant(
+        &self,
+        tenant: &TenantId,
+        app: &str,
+        operation: fleet_apps::Operation,
+        version: &str,
+        command: serde_json::Value,
+        timeout: u64,
+        settled: impl Fn(&InstallRecord) -> bool,
+    ) -> anyhow::Result<Result<Option<InstallRecord>, String>> {
+        if let Some(refusal) = preflight(
+            &self.runtime,
+            &self.installs,
+            tenant,
+            app,
+            operation,
+            version,
+        )
+        .await?
+        {
+            return Ok(Err(refusal));
+        }
+        let key = InstallRecord::key(tenant.as_str(), app);
+        let after = revision(&self.installs, &key).await?;
+        let size = serde_json::to_vec(&command).map_or(0, |b| b.len());
+        if size > self.limit {
+            bail!(
+                "the command is {size} bytes, more than the server takes ({} bytes, its max_payload): the package is too large to send",
+                self.limit
+            );
+        }
+        let (subject, verb) = match operation {
+            fleet_apps::Operation::Install => ("app.install_requested", "install"),
+            fleet_apps::Operation::Upgrade => ("app.upgrade_requested", "upgrade"),
+            fleet_apps::Operation::Uninstall => ("app.uninstall_requested", "uninstall"),
+        };
+        self.runtime
+            .publisher
+            .publish_json(
+                &self.runtime.topology.subject(subject),
+                &format!("{verb}:{key}:{version}:{}", self.stamp),
+                &command,
+                HeaderMap::new(),
+            )
+            .await
+            .with_context(|| format!("sending {subject}"))?;
+        Ok(Ok(wait(
+            &self.installs,
+            &key,
+            after,
+            Duration::from_secs(timeout),
+            settled,
+        )
+        .await?))
+    }
+
+    /// An install or upgrade of `package`: in waves when no `--tenant` is named, else through
+    /// the installer, its outcome reported.
+    async fn install_or_upgrade(
+        &self,
+        package: &AppPackage,
+        operation: fleet_apps::Operation,
+        target: &Where,
+        waves: Waves,
+        options: serde_json::Value,
+        timeout: u64,
+    ) -> anyhow::Result<ExitCode> {
+        let verb = if operation == fleet_apps::Operation::Upgrade {
+            "upgrade"
+        } else {
+            "install"
+        };
+        let Some(tenant) = &target.tenant else {
+            let flag = |name: &str| options[name].as_bool().unwrap_or(false);
+            return rollout(
+                &self.runtime,
+                package,
+                verb,
+                target,
+                waves,
+                flag("skipSeedData"),
+                flag("allowDestructive"),
+            )
+            .await;
+        };
+        let tenant = TenantId::parse(tenant.as_str()).context("--tenant")?;
+        let app = package.manifest.name.to_string();
+        let version = package.manifest.version.clone();
+        let mut command = json!({"tenantId": tenant, "appId": app, "package": package});
+        for (key, value) in options.as_object().into_iter().flatten() {
+            command[key] = value.clone();
+        }
+        let sent = self
+            .one_tenant(&tenant, &app, operation, &version, command, timeout, |r| {
+                r.version == version && r.status != InstallStatus::Installing
+            })
+            .await?;
+        match sent {
+            Ok(record) => Ok(report(record, &version)),
+            Err(refusal) => {
+                eprintln!("refused: {refusal}");
+                Ok(ExitCode::from(1))
+            }
+        }
+    }
+}
+
 /// Runs an `app` subcommand.
 pub async fn run(command: AppCommand) -> anyhow::Result<ExitCode> {
     let config = fleet_config::Config::load()?;
@@ -363,27 +449,12 @@ pub async fn run(command: AppCommand) -> anyhow::Result<ExitCode> {
         return check(&config, package, tenant).await;
     }
     let runtime = Runtime::connect(&config).await?;
-    let installs = fleet_control::installs(&runtime).await?;
-    let limit = payload_limit(&runtime);
-    let publish = async |subject: &str, id: String, payload: serde_json::Value| {
-        let size = serde_json::to_vec(&payload).map_or(0, |b| b.len());
-        if size > limit {
-            bail!(
-                "the command is {size} bytes, more than the server takes ({limit} bytes, its max_payload): the package is too large to send"
-            );
-        }
-        runtime
-            .publisher
-            .publish_json(
-                &runtime.topology.subject(subject),
-                &id,
-                &payload,
-                HeaderMap::new(),
-            )
-            .await
-            .with_context(|| format!("sending {subject}"))
+    let sender = Sender {
+        installs: fleet_control::installs(&runtime).await?,
+        limit: payload_limit(&runtime),
+        stamp: chrono::Utc::now().timestamp_millis(),
+        runtime,
     };
-    let stamp = chrono::Utc::now().timestamp_millis();
     match command {
         AppCommand::Install {
             package,
@@ -395,50 +466,17 @@ pub async fn run(command: AppCommand) -> anyhow::Result<ExitCode> {
             let Some(package) = load(&package)? else {
                 return Ok(ExitCode::from(1));
             };
-            let Some(tenant) = &target.tenant else {
-                return rollout(
-                    &runtime,
+            let options = json!({"skipSeedData": skip_seed_data});
+            sender
+                .install_or_upgrade(
                     &package,
-                    "install",
+                    fleet_apps::Operation::Install,
                     &target,
                     waves,
-                    skip_seed_data,
-                    false,
+                    options,
+                    timeout,
                 )
-                .await;
-            };
-            let tenant = TenantId::parse(tenant.as_str()).context("--tenant")?;
-            let (app, version) = (
-                package.manifest.name.to_string(),
-                package.manifest.version.clone(),
-            );
-            if let Some(refusal) = preflight(
-                &runtime,
-                &installs,
-                &tenant,
-                &app,
-                fleet_apps::Operation::Install,
-                &version,
-            )
-            .await?
-            {
-                eprintln!("refused: {refusal}");
-                return Ok(ExitCode::from(1));
-            }
-            let key = InstallRecord::key(tenant.as_str(), &app);
-            let after = revision(&installs, &key).await?;
-            let command = json!({"tenantId": tenant, "appId": app, "skipSeedData": skip_seed_data, "package": package});
-            publish(
-                "app.install_requested",
-                format!("install:{key}:{version}:{stamp}"),
-                command,
-            )
-            .await?;
-            let record = wait(&installs, &key, after, Duration::from_secs(timeout), |r| {
-                r.version == version && r.status != InstallStatus::Installing
-            })
-            .await?;
-            Ok(report(record, &version))
+                .await
         }
         AppCommand::Upgrade {
             package,
@@ -450,50 +488,17 @@ pub async fn run(command: AppCommand) -> anyhow::Result<ExitCode> {
             let Some(package) = load(&package)? else {
                 return Ok(ExitCode::from(1));
             };
-            let Some(tenant) = &target.tenant else {
-                return rollout(
-                    &runtime,
+            let options = json!({"allowDestructive": allow_destructive});
+            sender
+                .install_or_upgrade(
                     &package,
-                    "upgrade",
+                    fleet_apps::Operation::Upgrade,
                     &target,
                     waves,
-                    false,
-                    allow_destructive,
+                    options,
+                    timeout,
                 )
-                .await;
-            };
-            let tenant = TenantId::parse(tenant.as_str()).context("--tenant")?;
-            let (app, version) = (
-                package.manifest.name.to_string(),
-                package.manifest.version.clone(),
-            );
-            let key = InstallRecord::key(tenant.as_str(), &app);
-            if let Some(refusal) = preflight(
-                &runtime,
-                &installs,
-                &tenant,
-                &app,
-                fleet_apps::Operation::Upgrade,
-                &version,
-            )
-            .await?
-            {
-                eprintln!("refused: {refusal}");
-                return Ok(ExitCode::from(1));
-            }
-            let after = revision(&installs, &key).await?;
-            let command = json!({"tenantId": tenant, "appId": app, "allowDestructive": allow_destructive, "package": package});
-            publish(
-                "app.upgrade_requested",
-                format!("upgrade:{key}:{version}:{stamp}"),
-                command,
-            )
-            .await?;
-            let record = wait(&installs, &key, after, Duration::from_secs(timeout), |r| {
-                r.version == version && r.status != InstallStatus::Installing
-            })
-            .await?;
-            Ok(report(record, &version))
+                .await
         }
         AppCommand::Uninstall {
             app,
@@ -502,34 +507,24 @@ pub async fn run(command: AppCommand) -> anyhow::Result<ExitCode> {
             timeout,
         } => {
             let tenant = TenantId::parse(&tenant).context("--tenant")?;
-            let key = InstallRecord::key(tenant.as_str(), &app);
-            if let Some(refusal) = preflight(
-                &runtime,
-                &installs,
-                &tenant,
-                &app,
-                fleet_apps::Operation::Uninstall,
-                "",
-            )
-            .await?
-            {
-                eprintln!("refused: {refusal}");
-                return Ok(ExitCode::from(1));
-            }
-            let after = revision(&installs, &key).await?;
             let command = json!({"tenantId": tenant, "appId": app, "dropTables": drop_tables});
-            publish(
-                "app.uninstall_requested",
-                format!("uninstall:{key}:{stamp}"),
-                command,
-            )
-            .await?;
-            let record = wait(&installs, &key, after, Duration::from_secs(timeout), |r| {
-                r.status != InstallStatus::Uninstalling
-            })
-            .await?;
-            match record {
-                None => {
+            let sent = sender
+                .one_tenant(
+                    &tenant,
+                    &app,
+                    fleet_apps::Operation::Uninstall,
+                    "",
+                    command,
+                    timeout,
+                    |r| r.status != InstallStatus::Uninstalling,
+                )
+                .await?;
+            match sent {
+                Err(refusal) => {
+                    eprintln!("refused: {refusal}");
+                    Ok(ExitCode::from(1))
+                }
+                Ok(None) => {
                     say!(
                         "{app} uninstalled from {tenant}{}",
                         if drop_tables {
@@ -540,7 +535,7 @@ pub async fn run(command: AppCommand) -> anyhow::Result<ExitCode> {
                     );
                     Ok(ExitCode::SUCCESS)
                 }
-                Some(record) => {
+                Ok(Some(record)) => {
                     eprintln!("refused: {}", record.error.unwrap_or_default());
                     Ok(ExitCode::from(1))
                 }
@@ -548,7 +543,8 @@ pub async fn run(command: AppCommand) -> anyhow::Result<ExitCode> {
         }
         AppCommand::List { tenant, json } => {
             let tenant = TenantId::parse(&tenant).context("--tenant")?;
-            let tenants = fleet_control::tenants(&runtime).await?;
+            let installs = &sender.installs;
+            let tenants = fleet_control::tenants(&sender.runtime).await?;
             if tenants
                 .get::<std::convert::Infallible>(tenant.as_str())
                 .await?

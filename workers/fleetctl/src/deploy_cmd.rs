@@ -227,27 +227,10 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
                 bail!("name a bundle file or directory")
             };
             let bundle = bundle_document(&path)?;
-            let id = match args.id {
-                Some(id) => DeploymentId::parse(id)?,
-                None => DeploymentId::parse(format!(
-                    "d-{}-{:06x}",
-                    chrono::Utc::now().format("%Y%m%d%H%M%S"),
-                    rand::random::<u32>() & 0xff_ffff
-                ))?,
-            };
-            if let Some(existing) = deployments
-                .get::<rollout::RolloutError>(id.as_str())
-                .await?
-            {
-                eprintln!(
-                    "deployment {id} already exists ({:?}, version {}): choose another --id",
-                    existing.state.status, existing.state.version
-                );
-                return Ok(ExitCode::from(1));
-            }
             if !args.all && args.tenants.is_empty() {
                 bail!("name --tenants or --all");
             }
+            let id = rollout_id(args.id, "d")?;
             let request = json!({
                 "deploymentId": id,
                 "bundle": bundle,
@@ -263,30 +246,73 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
                     dry_run: args.dry_run,
                 },
             });
-            // Refuse a bad request here, with every issue, before anything is published.
-            if let Err(rejected) = fleet_protocol::parse_value::<DeployRequest>(&request) {
-                for issue in rejected.errors() {
-                    say!("{issue}");
-                }
-                eprintln!("the deployment was not requested");
-                return Ok(ExitCode::from(1));
-            }
-            runtime
-                .publisher
-                .publish_json(
-                    &runtime.topology.subject("deploy.requested"),
-                    id.as_str(),
-                    &request,
-                    HeaderMap::new(),
-                )
-                .await?;
-            if args.no_wait {
-                say!("{id}");
-                return Ok(ExitCode::SUCCESS);
-            }
-            watch(&deployments, &results, &id).await
+            start_rollout::<DeployRequest>(
+                &runtime,
+                &id,
+                "deploy.requested",
+                &request,
+                args.no_wait,
+            )
+            .await
         }
     }
+}
+
+/// The id a rollout is requested under: `--id`, or `<prefix>-<time>-<random>`.
+pub(crate) fn rollout_id(given: Option<String>, prefix: &str) -> anyhow::Result<DeploymentId> {
+    Ok(match given {
+        Some(id) => DeploymentId::parse(id)?,
+        None => DeploymentId::parse(format!(
+            "{prefix}-{}-{:06x}",
+            chrono::Utc::now().format("%Y%m%d%H%M%S"),
+            rand::random::<u32>() & 0xff_ffff
+        ))?,
+    })
+}
+
+/// Requests a rollout (a bundle's or an app's) on `subject` under `id` and watches it: refused
+/// here when the id is taken or the request is not a valid `R` (every issue printed), so nothing
+/// is published then.
+pub(crate) async fn start_rollout<R: fleet_protocol::Spec>(
+    runtime: &Runtime,
+    id: &DeploymentId,
+    subject: &str,
+    request: &Value,
+    no_wait: bool,
+) -> anyhow::Result<ExitCode> {
+    let deployments = fleet_control::deployments(runtime).await?;
+    if let Some(existing) = deployments
+        .get::<rollout::RolloutError>(id.as_str())
+        .await?
+    {
+        eprintln!(
+            "deployment {id} already exists ({:?}, version {}): choose another --id",
+            existing.state.status, existing.state.version
+        );
+        return Ok(ExitCode::from(1));
+    }
+    if let Err(rejected) = fleet_protocol::parse_value::<R>(request) {
+        for issue in rejected.errors() {
+            say!("{issue}");
+        }
+        eprintln!("the deployment was not requested");
+        return Ok(ExitCode::from(1));
+    }
+    runtime
+        .publisher
+        .publish_json(
+            &runtime.topology.subject(subject),
+            id.as_str(),
+            request,
+            HeaderMap::new(),
+        )
+        .await?;
+    if no_wait {
+        say!("{id}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let results = fleet_control::deploy_results(runtime).await?;
+    watch(&deployments, &results, id).await
 }
 
 /// Sends `action` to the deployer on `deploy.control.<id>` — after checking it against the
