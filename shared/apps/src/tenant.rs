@@ -355,24 +355,11 @@ async fn existing_seeds(
 /// The registry entries of `package`: its objects, views and flows, and its manifest
 /// (`metadata_type` `app`).
 fn items(package: &AppPackage) -> Vec<registry::Item> {
-    let mut items = Vec::new();
-    for (kind, records) in [
+    let mut items = registry::items(&[
         ("object", &package.objects),
         ("view", &package.views),
         ("flow", &package.flows),
-    ] {
-        for (i, record) in records.iter().enumerate() {
-            let name = record
-                .get("name")
-                .and_then(Json::as_str)
-                .map_or_else(|| format!("{kind}_{i}"), str::to_owned);
-            items.push((
-                kind.to_owned(),
-                name,
-                Json::Object(record.clone()).to_string(),
-            ));
-        }
-    }
+    ]);
     items.push((
         "app".to_owned(),
         package.manifest.name.to_string(),

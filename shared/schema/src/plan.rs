@@ -552,7 +552,13 @@ pub fn plan(
         };
         if rebuilt.contains(name) {
             let kept = kept_through_rebuild(current, &current_name(name));
-            steps.push(rebuild(have, want, &kept, narrowed.contains(name)));
+            steps.push(rebuild(
+                have,
+                want,
+                &changes,
+                &kept,
+                narrowed.contains(name),
+            ));
             continue;
         }
         for change in &changes {
@@ -721,30 +727,23 @@ fn can_add_natively(column: &Column) -> bool {
     !(column.primary_key || !literal_default || needs_a_default || keyed_with_default)
 }
 
-/// For each column of `want`, the column of `have` it is copied from (same name, or the one it
-/// was explicitly renamed from — the diff's rules).
-fn forward_sources(have: &Table, want: &Table) -> Vec<Option<String>> {
-    let changes = crate::diff::diff(
-        &Schema {
-            tables: [(want.name.clone(), have.clone())].into(),
-            ..Schema::default()
-        },
-        &Schema {
-            tables: [(want.name.clone(), want.clone())].into(),
-            ..Schema::default()
-        },
-    )
-    .changes;
+/// For each column of `want`, the column of `have` it is copied from: the one `changes` (the
+/// plan's diff) renames into it, none for a column it adds, else the one of the same name.
+fn forward_sources(have: &Table, want: &Table, changes: &[Change]) -> Vec<Option<String>> {
     want.columns
         .iter()
         .map(|column| {
             let renamed = changes.iter().find_map(|c| match c {
-                Change::RenameColumn { from, to, .. } if *to == column.name => Some(from.clone()),
+                Change::RenameColumn { table, from, to }
+                    if *table == want.name && *to == column.name =>
+                {
+                    Some(from.clone())
+                }
                 _ => None,
             });
-            let added = changes
-                .iter()
-                .any(|c| matches!(c, Change::AddColumn { column: a, .. } if a.name == column.name));
+            let added = changes.iter().any(|c| {
+                matches!(c, Change::AddColumn { table, column: a } if *table == want.name && a.name == column.name)
+            });
             match renamed {
                 Some(from) => Some(from),
                 None if added => None,
@@ -758,10 +757,16 @@ fn forward_sources(have: &Table, want: &Table) -> Vec<Option<String>> {
 /// indexes); and, as its rollback, the rebuild of `want` back into `have` when that restores
 /// exactly what was there (no column dropped, no NULL filled by a default, no type narrowed).
 /// `have` is addressed by `want`'s name: a table rename, when there is one, has already run.
-fn rebuild(have: &Table, want: &Table, kept: &[&Unmanaged], narrows: bool) -> Step {
+fn rebuild(
+    have: &Table,
+    want: &Table,
+    changes: &[Change],
+    kept: &[&Unmanaged],
+    narrows: bool,
+) -> Step {
     let mut have = have.clone();
     have.name = want.name.clone();
-    let forward = forward_sources(&have, want);
+    let forward = forward_sources(&have, want, changes);
     let (sql, lossless) = rebuild_sql(&have, want, &forward, kept);
     let backward: Vec<Option<String>> = have
         .columns

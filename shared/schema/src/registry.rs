@@ -241,6 +241,33 @@ fn delete(kind: &str, name: &str) -> BoundStatement {
 /// One piece of metadata to register: `(metadata_type, metadata_name, body JSON)`.
 pub type Item = (String, String, String);
 
+/// The registry entries of metadata records by kind (`("object", &bundle.objects)`, …): each
+/// record's `name` (or `<kind>_<position>`) and its JSON body.
+pub fn items(kinds: &[(&str, &[serde_json::Map<String, serde_json::Value>])]) -> Vec<Item> {
+    let mut items = Vec::new();
+    for (kind, records) in kinds {
+        for (i, record) in records.iter().enumerate() {
+            let name = record
+                .get("name")
+                .and_then(|n| n.as_str())
+                .map_or_else(|| format!("{kind}_{i}"), str::to_owned);
+            let body = serde_json::Value::Object(record.clone()).to_string();
+            items.push(((*kind).to_owned(), name, body));
+        }
+    }
+    items
+}
+
+/// The registry entries of a deploy bundle: its objects, views, flows and permissions.
+pub fn bundle_items(bundle: &fleet_protocol::DeployBundle) -> Vec<Item> {
+    items(&[
+        ("object", &bundle.objects),
+        ("view", &bundle.views),
+        ("flow", &bundle.flows),
+        ("permission", &bundle.permissions),
+    ])
+}
+
 /// The statements that make `items` the whole registered set of `owner` (given the registry
 /// as it is, `previous`): each item upserted with `version` and `source`, each of the owner's
 /// entries that `items` no longer has deleted; and the snapshot of the touched entries as they

@@ -33,20 +33,30 @@ impl Usage {
 /// Measures the database `conn` is connected to.
 pub async fn measure(conn: &Connection) -> Result<Usage, IntrospectError> {
     let rows = registry::read(conn).await?.unwrap_or_default();
-    let live = crate::introspect(conn).await?;
+    // Which tables exist: the schema table's names are enough (no per-table pragmas).
+    let names = crate::introspect::rows(
+        conn,
+        "SELECT name FROM main.sqlite_master WHERE type = 'table'",
+        "table names",
+    )
+    .await?;
+    let tables: std::collections::BTreeSet<String> = names
+        .iter()
+        .filter_map(|r| crate::introspect::text(&r[0]))
+        .collect();
     let mut records = BTreeMap::new();
     for r in rows.iter().filter(|r| r.kind == "object") {
         let Ok(object) = registry::object_of(&r.body) else {
             continue;
         };
         let table = object.table();
-        if object.r#abstract || !live.tables.contains_key(&table) {
+        if object.r#abstract || !tables.contains(&table) {
             continue;
         }
         let n = count(conn, &format!("SELECT count(*) FROM {}", quote(&table))).await?;
         records.insert(r.name.clone(), n);
     }
-    let has = |t: &str| live.tables.contains_key(t);
+    let has = |t: &str| tables.contains(t);
     let deployments_today = if has("sys_deployment") {
         count(
             conn,

@@ -120,35 +120,28 @@ impl DeployCommand {
             })
         };
         let subject = delivery.subject.as_str();
+        // A bad request that names a valid deployment gets its rejection recorded.
+        let rejected = |outcome| Unparsed {
+            outcome,
+            deployment: serde_json::from_slice::<serde_json::Value>(&delivery.payload)
+                .ok()
+                .and_then(|raw| {
+                    raw.get("deploymentId")?
+                        .as_str()
+                        .and_then(|id| DeploymentId::parse(id).ok())
+                }),
+        };
         if subject == "deploy.requested" {
             return delivery
                 .decode::<DeployRequest>()
                 .map(|request| Self::Request(Box::new(request)))
-                .map_err(|outcome| Unparsed {
-                    outcome,
-                    deployment: serde_json::from_slice::<serde_json::Value>(&delivery.payload)
-                        .ok()
-                        .and_then(|raw| {
-                            raw.get("deploymentId")?
-                                .as_str()
-                                .and_then(|id| DeploymentId::parse(id).ok())
-                        }),
-                });
+                .map_err(rejected);
         }
         if subject == "deploy.app_requested" {
             return delivery
                 .decode::<fleet_protocol::deploy::AppRolloutRequest>()
                 .map(|request| Self::AppRequest(Box::new(request)))
-                .map_err(|outcome| Unparsed {
-                    outcome,
-                    deployment: serde_json::from_slice::<serde_json::Value>(&delivery.payload)
-                        .ok()
-                        .and_then(|raw| {
-                            raw.get("deploymentId")?
-                                .as_str()
-                                .and_then(|id| DeploymentId::parse(id).ok())
-                        }),
-                });
+                .map_err(rejected);
         }
         if subject == "deploy.rollback" {
             return delivery
@@ -1349,23 +1342,7 @@ pub fn registry_statements(
     let rollback = fleet_schema::rollback_plan(plan)
         .and_then(|p| serde_json::to_string(&p).ok())
         .map_or(SqlValue::Null, SqlValue::Text);
-    let kinds = [
-        ("object", &bundle.objects),
-        ("view", &bundle.views),
-        ("flow", &bundle.flows),
-        ("permission", &bundle.permissions),
-    ];
-    let mut items = Vec::new();
-    for (kind, records) in kinds {
-        for (i, item) in records.iter().enumerate() {
-            let name = item
-                .get("name")
-                .and_then(|n| n.as_str())
-                .map_or_else(|| format!("{kind}_{i}"), str::to_owned);
-            let body = serde_json::Value::Object(item.clone()).to_string();
-            items.push((kind.to_owned(), name, body));
-        }
-    }
+    let items = fleet_schema::registry::bundle_items(bundle);
     let (mut out, snapshot) = fleet_schema::registry::replace(
         registered,
         &fleet_schema::Owner::Platform,

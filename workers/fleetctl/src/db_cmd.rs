@@ -171,7 +171,7 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
             allow_destructive,
             format,
         } => {
-            let Some((_, objects)) = desired_objects(&bundle, &target)? else {
+            let Some((_, objects)) = desired_objects(&bundle)? else {
                 return Ok(ExitCode::from(1));
             };
             // Planning never creates or changes the database: a missing one is an empty database.
@@ -193,7 +193,7 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
             allow_destructive,
             format,
         } => {
-            let Some((parsed, objects)) = desired_objects(&bundle, &target)? else {
+            let Some((parsed, objects)) = desired_objects(&bundle)? else {
                 return Ok(ExitCode::from(1));
             };
             let Some((conn, label)) = open_target(&target, true).await? else {
@@ -249,23 +249,7 @@ const APPLY_SOURCE: &str = "fleetctl:db-apply";
 /// The statements that register `bundle` as the platform's whole metadata (what a deploy
 /// writes, without a deployment record).
 fn registration(bundle: &DeployBundle, registered: &[Registered]) -> Vec<BoundStatement> {
-    let kinds = [
-        ("object", &bundle.objects),
-        ("view", &bundle.views),
-        ("flow", &bundle.flows),
-        ("permission", &bundle.permissions),
-    ];
-    let mut items = Vec::new();
-    for (kind, records) in kinds {
-        for (i, record) in records.iter().enumerate() {
-            let name = record
-                .get("name")
-                .and_then(|n| n.as_str())
-                .map_or_else(|| format!("{kind}_{i}"), str::to_owned);
-            let body = serde_json::Value::Object(record.clone()).to_string();
-            items.push((kind.to_owned(), name, body));
-        }
-    }
+    let items = fleet_schema::registry::bundle_items(bundle);
     fleet_schema::registry::replace(
         registered,
         &Owner::Platform,
@@ -279,14 +263,10 @@ fn registration(bundle: &DeployBundle, registered: &[Registered]) -> Vec<BoundSt
 /// The bundle and the objects to migrate to: the bundle's, plus the base system objects (every
 /// database `fleetctl db` migrates is a tenant database, with the metadata registry that records
 /// what the engine created). `None` after printing the bundle's issues.
-fn desired_objects(
-    bundle: &Path,
-    target: &Target,
-) -> anyhow::Result<Option<(DeployBundle, Vec<ObjectDefinition>)>> {
+fn desired_objects(bundle: &Path) -> anyhow::Result<Option<(DeployBundle, Vec<ObjectDefinition>)>> {
     let Some((bundle, objects)) = load_objects(bundle)? else {
         return Ok(None);
     };
-    let _ = target;
     Ok(Some((
         bundle,
         fleet_schema::system::with_system_objects(&objects),
