@@ -99,8 +99,25 @@ fn source(app: &str) -> String {
     format!("app:{app}")
 }
 
+/// The tenant's metadata registry (empty when it has none).
+async fn registered(conn: &Connection) -> Result<Vec<Registered>, AppError> {
+    Ok(registry::read(conn)
+        .await
+        .map_err(SchemaError::from)?
+        .unwrap_or_default())
+}
+
 /// The apps installed in the tenant.
 pub async fn installed(conn: &Connection) -> Result<Vec<Installed>, AppError> {
+    let rows = registered(conn).await?;
+    installed_with(conn, &rows).await
+}
+
+/// [`installed`], with the registry already read.
+async fn installed_with(
+    conn: &Connection,
+    registered: &[Registered],
+) -> Result<Vec<Installed>, AppError> {
     let query = |source| AppError::Query {
         what: "the installed apps",
         source,
@@ -123,10 +140,6 @@ pub async fn installed(conn: &Connection) -> Result<Vec<Installed>, AppError> {
         });
     }
     drop(rows);
-    let registered = registry::read(conn)
-        .await
-        .map_err(SchemaError::from)?
-        .unwrap_or_default();
     for app in &mut apps {
         let mine = owner(&app.app);
         app.manifest = registered
@@ -160,6 +173,22 @@ pub async fn check(
     objects: &[ObjectDefinition],
     quotas: &TenantQuota,
 ) -> Result<AppCompatibilityCheck, AppError> {
+    let rows = registered(conn).await?;
+    let live = fleet_schema::introspect(conn)
+        .await
+        .map_err(SchemaError::from)?;
+    check_with(conn, package, objects, quotas, &rows, &live).await
+}
+
+/// [`check`], with the registry and the live schema already read.
+async fn check_with(
+    conn: &Connection,
+    package: &AppPackage,
+    objects: &[ObjectDefinition],
+    quotas: &TenantQuota,
+    rows: &[Registered],
+    live: &fleet_schema::Schema,
+) -> Result<AppCompatibilityCheck, AppError> {
     let app = package.manifest.name.as_str();
     let mut issues = Vec::new();
     if let Some(min) = &package.manifest.min_kernel_version {
@@ -176,14 +205,7 @@ pub async fn check(
             )),
         }
     }
-    let rows = registry::read(conn)
-        .await
-        .map_err(SchemaError::from)?
-        .unwrap_or_default();
-    let ownership = Ownership::of(&rows, &owner(app));
-    let live = fleet_schema::introspect(conn)
-        .await
-        .map_err(SchemaError::from)?;
+    let ownership = Ownership::of(rows, &owner(app));
     for object in objects.iter().filter(|o| !o.r#abstract) {
         let table = object.table();
         let name = object.name.as_str();
@@ -207,7 +229,7 @@ pub async fn check(
             ));
         }
     }
-    let apps = installed(conn).await?;
+    let apps = installed_with(conn, rows).await?;
     for dependency in package.dependencies() {
         match apps.iter().find(|a| a.app == dependency.app) {
             None => issues.push(issue(
@@ -369,16 +391,11 @@ fn items(package: &AppPackage) -> Vec<registry::Item> {
 }
 
 /// The registered objects of every other owner.
-async fn context(conn: &Connection, app: &str) -> Result<Vec<ObjectDefinition>, AppError> {
-    let rows = registry::read(conn)
-        .await
-        .map_err(SchemaError::from)?
-        .unwrap_or_default();
-    Ok(rows
-        .iter()
+fn context(rows: &[Registered], app: &str) -> Vec<ObjectDefinition> {
+    rows.iter()
         .filter(|r| r.kind == "object" && r.owner() != owner(app))
         .filter_map(|r| registry::object_of(&r.body).ok())
-        .collect())
+        .collect()
 }
 
 /// An install or upgrade worked out against the tenant, not yet applied: what a dry run
@@ -474,17 +491,23 @@ pub async fn plan_install(
     options: InstallOptions,
 ) -> Result<InstallPlan, AppError> {
     let app = package.manifest.name.as_str();
-    let check = check(conn, package, objects, quotas).await?;
+    // The registry and the live schema, read once for the check, the upgrade's refusals, the
+    // references' context and the seeds (the engine's plan reads its own).
+    let rows = registered(conn).await?;
+    let live = fleet_schema::introspect(conn)
+        .await
+        .map_err(SchemaError::from)?;
+    let check = check_with(conn, package, objects, quotas, &rows, &live).await?;
     if !check.compatible {
         return Err(AppError::Incompatible(check));
     }
     if options.upgrade
-        && let Some(refusal) = upgrade_refusal(&installed(conn).await?, package)
+        && let Some(refusal) = upgrade_refusal(&installed_with(conn, &rows).await?, package)
     {
         return Err(refusal);
     }
     // The objects of other owners (an app this one depends on) resolve its references.
-    let context = context(conn, app).await?;
+    let context = context(&rows, app);
     let planned = fleet_schema::plan_database_within(
         conn,
         objects,
@@ -513,12 +536,7 @@ pub async fn plan_install(
     } else {
         seeds(package, objects, None)
     };
-    let live: BTreeSet<String> = fleet_schema::introspect(conn)
-        .await
-        .map_err(SchemaError::from)?
-        .tables
-        .into_keys()
-        .collect();
+    let live: BTreeSet<String> = live.tables.into_keys().collect();
     let already = existing_seeds(conn, &seeds, &live).await?;
     let (mut after, _) = registry::replace(
         &previous,
