@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `just up`: a local fleet on the embedded default — the pinned nats-server (when none answers at
-# the configured URL) with its data under .fleet/nats, then every worker that exists, on the local
-# libSQL backend. Logs in .fleet/logs, pids in .fleet/run. `just down` stops what this started.
+# the configured URL) with its data under .fleet/nats, then the four workers (provisioner, deployer,
+# installer, quota-auditor) as release builds on the local libSQL backend. Logs in .fleet/logs, pids
+# in .fleet/run. Running it again starts only what is not running; `just down` stops what it started.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -24,7 +25,8 @@ else
   echo "nats-server started at $url (pid $(cat "$home/run/nats-server.pid"))"
 fi
 
-cargo build --quiet -p provisioner -p deployer -p installer -p quota-auditor -p fleetctl
+echo "building the workers (release; the first build takes a few minutes)…"
+cargo build --release --quiet -p provisioner -p deployer -p installer -p quota-auditor -p fleetctl
 # Each worker serves its probes and metrics on a port of its own (9464, 9465, …): two on the
 # default address would collide and the second would exit.
 health_port=9464
@@ -36,7 +38,9 @@ for worker in provisioner deployer installer quota-auditor; do
     echo "$worker already running (pid $(cat "$pidfile"))"
     continue
   fi
-  FLEET_NATS__URL="$url" FLEET_WORKER__HEALTH_ADDR="$health" "$root/target/debug/$worker" >>"$home/logs/$worker.log" 2>&1 &
+  FLEET_NATS__URL="$url" FLEET_WORKER__HEALTH_ADDR="$health" "$root/target/release/$worker" >>"$home/logs/$worker.log" 2>&1 &
   echo $! > "$pidfile"
   echo "$worker started (pid $!), probes and metrics on http://$health, log $home/logs/$worker.log"
 done
+echo
+echo "the fleet is up: target/release/fleetctl status (FLEET_NATS__URL=$url)"

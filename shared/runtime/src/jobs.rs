@@ -446,6 +446,29 @@ impl DeadLetter {
             .map_err(|e| unreadable(e.to_string()))?;
         Ok(bytes)
     }
+
+    /// Deletes the whole payload kept in the object store, if there is one: called once the
+    /// letter itself was removed (replayed or purged), so no payload outlives its letter.
+    pub async fn discard_payload(&self, js: &jetstream::Context) -> Result<(), PayloadError> {
+        let Some(location) = &self.payload_object else {
+            return Ok(());
+        };
+        let unreadable = |message: String| PayloadError::Unreadable {
+            location: location.clone(),
+            message,
+        };
+        let (bucket, object) = location
+            .split_once('/')
+            .ok_or_else(|| unreadable("not <bucket>/<object>".to_owned()))?;
+        let store = js
+            .get_object_store(bucket)
+            .await
+            .map_err(|e| unreadable(e.to_string()))?;
+        store
+            .delete(object)
+            .await
+            .map_err(|e| unreadable(e.to_string()))
+    }
 }
 
 /// Why a dead letter's whole payload is not available.

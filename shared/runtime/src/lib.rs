@@ -9,6 +9,7 @@
 //! - [`schedule`]: work due later as JetStream message schedules, never a long nak.
 //! - [`telemetry`], [`metrics`], [`health`], [`shutdown`]: logs and traces, Prometheus metrics,
 //!   probes, graceful stop.
+//! - [`heartbeat`]: which worker replicas are running, in a small KV bucket.
 //!
 //! [`Runtime::connect`] connects and ensures the topology; [`Runtime::run_worker`] runs a
 //! handler until the shutdown signal; [`worker::main`] is all of a worker binary's `main`.
@@ -16,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod health;
+pub mod heartbeat;
 pub mod hooks;
 pub mod jobs;
 pub mod metrics;
@@ -54,6 +56,14 @@ pub enum RuntimeError {
     Connect {
         /// The URL.
         url: String,
+        /// Why.
+        message: String,
+    },
+    /// A KV bucket of the topology could not be opened.
+    #[error("opening bucket {bucket}: {message}")]
+    Bucket {
+        /// The bucket.
+        bucket: String,
         /// Why.
         message: String,
     },
@@ -124,8 +134,8 @@ impl Runtime {
         self.js
             .get_key_value(&spec.bucket)
             .await
-            .map_err(|e| RuntimeError::Connect {
-                url: spec.bucket.clone(),
+            .map_err(|e| RuntimeError::Bucket {
+                bucket: spec.bucket.clone(),
                 message: e.to_string(),
             })
     }
@@ -155,6 +165,18 @@ impl Runtime {
             .map_err(|source| RuntimeError::Health { address, source })?;
         tracing::info!(%bound, consumer, "probes and metrics served");
         health.set_ready(true);
+        let heartbeat = match self.bucket(topology::names::WORKERS).await {
+            Ok(bucket) => Some(tokio::spawn(heartbeat::run(
+                bucket,
+                spec.durable.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            ))),
+            Err(error) => {
+                tracing::warn!(%error, "no heartbeats: the workers bucket cannot be opened");
+                None
+            }
+        };
         let settings = JobLoopSettings {
             consumer: spec.durable.clone(),
             stream: spec.stream.clone(),
@@ -188,6 +210,10 @@ impl Runtime {
         )
         .await;
         watcher.abort();
+        if let Some(heartbeat) = heartbeat {
+            // The loop has stopped (shutdown is true): the heartbeat deletes its key and ends.
+            let _ = tokio::time::timeout(Duration::from_secs(2), heartbeat).await;
+        }
         health.set_ready(false);
         let _ = self.client.flush().await;
         Ok(result?)

@@ -73,6 +73,20 @@ impl Metrics {
         }
     }
 
+    /// Jobs settled since the worker started, every outcome (`done`, `retry`, `dead_lettered`).
+    pub fn settled(&self) -> u64 {
+        ["done", "retry", "dead_lettered"]
+            .into_iter()
+            .map(|outcome| {
+                self.jobs
+                    .get_or_create(&OutcomeLabels {
+                        outcome: outcome.to_owned(),
+                    })
+                    .get()
+            })
+            .sum()
+    }
+
     /// The text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -220,6 +220,10 @@ pub const WORK_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// their last write: a deployment can be resumed or rolled back that long.
 pub const DEPLOY_RESULTS_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// How long a worker replica's heartbeat is kept after its last beat (the bucket's `max_age`):
+/// a replica that died without saying so disappears from `fleetctl status` within this.
+pub const WORKER_HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(60);
+
 /// The oldest nats-server the fleet runs on: 2.12 brought message schedules (ADR-51).
 pub const MIN_SERVER_VERSION: (u64, u64) = (2, 12);
 
@@ -260,6 +264,8 @@ pub mod names {
     pub const INSTALLS: &str = "fleet_installs";
     /// Tenants' usage.
     pub const USAGE: &str = "fleet_usage";
+    /// KV bucket: one heartbeat per running worker replica, gone a minute after its last beat.
+    pub const WORKERS: &str = "fleet_workers";
 }
 
 impl Topology {
@@ -381,6 +387,12 @@ impl Topology {
                 },
                 bucket(INSTALLS),
                 bucket(USAGE),
+                // A replica's heartbeat outlives it by at most WORKER_HEARTBEAT_MAX_AGE.
+                BucketSpec {
+                    history: 1,
+                    max_age: WORKER_HEARTBEAT_MAX_AGE,
+                    ..bucket(WORKERS)
+                },
             ],
         }
     }

@@ -187,7 +187,7 @@ fn load(path: &std::path::Path) -> anyhow::Result<Option<AppPackage>> {
             eprintln!("{} is not a valid app package", path.display());
             Ok(None)
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(crate::exit::input_error(e)),
     }
 }
 
@@ -279,7 +279,7 @@ fn payload_limit(runtime: &Runtime) -> usize {
 /// Prints the outcome of an install or upgrade; the exit code.
 fn report(record: Option<InstallRecord>, version: &str) -> ExitCode {
     let Some(record) = record else {
-        return ExitCode::from(1);
+        return crate::exit::failed();
     };
     if record.error.is_none() && record.installed_version.as_deref() == Some(version) {
         if let Some(result) = &record.result {
@@ -318,7 +318,7 @@ fn report(record: Option<InstallRecord>, version: &str) -> ExitCode {
             issue.message
         );
     }
-    ExitCode::from(1)
+    crate::exit::failed()
 }
 
 /// What the single-tenant commands share: the connection, the install records, the server's
@@ -361,10 +361,10 @@ impl Sender {
         let after = revision(&self.installs, &key).await?;
         let size = serde_json::to_vec(&command).map_or(0, |b| b.len());
         if size > self.limit {
-            bail!(
+            return Err(crate::exit::usage!(
                 "the command is {size} bytes, more than the server takes ({} bytes, its max_payload): the package is too large to send",
                 self.limit
-            );
+            ));
         }
         let (subject, verb) = match operation {
             fleet_apps::Operation::Install => ("app.install_requested", "install"),
@@ -436,7 +436,7 @@ impl Sender {
             Ok(record) => Ok(report(record, &version)),
             Err(refusal) => {
                 eprintln!("refused: {refusal}");
-                Ok(ExitCode::from(1))
+                Ok(crate::exit::failed())
             }
         }
     }
@@ -464,7 +464,7 @@ pub async fn run(command: AppCommand) -> anyhow::Result<ExitCode> {
             timeout,
         } => {
             let Some(package) = load(&package)? else {
-                return Ok(ExitCode::from(1));
+                return Ok(crate::exit::input());
             };
             let options = json!({"skipSeedData": skip_seed_data});
             sender
@@ -486,7 +486,7 @@ pub async fn run(command: AppCommand) -> anyhow::Result<ExitCode> {
             timeout,
         } => {
             let Some(package) = load(&package)? else {
-                return Ok(ExitCode::from(1));
+                return Ok(crate::exit::input());
             };
             let options = json!({"allowDestructive": allow_destructive});
             sender
@@ -522,7 +522,7 @@ pub async fn run(command: AppCommand) -> anyhow::Result<ExitCode> {
             match sent {
                 Err(refusal) => {
                     eprintln!("refused: {refusal}");
-                    Ok(ExitCode::from(1))
+                    Ok(crate::exit::failed())
                 }
                 Ok(None) => {
                     say!(
@@ -537,7 +537,7 @@ pub async fn run(command: AppCommand) -> anyhow::Result<ExitCode> {
                 }
                 Ok(Some(record)) => {
                     eprintln!("refused: {}", record.error.unwrap_or_default());
-                    Ok(ExitCode::from(1))
+                    Ok(crate::exit::failed())
                 }
             }
         }
@@ -551,7 +551,7 @@ pub async fn run(command: AppCommand) -> anyhow::Result<ExitCode> {
                 .is_none()
             {
                 eprintln!("unknown tenant {tenant}");
-                return Ok(ExitCode::from(1));
+                return Ok(crate::exit::failed());
             }
             let prefix = format!("{tenant}.");
             let mut records = Vec::new();
@@ -603,7 +603,7 @@ async fn check(
 ) -> anyhow::Result<ExitCode> {
     let tenant = TenantId::parse(tenant).context("--tenant")?;
     let Some(package) = load(package)? else {
-        return Ok(ExitCode::from(1));
+        return Ok(crate::exit::input());
     };
     let objects = package.object_definitions()?;
     let runtime = Runtime::connect(config).await?;
@@ -618,6 +618,6 @@ async fn check(
     Ok(if check.compatible {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        crate::exit::failed()
     })
 }

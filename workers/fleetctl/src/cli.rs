@@ -49,7 +49,11 @@ enum Command {
     /// Quotas: a tenant's usage against its plan's limits.
     #[command(subcommand)]
     Quota(crate::quota_cmd::QuotaCommand),
-    /// Dead letters: list them, replay them once their cause is fixed.
+    /// Lifecycle hooks published (CloudEvents), oldest first.
+    Hooks(crate::hooks_cmd::HooksArgs),
+    /// The fleet at a glance: tenants, deployments, installs, dead letters, consumers, workers.
+    Status(crate::status_cmd::StatusArgs),
+    /// Dead letters: list, show, replay once their cause is fixed, purge.
     #[command(subcommand)]
     Dlq(crate::dlq_cmd::DlqCommand),
     /// The JetStream topology: `streams [show]` as the server reports it, `streams init`.
@@ -80,6 +84,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Db(command) => db_cmd::run(command).await,
         Command::Tenant(command) => crate::tenant_cmd::run(command).await,
         Command::Dlq(command) => crate::dlq_cmd::run(command).await,
+        Command::Status(args) => crate::status_cmd::run(args).await,
+        Command::Hooks(args) => crate::hooks_cmd::run(args).await,
         Command::App(command) => crate::app_cmd::run(command).await,
         Command::Quota(command) => crate::quota_cmd::run(command).await,
         Command::Deploy(args) => crate::deploy_cmd::run(args).await,

@@ -172,7 +172,7 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
             format,
         } => {
             let Some((_, objects)) = desired_objects(&bundle)? else {
-                return Ok(ExitCode::from(1));
+                return Ok(crate::exit::input());
             };
             // Planning never creates or changes the database: a missing one is an empty database.
             let conn = match open_target(&target, false).await? {
@@ -194,7 +194,7 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
             format,
         } => {
             let Some((parsed, objects)) = desired_objects(&bundle)? else {
-                return Ok(ExitCode::from(1));
+                return Ok(crate::exit::input());
             };
             let Some((conn, label)) = open_target(&target, true).await? else {
                 bail!("cannot open the database")
@@ -236,7 +236,7 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
                 Err(err) => {
                     eprintln!("fleetctl: {}", fleet_runtime::error_chain(&err));
                     eprintln!("the database is unchanged");
-                    Ok(ExitCode::from(1))
+                    Ok(crate::exit::failed())
                 }
             }
         }
@@ -320,7 +320,7 @@ fn refused(err: SchemaError, format: Format) -> anyhow::Result<ExitCode> {
             _ => return Err(err.into()),
         };
         say!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(ExitCode::from(1));
+        return Ok(crate::exit::failed());
     }
     match err {
         SchemaError::Desired(err) => {
@@ -330,7 +330,7 @@ fn refused(err: SchemaError, format: Format) -> anyhow::Result<ExitCode> {
             eprintln!(
                 "the bundle's objects do not map to a valid schema; the database was not touched"
             );
-            Ok(ExitCode::from(1))
+            Ok(crate::exit::input())
         }
         SchemaError::Plan(PlanError::Destructive { losses, diff }) => {
             print_diff(&diff);
@@ -340,14 +340,14 @@ fn refused(err: SchemaError, format: Format) -> anyhow::Result<ExitCode> {
             for loss in losses {
                 eprintln!("  {}: {}", loss.entity, loss.what);
             }
-            Ok(ExitCode::from(1))
+            Ok(crate::exit::failed())
         }
         SchemaError::Plan(PlanError::Conflicts { conflicts }) => {
             eprintln!("refused: the migration cannot apply, with or without --allow-destructive:");
             for conflict in conflicts {
                 eprintln!("  {}: {}", conflict.entity, conflict.why);
             }
-            Ok(ExitCode::from(1))
+            Ok(crate::exit::failed())
         }
         other => Err(other.into()),
     }

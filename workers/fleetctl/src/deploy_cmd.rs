@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use async_nats::HeaderMap;
 use clap::{Args, Subcommand};
 use fleet_control::DeployResults;
@@ -64,6 +64,9 @@ enum DeployAction {
         /// JSON for scripts.
         #[arg(long)]
         json: bool,
+        /// Follow a running deployment with its wave bars until it ends.
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
     },
     /// Restart a halted or cancelled deployment (its failed tenants are retried).
     Resume {
@@ -94,13 +97,16 @@ fn bundle_document(path: &Path) -> anyhow::Result<Value> {
         return read_json(path);
     }
     if !path.is_dir() {
-        bail!("{}: no such bundle file or directory", path.display());
+        return Err(crate::exit::usage!(
+            "{}: no such bundle file or directory",
+            path.display()
+        ));
     }
     if !path.join("manifest.json").is_file() && !path.join("bundle.json").is_file() {
-        bail!(
+        return Err(crate::exit::usage!(
             "{}: a bundle directory holds manifest.json (or bundle.json)",
             path.display()
-        );
+        ));
     }
     if path.join("bundle.json").is_file() {
         return read_json(&path.join("bundle.json"));
@@ -136,7 +142,23 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let deployments = fleet_control::deployments(&runtime).await?;
     let results = fleet_control::deploy_results(&runtime).await?;
     match args.action {
-        Some(DeployAction::Status { id, json }) => {
+        Some(DeployAction::Status {
+            id,
+            json: false,
+            watch: true,
+        }) => {
+            let id = DeploymentId::parse(id)?;
+            if deployments
+                .get::<rollout::RolloutError>(id.as_str())
+                .await?
+                .is_none()
+            {
+                eprintln!("no deployment {id}");
+                return Ok(crate::exit::failed());
+            }
+            watch(&deployments, &results, &id).await
+        }
+        Some(DeployAction::Status { id, json, .. }) => {
             let id = DeploymentId::parse(id)?;
             let Some(d) = deployments
                 .get::<rollout::RolloutError>(id.as_str())
@@ -144,7 +166,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
                 .map(|v| v.state)
             else {
                 eprintln!("no deployment {id}");
-                return Ok(ExitCode::from(1));
+                return Ok(crate::exit::failed());
             };
             let failures = failures(&results, &d).await?;
             if json {
@@ -175,14 +197,14 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
             {
                 None => {
                     eprintln!("no deployment {id}");
-                    return Ok(ExitCode::from(1));
+                    return Ok(crate::exit::failed());
                 }
                 Some(d) if matches!(d.status, RolloutStatus::Running | RolloutStatus::Rejected) => {
                     eprintln!(
                         "deployment {id} is {:?}: only a finished, halted or cancelled deployment can be rolled back",
                         d.status
                     );
-                    return Ok(ExitCode::from(1));
+                    return Ok(crate::exit::failed());
                 }
                 Some(_) => {}
             }
@@ -210,13 +232,13 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
                     return Ok(if d.rollback_tally.failed == 0 {
                         ExitCode::SUCCESS
                     } else {
-                        ExitCode::from(1)
+                        crate::exit::failed()
                     });
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             eprintln!("still rolling back; follow it with `fleetctl deploy status {id}`");
-            Ok(ExitCode::from(1))
+            Ok(crate::exit::failed())
         }
         Some(DeployAction::Cancel { id }) => {
             let id = DeploymentId::parse(id)?;
@@ -224,11 +246,11 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         }
         None => {
             let Some(path) = args.bundle else {
-                bail!("name a bundle file or directory")
+                return Err(crate::exit::usage!("name a bundle file or directory"));
             };
             let bundle = bundle_document(&path)?;
             if !args.all && args.tenants.is_empty() {
-                bail!("name --tenants or --all");
+                return Err(crate::exit::usage!("name --tenants or --all"));
             }
             let id = rollout_id(args.id, "d")?;
             let request = json!({
@@ -289,14 +311,14 @@ pub(crate) async fn start_rollout<R: fleet_protocol::Spec>(
             "deployment {id} already exists ({:?}, version {}): choose another --id",
             existing.state.status, existing.state.version
         );
-        return Ok(ExitCode::from(1));
+        return Ok(crate::exit::input());
     }
     if let Err(rejected) = fleet_protocol::parse_value::<R>(request) {
         for issue in rejected.errors() {
             say!("{issue}");
         }
         eprintln!("the deployment was not requested");
-        return Ok(ExitCode::from(1));
+        return Ok(crate::exit::input());
     }
     runtime
         .publisher
@@ -329,7 +351,7 @@ async fn control(
         .await?;
     let Some(before) = current.clone() else {
         eprintln!("no deployment {id}");
-        return Ok(ExitCode::from(1));
+        return Ok(crate::exit::failed());
     };
     let check = match action {
         DeployControlAction::Resume => rollout::resume(current.as_ref(), id, &Timestamp::now()),
@@ -337,7 +359,7 @@ async fn control(
     };
     if let Err(refused) = check {
         eprintln!("{refused}");
-        return Ok(ExitCode::from(1));
+        return Ok(crate::exit::failed());
     }
     let request = DeployControl {
         deployment_id: id.clone(),
@@ -385,7 +407,7 @@ async fn control(
                         "deployment {id} ended {:?} before the cancel was carried out",
                         d.status
                     );
-                    return Ok(ExitCode::from(1));
+                    return Ok(crate::exit::failed());
                 }
                 _ => {}
             }
@@ -395,7 +417,7 @@ async fn control(
     eprintln!(
         "the deployer has not carried out {action:?} yet (is it running?); follow it with `fleetctl deploy status {id}`"
     );
-    Ok(ExitCode::from(1))
+    Ok(crate::exit::failed())
 }
 
 /// Follows a deployment with a progress bar per wave until it ends.
@@ -405,8 +427,11 @@ pub(crate) async fn watch(
     id: &DeploymentId,
 ) -> anyhow::Result<ExitCode> {
     let bars = MultiProgress::new();
-    let style = ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} {msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = ProgressStyle::with_template(
+        "{prefix:>8} [{bar:30}] {pos}/{len} {msg}  {per_sec}  ETA {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
     let mut wave_bars: Vec<ProgressBar> = Vec::new();
     for _ in 0..6000 {
         let Some(d) = deployments
@@ -431,8 +456,9 @@ pub(crate) async fn watch(
         for (wave, bar) in wave_bars.iter().enumerate() {
             let range = d.wave_range(wave);
             bar.set_position(recorded.clamp(range.start, range.end) - range.start);
-            bar.set_message(if wave == d.current_wave && d.tally.failed > 0 {
-                format!("{} failed so far", d.tally.failed)
+            bar.set_message(if wave == d.current_wave {
+                let (ready, failed, pending) = d.counts();
+                format!("ready {ready}, failed {failed}, pending {pending}")
             } else {
                 String::new()
             });
@@ -445,13 +471,13 @@ pub(crate) async fn watch(
             return Ok(if d.status == RolloutStatus::Completed {
                 ExitCode::SUCCESS
             } else {
-                ExitCode::from(1)
+                crate::exit::failed()
             });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("still running after 10 minutes; follow it with `fleetctl deploy status {id}`");
-    Ok(ExitCode::from(1))
+    Ok(crate::exit::failed())
 }
 
 /// The failed tenants of a deployment (or of its rollback) and their errors: one listing of

@@ -1,5 +1,5 @@
 //! `fleetctl`, the operator's CLI. Thin: parse the command line, run the command, turn its
-//! outcome into an exit code (0 ok, 1 the input is invalid, 2 the command could not run).
+//! outcome into an exit code ([`exit`]: 0 ok, 1 the operation failed, 2 usage or input error).
 
 use std::process::ExitCode;
 
@@ -23,8 +23,12 @@ mod cli;
 mod db_cmd;
 mod deploy_cmd;
 mod dlq_cmd;
+mod exit;
+mod hooks_cmd;
 mod quota_cmd;
+mod read;
 mod schema_cmd;
+mod status_cmd;
 mod streams_cmd;
 mod tenant_cmd;
 mod validate_cmd;
@@ -37,8 +41,9 @@ async fn main() -> ExitCode {
         // A closed pipe (`fleetctl schema list | head`) is not a failure.
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("fleetctl: {err:#}");
-            ExitCode::from(2)
+            let (code, message) = exit::classify(&err);
+            eprintln!("fleetctl: {message}");
+            ExitCode::from(code)
         }
     }
 }

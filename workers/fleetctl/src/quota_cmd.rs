@@ -1,8 +1,11 @@
 //! `fleetctl quota show <tenant>`: a tenant's usage against its plan's quotas, measured now from
 //! its database (upstream `TenantUsage`, one `QuotaEnforcementResult` per quota).
 //!
-//! Exit codes: 0 within every quota; 1 over one (or an unknown tenant); 2 the command could not
-//! run.
+//! `fleetctl quota list [--over P] [--json]`: the tenants whose last audit found a quota at or
+//! above `P` % of its limit (their usage records, read in one pass).
+//!
+//! Exit codes: 0 within every quota; 1 over one, an unknown tenant, or the command failed;
+//! 2 a usage error ([`crate::exit`]).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -35,6 +38,9 @@ pub enum QuotaCommand {
         /// At or above this share of a limit, in percent.
         #[arg(long, default_value_t = 80.0)]
         over: f64,
+        /// JSON for scripts (the usage records, upstream field names).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -43,7 +49,7 @@ pub async fn run(command: QuotaCommand) -> anyhow::Result<ExitCode> {
     let (tenant, json) = match command {
         QuotaCommand::Show { tenant, json } => (tenant, json),
         QuotaCommand::Audit { tenant } => return audit(tenant).await,
-        QuotaCommand::List { over } => return list(over).await,
+        QuotaCommand::List { over, json } => return list(over, json).await,
     };
     let tenant = TenantId::parse(&tenant).context("tenant")?;
     let config = fleet_config::Config::load()?;
@@ -57,7 +63,7 @@ pub async fn run(command: QuotaCommand) -> anyhow::Result<ExitCode> {
         Ok(found) => found,
         Err(e @ fleet_control::ConnectError::Unknown(_)) => {
             eprintln!("{e}");
-            return Ok(ExitCode::from(1));
+            return Ok(crate::exit::failed());
         }
         Err(e) => return Err(e.into()),
     };
@@ -120,7 +126,7 @@ pub async fn run(command: QuotaCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if over {
-        ExitCode::from(1)
+        crate::exit::failed()
     } else {
         ExitCode::SUCCESS
     })
@@ -157,7 +163,7 @@ async fn audit(tenant: Option<String>) -> anyhow::Result<ExitCode> {
                 .is_none()
             {
                 eprintln!("unknown tenant {tenant}");
-                return Ok(ExitCode::from(1));
+                return Ok(crate::exit::failed());
             }
             runtime
                 .publisher
@@ -175,18 +181,19 @@ async fn audit(tenant: Option<String>) -> anyhow::Result<ExitCode> {
 }
 
 /// The tenants whose last audit found a quota at or above `over` percent of its limit.
-async fn list(over: f64) -> anyhow::Result<ExitCode> {
+async fn list(over: f64, json: bool) -> anyhow::Result<ExitCode> {
     let config = fleet_config::Config::load()?;
     let runtime = Runtime::connect(&config).await?;
-    let usage = fleet_control::usage(&runtime).await?;
-    let mut found = Vec::new();
-    for key in usage.keys().await? {
-        if let Some(record) = usage.get::<std::convert::Infallible>(&key).await? {
-            let record = record.state;
-            if record.highest_percent() >= over {
-                found.push(record);
-            }
-        }
+    let found: Vec<fleet_tenants::audit::UsageRecord> =
+        crate::read::latest(&runtime, fleet_runtime::topology::names::USAGE)
+            .await?
+            .into_iter()
+            .map(|(_, record)| record)
+            .filter(|record: &fleet_tenants::audit::UsageRecord| record.highest_percent() >= over)
+            .collect();
+    if json {
+        say!("{}", serde_json::to_string_pretty(&found)?);
+        return Ok(ExitCode::SUCCESS);
     }
     if found.is_empty() {
         say!("no tenant at or above {over} % of a limit");

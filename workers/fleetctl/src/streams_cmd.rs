@@ -223,6 +223,6 @@ async fn show(config: &fleet_config::Config, as_json: bool) -> anyhow::Result<Ex
     Ok(if differences == 0 {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        crate::exit::failed()
     })
 }

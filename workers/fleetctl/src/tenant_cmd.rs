@@ -7,9 +7,8 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use async_nats::HeaderMap;
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use clap::Subcommand;
 use fleet_protocol::{
     TenantCreated, TenantId, TenantLifecycleCommand, TenantPlan, TenantProvisioningRequest,
@@ -148,11 +147,20 @@ pub async fn run(command: TenantCommand) -> anyhow::Result<ExitCode> {
             timeout,
         } => {
             if id.is_some() && count != 1 {
-                bail!("--id names one tenant: use it with --count 1");
+                return Err(crate::exit::usage!(
+                    "--id names one tenant: use it with --count 1"
+                ));
             }
             let plan: TenantPlan = parse_enum("plan", &plan)?;
             let region: TenantRegion = parse_enum("region", &region)?;
+            // Watching before publishing: no transition is missed.
+            let watcher = if wait {
+                Some(runtime.bucket(names::TENANTS).await?.watch_all().await?)
+            } else {
+                None
+            };
             let mut ids = Vec::new();
+            let mut sent_at = std::collections::HashMap::new();
             for _ in 0..count {
                 let tenant = match &id {
                     Some(id) => TenantId::parse(id.clone())?,
@@ -170,52 +178,24 @@ pub async fn run(command: TenantCommand) -> anyhow::Result<ExitCode> {
                     },
                 };
                 let subject = runtime.topology.subject("tenant.created");
+                sent_at.insert(tenant.to_string(), Instant::now());
                 runtime
                     .publisher
                     .publish_json(&subject, tenant.as_str(), &command, HeaderMap::new())
                     .await?;
                 ids.push(tenant);
             }
-            if !wait {
-                for tenant in &ids {
-                    say!("{tenant}");
-                }
-                return Ok(ExitCode::SUCCESS);
-            }
-            let started = Instant::now();
-            let mut pending = ids.clone();
-            let mut failed = 0;
-            while !pending.is_empty() {
-                if started.elapsed() > Duration::from_secs(timeout) {
-                    eprintln!("timed out with {} tenant(s) not active", pending.len());
-                    return Ok(ExitCode::from(1));
-                }
-                let mut still = Vec::new();
-                for tenant in pending {
-                    match record(&tenants, &tenant).await? {
-                        Some(r) if status_name(&r) == "active" => {
-                            say!(
-                                "{tenant}  active  in {} ms",
-                                r.total_duration_ms.unwrap_or_default()
-                            )
-                        }
-                        Some(r) if status_name(&r) == "failed" => {
-                            failed += 1;
-                            say!("{tenant}  failed  {}", r.error.unwrap_or_default());
-                        }
-                        _ => still.push(tenant),
+            match watcher {
+                None => {
+                    for tenant in &ids {
+                        say!("{tenant}");
                     }
+                    Ok(ExitCode::SUCCESS)
                 }
-                pending = still;
-                if !pending.is_empty() {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                Some(watcher) => {
+                    wait_active(&tenants, watcher, sent_at, Duration::from_secs(timeout)).await
                 }
             }
-            Ok(if failed == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
         }
         TenantCommand::Status { id, watch, json } => {
             let tenant = TenantId::parse(id)?;
@@ -223,7 +203,7 @@ pub async fn run(command: TenantCommand) -> anyhow::Result<ExitCode> {
             loop {
                 let Some(current) = record(&tenants, &tenant).await? else {
                     eprintln!("no tenant {tenant}");
-                    return Ok(ExitCode::from(1));
+                    return Ok(crate::exit::failed());
                 };
                 if last.as_ref() != Some(&current) {
                     if json {
@@ -269,13 +249,11 @@ pub async fn run(command: TenantCommand) -> anyhow::Result<ExitCode> {
             }
         }
         TenantCommand::List { json } => {
-            let keys = tenants.keys().await.map_err(anyhow::Error::msg)?;
-            let mut all = Vec::new();
-            for key in keys {
-                if let Some(r) = record(&tenants, &TenantId::parse(key)?).await? {
-                    all.push(r);
-                }
-            }
+            let all: Vec<TenantRecord> = crate::read::latest(&runtime, names::TENANTS)
+                .await?
+                .into_iter()
+                .map(|(_, record)| record)
+                .collect();
             // Written through a locked handle so a closed pipe (`| head`) ends quietly.
             use std::io::Write;
             let mut out = std::io::stdout().lock();
@@ -326,7 +304,7 @@ pub async fn run(command: TenantCommand) -> anyhow::Result<ExitCode> {
                     eprintln!(
                         "{pair:?}: write name=value, the value a positive integer; nothing was sent"
                     );
-                    return Ok(ExitCode::from(1));
+                    return Ok(crate::exit::input());
                 };
                 document.insert(name.to_owned(), serde_json::json!(value));
             }
@@ -337,7 +315,7 @@ pub async fn run(command: TenantCommand) -> anyhow::Result<ExitCode> {
                 .is_none()
             {
                 eprintln!("unknown tenant {id}; nothing was sent");
-                return Ok(ExitCode::from(1));
+                return Ok(crate::exit::failed());
             }
             let quotas = match fleet_protocol::parse_value::<fleet_protocol::TenantQuota>(
                 &serde_json::Value::Object(document),
@@ -350,14 +328,14 @@ pub async fn run(command: TenantCommand) -> anyhow::Result<ExitCode> {
                     eprintln!(
                         "refused: a name above is not a quota (upstream TenantQuota names); nothing was sent"
                     );
-                    return Ok(ExitCode::from(1));
+                    return Ok(crate::exit::input());
                 }
                 Err(rejected) => {
                     for issue in &rejected.issues {
                         say!("{issue}");
                     }
                     eprintln!("not valid quotas; nothing was sent");
-                    return Ok(ExitCode::from(1));
+                    return Ok(crate::exit::input());
                 }
             };
             let tenant = TenantId::parse(id.clone())?;
@@ -463,43 +441,132 @@ fn print_status(record: &TenantRecord) {
     }
 }
 
-/// Every progress entry of the tenant, oldest first.
-async fn history(runtime: &Runtime, tenant: &TenantId) -> anyhow::Result<Vec<ProgressEvent>> {
-    let stream_name = runtime
-        .topology
-        .stream(names::PROGRESS)
-        .map(|s| s.name.clone())
-        .unwrap_or_default();
-    let stream = runtime.js.get_stream(&stream_name).await?;
-    let consumer = stream
-        .create_consumer(pull::Config {
-            filter_subject: runtime
-                .topology
-                .subject(&format!("progress.tenant.{tenant}")),
-            deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::None,
-            inactive_threshold: Duration::from_secs(30),
-            ..Default::default()
-        })
-        .await?;
-    let mut events = Vec::new();
-    loop {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(500)
-            .expires(Duration::from_millis(300))
-            .messages()
-            .await?;
-        let mut got = 0;
-        while let Some(message) = batch.next().await {
-            let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
-            if let Ok(event) = serde_json::from_slice(&message.payload) {
-                events.push(event);
+/// Waits until every tenant of `sent_at` (id → when its `tenant.created` was published) is
+/// active or failed, with a progress bar on a terminal, and prints register → active latency
+/// (p50, p99, max, as this client saw it: publish to the record turning active), each tenant's
+/// line when there are at most [`EACH_LINE_UP_TO`], and every failure. Exit 1 when one failed
+/// or `timeout` passed first.
+async fn wait_active(
+    tenants: &StateStore<TenantRecord>,
+    mut watcher: async_nats::jetstream::kv::Watch,
+    mut sent_at: std::collections::HashMap<String, Instant>,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let total = sent_at.len();
+    let started = Instant::now();
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{bar:30}] {pos}/{len} active  {msg}  {per_sec}  ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let mut latencies: Vec<(String, Duration)> = Vec::new();
+    let mut failed: Vec<(String, String)> = Vec::new();
+    let mut poll = tokio::time::interval(Duration::from_secs(1));
+    let mut settle =
+        |key: &str,
+         record: &TenantRecord,
+         sent_at: &mut std::collections::HashMap<String, Instant>| {
+            let status = status_name(record);
+            if !matches!(status.as_str(), "active" | "failed") {
+                return;
             }
-            got += 1;
+            let Some(sent) = sent_at.remove(key) else {
+                return;
+            };
+            if status == "active" {
+                latencies.push((key.to_owned(), sent.elapsed()));
+            } else {
+                failed.push((key.to_owned(), record.error.clone().unwrap_or_default()));
+            }
+            bar.set_position(latencies.len() as u64);
+            bar.set_message(format!(
+                "failed {}, waiting {}",
+                failed.len(),
+                sent_at.len()
+            ));
+        };
+    while !sent_at.is_empty() {
+        if started.elapsed() > timeout {
+            bar.abandon();
+            eprintln!(
+                "timed out after {} s with {} tenant(s) not active yet (is the provisioner running? `fleetctl status`)",
+                timeout.as_secs(),
+                sent_at.len()
+            );
+            return Ok(crate::exit::failed());
         }
-        if got == 0 {
-            return Ok(events);
+        tokio::select! {
+            entry = watcher.next() => {
+                let Some(entry) = entry else { break };
+                let entry = entry?;
+                if sent_at.contains_key(&entry.key)
+                    && let Ok(record) = serde_json::from_slice::<TenantRecord>(&entry.value)
+                {
+                    settle(&entry.key, &record, &mut sent_at);
+                }
+            }
+            // A tenant that was already active (a repeated registration) changes nothing, so
+            // no update comes for it: read the ones still waiting now and then.
+            _ = poll.tick() => {
+                let waiting: Vec<String> = sent_at.keys().cloned().collect();
+                for key in waiting {
+                    if let Some(found) = tenants.get::<std::convert::Infallible>(&key).await? {
+                        settle(&key, &found.state, &mut sent_at);
+                    }
+                }
+            }
         }
     }
+    bar.finish_and_clear();
+    let elapsed = started.elapsed();
+    if total <= EACH_LINE_UP_TO {
+        latencies.sort_by(|a, b| a.0.cmp(&b.0));
+        for (tenant, latency) in &latencies {
+            say!("{tenant}  active  in {} ms", latency.as_millis());
+        }
+    }
+    for (tenant, error) in &failed {
+        say!("{tenant}  failed  {error}");
+    }
+    let mut sorted: Vec<Duration> = latencies.iter().map(|(_, l)| *l).collect();
+    sorted.sort();
+    if !sorted.is_empty() {
+        let at =
+            |q: f64| sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1];
+        say!(
+            "{} of {total} tenant(s) active in {:.1} s ({:.0}/s); register → active p50 {} ms, p99 {} ms, max {} ms",
+            sorted.len(),
+            elapsed.as_secs_f64(),
+            sorted.len() as f64 / elapsed.as_secs_f64().max(0.001),
+            at(0.5).as_millis(),
+            at(0.99).as_millis(),
+            sorted[sorted.len() - 1].as_millis()
+        );
+    }
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        crate::exit::failed()
+    })
+}
+
+/// `tenant create --wait` prints one line per tenant up to this many; the summary always.
+const EACH_LINE_UP_TO: usize = 20;
+
+/// Every progress entry of the tenant, oldest first.
+async fn history(runtime: &Runtime, tenant: &TenantId) -> anyhow::Result<Vec<ProgressEvent>> {
+    let messages = crate::read::messages(
+        runtime,
+        names::PROGRESS,
+        &format!("progress.tenant.{tenant}"),
+        None,
+    )
+    .await?;
+    Ok(messages
+        .iter()
+        .filter_map(|(_, message)| serde_json::from_slice(&message.payload).ok())
+        .collect())
 }

@@ -4,17 +4,17 @@ use std::io::Read;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use fleet_protocol::registry;
 
 /// Validates the file as `type_name`; see the command's help for the exit codes.
 pub fn run(type_name: &str, file: &Path) -> anyhow::Result<ExitCode> {
     let Some(entry) = registry::find(type_name) else {
         let names: Vec<_> = registry::SPECS.iter().map(|e| e.name).collect();
-        bail!(
+        return Err(crate::exit::usage!(
             "unknown type {type_name:?}; known types: {}",
             names.join(", ")
-        );
+        ));
     };
     let text = read_input(file)?;
     let document: serde_json::Value =
@@ -45,7 +45,7 @@ pub fn run(type_name: &str, file: &Path) -> anyhow::Result<ExitCode> {
                 file.display(),
                 entry.name
             );
-            Ok(ExitCode::from(1))
+            Ok(crate::exit::failed())
         }
     }
 }
