@@ -5,12 +5,16 @@
 # installs and upgrades a marketplace app, runs quota audits, sends jobs that end in the
 # dead-letter queue and replays one once its cause is fixed, and ends with `fleetctl status`.
 # Re-running starts from scratch; Ctrl-C stops every process it started.
+#
+# Environment: DEMO_TENANTS (200), DEMO_DIR (.fleet/demo), DEMO_BIN_DIR (target/debug: the
+# fleetctl and worker binaries), FLEET_NATS_SERVER (the pinned .fleet/bin/nats-server).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-fleetctl="$root/target/debug/fleetctl"
-nats="${FLEET_HOME:-$root/.fleet}/bin/nats-server"
-demo="$root/.fleet/demo"
+bin="${DEMO_BIN_DIR:-$root/target/debug}"
+fleetctl="$bin/fleetctl"
+nats="${FLEET_NATS_SERVER:-${FLEET_HOME:-$root/.fleet}/bin/nats-server}"
+demo="${DEMO_DIR:-$root/.fleet/demo}"
 tenants="${DEMO_TENANTS:-200}"
 rm -rf "$demo" && mkdir -p "$demo/jetstream" "$demo/schemas" "$demo/config"
 
@@ -54,17 +58,17 @@ export FLEET_TENANTDB__DATA_DIR="$demo/tenants"
 export FLEET_PROVISIONER__BACKUP_DIR="$demo/backups"
 export FLEET_WORKER__HEALTH_ADDR="127.0.0.1:0"
 start_provisioner() {
-  "$root/target/debug/provisioner" >>"$demo/provisioner.log" 2>&1 &
+  "$bin/provisioner" >>"$demo/provisioner.log" 2>&1 &
   provisioner_pid=$!
   pids+=($provisioner_pid)
 }
 start_provisioner
-"$root/target/debug/deployer" >"$demo/deployer.log" 2>&1 &
+"$bin/deployer" >"$demo/deployer.log" 2>&1 &
 pids+=($!)
-"$root/target/debug/installer" >"$demo/installer.log" 2>&1 &
+"$bin/installer" >"$demo/installer.log" 2>&1 &
 pids+=($!)
 # The quota auditor on a demo's clock: a bucket every second, two seconds of grace.
-FLEET_QUOTA__INTERVAL_SECS=1 FLEET_QUOTA__GRACE_SECS=2 "$root/target/debug/quota-auditor" >"$demo/quota-auditor.log" 2>&1 &
+FLEET_QUOTA__INTERVAL_SECS=1 FLEET_QUOTA__GRACE_SECS=2 "$bin/quota-auditor" >"$demo/quota-auditor.log" 2>&1 &
 pids+=($!)
 FLEET_NATS__URL="nats://127.0.0.1:$port" "$fleetctl" config | python3 -c '
 import json, sys

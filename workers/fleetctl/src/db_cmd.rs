@@ -143,7 +143,7 @@ pub async fn run(command: DbCommand) -> anyhow::Result<ExitCode> {
     match command {
         DbCommand::Introspect { target, format } => {
             let Some((conn, _)) = open_target(&target, false).await? else {
-                bail!("no such database")
+                return Err(crate::exit::usage!("no such database"));
             };
             let schema = introspect_owned(&conn).await?;
             match format {

@@ -74,11 +74,18 @@ pub async fn messages(
         .stream(stream)
         .map(|s| s.name.clone())
         .ok_or_else(|| anyhow::anyhow!("stream {stream} is not part of the topology"))?;
+    if since.is_some_and(|at| at > chrono::Utc::now()) {
+        // Nothing was published in the future (and the server reads far-off start times
+        // wrongly).
+        return Ok(Vec::new());
+    }
     let deliver_policy = match since {
         Some(at) => DeliverPolicy::ByStartTime {
-            start_time: time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(
-                at.timestamp_nanos_opt().unwrap_or_default(),
-            ))
+            // Seconds and nanoseconds apart: `timestamp_nanos` overflows after 2262.
+            start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
+                i128::from(at.timestamp()) * 1_000_000_000
+                    + i128::from(at.timestamp_subsec_nanos()),
+            )
             .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
         },
         None => DeliverPolicy::All,

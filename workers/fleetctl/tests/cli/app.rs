@@ -35,7 +35,7 @@ async fn an_invalid_package_is_refused_with_its_paths_and_nothing_is_sent() {
         .arg(&package)
         .args(["--tenant", "acme"])
         .assert()
-        .code(1)
+        .code(2)
         .stdout(
             predicate::str::contains("objects.thing.fields.size.type")
                 .and(predicate::str::contains("manifest.objects"))

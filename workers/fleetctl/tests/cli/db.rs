@@ -39,7 +39,7 @@ fn plan_on_a_missing_database_plans_from_empty_and_creates_nothing() {
 }
 
 #[test]
-fn an_invalid_or_missing_bundle_exits_1_with_paths_and_touches_nothing() {
+fn an_invalid_or_missing_bundle_exits_2_with_paths_and_touches_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("tenant.db");
     fleetctl()
@@ -52,7 +52,7 @@ fn an_invalid_or_missing_bundle_exits_1_with_paths_and_touches_nothing() {
         ])
         .arg(&db)
         .assert()
-        .code(1)
+        .code(2)
         .stdout(predicate::str::contains(
             "objects.project_task.fields.name.type",
         ));
@@ -61,7 +61,7 @@ fn an_invalid_or_missing_bundle_exits_1_with_paths_and_touches_nothing() {
         .args(["db", "apply", "--bundle", "no/such/bundle.json", "--db"])
         .arg(&db)
         .assert()
-        .code(1)
+        .code(2)
         .stdout(predicate::str::contains("cannot read no/such/bundle.json"));
     assert!(!db.exists());
 }

@@ -22,7 +22,7 @@ async fn an_invalid_bundle_is_refused_with_its_issues_and_nothing_is_published()
         .env("FLEET_NATS__URL", server.url())
         .args(["deploy", "examples/invalid.bundle.json", "--all"])
         .assert()
-        .code(1)
+        .code(2)
         .stdout(predicate::str::contains(
             "bundle.objects.project_task.fields.name.type",
         ));

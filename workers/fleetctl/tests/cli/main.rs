@@ -6,6 +6,7 @@ mod db;
 mod deploy;
 mod dlq;
 mod field_cases;
+mod ops;
 mod schema;
 mod streams;
 mod validate;
