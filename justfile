@@ -38,6 +38,12 @@ bench *args: nats-server
     cargo build --release --quiet -p provisioner -p deployer -p fleet-bench
     target/release/fleet-bench {{args}}
 
+# The reliability suite: every scenario against the real binaries, invariants checked; see
+# tests/chaos/README.md. `just chaos --scale 200` is a smaller run; `--only a,b` picks scenarios.
+chaos *args: setup
+    cargo build --quiet -p provisioner -p deployer -p installer -p quota-auditor -p fleetctl -p fleet-chaos
+    target/debug/fleet-chaos {{args}}
+
 # Format the code.
 fmt:
     cargo fmt --all

@@ -3,7 +3,8 @@
 //! and an `e2e.toml` overlay pointing at them with fast timings — loaded through the real
 //! configuration chain into [`TestFleet::config`]. [`TestFleet::spawn`] starts any worker
 //! binary on that configuration (as many replicas as a test wants), each with its own log;
-//! [`TestFleet::kill`] is a SIGKILL; dropping the fleet stops everything.
+//! [`TestFleet::kill`] is a SIGKILL; dropping the fleet stops everything. Workers run in the
+//! fleet's `work/` folder with `TMPDIR` at its `tmp/`, so stray files can be found.
 //!
 //! The overlay's settings: the test's server, `ack_wait_ms = 2000` (a crashed worker's message
 //! moves on in 2 s), `provisioner.lease_secs = 1` (shorter than ack_wait), concurrency 8,
@@ -108,6 +109,16 @@ group = "local"
         self.dir.path().join("tenants")
     }
 
+    /// The workers' working directory (empty unless a worker writes where it should not).
+    pub fn work_dir(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+
+    /// The workers' `TMPDIR`.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.dir.path().join("tmp")
+    }
+
     /// Where backups before deletion go.
     pub fn backups_dir(&self) -> PathBuf {
         self.dir.path().join("backups")
@@ -125,8 +136,16 @@ group = "local"
         let index = self.workers.len();
         let log = std::fs::File::create(self.dir.path().join(format!("{name}-{index}.log")))
             .expect("a log file");
+        // Every worker runs in the fleet's own `work/` folder with its own `tmp/`: a file a
+        // worker writes outside the data dir lands there, where a test can see it.
+        let work = self.work_dir();
+        let tmp = self.tmp_dir();
+        std::fs::create_dir_all(&work).expect("the work folder");
+        std::fs::create_dir_all(&tmp).expect("the tmp folder");
         let mut command = Command::new(binary);
         command
+            .current_dir(&work)
+            .env("TMPDIR", &tmp)
             .env("FLEET_CONFIG_DIR", self.config_dir())
             .env("FLEET_ENV", "e2e")
             .env_remove("RUST_LOG")
