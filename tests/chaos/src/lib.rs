@@ -37,10 +37,12 @@ impl Scale {
         Self::tenants(1000)
     }
 
-    /// What `just test` runs: 24 tenants, 200 bad messages.
+    /// What `just test` runs: 24 tenants, 200 bad messages, a SIGKILL every 150 ms (the
+    /// workload is short).
     pub fn reduced() -> Self {
         Self {
             bad_messages: 200,
+            kill_every: Duration::from_millis(150),
             ..Self::tenants(24)
         }
     }

@@ -9,9 +9,9 @@
 //! record to settle; `list` reads the records; `check` runs the compatibility check against the
 //! tenant's database directly (the same function the installer runs first), changing nothing.
 //!
-//! Exit codes: 0 done (or compatible); 1 the package is invalid, or the installer refused
-//! (incompatible, destructive, depended on — the reason printed); 2 the command could not run
-//! (no server, no answer in time).
+//! Exit codes ([`crate::exit`]): 0 done (or compatible); 1 the installer refused (incompatible,
+//! destructive, depended on — the reason printed), an unknown tenant, no answer in time, no
+//! server; 2 the package is invalid or unreadable, or the command line is wrong.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -7,9 +7,10 @@
 //! bundle as the platform's in the same transaction, as a deploy does — so the engine knows
 //! afterwards what it created (and which rename hints it already applied).
 //!
-//! Exit codes: 0 done; 1 the bundle is missing or invalid, the plan is refused (destructive
-//! without `--allow-destructive`, or impossible for the data), or the apply failed and was rolled
-//! back — in every such case the database is untouched; 2 the command could not run.
+//! Exit codes ([`crate::exit`]): 0 done; 1 the plan is refused (destructive without
+//! `--allow-destructive`, or impossible for the data) or the apply failed and was rolled back;
+//! 2 the bundle is missing or invalid, or the database named does not exist — in every such case
+//! the database is untouched.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
