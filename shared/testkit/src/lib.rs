@@ -6,11 +6,15 @@
 //! it on drop. [`NatsServer::stop`] and [`NatsServer::restart`] (same port, same store) inject
 //! outages. [`wait_until`] polls a condition with a deadline; [`stream_messages`] reads what a
 //! stream holds. [`TestFleet`] is one fleet under test: a server, folders, the typed
-//! configuration and the worker processes of one test.
+//! configuration and the worker processes of one test. [`turso::TursoDouble`] is the Turso
+//! Platform API's double (from its OpenAPI document), [`sqld::Sqld`] the real libSQL server
+//! whose namespaces are its databases.
 
 #![deny(missing_docs)]
 
 pub mod fleet;
+pub mod sqld;
+pub mod turso;
 
 pub use fleet::TestFleet;
 

@@ -69,11 +69,13 @@ impl std::fmt::Debug for Chaos {
 }
 
 impl Chaos {
-    /// A fresh fleet (`overlay` appended to the e2e configuration) with `replicas` of each of
-    /// `workers`, binaries from `bins`, `env` on top of [`WORKER_ENV`].
+    /// A fresh fleet (`overlay` appended to the e2e configuration, `tenantdb` lines added to its
+    /// `[tenantdb]` table) with `replicas` of each of `workers`, binaries from `bins`, `env` on
+    /// top of [`WORKER_ENV`].
     pub async fn start(
         bins: &Path,
         overlay: &str,
+        tenantdb: &str,
         workers: &[(&'static str, usize)],
         env: &[(&str, &str)],
     ) -> anyhow::Result<Arc<Self>> {
@@ -86,7 +88,20 @@ impl Chaos {
                 );
             }
         }
-        let fleet = TestFleet::start(overlay);
+        let mut fleet = TestFleet::start(overlay);
+        if !tenantdb.is_empty() {
+            let path = fleet.config_dir().join("e2e.toml");
+            let text = std::fs::read_to_string(&path)?.replacen(
+                "[tenantdb]\n",
+                &format!("[tenantdb]\n{tenantdb}\n"),
+                1,
+            );
+            std::fs::write(&path, text)?;
+            fleet.config = fleet_config::Config::load_from(&fleet_config::ConfigSource {
+                dir: fleet.config_dir(),
+                env: "e2e".into(),
+            })?;
+        }
         let client = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
             .connect(fleet.server.url())

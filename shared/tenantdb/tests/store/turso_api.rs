@@ -11,7 +11,7 @@ use fleet_tenantdb::turso::Sleeper;
 use fleet_tenantdb::{TenantDatabases, TenantDbError, TursoApiSettings, TursoBackend, TursoClient};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::double::{API_TOKEN, Fault, ORG, TursoDouble};
+use fleet_testkit::turso::{API_TOKEN, Fault, ORG, TursoDouble};
 
 /// A client of `base_url` whose retry waits are recorded instead of slept.
 fn client(base_url: &str, token: &str) -> (TursoClient, Arc<Mutex<Vec<Duration>>>) {

@@ -1,9 +1,15 @@
 //! A local HTTP double of the Turso Platform API (test support, never shipped), built from the
-//! API's OpenAPI document (`tests/fixtures/turso-openapi.json`): the database and token endpoints
-//! the fleet uses, with their documented request and response shapes, and switchable faults
-//! (429 with Retry-After, 500/503, slow answers past the client's timeout). Every answer it gives
-//! is checked against the document's response schema for that path, method and status; a
-//! mismatch is recorded and fails the test that caused it.
+//! API's OpenAPI document (`fixtures/turso-openapi.json`, a copy of
+//! `../shared/reference/turso-openapi.json`): the database and token endpoints the fleet uses,
+//! with their documented request and response shapes, and faults — queued
+//! ([`TursoDouble::inject`]) or at a rate ([`TursoDouble::fail_at_rate`]): 429 with Retry-After,
+//! 500/503, answers slower than the client's timeout. Every answer it gives is checked against
+//! the document's response schema for that path, method and status; a mismatch is recorded and
+//! fails the test that caused it.
+//!
+//! Attached to a [`crate::sqld::Sqld`] ([`TursoDouble::serve_databases`]), the databases it
+//! creates and deletes are namespaces of that real libSQL server, reached over Hrana like Turso
+//! Cloud's.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -17,7 +23,10 @@ use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 #[derive(Debug, Clone)]
 pub enum Fault {
     /// 429 Too Many Requests with `Retry-After: <secs>`.
-    RateLimited { retry_after_secs: u64 },
+    RateLimited {
+        /// The `Retry-After` header's seconds.
+        retry_after_secs: u64,
+    },
     /// A 5xx status.
     Status(u16),
     /// Answer correctly, but only after this delay.
@@ -26,6 +35,12 @@ pub enum Fault {
 
 #[derive(Debug, Default)]
 struct State {
+    /// Share of requests (0–1) answered with a random fault.
+    fault_rate: f64,
+    /// Faults answered, by kind.
+    faults_answered: BTreeMap<&'static str, usize>,
+    /// The sqld admin API (`127.0.0.1:port`) whose namespaces are the databases.
+    sqld_admin: Option<String>,
     groups: BTreeSet<String>,
     databases: BTreeMap<String, (String, String)>,
     tokens: BTreeMap<String, u64>,
@@ -42,14 +57,16 @@ pub struct TursoDouble {
     state: Arc<Mutex<State>>,
 }
 
+/// The organisation slug the double serves.
 pub const ORG: &str = "acme-org";
+/// The Platform API token the double accepts (`Authorization: Bearer …`).
 pub const API_TOKEN: &str = "platform-api-token-double";
 
 fn openapi() -> &'static Value {
     static DOC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
     DOC.get_or_init(|| {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/turso-openapi.json");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/turso-openapi.json");
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     })
 }
@@ -70,6 +87,14 @@ fn response_schema(template: &str, method: &str, status: u16) -> Option<Value> {
         .pointer("/content/application~1json/schema")?
         .clone();
     Some(json!({"allOf": [schema], "components": doc["components"]}))
+}
+
+impl std::fmt::Debug for TursoDouble {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TursoDouble")
+            .field("uri", &self.server.uri())
+            .finish_non_exhaustive()
+    }
 }
 
 impl TursoDouble {
@@ -95,6 +120,34 @@ impl TursoDouble {
     /// Base URL of the API.
     pub fn uri(&self) -> String {
         self.server.uri()
+    }
+
+    /// Answers `rate` (0–1) of all requests with a fault drawn at random: 429 with
+    /// `Retry-After: 1`, 500, 503, or an answer `slow` late (past the client's timeout).
+    pub fn fail_at_rate(&self, rate: f64) {
+        self.state.lock().unwrap().fault_rate = rate;
+    }
+
+    /// Faults answered so far, by kind (`429`, `500`, `503`, `slow`).
+    pub fn faults_answered(&self) -> BTreeMap<&'static str, usize> {
+        self.state.lock().unwrap().faults_answered.clone()
+    }
+
+    /// Makes every database this double creates (deletes) a namespace of `sqld`, created
+    /// (deleted) through its admin API before the answer.
+    pub fn serve_databases(&self, sqld: &crate::sqld::Sqld) {
+        self.state.lock().unwrap().sqld_admin = Some(sqld.admin_addr());
+    }
+
+    /// The databases that exist, by name.
+    pub fn databases(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .databases
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Queues faults for the next answers.
@@ -124,6 +177,33 @@ impl TursoDouble {
     }
 }
 
+/// How late a slow answer of [`TursoDouble::fail_at_rate`] comes: past a client timeout of
+/// 1 s (what the chaos suite configures).
+pub const SLOW: Duration = Duration::from_millis(1500);
+
+/// One request to the sqld admin API at `addr`: `true` when it answered 2xx.
+fn sqld_admin(addr: &str, method: &str, path: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let body = if method == "POST" { "{}" } else { "" };
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|status| status.starts_with('2'))
+}
+
 struct Responder {
     state: Arc<Mutex<State>>,
 }
@@ -143,7 +223,28 @@ impl Respond for Responder {
             return ResponseTemplate::new(401).set_body_json(json!({"error": "unauthorized"}));
         }
         let mut delay = None;
-        match state.faults.pop_front() {
+        let mut fault = state.faults.pop_front();
+        if fault.is_none() && state.fault_rate > 0.0 && rand::random::<f64>() < state.fault_rate {
+            fault = Some(match rand::random_range(0..4) {
+                0 => Fault::RateLimited {
+                    retry_after_secs: 1,
+                },
+                1 => Fault::Status(500),
+                2 => Fault::Status(503),
+                _ => Fault::Slow(SLOW),
+            });
+        }
+        let kind = match &fault {
+            Some(Fault::RateLimited { .. }) => Some("429"),
+            Some(Fault::Status(500)) => Some("500"),
+            Some(Fault::Status(_)) => Some("503"),
+            Some(Fault::Slow(_)) => Some("slow"),
+            None => None,
+        };
+        if let Some(kind) = kind {
+            *state.faults_answered.entry(kind).or_default() += 1;
+        }
+        match fault {
             Some(Fault::RateLimited { retry_after_secs }) => {
                 return ResponseTemplate::new(429)
                     .insert_header("Retry-After", retry_after_secs.to_string().as_str())
@@ -224,6 +325,15 @@ fn route(state: &mut State, method: &str, path: &str, request: &Request) -> (Str
                     json!({"error": format!("database with name {name} already exists")}),
                 );
             }
+            if let Some(admin) = &state.sqld_admin
+                && !sqld_admin(admin, "POST", &format!("/v1/namespaces/{name}/create"))
+            {
+                return (
+                    templ.into(),
+                    500,
+                    json!({"error": "the database server failed"}),
+                );
+            }
             state.next_id += 1;
             let id = format!("0eb771dd-6906-11ee-8553-{:012x}", state.next_id);
             state.databases.insert(name.clone(), (group, id.clone()));
@@ -253,7 +363,12 @@ fn route(state: &mut State, method: &str, path: &str, request: &Request) -> (Str
         ("delete", [name]) => {
             let t = format!("{templ}/{{databaseName}}");
             match state.databases.remove(*name) {
-                Some(_) => (t, 200, json!({"database": name})),
+                Some(_) => {
+                    if let Some(admin) = &state.sqld_admin {
+                        sqld_admin(admin, "DELETE", &format!("/v1/namespaces/{name}"));
+                    }
+                    (t, 200, json!({"database": name}))
+                }
                 None => (t, 404, not_found(name)),
             }
         }
