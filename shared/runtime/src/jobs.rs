@@ -19,7 +19,7 @@
 //! - Each job runs under a span whose parent is the publisher's trace context.
 //! - On shutdown, pulling stops and in-flight jobs finish (within the grace) and settle.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -643,6 +643,7 @@ pub async fn run_job_loop<H: Handler>(
         settings.dead_letter_payloads.clone(),
     );
     let settings = Arc::new(settings);
+    let in_flight = InFlight::default();
     'pull: while !*shutdown.borrow() {
         let batch = permits.available_permits().max(1);
         let messages = consumer
@@ -674,6 +675,10 @@ pub async fn run_job_loop<H: Handler>(
                     break;
                 }
             };
+            let sequence = message.info().map_or(0, |info| info.stream_sequence);
+            let Some(message) = in_flight.begin(sequence, message) else {
+                continue;
+            };
             let permit = permits
                 .clone()
                 .acquire_owned()
@@ -685,8 +690,10 @@ pub async fn run_job_loop<H: Handler>(
                 metrics.clone(),
                 settings.clone(),
             );
+            let in_flight = in_flight.clone();
             tokio::spawn(async move {
-                process(message, &*handler, &letters, &metrics, &settings).await;
+                let label = process(message, &*handler, &letters, &metrics, &settings).await;
+                in_flight.end(sequence, label).await;
                 drop(permit);
             });
         }
@@ -702,13 +709,78 @@ pub async fn run_job_loop<H: Handler>(
     Ok(())
 }
 
+/// The messages this process is handling, by stream sequence, with any delivery of the same
+/// message that arrived while it was still running.
+///
+/// JetStream delivers a message again while its first delivery is still being handled when the
+/// server restarts and restores its consumer from the state it last persisted (the delivery
+/// counter starts over), or when a job outlives `ack_wait` despite its progress acks. Two
+/// handlers of one message in one process would race each other (a provisioning step run twice
+/// at once, one token revoking the other's); leases only keep different processes apart. So a
+/// second delivery never starts a handler: it waits for the first, and is acknowledged with it
+/// when the first settles for good (done or dead-lettered). When the first is retried, the
+/// second is left alone, to be delivered again after `ack_wait` and handled then, on its own.
+#[derive(Debug, Clone, Default)]
+struct InFlight {
+    running: Arc<std::sync::Mutex<HashMap<u64, Vec<jetstream::Message>>>>,
+}
+
+impl InFlight {
+    /// `Some(message)` to handle it; `None` when a delivery of the same message is running here
+    /// (this one is kept to be settled with it). Sequence 0 (no metadata) is always handled.
+    fn begin(&self, sequence: u64, message: jetstream::Message) -> Option<jetstream::Message> {
+        if sequence == 0 {
+            return Some(message);
+        }
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        match running.get_mut(&sequence) {
+            Some(duplicates) => {
+                tracing::info!(
+                    sequence,
+                    "delivered again while still being handled here; settled with the first delivery"
+                );
+                duplicates.push(message);
+                None
+            }
+            None => {
+                running.insert(sequence, Vec::new());
+                Some(message)
+            }
+        }
+    }
+
+    /// The first delivery of `sequence` settled as `label`: acknowledges the deliveries that
+    /// arrived meanwhile when it settled for good.
+    async fn end(&self, sequence: u64, label: &str) {
+        if sequence == 0 {
+            return;
+        }
+        let duplicates = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&sequence)
+            .unwrap_or_default();
+        if label == "retry" {
+            return;
+        }
+        for duplicate in duplicates {
+            if let Err(error) = duplicate.ack().await {
+                tracing::warn!(%error, sequence, "the second delivery's ack was not confirmed; it may be delivered again (handlers are idempotent)");
+            }
+        }
+    }
+}
+
+/// Handles one delivery and settles it; the outcome's label (`done`, `retry`,
+/// `dead_lettered`).
 async fn process<H: Handler>(
     message: jetstream::Message,
     handler: &H,
     letters: &DeadLetterWriter,
     metrics: &Metrics,
     settings: &JobLoopSettings,
-) {
+) -> &'static str {
     let message = Arc::new(message);
     let (attempt, sequence, published_at) = match message.info() {
         Ok(info) => (
@@ -781,6 +853,7 @@ async fn process<H: Handler>(
         .await;
     metrics.in_flight.dec();
     metrics.observe(label, started.elapsed());
+    label
 }
 
 /// The server's note that a message reached `max_deliver` without being settled.

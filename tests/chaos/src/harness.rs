@@ -62,6 +62,28 @@ pub struct Chaos {
     env: Vec<(String, String)>,
 }
 
+impl Drop for Chaos {
+    /// With `FLEET_CHAOS_KEEP=<dir>`, copies the fleet's folder (logs, config, tenant files)
+    /// there before it is removed, for a post-mortem.
+    fn drop(&mut self) {
+        if let Some(keep) = std::env::var_os("FLEET_CHAOS_KEEP") {
+            let fleet = self.fleet.get_mut();
+            let to = PathBuf::from(keep).join(format!(
+                "fleet-{}-{}",
+                std::process::id(),
+                chrono::Utc::now().format("%H%M%S%3f")
+            ));
+            let _ = std::fs::create_dir_all(&to);
+            let _ = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(fleet.dir.path())
+                .arg(&to)
+                .status();
+            eprintln!("chaos: the fleet's folder is kept in {}", to.display());
+        }
+    }
+}
+
 impl std::fmt::Debug for Chaos {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Chaos").finish_non_exhaustive()
