@@ -429,13 +429,7 @@ impl DeadLetter {
             location: location.clone(),
             message,
         };
-        let (bucket, object) = location
-            .split_once('/')
-            .ok_or_else(|| unreadable("not <bucket>/<object>".to_owned()))?;
-        let store = js
-            .get_object_store(bucket)
-            .await
-            .map_err(|e| unreadable(e.to_string()))?;
+        let (store, object) = payload_store(js, location).await?;
         let mut reader = store
             .get(object)
             .await
@@ -453,22 +447,35 @@ impl DeadLetter {
         let Some(location) = &self.payload_object else {
             return Ok(());
         };
-        let unreadable = |message: String| PayloadError::Unreadable {
-            location: location.clone(),
-            message,
-        };
-        let (bucket, object) = location
-            .split_once('/')
-            .ok_or_else(|| unreadable("not <bucket>/<object>".to_owned()))?;
-        let store = js
-            .get_object_store(bucket)
-            .await
-            .map_err(|e| unreadable(e.to_string()))?;
+        let (store, object) = payload_store(js, location).await?;
         store
             .delete(object)
             .await
-            .map_err(|e| unreadable(e.to_string()))
+            .map_err(|e| PayloadError::Unreadable {
+                location: location.clone(),
+                message: e.to_string(),
+            })
     }
+}
+
+/// The object store and object name a letter's `payloadObject` (`<object store>/<object>`)
+/// points at.
+async fn payload_store<'a>(
+    js: &jetstream::Context,
+    location: &'a str,
+) -> Result<(jetstream::object_store::ObjectStore, &'a str), PayloadError> {
+    let unreadable = |message: String| PayloadError::Unreadable {
+        location: location.to_owned(),
+        message,
+    };
+    let (bucket, object) = location
+        .split_once('/')
+        .ok_or_else(|| unreadable("not <bucket>/<object>".to_owned()))?;
+    let store = js
+        .get_object_store(bucket)
+        .await
+        .map_err(|e| unreadable(e.to_string()))?;
+    Ok((store, object))
 }
 
 /// Why a dead letter's whole payload is not available.

@@ -54,22 +54,13 @@ pub const NAMES: [&str; 7] = [
 /// Every database file of the local backend under `data`: tenant id → paths.
 fn database_files(data: &Path) -> BTreeMap<String, Vec<PathBuf>> {
     let mut out: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-    let mut stack = vec![data.to_owned()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "db")
-                && let Some(stem) = path.file_stem()
-            {
-                out.entry(stem.to_string_lossy().into_owned())
-                    .or_default()
-                    .push(path);
-            }
+    for path in files_under(data) {
+        if path.extension().is_some_and(|e| e == "db")
+            && let Some(stem) = path.file_stem()
+        {
+            out.entry(stem.to_string_lossy().into_owned())
+                .or_default()
+                .push(path);
         }
     }
     out

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::harness::{Chaos, Published};
+use crate::harness::{Chaos, Published, WORKERS};
 use crate::invariants::{self, Check, Databases};
 use crate::workload::{self, Expected, Inputs};
 use crate::{Scale, ScenarioReport};
@@ -372,13 +372,7 @@ async fn competing_replicas(
     notes: &mut Vec<String>,
 ) -> anyhow::Result<Vec<Check>> {
     let inputs = Inputs::load(root)?;
-    let workers = [
-        ("provisioner", 3),
-        ("deployer", 3),
-        ("installer", 3),
-        ("quota-auditor", 3),
-    ];
-    let chaos = Chaos::start(bins, "", "", &workers, &[]).await?;
+    let chaos = Chaos::start(bins, "", "", &WORKERS.map(|w| (w, 3)), &[]).await?;
     let mut expected = Expected::default();
     standard(&chaos, &inputs, &mut expected, "replicas", scale).await?;
     notes.push("three replicas of every worker".to_owned());
@@ -392,13 +386,7 @@ async fn hostile_input(
     notes: &mut Vec<String>,
 ) -> anyhow::Result<Vec<Check>> {
     let inputs = Inputs::load(root)?;
-    let workers = [
-        ("provisioner", 1),
-        ("deployer", 1),
-        ("installer", 1),
-        ("quota-auditor", 1),
-    ];
-    let chaos = Chaos::start(bins, "", "", &workers, &[]).await?;
+    let chaos = Chaos::start(bins, "", "", &WORKERS.map(|w| (w, 1)), &[]).await?;
     let mut expected = Expected::default();
     let ids: Vec<String> = (0..scale.tenants)
         .map(|n| workload::tenant_id("hostile", n))

@@ -63,6 +63,23 @@ pub fn classify(error: &anyhow::Error) -> (u8, String) {
                 ),
             );
         }
+        if let Some(client) = cause.downcast_ref::<fleet_client::ClientError>() {
+            return match client {
+                fleet_client::ClientError::Invalid { .. } => (INPUT, message),
+                fleet_client::ClientError::Unreachable(_) => (
+                    FAILED,
+                    format!(
+                        "{message} — start the local fleet with `just up`, or point FLEET_NATS__URL at yours"
+                    ),
+                ),
+                _ => (FAILED, message),
+            };
+        }
+        if let Some(fleet_protocol::contracts::ContractError::Invalid(_)) =
+            cause.downcast_ref::<fleet_protocol::contracts::ContractError>()
+        {
+            return (INPUT, message);
+        }
         if cause.is::<InputError>()
             || cause.is::<fleet_protocol::InvalidIdentifier>()
             || cause.is::<fleet_config::ConfigError>()

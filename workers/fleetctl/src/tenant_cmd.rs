@@ -11,8 +11,7 @@ use anyhow::Context;
 use async_nats::HeaderMap;
 use clap::Subcommand;
 use fleet_protocol::{
-    TenantCreated, TenantId, TenantLifecycleCommand, TenantPlan, TenantProvisioningRequest,
-    TenantRegion,
+    TenantId, TenantLifecycleCommand, TenantPlan, TenantProvisioningRequest, TenantRegion,
 };
 use fleet_runtime::topology::names;
 use fleet_runtime::{ProgressEvent, Runtime, StateStore};
@@ -159,6 +158,15 @@ pub async fn run(command: TenantCommand) -> anyhow::Result<ExitCode> {
             } else {
                 None
             };
+            let client = fleet_client::FleetClient::from_runtime(runtime.clone()).await?;
+            let request = TenantProvisioningRequest {
+                org_id: org.clone(),
+                plan,
+                region,
+                display_name: None,
+                admin_email: admin_email.clone(),
+                metadata: None,
+            };
             let mut ids = Vec::new();
             let mut sent_at = std::collections::HashMap::new();
             for _ in 0..count {
@@ -166,23 +174,9 @@ pub async fn run(command: TenantCommand) -> anyhow::Result<ExitCode> {
                     Some(id) => TenantId::parse(id.clone())?,
                     None => TenantId::parse(format!("t-{:08x}", rand::random::<u32>()))?,
                 };
-                let command = TenantCreated {
-                    tenant_id: tenant.clone(),
-                    request: TenantProvisioningRequest {
-                        org_id: org.clone(),
-                        plan,
-                        region,
-                        display_name: None,
-                        admin_email: admin_email.clone(),
-                        metadata: None,
-                    },
-                };
-                let subject = runtime.topology.subject("tenant.created");
                 sent_at.insert(tenant.to_string(), Instant::now());
-                runtime
-                    .publisher
-                    .publish_json(&subject, tenant.as_str(), &command, HeaderMap::new())
-                    .await?;
+                // Validated, refused on a conflicting registration, published with its id.
+                client.register(&tenant, &request).await?;
                 ids.push(tenant);
             }
             match watcher {
@@ -282,17 +276,37 @@ pub async fn run(command: TenantCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         TenantCommand::Suspend { id, reason } => {
-            lifecycle(&runtime, "tenant.suspended", &id, reason, None).await
+            let tenant = TenantId::parse(id)?;
+            let client = fleet_client::FleetClient::from_runtime(runtime.clone()).await?;
+            client.suspend(&tenant, reason).await?;
+            say!("tenant {tenant} suspended");
+            Ok(ExitCode::SUCCESS)
         }
         TenantCommand::Resume { id } => {
-            lifecycle(&runtime, "tenant.resumed", &id, None, None).await
+            let tenant = TenantId::parse(id)?;
+            let client = fleet_client::FleetClient::from_runtime(runtime.clone()).await?;
+            client.resume(&tenant).await?;
+            say!("tenant {tenant} active");
+            Ok(ExitCode::SUCCESS)
         }
         TenantCommand::Delete { id } => {
-            lifecycle(&runtime, "tenant.deleted", &id, None, None).await
+            let tenant = TenantId::parse(id)?;
+            let client = fleet_client::FleetClient::from_runtime(runtime.clone()).await?;
+            client.destroy(&tenant).await?;
+            let status = record(&tenants, &tenant)
+                .await?
+                .map(|r| status_name(&r))
+                .unwrap_or_default();
+            say!("tenant {tenant} {status}");
+            Ok(ExitCode::SUCCESS)
         }
         TenantCommand::Plan { id, plan } => {
+            let tenant = TenantId::parse(id)?;
             let plan: TenantPlan = parse_enum("plan", &plan)?;
-            lifecycle(&runtime, "tenant.plan_changed", &id, None, Some(plan)).await
+            let client = fleet_client::FleetClient::from_runtime(runtime.clone()).await?;
+            client.change_plan(&tenant, plan).await?;
+            say!("tenant {tenant} is on plan {plan:?}");
+            Ok(ExitCode::SUCCESS)
         }
         TenantCommand::Quota(QuotaAction::Set { id, quotas }) => {
             let mut document = serde_json::Map::new();
@@ -361,37 +375,6 @@ pub async fn run(command: TenantCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-async fn lifecycle(
-    runtime: &Runtime,
-    subject: &str,
-    id: &str,
-    reason: Option<String>,
-    plan: Option<TenantPlan>,
-) -> anyhow::Result<ExitCode> {
-    let tenant = TenantId::parse(id.to_owned())?;
-    let command = TenantLifecycleCommand {
-        tenant_id: tenant.clone(),
-        reason,
-        plan,
-        quotas: None,
-    };
-    let message_id = format!(
-        "{subject}:{tenant}:{}",
-        chrono::Utc::now().timestamp_millis()
-    );
-    runtime
-        .publisher
-        .publish_json(
-            &runtime.topology.subject(subject),
-            &message_id,
-            &command,
-            HeaderMap::new(),
-        )
-        .await?;
-    say!("{subject} published for {tenant}");
-    Ok(ExitCode::SUCCESS)
 }
 
 fn print_status(record: &TenantRecord) {

@@ -1,5 +1,6 @@
 //! End to end: the real provisioner binary against a real nats-server and local libSQL files.
 
+mod client;
 mod crashes;
 mod deletions;
 mod lifecycle;

@@ -1,0 +1,506 @@
+//! The fleet from the caller's side: one supported way for the registration service, the
+//! marketplace and admin tools to talk to the fleet, instead of hand-built NATS messages.
+//!
+//! [`FleetClient`] implements upstream's `IProvisioningService`
+//! ([`fleet_protocol::contracts::ProvisioningService`]) over the fleet's messaging contract:
+//!
+//! - every command is validated first (an invalid one is [`ClientError::Invalid`] with every
+//!   issue and its path, and is never sent) and published with its `Nats-Msg-Id` —
+//!   `tenant.created` under the tenant id, as the design's contract says, so a duplicate call
+//!   provisions the tenant once;
+//! - the answer is awaited on the tenant's record in the `fleet_tenants` KV bucket, watched
+//!   **before** the command is published, so no transition is missed;
+//! - every wait has a timeout ([`FleetClient::with_timeout`], 30 s by default):
+//!   [`ClientError::TimedOut`] names the worker that did not answer;
+//! - a caller can also fire and forget ([`FleetClient::register`]) and follow a tenant's
+//!   transitions as a stream ([`FleetClient::follow`]).
+//!
+//! Errors ([`ClientError`]): invalid input, a conflicting registration, not found, refused in
+//! the tenant's current state, failed (the fleet tried: the step and its error), timed out, the
+//! fleet unreachable. Each maps to upstream's [`ContractError`] for callers of the trait.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::kv;
+use async_trait::async_trait;
+use fleet_config::Config;
+use fleet_protocol::contracts::{ContractError, ContractResult, ProvisioningService};
+use fleet_protocol::{
+    Rejected, TenantCreated, TenantId, TenantLifecycleCommand, TenantPlan,
+    TenantProvisioningRequest, TenantProvisioningResult, TenantProvisioningStatus,
+};
+use fleet_runtime::Runtime;
+use fleet_runtime::topology::names;
+use fleet_tenants::machine::{TenantRecord, fingerprint, status_name};
+use futures::{Stream, StreamExt};
+
+/// How long a call waits for the fleet's answer unless told otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a call did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No NATS server answers at the configured URL (or the topology could not be ensured).
+    #[error("the fleet is unreachable: {0}")]
+    Unreachable(String),
+    /// The command is not valid; nothing was sent. Each issue carries its path.
+    #[error("invalid {what}: {rejected}")]
+    Invalid {
+        /// The protocol type (`TenantCreated`, …).
+        what: &'static str,
+        /// Every issue.
+        rejected: Rejected,
+    },
+    /// The tenant id is registered with a different request (organisation, plan, region, …);
+    /// nothing was sent.
+    #[error("tenant {tenant} is already registered with another request")]
+    Conflict {
+        /// The tenant.
+        tenant: TenantId,
+    },
+    /// No such tenant.
+    #[error("no tenant {0}")]
+    NotFound(TenantId),
+    /// Not possible in the tenant's current state (e.g. resuming an active tenant's deletion);
+    /// nothing was sent.
+    #[error("tenant {tenant} is {status}: {why}")]
+    Refused {
+        /// The tenant.
+        tenant: TenantId,
+        /// Its state.
+        status: String,
+        /// Why the command does not apply.
+        why: String,
+    },
+    /// The fleet carried the command out and it failed (the tenant's record says where).
+    #[error("tenant {tenant} failed: {error}")]
+    Failed {
+        /// The tenant.
+        tenant: TenantId,
+        /// The failed step and its error, as the record holds them.
+        error: String,
+    },
+    /// No answer in time: the command is published and may still complete.
+    #[error(
+        "no answer within {} s for {what} of tenant {tenant} (is the {worker} running? `fleetctl status`); the command was sent and may still complete",
+        timeout.as_secs_f64()
+    )]
+    TimedOut {
+        /// The tenant.
+        tenant: TenantId,
+        /// What was awaited (`provisioning`, `suspension`, …).
+        what: &'static str,
+        /// The worker that answers it.
+        worker: &'static str,
+        /// How long was waited.
+        timeout: Duration,
+    },
+    /// NATS, JetStream or KV failed mid-call.
+    #[error("the fleet's messaging failed: {0}")]
+    Messaging(String),
+}
+
+impl From<ClientError> for ContractError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Invalid { rejected, .. } => ContractError::Invalid(rejected),
+            ClientError::NotFound(tenant) => ContractError::NotFound {
+                kind: "tenant",
+                name: tenant.to_string(),
+            },
+            ClientError::Conflict { tenant } => ContractError::AlreadyExists {
+                kind: "tenant",
+                name: tenant.to_string(),
+            },
+            e @ (ClientError::Refused { .. } | ClientError::Failed { .. }) => {
+                ContractError::IllegalState(e.to_string())
+            }
+            e @ (ClientError::Unreachable(_)
+            | ClientError::TimedOut { .. }
+            | ClientError::Messaging(_)) => ContractError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+fn messaging(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Messaging(e.to_string())
+}
+
+/// A connection to the fleet (see the module docs).
+#[derive(Debug, Clone)]
+pub struct FleetClient {
+    runtime: Runtime,
+    tenants: kv::Store,
+    timeout: Duration,
+}
+
+impl FleetClient {
+    /// Connects to `config.nats.url` and ensures the topology (idempotent).
+    pub async fn connect(config: &Config) -> Result<Self, ClientError> {
+        let runtime = Runtime::connect(config)
+            .await
+            .map_err(|e| ClientError::Unreachable(fleet_runtime::error_chain(&e)))?;
+        Self::from_runtime(runtime).await
+    }
+
+    /// A client over an already connected runtime.
+    pub async fn from_runtime(runtime: Runtime) -> Result<Self, ClientError> {
+        let tenants = runtime
+            .bucket(names::TENANTS)
+            .await
+            .map_err(|e| ClientError::Unreachable(fleet_runtime::error_chain(&e)))?;
+        Ok(Self {
+            runtime,
+            tenants,
+            timeout: DEFAULT_TIMEOUT,
+        })
+    }
+
+    /// The same client waiting at most `timeout` for each answer.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The runtime underneath (publisher, topology).
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// The tenant's record and its revision (`None`: no such tenant).
+    pub async fn record(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Option<(TenantRecord, u64)>, ClientError> {
+        match self
+            .tenants
+            .entry(tenant.as_str())
+            .await
+            .map_err(messaging)?
+        {
+            Some(entry) if entry.operation == kv::Operation::Put => {
+                let record = serde_json::from_slice(&entry.value).map_err(messaging)?;
+                Ok(Some((record, entry.revision)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The tenant's transitions from now on (its current record first), as its record changes.
+    pub async fn follow(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<impl Stream<Item = (TenantRecord, u64)> + Send + use<>, ClientError> {
+        let watch = self
+            .tenants
+            .watch_with_history(tenant.as_str())
+            .await
+            .map_err(messaging)?;
+        Ok(watch.filter_map(|entry| async move {
+            let entry = entry.ok()?;
+            if entry.operation != kv::Operation::Put {
+                return None;
+            }
+            let record = serde_json::from_slice::<TenantRecord>(&entry.value).ok()?;
+            Some((record, entry.revision))
+        }))
+    }
+
+    /// Validates and publishes `tenant.created` (fire and forget): under the tenant id as its
+    /// `Nats-Msg-Id` for a first registration; under an id of the record's revision when it
+    /// retries a failed one (a new attempt, not a duplicate). A registration that conflicts
+    /// with the tenant's record is refused here.
+    pub async fn register(
+        &self,
+        tenant: &TenantId,
+        request: &TenantProvisioningRequest,
+    ) -> Result<Option<(TenantRecord, u64)>, ClientError> {
+        let command = TenantCreated {
+            tenant_id: tenant.clone(),
+            request: request.clone(),
+        };
+        let value = serde_json::to_value(&command).map_err(messaging)?;
+        fleet_protocol::parse_value::<TenantCreated>(&value).map_err(|rejected| {
+            ClientError::Invalid {
+                what: "TenantCreated",
+                rejected,
+            }
+        })?;
+        let current = self.record(tenant).await?;
+        let message_id = match &current {
+            Some((record, _)) if record.fingerprint != fingerprint(request) => {
+                return Err(ClientError::Conflict {
+                    tenant: tenant.clone(),
+                });
+            }
+            Some((record, revision)) if record.status() == TenantProvisioningStatus::Failed => {
+                format!("{tenant}:retry:{revision}")
+            }
+            _ => tenant.to_string(),
+        };
+        self.publish("tenant.created", &message_id, &value).await?;
+        Ok(current)
+    }
+
+    async fn publish(
+        &self,
+        subject: &str,
+        message_id: &str,
+        payload: &serde_json::Value,
+    ) -> Result<(), ClientError> {
+        self.runtime
+            .publisher
+            .publish_json(
+                &self.runtime.topology.subject(subject),
+                message_id,
+                payload,
+                HeaderMap::new(),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| messaging(fleet_runtime::error_chain(&e)))
+    }
+
+    /// Waits until `done` decides on a record of `tenant` newer than `after` (a revision).
+    async fn wait<T>(
+        &self,
+        tenant: &TenantId,
+        after: u64,
+        what: &'static str,
+        worker: &'static str,
+        mut done: impl FnMut(&TenantRecord) -> Option<Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        let changes = self.follow(tenant).await?;
+        let mut changes = std::pin::pin!(changes);
+        let timed_out = || ClientError::TimedOut {
+            tenant: tenant.clone(),
+            what,
+            worker,
+            timeout: self.timeout,
+        };
+        tokio::time::timeout(self.timeout, async {
+            while let Some((record, revision)) = changes.next().await {
+                if revision <= after {
+                    continue;
+                }
+                if let Some(result) = done(&record) {
+                    return result;
+                }
+            }
+            Err(messaging("the record's watch ended"))
+        })
+        .await
+        .unwrap_or_else(|_| Err(timed_out()))
+    }
+
+    /// Publishes a lifecycle command for an existing tenant and waits until its record shows
+    /// `reached` (at once when it already does).
+    #[allow(clippy::too_many_arguments)]
+    async fn lifecycle(
+        &self,
+        tenant: &TenantId,
+        subject: &'static str,
+        command: TenantLifecycleCommand,
+        what: &'static str,
+        allowed: &[TenantProvisioningStatus],
+        reached: impl Fn(&TenantRecord) -> bool,
+    ) -> Result<(), ClientError> {
+        let Some((record, revision)) = self.record(tenant).await? else {
+            return Err(ClientError::NotFound(tenant.clone()));
+        };
+        if reached(&record) {
+            return Ok(());
+        }
+        if !allowed.contains(&record.status()) {
+            return Err(ClientError::Refused {
+                tenant: tenant.clone(),
+                status: status_name(&record),
+                why: format!("{subject} applies to a tenant that is {allowed:?}"),
+            });
+        }
+        let value = serde_json::to_value(&command).map_err(messaging)?;
+        // One command per state it was sent in: a retried call is a duplicate, a later one not.
+        self.publish(subject, &format!("{subject}:{tenant}:{revision}"), &value)
+            .await?;
+        self.wait(tenant, revision, what, "provisioner", |record| {
+            if reached(record) {
+                Some(Ok(()))
+            } else if record.status() == TenantProvisioningStatus::Failed {
+                Some(Err(ClientError::Failed {
+                    tenant: tenant.clone(),
+                    error: record.error.clone().unwrap_or_default(),
+                }))
+            } else {
+                None
+            }
+        })
+        .await
+    }
+
+    fn command(tenant: &TenantId) -> TenantLifecycleCommand {
+        TenantLifecycleCommand {
+            tenant_id: tenant.clone(),
+            reason: None,
+            plan: None,
+            quotas: None,
+        }
+    }
+
+    /// Suspends the tenant (`reason` kept in its record and hook) and waits until it is.
+    pub async fn suspend(
+        &self,
+        tenant: &TenantId,
+        reason: Option<String>,
+    ) -> Result<(), ClientError> {
+        let command = TenantLifecycleCommand {
+            reason,
+            ..Self::command(tenant)
+        };
+        self.lifecycle(
+            tenant,
+            "tenant.suspended",
+            command,
+            "suspension",
+            &[TenantProvisioningStatus::Active],
+            |r| r.status() == TenantProvisioningStatus::Suspended,
+        )
+        .await
+    }
+}
+
+impl FleetClient {
+    /// Registers the tenant and waits until it is active: its result (connection URL, steps
+    /// with their durations; never a token). A tenant already active with the same request
+    /// answers at once; a failed one is retried.
+    pub async fn provision(
+        &self,
+        tenant: &TenantId,
+        request: TenantProvisioningRequest,
+    ) -> Result<TenantProvisioningResult, ClientError> {
+        let watch_from = self.record(tenant).await?;
+        if let Some((record, _)) = &watch_from
+            && record.fingerprint == fingerprint(&request)
+            && record.status() == TenantProvisioningStatus::Active
+        {
+            return Ok(record.result());
+        }
+        // `wait` reads the record's history from the revision seen here, so a transition
+        // between the publish and the wait is not missed.
+        let before = watch_from.as_ref().map_or(0, |(_, revision)| *revision);
+        self.register(tenant, &request).await?;
+        self.wait(
+            tenant,
+            before,
+            "provisioning",
+            "provisioner",
+            |record| match record.status() {
+                TenantProvisioningStatus::Active => Some(Ok(record.result())),
+                TenantProvisioningStatus::Failed => Some(Err(ClientError::Failed {
+                    tenant: tenant.clone(),
+                    error: record.error.clone().unwrap_or_default(),
+                })),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    /// Resumes a suspended tenant and waits until it is active.
+    pub async fn resume(&self, tenant: &TenantId) -> Result<(), ClientError> {
+        self.lifecycle(
+            tenant,
+            "tenant.resumed",
+            Self::command(tenant),
+            "resumption",
+            &[TenantProvisioningStatus::Suspended],
+            |r| r.status() == TenantProvisioningStatus::Active,
+        )
+        .await
+    }
+
+    /// Deletes the tenant: answers once the deletion is recorded (due after the configured
+    /// grace period, or done at once when deletion is immediate).
+    pub async fn destroy(&self, tenant: &TenantId) -> Result<(), ClientError> {
+        self.lifecycle(
+            tenant,
+            "tenant.deleted",
+            Self::command(tenant),
+            "deletion",
+            &[
+                TenantProvisioningStatus::Active,
+                TenantProvisioningStatus::Suspended,
+                TenantProvisioningStatus::Failed,
+            ],
+            |r| r.status() == TenantProvisioningStatus::Destroying || r.is_deleted(),
+        )
+        .await
+    }
+
+    /// Moves the tenant to `plan` (its quotas follow) and waits until its record shows it.
+    pub async fn change_plan(
+        &self,
+        tenant: &TenantId,
+        plan: TenantPlan,
+    ) -> Result<(), ClientError> {
+        let command = TenantLifecycleCommand {
+            plan: Some(plan),
+            ..Self::command(tenant)
+        };
+        self.lifecycle(
+            tenant,
+            "tenant.plan_changed",
+            command,
+            "plan change",
+            &[
+                TenantProvisioningStatus::Active,
+                TenantProvisioningStatus::Suspended,
+            ],
+            |r| r.plan == plan,
+        )
+        .await
+    }
+
+    /// The tenant's status.
+    pub async fn status(&self, tenant: &TenantId) -> Result<TenantProvisioningStatus, ClientError> {
+        match self.record(tenant).await? {
+            Some((record, _)) => Ok(record.status()),
+            None => Err(ClientError::NotFound(tenant.clone())),
+        }
+    }
+}
+
+/// Upstream's `IProvisioningService`: the methods above, their errors as [`ContractError`]s.
+#[async_trait]
+impl ProvisioningService for FleetClient {
+    async fn provision_tenant(
+        &self,
+        tenant: &TenantId,
+        request: TenantProvisioningRequest,
+    ) -> ContractResult<TenantProvisioningResult> {
+        Ok(self.provision(tenant, request).await?)
+    }
+
+    async fn suspend_tenant(&self, tenant: &TenantId) -> ContractResult<()> {
+        Ok(self.suspend(tenant, None).await?)
+    }
+
+    async fn resume_tenant(&self, tenant: &TenantId) -> ContractResult<()> {
+        Ok(self.resume(tenant).await?)
+    }
+
+    async fn destroy_tenant(&self, tenant: &TenantId) -> ContractResult<()> {
+        Ok(self.destroy(tenant).await?)
+    }
+
+    async fn get_tenant_status(
+        &self,
+        tenant: &TenantId,
+    ) -> ContractResult<TenantProvisioningStatus> {
+        Ok(self.status(tenant).await?)
+    }
+
+    async fn migrate_tenant_plan(&self, tenant: &TenantId, plan: TenantPlan) -> ContractResult<()> {
+        Ok(self.change_plan(tenant, plan).await?)
+    }
+}
