@@ -18,6 +18,7 @@ pub mod crashpoint;
 mod embedded;
 pub mod local;
 pub mod memory;
+pub mod platform;
 pub mod router;
 pub mod secrets;
 pub mod turso;

@@ -269,3 +269,70 @@ async fn backend_create_is_idempotent_and_checks_the_group() {
     );
     assert_eq!(double.violations(), Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn the_platform_contract_runs_on_the_client_with_upstream_errors() {
+    use fleet_protocol::contracts::{ContractError, TursoPlatform};
+    use fleet_protocol::turso::CreateTursoDatabaseOptions;
+    let double = TursoDouble::start(&["eu"]).await;
+    let (api, _) = client(&double.uri(), API_TOKEN);
+    let platform: &dyn TursoPlatform = &api;
+    let options = |name: &str, group: &str| CreateTursoDatabaseOptions {
+        name: name.to_owned(),
+        group: group.to_owned(),
+        schema_database: None,
+        seed: None,
+    };
+    let created = platform
+        .create_database(options("acme", "eu"))
+        .await
+        .unwrap();
+    assert_eq!(created.name, "acme");
+    match platform.create_database(options("acme", "eu")).await {
+        Err(ContractError::AlreadyExists { name, .. }) => assert_eq!(name, "acme"),
+        other => panic!("expected already exists, got {other:?}"),
+    }
+    assert!(matches!(
+        platform.create_database(options("beta", "nowhere")).await,
+        Err(ContractError::NotFound { kind: "group", .. }) | Err(ContractError::Other(_))
+    ));
+    assert_eq!(
+        platform
+            .get_database(&name("acme"))
+            .await
+            .unwrap()
+            .unwrap()
+            .name,
+        "acme"
+    );
+    assert!(
+        platform
+            .get_database(&name("nobody"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(platform.list_databases(Some("eu")).await.unwrap().len(), 1);
+    let token = platform
+        .create_token(&name("acme"), TursoTokenScope::ReadOnly, Some("1d"))
+        .await
+        .unwrap();
+    assert!(token.jwt.contains("read-only"), "{}", token.jwt);
+    assert_eq!(token.expiration.as_deref(), Some("1d"));
+    platform.revoke_tokens(&name("acme")).await.unwrap();
+    assert_eq!(double.token_generation("acme"), 1);
+    platform.delete_database(&name("acme")).await.unwrap();
+    match platform.delete_database(&name("acme")).await {
+        Err(ContractError::NotFound {
+            kind: "database", ..
+        }) => {}
+        other => panic!("expected not found, got {other:?}"),
+    }
+    // Faults past the client's retries are Unavailable (transient) to the caller.
+    double.inject(std::iter::repeat_n(Fault::Status(503), 4));
+    match platform.list_databases(None).await {
+        Err(e @ ContractError::Unavailable(_)) => assert!(e.is_transient()),
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    assert!(double.violations().is_empty(), "{:?}", double.violations());
+}
