@@ -20,11 +20,14 @@ rm -rf "$demo" && mkdir -p "$demo/jetstream" "$demo/schemas" "$demo/config"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-pids=()
+pids=()        # the workers
+nats_pid=""
 cleanup() {
   trap - EXIT INT TERM
+  # The workers first, while the server is still there for them to settle and say goodbye.
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -n "$nats_pid" ]; then kill "$nats_pid" 2>/dev/null || true; wait "$nats_pid" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
 trap 'echo; echo "interrupted: stopping the demo fleet"; cleanup; exit 130' INT TERM
@@ -34,7 +37,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 port="$(free_port)"
 mport="$(free_port)"
 "$nats" -a 127.0.0.1 -p "$port" -m "$mport" -js -sd "$demo/jetstream" >"$demo/nats.log" 2>&1 &
-pids+=($!)
+nats_pid=$!
 for _ in $(seq 1 50); do
   if curl -fsS "http://127.0.0.1:$mport/healthz?js-enabled-only=true" >/dev/null 2>&1; then break; fi
   sleep 0.1

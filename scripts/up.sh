@@ -10,8 +10,13 @@ home="${FLEET_HOME:-$root/.fleet}"
 mkdir -p "$home/logs" "$home/run" "$home/nats"
 url="${FLEET_NATS__URL:-nats://127.0.0.1:4222}"
 hostport="${url#nats://}"
+hostport="${hostport%%/*}"
 host="${hostport%:*}"
 port="${hostport##*:}"
+if [ "$host" = "$hostport" ]; then port=4222; fi  # no port in the URL: NATS's default
+case "$port" in
+  ''|*[!0-9]*) echo "FLEET_NATS__URL=$url: cannot read a host and port from it" >&2; exit 2 ;;
+esac
 
 answers() { python3 -c "import socket,sys; s=socket.socket(); s.settimeout(0.3); sys.exit(s.connect_ex(('$host', $port)))"; }
 
@@ -19,10 +24,12 @@ if answers; then
   echo "nats-server already answers at $url"
 else
   "$home/bin/nats-server" -a "$host" -p "$port" -js -sd "$home/nats" >>"$home/logs/nats-server.log" 2>&1 &
-  echo $! > "$home/run/nats-server.pid"
+  nats_pid=$!
   for _ in $(seq 1 50); do answers && break; sleep 0.1; done
   answers || { echo "nats-server did not start; see $home/logs/nats-server.log" >&2; exit 1; }
-  echo "nats-server started at $url (pid $(cat "$home/run/nats-server.pid"))"
+  # Recorded only once it answers: `just down` stops what really runs.
+  echo "$nats_pid" > "$home/run/nats-server.pid"
+  echo "nats-server started at $url (pid $nats_pid)"
 fi
 
 echo "building the workers (release; the first build takes a few minutes)…"
@@ -30,6 +37,7 @@ cargo build --release --quiet -p provisioner -p deployer -p installer -p quota-a
 # Each worker serves its probes and metrics on a port of its own (9464, 9465, …): two on the
 # default address would collide and the second would exit.
 health_port=9464
+started=()
 for worker in provisioner deployer installer quota-auditor; do
   health="127.0.0.1:$health_port"
   health_port=$((health_port + 1))
@@ -39,8 +47,23 @@ for worker in provisioner deployer installer quota-auditor; do
     continue
   fi
   FLEET_NATS__URL="$url" FLEET_WORKER__HEALTH_ADDR="$health" "$root/target/release/$worker" >>"$home/logs/$worker.log" 2>&1 &
-  echo $! > "$pidfile"
-  echo "$worker started (pid $!), probes and metrics on http://$health, log $home/logs/$worker.log"
+  pid=$!
+  echo "$pid" > "$pidfile"
+  started+=("$worker:$pid")
+  echo "$worker started (pid $pid), probes and metrics on http://$health, log $home/logs/$worker.log"
 done
+# A worker that cannot start (its probe port taken, a bad setting) exits within a second or two.
+sleep 2
+failed=0
+for entry in "${started[@]}"; do
+  worker="${entry%%:*}"; pid="${entry##*:}"
+  if ! kill -0 "$pid" 2>/dev/null; then
+    echo "$worker exited at once; the end of $home/logs/$worker.log:" >&2
+    tail -n 5 "$home/logs/$worker.log" >&2
+    rm -f "$home/run/$worker.pid"
+    failed=1
+  fi
+done
+[ "$failed" -eq 0 ] || exit 1
 echo
 echo "the fleet is up: target/release/fleetctl status (FLEET_NATS__URL=$url)"

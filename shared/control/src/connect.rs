@@ -52,9 +52,15 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
-    /// Whether retrying later may succeed (the store or the backend is unavailable).
+    /// Whether retrying later may succeed: the store or the backend is unavailable, or the
+    /// token read with the record was refused — revoked by a suspension or rotation between
+    /// the read and the open, so the next attempt reads the record (and its new state) again.
     pub fn is_transient(&self) -> bool {
         match self {
+            Self::Open {
+                source: TenantDbError::Unauthorized(_),
+                ..
+            } => true,
             Self::Open { source, .. } => source.is_transient(),
             Self::Store { .. } => true,
             _ => false,

@@ -215,7 +215,9 @@ impl Runtime {
             let _ = tokio::time::timeout(Duration::from_secs(2), heartbeat).await;
         }
         health.set_ready(false);
-        let _ = self.client.flush().await;
+        // Bounded: with the server gone, a flush would wait for a reconnection that may never
+        // come, and the worker would not exit on SIGTERM.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.flush()).await;
         Ok(result?)
     }
 }

@@ -137,6 +137,25 @@ fn bundle_document(path: &Path) -> anyhow::Result<Value> {
 
 /// Runs `fleetctl deploy`.
 pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    // The bundle and the ids are read before connecting: a bad one is exit 2 with NATS down.
+    match &args.action {
+        Some(
+            DeployAction::Status { id, .. }
+            | DeployAction::Resume { id }
+            | DeployAction::Cancel { id }
+            | DeployAction::Rollback { id },
+        ) => {
+            DeploymentId::parse(id.clone())?;
+        }
+        None => {
+            if let Some(path) = &args.bundle {
+                bundle_document(path)?;
+            }
+            for tenant in &args.tenants {
+                TenantId::parse(tenant.clone())?;
+            }
+        }
+    }
     let config = fleet_config::Config::load()?;
     let runtime = Runtime::connect(&config).await?;
     let deployments = fleet_control::deployments(&runtime).await?;
@@ -148,11 +167,20 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
             watch: true,
         }) => {
             let id = DeploymentId::parse(id)?;
-            if deployments
-                .get::<rollout::RolloutError>(id.as_str())
-                .await?
-                .is_none()
-            {
+            // A deployment just requested (`--no-wait`) appears once the deployer took it.
+            let mut found = false;
+            for _ in 0..50 {
+                if deployments
+                    .get::<rollout::RolloutError>(id.as_str())
+                    .await?
+                    .is_some()
+                {
+                    found = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if !found {
                 eprintln!("no deployment {id}");
                 return Ok(crate::exit::failed());
             }
@@ -427,11 +455,9 @@ pub(crate) async fn watch(
     id: &DeploymentId,
 ) -> anyhow::Result<ExitCode> {
     let bars = MultiProgress::new();
-    let style = ProgressStyle::with_template(
-        "{prefix:>8} [{bar:30}] {pos}/{len} {msg}  {per_sec}  ETA {eta}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar())
-    .progress_chars("=> ");
+    let style = ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} {msg}  ETA {eta}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
     let mut wave_bars: Vec<ProgressBar> = Vec::new();
     for _ in 0..6000 {
         let Some(d) = deployments

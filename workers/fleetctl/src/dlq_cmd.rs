@@ -143,12 +143,30 @@ pub(crate) fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
         "d" => 86_400,
         _ => 0,
     };
-    match number.parse::<i64>() {
-        Ok(n) if seconds > 0 => Ok(Utc::now() - chrono::Duration::seconds(n * seconds)),
-        _ => Err(format!(
-            "{text:?}: write a duration back (90s, 30m, 2h, 7d) or an RFC 3339 time"
-        )),
+    let usage =
+        || format!("{text:?}: write a duration back (90s, 30m, 2h, 7d) or an RFC 3339 time");
+    let n = number.parse::<i64>().map_err(|_| usage())?;
+    if seconds == 0 {
+        return Err(usage());
     }
+    n.checked_mul(seconds)
+        .and_then(chrono::Duration::try_seconds)
+        .and_then(|back| Utc::now().checked_sub_signed(back))
+        .ok_or_else(|| format!("{text:?} reaches back before any time there is"))
+}
+
+/// `text` safe for a terminal: control characters (escape sequences, newlines that would
+/// forge a table row) shown escaped, as `\u{1b}`; everything else as is.
+pub(crate) fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 /// Whether `subject` matches the NATS pattern `pattern` (`*` one token, `>` the rest).
@@ -165,15 +183,20 @@ fn subject_matches(pattern: &str, subject: &str) -> bool {
     subject_tokens.next().is_none()
 }
 
-/// The tenant a payload names: `tenantId` at the top or in `request` (app commands).
+/// The tenant a payload names: `tenantId` at the top or in `request` (app commands); in a
+/// preview of a payload too big to keep inline (not whole JSON), the first `"tenantId":"…"`.
 fn tenant_of(letter: &DeadLetter) -> Option<String> {
     let text = letter.payload_text.as_deref()?;
-    let value: serde_json::Value = serde_json::from_str(text).ok()?;
-    value
-        .get("tenantId")
-        .or_else(|| value.get("request").and_then(|r| r.get("tenantId")))
-        .and_then(|t| t.as_str())
-        .map(str::to_owned)
+    if let Ok(value) = serde_json::from_str::<serde_json::Value>(text) {
+        return value
+            .get("tenantId")
+            .or_else(|| value.get("request").and_then(|r| r.get("tenantId")))
+            .and_then(|t| t.as_str())
+            .map(str::to_owned);
+    }
+    let after = text.split_once("\"tenantId\"")?.1.trim_start();
+    let quoted = after.strip_prefix(':')?.trim_start().strip_prefix('"')?;
+    quoted.split_once('"').map(|(tenant, _)| tenant.to_owned())
 }
 
 fn summary(sequence: u64, letter: &DeadLetter, now: DateTime<Utc>) -> Summary {
@@ -212,18 +235,84 @@ fn one_line(text: &str, max: usize) -> String {
     }
 }
 
+/// A message on `dlq.<consumer>` that is not a dead letter (published there by something
+/// else): listed as one, so it can be seen and purged.
+fn unreadable(consumer: &str, message: &async_nats::jetstream::Message, why: &str) -> DeadLetter {
+    let at = message
+        .info()
+        .ok()
+        .and_then(|info| chrono::DateTime::from_timestamp(info.published.unix_timestamp(), 0))
+        .map(fleet_protocol::Timestamp::from)
+        .unwrap_or_else(fleet_protocol::Timestamp::now);
+    DeadLetter {
+        consumer: consumer.to_owned(),
+        reason: "unreadable".to_owned(),
+        error: format!("not a dead letter: {why}"),
+        subject: message.subject.to_string(),
+        stream: String::new(),
+        sequence: 0,
+        headers: Default::default(),
+        headers_dropped: 0,
+        payload_bytes: message.payload.len(),
+        payload_text: Some(
+            String::from_utf8_lossy(&message.payload)
+                .chars()
+                .take(4096)
+                .collect(),
+        ),
+        payload_base64: None,
+        payload_complete: false,
+        payload_object: None,
+        payload_dropped: Some("it is not a dead letter".to_owned()),
+        attempts: 0,
+        published_at: at.to_string(),
+        dead_lettered_at: at,
+    }
+}
+
+/// Refuses a `--consumer` or `--subject` that is no NATS name or subject pattern (exit 2),
+/// before the server does so with a raw error.
+fn check_filter(filter: &Filter) -> anyhow::Result<()> {
+    if let Some(consumer) = &filter.consumer
+        && (consumer.is_empty()
+            || !consumer
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+    {
+        return Err(usage!(
+            "--consumer {consumer:?}: a consumer's name (provisioner, deployer, installer, quota-auditor)"
+        ));
+    }
+    if let Some(pattern) = &filter.subject {
+        crate::read::check_subject_pattern(pattern).map_err(|why| usage!("--subject: {why}"))?;
+    }
+    Ok(())
+}
+
 /// The dead letters `filter` selects, oldest first.
 async fn letters(runtime: &Runtime, filter: &Filter) -> anyhow::Result<Vec<(u64, DeadLetter)>> {
+    check_filter(filter)?;
     let subject = match &filter.consumer {
         Some(consumer) => format!("dlq.{consumer}"),
         None => "dlq.>".to_owned(),
     };
+    let prefix = runtime.topology.subject("dlq.");
     let messages =
         crate::read::messages(runtime, names::DEAD_LETTERS, &subject, filter.since).await?;
     Ok(messages
         .into_iter()
         .filter_map(|(sequence, message)| {
-            let letter = serde_json::from_slice::<DeadLetter>(&message.payload).ok()?;
+            let letter = match serde_json::from_slice::<DeadLetter>(&message.payload) {
+                Ok(letter) => letter,
+                Err(why) => {
+                    let consumer = message
+                        .subject
+                        .as_str()
+                        .strip_prefix(&prefix)
+                        .unwrap_or("?");
+                    unreadable(consumer, &message, &why.to_string())
+                }
+            };
             let wanted = filter
                 .subject
                 .as_deref()
@@ -250,14 +339,25 @@ async fn chosen(
     if all {
         return Ok(found);
     }
+    let mut sequences = sequences.to_vec();
+    sequences.sort_unstable();
+    sequences.dedup();
     let mut out = Vec::new();
-    for sequence in sequences {
+    for sequence in &sequences {
         match found.iter().find(|(s, _)| s == sequence) {
             Some(entry) => out.push(entry.clone()),
             None => eprintln!("no dead letter {sequence} (see `fleetctl dlq list`)"),
         }
     }
     Ok(out)
+}
+
+/// How many different sequences were named.
+fn distinct(sequences: &[u64]) -> usize {
+    sequences
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
 }
 
 fn stream_name(runtime: &Runtime) -> String {
@@ -270,6 +370,29 @@ fn stream_name(runtime: &Runtime) -> String {
 
 /// Runs a `dlq` subcommand.
 pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
+    // Input is checked before connecting: a bad command line is exit 2 with NATS down too.
+    match &command {
+        DlqCommand::List { filter, .. } => check_filter(filter)?,
+        DlqCommand::Show { .. } => {}
+        DlqCommand::Replay {
+            sequences,
+            all,
+            filter,
+        }
+        | DlqCommand::Purge {
+            sequences,
+            all,
+            filter,
+            ..
+        } => {
+            check_filter(filter)?;
+            if *all != sequences.is_empty() {
+                return Err(usage!(
+                    "name dead letters by sequence, or pass --all (not both)"
+                ));
+            }
+        }
+    }
     let config = fleet_config::Config::load()?;
     let runtime = Runtime::connect(&config).await?;
     match command {
@@ -281,7 +404,7 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
             filter,
         } => {
             let chosen = chosen(&runtime, &sequences, all, &filter).await?;
-            replay(&runtime, chosen, sequences.len()).await
+            replay(&runtime, chosen, distinct(&sequences)).await
         }
         DlqCommand::Purge {
             sequences,
@@ -290,7 +413,7 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
             yes,
         } => {
             let chosen = chosen(&runtime, &sequences, all, &filter).await?;
-            purge(&runtime, chosen, sequences.len(), yes).await
+            purge(&runtime, chosen, distinct(&sequences), yes).await
         }
     }
 }
@@ -324,13 +447,13 @@ async fn list(runtime: &Runtime, filter: &Filter, json: bool) -> anyhow::Result<
         say!(
             "{:>6}  {:<14} {:<24} {:<20} {:<11} {:>8} {:>5}  {}",
             s.sequence,
-            s.consumer,
-            s.subject,
-            s.tenant_id.as_deref().unwrap_or("-"),
-            s.reason,
+            printable(&s.consumer),
+            printable(&s.subject),
+            printable(s.tenant_id.as_deref().unwrap_or("-")),
+            printable(&s.reason),
             s.attempts,
             age(s.age_seconds),
-            one_line(&s.error, 100)
+            printable(&one_line(&s.error, 100))
         );
     }
     say!("{} dead letter(s)", all.len());
@@ -347,25 +470,29 @@ async fn show(runtime: &Runtime, sequence: u64, json: bool) -> anyhow::Result<Ex
         return Ok(exit::failed());
     };
     if json {
-        let mut document = serde_json::to_value(&letter)?;
-        if let Some(object) = document.as_object_mut() {
-            object.insert("sequence".into(), sequence.into());
-            object.insert("tenantId".into(), tenant_of(&letter).into());
-        }
+        // The letter keeps its own fields (its `sequence` is the original stream's).
+        let document = serde_json::json!({
+            "sequence": sequence,
+            "tenantId": tenant_of(&letter),
+            "letter": letter,
+        });
         say!("{}", serde_json::to_string_pretty(&document)?);
         return Ok(ExitCode::SUCCESS);
     }
     let s = summary(sequence, &letter, Utc::now());
     say!("dead letter {sequence}");
-    say!("  consumer      {}", letter.consumer);
+    say!("  consumer      {}", printable(&letter.consumer));
     say!(
         "  subject       {} (stream {}, sequence {})",
-        letter.subject,
-        letter.stream,
+        printable(&letter.subject),
+        printable(&letter.stream),
         letter.sequence
     );
-    say!("  tenant        {}", s.tenant_id.as_deref().unwrap_or("-"));
-    say!("  reason        {}", letter.reason);
+    say!(
+        "  tenant        {}",
+        printable(s.tenant_id.as_deref().unwrap_or("-"))
+    );
+    say!("  reason        {}", printable(&letter.reason));
     say!("  attempts      {}", letter.attempts);
     say!("  published at  {}", letter.published_at);
     say!(
@@ -374,11 +501,11 @@ async fn show(runtime: &Runtime, sequence: u64, json: bool) -> anyhow::Result<Ex
         age(s.age_seconds)
     );
     say!("error (the whole chain, each cause after a \": \"):");
-    say!("  {}", letter.error);
+    say!("  {}", printable(&letter.error));
     say!("headers:");
     for (name, values) in &letter.headers {
         for value in values {
-            say!("  {name}: {value}");
+            say!("  {}: {}", printable(name), printable(value));
         }
     }
     if letter.headers_dropped > 0 {
@@ -389,7 +516,7 @@ async fn show(runtime: &Runtime, sequence: u64, json: bool) -> anyhow::Result<Ex
         Ok(bytes) => match String::from_utf8(bytes) {
             Ok(text) => match serde_json::from_str::<serde_json::Value>(&text) {
                 Ok(value) => say!("{}", serde_json::to_string_pretty(&value)?),
-                Err(_) => say!("{text}"),
+                Err(_) => say!("{}", printable(&text)),
             },
             Err(raw) => {
                 use base64::Engine as _;
@@ -401,12 +528,17 @@ async fn show(runtime: &Runtime, sequence: u64, json: bool) -> anyhow::Result<Ex
         },
         Err(why) => {
             if let Some(text) = &letter.payload_text {
-                say!("{text}");
+                say!("{}", printable(text));
             }
             say!("(not whole: {why})");
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `name` can be a NATS header name (printable ASCII, no `:` or space).
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
 }
 
 /// The headers a replay carries: the original ones but NATS control headers (`Nats-*`: message
@@ -419,10 +551,13 @@ fn replay_headers(letter: &DeadLetter, origin: &str) -> HeaderMap {
             || name.eq_ignore_ascii_case("traceparent")
             || name.eq_ignore_ascii_case("tracestate")
             || name.eq_ignore_ascii_case(REPLAY_OF)
+            || !valid_header_name(name)
         {
             continue;
         }
-        for value in values {
+        // A letter is JSON anyone could have written: a value NATS could not have carried
+        // (a line break) is left out rather than sent broken.
+        for value in values.iter().filter(|v| !v.contains(['\r', '\n'])) {
             headers.append(name.as_str(), value.as_str());
         }
     }
@@ -457,6 +592,11 @@ async fn replay(
             .and_then(|v| v.first())
             .cloned()
             .unwrap_or_default();
+        // Deterministic per letter (a second replay is a duplicate), and a valid header value.
+        let original: String = original
+            .chars()
+            .map(|c| if c.is_control() { '_' } else { c })
+            .collect();
         let id = format!("replay:{sequence}:{original}");
         let subject = runtime.topology.subject(&letter.subject);
         let headers = replay_headers(&letter, &format!("{stream_name}:{sequence}"));

@@ -30,6 +30,8 @@ pub struct HooksArgs {
 
 /// Runs `fleetctl hooks`.
 pub async fn run(args: HooksArgs) -> anyhow::Result<ExitCode> {
+    crate::read::check_subject_pattern(&args.subject)
+        .map_err(|why| crate::exit::usage!("--subject: {why}"))?;
     let config = fleet_config::Config::load()?;
     let runtime = fleet_runtime::Runtime::connect(&config).await?;
     let filter = format!("hooks.{}", args.subject);
@@ -52,10 +54,11 @@ pub async fn run(args: HooksArgs) -> anyhow::Result<ExitCode> {
             data
         };
         say!(
-            "{}  {:<34} {:<20} {data}",
-            event.time,
-            event.event_type,
-            event.subject
+            "{}  {:<34} {:<20} {}",
+            crate::dlq_cmd::printable(&event.time),
+            crate::dlq_cmd::printable(&event.event_type),
+            crate::dlq_cmd::printable(&event.subject),
+            crate::dlq_cmd::printable(&data)
         );
     }
     say!("{} hook(s)", events.len());

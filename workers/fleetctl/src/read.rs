@@ -138,3 +138,24 @@ pub async fn latest<T: DeserializeOwned>(
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
+
+/// Checks a NATS subject pattern before the server sees it: tokens separated by `.`, none
+/// empty, no whitespace, `>` only as the last token.
+pub fn check_subject_pattern(pattern: &str) -> Result<(), String> {
+    let tokens: Vec<&str> = pattern.split('.').collect();
+    for (i, token) in tokens.iter().enumerate() {
+        if token.is_empty() {
+            return Err(format!("{pattern:?} has an empty token"));
+        }
+        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("{pattern:?} has whitespace in a token"));
+        }
+        if token.contains('>') && (*token != ">" || i + 1 != tokens.len()) {
+            return Err(format!("{pattern:?}: `>` stands alone, as the last token"));
+        }
+        if token.contains('*') && *token != "*" {
+            return Err(format!("{pattern:?}: `*` stands alone as a token"));
+        }
+    }
+    Ok(())
+}

@@ -317,7 +317,8 @@ pub fn print(status: &FleetStatus) {
     for w in &status.workers {
         let seen = match w.last_seen_seconds {
             Some(s) => format!("{} ago", crate::dlq_cmd::age(s)),
-            None => "never (`just up` starts every worker)".to_owned(),
+            None if w.replicas == 0 => "none running (`just up` starts every worker)".to_owned(),
+            None => "-".to_owned(),
         };
         say!(
             "{:<16} {:>8} {:>10} {:>9}  {seen}",

@@ -7,7 +7,6 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use async_nats::HeaderMap;
 use clap::Subcommand;
 use fleet_protocol::{
@@ -110,7 +109,7 @@ pub enum QuotaAction {
 
 fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, value: &str) -> anyhow::Result<T> {
     serde_json::from_value(serde_json::json!(value))
-        .with_context(|| format!("{value:?} is not a valid {what}"))
+        .map_err(|_| crate::exit::usage!("{value:?} is not a valid {what}"))
 }
 
 async fn connect() -> anyhow::Result<(fleet_config::Config, Runtime, StateStore<TenantRecord>)> {
@@ -131,8 +130,47 @@ async fn record(
         .map(|v| v.state))
 }
 
+/// Checks the command line's ids and names before anything connects: a bad one is exit 2
+/// whether or not NATS answers.
+fn check(command: &TenantCommand) -> anyhow::Result<()> {
+    match command {
+        TenantCommand::Create {
+            id,
+            count,
+            plan,
+            region,
+            ..
+        } => {
+            if id.is_some() && *count != 1 {
+                return Err(crate::exit::usage!(
+                    "--id names one tenant: use it with --count 1"
+                ));
+            }
+            if let Some(id) = id {
+                TenantId::parse(id.clone())?;
+            }
+            parse_enum::<TenantPlan>("plan", plan)?;
+            parse_enum::<TenantRegion>("region", region)?;
+        }
+        TenantCommand::Status { id, .. }
+        | TenantCommand::Suspend { id, .. }
+        | TenantCommand::Resume { id }
+        | TenantCommand::Delete { id }
+        | TenantCommand::Quota(QuotaAction::Set { id, .. }) => {
+            TenantId::parse(id.clone())?;
+        }
+        TenantCommand::Plan { id, plan } => {
+            TenantId::parse(id.clone())?;
+            parse_enum::<TenantPlan>("plan", plan)?;
+        }
+        TenantCommand::List { .. } => {}
+    }
+    Ok(())
+}
+
 /// Runs a `tenant` subcommand.
 pub async fn run(command: TenantCommand) -> anyhow::Result<ExitCode> {
+    check(&command)?;
     let (_config, runtime, tenants) = connect().await?;
     match command {
         TenantCommand::Create {
@@ -145,11 +183,6 @@ pub async fn run(command: TenantCommand) -> anyhow::Result<ExitCode> {
             wait,
             timeout,
         } => {
-            if id.is_some() && count != 1 {
-                return Err(crate::exit::usage!(
-                    "--id names one tenant: use it with --count 1"
-                ));
-            }
             let plan: TenantPlan = parse_enum("plan", &plan)?;
             let region: TenantRegion = parse_enum("region", &region)?;
             // Watching before publishing: no transition is missed.
@@ -440,7 +473,7 @@ async fn wait_active(
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
-            "{spinner} [{bar:30}] {pos}/{len} active  {msg}  {per_sec}  ETA {eta}",
+            "{spinner} [{bar:30}] {pos}/{len} active  {msg}  ETA {eta}",
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
         .progress_chars("=> "),

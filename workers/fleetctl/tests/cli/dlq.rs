@@ -252,3 +252,87 @@ async fn filters_select_letters_and_purge_asks_unless_told_yes() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0]["consumer"], "deployer");
 }
+
+#[tokio::test]
+async fn hostile_letters_and_filters_are_handled_as_input_not_as_crashes_or_forged_rows() {
+    let server = NatsServer::start();
+    let js = init(&server).await;
+    // A tenant id that would clear the screen and forge a table row if printed raw.
+    put_letter(
+        &js,
+        "provisioner",
+        letter(
+            "x\u{1b}[2J\nFAKE 99 row",
+            "tenant.created",
+            "bad\u{1b}[31m red",
+        ),
+    )
+    .await;
+    // Not a dead letter at all, on a dead-letter subject.
+    js.publish("dlq.provisioner", "garbage".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let out = fleetctl()
+        .env("FLEET_NATS__URL", server.url())
+        .args(["dlq", "list"])
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(!text.contains('\u{1b}'), "no raw escape sequence: {text:?}");
+    assert!(
+        !text.lines().any(|l| l.starts_with("FAKE")),
+        "no forged row: {text}"
+    );
+    assert!(text.contains("not a dead letter"), "{text}");
+    assert!(text.contains("2 dead letter(s)"), "{text}");
+    // `show --json` keeps the letter's own fields (its sequence is the original stream's).
+    let out = fleetctl()
+        .env("FLEET_NATS__URL", server.url())
+        .args(["dlq", "show", "1", "--json"])
+        .assert()
+        .success();
+    let shown: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(shown["sequence"], 1);
+    assert_eq!(shown["letter"]["sequence"], 7);
+    // The same sequence twice is one replay.
+    fleetctl()
+        .env("FLEET_NATS__URL", server.url())
+        .args(["dlq", "replay", "1", "1"])
+        .assert()
+        .success();
+    // The unreadable one can still be purged.
+    fleetctl()
+        .env("FLEET_NATS__URL", server.url())
+        .args(["dlq", "purge", "--all", "--yes"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("purged 1 dead letter(s)"));
+    for args in [
+        &["dlq", "list", "--since", "999999999d"][..],
+        &["dlq", "list", "--consumer", "a b"],
+        &["dlq", "list", "--subject", "foo.>.bar"],
+        &["hooks", "--subject", "a b"],
+        &["hooks", "--since", "99999999999999999s"],
+    ] {
+        fleetctl()
+            .env("FLEET_NATS__URL", server.url())
+            .args(args)
+            .assert()
+            .code(2);
+    }
+    // Input errors are exit 2 with no server too: checked before connecting.
+    for args in [
+        &["tenant", "status", "BAD ID!"][..],
+        &["deploy", "/no/such/bundle.json", "--all"],
+        &["dlq", "replay", "1", "--all"],
+    ] {
+        fleetctl()
+            .env("FLEET_NATS__URL", "nats://127.0.0.1:1")
+            .env("FLEET_NATS__CONNECT_TIMEOUT_MS", "300")
+            .args(args)
+            .assert()
+            .code(2);
+    }
+}
