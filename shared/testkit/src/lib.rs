@@ -163,3 +163,23 @@ pub async fn stream_messages(
     }
     out
 }
+
+/// Every lifecycle hook (CloudEvent, as JSON) on `subject` (`hooks.tenant.created`, …), oldest
+/// first: the `FLEET_HOOKS` stream of an unprefixed topology.
+pub async fn hooks(js: &async_nats::jetstream::Context, subject: &str) -> Vec<serde_json::Value> {
+    stream_messages(js, "FLEET_HOOKS", Some(subject))
+        .await
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).expect("a hook is JSON"))
+        .collect()
+}
+
+/// Every dead letter, as its JSON text (for `contains` checks), oldest first: the
+/// `FLEET_DEAD_LETTERS` stream of an unprefixed topology.
+pub async fn dead_letter_texts(js: &async_nats::jetstream::Context) -> Vec<String> {
+    stream_messages(js, "FLEET_DEAD_LETTERS", None)
+        .await
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect()
+}

@@ -60,6 +60,9 @@ pub struct Chaos {
     pub config: fleet_config::Config,
     bins: PathBuf,
     env: Vec<(String, String)>,
+    /// KV stores opened so far, by bucket name: the waits read thousands of keys, and opening
+    /// a store is a JetStream request of its own.
+    stores: std::sync::Mutex<BTreeMap<String, async_nats::jetstream::kv::Store>>,
 }
 
 impl Drop for Chaos {
@@ -140,6 +143,7 @@ impl Chaos {
             js,
             config,
             bins: bins.to_owned(),
+            stores: Default::default(),
             env: WORKER_ENV
                 .iter()
                 .chain(env)
@@ -154,6 +158,29 @@ impl Chaos {
         // Each worker ensures the topology and starts pulling within a second or so.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         Ok(chaos)
+    }
+
+    /// The topology's KV bucket `name` (a name of [`fleet_runtime::topology::names`]), opened
+    /// once and kept (a store outlives a broker restart: it is a name on the JetStream context).
+    pub async fn store(&self, name: &str) -> anyhow::Result<async_nats::jetstream::kv::Store> {
+        if let Some(store) = self
+            .stores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return Ok(store.clone());
+        }
+        let topology = fleet_runtime::Topology::from_config(&self.config);
+        let spec = topology
+            .bucket(name)
+            .with_context(|| format!("bucket {name}"))?;
+        let store = self.js.get_key_value(&spec.bucket).await?;
+        self.stores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), store.clone());
+        Ok(store)
     }
 
     /// Starts one more replica of `worker`.

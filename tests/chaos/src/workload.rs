@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use fleet_protocol::{AppPackage, DeployBundle};
 use serde_json::{Value, json};
 
@@ -88,17 +88,9 @@ pub async fn register(
     Ok(())
 }
 
-async fn bucket(chaos: &Chaos, name: &str) -> anyhow::Result<async_nats::jetstream::kv::Store> {
-    let topology = fleet_runtime::Topology::from_config(&chaos.config);
-    let spec = topology
-        .bucket(name)
-        .with_context(|| format!("bucket {name}"))?;
-    Ok(chaos.js.get_key_value(&spec.bucket).await?)
-}
-
 /// The JSON value of `key` in the bucket `name` (`None`: absent, deleted, or the broker is away).
 pub async fn value(chaos: &Chaos, name: &str, key: &str) -> Option<Value> {
-    let store = bucket(chaos, name).await.ok()?;
+    let store = chaos.store(name).await.ok()?;
     let bytes = store.get(key).await.ok()??;
     serde_json::from_slice(&bytes).ok()
 }

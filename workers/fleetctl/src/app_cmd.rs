@@ -191,13 +191,6 @@ fn load(path: &std::path::Path) -> anyhow::Result<Option<AppPackage>> {
     }
 }
 
-fn status(record: &InstallRecord) -> String {
-    serde_json::to_value(record.status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
 /// Waits until the app's record changed past `after` (a revision; 0: none yet) and `settled`
 /// holds for it (checked every 200 ms). `None`: the record is gone.
 async fn wait(
@@ -287,7 +280,7 @@ fn report(record: Option<InstallRecord>, version: &str) -> ExitCode {
                 "{} {} is {} in {}: objects {}; tables created {}; {} seed record(s); {} ms",
                 record.app_id,
                 version,
-                status(&record),
+                crate::wire_name(&record.status),
                 record.tenant_id,
                 result.installed_objects.join(", "),
                 if result.created_tables.is_empty() {
@@ -309,14 +302,7 @@ fn report(record: Option<InstallRecord>, version: &str) -> ExitCode {
             .unwrap_or("the operation did not complete")
     );
     for issue in record.check.iter().flat_map(|c| &c.issues) {
-        eprintln!(
-            "  {}: {}",
-            serde_json::to_value(issue.category)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
-            issue.message
-        );
+        eprintln!("  {}: {}", crate::wire_name(&issue.category), issue.message);
     }
     crate::exit::failed()
 }
@@ -391,6 +377,24 @@ impl Sender {
         .await?))
     }
 
+    /// Loads the package at `path` (exit 2 with every issue when it is invalid), then
+    /// [`Self::install_or_upgrade`].
+    async fn load_and_send(
+        &self,
+        path: &std::path::Path,
+        operation: fleet_apps::Operation,
+        target: &Where,
+        waves: Waves,
+        options: serde_json::Value,
+        timeout: u64,
+    ) -> anyhow::Result<ExitCode> {
+        let Some(package) = load(path)? else {
+            return Ok(crate::exit::input());
+        };
+        self.install_or_upgrade(&package, operation, target, waves, options, timeout)
+            .await
+    }
+
     /// An install or upgrade of `package`: in waves when no `--tenant` is named, else through
     /// the installer, its outcome reported.
     async fn install_or_upgrade(
@@ -463,19 +467,10 @@ pub async fn run(command: AppCommand) -> anyhow::Result<ExitCode> {
             skip_seed_data,
             timeout,
         } => {
-            let Some(package) = load(&package)? else {
-                return Ok(crate::exit::input());
-            };
             let options = json!({"skipSeedData": skip_seed_data});
+            let operation = fleet_apps::Operation::Install;
             sender
-                .install_or_upgrade(
-                    &package,
-                    fleet_apps::Operation::Install,
-                    &target,
-                    waves,
-                    options,
-                    timeout,
-                )
+                .load_and_send(&package, operation, &target, waves, options, timeout)
                 .await
         }
         AppCommand::Upgrade {
@@ -485,19 +480,10 @@ pub async fn run(command: AppCommand) -> anyhow::Result<ExitCode> {
             allow_destructive,
             timeout,
         } => {
-            let Some(package) = load(&package)? else {
-                return Ok(crate::exit::input());
-            };
             let options = json!({"allowDestructive": allow_destructive});
+            let operation = fleet_apps::Operation::Upgrade;
             sender
-                .install_or_upgrade(
-                    &package,
-                    fleet_apps::Operation::Upgrade,
-                    &target,
-                    waves,
-                    options,
-                    timeout,
-                )
+                .load_and_send(&package, operation, &target, waves, options, timeout)
                 .await
         }
         AppCommand::Uninstall {
@@ -579,7 +565,7 @@ pub async fn run(command: AppCommand) -> anyhow::Result<ExitCode> {
                         "{:<20} {:<10} {:<13} {}{}",
                         r.app_id,
                         r.installed_version.as_deref().unwrap_or("-"),
-                        status(r),
+                        crate::wire_name(&r.status),
                         r.objects.join(", "),
                         r.error
                             .as_deref()

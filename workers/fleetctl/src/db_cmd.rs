@@ -400,10 +400,7 @@ fn print_diff(diff: &DeployDiff) {
             ChangeType::Modified => '~',
             ChangeType::Removed => '-',
         };
-        let kind = serde_json::to_value(change.entity_type)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
+        let kind = crate::wire_name(&change.entity_type);
         let name = match &change.parent_entity {
             Some(parent) => format!("{parent}.{}", change.entity_name),
             None => change.entity_name.clone(),

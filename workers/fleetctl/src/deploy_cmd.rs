@@ -135,10 +135,43 @@ fn bundle_document(path: &Path) -> anyhow::Result<Value> {
     Ok(Value::Object(bundle))
 }
 
+/// The deploy request the command line describes, and its deployment id.
+fn request(args: &DeployArgs) -> anyhow::Result<(DeploymentId, Value)> {
+    let Some(path) = &args.bundle else {
+        return Err(crate::exit::usage!("name a bundle file or directory"));
+    };
+    let bundle = bundle_document(path)?;
+    if !args.all && args.tenants.is_empty() {
+        return Err(crate::exit::usage!("name --tenants or --all"));
+    }
+    let id = rollout_id(args.id.clone(), "d")?;
+    let request = json!({
+        "deploymentId": id,
+        "bundle": bundle,
+        "target": DeployTarget {
+            tenants: args
+                .tenants
+                .iter()
+                .map(|t| TenantId::parse(t.clone()))
+                .collect::<Result<_, _>>()?,
+            all: args.all,
+            ..DeployTarget::default()
+        },
+        "rollout": RolloutOptions {
+            waves: args.waves.clone(),
+            max_failure_ratio: args.max_failure_ratio,
+            allow_destructive: args.allow_destructive,
+            dry_run: args.dry_run,
+        },
+    });
+    Ok((id, request))
+}
+
 /// Runs `fleetctl deploy`.
 pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
-    // The bundle and the ids are read before connecting: a bad one is exit 2 with NATS down.
-    match &args.action {
+    // The ids, the bundle and the whole request are read before connecting: a bad one is
+    // exit 2 with NATS down too.
+    let request = match &args.action {
         Some(
             DeployAction::Status { id, .. }
             | DeployAction::Resume { id }
@@ -146,16 +179,10 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
             | DeployAction::Rollback { id },
         ) => {
             DeploymentId::parse(id.clone())?;
+            None
         }
-        None => {
-            if let Some(path) = &args.bundle {
-                bundle_document(path)?;
-            }
-            for tenant in &args.tenants {
-                TenantId::parse(tenant.clone())?;
-            }
-        }
-    }
+        None => Some(request(&args)?),
+    };
     let config = fleet_config::Config::load()?;
     let runtime = Runtime::connect(&config).await?;
     let deployments = fleet_control::deployments(&runtime).await?;
@@ -273,29 +300,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
             control(&runtime, &deployments, &id, DeployControlAction::Cancel).await
         }
         None => {
-            let Some(path) = args.bundle else {
-                return Err(crate::exit::usage!("name a bundle file or directory"));
-            };
-            let bundle = bundle_document(&path)?;
-            if !args.all && args.tenants.is_empty() {
-                return Err(crate::exit::usage!("name --tenants or --all"));
-            }
-            let id = rollout_id(args.id, "d")?;
-            let request = json!({
-                "deploymentId": id,
-                "bundle": bundle,
-                "target": DeployTarget {
-                    tenants: args.tenants.iter().map(|t| TenantId::parse(t.clone())).collect::<Result<_, _>>()?,
-                    all: args.all,
-                    ..DeployTarget::default()
-                },
-                "rollout": RolloutOptions {
-                    waves: args.waves,
-                    max_failure_ratio: args.max_failure_ratio,
-                    allow_destructive: args.allow_destructive,
-                    dry_run: args.dry_run,
-                },
-            });
+            let (id, request) = request.expect("read above for a deploy");
             start_rollout::<DeployRequest>(
                 &runtime,
                 &id,

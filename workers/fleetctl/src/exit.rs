@@ -28,6 +28,10 @@ pub fn input() -> ExitCode {
     ExitCode::from(INPUT)
 }
 
+/// What to do when no NATS server answers.
+const START_THE_FLEET: &str =
+    "start the local fleet with `just up`, or point FLEET_NATS__URL at yours";
+
 /// An error in what the operator gave (arguments, files, documents): exit [`INPUT`].
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -58,20 +62,15 @@ pub fn classify(error: &anyhow::Error) -> (u8, String) {
         {
             return (
                 FAILED,
-                format!(
-                    "no NATS server answers at {url} — start the local fleet with `just up`, or point FLEET_NATS__URL at yours ({message})"
-                ),
+                format!("no NATS server answers at {url} — {START_THE_FLEET} ({message})"),
             );
         }
         if let Some(client) = cause.downcast_ref::<fleet_client::ClientError>() {
             return match client {
                 fleet_client::ClientError::Invalid { .. } => (INPUT, message),
-                fleet_client::ClientError::Unreachable(_) => (
-                    FAILED,
-                    format!(
-                        "{message} — start the local fleet with `just up`, or point FLEET_NATS__URL at yours"
-                    ),
-                ),
+                fleet_client::ClientError::Unreachable(_) => {
+                    (FAILED, format!("{message} — {START_THE_FLEET}"))
+                }
                 _ => (FAILED, message),
             };
         }

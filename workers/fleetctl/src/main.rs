@@ -18,6 +18,15 @@ macro_rules! say {
 
 use clap::Parser;
 
+/// A value's name on the wire (its serde form, e.g. `rolling_back` for an enum variant); empty
+/// when it does not serialize to a string.
+pub(crate) fn wire_name<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 mod app_cmd;
 mod cli;
 mod db_cmd;

@@ -165,10 +165,7 @@ pub async fn read(runtime: &Runtime, url: &str) -> anyhow::Result<FleetStatus> {
         .map(|d| {
             let (ready, failed, pending) = d.counts();
             DeploymentLine {
-                status: serde_json::to_value(d.status)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
+                status: crate::wire_name(&d.status),
                 wave: (d.current_wave + 1).min(d.wave_ends.len()),
                 waves: d.wave_ends.len(),
                 id: d.id.to_string(),
@@ -182,10 +179,7 @@ pub async fn read(runtime: &Runtime, url: &str) -> anyhow::Result<FleetStatus> {
         .collect();
     let mut installs = Counts::default();
     for (_, record) in crate::read::latest::<InstallRecord>(runtime, names::INSTALLS).await? {
-        let state = serde_json::to_value(record.status)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
+        let state = crate::wire_name(&record.status);
         installs.add(state, 1);
     }
     let mut dead_letters = Counts::default();

@@ -439,10 +439,7 @@ fn print_status(record: &TenantRecord) {
         say!(
             "  {:<17} {:<10} {:>6}{}",
             step.name,
-            serde_json::to_value(step.status)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
+            crate::wire_name(&step.status),
             step.duration_ms
                 .map(|d| format!("{d} ms"))
                 .unwrap_or_default(),

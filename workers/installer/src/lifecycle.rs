@@ -16,8 +16,10 @@ use fleet_apps::tenant::{AppError, InstallOptions};
 use fleet_control::{ConnectError, TenantConnector};
 use fleet_protocol::contracts::{AppLifecycleService, ContractError, ContractResult};
 use fleet_protocol::{
-    AppCompatibilityCheck, AppInstallResult, AppManifest, AppName, AppPackage, TenantId,
+    AppCompatibilityCheck, AppInstallResult, AppManifest, AppName, AppPackage, ObjectDefinition,
+    TenantId,
 };
+use fleet_tenants::machine::TenantRecord;
 use serde_json::{Map, Value};
 
 /// [`AppLifecycleService`] over tenants' databases.
@@ -90,12 +92,18 @@ impl AppLifecycle {
             })
     }
 
-    async fn run(
+    /// The package `manifest` names, its object definitions, and the tenant's record and
+    /// database.
+    async fn open(
         &self,
         tenant: &TenantId,
         manifest: &AppManifest,
-        options: InstallOptions,
-    ) -> ContractResult<AppInstallResult> {
+    ) -> ContractResult<(
+        AppPackage,
+        Vec<ObjectDefinition>,
+        TenantRecord,
+        libsql::Connection,
+    )> {
         let package = self.package(manifest)?;
         let objects = package.object_definitions()?;
         let (record, conn) = self
@@ -103,6 +111,16 @@ impl AppLifecycle {
             .connect(tenant)
             .await
             .map_err(connect_error)?;
+        Ok((package, objects, record, conn))
+    }
+
+    async fn run(
+        &self,
+        tenant: &TenantId,
+        manifest: &AppManifest,
+        options: InstallOptions,
+    ) -> ContractResult<AppInstallResult> {
+        let (package, objects, record, conn) = self.open(tenant, manifest).await?;
         fleet_apps::tenant::install(&conn, &package, &objects, &record.quotas, options)
             .await
             .map(|(result, _)| result)
@@ -117,13 +135,7 @@ impl AppLifecycleService for AppLifecycle {
         tenant: &TenantId,
         manifest: &AppManifest,
     ) -> ContractResult<AppCompatibilityCheck> {
-        let package = self.package(manifest)?;
-        let objects = package.object_definitions()?;
-        let (record, conn) = self
-            .connector
-            .connect(tenant)
-            .await
-            .map_err(connect_error)?;
+        let (package, objects, record, conn) = self.open(tenant, manifest).await?;
         fleet_apps::tenant::check(&conn, &package, &objects, &record.quotas)
             .await
             .map_err(contract)

@@ -257,19 +257,11 @@ impl Fleet {
     }
 
     pub async fn dead_letters(&self) -> Vec<String> {
-        let messages = fleet_testkit::stream_messages(&self.js, names::DEAD_LETTERS, None).await;
-        messages
-            .iter()
-            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
-            .collect()
+        fleet_testkit::dead_letter_texts(&self.js).await
     }
 
     pub async fn hooks(&self, subject: &str) -> Vec<Value> {
-        let messages = fleet_testkit::stream_messages(&self.js, names::HOOKS, Some(subject)).await;
-        messages
-            .iter()
-            .map(|m| serde_json::from_slice(&m.payload).unwrap())
-            .collect()
+        fleet_testkit::hooks(&self.js, subject).await
     }
 }
 

@@ -254,7 +254,7 @@ impl Fleet {
     }
 
     pub async fn hooks(&self, subject: &str) -> Vec<serde_json::Value> {
-        self.messages(names::HOOKS, subject).await
+        fleet_testkit::hooks(&self.js, subject).await
     }
 
     pub async fn dead_letters(&self) -> Vec<DeadLetter> {

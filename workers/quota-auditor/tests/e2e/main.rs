@@ -114,10 +114,9 @@ impl Fleet {
     }
 
     async fn warnings(&self, tenant: &str) -> Vec<Value> {
-        fleet_testkit::stream_messages(&self.runtime.js, names::HOOKS, Some("hooks.quota.warning"))
+        fleet_testkit::hooks(&self.runtime.js, "hooks.quota.warning")
             .await
-            .iter()
-            .map(|m| serde_json::from_slice::<Value>(&m.payload).unwrap())
+            .into_iter()
             .filter(|h| h["subject"] == tenant)
             .collect()
     }
