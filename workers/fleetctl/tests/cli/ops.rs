@@ -128,6 +128,8 @@ async fn a_registration_that_failed_is_replayed_after_its_cause_is_fixed_and_end
     })
     .await;
     assert!(letters(&fleet).is_empty());
+    // The hook follows the record's transition: wait for it, then count.
+    eventually("its hook", || hooks(&fleet, "created", "tokyo") > 0).await;
     assert_eq!(hooks(&fleet, "created", "tokyo"), 1, "one tenant.created");
     assert_eq!(
         hooks(&fleet, "failed", "tokyo"),
@@ -176,6 +178,7 @@ async fn a_replay_interrupted_between_publish_and_removal_loses_nothing_and_runs
     assert!(letters(&fleet).is_empty());
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(tenant_status(&fleet, "osaka"), "active");
+    eventually("its hook", || hooks(&fleet, "created", "osaka") > 0).await;
     assert_eq!(hooks(&fleet, "created", "osaka"), 1, "one outcome");
 }
 

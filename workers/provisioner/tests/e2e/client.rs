@@ -52,6 +52,14 @@ async fn provisioning_through_the_client_answers_active_once_and_refuses_bad_inp
         .await
         .unwrap();
     assert_eq!(again.connection_url, result.connection_url);
+    // The hook is published just after the record turns active: wait for it, then count.
+    fleet
+        .eventually(
+            Duration::from_secs(10),
+            "hooks.tenant.created",
+            async || !fleet.hooks("hooks.tenant.created").await.is_empty(),
+        )
+        .await;
     assert_eq!(fleet.hooks("hooks.tenant.created").await.len(), 1);
     assert_eq!(
         client.get_tenant_status(&tenant("acme")).await.unwrap(),
