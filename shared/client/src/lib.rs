@@ -19,6 +19,7 @@
 //! the tenant's current state, failed (the fleet tried: the step and its error), timed out, the
 //! fleet unreachable. Each maps to upstream's [`ContractError`] for callers of the trait.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -34,11 +35,19 @@ use fleet_runtime::Runtime;
 use fleet_runtime::topology::names;
 use fleet_tenants::machine::{TenantRecord, fingerprint, status_name};
 use futures::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
+
+mod apps;
+mod deploys;
+
+pub use apps::{AppCatalog, DirectoryCatalog, InstallOptions};
+pub use deploys::{new_deployment_id, validate_bundle};
 
 /// How long a call waits for the fleet's answer unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Why a call did not succeed.
+/// Why a call did not succeed. `kind` and `name` say what the call was about: `tenant`,
+/// `deployment`, `app` (`<tenant>.<app>`) or `plan`.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No NATS server answers at the configured URL (or the topology could not be ensured).
@@ -47,10 +56,18 @@ pub enum ClientError {
     /// The command is not valid; nothing was sent. Each issue carries its path.
     #[error("invalid {what}: {rejected}")]
     Invalid {
-        /// The protocol type (`TenantCreated`, …).
+        /// The protocol type (`TenantCreated`, `DeployRequest`, `AppCommand`, …).
         what: &'static str,
         /// Every issue.
         rejected: Rejected,
+    },
+    /// The command is larger than the server takes (its `max_payload`); nothing was sent.
+    #[error("the command is {size} bytes, more than the server takes ({limit} bytes)")]
+    TooLarge {
+        /// The command's size in bytes.
+        size: usize,
+        /// The server's `max_payload` in bytes.
+        limit: usize,
     },
     /// The tenant id is registered with a different request (organisation, plan, region, …);
     /// nothing was sent.
@@ -59,37 +76,48 @@ pub enum ClientError {
         /// The tenant.
         tenant: TenantId,
     },
-    /// No such tenant.
-    #[error("no tenant {0}")]
-    NotFound(TenantId),
-    /// Not possible in the tenant's current state (e.g. resuming an active tenant's deletion);
-    /// nothing was sent.
-    #[error("tenant {tenant} is {status}: {why}")]
+    /// No such tenant, deployment, app or plan.
+    #[error("no {kind} {name}")]
+    NotFound {
+        /// What was looked up.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// Not possible in the current state (resuming an active tenant, installing over another
+    /// version, a deployment id already taken, …); nothing was sent.
+    #[error("{kind} {name} is {status}: {why}")]
     Refused {
-        /// The tenant.
-        tenant: TenantId,
+        /// What the command was for.
+        kind: &'static str,
+        /// Its name.
+        name: String,
         /// Its state.
         status: String,
         /// Why the command does not apply.
         why: String,
     },
-    /// The fleet carried the command out and it failed (the tenant's record says where).
-    #[error("tenant {tenant} failed: {error}")]
+    /// The fleet carried the command out and it failed (the record says where).
+    #[error("{kind} {name} failed: {error}")]
     Failed {
-        /// The tenant.
-        tenant: TenantId,
+        /// What the command was for.
+        kind: &'static str,
+        /// Its name.
+        name: String,
         /// The failed step and its error, as the record holds them.
         error: String,
     },
     /// No answer in time: the command is published and may still complete.
     #[error(
-        "no answer within {} s for {what} of tenant {tenant} (is the {worker} running? `fleetctl status`); the command was sent and may still complete",
+        "no answer within {} s for {what} of {kind} {name} (is the {worker} running? `fleetctl status`); the command was sent and may still complete",
         timeout.as_secs_f64()
     )]
     TimedOut {
-        /// The tenant.
-        tenant: TenantId,
-        /// What was awaited (`provisioning`, `suspension`, …).
+        /// What the command was for.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// What was awaited (`provisioning`, `suspension`, `deployment`, `install`, …).
         what: &'static str,
         /// The worker that answers it.
         worker: &'static str,
@@ -99,26 +127,36 @@ pub enum ClientError {
     /// NATS, JetStream or KV failed mid-call.
     #[error("the fleet's messaging failed: {0}")]
     Messaging(String),
+    /// The app catalog could not read a package.
+    #[error("the app catalog failed: {0}")]
+    Catalog(String),
+}
+
+impl ClientError {
+    pub(crate) fn no_tenant(tenant: &TenantId) -> Self {
+        Self::NotFound {
+            kind: "tenant",
+            name: tenant.to_string(),
+        }
+    }
 }
 
 impl From<ClientError> for ContractError {
     fn from(e: ClientError) -> Self {
         match e {
             ClientError::Invalid { rejected, .. } => ContractError::Invalid(rejected),
-            ClientError::NotFound(tenant) => ContractError::NotFound {
-                kind: "tenant",
-                name: tenant.to_string(),
-            },
+            ClientError::NotFound { kind, name } => ContractError::NotFound { kind, name },
             ClientError::Conflict { tenant } => ContractError::AlreadyExists {
                 kind: "tenant",
                 name: tenant.to_string(),
             },
-            e @ (ClientError::Refused { .. } | ClientError::Failed { .. }) => {
-                ContractError::IllegalState(e.to_string())
-            }
+            e @ (ClientError::Refused { .. }
+            | ClientError::Failed { .. }
+            | ClientError::TooLarge { .. }) => ContractError::IllegalState(e.to_string()),
             e @ (ClientError::Unreachable(_)
             | ClientError::TimedOut { .. }
             | ClientError::Messaging(_)) => ContractError::Unavailable(e.to_string()),
+            e @ ClientError::Catalog(_) => ContractError::Other(Box::new(e)),
         }
     }
 }
@@ -132,7 +170,44 @@ fn messaging(e: impl std::fmt::Display) -> ClientError {
 pub struct FleetClient {
     runtime: Runtime,
     tenants: kv::Store,
+    deployments: kv::Store,
+    results: fleet_control::DeployResults,
+    installs: kv::Store,
+    catalog: Option<Arc<dyn AppCatalog>>,
+    /// The bundles this client planned, by tenant and plan digest (for `execute_deployment`).
+    plans: moka::sync::Cache<String, (fleet_protocol::DeployBundle, bool)>,
     timeout: Duration,
+}
+
+/// Reads the value of `key` in `store` and its revision (`None`: absent or deleted).
+async fn read_key<T: DeserializeOwned>(
+    store: &kv::Store,
+    key: &str,
+) -> Result<Option<(T, u64)>, ClientError> {
+    match store.entry(key).await.map_err(messaging)? {
+        Some(entry) if entry.operation == kv::Operation::Put => {
+            let value = serde_json::from_slice(&entry.value).map_err(messaging)?;
+            Ok(Some((value, entry.revision)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The values `key` takes in `store` from its current one on, with their revisions (deletions
+/// and values that do not parse are skipped).
+async fn watch_key<T: DeserializeOwned + Send + 'static>(
+    store: &kv::Store,
+    key: &str,
+) -> Result<impl Stream<Item = (T, u64)> + Send + use<T>, ClientError> {
+    let watch = store.watch_with_history(key).await.map_err(messaging)?;
+    Ok(watch.filter_map(|entry| async move {
+        let entry = entry.ok()?;
+        if entry.operation != kv::Operation::Put {
+            return None;
+        }
+        let value = serde_json::from_slice::<T>(&entry.value).ok()?;
+        Some((value, entry.revision))
+    }))
 }
 
 impl FleetClient {
@@ -146,15 +221,44 @@ impl FleetClient {
 
     /// A client over an already connected runtime.
     pub async fn from_runtime(runtime: Runtime) -> Result<Self, ClientError> {
-        let tenants = runtime
-            .bucket(names::TENANTS)
+        let unreachable = |e: fleet_runtime::RuntimeError| {
+            ClientError::Unreachable(fleet_runtime::error_chain(&e))
+        };
+        let tenants = runtime.bucket(names::TENANTS).await.map_err(unreachable)?;
+        let deployments = runtime
+            .bucket(names::DEPLOYMENTS)
             .await
-            .map_err(|e| ClientError::Unreachable(fleet_runtime::error_chain(&e)))?;
+            .map_err(unreachable)?;
+        let results = fleet_control::DeployResults::new(
+            runtime
+                .bucket(names::DEPLOY_RESULTS)
+                .await
+                .map_err(unreachable)?,
+        );
+        let installs = runtime.bucket(names::INSTALLS).await.map_err(unreachable)?;
         Ok(Self {
             runtime,
             tenants,
+            deployments,
+            results,
+            installs,
+            catalog: None,
+            plans: moka::sync::Cache::new(deploys::PLANS_KEPT),
             timeout: DEFAULT_TIMEOUT,
         })
+    }
+
+    /// The same client resolving app manifests to their packages through `catalog` (what
+    /// [`AppLifecycleService`](fleet_protocol::contracts::AppLifecycleService)'s methods, which
+    /// take a manifest, need).
+    pub fn with_catalog(mut self, catalog: impl AppCatalog + 'static) -> Self {
+        self.catalog = Some(Arc::new(catalog));
+        self
+    }
+
+    /// How long each call waits for the fleet's answer.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The same client waiting at most `timeout` for each answer.
@@ -173,18 +277,7 @@ impl FleetClient {
         &self,
         tenant: &TenantId,
     ) -> Result<Option<(TenantRecord, u64)>, ClientError> {
-        match self
-            .tenants
-            .entry(tenant.as_str())
-            .await
-            .map_err(messaging)?
-        {
-            Some(entry) if entry.operation == kv::Operation::Put => {
-                let record = serde_json::from_slice(&entry.value).map_err(messaging)?;
-                Ok(Some((record, entry.revision)))
-            }
-            _ => Ok(None),
-        }
+        read_key(&self.tenants, tenant.as_str()).await
     }
 
     /// The tenant's transitions from now on (its current record first), as its record changes.
@@ -192,19 +285,7 @@ impl FleetClient {
         &self,
         tenant: &TenantId,
     ) -> Result<impl Stream<Item = (TenantRecord, u64)> + Send + use<>, ClientError> {
-        let watch = self
-            .tenants
-            .watch_with_history(tenant.as_str())
-            .await
-            .map_err(messaging)?;
-        Ok(watch.filter_map(|entry| async move {
-            let entry = entry.ok()?;
-            if entry.operation != kv::Operation::Put {
-                return None;
-            }
-            let record = serde_json::from_slice::<TenantRecord>(&entry.value).ok()?;
-            Some((record, entry.revision))
-        }))
+        watch_key(&self.tenants, tenant.as_str()).await
     }
 
     /// Validates and publishes `tenant.created` (fire and forget): under the tenant id as its
@@ -243,12 +324,19 @@ impl FleetClient {
         Ok(current)
     }
 
+    /// Publishes `payload` on `subject` (prefixed as the topology says) under `message_id`,
+    /// refused first when it is larger than the server takes.
     async fn publish(
         &self,
         subject: &str,
         message_id: &str,
         payload: &serde_json::Value,
     ) -> Result<(), ClientError> {
+        let size = serde_json::to_vec(payload).map_or(0, |b| b.len());
+        let limit = self.runtime.client.server_info().max_payload;
+        if size > limit {
+            return Err(ClientError::TooLarge { size, limit });
+        }
         self.runtime
             .publisher
             .publish_json(
@@ -274,7 +362,8 @@ impl FleetClient {
         let changes = self.follow(tenant).await?;
         let mut changes = std::pin::pin!(changes);
         let timed_out = || ClientError::TimedOut {
-            tenant: tenant.clone(),
+            kind: "tenant",
+            name: tenant.to_string(),
             what,
             worker,
             timeout: self.timeout,
@@ -307,14 +396,15 @@ impl FleetClient {
         reached: impl Fn(&TenantRecord) -> bool,
     ) -> Result<(), ClientError> {
         let Some((record, revision)) = self.record(tenant).await? else {
-            return Err(ClientError::NotFound(tenant.clone()));
+            return Err(ClientError::no_tenant(tenant));
         };
         if reached(&record) {
             return Ok(());
         }
         if !allowed.contains(&record.status()) {
             return Err(ClientError::Refused {
-                tenant: tenant.clone(),
+                kind: "tenant",
+                name: tenant.to_string(),
                 status: status_name(&record),
                 why: format!("{subject} applies to a tenant that is {allowed:?}"),
             });
@@ -328,7 +418,8 @@ impl FleetClient {
                 Some(Ok(()))
             } else if record.status() == TenantProvisioningStatus::Failed {
                 Some(Err(ClientError::Failed {
-                    tenant: tenant.clone(),
+                    kind: "tenant",
+                    name: tenant.to_string(),
                     error: record.error.clone().unwrap_or_default(),
                 }))
             } else {
@@ -397,7 +488,8 @@ impl FleetClient {
             |record| match record.status() {
                 TenantProvisioningStatus::Active => Some(Ok(record.result())),
                 TenantProvisioningStatus::Failed => Some(Err(ClientError::Failed {
-                    tenant: tenant.clone(),
+                    kind: "tenant",
+                    name: tenant.to_string(),
                     error: record.error.clone().unwrap_or_default(),
                 })),
                 _ => None,
@@ -461,11 +553,43 @@ impl FleetClient {
         .await
     }
 
+    /// Asks the quota auditor for an audit now (fire and forget): of `tenant` alone
+    /// (`quota.audit.<tenant>`), or of every tenant (`quota.tick`). The audit runs under a
+    /// bucket of its own — the current second, which no periodic tick uses as its start — so it
+    /// is not dropped as a duplicate of the last periodic one; answers that bucket.
+    pub async fn request_audit(&self, tenant: Option<&TenantId>) -> Result<u64, ClientError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let bucket = now.as_secs();
+        let nonce = now.as_millis();
+        match tenant {
+            None => {
+                let tick = serde_json::json!({"bucket": bucket});
+                self.publish("quota.tick", &format!("quota-tick:now:{nonce}"), &tick)
+                    .await?;
+            }
+            Some(tenant) => {
+                if self.record(tenant).await?.is_none() {
+                    return Err(ClientError::no_tenant(tenant));
+                }
+                let job = serde_json::json!({"tenantId": tenant, "bucket": bucket});
+                self.publish(
+                    &format!("quota.audit.{tenant}"),
+                    &format!("quota-audit:now:{nonce}:{tenant}"),
+                    &job,
+                )
+                .await?;
+            }
+        }
+        Ok(bucket)
+    }
+
     /// The tenant's status.
     pub async fn status(&self, tenant: &TenantId) -> Result<TenantProvisioningStatus, ClientError> {
         match self.record(tenant).await? {
             Some((record, _)) => Ok(record.status()),
-            None => Err(ClientError::NotFound(tenant.clone())),
+            None => Err(ClientError::no_tenant(tenant)),
         }
     }
 }

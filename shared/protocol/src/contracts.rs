@@ -145,6 +145,46 @@ pub struct IntrospectedSchema {
     pub dialect: String,
     /// When the database was read.
     pub introspected_at: Timestamp,
+    /// Fleet extension (upstream's interface has no such field): what the database holds that
+    /// the schema engine does not manage — views, triggers, virtual tables, hand-made tables,
+    /// columns and indexes — with the SQL that recreates it. A table rebuild keeps these, so a
+    /// diff made from this schema can be planned without losing them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unmanaged: Vec<IntrospectedUnmanaged>,
+}
+
+/// Something in a database the schema engine does not manage (a fleet extension of
+/// [`IntrospectedSchema`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IntrospectedUnmanaged {
+    /// `table`, `virtual_table`, `shadow_table`, `view`, `trigger`, `index`, `column` or
+    /// `generated_column`.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// The table it belongs to (columns, indexes, triggers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// Its definition as SQLite stores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
+}
+
+/// A foreign key of a live table, named as upstream's driver introspection names it
+/// (`IntrospectedForeignKey` of `@objectstack/objectql`), with the delete action SQLite reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IntrospectedForeignKey {
+    /// The referencing column.
+    pub column_name: String,
+    /// The referenced table.
+    pub referenced_table: String,
+    /// The referenced column.
+    pub referenced_column: String,
+    /// `SET NULL`, `CASCADE`, `RESTRICT` or `NO ACTION`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_delete: Option<String>,
 }
 
 impl Spec for IntrospectedSchema {
@@ -161,6 +201,13 @@ pub struct IntrospectedTable {
     pub columns: Vec<IntrospectedColumn>,
     /// Indexes.
     pub indexes: Vec<IntrospectedIndex>,
+    /// Foreign keys (a fleet extension of upstream's contract interface; its driver
+    /// introspection has the same list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub foreign_keys: Vec<IntrospectedForeignKey>,
+    /// Fleet extension: the table's `CREATE TABLE` statement as SQLite stores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
 }
 
 /// One column of a live table.

@@ -79,6 +79,15 @@ pub struct TenantOutcome {
     /// Duration in milliseconds.
     #[serde(default)]
     pub duration_ms: u64,
+    /// Dry runs only: the migration the tenant would run (upstream `MigrationPlan`), so a
+    /// caller planning one tenant (`fleet-client`'s `plan_deployment`) gets it back. Stored under
+    /// the tenant's own key: its size is the plan's, whatever the fleet's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<fleet_protocol::MigrationPlan>,
+    /// App dry runs only: the compatibility check's answer (upstream `AppCompatibilityCheck`),
+    /// with every issue when the app is incompatible with the tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<fleet_protocol::AppCompatibilityCheck>,
 }
 
 /// A tenant's entry under `<deployment>.t.<tenant>` or `<deployment>.r.<tenant>`.
@@ -316,6 +325,8 @@ impl TenantOutcome {
             breaking: false,
             error: None,
             duration_ms: 0,
+            plan: None,
+            check: None,
         }
     }
 

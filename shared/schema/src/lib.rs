@@ -78,6 +78,7 @@ pub mod model;
 pub mod owned;
 pub mod plan;
 pub mod registry;
+pub mod service;
 pub mod sql;
 pub mod system;
 pub mod usage;
@@ -98,6 +99,7 @@ pub use introspect::{IntrospectError, introspect};
 pub use model::{Column, ColumnType, Index, Schema, Table, Unmanaged, UnmanagedKind};
 pub use plan::{DataFacts, Loss, PlanError, PlanOptions, Planned, plan, rollback_plan};
 pub use registry::Owner;
+pub use service::SchemaEngine;
 
 /// Why the schema engine could not plan or apply.
 #[derive(Debug, thiserror::Error)]

@@ -9,12 +9,13 @@ use std::collections::BTreeMap;
 
 use fleet_protocol::Timestamp;
 use fleet_protocol::contracts::{
-    IntrospectedColumn, IntrospectedIndex, IntrospectedSchema, IntrospectedTable,
+    IntrospectedColumn, IntrospectedForeignKey, IntrospectedIndex, IntrospectedSchema,
+    IntrospectedTable, IntrospectedUnmanaged,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// SQLite storage class of a column (the declared type the fleet writes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ColumnType {
     /// `TEXT`.
     Text,
@@ -64,7 +65,7 @@ impl ColumnType {
 }
 
 /// What happens to referencing rows when the referenced row is deleted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum OnDelete {
     /// `SET NULL`.
     SetNull,
@@ -99,7 +100,7 @@ impl OnDelete {
 }
 
 /// A column's foreign key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ForeignKey {
     /// Referenced table.
     pub table: String,
@@ -110,7 +111,7 @@ pub struct ForeignKey {
 }
 
 /// One column.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Column {
     /// Column name.
     pub name: String,
@@ -147,7 +148,7 @@ impl Column {
 }
 
 /// One index.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Index {
     /// Index name (unique in the database).
     pub name: String,
@@ -158,7 +159,7 @@ pub struct Index {
 }
 
 /// One table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Table {
     /// Table name.
     pub name: String,
@@ -194,7 +195,7 @@ impl Table {
 }
 
 /// What kind of thing in a database the engine does not manage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UnmanagedKind {
     /// A table no registered object maps to.
@@ -217,7 +218,7 @@ pub enum UnmanagedKind {
 
 /// One thing in a tenant's database that the engine did not create: left as it is, and kept
 /// through a table rebuild by recreating it from its own SQL.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Unmanaged {
     /// What it is.
     pub kind: UnmanagedKind,
@@ -289,21 +290,117 @@ impl Schema {
                         unique: i.unique,
                     })
                     .collect();
+                let foreign_keys = table
+                    .columns
+                    .iter()
+                    .filter_map(|c| {
+                        let fk = c.references.as_ref()?;
+                        Some(IntrospectedForeignKey {
+                            column_name: c.name.clone(),
+                            referenced_table: fk.table.clone(),
+                            referenced_column: fk.column.clone(),
+                            on_delete: Some(fk.on_delete.sql().to_owned()),
+                        })
+                    })
+                    .collect();
                 (
                     name.clone(),
                     IntrospectedTable {
                         name: name.clone(),
                         columns,
                         indexes,
+                        foreign_keys,
+                        sql: self.sql.get(name).cloned(),
                     },
                 )
+            })
+            .collect();
+        let unmanaged = self
+            .unmanaged
+            .iter()
+            .map(|u| IntrospectedUnmanaged {
+                kind: serde_json::to_value(u.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                name: u.name.clone(),
+                table: u.table.clone(),
+                sql: u.sql.clone(),
             })
             .collect();
         IntrospectedSchema {
             tables,
             dialect: "sqlite".to_owned(),
             introspected_at: Timestamp::now(),
+            unmanaged,
         }
+    }
+
+    /// The schema an upstream `IntrospectedSchema` describes (the inverse of
+    /// [`Self::to_introspected`]): column types by SQLite's affinity rules, foreign keys from
+    /// `foreignKeys`, and — when the fleet's extensions are there — the unmanaged things and
+    /// each table's SQL. An unknown `unmanaged` kind is an error.
+    pub fn from_introspected(schema: &IntrospectedSchema) -> Result<Self, String> {
+        let mut out = Schema::default();
+        for (name, table) in &schema.tables {
+            let columns = table
+                .columns
+                .iter()
+                .map(|c| Column {
+                    name: c.name.clone(),
+                    column_type: ColumnType::from_declared(&c.sql_type),
+                    not_null: !c.nullable,
+                    primary_key: c.primary_key,
+                    default_sql: c.default_value.clone(),
+                    references: table
+                        .foreign_keys
+                        .iter()
+                        .find(|fk| fk.column_name == c.name)
+                        .map(|fk| ForeignKey {
+                            table: fk.referenced_table.clone(),
+                            column: fk.referenced_column.clone(),
+                            on_delete: OnDelete::from_sql(
+                                fk.on_delete.as_deref().unwrap_or("NO ACTION"),
+                            ),
+                        }),
+                    renamed_from: None,
+                    field_type: None,
+                })
+                .collect();
+            let mut indexes: Vec<Index> = table
+                .indexes
+                .iter()
+                .map(|i| Index {
+                    name: i.name.clone(),
+                    columns: i.columns.clone(),
+                    unique: i.unique,
+                })
+                .collect();
+            indexes.sort_by(|a, b| a.name.cmp(&b.name));
+            if let Some(sql) = &table.sql {
+                out.sql.insert(name.clone(), sql.clone());
+            }
+            out.tables.insert(
+                name.clone(),
+                Table {
+                    name: name.clone(),
+                    columns,
+                    indexes,
+                    renamed_from: None,
+                },
+            );
+        }
+        for u in &schema.unmanaged {
+            let kind = serde_json::from_value(serde_json::Value::String(u.kind.clone()))
+                .map_err(|_| format!("unmanaged {:?}: unknown kind {:?}", u.name, u.kind))?;
+            out.unmanaged.push(Unmanaged {
+                kind,
+                name: u.name.clone(),
+                table: u.table.clone(),
+                sql: u.sql.clone(),
+            });
+        }
+        Ok(out)
     }
 }
 

@@ -266,6 +266,16 @@ impl TenantError {
             _ => false,
         }
     }
+
+    /// The compatibility check that refused an app, with its issues.
+    fn incompatibility(&self) -> Option<fleet_protocol::AppCompatibilityCheck> {
+        match self {
+            Self::App(fleet_control::AppOperationError::Refused(
+                fleet_apps::tenant::AppError::Incompatible(check),
+            )) => Some(check.clone()),
+            _ => None,
+        }
+    }
 }
 
 /// The KV key of an app rollout's package and operation.
@@ -858,6 +868,11 @@ impl Deployer {
             return Ok(TenantOutcome {
                 changes: plan.changes(),
                 breaking: plan.breaking(),
+                plan: Some(plan.planned.plan.clone()),
+                check: Some(fleet_protocol::AppCompatibilityCheck {
+                    compatible: true,
+                    issues: Vec::new(),
+                }),
                 ..TenantOutcome::ready(plan.statements())
             });
         }
@@ -933,7 +948,10 @@ impl Deployer {
             match done {
                 Ok(outcome) => outcome,
                 Err(e) if e.is_transient() => return Outcome::transient_error(&e),
-                Err(e) => TenantOutcome::failed(error_chain(&e)),
+                Err(e) => TenantOutcome {
+                    check: e.incompatibility(),
+                    ..TenantOutcome::failed(error_chain(&e))
+                },
             }
         };
         let outcome = TenantOutcome {
@@ -1242,7 +1260,10 @@ impl Deployer {
             ..TenantOutcome::ready(planned.plan.statements.len() as u64)
         };
         if d.dry_run {
-            return Ok(outcome);
+            return Ok(TenantOutcome {
+                plan: Some(planned.plan),
+                ..outcome
+            });
         }
         // migrating + registering, in one transaction
         let registry = registry_statements(

@@ -16,14 +16,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
-use async_nats::HeaderMap;
+use anyhow::Context;
 use clap::{Args, Subcommand};
-use fleet_apps::{InstallRecord, InstallStatus};
+use fleet_apps::InstallRecord;
+use fleet_client::{ClientError, FleetClient, InstallOptions};
 use fleet_protocol::{AppPackage, TenantId};
-use fleet_runtime::{Runtime, StateStore};
+use fleet_runtime::Runtime;
 use serde_json::json;
 
 /// Where an install or upgrade goes: one tenant (through the installer), or many in waves
@@ -135,7 +135,7 @@ pub enum AppCommand {
 /// Starts an app rollout (`deploy.app_requested`) and watches it like `fleetctl deploy`.
 #[allow(clippy::too_many_arguments)]
 async fn rollout(
-    runtime: &Runtime,
+    client: &FleetClient,
     package: &AppPackage,
     operation: &str,
     target: &Where,
@@ -162,7 +162,7 @@ async fn rollout(
                     "dryRun": waves.dry_run, "allowDestructive": allow_destructive},
     });
     crate::deploy_cmd::start_rollout::<fleet_protocol::deploy::AppRolloutRequest>(
-        runtime,
+        client,
         &id,
         "deploy.app_requested",
         &request,
@@ -191,259 +191,101 @@ fn load(path: &std::path::Path) -> anyhow::Result<Option<AppPackage>> {
     }
 }
 
-/// Waits until the app's record changed past `after` (a revision; 0: none yet) and `settled`
-/// holds for it (checked every 200 ms). `None`: the record is gone.
-async fn wait(
-    installs: &StateStore<InstallRecord>,
-    key: &str,
-    after: u64,
-    timeout: Duration,
-    settled: impl Fn(&InstallRecord) -> bool,
-) -> anyhow::Result<Option<InstallRecord>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let record = installs.get::<std::convert::Infallible>(key).await?;
-        match record {
-            None if after > 0 => return Ok(None),
-            Some(r) if r.revision > after && settled(&r.state) => return Ok(Some(r.state)),
-            _ => {}
+/// Prints the outcome of an install or upgrade (or why it was refused); the exit code.
+fn report(done: Result<InstallRecord, ClientError>) -> anyhow::Result<ExitCode> {
+    let record = match done {
+        Ok(record) => record,
+        Err(
+            e @ (ClientError::Failed { .. }
+            | ClientError::Refused { .. }
+            | ClientError::NotFound { .. }),
+        ) => {
+            eprintln!("refused: {}", refusal(&e));
+            return Ok(crate::exit::failed());
         }
-        if Instant::now() > deadline {
-            bail!(
-                "no outcome within {timeout:?}: the installer may be down (`fleetctl dlq list` shows refused commands)"
+        Err(ClientError::TimedOut { .. }) => {
+            eprintln!(
+                "no outcome in time: the installer may be down (`fleetctl dlq list` shows refused commands)"
             );
+            return Ok(crate::exit::failed());
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn revision(installs: &StateStore<InstallRecord>, key: &str) -> anyhow::Result<u64> {
-    Ok(installs
-        .get::<std::convert::Infallible>(key)
-        .await?
-        .map_or(0, |v| v.revision))
-}
-
-/// Refuses here, with the reason, what the installer would dead-letter at once: an unknown or
-/// inactive tenant, a command that does not fit the app's record (an install over another
-/// version, an upgrade of an app not installed, anything while another operation runs).
-async fn preflight(
-    runtime: &Runtime,
-    installs: &StateStore<InstallRecord>,
-    tenant: &TenantId,
-    app: &str,
-    operation: fleet_apps::Operation,
-    version: &str,
-) -> anyhow::Result<Option<String>> {
-    let tenants = fleet_control::tenants(runtime).await?;
-    match tenants
-        .get::<std::convert::Infallible>(tenant.as_str())
-        .await?
-    {
-        None => return Ok(Some(format!("unknown tenant {tenant}"))),
-        Some(r) if r.state.status() != fleet_protocol::TenantProvisioningStatus::Active => {
-            return Ok(Some(format!(
-                "tenant {tenant} is {}, not active",
-                fleet_tenants::status_name(&r.state)
-            )));
+        Err(e @ ClientError::TooLarge { .. }) => {
+            return Err(crate::exit::usage!("{e}: the package is too large to send"));
         }
-        Some(_) => {}
-    }
-    let current = installs
-        .get::<std::convert::Infallible>(&InstallRecord::key(tenant.as_str(), app))
-        .await?;
-    Ok(fleet_apps::machine::begin(
-        current.as_ref().map(|v| &v.state),
-        tenant.as_str(),
-        app,
-        operation,
-        version,
-        &fleet_protocol::Timestamp::now(),
-    )
-    .err()
-    .map(|e| e.to_string()))
-}
-
-/// The largest command the server takes (its `max_payload`).
-fn payload_limit(runtime: &Runtime) -> usize {
-    runtime.client.server_info().max_payload
-}
-
-/// Prints the outcome of an install or upgrade; the exit code.
-fn report(record: Option<InstallRecord>, version: &str) -> ExitCode {
-    let Some(record) = record else {
-        return crate::exit::failed();
+        Err(e) => return Err(e.into()),
     };
-    if record.error.is_none() && record.installed_version.as_deref() == Some(version) {
-        if let Some(result) = &record.result {
-            say!(
-                "{} {} is {} in {}: objects {}; tables created {}; {} seed record(s); {} ms",
-                record.app_id,
-                version,
-                crate::wire_name(&record.status),
-                record.tenant_id,
-                result.installed_objects.join(", "),
-                if result.created_tables.is_empty() {
-                    "none".to_owned()
-                } else {
-                    result.created_tables.join(", ")
-                },
-                result.seeded_records,
-                result.duration_ms.unwrap_or_default()
-            );
-        }
-        return ExitCode::SUCCESS;
+    if let Some(result) = &record.result {
+        say!(
+            "{} {} is {} in {}: objects {}; tables created {}; {} seed record(s); {} ms",
+            record.app_id,
+            record.version,
+            crate::wire_name(&record.status),
+            record.tenant_id,
+            result.installed_objects.join(", "),
+            if result.created_tables.is_empty() {
+                "none".to_owned()
+            } else {
+                result.created_tables.join(", ")
+            },
+            result.seeded_records,
+            result.duration_ms.unwrap_or_default()
+        );
     }
-    eprintln!(
-        "refused: {}",
-        record
-            .error
-            .as_deref()
-            .unwrap_or("the operation did not complete")
-    );
-    for issue in record.check.iter().flat_map(|c| &c.issues) {
-        eprintln!("  {}: {}", crate::wire_name(&issue.category), issue.message);
-    }
-    crate::exit::failed()
+    Ok(ExitCode::SUCCESS)
 }
 
-/// What the single-tenant commands share: the connection, the install records, the server's
-/// payload limit and the stamp that makes each command's message id its own.
-struct Sender {
-    runtime: Runtime,
-    installs: StateStore<InstallRecord>,
-    limit: usize,
-    stamp: i64,
+/// The reason of a refusal, as the installer (or the client's check of the record) gave it.
+fn refusal(e: &ClientError) -> String {
+    match e {
+        ClientError::Failed { error, .. } => error.clone(),
+        ClientError::Refused {
+            kind: "tenant",
+            name,
+            status,
+            ..
+        } => {
+            format!("tenant {name} is {status}, not active")
+        }
+        ClientError::Refused { why, .. } => why.clone(),
+        ClientError::NotFound {
+            kind: "tenant",
+            name,
+        } => format!("unknown tenant {name}"),
+        other => other.to_string(),
+    }
 }
 
-impl Sender {
-    /// One operation on one tenant: refused here when it cannot fit the tenant or the app's
-    /// record ([`preflight`]); else sent once and waited for until the record changed past the
-    /// revision it had and `settled` holds. `Err(reason)`: refused before sending.
-    #[allow(clippy::too_many_arguments)]
-    async fn one_tenant(
-        &self,
-        tenant: &TenantId,
-        app: &str,
-        operation: fleet_apps::Operation,
-        version: &str,
-        command: serde_json::Value,
-        timeout: u64,
-        settled: impl Fn(&InstallRecord) -> bool,
-    ) -> anyhow::Result<Result<Option<InstallRecord>, String>> {
-        if let Some(refusal) = preflight(
-            &self.runtime,
-            &self.installs,
-            tenant,
-            app,
-            operation,
-            version,
+/// An install or upgrade of the package at `path` (exit 2 with every issue when it is
+/// invalid): in waves when no `--tenant` is named, else through the installer, its outcome
+/// reported.
+async fn install_or_upgrade(
+    client: &FleetClient,
+    path: &std::path::Path,
+    upgrade: bool,
+    target: &Where,
+    waves: Waves,
+    options: InstallOptions,
+    timeout: u64,
+) -> anyhow::Result<ExitCode> {
+    let Some(package) = load(path)? else {
+        return Ok(crate::exit::input());
+    };
+    let Some(tenant) = &target.tenant else {
+        let verb = if upgrade { "upgrade" } else { "install" };
+        return rollout(
+            client,
+            &package,
+            verb,
+            target,
+            waves,
+            options.skip_seed_data,
+            options.allow_destructive,
         )
-        .await?
-        {
-            return Ok(Err(refusal));
-        }
-        let key = InstallRecord::key(tenant.as_str(), app);
-        let after = revision(&self.installs, &key).await?;
-        let size = serde_json::to_vec(&command).map_or(0, |b| b.len());
-        if size > self.limit {
-            return Err(crate::exit::usage!(
-                "the command is {size} bytes, more than the server takes ({} bytes, its max_payload): the package is too large to send",
-                self.limit
-            ));
-        }
-        let (subject, verb) = match operation {
-            fleet_apps::Operation::Install => ("app.install_requested", "install"),
-            fleet_apps::Operation::Upgrade => ("app.upgrade_requested", "upgrade"),
-            fleet_apps::Operation::Uninstall => ("app.uninstall_requested", "uninstall"),
-        };
-        self.runtime
-            .publisher
-            .publish_json(
-                &self.runtime.topology.subject(subject),
-                &format!("{verb}:{key}:{version}:{}", self.stamp),
-                &command,
-                HeaderMap::new(),
-            )
-            .await
-            .with_context(|| format!("sending {subject}"))?;
-        Ok(Ok(wait(
-            &self.installs,
-            &key,
-            after,
-            Duration::from_secs(timeout),
-            settled,
-        )
-        .await?))
-    }
-
-    /// Loads the package at `path` (exit 2 with every issue when it is invalid), then
-    /// [`Self::install_or_upgrade`].
-    async fn load_and_send(
-        &self,
-        path: &std::path::Path,
-        operation: fleet_apps::Operation,
-        target: &Where,
-        waves: Waves,
-        options: serde_json::Value,
-        timeout: u64,
-    ) -> anyhow::Result<ExitCode> {
-        let Some(package) = load(path)? else {
-            return Ok(crate::exit::input());
-        };
-        self.install_or_upgrade(&package, operation, target, waves, options, timeout)
-            .await
-    }
-
-    /// An install or upgrade of `package`: in waves when no `--tenant` is named, else through
-    /// the installer, its outcome reported.
-    async fn install_or_upgrade(
-        &self,
-        package: &AppPackage,
-        operation: fleet_apps::Operation,
-        target: &Where,
-        waves: Waves,
-        options: serde_json::Value,
-        timeout: u64,
-    ) -> anyhow::Result<ExitCode> {
-        let verb = if operation == fleet_apps::Operation::Upgrade {
-            "upgrade"
-        } else {
-            "install"
-        };
-        let Some(tenant) = &target.tenant else {
-            let flag = |name: &str| options[name].as_bool().unwrap_or(false);
-            return rollout(
-                &self.runtime,
-                package,
-                verb,
-                target,
-                waves,
-                flag("skipSeedData"),
-                flag("allowDestructive"),
-            )
-            .await;
-        };
-        let tenant = TenantId::parse(tenant.as_str()).context("--tenant")?;
-        let app = package.manifest.name.to_string();
-        let version = package.manifest.version.clone();
-        let mut command = json!({"tenantId": tenant, "appId": app, "package": package});
-        for (key, value) in options.as_object().into_iter().flatten() {
-            command[key] = value.clone();
-        }
-        let sent = self
-            .one_tenant(&tenant, &app, operation, &version, command, timeout, |r| {
-                r.version == version && r.status != InstallStatus::Installing
-            })
-            .await?;
-        match sent {
-            Ok(record) => Ok(report(record, &version)),
-            Err(refusal) => {
-                eprintln!("refused: {refusal}");
-                Ok(crate::exit::failed())
-            }
-        }
-    }
+        .await;
+    };
+    let tenant = TenantId::parse(tenant.as_str()).context("--tenant")?;
+    let client = client.clone().with_timeout(Duration::from_secs(timeout));
+    report(client.install(&tenant, &package, upgrade, options).await)
 }
 
 /// Runs an `app` subcommand.
@@ -452,13 +294,7 @@ pub async fn run(command: AppCommand) -> anyhow::Result<ExitCode> {
     if let AppCommand::Check { package, tenant } = &command {
         return check(&config, package, tenant).await;
     }
-    let runtime = Runtime::connect(&config).await?;
-    let sender = Sender {
-        installs: fleet_control::installs(&runtime).await?,
-        limit: payload_limit(&runtime),
-        stamp: chrono::Utc::now().timestamp_millis(),
-        runtime,
-    };
+    let client = FleetClient::connect(&config).await?;
     match command {
         AppCommand::Install {
             package,
@@ -467,11 +303,11 @@ pub async fn run(command: AppCommand) -> anyhow::Result<ExitCode> {
             skip_seed_data,
             timeout,
         } => {
-            let options = json!({"skipSeedData": skip_seed_data});
-            let operation = fleet_apps::Operation::Install;
-            sender
-                .load_and_send(&package, operation, &target, waves, options, timeout)
-                .await
+            let options = InstallOptions {
+                skip_seed_data,
+                ..InstallOptions::default()
+            };
+            install_or_upgrade(&client, &package, false, &target, waves, options, timeout).await
         }
         AppCommand::Upgrade {
             package,
@@ -480,11 +316,11 @@ pub async fn run(command: AppCommand) -> anyhow::Result<ExitCode> {
             allow_destructive,
             timeout,
         } => {
-            let options = json!({"allowDestructive": allow_destructive});
-            let operation = fleet_apps::Operation::Upgrade;
-            sender
-                .load_and_send(&package, operation, &target, waves, options, timeout)
-                .await
+            let options = InstallOptions {
+                allow_destructive,
+                ..InstallOptions::default()
+            };
+            install_or_upgrade(&client, &package, true, &target, waves, options, timeout).await
         }
         AppCommand::Uninstall {
             app,
@@ -493,24 +329,9 @@ pub async fn run(command: AppCommand) -> anyhow::Result<ExitCode> {
             timeout,
         } => {
             let tenant = TenantId::parse(&tenant).context("--tenant")?;
-            let command = json!({"tenantId": tenant, "appId": app, "dropTables": drop_tables});
-            let sent = sender
-                .one_tenant(
-                    &tenant,
-                    &app,
-                    fleet_apps::Operation::Uninstall,
-                    "",
-                    command,
-                    timeout,
-                    |r| r.status != InstallStatus::Uninstalling,
-                )
-                .await?;
-            match sent {
-                Err(refusal) => {
-                    eprintln!("refused: {refusal}");
-                    Ok(crate::exit::failed())
-                }
-                Ok(None) => {
+            let client = client.with_timeout(Duration::from_secs(timeout));
+            match client.uninstall(&tenant, &app, drop_tables).await {
+                Ok(()) => {
                     say!(
                         "{app} uninstalled from {tenant}{}",
                         if drop_tables {
@@ -521,21 +342,14 @@ pub async fn run(command: AppCommand) -> anyhow::Result<ExitCode> {
                     );
                     Ok(ExitCode::SUCCESS)
                 }
-                Ok(Some(record)) => {
-                    eprintln!("refused: {}", record.error.unwrap_or_default());
-                    Ok(crate::exit::failed())
-                }
+                Err(e) => report(Err(e)),
             }
         }
         AppCommand::List { tenant, json } => {
             let tenant = TenantId::parse(&tenant).context("--tenant")?;
-            let installs = &sender.installs;
-            let tenants = fleet_control::tenants(&sender.runtime).await?;
-            if tenants
-                .get::<std::convert::Infallible>(tenant.as_str())
-                .await?
-                .is_none()
-            {
+            let runtime = client.runtime();
+            let installs = fleet_control::installs(runtime).await?;
+            if client.record(&tenant).await?.is_none() {
                 eprintln!("unknown tenant {tenant}");
                 return Ok(crate::exit::failed());
             }

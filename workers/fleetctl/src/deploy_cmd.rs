@@ -9,15 +9,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use async_nats::HeaderMap;
 use clap::{Args, Subcommand};
-use fleet_control::DeployResults;
+use fleet_client::{ClientError, FleetClient};
 use fleet_protocol::{
-    DeployControl, DeployControlAction, DeployRequest, DeployTarget, DeploymentId, RolloutOptions,
-    TenantId, Timestamp,
+    DeployControlAction, DeployRequest, DeployTarget, DeploymentId, RolloutOptions, TenantId,
 };
-use fleet_rollouts::{self as rollout, Deployment, RolloutStatus};
-use fleet_runtime::{Runtime, StateStore};
+use fleet_rollouts::{Deployment, RolloutStatus};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::{Map, Value, json};
 
@@ -184,9 +181,9 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         None => Some(request(&args)?),
     };
     let config = fleet_config::Config::load()?;
-    let runtime = Runtime::connect(&config).await?;
-    let deployments = fleet_control::deployments(&runtime).await?;
-    let results = fleet_control::deploy_results(&runtime).await?;
+    let client = FleetClient::connect(&config)
+        .await?
+        .with_timeout(Duration::from_secs(600));
     match args.action {
         Some(DeployAction::Status {
             id,
@@ -197,11 +194,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
             // A deployment just requested (`--no-wait`) appears once the deployer took it.
             let mut found = false;
             for _ in 0..50 {
-                if deployments
-                    .get::<rollout::RolloutError>(id.as_str())
-                    .await?
-                    .is_some()
-                {
+                if client.deployment(&id).await?.is_some() {
                     found = true;
                     break;
                 }
@@ -211,19 +204,15 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("no deployment {id}");
                 return Ok(crate::exit::failed());
             }
-            watch(&deployments, &results, &id).await
+            watch(&client, &id).await
         }
         Some(DeployAction::Status { id, json, .. }) => {
             let id = DeploymentId::parse(id)?;
-            let Some(d) = deployments
-                .get::<rollout::RolloutError>(id.as_str())
-                .await?
-                .map(|v| v.state)
-            else {
+            let Some((d, _)) = client.deployment(&id).await? else {
                 eprintln!("no deployment {id}");
                 return Ok(crate::exit::failed());
             };
-            let failures = failures(&results, &d).await?;
+            let failures = client.failures(&d).await?;
             if json {
                 let failures: Vec<Value> = failures
                     .iter()
@@ -241,74 +230,38 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         }
         Some(DeployAction::Resume { id }) => {
             let id = DeploymentId::parse(id)?;
-            control(&runtime, &deployments, &id, DeployControlAction::Resume).await
-        }
-        Some(DeployAction::Rollback { id }) => {
-            let id = DeploymentId::parse(id)?;
-            match deployments
-                .get::<rollout::RolloutError>(id.as_str())
-                .await?
-                .map(|v| v.state)
-            {
-                None => {
-                    eprintln!("no deployment {id}");
-                    return Ok(crate::exit::failed());
-                }
-                Some(d) if matches!(d.status, RolloutStatus::Running | RolloutStatus::Rejected) => {
-                    eprintln!(
-                        "deployment {id} is {:?}: only a finished, halted or cancelled deployment can be rolled back",
-                        d.status
-                    );
-                    return Ok(crate::exit::failed());
-                }
-                Some(_) => {}
-            }
-            let request = fleet_protocol::DeployRollbackRequest {
-                deployment_id: id.clone(),
-            };
-            let message_id = format!("rollback:{id}:{}", chrono::Utc::now().timestamp_millis());
-            runtime
-                .publisher
-                .publish_json(
-                    &runtime.topology.subject("deploy.rollback"),
-                    &message_id,
-                    &request,
-                    HeaderMap::new(),
-                )
-                .await?;
-            for _ in 0..6000 {
-                if let Some(d) = deployments
-                    .get::<rollout::RolloutError>(id.as_str())
-                    .await?
-                    .map(|v| v.state)
-                    && d.status == RolloutStatus::RolledBack
-                {
-                    print_summary(&d, &failures(&results, &d).await?);
-                    return Ok(if d.rollback_tally.failed == 0 {
-                        ExitCode::SUCCESS
-                    } else {
-                        crate::exit::failed()
-                    });
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            eprintln!("still rolling back; follow it with `fleetctl deploy status {id}`");
-            Ok(crate::exit::failed())
+            control(&client, &id, DeployControlAction::Resume).await
         }
         Some(DeployAction::Cancel { id }) => {
             let id = DeploymentId::parse(id)?;
-            control(&runtime, &deployments, &id, DeployControlAction::Cancel).await
+            control(&client, &id, DeployControlAction::Cancel).await
+        }
+        Some(DeployAction::Rollback { id }) => {
+            let id = DeploymentId::parse(id)?;
+            match client.rollback(&id).await {
+                Ok(d) => {
+                    print_summary(&d, &client.failures(&d).await?);
+                    Ok(if d.rollback_tally.failed == 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        crate::exit::failed()
+                    })
+                }
+                Err(ClientError::TimedOut { .. }) => {
+                    eprintln!("still rolling back; follow it with `fleetctl deploy status {id}`");
+                    Ok(crate::exit::failed())
+                }
+                Err(e @ (ClientError::NotFound { .. } | ClientError::Refused { .. })) => {
+                    eprintln!("{e}");
+                    Ok(crate::exit::failed())
+                }
+                Err(e) => Err(e.into()),
+            }
         }
         None => {
             let (id, request) = request.expect("read above for a deploy");
-            start_rollout::<DeployRequest>(
-                &runtime,
-                &id,
-                "deploy.requested",
-                &request,
-                args.no_wait,
-            )
-            .await
+            start_rollout::<DeployRequest>(&client, &id, "deploy.requested", &request, args.no_wait)
+                .await
         }
     }
 }
@@ -325,151 +278,89 @@ pub(crate) fn rollout_id(given: Option<String>, prefix: &str) -> anyhow::Result<
     })
 }
 
-/// Requests a rollout (a bundle's or an app's) on `subject` under `id` and watches it: refused
-/// here when the id is taken or the request is not a valid `R` (every issue printed), so nothing
-/// is published then.
+/// Requests a rollout (a bundle's or an app's) on `subject` under `id` through the client and
+/// watches it: refused when the id is taken or the request is not a valid `R` (every issue
+/// printed), so nothing is published then.
 pub(crate) async fn start_rollout<R: fleet_protocol::Spec>(
-    runtime: &Runtime,
+    client: &FleetClient,
     id: &DeploymentId,
     subject: &str,
     request: &Value,
     no_wait: bool,
 ) -> anyhow::Result<ExitCode> {
-    let deployments = fleet_control::deployments(runtime).await?;
-    if let Some(existing) = deployments
-        .get::<rollout::RolloutError>(id.as_str())
-        .await?
-    {
-        eprintln!(
-            "deployment {id} already exists ({:?}, version {}): choose another --id",
-            existing.state.status, existing.state.version
-        );
-        return Ok(crate::exit::input());
-    }
-    if let Err(rejected) = fleet_protocol::parse_value::<R>(request) {
-        for issue in rejected.errors() {
-            say!("{issue}");
+    match client.request_rollout::<R>(id, subject, request).await {
+        Ok(()) => {}
+        Err(ClientError::Refused { status, why, .. }) => {
+            eprintln!("deployment {id} already exists ({status}); {why} (--id)");
+            return Ok(crate::exit::input());
         }
-        eprintln!("the deployment was not requested");
-        return Ok(crate::exit::input());
+        Err(ClientError::Invalid { rejected, .. }) => {
+            for issue in rejected.errors() {
+                say!("{issue}");
+            }
+            eprintln!("the deployment was not requested");
+            return Ok(crate::exit::input());
+        }
+        Err(e) => return Err(e.into()),
     }
-    runtime
-        .publisher
-        .publish_json(
-            &runtime.topology.subject(subject),
-            id.as_str(),
-            request,
-            HeaderMap::new(),
-        )
-        .await?;
     if no_wait {
         say!("{id}");
         return Ok(ExitCode::SUCCESS);
     }
-    let results = fleet_control::deploy_results(runtime).await?;
-    watch(&deployments, &results, id).await
+    watch(client, id).await
 }
 
-/// Sends `action` to the deployer on `deploy.control.<id>` — after checking it against the
-/// record, so an illegal one is refused here with the reason — and waits until the deployer has
-/// carried it out.
+/// Resumes or cancels through the client (checked against the record first, so an illegal
+/// one is refused with the reason), waiting until the deployer carried it out.
 async fn control(
-    runtime: &Runtime,
-    deployments: &StateStore<Deployment>,
+    client: &FleetClient,
     id: &DeploymentId,
     action: DeployControlAction,
 ) -> anyhow::Result<ExitCode> {
-    let current = deployments
-        .get::<rollout::RolloutError>(id.as_str())
-        .await?;
-    let Some(before) = current.clone() else {
-        eprintln!("no deployment {id}");
-        return Ok(crate::exit::failed());
-    };
-    let check = match action {
-        DeployControlAction::Resume => rollout::resume(current.as_ref(), id, &Timestamp::now()),
-        DeployControlAction::Cancel => rollout::cancel(current.as_ref(), id, &Timestamp::now()),
-    };
-    if let Err(refused) = check {
-        eprintln!("{refused}");
-        return Ok(crate::exit::failed());
-    }
-    let request = DeployControl {
-        deployment_id: id.clone(),
-        action,
-    };
-    let message_id = format!(
-        "control:{id}:{action:?}:{}",
-        chrono::Utc::now().timestamp_millis()
-    );
-    runtime
-        .publisher
-        .publish_json(
-            &runtime.topology.subject(&format!("deploy.control.{id}")),
-            &message_id,
-            &request,
-            HeaderMap::new(),
-        )
-        .await?;
-    // Results keep changing the record while the command waits its turn: the answer is a
-    // resume counted (whatever the rollout did next) or the status `cancelled` — or, for a
-    // cancel, the rollout ending on its own first.
-    for _ in 0..300 {
-        if let Some(now) = deployments
-            .get::<rollout::RolloutError>(id.as_str())
-            .await?
-        {
-            let d = &now.state;
+    let client = client.clone().with_timeout(Duration::from_secs(30));
+    match client.control_deployment(id, action).await {
+        Ok(d) => {
             match action {
-                DeployControlAction::Resume if d.resumes > before.state.resumes => {
-                    say!(
-                        "deployment {id} resumed at wave {}: now {:?}",
-                        d.current_wave + 1,
-                        d.status
-                    );
-                    return Ok(ExitCode::SUCCESS);
-                }
-                DeployControlAction::Cancel if d.status == RolloutStatus::Cancelled => {
-                    say!("deployment {id} cancelled");
-                    return Ok(ExitCode::SUCCESS);
-                }
-                DeployControlAction::Cancel
-                    if !matches!(d.status, RolloutStatus::Running | RolloutStatus::Halted) =>
-                {
-                    eprintln!(
-                        "deployment {id} ended {:?} before the cancel was carried out",
-                        d.status
-                    );
-                    return Ok(crate::exit::failed());
-                }
-                _ => {}
+                DeployControlAction::Resume => say!(
+                    "deployment {id} resumed at wave {}: now {:?}",
+                    d.current_wave + 1,
+                    d.status
+                ),
+                DeployControlAction::Cancel => say!("deployment {id} cancelled"),
             }
+            Ok(ExitCode::SUCCESS)
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        Err(ClientError::NotFound { .. }) => {
+            eprintln!("no deployment {id}");
+            Ok(crate::exit::failed())
+        }
+        Err(ClientError::Refused { status, why, .. }) if why.starts_with("it ended") => {
+            eprintln!("deployment {id} ended {status} before the cancel was carried out");
+            Ok(crate::exit::failed())
+        }
+        Err(ClientError::Refused { why, .. }) => {
+            eprintln!("{why}");
+            Ok(crate::exit::failed())
+        }
+        Err(ClientError::TimedOut { .. }) => {
+            eprintln!(
+                "the deployer has not carried out {action:?} yet (is it running?); follow it with `fleetctl deploy status {id}`"
+            );
+            Ok(crate::exit::failed())
+        }
+        Err(e) => Err(e.into()),
     }
-    eprintln!(
-        "the deployer has not carried out {action:?} yet (is it running?); follow it with `fleetctl deploy status {id}`"
-    );
-    Ok(crate::exit::failed())
 }
 
 /// Follows a deployment with a progress bar per wave until it ends.
-pub(crate) async fn watch(
-    deployments: &StateStore<Deployment>,
-    results: &DeployResults,
-    id: &DeploymentId,
-) -> anyhow::Result<ExitCode> {
+pub(crate) async fn watch(client: &FleetClient, id: &DeploymentId) -> anyhow::Result<ExitCode> {
     let bars = MultiProgress::new();
     let style = ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} {msg}  ETA {eta}")
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
     let mut wave_bars: Vec<ProgressBar> = Vec::new();
     for _ in 0..6000 {
-        let Some(d) = deployments
-            .get::<rollout::RolloutError>(id.as_str())
-            .await?
-            .map(|v| v.state)
-        else {
+        let Some((d, _)) = client.deployment(id).await? else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
@@ -498,7 +389,7 @@ pub(crate) async fn watch(
             for bar in &wave_bars {
                 bar.abandon();
             }
-            print_summary(&d, &failures(results, &d).await?);
+            print_summary(&d, &client.failures(&d).await?);
             return Ok(if d.status == RolloutStatus::Completed {
                 ExitCode::SUCCESS
             } else {
@@ -509,22 +400,6 @@ pub(crate) async fn watch(
     }
     eprintln!("still running after 10 minutes; follow it with `fleetctl deploy status {id}`");
     Ok(crate::exit::failed())
-}
-
-/// The failed tenants of a deployment (or of its rollback) and their errors: one listing of
-/// its entries, only when its tallies say there are failures.
-async fn failures(
-    results: &DeployResults,
-    d: &Deployment,
-) -> anyhow::Result<Vec<(TenantId, String)>> {
-    let mut out = Vec::new();
-    if d.tally.failed > 0 {
-        out.extend(results.failures(&d.id, false).await?);
-    }
-    if d.rollback_tally.failed > 0 {
-        out.extend(results.failures(&d.id, true).await?);
-    }
-    Ok(out)
 }
 
 fn print_summary(d: &Deployment, failures: &[(TenantId, String)]) {

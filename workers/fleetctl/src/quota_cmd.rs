@@ -132,52 +132,27 @@ pub async fn run(command: QuotaCommand) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Publishes a tick for a bucket of its own (every tenant), or one tenant's audit job.
+/// Asks the quota auditor for an audit now: of every tenant, or of one.
 async fn audit(tenant: Option<String>) -> anyhow::Result<ExitCode> {
+    let tenant = tenant
+        .map(|t| TenantId::parse(&t).context("--tenant"))
+        .transpose()?;
     let config = fleet_config::Config::load()?;
-    let runtime = Runtime::connect(&config).await?;
-    let now = chrono::Utc::now();
-    // A bucket no periodic tick uses (any second, not a multiple of the interval's start), so
-    // its audits are not dropped as duplicates of the last ones.
-    let bucket = now.timestamp().max(0) as u64;
-    let nonce = now.timestamp_millis();
-    match tenant {
-        None => {
-            runtime
-                .publisher
-                .publish_json(
-                    &runtime.topology.subject("quota.tick"),
-                    &format!("quota-tick:now:{nonce}"),
-                    &json!({"bucket": bucket}),
-                    async_nats::HeaderMap::new(),
-                )
-                .await?;
-            say!("audit of every tenant requested (bucket {bucket})");
-        }
-        Some(tenant) => {
-            let tenant = TenantId::parse(&tenant).context("--tenant")?;
-            let tenants = fleet_control::tenants(&runtime).await?;
-            if tenants
-                .get::<std::convert::Infallible>(tenant.as_str())
-                .await?
-                .is_none()
-            {
-                eprintln!("unknown tenant {tenant}");
-                return Ok(crate::exit::failed());
+    let client = fleet_client::FleetClient::connect(&config).await?;
+    match client.request_audit(tenant.as_ref()).await {
+        Ok(bucket) => {
+            match &tenant {
+                None => say!("audit of every tenant requested (bucket {bucket})"),
+                Some(tenant) => say!("audit of {tenant} requested"),
             }
-            runtime
-                .publisher
-                .publish_json(
-                    &runtime.topology.subject(&format!("quota.audit.{tenant}")),
-                    &format!("quota-audit:now:{nonce}:{tenant}"),
-                    &json!({"tenantId": tenant, "bucket": bucket}),
-                    async_nats::HeaderMap::new(),
-                )
-                .await?;
-            say!("audit of {tenant} requested");
+            Ok(ExitCode::SUCCESS)
         }
+        Err(e @ fleet_client::ClientError::NotFound { .. }) => {
+            eprintln!("unknown {}", e.to_string().trim_start_matches("no "));
+            Ok(crate::exit::failed())
+        }
+        Err(e) => Err(e.into()),
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// The tenants whose last audit found a quota at or above `over` percent of its limit.

@@ -5,6 +5,7 @@ mod bad_input;
 mod changes;
 mod field_cases;
 mod properties;
+mod service;
 mod usage;
 
 use fleet_protocol::{DeployBundle, ObjectDefinition, parse_value};
