@@ -44,11 +44,13 @@ fn failure(error: ClientError) -> Response {
     let status = match &error {
         ClientError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         ClientError::Conflict { .. } => StatusCode::CONFLICT,
-        ClientError::NotFound(_) => StatusCode::NOT_FOUND,
+        ClientError::NotFound { .. } => StatusCode::NOT_FOUND,
         ClientError::Refused { .. } => StatusCode::CONFLICT,
+        ClientError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         ClientError::Failed { .. } => StatusCode::BAD_GATEWAY,
         ClientError::TimedOut { .. } => StatusCode::GATEWAY_TIMEOUT,
         ClientError::Unreachable(_) | ClientError::Messaging(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ClientError::Catalog(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     let issues: Vec<String> = match &error {
         ClientError::Invalid { rejected, .. } => {

@@ -1,6 +1,7 @@
 //! End to end: the real deployer binary against a real nats-server and local libSQL tenant
 //! databases, provisioned by the provisioner's handler running in this process.
 
+mod client;
 mod deploys;
 
 use std::path::Path;

@@ -2,6 +2,7 @@
 //! databases, provisioned by the provisioner's handler (and deployed to by the deployer's)
 //! running in this process.
 
+mod client;
 mod installs;
 
 use std::path::{Path, PathBuf};

@@ -150,7 +150,7 @@ async fn suspend_resume_plan_change_and_deletion_wait_for_the_fleet() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     match client.suspend(&tenant("nobody"), None).await {
-        Err(ClientError::NotFound(_)) => {}
+        Err(ClientError::NotFound { .. }) => {}
         other => panic!("expected not found, got {other:?}"),
     }
 }
