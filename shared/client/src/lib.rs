@@ -2,7 +2,8 @@
 //! marketplace and admin tools to talk to the fleet, instead of hand-built NATS messages.
 //!
 //! [`FleetClient`] implements upstream's `IProvisioningService`
-//! ([`fleet_protocol::contracts::ProvisioningService`]) over the fleet's messaging contract:
+//! ([`fleet_protocol::contracts::ProvisioningService`], here), `IDeployPipelineService`
+//! ([`deploys`]) and `IAppLifecycleService` ([`apps`]) over the fleet's messaging contract:
 //!
 //! - every command is validated first (an invalid one is [`ClientError::Invalid`] with every
 //!   issue and its path, and is never sent) and published with its `Nats-Msg-Id` —
@@ -37,8 +38,8 @@ use fleet_tenants::machine::{TenantRecord, fingerprint, status_name};
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 
-mod apps;
-mod deploys;
+pub mod apps;
+pub mod deploys;
 
 pub use apps::{AppCatalog, DirectoryCatalog, InstallOptions};
 pub use deploys::{new_deployment_id, validate_bundle};

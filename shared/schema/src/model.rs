@@ -1,5 +1,5 @@
 //! The schema model both sides of a diff are expressed in: what the metadata wants
-//! ([`crate::desired`]) and what a live database has ([`crate::introspect`]).
+//! ([`crate::desired`]) and what a live database has ([`crate::introspect`](mod@crate::introspect)).
 //!
 //! It is deliberately small — tables, typed columns, named indexes, column-level foreign keys —
 //! because that is all the fleet creates. Uniqueness is always a named unique index (never a
