@@ -52,6 +52,34 @@ pub struct Config {
     pub provisioner: ProvisionerConfig,
     /// The quota auditor.
     pub quota: QuotaConfig,
+    /// The tenant-aware data gateway.
+    pub gateway: GatewayConfig,
+}
+
+/// The data gateway (`workers/gateway`): upstream's data API in front of the tenants' databases.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Address the data API listens on (`host:port`; port 0 picks one).
+    pub listen: String,
+    /// Records one find returns at most (a larger `top` is capped to it).
+    pub max_page_size: u64,
+    /// Largest request body taken, in bytes.
+    pub max_body_bytes: usize,
+    /// Tenants whose state (plan, quotas, status) a replica keeps in memory at most; the
+    /// tenants bucket's watch keeps them current.
+    pub max_cached_tenants: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            max_page_size: 200,
+            max_body_bytes: 1024 * 1024,
+            max_cached_tenants: 10_000,
+        }
+    }
 }
 
 /// The quota auditor's schedule and consequences.
@@ -459,6 +487,12 @@ impl Config {
             ));
         }
         problems.extend(self.worker.retry.problems("worker.retry"));
+        if self.gateway.max_page_size == 0 {
+            problems.push("gateway.max_page_size: must be at least 1".into());
+        }
+        if self.gateway.max_cached_tenants == 0 {
+            problems.push("gateway.max_cached_tenants: must be at least 1".into());
+        }
         problems.extend(self.tenantdb.turso.retry.problems("tenantdb.turso.retry"));
         if self.nats.max_ack_pending == 0 {
             problems.push("nats.max_ack_pending: must be at least 1".into());

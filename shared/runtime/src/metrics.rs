@@ -60,6 +60,19 @@ impl Metrics {
         }
     }
 
+    /// Registers another metric of the process (the gateway's requests, …) under the same
+    /// prefix and labels, rendered with the rest on `/metrics`.
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        if let Ok(mut registry) = self.registry.lock() {
+            registry.register(name, help, metric);
+        }
+    }
+
     /// Records one settled job.
     pub fn observe(&self, outcome: &str, elapsed: Duration) {
         self.jobs

@@ -1,0 +1,504 @@
+//! CRUD, validation with paths, injection attempts, suspension on every replica, rate limit
+//! and record quota — through real gateway processes.
+
+use std::time::{Duration, Instant};
+
+use fleet_protocol::TenantPlan;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::{Fleet, issues};
+
+#[tokio::test]
+async fn records_are_created_read_found_updated_and_deleted_in_the_tenants_own_database() {
+    let mut fleet = Fleet::start().await;
+    let gw = fleet.spawn_gateway().await;
+    fleet.tenant("acme", TenantPlan::Pro).await;
+    let t = Some("acme");
+
+    let (status, created) = fleet
+        .call(&gw, Method::POST, t, "/api/v1/data/account", Some(json!({"object": "account", "data": {"name": "Acme", "industry": "software", "annual_revenue": 1000.5}})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["object"], "account");
+    assert_eq!(created["record"]["name"], "Acme");
+    assert_eq!(created["record"]["annual_revenue"], 1000.5);
+    assert!(created["record"]["created_at"].is_string());
+
+    let (status, contact) = fleet
+        .call(&gw, Method::POST, t, "/api/v1/data/contact", Some(json!({"data": {"id": "c-ada", "first_name": "Ada", "last_name": "Lovelace", "email": "ada@acme.example", "account": id}})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{contact}");
+    assert_eq!(contact["id"], "c-ada");
+
+    let (status, got) = fleet
+        .call(
+            &gw,
+            Method::GET,
+            t,
+            &format!("/api/v1/data/account/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(got["record"]["industry"], "software");
+
+    for (name, industry) in [("Globex", "retail"), ("Initech", "software")] {
+        let (status, body) = fleet
+            .call(
+                &gw,
+                Method::POST,
+                t,
+                "/api/v1/data/account",
+                Some(json!({"data": {"name": name, "industry": industry}})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let filter = urlencode(r#"{"industry":"software"}"#);
+    let (status, found) = fleet
+        .call(
+            &gw,
+            Method::GET,
+            t,
+            &format!("/api/v1/data/account?filter={filter}&sort=-name&select=name"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    let names: Vec<&str> = found["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Initech", "Acme"]);
+    assert_eq!(found["total"], 2);
+    assert!(
+        found["records"][0].get("industry").is_none(),
+        "select keeps the asked fields"
+    );
+    let filter =
+        urlencode(r#"{"$or":[{"name":{"$startsWith":"Glo"}},{"annual_revenue":{"$gt":500}}]}"#);
+    let (_, found) = fleet
+        .call(
+            &gw,
+            Method::GET,
+            t,
+            &format!("/api/v1/data/account?filter={filter}&sort=name&top=1"),
+            None,
+        )
+        .await;
+    assert_eq!(found["records"].as_array().unwrap().len(), 1);
+    assert_eq!(found["records"][0]["name"], "Acme");
+    assert_eq!(found["hasMore"], true);
+
+    let (status, updated) = fleet
+        .call(
+            &gw,
+            Method::PATCH,
+            t,
+            &format!("/api/v1/data/account/{id}"),
+            Some(json!({"data": {"industry": "retail"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(updated["record"]["industry"], "retail");
+    assert_eq!(updated["record"]["name"], "Acme");
+
+    // The contact refers to it: its lookup is SET NULL, the delete goes through.
+    let (status, deleted) = fleet
+        .call(
+            &gw,
+            Method::DELETE,
+            t,
+            &format!("/api/v1/data/account/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{deleted}");
+    assert_eq!(deleted["success"], true);
+    let (status, gone) = fleet
+        .call(
+            &gw,
+            Method::GET,
+            t,
+            &format!("/api/v1/data/account/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(gone["success"], false);
+    assert_eq!(gone["error"]["code"], "record_not_found");
+    let (_, contact) = fleet
+        .call(&gw, Method::GET, t, "/api/v1/data/contact/c-ada", None)
+        .await;
+    assert!(contact["record"]["account"].is_null(), "{contact}");
+
+    // No tenant, an unknown tenant, an object the tenant's metadata does not declare.
+    let (status, body) = fleet
+        .call(&gw, Method::GET, None, "/api/v1/data/account", None)
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("tenant_required"))
+    );
+    let (status, body) = fleet
+        .call(
+            &gw,
+            Method::GET,
+            Some("nobody"),
+            "/api/v1/data/account",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("tenant_not_found"))
+    );
+    let (status, body) = fleet
+        .call(&gw, Method::GET, t, "/api/v1/data/sys_metadata", None)
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("object_not_found"))
+    );
+}
+
+#[tokio::test]
+async fn bad_values_are_refused_with_every_problem_and_its_path() {
+    let mut fleet = Fleet::start().await;
+    let gw = fleet.spawn_gateway().await;
+    fleet.tenant("acme", TenantPlan::Pro).await;
+    let t = Some("acme");
+    let (status, body) = fleet
+        .call(&gw, Method::POST, t, "/api/v1/data/opportunity", Some(json!({"data": {
+            "amount": "lots", "stage": "won?", "close_date": "tomorrow", "account": "no-such-account",
+            "probability": true, "color": "red", "created_at": "2020-01-01T00:00:00Z"
+        }})))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "validation_failed");
+    let mut found = issues(&body);
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            "data.account: not_found",
+            "data.amount: invalid_type",
+            "data.close_date: invalid_string",
+            "data.color: unrecognized_key",
+            "data.created_at: read_only",
+            "data.probability: invalid_type",
+            "data.stage: invalid_option",
+            "data.title: required",
+        ],
+        "{body}"
+    );
+    // A lookup to a record that does not exist, alone.
+    let (status, body) = fleet
+        .call(
+            &gw,
+            Method::POST,
+            t,
+            "/api/v1/data/opportunity",
+            Some(json!({"data": {"title": "Deal", "account": "no-such-account"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(issues(&body), ["data.account: not_found"]);
+    // Unique fields.
+    for expected in [StatusCode::CREATED, StatusCode::BAD_REQUEST] {
+        let (status, body) = fleet
+            .call(
+                &gw,
+                Method::POST,
+                t,
+                "/api/v1/data/contact",
+                Some(
+                    json!({"data": {"first_name": "A", "last_name": "B", "email": "a@b.example"}}),
+                ),
+            )
+            .await;
+        assert_eq!(status, expected, "{body}");
+        if expected == StatusCode::BAD_REQUEST {
+            assert_eq!(issues(&body), ["data.email: unique"]);
+        }
+    }
+    // The body's shape.
+    let (status, body) = fleet
+        .call(
+            &gw,
+            Method::POST,
+            t,
+            "/api/v1/data/contact",
+            Some(json!({"object": "account", "values": {}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let mut found = issues(&body);
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            "data: required",
+            "object: mismatch",
+            "values: unrecognized_key"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn injection_attempts_in_names_filters_and_sorts_are_refused_and_change_nothing() {
+    let mut fleet = Fleet::start().await;
+    let gw = fleet.spawn_gateway().await;
+    fleet.tenant("acme", TenantPlan::Pro).await;
+    let t = Some("acme");
+    let (status, _) = fleet
+        .call(
+            &gw,
+            Method::POST,
+            t,
+            "/api/v1/data/account",
+            Some(json!({"data": {"name": "Robert'); DROP TABLE crm_account;--"}})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "a value is data, bound as a parameter"
+    );
+    let attempts = [
+        (
+            "/api/v1/data/account%3BDROP%20TABLE%20crm_account",
+            StatusCode::NOT_FOUND,
+        ),
+        ("/api/v1/data/crm_account", StatusCode::NOT_FOUND),
+        (
+            &format!(
+                "/api/v1/data/account?filter={}",
+                urlencode(r#"{"name) OR 1=1 --":"x"}"#)
+            ),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            &format!(
+                "/api/v1/data/account?filter={}",
+                urlencode(r#"{"name":{"$raw":"1=1"}}"#)
+            ),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/v1/data/account?sort=name%3BDROP%20TABLE%20crm_account",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/v1/data/account?sort=%22name%22",
+            StatusCode::BAD_REQUEST,
+        ),
+        ("/api/v1/data/account?select=*", StatusCode::BAD_REQUEST),
+        (
+            "/api/v1/data/account?filter=not-json",
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (path, expected) in attempts {
+        let (status, body) = fleet.call(&gw, Method::GET, t, path, None).await;
+        assert_eq!(status, expected, "{path}: {body}");
+        assert_eq!(body["success"], false, "{path}");
+    }
+    // A value that looks like SQL finds only itself.
+    let filter = urlencode(r#"{"name":"x' OR '1'='1"}"#);
+    let (_, found) = fleet
+        .call(
+            &gw,
+            Method::GET,
+            t,
+            &format!("/api/v1/data/account?filter={filter}"),
+            None,
+        )
+        .await;
+    assert_eq!(found["total"], 0);
+    let (_, all) = fleet
+        .call(&gw, Method::GET, t, "/api/v1/data/account", None)
+        .await;
+    assert_eq!(all["total"], 1, "the table is intact: {all}");
+    // A tenant id that is not one.
+    let (status, body) = fleet
+        .call(
+            &gw,
+            Method::GET,
+            Some("../globex"),
+            "/api/v1/data/account",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_tenant"))
+    );
+}
+
+#[tokio::test]
+async fn a_suspension_reaches_every_replica_at_once_and_leaves_reads() {
+    let mut fleet = Fleet::start().await;
+    let gateways = [fleet.spawn_gateway().await, fleet.spawn_gateway().await];
+    let tenant = fleet.tenant("acme", TenantPlan::Pro).await;
+    let t = Some("acme");
+    for gw in &gateways {
+        let (status, body) = fleet
+            .call(
+                gw,
+                Method::POST,
+                t,
+                "/api/v1/data/account",
+                Some(json!({"data": {"name": format!("via {gw}")}})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    fleet
+        .client
+        .suspend(&tenant, Some("unpaid".into()))
+        .await
+        .unwrap();
+    let suspended = Instant::now();
+    for gw in &gateways {
+        fleet
+            .eventually(
+                Duration::from_secs(10),
+                "the suspension on every replica",
+                async || {
+                    let (status, _) = fleet
+                        .call(
+                            gw,
+                            Method::POST,
+                            t,
+                            "/api/v1/data/account",
+                            Some(json!({"data": {"name": "late"}})),
+                        )
+                        .await;
+                    status == StatusCode::FORBIDDEN
+                },
+            )
+            .await;
+    }
+    println!(
+        "refused on both replicas {} ms after the suspension was recorded",
+        suspended.elapsed().as_millis()
+    );
+    for gw in &gateways {
+        let (status, body) = fleet
+            .call(
+                gw,
+                Method::POST,
+                t,
+                "/api/v1/data/account",
+                Some(json!({"data": {"name": "late"}})),
+            )
+            .await;
+        assert_eq!(
+            body["error"]["code"], "tenant_suspended",
+            "{status}: {body}"
+        );
+        // Reads go on (the lifecycle's readOnly).
+        let (status, found) = fleet
+            .call(gw, Method::GET, t, "/api/v1/data/account", None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{found}");
+        assert_eq!(found["total"], 2);
+    }
+    fleet.client.resume(&tenant).await.unwrap();
+    for gw in &gateways {
+        fleet
+            .eventually(
+                Duration::from_secs(10),
+                "the resumption on every replica",
+                async || {
+                    let (status, _) = fleet
+                        .call(
+                            gw,
+                            Method::POST,
+                            t,
+                            "/api/v1/data/account",
+                            Some(json!({"data": {"name": format!("back {gw}")}})),
+                        )
+                        .await;
+                    status == StatusCode::CREATED
+                },
+            )
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn the_plans_rate_limit_and_record_quota_are_enforced_with_their_results() {
+    let mut fleet = Fleet::start().await;
+    let gw = fleet.spawn_gateway().await;
+    fleet.tenant("small", TenantPlan::Free).await;
+    fleet.tenant("big", TenantPlan::Pro).await;
+    let small = Some("small");
+    // maxRecordsPerObject = 3 on the free plan.
+    for i in 0..3 {
+        let (status, body) = fleet
+            .call(
+                &gw,
+                Method::POST,
+                small,
+                "/api/v1/data/account",
+                Some(json!({"data": {"name": format!("a{i}")}})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (status, body) = fleet
+        .call(
+            &gw,
+            Method::POST,
+            small,
+            "/api/v1/data/account",
+            Some(json!({"data": {"name": "a3"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["code"], "quota_exceeded");
+    assert_eq!(
+        body["error"]["details"]["exceededQuota"],
+        "maxRecordsPerObject"
+    );
+    assert_eq!(body["error"]["details"]["allowed"], false);
+    assert_eq!(body["error"]["details"]["limit"], 3.0);
+    // apiRateLimit = 30 a minute on the free plan: the 5 requests above count; the rest of the
+    // minute's budget goes, then the answer is 429 — and another tenant is not affected.
+    let mut limited = None;
+    for i in 0..40 {
+        let (status, body) = fleet
+            .call(&gw, Method::GET, small, "/api/v1/data/account", None)
+            .await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some((i, body));
+            break;
+        }
+    }
+    let (after, body) = limited.expect("the rate limit refuses within the minute's budget");
+    assert!(after <= 26, "refused after {after} more requests");
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert_eq!(body["error"]["details"]["exceededQuota"], "apiRateLimit");
+    let (status, _) = fleet
+        .call(&gw, Method::GET, Some("big"), "/api/v1/data/account", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// Percent-encodes a query value.
+pub fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
