@@ -224,6 +224,9 @@ pub const DEPLOY_RESULTS_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600)
 /// a replica that died without saying so disappears from `fleetctl status` within this.
 pub const WORKER_HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(60);
 
+/// How long a tenant's API request count stays after its last request.
+pub const API_USAGE_MAX_AGE: Duration = Duration::from_secs(600);
+
 /// The oldest nats-server the fleet runs on: 2.12 brought message schedules (ADR-51).
 pub const MIN_SERVER_VERSION: (u64, u64) = (2, 12);
 
@@ -266,6 +269,9 @@ pub mod names {
     pub const USAGE: &str = "fleet_usage";
     /// KV bucket: one heartbeat per running worker replica, gone a minute after its last beat.
     pub const WORKERS: &str = "fleet_workers";
+    /// KV bucket: each tenant's data API requests of the current minute, summed over the gateway
+    /// replicas (`fleet_tenants::audit::ApiMinute`); gone ten minutes after its last request.
+    pub const API_USAGE: &str = "fleet_api_usage";
 }
 
 impl Topology {
@@ -392,6 +398,11 @@ impl Topology {
                     history: 1,
                     max_age: WORKER_HEARTBEAT_MAX_AGE,
                     ..bucket(WORKERS)
+                },
+                BucketSpec {
+                    history: 1,
+                    max_age: API_USAGE_MAX_AGE,
+                    ..bucket(API_USAGE)
                 },
             ],
         }

@@ -33,6 +33,44 @@ pub struct QuotaCheck {
     pub result: QuotaEnforcementResult,
 }
 
+/// A tenant's data API requests in one minute, summed over the gateway replicas that served
+/// it (the `fleet_api_usage` KV value, key: the tenant). Each replica adds its count by
+/// compare-and-set every few seconds; a new minute starts the count over. The auditor reports
+/// it as `apiRequestsThisMinute`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiMinute {
+    /// The minute: seconds since the Unix epoch / 60.
+    pub minute: u64,
+    /// Requests served in it.
+    pub requests: u64,
+}
+
+impl ApiMinute {
+    /// This record with `requests` of `minute` added (an older minute's count is replaced; a
+    /// count for a minute older than the record's is dropped — it belongs to the past).
+    pub fn add(self, minute: u64, requests: u64) -> Self {
+        match minute.cmp(&self.minute) {
+            std::cmp::Ordering::Equal => Self {
+                minute,
+                requests: self.requests + requests,
+            },
+            std::cmp::Ordering::Greater => Self { minute, requests },
+            std::cmp::Ordering::Less => self,
+        }
+    }
+
+    /// The requests of the current or the last whole minute, as of `now_minute` (0 when the
+    /// record is older).
+    pub fn recent(&self, now_minute: u64) -> u64 {
+        if self.minute + 1 >= now_minute {
+            self.requests
+        } else {
+            0
+        }
+    }
+}
+
 /// A tenant's last audit (the `fleet_usage` KV value).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -164,6 +202,29 @@ pub fn decide(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn api_minutes_add_up_within_a_minute_and_start_over_in_the_next() {
+        let m = ApiMinute::default().add(100, 3).add(100, 4);
+        assert_eq!(
+            m,
+            ApiMinute {
+                minute: 100,
+                requests: 7
+            }
+        );
+        assert_eq!(m.add(99, 50), m, "a late count of a past minute is dropped");
+        assert_eq!(
+            m.add(101, 2),
+            ApiMinute {
+                minute: 101,
+                requests: 2
+            }
+        );
+        assert_eq!(m.recent(100), 7);
+        assert_eq!(m.recent(101), 7, "the last whole minute");
+        assert_eq!(m.recent(102), 0);
+    }
+
     use super::*;
     use fleet_protocol::{TenantId, TenantProvisioningRequest, parse_value};
     use fleet_state::Decision;

@@ -196,6 +196,7 @@ impl Gateway {
             .map_err(ApiError::unavailable)?;
         let record = self.usable(&tenant, record, write)?;
         self.limits.admit(&tenant, &record)?;
+        self.usage.count(&tenant);
         match self.open(&tenant, &record).await {
             Ok(conn) => {
                 return Ok(Context {

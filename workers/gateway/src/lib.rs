@@ -20,6 +20,7 @@ pub mod query;
 pub mod records;
 pub mod telemetry;
 pub mod tenants;
+pub mod usage;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -69,6 +70,7 @@ pub struct Gateway {
     tenants: tenants::Tenants,
     connector: TenantConnector,
     limits: limits::Limits,
+    usage: usage::ApiUsage,
     metrics: metrics::RequestMetrics,
     suspended_read_only: bool,
     max_page_size: u64,
@@ -98,11 +100,16 @@ impl Gateway {
             .bucket(names::TENANTS)
             .await
             .map_err(GatewayError::Runtime)?;
+        let api_usage = runtime
+            .bucket(names::API_USAGE)
+            .await
+            .map_err(GatewayError::Runtime)?;
         Ok(Self {
             router,
             tenants: tenants::Tenants::new(bucket, config.gateway.max_cached_tenants),
             connector: TenantConnector::new(records, backend, keys),
             limits: limits::Limits::default(),
+            usage: usage::ApiUsage::new(api_usage),
             metrics: metrics::RequestMetrics::new(registry),
             suspended_read_only: config.provisioner.lifecycle.on_tenant_suspend.read_only,
             max_page_size: config.gateway.max_page_size,
@@ -124,14 +131,17 @@ impl Gateway {
             .with_state(self)
     }
 
-    /// Follows the tenants bucket (see [`tenants`]) and trims the rate limiters every minute,
-    /// until `shutdown`.
+    /// Follows the tenants bucket (see [`tenants`]), writes the request counts ([`usage`]) and
+    /// trims the rate limiters every minute, until `shutdown`.
     pub fn spawn_background(self: &Arc<Self>, shutdown: watch::Receiver<bool>) {
         tokio::spawn(
             self.tenants
                 .clone()
                 .follow(self.router.clone(), shutdown.clone()),
         );
+        let gateway = self.clone();
+        let flushes = shutdown.clone();
+        tokio::spawn(async move { gateway.usage.run(flushes).await });
         let gateway = self.clone();
         let mut shutdown = shutdown;
         tokio::spawn(async move {

@@ -78,6 +78,8 @@ pub fn bucket_of(now_secs: u64, interval: Duration) -> u64 {
 pub struct QuotaAuditor {
     tenants: StateStore<TenantRecord>,
     usage: StateStore<UsageRecord>,
+    /// Each tenant's data API requests of the minute, as the gateways count them.
+    api_usage: async_nats::jetstream::kv::Store,
     connector: TenantConnector,
     hooks: Hooks,
     publisher: Publisher,
@@ -127,6 +129,9 @@ impl Worker for QuotaAuditor {
             ),
             tenants,
             usage: fleet_control::usage(runtime).await?,
+            api_usage: runtime
+                .bucket(fleet_runtime::topology::names::API_USAGE)
+                .await?,
             hooks: context.hooks.clone(),
             publisher: runtime.publisher.clone(),
             subjects: runtime.topology.subjects(),
@@ -215,6 +220,18 @@ impl QuotaAuditor {
             Ok(measured) => measured,
             Err(e) => return Outcome::transient_error(&e),
         };
+        // The data API's requests of the current (or last whole) minute, over every gateway.
+        match self.api_usage.get(tenant.as_str()).await {
+            Ok(Some(value)) => {
+                let minute = chrono::Utc::now().timestamp().max(0) as u64 / 60;
+                measured.totals.api_requests_this_minute =
+                    serde_json::from_slice::<fleet_tenants::audit::ApiMinute>(&value)
+                        .map(|m| m.recent(minute))
+                        .unwrap_or_default();
+            }
+            Ok(None) => {}
+            Err(e) => return Outcome::transient_error(&e),
+        }
         // A remote database's storage is its platform's account (Turso's usage endpoint).
         match self.connector.remote_storage_bytes(tenant, &record).await {
             Ok(Some(bytes)) => measured.totals.current_storage_bytes = bytes,

@@ -7,7 +7,7 @@ use fleet_protocol::TenantPlan;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::{Fleet, issues};
+use crate::{Fleet, conforms, issues};
 
 #[tokio::test]
 async fn records_are_created_read_found_updated_and_deleted_in_the_tenants_own_database() {
@@ -20,6 +20,7 @@ async fn records_are_created_read_found_updated_and_deleted_in_the_tenants_own_d
         .call(&gw, Method::POST, t, "/api/v1/data/account", Some(json!({"object": "account", "data": {"name": "Acme", "industry": "software", "annual_revenue": 1000.5}})))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
+    conforms("CreateDataResponse", &created);
     let id = created["id"].as_str().unwrap().to_owned();
     assert_eq!(created["object"], "account");
     assert_eq!(created["record"]["name"], "Acme");
@@ -42,6 +43,7 @@ async fn records_are_created_read_found_updated_and_deleted_in_the_tenants_own_d
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{got}");
+    conforms("GetDataResponse", &got);
     assert_eq!(got["record"]["industry"], "software");
 
     for (name, industry) in [("Globex", "retail"), ("Initech", "software")] {
@@ -67,6 +69,7 @@ async fn records_are_created_read_found_updated_and_deleted_in_the_tenants_own_d
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{found}");
+    conforms("FindDataResponse", &found);
     let names: Vec<&str> = found["records"]
         .as_array()
         .unwrap()
@@ -104,6 +107,7 @@ async fn records_are_created_read_found_updated_and_deleted_in_the_tenants_own_d
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{updated}");
+    conforms("UpdateDataResponse", &updated);
     assert_eq!(updated["record"]["industry"], "retail");
     assert_eq!(updated["record"]["name"], "Acme");
 
@@ -118,6 +122,7 @@ async fn records_are_created_read_found_updated_and_deleted_in_the_tenants_own_d
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{deleted}");
+    conforms("DeleteDataResponse", &deleted);
     assert_eq!(deleted["success"], true);
     let (status, gone) = fleet
         .call(
@@ -131,6 +136,8 @@ async fn records_are_created_read_found_updated_and_deleted_in_the_tenants_own_d
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(gone["success"], false);
     assert_eq!(gone["error"]["code"], "record_not_found");
+    conforms("BaseResponse", &gone);
+    conforms("ApiError", &gone["error"]);
     let (_, contact) = fleet
         .call(&gw, Method::GET, t, "/api/v1/data/contact/c-ada", None)
         .await;
@@ -180,6 +187,7 @@ async fn bad_values_are_refused_with_every_problem_and_its_path() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"]["code"], "validation_failed");
+    conforms("BaseResponse", &body);
     let mut found = issues(&body);
     found.sort();
     assert_eq!(
@@ -463,6 +471,7 @@ async fn the_plans_rate_limit_and_record_quota_are_enforced_with_their_results()
         .await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert_eq!(body["error"]["code"], "quota_exceeded");
+    conforms("BaseResponse", &body);
     assert_eq!(
         body["error"]["details"]["exceededQuota"],
         "maxRecordsPerObject"
@@ -489,6 +498,62 @@ async fn the_plans_rate_limit_and_record_quota_are_enforced_with_their_results()
         .call(&gw, Method::GET, Some("big"), "/api/v1/data/account", None)
         .await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn request_counts_reach_the_quota_auditors_usage_over_every_replica() {
+    let mut fleet = Fleet::start().await;
+    let gateways = [fleet.spawn_gateway().await, fleet.spawn_gateway().await];
+    let tenant = fleet.tenant("acme", TenantPlan::Pro).await;
+    for i in 0..14 {
+        let (status, _) = fleet
+            .call(
+                &gateways[i % 2],
+                Method::GET,
+                Some("acme"),
+                "/api/v1/data/account",
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    // Each replica writes its counts every few seconds; the auditor reads their sum.
+    let usage = fleet
+        .client
+        .runtime()
+        .bucket(fleet_runtime::topology::names::API_USAGE)
+        .await
+        .unwrap();
+    fleet
+        .eventually(
+            Duration::from_secs(20),
+            "both replicas' counts",
+            async || match usage.get("acme").await.unwrap() {
+                Some(value) => {
+                    serde_json::from_slice::<fleet_tenants::audit::ApiMinute>(&value)
+                        .unwrap()
+                        .requests
+                        >= 14
+                }
+                None => false,
+            },
+        )
+        .await;
+    let records = fleet_control::usage(fleet.client.runtime()).await.unwrap();
+    fleet.client.request_audit(Some(&tenant)).await.unwrap();
+    fleet
+        .eventually(
+            Duration::from_secs(20),
+            "the audit with the API requests",
+            async || {
+                records
+                    .get::<std::convert::Infallible>("acme")
+                    .await
+                    .unwrap()
+                    .is_some_and(|r| r.state.usage.api_requests_this_minute >= 14)
+            },
+        )
+        .await;
 }
 
 /// Percent-encodes a query value.

@@ -65,6 +65,12 @@ impl Fleet {
             in_process::<fleet_provisioner::Provisioner>(&runtime, &config, names::PROVISIONER)
                 .await,
             in_process::<fleet_deployer::Deployer>(&runtime, &config, names::DEPLOYER).await,
+            in_process::<fleet_quota_auditor::QuotaAuditor>(
+                &runtime,
+                &config,
+                names::QUOTA_AUDITOR,
+            )
+            .await,
         ];
         let client = FleetClient::from_runtime(runtime)
             .await
@@ -195,4 +201,25 @@ pub fn issues(body: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Checks `body` against upstream's JSON Schema `api/<schema>.json` (`@objectstack/spec` 4.0.1,
+/// fetched by `just setup` into `target/spec-fixtures`).
+pub fn conforms(schema: &str, body: &Value) {
+    let dir = std::env::var_os("FLEET_SPEC_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/spec-fixtures/spec-4.0.1/package")
+        });
+    let path = dir.join("json-schema/api").join(format!("{schema}.json"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run `just setup`)", path.display()));
+    let schema_json: Value = serde_json::from_str(&text).unwrap();
+    let validator = jsonschema::draft202012::new(&schema_json).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(body)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{schema}: {errors:?}\n{body}");
 }
