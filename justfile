@@ -74,5 +74,5 @@ down:
 
 # The main job on the embedded default (local nats-server, local libSQL files).
 demo: setup
-    cargo build --quiet -p fleetctl -p provisioner -p deployer -p installer -p quota-auditor
+    cargo build --quiet -p fleetctl -p provisioner -p deployer -p installer -p quota-auditor -p gateway
     scripts/demo.sh

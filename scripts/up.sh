@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `just up`: a local fleet on the embedded default — the pinned nats-server (when none answers at
 # the configured URL) with its data under .fleet/nats, then the four workers (provisioner, deployer,
-# installer, quota-auditor) as release builds on the local libSQL backend. Logs in .fleet/logs, pids
+# installer, quota-auditor) and the data gateway (on 127.0.0.1:8080) as release builds on the local
+# libSQL backend. Logs in .fleet/logs, pids
 # in .fleet/run. Running it again starts only what is not running; `just down` stops what it started.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -33,12 +34,12 @@ else
 fi
 
 echo "building the workers (release; the first build takes a few minutes)…"
-cargo build --release --quiet -p provisioner -p deployer -p installer -p quota-auditor -p fleetctl
+cargo build --release --quiet -p provisioner -p deployer -p installer -p quota-auditor -p gateway -p fleetctl
 # Each worker serves its probes and metrics on a port of its own (9464, 9465, …): two on the
 # default address would collide and the second would exit.
 health_port=9464
 started=()
-for worker in provisioner deployer installer quota-auditor; do
+for worker in provisioner deployer installer quota-auditor gateway; do
   health="127.0.0.1:$health_port"
   health_port=$((health_port + 1))
   pidfile="$home/run/$worker.pid"
@@ -46,7 +47,9 @@ for worker in provisioner deployer installer quota-auditor; do
     echo "$worker already running (pid $(cat "$pidfile"))"
     continue
   fi
-  FLEET_NATS__URL="$url" FLEET_WORKER__HEALTH_ADDR="$health" "$root/target/release/$worker" >>"$home/logs/$worker.log" 2>&1 &
+  # The gateway's data API on 127.0.0.1:8080 (FLEET_GATEWAY__LISTEN moves it).
+  FLEET_GATEWAY__LISTEN="${FLEET_GATEWAY__LISTEN:-127.0.0.1:8080}" \
+    FLEET_NATS__URL="$url" FLEET_WORKER__HEALTH_ADDR="$health" "$root/target/release/$worker" >>"$home/logs/$worker.log" 2>&1 &
   pid=$!
   echo "$pid" > "$pidfile"
   started+=("$worker:$pid")
@@ -67,3 +70,4 @@ done
 [ "$failed" -eq 0 ] || exit 1
 echo
 echo "the fleet is up: target/release/fleetctl status (FLEET_NATS__URL=$url)"
+echo "the data API: curl -H 'X-Tenant-ID: <tenant>' http://${FLEET_GATEWAY__LISTEN:-127.0.0.1:8080}/api/v1/data/<object>"
