@@ -46,7 +46,7 @@ test: setup
 # Benchmarks against raw floors measured in the same run (release builds); see bench/README.md.
 # `just bench --tenants 500 --scale 0` is a quick run.
 bench *args: nats-server
-    cargo build --release --quiet -p provisioner -p deployer -p fleet-bench
+    cargo build --release --quiet -p provisioner -p deployer -p gateway -p fleet-bench
     target/release/fleet-bench {{args}}
 
 # The reliability suite: every scenario against the real binaries, invariants checked; see

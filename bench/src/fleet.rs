@@ -76,6 +76,26 @@ impl BenchFleet {
         Ok(this)
     }
 
+    /// Starts a gateway process (release build) on a free port: its base URL once it answers.
+    pub async fn spawn_gateway(&mut self) -> anyhow::Result<String> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut env = WORKER_ENV.to_vec();
+        env.push(("FLEET_GATEWAY__LISTEN", listen.as_str()));
+        let index = self.fleet.spawn(binary("gateway")?, &env);
+        self.workers.insert("gateway", index);
+        let base = format!("http://{listen}");
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(&listen).await.is_ok() {
+                return Ok(base);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the gateway did not start:\n{}", self.fleet.log(index))
+    }
+
     /// Process id of a worker.
     pub fn pid(&self, worker: &str) -> u32 {
         self.fleet.pid(self.workers[worker])

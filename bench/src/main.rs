@@ -16,6 +16,7 @@
 
 mod baseline;
 mod fleet;
+mod gateway;
 mod scenarios;
 mod sys;
 
@@ -313,6 +314,31 @@ fn print_table(r: &Value) {
             "  CPU per tenant: deployer {} ms, nats-server {} ms; total {} s",
             d["cpuMsPerTenant"]["deployer"], d["cpuMsPerTenant"]["natsServer"], d["seconds"]
         );
+    }
+    let g = &run["gateway"];
+    if g.is_object() {
+        println!(
+            "\n{:<52} {:>12} {:>14}",
+            format!(
+                "data gateway ({} requests, {} clients, {} tenants)",
+                g["requests"], g["clients"], g["tenants"]
+            ),
+            "requests/s",
+            "gateway ÷ this"
+        );
+        for (kind, what) in [("writes", "create + read back"), ("reads", "get by id")] {
+            println!(
+                "{:<52} {:>12}",
+                format!("  {kind} through the gateway ({what})"),
+                g[kind]["perSecond"]
+            );
+            println!(
+                "{:<52} {:>12} {:>13}×",
+                format!("  {kind}: the same statements in a plain libSQL loop"),
+                g[kind]["rawPerSecond"],
+                g[kind]["ratio"]
+            );
+        }
     }
     let e = &r["engine"];
     println!(

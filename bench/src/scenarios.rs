@@ -154,6 +154,12 @@ pub async fn fleet_run(n: usize, half_load: bool) -> anyhow::Result<(Value, Benc
             }),
         );
     }
+    let mut gateway = Value::Null;
+    let mut fleet = fleet;
+    if half_load {
+        let base = fleet.spawn_gateway().await?;
+        gateway = crate::gateway::measure(&base, &fleet.fleet.data_dir(), n).await?;
+    }
     if half_load {
         let offered = rate / 2.0;
         let count = (n / 2).max(100);
@@ -170,13 +176,13 @@ pub async fn fleet_run(n: usize, half_load: bool) -> anyhow::Result<(Value, Benc
         "provisionerMiB": round(sys::rss_mib(fleet.pid("provisioner")).1),
         "deployerMiB": round(sys::rss_mib(fleet.pid("deployer")).1),
     });
-    let mut fleet = fleet;
     fleet.fleet.stop();
     Ok((
         json!({
             "tenants": n,
             "provisioning": provisioning,
             "deploy": deploys,
+            "gateway": gateway,
             "memory": {"idle": idle, "peak": peak},
         }),
         fleet,

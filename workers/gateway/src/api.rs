@@ -137,7 +137,8 @@ enum Refused {
     Other(ApiError),
 }
 
-/// What every handler needs: the tenant, its record and a connection to its database.
+/// What every handler needs: the tenant, its record and a connection to its database (the
+/// request's tenant context is [`Context::resolved`]).
 struct Context {
     tenant: TenantId,
     record: TenantRecord,
@@ -449,7 +450,9 @@ where
         operation,
         object,
         tenant = tracing::field::Empty,
-        plan = tracing::field::Empty
+        plan = tracing::field::Empty,
+        region = tracing::field::Empty,
+        db_url = tracing::field::Empty
     );
     crate::telemetry::set_parent(&span, headers);
     let outcome = work.instrument(span).await;
@@ -770,10 +773,33 @@ fn plan_of(context: &Context) -> String {
         .unwrap_or_default()
 }
 
+impl Context {
+    /// The request's tenant context (upstream `ResolvedTenantContext`: tenant, plan, region,
+    /// database URL, status).
+    fn resolved(&self) -> fleet_protocol::contracts::ResolvedTenantContext {
+        fleet_protocol::contracts::ResolvedTenantContext {
+            tenant_id: self.tenant.clone(),
+            plan: self.record.plan,
+            region: self.record.region,
+            db_url: self
+                .record
+                .connection
+                .as_ref()
+                .map(|c| c.url.clone())
+                .unwrap_or_default(),
+            status: self.record.status(),
+        }
+    }
+}
+
+/// Records the request's tenant context in its span (and so in its logs and trace).
 fn record_span(context: &Context) {
+    let resolved = context.resolved();
     let span = tracing::Span::current();
-    span.record("tenant", context.tenant.as_str());
+    span.record("tenant", resolved.tenant_id.as_str());
     span.record("plan", plan_of(context).as_str());
+    span.record("region", tracing::field::debug(&resolved.region));
+    span.record("db_url", resolved.db_url.as_str());
 }
 
 /// A refusal by a quota, with upstream's `QuotaEnforcementResult`.
