@@ -61,7 +61,7 @@ pub async fn measure(
     data_dir: &std::path::Path,
     tenants: usize,
 ) -> anyhow::Result<Value> {
-    let tenants = tenants.min(TENANTS).max(1);
+    let tenants = tenants.clamp(1, TENANTS);
     let tenant = move |i: usize| format!("t-{:06}", i % tenants);
     let http = reqwest::Client::new();
     let base = gateway.to_owned();
