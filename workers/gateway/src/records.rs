@@ -45,10 +45,36 @@ impl Issue {
 pub enum ObjectError {
     /// The registry could not be read.
     #[error("reading the metadata registry")]
-    Registry(#[source] fleet_schema::IntrospectError),
+    Registry(#[source] libsql::Error),
     /// A registered object's body does not parse (the registry is damaged).
     #[error("the registered object {0} does not parse")]
     Corrupt(String),
+}
+
+/// The registered object `name` (`None`: the registry holds none, or the database has no
+/// registry).
+async fn registered(
+    conn: &Connection,
+    name: &str,
+) -> Result<Option<ObjectDefinition>, ObjectError> {
+    let mut rows = match conn
+        .query(
+            "SELECT body FROM sys_metadata WHERE metadata_type = 'object' AND metadata_name = ?1",
+            [Sql::Text(name.to_owned())],
+        )
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) if e.to_string().contains("no such table") => return Ok(None),
+        Err(e) => return Err(ObjectError::Registry(e)),
+    };
+    let Some(row) = rows.next().await.map_err(ObjectError::Registry)? else {
+        return Ok(None);
+    };
+    let body: String = row.get(0).map_err(ObjectError::Registry)?;
+    fleet_schema::registry::object_of(&body)
+        .map(Some)
+        .map_err(|_| ObjectError::Corrupt(name.to_owned()))
 }
 
 /// A field that has a column.
@@ -101,35 +127,39 @@ fn holds_json(field: &Field) -> bool {
 
 impl Object {
     /// The object `name` as the tenant's registry declares it; `None` when it declares none
-    /// (or `name` is not a valid object name).
+    /// (or `name` is not a valid object name). One indexed lookup of the registry (its unique
+    /// index on type and name), plus one per lookup field for the referenced object's table.
     pub async fn load(conn: &Connection, name: &str) -> Result<Option<Self>, ObjectError> {
         if ObjectName::parse(name).is_err() {
             return Ok(None);
         }
-        let Some(rows) = fleet_schema::registry::read(conn)
-            .await
-            .map_err(ObjectError::Registry)?
-        else {
+        let Some(definition) = registered(conn, name).await? else {
             return Ok(None);
         };
-        let objects: Vec<&fleet_schema::registry::Registered> =
-            rows.iter().filter(|r| r.kind == "object").collect();
-        let Some(row) = objects.iter().find(|r| r.name == name) else {
-            return Ok(None);
-        };
-        let definition = fleet_schema::registry::object_of(&row.body)
-            .map_err(|_| ObjectError::Corrupt(name.to_owned()))?;
         if definition.r#abstract {
             return Ok(None);
         }
-        let table_of = |object: &str| {
-            objects
-                .iter()
-                .find(|r| r.name == object)
-                .and_then(|r| fleet_schema::registry::object_of(&r.body).ok())
-                .map(|o| o.table())
-        };
-        Ok(Some(Self::of(&definition, table_of)))
+        let mut tables = std::collections::BTreeMap::new();
+        for field in definition.fields.values() {
+            if !field.field_type.is_reference() || field.multiple {
+                continue;
+            }
+            let Some(target) = field.reference.as_deref() else {
+                continue;
+            };
+            if tables.contains_key(target) {
+                continue;
+            }
+            let table = if target == name {
+                Some(definition.table())
+            } else {
+                registered(conn, target).await?.map(|o| o.table())
+            };
+            tables.insert(target.to_owned(), table);
+        }
+        Ok(Some(Self::of(&definition, |object| {
+            tables.get(object).cloned().flatten()
+        })))
     }
 
     /// The object `definition` describes; `table_of` maps a referenced object to its table.
