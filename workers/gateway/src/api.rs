@@ -142,7 +142,7 @@ enum Refused {
 struct Context {
     tenant: TenantId,
     record: TenantRecord,
-    conn: libsql::Connection,
+    conn: crate::pool::Pooled,
 }
 
 fn parts(headers: &HeaderMap, path: &str) -> RequestParts {
@@ -215,7 +215,7 @@ impl Gateway {
         // answer by it, a few times over a fraction of a second; then 503, to be retried.
         for pause in [0, 25, 50, 100, 200] {
             tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
-            self.router.invalidate(&tenant).await;
+            self.forget(&tenant).await;
             let record = self
                 .tenants
                 .refresh(&tenant)
@@ -300,18 +300,23 @@ impl Gateway {
         &self,
         tenant: &TenantId,
         record: &TenantRecord,
-    ) -> Result<libsql::Connection, Refused> {
+    ) -> Result<crate::pool::Pooled, Refused> {
         use fleet_tenantdb::RouterError as R;
         if record.status() != TenantProvisioningStatus::Active {
             return match self.connector.connect_readable(tenant).await {
-                Ok((_, conn)) => Ok(conn),
+                Ok((_, conn)) => Ok(crate::pool::Pooled::detached(conn)),
                 Err(fleet_control::ConnectError::NotActive(_)) => Err(Refused::Token),
                 Err(e) if e.is_transient() => Err(Refused::Token),
                 Err(e) => Err(Refused::Other(ApiError::unavailable(e))),
             };
         }
+        if let Some(conn) = self.pool.take(tenant) {
+            return Ok(conn);
+        }
         match self.router.connect(tenant).await {
-            Ok(connection) if &connection.tenant == tenant => Ok(connection.conn),
+            Ok(connection) if &connection.tenant == tenant => {
+                Ok(self.pool.adopt(tenant, connection.conn))
+            }
             Ok(_) => Err(Refused::Other(ApiError::unavailable(
                 "isolation check failed",
             ))),

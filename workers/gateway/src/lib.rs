@@ -16,6 +16,7 @@
 pub mod api;
 pub mod limits;
 pub mod metrics;
+pub mod pool;
 pub mod query;
 pub mod records;
 pub mod telemetry;
@@ -67,6 +68,7 @@ pub enum GatewayError {
 #[derive(Debug)]
 pub struct Gateway {
     router: Arc<Router>,
+    pool: pool::Pool,
     tenants: tenants::Tenants,
     connector: TenantConnector,
     limits: limits::Limits,
@@ -104,7 +106,12 @@ impl Gateway {
             .bucket(names::API_USAGE)
             .await
             .map_err(GatewayError::Runtime)?;
+        let settings = fleet_tenantdb::router_settings_from_config(config);
         Ok(Self {
+            pool: pool::Pool::new(
+                settings.max_cached_connections,
+                settings.connection_cache_ttl,
+            ),
             router,
             tenants: tenants::Tenants::new(bucket, config.gateway.max_cached_tenants),
             connector: TenantConnector::new(records, backend, keys),
@@ -115,6 +122,13 @@ impl Gateway {
             max_page_size: config.gateway.max_page_size,
             max_body_bytes: config.gateway.max_body_bytes,
         })
+    }
+
+    /// Drops what the gateway holds of `tenant`'s database: the router's cached database and the
+    /// idle connections (its record changed, or its database refused a token).
+    pub async fn forget(&self, tenant: &fleet_protocol::TenantId) {
+        self.pool.forget(tenant);
+        self.router.invalidate(tenant).await;
     }
 
     /// The data API's routes.
@@ -134,11 +148,7 @@ impl Gateway {
     /// Follows the tenants bucket (see [`tenants`]), writes the request counts ([`usage`]) and
     /// trims the rate limiters every minute, until `shutdown`.
     pub fn spawn_background(self: &Arc<Self>, shutdown: watch::Receiver<bool>) {
-        tokio::spawn(
-            self.tenants
-                .clone()
-                .follow(self.router.clone(), shutdown.clone()),
-        );
+        tokio::spawn(self.tenants.clone().follow(self.clone(), shutdown.clone()));
         let gateway = self.clone();
         let flushes = shutdown.clone();
         tokio::spawn(async move { gateway.usage.run(flushes).await });

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use fleet_protocol::TenantId;
-use fleet_tenantdb::Router;
 use fleet_tenants::machine::TenantRecord;
 use futures::StreamExt;
 use moka::future::Cache;
@@ -93,9 +92,10 @@ impl Tenants {
     }
 
     /// Follows the bucket until `shutdown`: every change updates the tenant's entry (when the
-    /// replica has one) and drops its cached database from `router`. A watch that ends is
+    /// replica has one) and drops what `gateway` holds of its database
+    /// ([`crate::Gateway::forget`]). A watch that ends is
     /// reopened; what changed meanwhile is unknown, so the cache starts over.
-    pub async fn follow(self, router: Arc<Router>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn follow(self, gateway: Arc<crate::Gateway>, mut shutdown: watch::Receiver<bool>) {
         loop {
             let watch = match self.kv.watch_all().await {
                 Ok(watch) => watch,
@@ -128,7 +128,7 @@ impl Tenants {
                     };
                     self.offer(&tenant, seen).await;
                 }
-                router.invalidate(&tenant).await;
+                gateway.forget(&tenant).await;
             }
         }
     }
