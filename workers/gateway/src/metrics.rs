@@ -66,11 +66,9 @@ impl RequestMetrics {
         status: u16,
         elapsed: Duration,
     ) {
-        // An object is a label only once the tenant's registry knew it: the path is the
-        // caller's, and names nobody registered must not grow the label set.
-        let known =
-            !matches!(status, 400 | 404) && fleet_protocol::ObjectName::parse(object).is_ok();
-        let object = if known { object } else { "-" };
+        // An object is a label only on a success (the tenant's registry knew it): the path is
+        // the caller's, and names nobody registered must not grow the label set.
+        let object = if status < 400 { object } else { "-" };
         self.requests
             .get_or_create(&RequestLabels {
                 plan: plan.to_owned(),
