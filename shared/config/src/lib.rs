@@ -280,7 +280,7 @@ impl Default for TursoConfig {
 }
 
 /// Tenant router settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouterConfig {
     /// `header`, `subdomain`, `path`, `token` or `lookup`.
@@ -291,10 +291,40 @@ pub struct RouterConfig {
     pub path_segment: usize,
     /// Claim of the `token` strategy.
     pub token_claim: String,
+    /// The `token` strategy's key: the shared secret that signs the bearer tokens (HS256) a
+    /// request carries in `Authorization: Bearer …`; a token that does not verify is refused.
+    /// Set it from a secret (`FLEET_ROUTER__TOKEN_SECRET`), never in a file.
+    #[serde(default)]
+    pub token_secret: String,
+    /// The `lookup` strategy's map: host name (lowercase, no port) → tenant id.
+    #[serde(default)]
+    pub hosts: BTreeMap<String, String>,
     /// Cached tenant databases at most.
     pub max_cached_connections: u64,
     /// Seconds a cached database stays before it is reopened.
     pub connection_cache_ttl_secs: u64,
+}
+
+impl fmt::Debug for RouterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouterConfig")
+            .field("strategy", &self.strategy)
+            .field("header", &self.header)
+            .field("path_segment", &self.path_segment)
+            .field("token_claim", &self.token_claim)
+            .field(
+                "token_secret",
+                &if self.token_secret.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("hosts", &self.hosts)
+            .field("max_cached_connections", &self.max_cached_connections)
+            .field("connection_cache_ttl_secs", &self.connection_cache_ttl_secs)
+            .finish()
+    }
 }
 
 impl Default for RouterConfig {
@@ -304,6 +334,8 @@ impl Default for RouterConfig {
             header: "X-Tenant-ID".into(),
             path_segment: 1,
             token_claim: "tenant_id".into(),
+            token_secret: String::new(),
+            hosts: BTreeMap::new(),
             max_cached_connections: 100,
             connection_cache_ttl_secs: 300,
         }
@@ -454,6 +486,9 @@ impl Config {
         for key in copy.secrets.keys.values_mut() {
             *key = "<redacted>".into();
         }
+        if !copy.router.token_secret.is_empty() {
+            copy.router.token_secret = "<redacted>".into();
+        }
         copy
     }
 
@@ -529,6 +564,26 @@ impl Config {
                 self.secrets.active_key
             ));
         }
+        if self.router.strategy == TenantResolverStrategy::Token
+            && self.router.token_secret.len() < 32
+        {
+            problems.push(
+                "router.token_secret: the token strategy needs the key its tokens are signed with (at least 32 bytes; FLEET_ROUTER__TOKEN_SECRET)"
+                    .into(),
+            );
+        }
+        for (host, tenant) in &self.router.hosts {
+            if fleet_protocol::TenantId::parse(tenant.as_str()).is_err() {
+                problems.push(format!(
+                    "router.hosts.{host}: {tenant:?} is not a tenant id"
+                ));
+            }
+            if host.chars().any(|c| c.is_ascii_uppercase() || c == ':') {
+                problems.push(format!(
+                    "router.hosts.{host}: host names are lowercase, without a port"
+                ));
+            }
+        }
         if self.router.max_cached_connections == 0 {
             problems.push("router.max_cached_connections: must be at least 1".into());
         }
@@ -556,16 +611,20 @@ mod tests {
         let mut config = Config::default();
         config.tenantdb.turso.api_token = "api-secret".into();
         config.secrets.keys.insert("k".into(), "key-secret".into());
+        config.router.token_secret = "router-secret-router-secret-router-secret".into();
         let shown = format!(
             "{:?} {}",
             config.redacted(),
             serde_json::to_string(&config.redacted()).unwrap()
         );
         assert!(
-            !shown.contains("api-secret") && !shown.contains("key-secret"),
+            !shown.contains("api-secret")
+                && !shown.contains("key-secret")
+                && !shown.contains("router-secret"),
             "{shown}"
         );
         assert!(!format!("{config:?}").contains("key-secret"));
+        assert!(!format!("{config:?}").contains("router-secret"));
     }
 
     fn write(dir: &Path, name: &str, text: &str) {

@@ -145,20 +145,51 @@ struct Context {
     conn: crate::pool::Pooled,
 }
 
-fn parts(headers: &HeaderMap, path: &str) -> RequestParts {
-    RequestParts {
-        headers: headers
-            .iter()
-            .filter_map(|(k, v)| {
-                Some((k.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_owned()))
-            })
-            .collect(),
-        host: headers
-            .get(axum::http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned),
-        path: path.to_owned(),
-        claims: Map::new(),
+impl Gateway {
+    /// The parts of a request the router resolves a tenant from; under the `token` strategy
+    /// with the claims of its bearer token, verified (HS256, `router.token_secret`; `exp` and
+    /// `nbf` checked when present) — a token that does not verify is 401.
+    fn parts(&self, headers: &HeaderMap, path: &str) -> Result<RequestParts, ApiError> {
+        let mut claims = Map::new();
+        if let Some(key) = &self.token_key {
+            let bearer = headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            let unauthorized = |why: String| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "authentication",
+                    why,
+                )
+            };
+            let Some(token) = bearer else {
+                return Err(unauthorized(
+                    "a bearer token (Authorization: Bearer …) names the tenant".into(),
+                ));
+            };
+            let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+            validation.required_spec_claims.clear();
+            validation.validate_nbf = true;
+            claims = jsonwebtoken::decode::<Map<String, Value>>(token.trim(), key, &validation)
+                .map_err(|e| unauthorized(format!("the bearer token does not verify: {e}")))?
+                .claims;
+        }
+        Ok(RequestParts {
+            headers: headers
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some((k.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_owned()))
+                })
+                .collect(),
+            host: headers
+                .get(axum::http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| h.to_ascii_lowercase()),
+            path: path.to_owned(),
+            claims,
+        })
     }
 }
 
@@ -173,7 +204,7 @@ impl Gateway {
         use fleet_tenantdb::RouterError as R;
         let tenant = self
             .router
-            .tenant_of(&parts(headers, path))
+            .tenant_of(&self.parts(headers, path)?)
             .await
             .map_err(|e| match e {
                 R::NoTenant(why) => ApiError::new(

@@ -65,7 +65,6 @@ pub enum GatewayError {
 }
 
 /// What every request shares.
-#[derive(Debug)]
 pub struct Gateway {
     router: Arc<Router>,
     pool: pool::Pool,
@@ -75,8 +74,19 @@ pub struct Gateway {
     usage: usage::ApiUsage,
     metrics: metrics::RequestMetrics,
     suspended_read_only: bool,
+    /// The `token` strategy's verification key (`None` under other strategies).
+    token_key: Option<jsonwebtoken::DecodingKey>,
     max_page_size: u64,
     max_body_bytes: usize,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("router", &self.router)
+            .field("token_strategy", &self.token_key.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Gateway {
@@ -94,7 +104,20 @@ impl Gateway {
             .map_err(GatewayError::Runtime)?;
         let router = Arc::new(Router::new(
             fleet_tenantdb::router_settings_from_config(config),
-            Arc::new(fleet_control::KvTenantDirectory::new(records.clone())),
+            Arc::new(Directory {
+                records: fleet_control::KvTenantDirectory::new(records.clone()),
+                hosts: config
+                    .router
+                    .hosts
+                    .iter()
+                    .filter_map(|(host, tenant)| {
+                        Some((
+                            host.clone(),
+                            fleet_protocol::TenantId::parse(tenant.as_str()).ok()?,
+                        ))
+                    })
+                    .collect(),
+            }),
             backend.clone(),
             keys.clone(),
         ));
@@ -119,6 +142,10 @@ impl Gateway {
             usage: usage::ApiUsage::new(api_usage),
             metrics: metrics::RequestMetrics::new(registry),
             suspended_read_only: config.provisioner.lifecycle.on_tenant_suspend.read_only,
+            token_key: (config.router.strategy == fleet_protocol::TenantResolverStrategy::Token)
+                .then(|| {
+                    jsonwebtoken::DecodingKey::from_secret(config.router.token_secret.as_bytes())
+                }),
             max_page_size: config.gateway.max_page_size,
             max_body_bytes: config.gateway.max_body_bytes,
         })
@@ -162,6 +189,30 @@ impl Gateway {
                 }
             }
         });
+    }
+}
+
+/// The tenant directory the router reads: the tenants bucket, and `router.hosts` for the
+/// `lookup` strategy.
+struct Directory {
+    records: fleet_control::KvTenantDirectory,
+    hosts: std::collections::BTreeMap<String, fleet_protocol::TenantId>,
+}
+
+#[async_trait::async_trait]
+impl fleet_tenantdb::TenantDirectory for Directory {
+    async fn lookup(
+        &self,
+        tenant: &fleet_protocol::TenantId,
+    ) -> Result<Option<fleet_tenantdb::TenantEntry>, fleet_tenantdb::TenantDbError> {
+        self.records.lookup(tenant).await
+    }
+
+    async fn tenant_for_host(
+        &self,
+        host: &str,
+    ) -> Result<Option<fleet_protocol::TenantId>, fleet_tenantdb::TenantDbError> {
+        Ok(self.hosts.get(&host.to_ascii_lowercase()).cloned())
     }
 }
 

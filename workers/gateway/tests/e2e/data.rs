@@ -556,6 +556,100 @@ async fn request_counts_reach_the_quota_auditors_usage_over_every_replica() {
         .await;
 }
 
+#[tokio::test]
+async fn a_verified_token_claim_or_the_host_names_the_tenant() {
+    let mut fleet = Fleet::start().await;
+    let by_token = fleet
+        .spawn_gateway_with(&[
+            ("FLEET_ROUTER__STRATEGY", "token"),
+            ("FLEET_ROUTER__TOKEN_SECRET", crate::TOKEN_SECRET),
+        ])
+        .await;
+    let by_host = fleet
+        .spawn_gateway_with(&[("FLEET_ROUTER__STRATEGY", "lookup")])
+        .await;
+    fleet.tenant("acme", TenantPlan::Pro).await;
+    fleet.tenant("globex", TenantPlan::Pro).await;
+    let token = |tenant: &str, secret: &str| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &json!({"tenant_id": tenant, "exp": chrono::Utc::now().timestamp() + 300}),
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let post = |base: &str| fleet.http.post(format!("{base}/api/v1/data/account"));
+    let created = post(&by_token)
+        .bearer_auth(token("acme", crate::TOKEN_SECRET))
+        .json(&json!({"data": {"name": "By token"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    // The header names another tenant: under the token strategy only the verified claim counts.
+    let found: serde_json::Value = fleet
+        .http
+        .get(format!("{by_token}/api/v1/data/account"))
+        .bearer_auth(token("globex", crate::TOKEN_SECRET))
+        .header("X-Tenant-ID", "acme")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(found["total"], 0, "globex's database: {found}");
+    // Forged, missing or expired tokens are refused.
+    for request in [
+        post(&by_token).bearer_auth(token("acme", "another-secret-another-secret-0123456")),
+        post(&by_token),
+        post(&by_token).bearer_auth("not.a.jwt"),
+    ] {
+        let response = request
+            .json(&json!({"data": {"name": "x"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthorized");
+    }
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"tenant_id": "acme", "exp": chrono::Utc::now().timestamp() - 3600}),
+        &jsonwebtoken::EncodingKey::from_secret(crate::TOKEN_SECRET.as_bytes()),
+    )
+    .unwrap();
+    let response = post(&by_token)
+        .bearer_auth(expired)
+        .json(&json!({"data": {"name": "x"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+
+    // The host the request is for names the tenant (router.hosts).
+    let found: serde_json::Value = fleet
+        .http
+        .get(format!("{by_host}/api/v1/data/account"))
+        .header("Host", "CRM.acme.example:8443")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(found["total"], 1, "acme's database: {found}");
+    let response = fleet
+        .http
+        .get(format!("{by_host}/api/v1/data/account"))
+        .header("Host", "unknown.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}
+
 /// Percent-encodes a query value.
 pub fn urlencode(text: &str) -> String {
     text.bytes()

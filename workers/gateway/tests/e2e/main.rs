@@ -54,7 +54,13 @@ pub const OVERLAY: &str = r#"
 [quota.plans.free]
 apiRateLimit = 30
 maxRecordsPerObject = 3
+
+[router.hosts]
+"crm.acme.example" = "acme"
 "#;
+
+/// The `token` strategy's key in these tests.
+pub const TOKEN_SECRET: &str = "e2e-token-secret-e2e-token-secret-0123";
 
 impl Fleet {
     pub async fn start() -> Self {
@@ -86,16 +92,20 @@ impl Fleet {
 
     /// Starts a gateway process on a free port; its base URL once it answers.
     pub async fn spawn_gateway(&mut self) -> String {
+        self.spawn_gateway_with(&[]).await
+    }
+
+    /// [`Self::spawn_gateway`] with `env` on top (another strategy, …).
+    pub async fn spawn_gateway_with(&mut self, env: &[(&str, &str)]) -> String {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let listen = format!("127.0.0.1:{port}");
-        self.fleet.spawn(
-            env!("CARGO_BIN_EXE_gateway"),
-            &[("FLEET_GATEWAY__LISTEN", listen.as_str())],
-        );
+        let mut all = vec![("FLEET_GATEWAY__LISTEN", listen.as_str())];
+        all.extend_from_slice(env);
+        self.fleet.spawn(env!("CARGO_BIN_EXE_gateway"), &all);
         let base = format!("http://{listen}");
         for _ in 0..200 {
             if self
