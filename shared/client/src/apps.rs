@@ -175,7 +175,16 @@ impl FleetClient {
             ),
             why: e.to_string(),
         })?;
-        Ok(current.map_or(0, |(_, revision)| revision))
+        // The key's last revision, a deletion's too: an install after an uninstall is a new
+        // command (its message id differs from the first install's), and the deletion is not
+        // mistaken for its answer.
+        let last = self
+            .installs
+            .entry(&key(tenant, app))
+            .await
+            .map_err(messaging)?
+            .map_or(0, |entry| entry.revision);
+        Ok(last.max(current.map_or(0, |(_, revision)| revision)))
     }
 
     /// Sends one app command after [`Self::preflight`] and waits until the record changed past
@@ -211,7 +220,11 @@ impl FleetClient {
                     continue;
                 }
                 if entry.operation != kv::Operation::Put {
-                    return Ok(None);
+                    // Only an uninstall is answered by the record's deletion.
+                    if operation == Operation::Uninstall {
+                        return Ok(None);
+                    }
+                    continue;
                 }
                 let record: InstallRecord =
                     serde_json::from_slice(&entry.value).map_err(messaging)?;

@@ -48,6 +48,8 @@ struct Failure {
     category: &'static str,
     message: String,
     details: Option<Value>,
+    /// Seconds until a retry may succeed (`Retry-After`).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -63,11 +65,18 @@ impl ApiError {
             category,
             message: message.into(),
             details: None,
+            retry_after: None,
         }))
     }
 
     fn with(mut self, details: Value) -> Self {
         self.0.details = Some(details);
+        self
+    }
+
+    /// The same error, telling the caller when to retry (`Retry-After`, seconds).
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.0.retry_after = Some(seconds);
         self
     }
 
@@ -124,7 +133,15 @@ impl IntoResponse for ApiError {
             "error": error,
             "meta": {"timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true), "requestId": request_id},
         });
-        (failure.status, Json(body)).into_response()
+        let mut response = (failure.status, Json(body)).into_response();
+        if let Some(seconds) = failure.retry_after
+            && let Ok(value) = axum::http::HeaderValue::from_str(&seconds.to_string())
+        {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, value);
+        }
+        response
     }
 }
 
@@ -404,6 +421,44 @@ impl Gateway {
     }
 }
 
+/// A failed write: a constraint the values broke (a unique index, a reference) as a
+/// validation issue at the fields' paths; anything else 503.
+fn constraint(object: &Object, e: libsql::Error) -> ApiError {
+    let message = e.to_string();
+    if let Some(rest) = message.split("UNIQUE constraint failed: ").nth(1) {
+        let issues: Vec<Issue> = rest
+            .split(',')
+            .filter_map(|c| c.trim().split('.').nth(1))
+            .map(|column| {
+                let column =
+                    column.trim_end_matches(|ch: char| !(ch.is_alphanumeric() || ch == '_'));
+                let key = object
+                    .columns
+                    .iter()
+                    .find(|c| c.column == column)
+                    .map_or(column, |c| c.key.as_str());
+                Issue::new(
+                    format!("data.{key}"),
+                    "unique",
+                    "another record has this value",
+                )
+            })
+            .collect();
+        if !issues.is_empty() {
+            return ApiError::invalid(issues);
+        }
+    }
+    if message.contains("FOREIGN KEY constraint failed") {
+        return ApiError::invalid(vec![Issue::new(
+            "data",
+            "not_found",
+            "a lookup names a record that does not exist",
+        )]);
+    }
+    tracing::warn!(object = %object.name, error = %message, "a write failed");
+    ApiError::unavailable("the tenant's database refused the write")
+}
+
 fn not_found(object: &str, id: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -522,10 +577,6 @@ pub async fn create(
             let context = gateway.context(&headers, &path, true).await?;
             record_span(&context);
             let target = gateway.object(&context, &object).await?;
-            gateway
-                .limits
-                .records(&context.conn, &context.record, &target)
-                .await?;
             let checked = check(&context.conn, &target, &data, None)
                 .await
                 .map_err(ApiError::database)?
@@ -547,22 +598,36 @@ pub async fn create(
                 params.push(value);
             }
             let placeholders: Vec<String> = (1..=params.len()).map(|i| format!("?{i}")).collect();
-            let sql = format!(
-                "INSERT INTO {} ({}) VALUES ({})",
-                fleet_schema::sql::quote(&target.table),
-                columns.join(", "),
-                placeholders.join(", ")
-            );
-            match context.conn.execute(&sql, params).await {
-                Ok(_) => {}
-                Err(e) if e.to_string().contains("UNIQUE constraint failed") => {
-                    return Err(ApiError::invalid(vec![Issue::new(
-                        "data.id",
-                        "unique",
-                        "a record with this id exists (or another unique value repeats)",
-                    )]));
+            let table = fleet_schema::sql::quote(&target.table);
+            // `maxRecordsPerObject` is checked by the insert itself: one statement, so creates
+            // racing each other cannot pass the limit together.
+            let limit = context.record.quotas.max_records_per_object;
+            let sql = match limit {
+                Some(max) => {
+                    params.push(Sql::Integer(i64::try_from(max.get()).unwrap_or(i64::MAX)));
+                    format!(
+                        "INSERT INTO {table} ({}) SELECT {} WHERE (SELECT count(*) FROM {table}) < ?{}",
+                        columns.join(", "),
+                        placeholders.join(", "),
+                        params.len()
+                    )
                 }
-                Err(e) => return Err(ApiError::database(e)),
+                None => format!(
+                    "INSERT INTO {table} ({}) VALUES ({})",
+                    columns.join(", "),
+                    placeholders.join(", ")
+                ),
+            };
+            let inserted = context
+                .conn
+                .execute(&sql, params)
+                .await
+                .map_err(|e| constraint(&target, e))?;
+            if inserted == 0 {
+                return Err(gateway
+                    .limits
+                    .refused_records(&context.conn, &context.record, &target)
+                    .await);
             }
             let record = gateway
                 .read(&context.conn, &target, &id)
@@ -662,7 +727,7 @@ pub async fn update(
                 .conn
                 .execute(&sql, params)
                 .await
-                .map_err(ApiError::database)?;
+                .map_err(|e| constraint(&target, e))?;
             let record = gateway
                 .read(&context.conn, &target, &id)
                 .await?
@@ -852,4 +917,29 @@ pub fn quota_refusal(code: &'static str, result: &QuotaEnforcementResult) -> Api
         }),
     )
     .with(serde_json::to_value(result).unwrap_or(Value::Null))
+}
+
+/// Any other path: 404 `route_not_found`, in the API's error shape.
+pub async fn no_route(uri: axum::http::Uri) -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "route_not_found",
+        "not_found",
+        format!(
+            "no route {}: the data API is /api/v1/data/:object[/:id]",
+            uri.path()
+        ),
+    )
+    .into_response()
+}
+
+/// A method the path does not take: 405 `method_not_allowed`, in the API's error shape.
+pub async fn no_method(method: Method, uri: axum::http::Uri) -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "validation",
+        format!("{method} is not served on {}", uri.path()),
+    )
+    .into_response()
 }

@@ -169,6 +169,8 @@ impl Gateway {
                     .put(api::update)
                     .delete(api::delete),
             )
+            .fallback(api::no_route)
+            .method_not_allowed_fallback(api::no_method)
             .with_state(self)
     }
 

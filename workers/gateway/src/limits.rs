@@ -1,6 +1,7 @@
 //! Quotas at the door: each tenant's `apiRateLimit` (requests per minute, upstream
 //! `TenantQuota`) enforced by a keyed GCRA limiter (`governor`) per distinct limit, and
-//! `maxRecordsPerObject` on create — both answered with upstream's `QuotaEnforcementResult`.
+//! `maxRecordsPerObject` on create (checked by the insert statement itself, so racing creates
+//! cannot pass it together) — both answered with upstream's `QuotaEnforcementResult`.
 //!
 //! A limiter is per replica: with `n` replicas behind a load balancer a tenant gets up to `n`
 //! times its rate in the worst case (the quota auditor's `apiRequestsThisMinute` is the
@@ -39,9 +40,13 @@ impl Limits {
         };
         let per_minute = NonZeroU32::new(u32::try_from(limit.get()).unwrap_or(u32::MAX))
             .unwrap_or(NonZeroU32::MIN);
-        if self.limiter(per_minute).check_key(tenant).is_ok() {
-            return Ok(());
-        }
+        let not_until = match self.limiter(per_minute).check_key(tenant) {
+            Ok(()) => return Ok(()),
+            Err(not_until) => not_until,
+        };
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ));
         let result = fleet_protocol::QuotaEnforcementResult {
             allowed: false,
             exceeded_quota: Some("apiRateLimit".into()),
@@ -51,7 +56,7 @@ impl Limits {
                 "tenant {tenant} made more than {per_minute} requests in a minute"
             )),
         };
-        Err(quota_refusal("rate_limited", &result))
+        Err(quota_refusal("rate_limited", &result).retry_after(wait.as_secs() + 1))
     }
 
     /// Forgets tenants idle long enough to have their whole burst back (run now and then, so
@@ -64,37 +69,30 @@ impl Limits {
         }
     }
 
-    /// Refuses a create that would take `object` past the tenant's `maxRecordsPerObject`.
-    pub async fn records(
+    /// The refusal of a create the insert found over the tenant's `maxRecordsPerObject`, with
+    /// the count as it is now.
+    pub async fn refused_records(
         &self,
         conn: &libsql::Connection,
         record: &TenantRecord,
         object: &Object,
-    ) -> Result<(), ApiError> {
-        let Some(max) = record.quotas.max_records_per_object else {
-            return Ok(());
-        };
+    ) -> ApiError {
         let sql = format!(
             "SELECT count(*) FROM {}",
             fleet_schema::sql::quote(&object.table)
         );
-        let mut rows = conn
-            .query(&sql, ())
-            .await
-            .map_err(|e| ApiError::unavailable_from(&e))?;
-        let count = match rows
-            .next()
-            .await
-            .map_err(|e| ApiError::unavailable_from(&e))?
-        {
-            Some(row) => u64::try_from(row.get::<i64>(0).unwrap_or_default()).unwrap_or_default(),
-            None => 0,
+        let count = match conn.query(&sql, ()).await {
+            Ok(mut rows) => match rows.next().await {
+                Ok(Some(row)) => u64::try_from(row.get::<i64>(0).unwrap_or_default()).unwrap_or(0),
+                _ => 0,
+            },
+            Err(e) => return ApiError::unavailable_from(&e),
         };
-        let result = fleet_tenants::quota::enforce("maxRecordsPerObject", count + 1, Some(max));
-        if result.allowed {
-            Ok(())
-        } else {
-            Err(quota_refusal("quota_exceeded", &result))
-        }
+        let result = fleet_tenants::quota::enforce(
+            "maxRecordsPerObject",
+            count + 1,
+            record.quotas.max_records_per_object,
+        );
+        quota_refusal("quota_exceeded", &result)
     }
 }

@@ -73,6 +73,13 @@ pub fn find(object: &Object, params: &FindParams, max_page: u64) -> Result<Find,
         offset: params.skip.or(params.offset).unwrap_or(0),
         ..Find::default()
     };
+    if i64::try_from(find.offset).is_err() {
+        issues.push(Issue::new(
+            "skip",
+            "too_big",
+            format!("at most {}", i64::MAX),
+        ));
+    }
     if let Some(text) = &params.filter {
         match serde_json::from_str::<Value>(text) {
             Ok(filter) => {
@@ -212,6 +219,10 @@ fn condition(
                 };
                 let name = quote(column.column());
                 let operators = match value {
+                    Value::Object(ops) if ops.is_empty() => {
+                        issues.push(Issue::new(here, "invalid_type", "an empty condition"));
+                        continue;
+                    }
                     Value::Object(ops) if ops.keys().all(|k| k.starts_with('$')) => ops.clone(),
                     _ => {
                         let mut eq = serde_json::Map::new();

@@ -353,6 +353,10 @@ fn convert(column: &Column, value: &Value) -> Result<Sql, (&'static str, String)
             let Some(text) = value.as_str() else {
                 return Err(("invalid_type", "expected a string".into()));
             };
+            // SQLite's text ends at a NUL for every reader: refused rather than cut.
+            if text.contains('\0') {
+                return Err(("invalid_string", "contains a NUL character".into()));
+            }
             let chars = text.chars().count() as f64;
             if field.max_length.is_some_and(|max| chars > max) {
                 return Err((
@@ -437,13 +441,13 @@ pub async fn check(
         if SYSTEM.contains(&key.as_str()) {
             if key == "id" && id.is_none() {
                 match value.as_str() {
-                    Some(v) if !v.is_empty() && v.len() <= 128 => {
+                    Some(v) if !v.trim().is_empty() && v.len() <= 128 && !v.contains('\0') => {
                         checked.values.push(("id".into(), Sql::Text(v.to_owned())));
                     }
                     _ => issues.push(Issue::new(
                         path,
                         "invalid_type",
-                        "expected a non-empty string of at most 128 characters",
+                        "expected a string of at most 128 characters, not blank, without NUL",
                     )),
                 }
             } else {

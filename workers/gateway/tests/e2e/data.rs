@@ -234,6 +234,69 @@ async fn bad_values_are_refused_with_every_problem_and_its_path() {
             assert_eq!(issues(&body), ["data.email: unique"]);
         }
     }
+    // A unique index (CRM's account name), on create and on update: the field's path.
+    let mut ids = Vec::new();
+    for name in ["Acme", "Globex"] {
+        let (_, body) = fleet
+            .call(
+                &gw,
+                Method::POST,
+                t,
+                "/api/v1/data/account",
+                Some(json!({"data": {"name": name}})),
+            )
+            .await;
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    let (status, body) = fleet
+        .call(
+            &gw,
+            Method::POST,
+            t,
+            "/api/v1/data/account",
+            Some(json!({"data": {"name": "Acme"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(issues(&body), ["data.name: unique"]);
+    let (status, body) = fleet
+        .call(
+            &gw,
+            Method::PATCH,
+            t,
+            &format!("/api/v1/data/account/{}", ids[1]),
+            Some(json!({"data": {"name": "Acme"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(issues(&body), ["data.name: unique"]);
+    // Text SQLite would cut at a NUL, and blank ids, are refused.
+    let (status, body) = fleet
+        .call(
+            &gw,
+            Method::POST,
+            t,
+            "/api/v1/data/account",
+            Some(json!({"data": {"id": "z\u{0}y", "name": "Z\u{0}"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let mut found = issues(&body);
+    found.sort();
+    assert_eq!(
+        found,
+        ["data.id: invalid_type", "data.name: invalid_string"]
+    );
+    let (status, _) = fleet
+        .call(
+            &gw,
+            Method::POST,
+            t,
+            "/api/v1/data/account",
+            Some(json!({"data": {"id": "   ", "name": "Blank"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     // The body's shape.
     let (status, body) = fleet
         .call(
@@ -310,12 +373,32 @@ async fn injection_attempts_in_names_filters_and_sorts_are_refused_and_change_no
             "/api/v1/data/account?filter=not-json",
             StatusCode::BAD_REQUEST,
         ),
+        (
+            &format!(
+                "/api/v1/data/account?filter={}",
+                urlencode(r#"{"name":{}}"#)
+            ),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/v1/data/account?skip=18446744073709551615",
+            StatusCode::BAD_REQUEST,
+        ),
+        ("/api/v1/data", StatusCode::NOT_FOUND),
+        ("/api/v1/data/account/a/b", StatusCode::NOT_FOUND),
     ];
     for (path, expected) in attempts {
         let (status, body) = fleet.call(&gw, Method::GET, t, path, None).await;
         assert_eq!(status, expected, "{path}: {body}");
         assert_eq!(body["success"], false, "{path}");
     }
+    let (status, body) = fleet
+        .call(&gw, Method::OPTIONS, t, "/api/v1/data/account", None)
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
+    );
     // A value that looks like SQL finds only itself.
     let filter = urlencode(r#"{"name":"x' OR '1'='1"}"#);
     let (_, found) = fleet
@@ -447,28 +530,28 @@ async fn the_plans_rate_limit_and_record_quota_are_enforced_with_their_results()
     fleet.tenant("small", TenantPlan::Free).await;
     fleet.tenant("big", TenantPlan::Pro).await;
     let small = Some("small");
-    // maxRecordsPerObject = 3 on the free plan.
-    for i in 0..3 {
-        let (status, body) = fleet
-            .call(
-                &gw,
-                Method::POST,
-                small,
-                "/api/v1/data/account",
-                Some(json!({"data": {"name": format!("a{i}")}})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-    }
-    let (status, body) = fleet
-        .call(
+    // maxRecordsPerObject = 3 on the free plan, checked by the insert itself: of eight creates
+    // racing each other, exactly three get in.
+    let creates = (0..8).map(|i| {
+        fleet.call(
             &gw,
             Method::POST,
             small,
             "/api/v1/data/account",
-            Some(json!({"data": {"name": "a3"}})),
+            Some(json!({"data": {"name": format!("a{i}")}})),
         )
-        .await;
+    });
+    let answers = futures::future::join_all(creates).await;
+    let created = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .count();
+    assert_eq!(created, 3, "{answers:?}");
+    let (status, body) = answers
+        .iter()
+        .find(|(s, _)| *s != StatusCode::CREATED)
+        .cloned()
+        .unwrap();
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert_eq!(body["error"]["code"], "quota_exceeded");
     conforms("BaseResponse", &body);
@@ -478,8 +561,13 @@ async fn the_plans_rate_limit_and_record_quota_are_enforced_with_their_results()
     );
     assert_eq!(body["error"]["details"]["allowed"], false);
     assert_eq!(body["error"]["details"]["limit"], 3.0);
-    // apiRateLimit = 30 a minute on the free plan: the 5 requests above count; the rest of the
-    // minute's budget goes, then the answer is 429 — and another tenant is not affected.
+    let (_, all) = fleet
+        .call(&gw, Method::GET, small, "/api/v1/data/account", None)
+        .await;
+    assert_eq!(all["total"], 3);
+    // apiRateLimit = 30 a minute on the free plan: the 9 requests above count; the rest of the
+    // minute's budget goes, then the answer is 429 with Retry-After — and another tenant is not
+    // affected.
     let mut limited = None;
     for i in 0..40 {
         let (status, body) = fleet
@@ -491,7 +579,21 @@ async fn the_plans_rate_limit_and_record_quota_are_enforced_with_their_results()
         }
     }
     let (after, body) = limited.expect("the rate limit refuses within the minute's budget");
-    assert!(after <= 26, "refused after {after} more requests");
+    assert!(after <= 22, "refused after {after} more requests");
+    let response = fleet
+        .http
+        .get(format!("{gw}/api/v1/data/account"))
+        .header("X-Tenant-ID", "small")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "Retry-After {wait}");
     assert_eq!(body["error"]["code"], "rate_limited");
     assert_eq!(body["error"]["details"]["exceededQuota"], "apiRateLimit");
     let (status, _) = fleet

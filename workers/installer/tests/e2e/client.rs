@@ -133,6 +133,22 @@ async fn apps_through_the_client_check_install_upgrade_and_uninstall() {
         client.uninstall_app(&acme, &contacts, false).await,
         Err(ContractError::IllegalState(_))
     ));
+    // Installed again after the uninstall: a new command (not a duplicate of the first
+    // install's), answered by the new record, not by the deletion.
+    let again = client
+        .install_app(&acme, &manifest("contacts-1.0.0"), None)
+        .await
+        .unwrap();
+    assert!(again.success, "{again:?}");
+    assert_eq!(
+        fleet
+            .record("acme", "contacts")
+            .await
+            .unwrap()
+            .installed_version
+            .as_deref(),
+        Some("1.0.0")
+    );
     // An unknown tenant.
     assert!(matches!(
         client
