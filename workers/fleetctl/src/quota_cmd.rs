@@ -67,7 +67,20 @@ pub async fn run(command: QuotaCommand) -> anyhow::Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     };
-    let usage = fleet_schema::usage::measure(&conn).await?;
+    let mut usage = fleet_schema::usage::measure(&conn).await?;
+    // The data API's requests of the current (or last whole) minute, as the gateways count them.
+    if let Some(value) = runtime
+        .bucket(fleet_runtime::topology::names::API_USAGE)
+        .await?
+        .get(tenant.as_str())
+        .await?
+    {
+        let minute = chrono::Utc::now().timestamp().max(0) as u64 / 60;
+        usage.totals.api_requests_this_minute =
+            serde_json::from_slice::<fleet_tenants::audit::ApiMinute>(&value)
+                .map(|m| m.recent(minute))
+                .unwrap_or_default();
+    }
     let results =
         fleet_tenants::quota::evaluate(&record.quotas, &usage.totals, usage.largest_object());
     let over = results.iter().any(|(_, r)| !r.allowed);
@@ -87,7 +100,7 @@ pub async fn run(command: QuotaCommand) -> anyhow::Result<ExitCode> {
         say!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         say!(
-            "tenant {tenant} (plan {}): {} object(s), {} record(s), {} byte(s), {} deployment(s) today, {} user(s)",
+            "tenant {tenant} (plan {}): {} object(s), {} record(s), {} byte(s), {} deployment(s) today, {} user(s), {} API request(s) this minute",
             serde_json::to_value(record.plan)?
                 .as_str()
                 .unwrap_or_default(),
@@ -95,7 +108,8 @@ pub async fn run(command: QuotaCommand) -> anyhow::Result<ExitCode> {
             usage.totals.current_record_count,
             usage.totals.current_storage_bytes,
             usage.totals.deployments_today,
-            usage.totals.current_users
+            usage.totals.current_users,
+            usage.totals.api_requests_this_minute
         );
         say!(
             "{:<22} {:>14} {:>14} {:>8}",

@@ -51,15 +51,18 @@ pub enum ObjectError {
     Corrupt(String),
 }
 
-/// The registered object `name` (`None`: the registry holds none, or the database has no
-/// registry).
+/// The registered object `name` (`None`: the registry holds none, the database has no
+/// registry, or the object is an app's that is not installed — an uninstall that keeps the
+/// tables keeps their registration for a later install, not their API).
 async fn registered(
     conn: &Connection,
     name: &str,
 ) -> Result<Option<ObjectDefinition>, ObjectError> {
     let mut rows = match conn
         .query(
-            "SELECT body FROM sys_metadata WHERE metadata_type = 'object' AND metadata_name = ?1",
+            "SELECT m.body, m.source, \
+               (SELECT i.status FROM sys_installed_app i WHERE 'app:' || i.app = m.source) \
+             FROM sys_metadata m WHERE m.metadata_type = 'object' AND m.metadata_name = ?1",
             [Sql::Text(name.to_owned())],
         )
         .await
@@ -72,6 +75,13 @@ async fn registered(
         return Ok(None);
     };
     let body: String = row.get(0).map_err(ObjectError::Registry)?;
+    let source: Option<String> = row.get(1).map_err(ObjectError::Registry)?;
+    let installed: Option<String> = row.get(2).map_err(ObjectError::Registry)?;
+    if source.as_deref().is_some_and(|s| s.starts_with("app:"))
+        && installed.as_deref() != Some("active")
+    {
+        return Ok(None);
+    }
     fleet_schema::registry::object_of(&body)
         .map(Some)
         .map_err(|_| ObjectError::Corrupt(name.to_owned()))

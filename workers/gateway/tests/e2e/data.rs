@@ -752,6 +752,70 @@ async fn a_verified_token_claim_or_the_host_names_the_tenant() {
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 }
 
+#[tokio::test]
+async fn an_installed_apps_objects_are_served_until_it_is_uninstalled() {
+    let mut fleet = Fleet::start().await;
+    let gw = fleet.spawn_gateway().await;
+    let tenant = fleet.tenant("acme", TenantPlan::Pro).await;
+    let t = Some("acme");
+    let package = |name: &str| {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/apps")
+            .join(name);
+        fleet_apps::package::load(&path).unwrap().value
+    };
+    let options = fleet_client::InstallOptions::default();
+    fleet
+        .client
+        .install(&tenant, &package("contacts-1.0.0"), false, options)
+        .await
+        .unwrap();
+    // The app's seed is there; its lookup (person → organization) is checked.
+    let (status, people) = fleet
+        .call(&gw, Method::GET, t, "/api/v1/data/person", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{people}");
+    assert_eq!(people["total"], 1);
+    let (status, body) = fleet
+        .call(&gw, Method::POST, t, "/api/v1/data/person", Some(json!({"data": {"first_name": "Grace", "last_name": "Hopper", "organization": "org-acme"}})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = fleet
+        .call(&gw, Method::POST, t, "/api/v1/data/person", Some(json!({"data": {"first_name": "No", "last_name": "Org", "organization": "org-none"}})))
+        .await;
+    assert_eq!(
+        (status, issues(&body)),
+        (
+            StatusCode::BAD_REQUEST,
+            vec!["data.organization: not_found".to_owned()]
+        )
+    );
+    // Uninstalled with its tables kept: registered for a later install, not served.
+    fleet
+        .client
+        .uninstall(&tenant, "contacts", false)
+        .await
+        .unwrap();
+    let (status, body) = fleet
+        .call(&gw, Method::GET, t, "/api/v1/data/person", None)
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("object_not_found"))
+    );
+    // Installed again: served, with the rows it kept.
+    fleet
+        .client
+        .install(&tenant, &package("contacts-1.0.0"), false, options)
+        .await
+        .unwrap();
+    let (status, people) = fleet
+        .call(&gw, Method::GET, t, "/api/v1/data/person", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{people}");
+    assert_eq!(people["total"], 2);
+}
+
 /// Percent-encodes a query value.
 pub fn urlencode(text: &str) -> String {
     text.bytes()

@@ -1,6 +1,6 @@
-//! End to end: real gateway processes in front of tenants provisioned and deployed to by the
-//! provisioner's and deployer's handlers (running in this process), on a real nats-server and
-//! local libSQL files; requests over HTTP as a caller makes them.
+//! End to end: real gateway processes in front of tenants provisioned, deployed to and given
+//! apps by the provisioner's, deployer's and installer's handlers (running in this process), on
+//! a real nats-server and local libSQL files; requests over HTTP as a caller makes them.
 
 mod data;
 mod isolation;
@@ -71,6 +71,7 @@ impl Fleet {
             in_process::<fleet_provisioner::Provisioner>(&runtime, &config, names::PROVISIONER)
                 .await,
             in_process::<fleet_deployer::Deployer>(&runtime, &config, names::DEPLOYER).await,
+            in_process::<fleet_installer::Installer>(&runtime, &config, names::INSTALLER).await,
             in_process::<fleet_quota_auditor::QuotaAuditor>(
                 &runtime,
                 &config,
