@@ -243,6 +243,9 @@ impl Gateway {
             .get(&tenant)
             .await
             .map_err(ApiError::unavailable)?;
+        if let Some(record) = &record {
+            note_plan(record);
+        }
         let record = self.usable(&tenant, record, write)?;
         self.limits.admit(&tenant, &record)?;
         self.usage.count(&tenant);
@@ -546,10 +549,20 @@ where
         db_url = tracing::field::Empty
     );
     crate::telemetry::set_parent(&span, headers);
-    let outcome = work.instrument(span).await;
+    // The tenant's plan, once resolved, labels the request's metrics — failures included.
+    let (outcome, resolved_plan) = PLAN
+        .scope(std::cell::RefCell::new(None), async move {
+            let outcome = work.instrument(span).await;
+            (outcome, PLAN.with(|p| p.borrow().clone()))
+        })
+        .await;
     let (status, plan, response) = match outcome {
         Ok((status, body, plan)) => (status, plan, (status, Json(body)).into_response()),
-        Err(e) => (e.status(), "-".to_owned(), e.into_response()),
+        Err(e) => (
+            e.status(),
+            resolved_plan.unwrap_or_else(|| "-".to_owned()),
+            e.into_response(),
+        ),
     };
     gateway
         .metrics
@@ -891,6 +904,19 @@ impl Context {
             status: self.record.status(),
         }
     }
+}
+
+tokio::task_local! {
+    /// The plan of the request's tenant, once its record was read.
+    static PLAN: std::cell::RefCell<Option<String>>;
+}
+
+/// Notes the tenant's plan for the request's metrics.
+fn note_plan(record: &TenantRecord) {
+    let plan = serde_json::to_value(record.plan)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned));
+    let _ = PLAN.try_with(|p| *p.borrow_mut() = plan);
 }
 
 /// Records the request's tenant context in its span (and so in its logs and trace).

@@ -526,7 +526,14 @@ async fn a_suspension_reaches_every_replica_at_once_and_leaves_reads() {
 #[tokio::test]
 async fn the_plans_rate_limit_and_record_quota_are_enforced_with_their_results() {
     let mut fleet = Fleet::start().await;
-    let gw = fleet.spawn_gateway().await;
+    let probes = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let gw = fleet
+        .spawn_gateway_with(&[("FLEET_WORKER__HEALTH_ADDR", probes.as_str())])
+        .await;
     fleet.tenant("small", TenantPlan::Free).await;
     fleet.tenant("big", TenantPlan::Pro).await;
     let small = Some("small");
@@ -600,6 +607,34 @@ async fn the_plans_rate_limit_and_record_quota_are_enforced_with_their_results()
         .call(&gw, Method::GET, Some("big"), "/api/v1/data/account", None)
         .await;
     assert_eq!(status, StatusCode::OK);
+    // The metrics: by plan, object, operation and status — the refusals under the tenant's
+    // plan, never a tenant id.
+    let metrics = fleet
+        .http
+        .get(format!("http://{probes}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = |needle: &[&str]| {
+        metrics.lines().any(|l| {
+            l.starts_with("fleet_gateway_requests_total") && needle.iter().all(|n| l.contains(n))
+        })
+    };
+    assert!(
+        line(&["plan=\"free\"", "status=\"429\"", "operation=\"find\""]),
+        "{metrics}"
+    );
+    assert!(
+        line(&["plan=\"free\"", "object=\"account\"", "status=\"201\""]),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("small") && !metrics.contains("tenant="),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
