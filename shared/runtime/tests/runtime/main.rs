@@ -1,5 +1,6 @@
 //! The runtime against a real nats-server (one per test).
 
+mod deploy;
 mod health;
 mod jobs;
 mod limits;
