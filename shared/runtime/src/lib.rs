@@ -101,13 +101,24 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Connects to `config.nats.url` (reconnecting for ever afterwards) and ensures the topology.
+    /// Connects to `config.nats.url` — one server, or a cluster's nodes separated by commas —
+    /// (reconnecting for ever afterwards) and ensures the topology.
     pub async fn connect(config: &Config) -> Result<Self, RuntimeError> {
         let url = config.nats.url.clone();
+        // One server, or several separated by commas (a cluster's nodes: the client fails over
+        // between them, and learns the rest of the cluster from whichever answers).
+        let servers = url
+            .split(',')
+            .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| RuntimeError::Connect {
+                url: url.clone(),
+                message: e.to_string(),
+            })?;
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_millis(config.nats.connect_timeout_ms))
             .name("objectos-fleet")
-            .connect(&url)
+            .connect(servers)
             .await
             .map_err(|e| RuntimeError::Connect {
                 url: url.clone(),

@@ -24,8 +24,10 @@ use crate::NatsServer;
 /// A test's fleet: server, folders, configuration, worker processes.
 #[derive(Debug)]
 pub struct TestFleet {
-    /// The test's nats-server.
+    /// The test's nats-server (node 1 of a cluster).
     pub server: NatsServer,
+    /// The other nodes of a cluster ([`Self::start_clustered`]); empty otherwise.
+    pub peers: Vec<NatsServer>,
     /// Everything on disk: `tenants/`, `backups/`, `config/`, `<worker>-<n>.log`.
     pub dir: tempfile::TempDir,
     /// The configuration the workers load (defaults → `default.toml` → `e2e.toml`).
@@ -36,7 +38,28 @@ pub struct TestFleet {
 impl TestFleet {
     /// A fresh fleet; `overlay` is TOML appended to the e2e overlay (new tables only).
     pub fn start(overlay: &str) -> Self {
-        let server = NatsServer::start();
+        Self::on(vec![NatsServer::start()], overlay)
+    }
+
+    /// A fresh fleet on a three-node JetStream cluster on loopback: streams and buckets with
+    /// three replicas, every client given every node's URL. [`Self::server`] is node 1,
+    /// [`Self::peers`] nodes 2 and 3.
+    pub fn start_clustered(overlay: &str) -> Self {
+        Self::on(NatsServer::cluster(3), overlay)
+    }
+
+    fn on(mut servers: Vec<NatsServer>, overlay: &str) -> Self {
+        let url = servers
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",");
+        let replicas = servers.len();
+        // A cluster's leader elections take seconds: jobs waiting on them must not be taken for
+        // stuck ones (ack wait) — the production settings' proportions, shortened.
+        let ack_wait_ms = if replicas > 1 { 10_000 } else { 2_000 };
+        let server = servers.remove(0);
+        let peers = servers;
         let dir = tempfile::tempdir().expect("a temp dir");
         let config_dir = dir.path().join("config");
         std::fs::create_dir_all(&config_dir).expect("the config folder");
@@ -52,7 +75,8 @@ impl TestFleet {
                 r#"
 [nats]
 url = "{url}"
-ack_wait_ms = 2000
+ack_wait_ms = {ack_wait_ms}
+replicas = {replicas}
 
 [tenantdb]
 data_dir = "{data}"
@@ -80,7 +104,9 @@ group = "local"
 group = "local"
 {overlay}
 "#,
-                url = server.url(),
+                url = url,
+                replicas = replicas,
+                ack_wait_ms = ack_wait_ms,
                 data = dir.path().join("tenants").display(),
                 backups = dir.path().join("backups").display(),
             ),
@@ -93,6 +119,7 @@ group = "local"
         .expect("the e2e configuration is valid");
         Self {
             server,
+            peers,
             dir,
             config,
             workers: Vec::new(),
@@ -176,6 +203,9 @@ group = "local"
             let _ = child.wait();
         }
         self.server.stop();
+        for peer in &mut self.peers {
+            peer.stop();
+        }
     }
 
     /// SIGKILLs worker `index` and reaps it.

@@ -30,6 +30,8 @@ pub struct NatsServer {
     port: u16,
     store: tempfile::TempDir,
     child: Option<Child>,
+    /// In a cluster: this node's name, its route port, and every node's route URL.
+    cluster: Option<(String, u16, String)>,
 }
 
 /// The nats-server binary tests use.
@@ -58,13 +60,42 @@ impl NatsServer {
             port: free_port(),
             store: tempfile::tempdir().expect("a temp store dir"),
             child: None,
+            cluster: None,
         };
         server.spawn();
         server
     }
 
+    /// Starts `nodes` servers on loopback as one JetStream cluster (`fleet`, nodes `n1`…),
+    /// each with its own store; streams and buckets created with replicas up to `nodes` span
+    /// them. Returns once every node answers (the meta leader is elected shortly after).
+    pub fn cluster(nodes: usize) -> Vec<Self> {
+        let routes: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
+        let all = routes
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut servers: Vec<Self> = routes
+            .iter()
+            .enumerate()
+            .map(|(i, route)| Self {
+                binary: nats_server_binary(),
+                port: free_port(),
+                store: tempfile::tempdir().expect("a temp store dir"),
+                child: None,
+                cluster: Some((format!("n{}", i + 1), *route, all.clone())),
+            })
+            .collect();
+        for server in &mut servers {
+            server.spawn();
+        }
+        servers
+    }
+
     fn spawn(&mut self) {
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        command
             .args([
                 "-a",
                 "127.0.0.1",
@@ -74,15 +105,26 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.store.path())
+            .args(self.cluster.iter().flat_map(|(name, route, routes)| {
+                [
+                    "-n".to_owned(),
+                    name.clone(),
+                    "--cluster_name".to_owned(),
+                    "fleet".to_owned(),
+                    "--cluster".to_owned(),
+                    format!("nats://127.0.0.1:{route}"),
+                    "--routes".to_owned(),
+                    routes.clone(),
+                ]
+            }))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {} ({e}); run `just setup` to install the pinned nats-server",
-                    self.binary.display()
-                )
-            });
+            .stderr(Stdio::null());
+        let child = command.spawn().unwrap_or_else(|e| {
+            panic!(
+                "cannot start {} ({e}); run `just setup` to install the pinned nats-server",
+                self.binary.display()
+            )
+        });
         self.child = Some(child);
         let address = SocketAddr::from(([127, 0, 0, 1], self.port));
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -151,8 +193,19 @@ pub async fn stream_messages(
     stream: &str,
     subject: Option<&str>,
 ) -> Vec<async_nats::jetstream::message::StreamMessage> {
-    let mut stream = js.get_stream(stream).await.expect("the stream exists");
-    let state = stream.info().await.expect("stream info").state.clone();
+    // A cluster electing a leader answers "timed out" for a moment: asked again, as a caller
+    // would.
+    let mut found = None;
+    for _ in 0..50 {
+        if let Ok(mut handle) = js.get_stream(stream).await
+            && let Ok(state) = handle.info().await.map(|info| info.state.clone())
+        {
+            found = Some((handle, state));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (stream, state) = found.unwrap_or_else(|| panic!("the stream {stream} does not answer"));
     let mut out = Vec::new();
     for sequence in state.first_sequence..=state.last_sequence {
         if let Ok(message) = stream.get_raw_message(sequence).await

@@ -2,6 +2,7 @@
 //! databases, provisioned by the provisioner's handler running in this process.
 
 mod client;
+mod cluster;
 mod deploys;
 
 use std::path::Path;
@@ -51,7 +52,15 @@ impl std::ops::DerefMut for Fleet {
 
 impl Fleet {
     pub async fn start() -> Self {
-        let fleet = TestFleet::start("");
+        Self::on(TestFleet::start("")).await
+    }
+
+    /// The same on a three-node JetStream cluster (replicas 3; see `TestFleet::start_clustered`).
+    pub async fn start_clustered() -> Self {
+        Self::on(TestFleet::start_clustered(CLUSTER_RETRY)).await
+    }
+
+    async fn on(fleet: TestFleet) -> Self {
         let config = fleet.config.clone();
         let runtime = Runtime::connect(&config).await.unwrap();
         let (js, publisher) = (runtime.js.clone(), runtime.publisher.clone());
@@ -155,12 +164,16 @@ impl Fleet {
             .unwrap();
     }
 
+    /// The deployment's record; read again while the store does not answer (a cluster electing
+    /// a leader), for up to ten seconds.
     pub async fn deployment(&self, id: &str) -> Option<Deployment> {
-        self.deployments
-            .get::<std::convert::Infallible>(id)
-            .await
-            .unwrap()
-            .map(|v| v.state)
+        for _ in 0..50 {
+            match self.deployments.get::<std::convert::Infallible>(id).await {
+                Ok(found) => return found.map(|v| v.state),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        panic!("the deployments bucket does not answer")
     }
 
     /// The deploy outcomes of deployment `id` by tenant (`rollback`: its rollback outcomes).
@@ -265,6 +278,14 @@ impl Fleet {
         fleet_testkit::hooks(&self.js, subject).await
     }
 }
+
+/// A clustered fleet's retry budget (as `deploy/kubernetes/production.toml` has it): enough
+/// deliveries, backing off to seconds, to outlast a leader election after a node dies.
+pub const CLUSTER_RETRY: &str = "
+[worker.retry]
+max_attempts = 10
+max_ms = 5000
+";
 
 /// The example CRM bundle.
 pub fn crm(version: &str) -> Value {
