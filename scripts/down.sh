@@ -3,7 +3,7 @@
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 home="${FLEET_HOME:-$root/.fleet}"
-for name in gateway provisioner deployer installer quota-auditor nats-server; do
+for name in gateway provisioner deployer installer quota-auditor nats-server nats-server-1 nats-server-2 nats-server-3; do
   pidfile="$home/run/$name.pid"
   [ -f "$pidfile" ] || continue
   pid="$(cat "$pidfile")"

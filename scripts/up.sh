@@ -9,8 +9,40 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 home="${FLEET_HOME:-$root/.fleet}"
 mkdir -p "$home/logs" "$home/run" "$home/nats"
+
+# `just up --cluster`: three nats-servers on loopback (client ports 4222-4224, routes 6222-6224)
+# as one JetStream cluster, streams and buckets with three replicas; the workers get every node.
+if [ "${1:-}" = "--cluster" ]; then
+  routes="nats://127.0.0.1:6222,nats://127.0.0.1:6223,nats://127.0.0.1:6224"
+  urls=()
+  for n in 1 2 3; do
+    cport=$((4221 + n)); rport=$((6221 + n)); mport=$((8221 + n))
+    urls+=("nats://127.0.0.1:$cport")
+    pidfile="$home/run/nats-server-$n.pid"
+    if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+      echo "nats-server n$n already running (pid $(cat "$pidfile"))"
+      continue
+    fi
+    mkdir -p "$home/nats-cluster/n$n"
+    "$home/bin/nats-server" -a 127.0.0.1 -p "$cport" -m "$mport" -js -sd "$home/nats-cluster/n$n" \
+      -n "n$n" --cluster_name fleet --cluster "nats://127.0.0.1:$rport" --routes "$routes" \
+      >>"$home/logs/nats-server-$n.log" 2>&1 &
+    echo $! > "$pidfile"
+    echo "nats-server n$n started at nats://127.0.0.1:$cport (pid $!, monitoring http://127.0.0.1:$mport)"
+  done
+  # Until the cluster has elected its meta leader, JetStream is not available.
+  for _ in $(seq 1 100); do
+    curl -fsS http://127.0.0.1:8222/jsz 2>/dev/null | grep -q '"leader"' && break
+    sleep 0.1
+  done
+  export FLEET_NATS__URL="$(IFS=,; echo "${urls[*]}")"
+  export FLEET_NATS__REPLICAS=3
+  export FLEET_WORKER__RETRY__MAX_ATTEMPTS="${FLEET_WORKER__RETRY__MAX_ATTEMPTS:-10}"
+  export FLEET_WORKER__RETRY__MAX_MS="${FLEET_WORKER__RETRY__MAX_MS:-5000}"
+fi
 url="${FLEET_NATS__URL:-nats://127.0.0.1:4222}"
-hostport="${url#nats://}"
+hostport="${url%%,*}"
+hostport="${hostport#nats://}"
 hostport="${hostport%%/*}"
 host="${hostport%:*}"
 port="${hostport##*:}"

@@ -380,8 +380,13 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// Log filter (RUST_LOG syntax).
     pub log_filter: String,
-    /// OTLP endpoint; empty disables trace export.
+    /// OTLP/HTTP traces endpoint, the whole URL (`http://collector:4318/v1/traces`); empty
+    /// disables trace export.
     pub otlp_endpoint: String,
+    /// Share of traces kept when this process starts them, 0.0–1.0 (by trace id, so every
+    /// process keeps or drops the same trace). Parent-based: a span whose caller sent a
+    /// `traceparent` follows the caller's decision.
+    pub trace_sample_ratio: f64,
 }
 
 impl Default for TelemetryConfig {
@@ -390,6 +395,7 @@ impl Default for TelemetryConfig {
             log_format: LogFormat::Pretty,
             log_filter: "info".into(),
             otlp_endpoint: String::new(),
+            trace_sample_ratio: 1.0,
         }
     }
 }
@@ -514,6 +520,19 @@ impl Config {
         }
         if self.nats.ack_wait_ms < 1000 {
             problems.push("nats.ack_wait_ms: must be at least 1000".into());
+        }
+        let ratio = self.telemetry.trace_sample_ratio;
+        if !(0.0..=1.0).contains(&ratio) {
+            problems.push(format!(
+                "telemetry.trace_sample_ratio: {ratio} must be between 0.0 and 1.0"
+            ));
+        }
+        let endpoint = &self.telemetry.otlp_endpoint;
+        let http = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+        if !endpoint.is_empty() && !http {
+            problems.push(format!(
+                "telemetry.otlp_endpoint: {endpoint:?} must be an http:// or https:// URL (OTLP/HTTP)"
+            ));
         }
         if self.provisioner.lease_secs.saturating_mul(1000) >= self.nats.ack_wait_ms {
             problems.push(format!(
@@ -667,7 +686,7 @@ mod tests {
             write(
                 &dir,
                 "default.toml",
-                "[nats]\nurl = \"http://x\"\nsubject_prefix = \"a..b\"\n[tenantdb]\nurl_template = \"file:x.db\"\n[worker]\nconcurrency = 0\n[secrets]\nactive_key = \"missing\"\n",
+                "[nats]\nurl = \"http://x\"\nsubject_prefix = \"a..b\"\n[tenantdb]\nurl_template = \"file:x.db\"\n[worker]\nconcurrency = 0\n[secrets]\nactive_key = \"missing\"\n[telemetry]\ntrace_sample_ratio = 1.5\notlp_endpoint = \"collector:4317\"\n",
             );
             let err = Config::load_from(&ConfigSource {
                 dir,
@@ -677,7 +696,16 @@ mod tests {
             let ConfigError::Invalid(problems) = err else {
                 panic!("{err}")
             };
-            assert_eq!(problems.len(), 5, "{problems:#?}");
+            assert_eq!(problems.len(), 7, "{problems:#?}");
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.starts_with("telemetry.trace_sample_ratio: 1.5"))
+                    && problems
+                        .iter()
+                        .any(|p| p.starts_with("telemetry.otlp_endpoint:")),
+                "{problems:#?}"
+            );
             Ok(())
         });
     }

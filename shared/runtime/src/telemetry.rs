@@ -48,16 +48,26 @@ impl Drop for TelemetryGuard {
 }
 
 /// The tracer provider: spans get ids (for propagation) always, and are exported over
-/// OTLP/HTTP when `otlp_endpoint` is set.
+/// OTLP/HTTP (protobuf) to `otlp_endpoint` when it is set. `sample_ratio` (0.0–1.0) is the
+/// share of the traces this process starts that are recorded, decided by trace id; a span with
+/// a remote parent (a `traceparent` in the message or request) follows the parent's decision.
 pub fn tracer_provider(
     service: &str,
     otlp_endpoint: &str,
+    sample_ratio: f64,
 ) -> Result<SdkTracerProvider, TelemetryError> {
+    use opentelemetry_sdk::trace::Sampler;
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(service.to_owned())
         .build();
-    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(sample_ratio)));
+    let mut builder = SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_sampler(sampler);
     if !otlp_endpoint.is_empty() {
+        // The batch processor exports from a thread of its own, outside the Tokio runtime:
+        // its HTTP client must be the blocking one (an async client there panics with "no
+        // reactor running" and every span is lost — the provisioner's tracing test).
         use opentelemetry_otlp::WithExportConfig;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
@@ -72,7 +82,7 @@ pub fn tracer_provider(
 /// Installs logging and tracing for the process.
 pub fn init(service: &str, config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let provider = tracer_provider(service, &config.otlp_endpoint)?;
+    let provider = tracer_provider(service, &config.otlp_endpoint, config.trace_sample_ratio)?;
     let tracer = provider.tracer(service.to_owned());
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_filter));

@@ -8,11 +8,13 @@
 //! stream holds. [`TestFleet`] is one fleet under test: a server, folders, the typed
 //! configuration and the worker processes of one test. [`turso::TursoDouble`] is the Turso
 //! Platform API's double (from its OpenAPI document), [`sqld::Sqld`] the real libSQL server
-//! whose namespaces are its databases.
+//! whose namespaces are its databases. [`otlp::OtlpReceiver`] records the spans processes export
+//! over OTLP/HTTP, as a collector would.
 
 #![deny(missing_docs)]
 
 pub mod fleet;
+pub mod otlp;
 pub mod sqld;
 pub mod turso;
 

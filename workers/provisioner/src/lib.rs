@@ -34,6 +34,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use async_trait::async_trait;
 use fleet_protocol::turso::TursoTokenScope;
@@ -555,141 +556,146 @@ impl Provisioner {
             }
             // One write per step, at its end (the start is derived from its duration): a
             // crash mid-step leaves it not done, and the retry runs it again (every step is
-            // idempotent).
-            known = self
-                .hold_lease(tenant, &known)
-                .await
-                .map_err(|e| (*step, e))?;
-            let record = &known.state;
-            let started = Instant::now();
-            if !self.settings.step_delay.is_zero() {
-                tokio::time::sleep(self.settings.step_delay).await;
-            }
-            let update: Box<dyn Fn(&mut TenantRecord) + Send + Sync> = match *step {
-                Step::CreateDatabase => {
-                    let info = if lifecycle.auto_create {
-                        self.backend
-                            .create_database(tenant, Some(group))
-                            .await
-                            .map_err(|e| (*step, e.into()))?
-                    } else {
-                        self.backend
-                            .get_database(&database)
-                            .await
-                            .map_err(|e| (*step, e.into()))?
-                            .ok_or_else(|| {
-                                (
-                                    *step,
-                                    ProvisionError::Permanent(format!(
-                                        "autoCreate is off and database {database} does not exist"
-                                    )),
-                                )
-                            })?
-                    };
-                    Box::new(move |r: &mut TenantRecord| {
-                        r.database = Some(info.name.clone());
-                        r.group = Some(info.group.clone());
-                    })
-                }
-                Step::IssueToken => {
-                    // Revoke any token an interrupted attempt issued but never stored.
-                    self.backend
-                        .rotate_tokens(&database)
-                        .await
-                        .map_err(|e| (*step, e.into()))?;
-                    let issued = self
-                        .backend
-                        .issue_token(
-                            &database,
-                            TursoTokenScope::FullAccess,
-                            self.settings.token_ttl,
-                        )
-                        .await
-                        .map_err(|e| (*step, e.into()))?;
-                    token = Some(issued.token);
-                    Box::new(|_: &mut TenantRecord| {})
-                }
-                Step::StoreConnection => {
-                    let secret = token.clone().ok_or((
-                        *step,
-                        ProvisionError::Store("no token issued in this attempt".into()),
-                    ))?;
-                    let sealed = self.seal(tenant, &database, &secret, Some(group.to_owned()));
-                    Box::new(move |r: &mut TenantRecord| r.connection = Some(sealed.clone()))
-                }
-                Step::SyncSchema if lifecycle.apply_group_schema => {
-                    let conn = self
-                        .step_connection(&mut conn, tenant, &database, record)
-                        .await
-                        .map_err(|e| (*step, e))?;
-                    self.sync_schema(conn).await.map_err(|e| (*step, e))?;
-                    Box::new(|_: &mut TenantRecord| {})
-                }
-                Step::Seed if lifecycle.seed_data && record.admin_email.is_some() => {
-                    let conn = self
-                        .step_connection(&mut conn, tenant, &database, record)
-                        .await
-                        .map_err(|e| (*step, e))?;
-                    self.seed(conn, record).await.map_err(|e| (*step, e))?;
-                    Box::new(|_: &mut TenantRecord| {})
-                }
-                _ => {
-                    let ms = started.elapsed().as_millis() as u64;
-                    known = latest(
-                        self.transition_from(tenant, &known, |cur| {
-                            machine::step_finished(
-                                cur,
-                                tenant,
-                                *step,
-                                true,
-                                ms,
-                                &|_| {},
-                                &Timestamp::now(),
-                            )
-                        })
-                        .await,
-                    )
+            // idempotent). Each step is a span of the tenant's trace (`provision.step`).
+            let span = tracing::info_span!("provision.step", step = step.as_str(), %tenant);
+            async {
+                known = self
+                    .hold_lease(tenant, &known)
+                    .await
                     .map_err(|e| (*step, e))?;
-                    continue;
+                let record = &known.state;
+                let started = Instant::now();
+                if !self.settings.step_delay.is_zero() {
+                    tokio::time::sleep(self.settings.step_delay).await;
                 }
-            };
-            let ms = started.elapsed().as_millis() as u64;
-            known = latest(
-                self.transition_from(tenant, &known, |cur| {
-                    machine::step_finished(
-                        cur,
-                        tenant,
-                        *step,
-                        false,
-                        ms,
-                        &*update,
-                        &Timestamp::now(),
-                    )
-                })
-                .await,
-            )
-            .map_err(|e| (*step, e))?;
-        }
-        let started = Instant::now();
-        let record = self
-            .transition_from(tenant, &known, |cur| {
-                let ms = started.elapsed().as_millis() as u64;
-                let decision = machine::activate(cur, tenant, ms, &Timestamp::now())?;
-                let Decision::Write { next, event } = decision else {
-                    return Ok(Decision::Unchanged);
+                let noop = || -> Box<dyn Fn(&mut TenantRecord) + Send + Sync> {
+                    Box::new(|_: &mut TenantRecord| {})
                 };
-                let data = serde_json::to_value(next.result()).unwrap_or_default();
-                let key = format!("created@{}", next.requested_at);
-                Ok(machine::with_hook(
-                    Decision::Write { next, event },
-                    Self::hook("hooks.tenant.created", "tenant.created", key, data),
-                ))
-            })
-            .await
-            .map_err(|e| (Step::Register, e))?;
-        self.flush_hook(tenant, &record)
-            .await
-            .map_err(|e| (Step::Register, e))?;
+                // What the step did (written with its end) and whether it was skipped.
+                let (update, skipped) = match *step {
+                    Step::CreateDatabase => {
+                        let info = if lifecycle.auto_create {
+                            self.backend
+                                .create_database(tenant, Some(group))
+                                .await
+                                .map_err(|e| (*step, e.into()))?
+                        } else {
+                            self.backend
+                                .get_database(&database)
+                                .await
+                                .map_err(|e| (*step, e.into()))?
+                                .ok_or_else(|| {
+                                    (
+                                        *step,
+                                        ProvisionError::Permanent(format!(
+                                            "autoCreate is off and database {database} does not exist"
+                                        )),
+                                    )
+                                })?
+                        };
+                        let update: Box<dyn Fn(&mut TenantRecord) + Send + Sync> =
+                            Box::new(move |r: &mut TenantRecord| {
+                                r.database = Some(info.name.clone());
+                                r.group = Some(info.group.clone());
+                            });
+                        (update, false)
+                    }
+                    Step::IssueToken => {
+                        // Revoke any token an interrupted attempt issued but never stored.
+                        self.backend
+                            .rotate_tokens(&database)
+                            .await
+                            .map_err(|e| (*step, e.into()))?;
+                        let issued = self
+                            .backend
+                            .issue_token(
+                                &database,
+                                TursoTokenScope::FullAccess,
+                                self.settings.token_ttl,
+                            )
+                            .await
+                            .map_err(|e| (*step, e.into()))?;
+                        token = Some(issued.token);
+                        (noop(), false)
+                    }
+                    Step::StoreConnection => {
+                        let secret = token.clone().ok_or((
+                            *step,
+                            ProvisionError::Store("no token issued in this attempt".into()),
+                        ))?;
+                        let sealed = self.seal(tenant, &database, &secret, Some(group.to_owned()));
+                        let update: Box<dyn Fn(&mut TenantRecord) + Send + Sync> =
+                            Box::new(move |r: &mut TenantRecord| {
+                                r.connection = Some(sealed.clone())
+                            });
+                        (update, false)
+                    }
+                    Step::SyncSchema if lifecycle.apply_group_schema => {
+                        let conn = self
+                            .step_connection(&mut conn, tenant, &database, record)
+                            .await
+                            .map_err(|e| (*step, e))?;
+                        self.sync_schema(conn).await.map_err(|e| (*step, e))?;
+                        (noop(), false)
+                    }
+                    Step::Seed if lifecycle.seed_data && record.admin_email.is_some() => {
+                        let conn = self
+                            .step_connection(&mut conn, tenant, &database, record)
+                            .await
+                            .map_err(|e| (*step, e))?;
+                        self.seed(conn, record).await.map_err(|e| (*step, e))?;
+                        (noop(), false)
+                    }
+                    _ => (noop(), true),
+                };
+                let ms = started.elapsed().as_millis() as u64;
+                known = latest(
+                    self.transition_from(tenant, &known, |cur| {
+                        machine::step_finished(
+                            cur,
+                            tenant,
+                            *step,
+                            skipped,
+                            ms,
+                            &*update,
+                            &Timestamp::now(),
+                        )
+                    })
+                    .await,
+                )
+                .map_err(|e| (*step, e))?;
+                Ok::<(), (Step, ProvisionError)>(())
+            }
+            .instrument(span)
+            .await?;
+        }
+        // `active`, then `hooks.tenant.created` (its headers carry the trace on).
+        let span = tracing::info_span!("provision.activate", %tenant);
+        let record = async {
+            let started = Instant::now();
+            let record = self
+                .transition_from(tenant, &known, |cur| {
+                    let ms = started.elapsed().as_millis() as u64;
+                    let decision = machine::activate(cur, tenant, ms, &Timestamp::now())?;
+                    let Decision::Write { next, event } = decision else {
+                        return Ok(Decision::Unchanged);
+                    };
+                    let data = serde_json::to_value(next.result()).unwrap_or_default();
+                    let key = format!("created@{}", next.requested_at);
+                    Ok(machine::with_hook(
+                        Decision::Write { next, event },
+                        Self::hook("hooks.tenant.created", "tenant.created", key, data),
+                    ))
+                })
+                .await
+                .map_err(|e| (Step::Register, e))?;
+            self.flush_hook(tenant, &record)
+                .await
+                .map_err(|e| (Step::Register, e))?;
+            Ok::<_, (Step, ProvisionError)>(record)
+        }
+        .instrument(span)
+        .await?;
         tracing::info!(%tenant, ms = record.as_ref().and_then(|r| r.state.total_duration_ms), "tenant active");
         crashpoint::reached("create.activated");
         Ok(())

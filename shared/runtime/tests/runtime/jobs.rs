@@ -304,7 +304,7 @@ async fn trace_context_survives_a_hop() {
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
-    let provider = fleet_runtime::telemetry::tracer_provider("test", "").unwrap();
+    let provider = fleet_runtime::telemetry::tracer_provider("test", "", 1.0).unwrap();
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
     let _guard = tracing::subscriber::set_default(subscriber);

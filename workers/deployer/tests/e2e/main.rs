@@ -279,7 +279,7 @@ impl Fleet {
     }
 }
 
-/// A clustered fleet's retry budget (as `deploy/kubernetes/production.toml` has it): enough
+/// A clustered fleet's retry budget (as `deploy/k8s/overlays/prod/fleet.toml` has it): enough
 /// deliveries, backing off to seconds, to outlast a leader election after a node dies.
 pub const CLUSTER_RETRY: &str = "
 [worker.retry]

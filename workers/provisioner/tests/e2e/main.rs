@@ -5,6 +5,7 @@ mod crashes;
 mod deletions;
 mod lifecycle;
 mod provisioning;
+mod tracing;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
