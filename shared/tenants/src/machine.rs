@@ -12,7 +12,7 @@ use fleet_protocol::{
     TenantProvisioningStatus, TenantQuota, TenantRegion, Timestamp,
 };
 use fleet_state::{Decision, ProgressEvent, Versioned};
-use fleet_tenantdb::StoredConnectionConfig;
+use fleet_tenantdb::{KeyRing, StoredConnectionConfig};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -266,6 +266,15 @@ pub enum TransitionError {
         owner: String,
         /// Until.
         until: Timestamp,
+    },
+    /// The stored token could not be opened with the key ring (its key was removed, or the
+    /// record was tampered with).
+    #[error("tenant {tenant}: {message}")]
+    Sealed {
+        /// Tenant.
+        tenant: String,
+        /// What opening it said.
+        message: String,
     },
 }
 
@@ -776,6 +785,37 @@ pub fn suspend(
     }
 }
 
+/// Key rotation: the stored token re-sealed under `keys`' active key, in whatever state the
+/// tenant is (a suspended tenant's read-only token too). `Unchanged` when it already is, or
+/// when there is no token; an error when no key of the ring opens it. Not deterministic (a
+/// seal draws a fresh nonce), so it is written by compare-and-set like every transition: a
+/// record changed meanwhile is read again and re-sealed from its new contents.
+pub fn reseal(
+    current: Option<&Versioned<TenantRecord>>,
+    tenant: &TenantId,
+    keys: &KeyRing,
+    now: &Timestamp,
+) -> Result<Decision<TenantRecord>, TransitionError> {
+    let record = existing(current, tenant)?;
+    let Some(connection) = &record.connection else {
+        return Ok(Decision::Unchanged);
+    };
+    let resealed = connection
+        .resealed(tenant, keys)
+        .map_err(|e| TransitionError::Sealed {
+            tenant: tenant.to_string(),
+            message: e.to_string(),
+        })?;
+    match resealed {
+        Some(connection) => {
+            let mut next = record.clone();
+            next.connection = Some(connection);
+            Ok(write(next, "reseal", None, None, now))
+        }
+        None => Ok(Decision::Unchanged),
+    }
+}
+
 /// `suspended` → `active`, with a new connection.
 pub fn resume(
     current: Option<&Versioned<TenantRecord>>,
@@ -945,6 +985,66 @@ mod tests {
 
     fn is_illegal<T: std::fmt::Debug>(result: Result<T, TransitionError>) -> bool {
         matches!(result, Err(TransitionError::Illegal { .. }))
+    }
+
+    #[test]
+    fn reseal_moves_a_token_to_the_active_key_and_keeps_it() {
+        use secrecy::ExposeSecret;
+        let (k1, k2) = (KeyRing::generate_key(), KeyRing::generate_key());
+        let old = KeyRing::new("k1", [("k1", &k1)]).unwrap();
+        let rotated = KeyRing::new("k2", [("k1", &k1), ("k2", &k2)]).unwrap();
+        let only_new = KeyRing::new("k2", [("k2", &k2)]).unwrap();
+        let mut s = active().unwrap();
+        s.state.connection = Some(StoredConnectionConfig::seal(
+            &fleet_protocol::TenantConnectionConfig {
+                url: "file:acme.db".into(),
+                auth_token: Some("jwt-of-acme".into()),
+                group: Some("eu".into()),
+            },
+            &acme(),
+            &old,
+        ));
+        // No key of the ring opens it: refused, nothing written.
+        assert!(matches!(
+            reseal(Some(&s), &acme(), &only_new, &t(20)),
+            Err(TransitionError::Sealed { .. })
+        ));
+        let Decision::Write { next, event } = reseal(Some(&s), &acme(), &rotated, &t(20)).unwrap()
+        else {
+            panic!("a token sealed with k1 is re-sealed")
+        };
+        assert_eq!(event.step, "reseal");
+        assert_eq!(next.state, s.state.state, "the tenant's state is untouched");
+        let connection = next.connection.clone().unwrap();
+        assert!(
+            connection
+                .sealed_auth_token
+                .as_deref()
+                .unwrap()
+                .starts_with("v1.k2.")
+        );
+        assert_eq!(connection.url, "file:acme.db");
+        let token = connection.auth_token(&acme(), &only_new).unwrap().unwrap();
+        assert_eq!(token.expose_secret(), "jwt-of-acme");
+        // Already under the active key, or no token at all: nothing to do.
+        let resealed = Versioned {
+            state: next,
+            revision: s.revision + 1,
+        };
+        assert_eq!(
+            reseal(Some(&resealed), &acme(), &rotated, &t(21)).unwrap(),
+            Decision::Unchanged
+        );
+        let mut bare = resealed.clone();
+        bare.state.connection = None;
+        assert_eq!(
+            reseal(Some(&bare), &acme(), &rotated, &t(21)).unwrap(),
+            Decision::Unchanged
+        );
+        assert!(matches!(
+            reseal(None, &acme(), &rotated, &t(21)),
+            Err(TransitionError::Unknown(_))
+        ));
     }
 
     /// A tenant provisioned through every step, active at `t(10)`.

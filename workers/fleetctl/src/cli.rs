@@ -56,6 +56,9 @@ enum Command {
     /// Dead letters: list, show, replay once their cause is fixed, purge.
     #[command(subcommand)]
     Dlq(crate::dlq_cmd::DlqCommand),
+    /// Tenant connection tokens at rest: `secrets reseal` after the encryption key rotates.
+    #[command(subcommand)]
+    Secrets(crate::secrets_cmd::SecretsCommand),
     /// The JetStream topology: `streams [show]` as the server reports it, `streams init`.
     Streams {
         #[command(subcommand)]
@@ -90,6 +93,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Quota(command) => crate::quota_cmd::run(command).await,
         Command::Deploy(args) => crate::deploy_cmd::run(args).await,
         Command::Streams { command } => crate::streams_cmd::run(command).await,
+        Command::Secrets(command) => crate::secrets_cmd::run(command).await,
         Command::Config => {
             let config = fleet_config::Config::load()?;
             say!("{}", serde_json::to_string_pretty(&config.redacted())?);

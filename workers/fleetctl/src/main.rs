@@ -37,6 +37,7 @@ mod hooks_cmd;
 mod quota_cmd;
 mod read;
 mod schema_cmd;
+mod secrets_cmd;
 mod status_cmd;
 mod streams_cmd;
 mod tenant_cmd;

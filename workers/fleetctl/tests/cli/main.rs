@@ -8,6 +8,7 @@ mod dlq;
 mod field_cases;
 mod ops;
 mod schema;
+mod secrets;
 mod streams;
 mod typescript;
 mod validate;
