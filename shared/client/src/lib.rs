@@ -212,9 +212,10 @@ async fn watch_key<T: DeserializeOwned + Send + 'static>(
 }
 
 impl FleetClient {
-    /// Connects to `config.nats.url` and ensures the topology (idempotent).
+    /// Connects to `config.nats.url`, creating any stream, consumer or bucket still missing
+    /// (a caller may start before the workers); what exists is left as the fleet set it.
     pub async fn connect(config: &Config) -> Result<Self, ClientError> {
-        let runtime = Runtime::connect(config)
+        let runtime = Runtime::attach(config)
             .await
             .map_err(|e| ClientError::Unreachable(fleet_runtime::error_chain(&e)))?;
         Self::from_runtime(runtime).await

@@ -11,7 +11,8 @@
 //!   probes, graceful stop.
 //! - [`heartbeat`]: which worker replicas are running, in a small KV bucket.
 //!
-//! [`Runtime::connect`] connects and ensures the topology; [`Runtime::run_worker`] runs a
+//! [`Runtime::connect`] connects and ensures the topology ([`Runtime::attach`] only creates what
+//! is missing, for callers); [`Runtime::run_worker`] runs a
 //! handler until the shutdown signal; [`worker::main`] is all of a worker binary's `main`.
 
 #![deny(missing_docs)]
@@ -102,8 +103,20 @@ pub struct Runtime {
 
 impl Runtime {
     /// Connects to `config.nats.url` — one server, or a cluster's nodes separated by commas —
-    /// (reconnecting for ever afterwards) and ensures the topology.
+    /// (reconnecting for ever afterwards) and ensures the topology: creates what is missing and
+    /// brings what exists to `config`'s settings. For workers and `fleetctl streams init`.
     pub async fn connect(config: &Config) -> Result<Self, RuntimeError> {
+        Self::open(config, true).await
+    }
+
+    /// Connects like [`Self::connect`], but only creates what is missing: streams, consumers
+    /// and buckets that exist are left as they are, whatever `config` says. For callers and
+    /// operator commands, whose configuration is not the fleet's to impose.
+    pub async fn attach(config: &Config) -> Result<Self, RuntimeError> {
+        Self::open(config, false).await
+    }
+
+    async fn open(config: &Config, update: bool) -> Result<Self, RuntimeError> {
         let url = config.nats.url.clone();
         // One server, or several separated by commas (a cluster's nodes: the client fails over
         // between them, and learns the rest of the cluster from whichever answers).
@@ -126,7 +139,11 @@ impl Runtime {
             })?;
         let js = jetstream::new(client.clone());
         let topology = Topology::from_config(config);
-        topology.ensure(&client, &js).await?;
+        if update {
+            topology.ensure(&client, &js).await?;
+        } else {
+            topology.ensure_missing(&client, &js).await?;
+        }
         let publisher = Publisher::new(js.clone());
         Ok(Self {
             client,

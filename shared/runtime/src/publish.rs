@@ -1,6 +1,16 @@
 //! Publishing: every message carries `Nats-Msg-Id` (so JetStream's duplicate window drops
 //! retries) and the call waits for the stream's acknowledgement. The current span's W3C trace
 //! context travels in the headers.
+//!
+//! A publish the server answers with "no responders" (async-nats: `StreamNotFound`) is tried
+//! again for up to ~3 s: in a cluster a node that has just (re)joined routes a stream's subjects
+//! only once it has caught up with the others, and a rolling upgrade of NATS does that to every
+//! node in turn (the deployer's cluster failover test met it). The message id makes the retry
+//! safe. A stream that really is missing still fails, ~3 s later.
+
+use std::time::Duration;
+
+use backon::Retryable;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
@@ -66,24 +76,40 @@ impl Publisher {
         mut headers: HeaderMap,
     ) -> Result<Published, PublishError> {
         crate::telemetry::inject_context(&mut headers);
-        let message = PublishMessage::build()
-            .headers(headers)
-            .payload(payload)
-            .message_id(message_id);
-        let send_error = |e: &dyn std::fmt::Display| PublishError::Send {
-            subject: subject.to_owned(),
-            message: e.to_string(),
-        };
-        let ack: PublishAckFuture = self
-            .js
-            .send_publish(subject.to_owned(), message)
+        let no_responders = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_millis(800))
+            .with_max_times(7)
+            .with_jitter();
+        let ack = (|| self.publish_once(subject, message_id, payload.clone(), headers.clone()))
+            .retry(no_responders)
+            .when(|e: &jetstream::context::PublishError| {
+                e.kind() == jetstream::context::PublishErrorKind::StreamNotFound
+            })
             .await
-            .map_err(|e| send_error(&e))?;
-        let ack = ack.await.map_err(|e| send_error(&e))?;
+            .map_err(|e| PublishError::Send {
+                subject: subject.to_owned(),
+                message: e.to_string(),
+            })?;
         Ok(Published {
             sequence: ack.sequence,
             duplicate: ack.duplicate,
         })
+    }
+
+    async fn publish_once(
+        &self,
+        subject: &str,
+        message_id: &str,
+        payload: Bytes,
+        headers: HeaderMap,
+    ) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+        let message = PublishMessage::build()
+            .headers(headers)
+            .payload(payload)
+            .message_id(message_id);
+        let ack: PublishAckFuture = self.js.send_publish(subject.to_owned(), message).await?;
+        ack.await
     }
 
     /// Publishes `value` as JSON.

@@ -437,11 +437,33 @@ impl Topology {
             .find(|b| b.bucket == bucket || b.bucket.ends_with(&format!("_{bucket}")))
     }
 
-    /// Creates or updates everything; refuses old servers and incompatible streams.
+    /// Creates or updates everything; refuses old servers and incompatible streams. What the
+    /// workers and `fleetctl streams init` run: the configuration they carry is the fleet's.
     pub async fn ensure(
         &self,
         client: &async_nats::Client,
         js: &jetstream::Context,
+    ) -> Result<(), TopologyError> {
+        self.ensure_with(client, js, true).await
+    }
+
+    /// Creates what is missing and leaves everything that exists as it is: what callers and
+    /// operator commands run (fleet-client, `fleetctl status`, …). A laptop's configuration
+    /// (one replica, the default retry budget) must never rewrite a production cluster's
+    /// streams and consumers just by connecting to it.
+    pub async fn ensure_missing(
+        &self,
+        client: &async_nats::Client,
+        js: &jetstream::Context,
+    ) -> Result<(), TopologyError> {
+        self.ensure_with(client, js, false).await
+    }
+
+    async fn ensure_with(
+        &self,
+        client: &async_nats::Client,
+        js: &jetstream::Context,
+        update: bool,
     ) -> Result<(), TopologyError> {
         if client.server_info().version.is_empty() {
             // Connected lazily (retry_on_initial_connect): wait for the handshake first.
@@ -452,7 +474,7 @@ impl Topology {
         }
         check_server_version(&client.server_info().version)?;
         for spec in &self.streams {
-            ensure_stream(js, spec).await?;
+            ensure_stream(js, spec, update).await?;
         }
         for spec in &self.consumers {
             let stream = js
@@ -468,6 +490,7 @@ impl Topology {
                 ..Default::default()
             };
             match stream.consumer_info(&spec.durable).await {
+                Ok(_) if !update => {}
                 Ok(_) => {
                     stream
                         .update_consumer(config)
@@ -529,7 +552,11 @@ pub fn check_server_version(version: &str) -> Result<(), TopologyError> {
     }
 }
 
-async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result<(), TopologyError> {
+async fn ensure_stream(
+    js: &jetstream::Context,
+    spec: &StreamSpec,
+    update: bool,
+) -> Result<(), TopologyError> {
     let config = stream::Config {
         name: spec.name.clone(),
         subjects: spec.subjects.clone(),
@@ -544,6 +571,7 @@ async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result<(),
         ..Default::default()
     };
     match js.get_stream(&spec.name).await {
+        Ok(_) if !update => Ok(()),
         Ok(mut existing) => {
             let info = existing
                 .info()

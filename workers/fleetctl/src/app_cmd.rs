@@ -406,7 +406,7 @@ async fn check(
         return Ok(crate::exit::input());
     };
     let objects = package.object_definitions()?;
-    let runtime = Runtime::connect(config).await?;
+    let runtime = Runtime::attach(config).await?;
     let connector = fleet_control::TenantConnector::new(
         fleet_control::tenants(&runtime).await?,
         fleet_tenantdb::backend_from_config(config)?,

@@ -394,7 +394,7 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
         }
     }
     let config = fleet_config::Config::load()?;
-    let runtime = Runtime::connect(&config).await?;
+    let runtime = Runtime::attach(&config).await?;
     match command {
         DlqCommand::List { filter, json } => list(&runtime, &filter, json).await,
         DlqCommand::Show { sequence, json } => show(&runtime, sequence, json).await,

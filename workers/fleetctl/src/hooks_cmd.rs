@@ -33,7 +33,7 @@ pub async fn run(args: HooksArgs) -> anyhow::Result<ExitCode> {
     crate::read::check_subject_pattern(&args.subject)
         .map_err(|why| crate::exit::usage!("--subject: {why}"))?;
     let config = fleet_config::Config::load()?;
-    let runtime = fleet_runtime::Runtime::connect(&config).await?;
+    let runtime = fleet_runtime::Runtime::attach(&config).await?;
     let filter = format!("hooks.{}", args.subject);
     let events: Vec<CloudEvent> =
         crate::read::messages(&runtime, names::HOOKS, &filter, args.since)

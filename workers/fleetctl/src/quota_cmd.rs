@@ -53,7 +53,7 @@ pub async fn run(command: QuotaCommand) -> anyhow::Result<ExitCode> {
     };
     let tenant = TenantId::parse(&tenant).context("tenant")?;
     let config = fleet_config::Config::load()?;
-    let runtime = Runtime::connect(&config).await?;
+    let runtime = Runtime::attach(&config).await?;
     let connector = fleet_control::TenantConnector::new(
         fleet_control::tenants(&runtime).await?,
         fleet_tenantdb::backend_from_config(&config)?,
@@ -172,7 +172,7 @@ async fn audit(tenant: Option<String>) -> anyhow::Result<ExitCode> {
 /// The tenants whose last audit found a quota at or above `over` percent of its limit.
 async fn list(over: f64, json: bool) -> anyhow::Result<ExitCode> {
     let config = fleet_config::Config::load()?;
-    let runtime = Runtime::connect(&config).await?;
+    let runtime = Runtime::attach(&config).await?;
     let found: Vec<fleet_tenants::audit::UsageRecord> =
         crate::read::latest(&runtime, fleet_runtime::topology::names::USAGE)
             .await?

@@ -52,7 +52,7 @@ pub async fn run(command: SecretsCommand) -> anyhow::Result<ExitCode> {
     let SecretsCommand::Reseal { dry_run, json } = command;
     let config = fleet_config::Config::load()?;
     let keys = fleet_tenantdb::key_ring_from_config(&config)?;
-    let runtime = Runtime::connect(&config).await?;
+    let runtime = Runtime::attach(&config).await?;
     let tenants = fleet_control::tenants(&runtime).await?;
     let mut report = Report::default();
     for key in tenants

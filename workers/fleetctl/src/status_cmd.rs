@@ -328,7 +328,7 @@ pub fn print(status: &FleetStatus) {
 /// Runs `fleetctl status`.
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let config = fleet_config::Config::load()?;
-    let runtime = Runtime::connect(&config).await?;
+    let runtime = Runtime::attach(&config).await?;
     let redraw = args.watch && !args.json && std::io::stdout().is_terminal();
     loop {
         let status = read(&runtime, &config.nats.url).await?;

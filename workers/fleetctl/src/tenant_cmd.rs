@@ -114,7 +114,7 @@ fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, value: &str) -> anyhow
 
 async fn connect() -> anyhow::Result<(fleet_config::Config, Runtime, StateStore<TenantRecord>)> {
     let config = fleet_config::Config::load()?;
-    let runtime = Runtime::connect(&config).await?;
+    let runtime = Runtime::attach(&config).await?;
     let tenants = fleet_control::tenants(&runtime).await?;
     Ok((config, runtime, tenants))
 }

@@ -127,11 +127,18 @@ fn configuration(overlay: &str) -> Config {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("default.toml"), read("config/default.toml")).unwrap();
     let text = read(&format!("deploy/k8s/overlays/{overlay}/fleet.toml"));
-    let text = text.replacen(
-        "[tenantdb.turso]\n",
-        "[tenantdb.turso]\napi_token = \"stand-in\"\n",
-        1,
-    ) + "\n[secrets]\nactive_key = \"k1\"\nkeys = { k1 = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\" }\n";
+    let text = text
+        .replacen(
+            "[tenantdb.turso]\n",
+            "[tenantdb.turso]\napi_token = \"stand-in\"\n",
+            1,
+        )
+        .replacen(
+            "[router]\n",
+            "[router]\ntoken_secret = \"a stand-in of thirty-two bytes or more\"\n",
+            1,
+        )
+        + "\n[secrets]\nactive_key = \"k1\"\nkeys = { k1 = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\" }\n";
     std::fs::write(dir.path().join("kubernetes.toml"), text).unwrap();
     Config::load_from(&ConfigSource {
         dir: dir.path().to_path_buf(),
@@ -235,11 +242,20 @@ fn probes_ports_grace_and_configuration_match_each_overlay() {
                 assert_eq!(c[probe]["httpGet"]["path"], path, "{overlay}/{name}");
                 assert_eq!(c[probe]["httpGet"]["port"], "probes", "{overlay}/{name}");
             }
+            // The grace covers a preStop sleep and then the drain.
             let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+            let pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+                .as_u64()
+                .unwrap_or(0);
             assert!(
-                grace * 1000 > config.worker.shutdown_grace_ms,
-                "{overlay}/{name}: {grace} s is not above the drain grace of {} ms",
+                grace * 1000 > pre_stop * 1000 + config.worker.shutdown_grace_ms,
+                "{overlay}/{name}: {grace} s is not above the preStop sleep ({pre_stop} s) and the drain grace of {} ms",
                 config.worker.shutdown_grace_ms
+            );
+            // The autoscaler owns the count.
+            assert!(
+                deployment["spec"].get("replicas").is_none(),
+                "{overlay}/{name}: replicas set on an autoscaled Deployment"
             );
             // The overlay's configuration, under the name FLEET_ENV loads.
             let env = c["env"].as_array().unwrap();
@@ -285,6 +301,9 @@ fn probes_ports_grace_and_configuration_match_each_overlay() {
         // The gateway: a Service on its API port and an HPA on CPU.
         let service = named(&objects, "Service", "gateway");
         assert_eq!(service["spec"]["ports"][0]["targetPort"], "http");
+        // Traffic leaves a stopping gateway before it stops accepting.
+        let gateway = container(named(&objects, "Deployment", "gateway"));
+        assert!(gateway["lifecycle"]["preStop"]["sleep"]["seconds"].as_u64() > Some(0));
         let hpa = named(&objects, "HorizontalPodAutoscaler", "gateway");
         assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "gateway");
         assert_eq!(hpa["spec"]["metrics"][0]["resource"]["name"], "cpu");

@@ -100,3 +100,45 @@ async fn an_existing_fleet_is_upgraded_in_place_to_the_declared_settings() {
     assert!(consumer.config.backoff.is_empty(), "the backoff is gone");
     assert_eq!(consumer.config.filter_subject, "tenant.*");
 }
+
+#[tokio::test]
+async fn a_caller_attaching_creates_what_is_missing_and_changes_nothing_that_exists() {
+    // The fleet's topology, as its workers ensured it: the consumers' max_deliver is the
+    // workers' retry budget.
+    let server = NatsServer::start();
+    let mut fleet = fleet_config::Config::default();
+    fleet.nats.url = server.url();
+    fleet.worker.retry = fleet_config::RetryPolicy::Fixed {
+        interval_ms: 100,
+        max_attempts: 10,
+    };
+    fleet_runtime::Runtime::connect(&fleet).await.unwrap();
+    // An operator's laptop: the default retry budget. Attaching leaves the consumers alone…
+    let laptop = fleet_config::Config {
+        nats: fleet.nats.clone(),
+        ..Default::default()
+    };
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let max_deliver = async || {
+        let stream = js.get_stream("FLEET_TENANT_COMMANDS").await.unwrap();
+        stream
+            .consumer_info("provisioner")
+            .await
+            .unwrap()
+            .config
+            .max_deliver
+    };
+    fleet_runtime::Runtime::attach(&laptop).await.unwrap();
+    assert_eq!(max_deliver().await, 10, "attaching changed nothing");
+    // …but creates what is missing (a caller may start before any worker).
+    js.delete_key_value("fleet_usage").await.unwrap();
+    fleet_runtime::Runtime::attach(&laptop).await.unwrap();
+    js.get_key_value("fleet_usage").await.unwrap();
+    // Ensuring (a worker, `fleetctl streams init`) applies the configuration it carries.
+    fleet_runtime::Runtime::connect(&laptop).await.unwrap();
+    assert_eq!(
+        max_deliver().await,
+        i64::from(laptop.worker.retry.max_attempts())
+    );
+}
