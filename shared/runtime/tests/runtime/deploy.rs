@@ -314,7 +314,8 @@ fn probes_ports_grace_and_configuration_match_each_overlay() {
 fn every_scaled_object_names_a_stream_and_consumer_of_the_topology() {
     for overlay in OVERLAYS {
         let objects = render(overlay);
-        let topology = Topology::from_config(&configuration(overlay));
+        let config = configuration(overlay);
+        let topology = Topology::from_config(&config);
         let scaled = of_kind(&objects, "ScaledObject");
         for object in &scaled {
             let name = object["metadata"]["name"].as_str().unwrap();
@@ -339,6 +340,12 @@ fn every_scaled_object_names_a_stream_and_consumer_of_the_topology() {
                 port(endpoint),
                 8222,
                 "{overlay}/{name}: NATS monitoring is on 8222"
+            );
+            // A replica's share of the lag is what it takes at once.
+            assert_eq!(
+                trigger["metadata"]["lagThreshold"],
+                config.worker.concurrency.to_string(),
+                "{overlay}/{name}: lagThreshold is not worker.concurrency"
             );
             let min = object["spec"]["minReplicaCount"].as_u64().unwrap();
             let max = object["spec"]["maxReplicaCount"].as_u64().unwrap();
