@@ -288,6 +288,14 @@ impl FleetClient {
                 why: "only a finished, halted or cancelled deployment can be rolled back".into(),
             });
         }
+        if d.dry_run {
+            return Err(ClientError::Refused {
+                kind: "deployment",
+                name: id.to_string(),
+                status: wire(&d.status),
+                why: "a dry run changed nothing: there is nothing to roll back".into(),
+            });
+        }
         let request = serde_json::to_value(DeployRollbackRequest {
             deployment_id: id.clone(),
         })

@@ -634,9 +634,15 @@ pub fn start_rollback(
     match d.status {
         RolloutStatus::RollingBack | RolloutStatus::RolledBack => Ok(Decision::Unchanged),
         RolloutStatus::Running | RolloutStatus::Rejected => Err(illegal(id, d.status, "roll back")),
+        // A dry run changed nothing: "rolled back" would claim it had.
+        _ if d.dry_run => Err(illegal(
+            id,
+            d.status,
+            "roll back a dry run (it changed nothing)",
+        )),
         _ => {
             let mut next = d.clone();
-            next.rollback_targets = if d.dry_run { 0 } else { d.tally.migrated() };
+            next.rollback_targets = d.tally.migrated();
             next.rollback_tally = Tally::default();
             next.reason = None;
             next.announced = false;
@@ -999,6 +1005,19 @@ mod tests {
         assert_eq!(
             d.state.reason.as_deref(),
             Some("1 tenant(s) could not be rolled back")
+        );
+    }
+
+    #[test]
+    fn a_dry_run_is_not_rolled_back() {
+        let mut d = started(vec![1], 0.0);
+        d.state.dry_run = true;
+        fold_in(&mut d, &[result(1, "a", true)], 1);
+        assert_eq!(d.state.status, RolloutStatus::Completed);
+        let refused = start_rollback(Some(&d), &id(), &t(2));
+        assert!(
+            matches!(refused, Err(RolloutError::Illegal { .. })),
+            "{refused:?}"
         );
     }
 
