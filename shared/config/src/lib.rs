@@ -577,6 +577,30 @@ impl Config {
         if self.tenantdb.turso.rate_limit_per_second == 0 {
             problems.push("tenantdb.turso.rate_limit_per_second: must be at least 1".into());
         }
+        // The key ring is checked here, with the rest, so a worker with a mistyped key refuses
+        // to start before it connects to anything (and the CLI calls it a configuration error).
+        for (id, key) in &self.secrets.keys {
+            use base64::Engine as _;
+            let valid_id = !id.is_empty()
+                && id.len() <= 32
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !valid_id {
+                problems.push(format!(
+                    "secrets.keys: key id {id:?} must be 1-32 of [A-Za-z0-9_-]"
+                ));
+                continue;
+            }
+            match base64::engine::general_purpose::STANDARD.decode(key.trim()) {
+                Ok(bytes) if bytes.len() == 32 => {}
+                Ok(bytes) => problems.push(format!(
+                    "secrets.keys.{id}: must be 32 bytes (base64), has {}",
+                    bytes.len()
+                )),
+                Err(_) => problems.push(format!("secrets.keys.{id}: is not base64")),
+            }
+        }
         if !self.secrets.keys.contains_key(&self.secrets.active_key) {
             problems.push(format!(
                 "secrets.active_key: {:?} is not among secrets.keys (set FLEET_SECRETS__KEYS__<ID> and FLEET_SECRETS__ACTIVE_KEY)",
@@ -708,6 +732,38 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    #[test]
+    fn every_key_of_the_ring_is_checked_without_showing_it() {
+        let mut config = Config::default();
+        config.secrets.active_key = "k".into();
+        config.secrets.keys.insert(
+            "k".into(),
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
+        );
+        config.validate().unwrap();
+        config
+            .secrets
+            .keys
+            .insert("short".into(), "c2hvcnQtc2VjcmV0".into());
+        config
+            .secrets
+            .keys
+            .insert("typo".into(), "!!!notb64".into());
+        config.secrets.keys.insert("bad id".into(), "x".into());
+        let ConfigError::Invalid(problems) = config.validate().unwrap_err() else {
+            panic!("invalid")
+        };
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        let text = problems.join("\n");
+        assert!(text.contains("secrets.keys.short: must be 32 bytes (base64), has 12"));
+        assert!(text.contains("secrets.keys.typo: is not base64"));
+        assert!(text.contains("key id \"bad id\""));
+        assert!(
+            !text.contains("notb64") && !text.contains("c2hvcnQ"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -117,26 +117,7 @@ impl Runtime {
     }
 
     async fn open(config: &Config, update: bool) -> Result<Self, RuntimeError> {
-        let url = config.nats.url.clone();
-        // One server, or several separated by commas (a cluster's nodes: the client fails over
-        // between them, and learns the rest of the cluster from whichever answers).
-        let servers = url
-            .split(',')
-            .map(|u| u.trim().parse::<async_nats::ServerAddr>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| RuntimeError::Connect {
-                url: url.clone(),
-                message: e.to_string(),
-            })?;
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_millis(config.nats.connect_timeout_ms))
-            .name("objectos-fleet")
-            .connect(servers)
-            .await
-            .map_err(|e| RuntimeError::Connect {
-                url: url.clone(),
-                message: e.to_string(),
-            })?;
+        let client = connect_client(config).await?;
         let js = jetstream::new(client.clone());
         let topology = Topology::from_config(config);
         if update {
@@ -248,4 +229,31 @@ impl Runtime {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.client.flush()).await;
         Ok(result?)
     }
+}
+
+/// A NATS client on `config.nats.url` — one server, or a cluster's nodes separated by commas
+/// (the client fails over between them) — reconnecting for ever once connected. Nothing about
+/// the topology is checked or created: [`Runtime::connect`] and [`Runtime::attach`] do that.
+pub async fn connect_client(config: &Config) -> Result<async_nats::Client, RuntimeError> {
+    let url = config.nats.url.clone();
+    // One server, or several separated by commas (a cluster's nodes: the client fails over
+    // between them, and learns the rest of the cluster from whichever answers).
+    let servers = url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| RuntimeError::Connect {
+            url: url.clone(),
+            message: e.to_string(),
+        })?;
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_millis(config.nats.connect_timeout_ms))
+        .name("objectos-fleet")
+        .connect(servers)
+        .await
+        .map_err(|e| RuntimeError::Connect {
+            url: url.clone(),
+            message: e.to_string(),
+        })?;
+    Ok(client)
 }

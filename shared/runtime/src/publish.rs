@@ -3,10 +3,13 @@
 //! context travels in the headers.
 //!
 //! A publish the server answers with "no responders" (async-nats: `StreamNotFound`) is tried
-//! again for up to ~3 s: in a cluster a node that has just (re)joined routes a stream's subjects
-//! only once it has caught up with the others, and a rolling upgrade of NATS does that to every
-//! node in turn (the deployer's cluster failover test met it). The message id makes the retry
-//! safe. A stream that really is missing still fails, ~3 s later.
+//! again, 7 times over 3–6 s: in a cluster a node that has just (re)joined routes a stream's
+//! subjects only once it has caught up with the others, and a rolling upgrade of NATS does that
+//! to every node in turn (the deployer's cluster failover test met it). A publish whose ack
+//! timed out (the stream's leader died and its peers are electing another) is tried again too,
+//! as long as less than [`ACK_TIMEOUT_RETRY_FOR`] has passed. The message id makes every retry
+//! safe: one that lands twice is dropped as a duplicate. A stream that really is missing still
+//! fails, 3–6 s later.
 
 use std::time::Duration;
 
@@ -16,6 +19,10 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
 use bytes::Bytes;
 use serde::Serialize;
+
+/// How long after its first attempt a publish whose ack timed out is still tried again: a
+/// JetStream leader election takes a few seconds.
+pub const ACK_TIMEOUT_RETRY_FOR: Duration = Duration::from_secs(15);
 
 /// Why a publish failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,10 +88,15 @@ impl Publisher {
             .with_max_delay(Duration::from_millis(800))
             .with_max_times(7)
             .with_jitter();
+        let started = std::time::Instant::now();
         let ack = (|| self.publish_once(subject, message_id, payload.clone(), headers.clone()))
             .retry(no_responders)
-            .when(|e: &jetstream::context::PublishError| {
-                e.kind() == jetstream::context::PublishErrorKind::StreamNotFound
+            .when(|e: &jetstream::context::PublishError| match e.kind() {
+                jetstream::context::PublishErrorKind::StreamNotFound => true,
+                jetstream::context::PublishErrorKind::TimedOut => {
+                    started.elapsed() < ACK_TIMEOUT_RETRY_FOR
+                }
+                _ => false,
             })
             .await
             .map_err(|e| PublishError::Send {

@@ -5,6 +5,8 @@
 //! over OTLP/HTTP when an endpoint is configured; W3C trace context travels in NATS headers
 //! (`traceparent`), so `tenant.created` → provisioner → `hooks.tenant.created` is one trace.
 
+use std::time::Duration;
+
 use async_nats::HeaderMap;
 use fleet_config::{LogFormat, TelemetryConfig};
 use opentelemetry::propagation::{Extractor, Injector};
@@ -27,23 +29,33 @@ pub enum TelemetryError {
     AlreadyInstalled,
 }
 
-/// Keeps the tracer provider alive; flushes pending spans when dropped (on shutdown).
+/// How long shutting down may spend exporting the last spans: a collector that is down or
+/// does not answer must not hold a stopping worker past its termination grace.
+pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
+
+/// How long one OTLP export may take before it is abandoned (the spans in it are lost).
+pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Keeps the tracer provider alive; exports the pending spans and stops when shut down or
+/// dropped, within [`SHUTDOWN_FLUSH`].
 #[derive(Debug)]
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl TelemetryGuard {
-    /// Flushes and stops span export.
+    /// Exports what is pending and stops span export (once; later calls do nothing).
     pub fn shutdown(&self) {
-        let _ = self.provider.force_flush();
-        let _ = self.provider.shutdown();
+        if !self.stopped.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let _ = self.provider.shutdown_with_timeout(SHUTDOWN_FLUSH);
+        }
     }
 }
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        let _ = self.provider.force_flush();
+        self.shutdown();
     }
 }
 
@@ -72,6 +84,7 @@ pub fn tracer_provider(
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_endpoint(otlp_endpoint)
+            .with_timeout(EXPORT_TIMEOUT)
             .build()
             .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
         builder = builder.with_batch_exporter(exporter);
@@ -99,7 +112,10 @@ pub fn init(service: &str, config: &TelemetryConfig) -> Result<TelemetryGuard, T
         LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer()).try_init(),
     };
     installed.map_err(|_| TelemetryError::AlreadyInstalled)?;
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard {
+        provider,
+        stopped: std::sync::atomic::AtomicBool::new(false),
+    })
 }
 
 struct HeaderInjector<'a>(&'a mut HeaderMap);

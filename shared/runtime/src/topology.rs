@@ -497,6 +497,20 @@ impl Topology {
                         .await
                         .map_err(js_error(format!("updating consumer {}", spec.durable)))?;
                 }
+                // Attaching creates only a consumer the server says is missing, and strictly
+                // (never create-or-update): a timed-out or failed lookup (a leader election)
+                // must not become a rewrite with the caller's settings.
+                Err(e) if !update => {
+                    if e.kind() != jetstream::context::ConsumerInfoErrorKind::NotFound {
+                        return Err(js_error(format!("reading consumer {}", spec.durable))(e));
+                    }
+                    if let Err(e) = stream.create_consumer_strict(config).await
+                        // Another caller created it meanwhile: as good.
+                        && stream.consumer_info(&spec.durable).await.is_err()
+                    {
+                        return Err(js_error(format!("creating consumer {}", spec.durable))(e));
+                    }
+                }
                 Err(_) => {
                     stream
                         .create_consumer(config)

@@ -5,9 +5,14 @@
 //! fleet works and safe to run again. `--dry-run` counts, per key id, the tokens each key
 //! sealed, and touches nothing; an old key can leave the ring once it reports none on it.
 //!
+//! Every token is opened on the way, dry run or not (a key id in a token is only a label), so a
+//! token no key of the ring opens — its key removed, another tenant's, damaged — and a record
+//! that does not decode are listed with their tenant; the pass goes on past them.
+//!
 //! It reads every record of the tenants bucket: an operator's pass over the fleet, never on a
-//! tenant's path. Exit codes: 0 every token is (now) under the active key; 1 a token could not
-//! be opened with any key of the ring (listed with its tenant), or the command failed.
+//! tenant's path. Exit codes: 0 every token opens and is (now, or after a real run) under the
+//! active key; 1 something is listed as failed, or the command failed; 2 a configuration error
+//! (a key that is not 32 bytes of base64, an active key not in the ring).
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -39,11 +44,13 @@ struct Report {
     tenants: usize,
     /// Records without a stored token (not provisioned yet, deleted, suspended with revocation).
     without_token: usize,
-    /// Tokens by the id of the key that sealed them, as found.
+    /// Tokens that open, by the id of the key that seals them after the pass (as found, in a
+    /// dry run).
     by_key: BTreeMap<String, usize>,
     /// Tokens re-sealed under the active key in this pass.
     resealed: usize,
-    /// Tenants whose token could not be re-sealed, with why.
+    /// Tenants whose record does not decode, whose token no key of the ring opens, or whose
+    /// re-seal failed, with why.
     failed: Vec<(String, String)>,
 }
 
@@ -55,20 +62,25 @@ pub async fn run(command: SecretsCommand) -> anyhow::Result<ExitCode> {
     let runtime = Runtime::attach(&config).await?;
     let tenants = fleet_control::tenants(&runtime).await?;
     let mut report = Report::default();
+    let chain = |e: &(dyn std::error::Error + 'static)| fleet_runtime::error_chain(e);
     for key in tenants
         .keys()
         .await
-        .map_err(|e| anyhow::anyhow!(fleet_runtime::error_chain(&e)))?
+        .map_err(|e| anyhow::anyhow!(chain(&e)))?
     {
         let Ok(tenant) = TenantId::parse(&key) else {
             continue;
         };
-        let Some(current) = tenants
-            .get::<std::convert::Infallible>(&key)
-            .await
-            .map_err(|e| anyhow::anyhow!(fleet_runtime::error_chain(&e)))?
-        else {
-            continue;
+        let current = match tenants.get::<std::convert::Infallible>(&key).await {
+            Ok(Some(current)) => current,
+            Ok(None) => continue,
+            // A record that does not decode is reported with the others, and the pass goes on.
+            Err(e @ StateError::Corrupt { .. }) => {
+                report.tenants += 1;
+                report.failed.push((key.clone(), chain(&e)));
+                continue;
+            }
+            Err(e) => return Err(anyhow::anyhow!(chain(&e))),
         };
         report.tenants += 1;
         let Some(sealed) = current
@@ -80,9 +92,18 @@ pub async fn run(command: SecretsCommand) -> anyhow::Result<ExitCode> {
             report.without_token += 1;
             continue;
         };
-        let key_id = sealed.split('.').nth(1).unwrap_or("?").to_owned();
-        *report.by_key.entry(key_id).or_default() += 1;
+        let label = sealed.split('.').nth(1).unwrap_or("?").to_owned();
+        // Every token is opened, dry run or not: its key id is only a label, and a token no key
+        // of the ring opens (its key gone, another tenant's, damaged) must be found before an
+        // old key leaves the ring.
+        if let Err(e) = keys.open(sealed, tenant.as_str()) {
+            report
+                .failed
+                .push((key.clone(), format!("sealed with {label:?}: {e}")));
+            continue;
+        }
         if dry_run || !keys.needs_reseal(sealed) {
+            *report.by_key.entry(label).or_default() += 1;
             continue;
         }
         let written = tenants
@@ -91,16 +112,18 @@ pub async fn run(command: SecretsCommand) -> anyhow::Result<ExitCode> {
             })
             .await;
         match written {
-            Ok(_) => report.resealed += 1,
-            Err(StateError::Refused(e @ TransitionError::Sealed { .. })) => {
-                report.failed.push((key.clone(), e.to_string()));
+            Ok(_) => {
+                report.resealed += 1;
+                *report
+                    .by_key
+                    .entry(keys.active_key().to_owned())
+                    .or_default() += 1;
             }
             // Deleted meanwhile: nothing left to re-seal.
             Err(StateError::Refused(TransitionError::Unknown(_))) => {}
             Err(e) => {
-                report
-                    .failed
-                    .push((key.clone(), fleet_runtime::error_chain(&e)));
+                *report.by_key.entry(label).or_default() += 1;
+                report.failed.push((key.clone(), chain(&e)));
             }
         }
     }

@@ -68,11 +68,8 @@ fn ms(d: Duration) -> u128 {
 }
 
 async fn show(config: &fleet_config::Config, as_json: bool) -> anyhow::Result<ExitCode> {
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_millis(config.nats.connect_timeout_ms))
-        .connect(&config.nats.url)
-        .await
-        .map_err(|e| anyhow::anyhow!("connecting to {}: {e}", config.nats.url))?;
+    // Read-only: a client, no topology ensured (one server or a cluster's comma-separated nodes).
+    let client = fleet_runtime::connect_client(config).await?;
     let js = jetstream::new(client);
     let declared = Topology::from_config(config);
     let mut streams = Vec::new();

@@ -109,6 +109,9 @@ async fn a_rotated_key_reseals_every_token_and_the_old_key_can_then_leave_the_ri
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["resealed"], 3);
     assert_eq!(report["failed"], serde_json::json!([]));
+    // The report is the state after the pass.
+    assert_eq!(report["tokensByKey"], serde_json::json!({"k2027": 3}));
+    assert_eq!(report["onOldKeys"], 0);
     let (_, report) = reseal(&config, &ROTATED, true);
     assert_eq!(report["tokensByKey"], serde_json::json!({"k2027": 3}));
     assert_eq!(report["onOldKeys"], 0, "the old key can leave the ring");
@@ -148,9 +151,28 @@ async fn a_rotated_key_reseals_every_token_and_the_old_key_can_then_leave_the_ri
             .contains("not in the key ring"),
         "{report}"
     );
+    // The dry run opens every token too: with the old key gone it finds umbrella's.
+    let (code, report) = reseal(new_ring.path(), &[], true);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(report["failed"][0]["tenantId"], "umbrella");
     let (_, report) = reseal(&config, &ROTATED, true);
     assert_eq!(
         report["tokensByKey"],
         serde_json::json!({"e2e": 1, "k2027": 3})
     );
+
+    // A record that does not decode is listed, and the pass goes on past it.
+    let client = async_nats::connect(fleet.server.url()).await.unwrap();
+    let kv = async_nats::jetstream::new(client)
+        .get_key_value("fleet_tenants")
+        .await
+        .unwrap();
+    kv.put("aaa-corrupt", "{\"tenantId\":".into())
+        .await
+        .unwrap();
+    let (code, report) = reseal(&config, &ROTATED, false);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(report["failed"][0]["tenantId"], "aaa-corrupt");
+    assert_eq!(report["resealed"], 1, "umbrella, after the corrupt record");
+    assert_eq!(report["tokensByKey"], serde_json::json!({"k2027": 4}));
 }
