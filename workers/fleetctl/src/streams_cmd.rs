@@ -17,7 +17,10 @@ use serde_json::json;
 pub enum StreamsCommand {
     /// Every stream and consumer as the server reports it (read-only): subjects, messages,
     /// limits; each consumer's ack wait, max deliver, max ack pending, backoff, pending and
-    /// ack-pending — with any difference from the configuration called out.
+    /// ack-pending — with any difference from the configuration called out (a stream's
+    /// subjects, retention, replicas, duplicate window, max age and sizes; a consumer's ack
+    /// wait, max deliver, max ack pending, backoff). Exit 1 when anything differs or is
+    /// missing.
     Show {
         /// JSON for scripts.
         #[arg(long)]
@@ -73,32 +76,82 @@ async fn show(config: &fleet_config::Config, as_json: bool) -> anyhow::Result<Ex
     let js = jetstream::new(client);
     let declared = Topology::from_config(config);
     let mut streams = Vec::new();
+    // Settings that differ from the configuration, and anything missing: exit 1.
+    let mut differences = 0;
     for spec in &declared.streams {
         let entry = match js.get_stream(&spec.name).await {
             Ok(mut stream) => {
                 let info = stream.info().await?;
+                let c = &info.config;
+                let mut differs = Vec::new();
+                let mut check = |what: &str, found: String, wanted: String| {
+                    if found != wanted {
+                        differs.push(format!("{what} {found}, configured {wanted}"));
+                    }
+                };
+                check("subjects", c.subjects.join(","), spec.subjects.join(","));
+                check(
+                    "retention",
+                    format!("{:?}", c.retention),
+                    format!("{:?}", spec.retention),
+                );
+                check(
+                    "replicas",
+                    c.num_replicas.to_string(),
+                    spec.replicas.to_string(),
+                );
+                check(
+                    "duplicateWindow",
+                    format!("{} ms", ms(c.duplicate_window)),
+                    format!("{} ms", ms(spec.duplicate_window)),
+                );
+                check(
+                    "maxAge",
+                    format!("{} s", c.max_age.as_secs()),
+                    format!("{} s", spec.max_age.as_secs()),
+                );
+                check(
+                    "maxBytes",
+                    c.max_bytes.to_string(),
+                    spec.max_bytes.to_string(),
+                );
+                check(
+                    "maxMsgSize",
+                    c.max_message_size.to_string(),
+                    spec.max_msg_size.to_string(),
+                );
+                check(
+                    "allowSchedules",
+                    c.allow_message_schedules.to_string(),
+                    spec.allow_schedules.to_string(),
+                );
+                differences += differs.len();
                 json!({
                     "name": spec.name,
-                    "subjects": info.config.subjects,
+                    "subjects": c.subjects,
                     "messages": info.state.messages,
                     "bytes": info.state.bytes,
-                    "maxMsgSize": info.config.max_message_size,
-                    "allowSchedules": info.config.allow_message_schedules,
-                    "replicas": info.config.num_replicas,
+                    "maxMsgSize": c.max_message_size,
+                    "allowSchedules": c.allow_message_schedules,
+                    "replicas": c.num_replicas,
+                    "differsFromConfig": differs,
                 })
             }
-            Err(_) => json!({"name": spec.name, "missing": true}),
+            Err(_) => {
+                differences += 1;
+                json!({"name": spec.name, "missing": true})
+            }
         };
         streams.push(entry);
     }
     let mut consumers = Vec::new();
-    let mut differences = 0;
     for spec in &declared.consumers {
         let found = match js.get_stream(&spec.stream).await {
             Ok(stream) => stream.consumer_info(&spec.durable).await.ok(),
             Err(_) => None,
         };
         let Some(info) = found else {
+            differences += 1;
             consumers
                 .push(json!({"durable": spec.durable, "stream": spec.stream, "missing": true}));
             continue;
@@ -182,6 +235,9 @@ async fn show(config: &fleet_config::Config, as_json: bool) -> anyhow::Result<Ex
                     ""
                 }
             );
+            for why in s["differsFromConfig"].as_array().into_iter().flatten() {
+                say!("  ! {}", why.as_str().unwrap_or_default());
+            }
         }
         say!("");
         say!(

@@ -38,11 +38,12 @@ fn an_unreachable_server_is_a_clear_error() {
 #[test]
 fn streams_show_reports_what_the_server_has_against_the_configuration() {
     let server = NatsServer::start();
+    // Nothing there yet: every stream and consumer missing, exit 1.
     fleetctl()
         .env("FLEET_NATS__URL", server.url())
         .args(["streams", "show"])
         .assert()
-        .success()
+        .code(1)
         .stdout(predicate::str::contains(
             "missing (run `fleetctl streams init`)",
         ));
@@ -82,4 +83,23 @@ fn streams_show_reports_what_the_server_has_against_the_configuration() {
         .stdout(predicate::str::contains(
             "ackWait 45000 ms, configured 30000 ms",
         ));
+    // A stream's settings too: the server has one replica, a cluster's configuration says 3.
+    let out = fleetctl()
+        .env("FLEET_NATS__URL", server.url())
+        .env("FLEET_NATS__ACK_WAIT_MS", "45000")
+        .env("FLEET_NATS__REPLICAS", "3")
+        .args(["streams", "show", "--json"])
+        .assert()
+        .code(1);
+    let shown: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let tenant_stream = shown["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "FLEET_TENANT_COMMANDS")
+        .unwrap();
+    assert_eq!(
+        tenant_stream["differsFromConfig"],
+        serde_json::json!(["replicas 1, configured 3"])
+    );
 }
