@@ -3,8 +3,10 @@
 //! A worker is a [`Handler`] that knows its name, its durable consumer and how to build itself
 //! from a [`WorkerContext`] ([`Worker`]). [`main`] does the rest, the same for every worker:
 //! load the configuration (defaults → files → `FLEET_*`), start telemetry (and keep its guard),
-//! install the shutdown signal, connect to NATS and ensure the topology, build the handler,
-//! run the job loop with probes and metrics until SIGTERM, drain, flush telemetry, and turn the
+//! install the shutdown signal, connect to NATS (creating only what is missing), build the
+//! handler, then ensure the topology (bring existing streams and consumers to the
+//! configuration — after the build, so a worker that cannot start changes nothing), run the
+//! job loop with probes and metrics until SIGTERM, drain, flush telemetry, and turn the
 //! outcome into the exit code (an error is printed with its whole cause chain). A worker's
 //! `main.rs` is one line:
 //!
@@ -84,7 +86,10 @@ pub async fn run<W: Worker>() -> Result<(), WorkerError> {
     let telemetry =
         crate::telemetry::init(W::NAME, &config.telemetry).map_err(WorkerError::Telemetry)?;
     let shutdown = crate::shutdown::shutdown_signal();
-    let runtime = Runtime::connect(&config)
+    // Only what is missing is created before the handler is built: a worker that then fails
+    // to build (a bad setting the configuration's checks cannot see) leaves the existing
+    // streams and consumers as they were. Its settings are applied once it is ready to run.
+    let runtime = Runtime::attach(&config)
         .await
         .map_err(WorkerError::Runtime)?;
     let hooks = Hooks::new(
@@ -98,6 +103,12 @@ pub async fn run<W: Worker>() -> Result<(), WorkerError> {
         hooks,
     };
     let handler = Arc::new(W::build(&context).await.map_err(WorkerError::Build)?);
+    context
+        .runtime
+        .topology
+        .ensure(&context.runtime.client, &context.runtime.js)
+        .await
+        .map_err(|e| WorkerError::Runtime(RuntimeError::from(e)))?;
     tracing::info!(url = %context.config.nats.url, worker = W::NAME, "started");
     let result = context
         .runtime

@@ -224,7 +224,9 @@ pub async fn run() -> Result<(), GatewayError> {
     let telemetry =
         fleet_runtime::telemetry::init(NAME, &config.telemetry).map_err(GatewayError::Telemetry)?;
     let shutdown = fleet_runtime::shutdown::shutdown_signal();
-    let runtime = Runtime::connect(&config)
+    // The gateway consumes nothing: it creates what is missing (the buckets it reads and
+    // writes) and leaves the workers' streams and consumers to the workers.
+    let runtime = Runtime::attach(&config)
         .await
         .map_err(GatewayError::Runtime)?;
     let registry = Arc::new(fleet_runtime::metrics::Metrics::new(NAME));
