@@ -153,6 +153,36 @@ fn shard(database: &DatabaseName) -> String {
     )
 }
 
+/// An empty SQLite database in WAL mode, byte for byte what SQLite writes for a new file after
+/// `PRAGMA journal_mode = WAL` (the test below compares them): one 4 KiB page holding the
+/// 100-byte header — page size 4096, file format versions 2 and 2 (WAL), change counter 1, one
+/// page, version-valid-for 1 — and the empty table b-tree leaf of `sqlite_schema`. Built in
+/// memory: making it with SQLite takes a temp file, which a worker killed at the wrong moment
+/// left behind (the chaos suite's worker-crashes scenario found one in `$TMPDIR`).
+pub fn empty_wal_database() -> Vec<u8> {
+    const PAGE: usize = 4096;
+    let mut page = vec![0u8; PAGE];
+    page[..16].copy_from_slice(b"SQLite format 3\0");
+    page[16..18].copy_from_slice(&(PAGE as u16).to_be_bytes());
+    // File format write and read versions: 2 = WAL.
+    page[18] = 2;
+    page[19] = 2;
+    // Reserved bytes per page 0; payload fractions 64, 32, 32 (fixed by the format).
+    page[21] = 64;
+    page[22] = 32;
+    page[23] = 32;
+    // File change counter; size in pages; version-valid-for (= the change counter).
+    page[24..28].copy_from_slice(&1u32.to_be_bytes());
+    page[28..32].copy_from_slice(&1u32.to_be_bytes());
+    page[92..96].copy_from_slice(&1u32.to_be_bytes());
+    // SQLITE_VERSION_NUMBER of the writer (informational): the bundled libSQL's SQLite 3.47.0.
+    page[96..100].copy_from_slice(&3_047_000u32.to_be_bytes());
+    // Page 1's b-tree header: a table leaf (0x0d), no cells, cell content from the page's end.
+    page[100] = 0x0d;
+    page[105..107].copy_from_slice(&(PAGE as u16).to_be_bytes());
+    page
+}
+
 /// Runs blocking file-system work off the async threads.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> TenantDbResult<T> + Send + 'static,
@@ -173,50 +203,13 @@ impl LocalBackend {
         }
     }
 
-    /// The bytes of an empty database in WAL mode: SQLite makes one in a temp file once.
+    /// The bytes of an empty database in WAL mode ([`empty_wal_database`]).
     async fn empty_database(&self) -> TenantDbResult<&[u8]> {
-        self.empty
-            .get_or_try_init(|| async {
-                let path = std::env::temp_dir().join(format!(
-                    "fleet-empty-{}-{:x}.db",
-                    std::process::id(),
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_nanos())
-                ));
-                let fail = |e| TenantDbError::db("making the empty database image")(e);
-                let db = libsql::Builder::new_local(&path)
-                    .build()
-                    .await
-                    .map_err(fail)?;
-                let conn = db.connect().map_err(fail)?;
-                let mut rows = conn
-                    .query("PRAGMA journal_mode = WAL", ())
-                    .await
-                    .map_err(fail)?;
-                while rows.next().await.map_err(fail)?.is_some() {}
-                drop(rows);
-                drop(conn);
-                drop(db);
-                let bytes = std::fs::read(&path);
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-                }
-                let bytes = bytes.map_err(TenantDbError::io("reading the empty database image"))?;
-                // "SQLite format 3\0", then file format write/read versions 2 (WAL).
-                if bytes.len() < 100
-                    || !bytes.starts_with(b"SQLite format 3\0")
-                    || bytes[18] != 2
-                    || bytes[19] != 2
-                {
-                    return Err(TenantDbError::Unavailable(
-                        "SQLite did not write an empty WAL-mode database".into(),
-                    ));
-                }
-                Ok(bytes)
-            })
+        Ok(self
+            .empty
+            .get_or_init(|| async { empty_wal_database() })
             .await
-            .map(Vec::as_slice)
+            .as_slice())
     }
 
     /// The folder holding the databases.

@@ -241,3 +241,40 @@ async fn expired_tokens_are_refused() {
         matches!(backend.open(&name, &token.token).await, Err(TenantDbError::Unauthorized(m)) if m.contains("expired"))
     );
 }
+
+/// The local backend's empty WAL-mode image (built in memory, no temp file) is what SQLite
+/// writes for a new database after `PRAGMA journal_mode = WAL`, byte for byte, and a database started from it opens in WAL mode and takes a schema.
+#[tokio::test]
+async fn the_empty_database_image_is_what_sqlite_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reference.db");
+    {
+        let db = libsql::Builder::new_local(&path).build().await.unwrap();
+        let conn = db.connect().unwrap();
+        let mut rows = conn.query("PRAGMA journal_mode = WAL", ()).await.unwrap();
+        while rows.next().await.unwrap().is_some() {}
+    }
+    let written = std::fs::read(&path).unwrap();
+    let image = fleet_tenantdb::local::empty_wal_database();
+    assert_eq!(written.len(), image.len());
+    let differing: Vec<usize> = (0..image.len())
+        .filter(|&i| written[i] != image[i])
+        .collect();
+    assert!(differing.is_empty(), "bytes differ at {differing:?}");
+
+    let copy = dir.path().join("from-image.db");
+    std::fs::write(&copy, &image).unwrap();
+    let db = libsql::Builder::new_local(&copy).build().await.unwrap();
+    let conn = db.connect().unwrap();
+    let mut rows = conn.query("PRAGMA journal_mode", ()).await.unwrap();
+    let mode: String = rows.next().await.unwrap().unwrap().get(0).unwrap();
+    assert_eq!(mode, "wal");
+    drop(rows);
+    conn.execute("CREATE TABLE t (x INTEGER)", ())
+        .await
+        .unwrap();
+    conn.execute("INSERT INTO t VALUES (1)", ()).await.unwrap();
+    let mut rows = conn.query("PRAGMA integrity_check", ()).await.unwrap();
+    let check: String = rows.next().await.unwrap().unwrap().get(0).unwrap();
+    assert_eq!(check, "ok");
+}
