@@ -177,10 +177,23 @@ impl FleetClient {
         mut done: impl FnMut(&Deployment) -> bool,
     ) -> Result<Deployment, ClientError> {
         let changes = self.follow_deployment(id).await?;
+        self.settle(changes, id, what, |d, revision| revision > after && done(d))
+            .await
+    }
+
+    /// Reads `changes` (a [`Self::follow_deployment`] watch) until a record satisfies `done`
+    /// (given with its revision), within the client's timeout.
+    async fn settle(
+        &self,
+        changes: impl Stream<Item = (Deployment, u64)>,
+        id: &DeploymentId,
+        what: &'static str,
+        mut done: impl FnMut(&Deployment, u64) -> bool,
+    ) -> Result<Deployment, ClientError> {
         let mut changes = std::pin::pin!(changes);
         tokio::time::timeout(self.timeout, async {
             while let Some((d, revision)) = changes.next().await {
-                if revision > after && done(&d) {
+                if done(&d, revision) {
                     return Ok(d);
                 }
             }
@@ -407,25 +420,9 @@ impl FleetClient {
         // The watch starts before the request: the record cannot settle unseen.
         let changes = self.follow_deployment(id).await?;
         self.request_rollout::<R>(id, subject, request).await?;
-        let mut changes = std::pin::pin!(changes);
-        let d = tokio::time::timeout(self.timeout, async {
-            while let Some((d, _)) = changes.next().await {
-                if !still_running(&d) {
-                    return Ok(d);
-                }
-            }
-            Err(messaging("the deployment's watch ended"))
-        })
-        .await
-        .unwrap_or_else(|_| {
-            Err(ClientError::TimedOut {
-                kind: "deployment",
-                name: id.to_string(),
-                what,
-                worker: "deployer",
-                timeout: self.timeout,
-            })
-        })?;
+        let d = self
+            .settle(changes, id, what, |d, _| !still_running(d))
+            .await?;
         let outcome = self.outcome(id, tenant, false).await?;
         Ok((d, outcome))
     }

@@ -247,19 +247,17 @@ pub struct TursoConfig {
     pub rate_limit_per_second: u32,
 }
 
+/// How a secret setting prints: empty when unset, `<redacted>` otherwise.
+fn redacted(secret: &str) -> &'static str {
+    if secret.is_empty() { "" } else { "<redacted>" }
+}
+
 impl fmt::Debug for TursoConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TursoConfig")
             .field("api_url", &self.api_url)
             .field("organization", &self.organization)
-            .field(
-                "api_token",
-                &if self.api_token.is_empty() {
-                    ""
-                } else {
-                    "<redacted>"
-                },
-            )
+            .field("api_token", &redacted(&self.api_token))
             .field("default_group", &self.default_group)
             .finish_non_exhaustive()
     }
@@ -312,14 +310,7 @@ impl fmt::Debug for RouterConfig {
             .field("header", &self.header)
             .field("path_segment", &self.path_segment)
             .field("token_claim", &self.token_claim)
-            .field(
-                "token_secret",
-                &if self.token_secret.is_empty() {
-                    ""
-                } else {
-                    "<redacted>"
-                },
-            )
+            .field("token_secret", &redacted(&self.token_secret))
             .field("hosts", &self.hosts)
             .field("max_cached_connections", &self.max_cached_connections)
             .field("connection_cache_ttl_secs", &self.connection_cache_ttl_secs)

@@ -211,8 +211,21 @@ impl Gateway {
 }
 
 impl Gateway {
-    /// Resolves the request's tenant, checks its state and its rate limit, and connects.
+    /// [`Self::resolve`], recorded in the request's span (tenant, plan, region, database URL)
+    /// and so in its logs and trace.
     async fn context(
+        &self,
+        headers: &HeaderMap,
+        path: &str,
+        write: bool,
+    ) -> Result<Context, ApiError> {
+        let context = self.resolve(headers, path, write).await?;
+        record_span(&context);
+        Ok(context)
+    }
+
+    /// Resolves the request's tenant, checks its state and its rate limit, and connects.
+    async fn resolve(
         &self,
         headers: &HeaderMap,
         path: &str,
@@ -588,7 +601,6 @@ pub async fn create(
             let body = body_json(request, limit).await?;
             let data = data_of(&body, &object, None)?;
             let context = gateway.context(&headers, &path, true).await?;
-            record_span(&context);
             let target = gateway.object(&context, &object).await?;
             let checked = check(&context.conn, &target, &data, None)
                 .await
@@ -661,10 +673,8 @@ pub async fn get(
     State(gateway): State<Arc<Gateway>>,
     Path((object, id)): Path<(String, String)>,
     headers: HeaderMap,
-    method: Method,
     uri: axum::http::Uri,
 ) -> Response {
-    let _ = method;
     serve(
         &gateway.clone(),
         &headers.clone(),
@@ -672,7 +682,6 @@ pub async fn get(
         "get",
         async move {
             let context = gateway.context(&headers, uri.path(), false).await?;
-            record_span(&context);
             let target = gateway.object(&context, &object).await?;
             let record = gateway
                 .read(&context.conn, &target, &id)
@@ -706,7 +715,6 @@ pub async fn update(
             let body = body_json(request, limit).await?;
             let data = data_of(&body, &object, Some(&id))?;
             let context = gateway.context(&headers, &path, true).await?;
-            record_span(&context);
             let target = gateway.object(&context, &object).await?;
             if gateway.read(&context.conn, &target, &id).await?.is_none() {
                 return Err(not_found(&object, &id));
@@ -769,7 +777,6 @@ pub async fn delete(
         "delete",
         async move {
             let context = gateway.context(&headers, uri.path(), true).await?;
-            record_span(&context);
             let target = gateway.object(&context, &object).await?;
             let sql = format!(
                 "DELETE FROM {} WHERE \"id\" = ?1",
@@ -818,7 +825,6 @@ pub async fn find(
                 ApiError::invalid(vec![Issue::new("query", "invalid_query", e.body_text())])
             })?;
             let context = gateway.context(&headers, uri.path(), false).await?;
-            record_span(&context);
             let target = gateway.object(&context, &object).await?;
             let find = crate::query::find(&target, &params, gateway.max_page_size)
                 .map_err(ApiError::invalid)?;

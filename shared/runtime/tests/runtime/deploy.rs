@@ -57,8 +57,24 @@ fn binaries() -> BTreeSet<String> {
     out
 }
 
-/// `kubectl kustomize` of an overlay, as the objects it renders.
+/// `kubectl kustomize` of an overlay, as the objects it renders: rendered and validated once
+/// per overlay for all the tests of this file.
 fn render(overlay: &str) -> Vec<Value> {
+    static RENDERED: std::sync::OnceLock<Vec<(String, Vec<Value>)>> = std::sync::OnceLock::new();
+    RENDERED
+        .get_or_init(|| {
+            OVERLAYS
+                .iter()
+                .map(|o| ((*o).to_owned(), render_now(o)))
+                .collect()
+        })
+        .iter()
+        .find(|(o, _)| o == overlay)
+        .map(|(_, objects)| objects.clone())
+        .unwrap_or_else(|| panic!("no overlay {overlay}"))
+}
+
+fn render_now(overlay: &str) -> Vec<Value> {
     let dir = root().join("deploy/k8s/overlays").join(overlay);
     let output = Command::new("kubectl")
         .arg("kustomize")
