@@ -293,20 +293,19 @@ impl FleetClient {
         if d.status == RolloutStatus::RolledBack {
             return Ok(d);
         }
-        if matches!(d.status, RolloutStatus::Running | RolloutStatus::Rejected) {
+        // The rollout machine's own rule (running, rejected and dry runs are refused), asked
+        // before publishing: a refused rollback never turns `RolledBack`, so nothing would come
+        // to wait for.
+        let current = fleet_runtime::Versioned {
+            state: d.clone(),
+            revision,
+        };
+        if let Err(e) = rollout::start_rollback(Some(&current), id, &Timestamp::now()) {
             return Err(ClientError::Refused {
                 kind: "deployment",
                 name: id.to_string(),
                 status: wire(&d.status),
-                why: "only a finished, halted or cancelled deployment can be rolled back".into(),
-            });
-        }
-        if d.dry_run {
-            return Err(ClientError::Refused {
-                kind: "deployment",
-                name: id.to_string(),
-                status: wire(&d.status),
-                why: "a dry run changed nothing: there is nothing to roll back".into(),
+                why: e.to_string(),
             });
         }
         let request = serde_json::to_value(DeployRollbackRequest {
