@@ -290,8 +290,10 @@ fn print_table(r: &Value) {
         p["halfLoad"]["latency"]["p99Ms"]
     );
     println!(
-        "  CPU per tenant: provisioner {} ms, nats-server {} ms",
-        p["cpuMsPerTenant"]["provisioner"], p["cpuMsPerTenant"]["natsServer"]
+        "  CPU per tenant: provisioner {} ms, nats-server {} ms; the raw floor {} ms",
+        p["cpuMsPerTenant"]["provisioner"],
+        p["cpuMsPerTenant"]["natsServer"],
+        floors["provisioning"]["inProcess"]["cpuMsPerTenant"]
     );
     for version in ["v1", "v2"] {
         let d = &run["deploy"][version];
@@ -311,8 +313,11 @@ fn print_table(r: &Value) {
             "same migration",
         );
         println!(
-            "  CPU per tenant: deployer {} ms, nats-server {} ms; total {} s",
-            d["cpuMsPerTenant"]["deployer"], d["cpuMsPerTenant"]["natsServer"], d["seconds"]
+            "  CPU per tenant: deployer {} ms, nats-server {} ms; the raw floor {} ms; total {} s",
+            d["cpuMsPerTenant"]["deployer"],
+            d["cpuMsPerTenant"]["natsServer"],
+            floors["deploy"][version]["inProcess"]["cpuMsPerTenant"],
+            d["seconds"]
         );
     }
     let g = &run["gateway"];

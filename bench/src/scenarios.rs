@@ -211,6 +211,11 @@ pub async fn baselines(n: usize) -> anyhow::Result<(Value, tempfile::TempDir)> {
     ] {
         let backend = std::sync::Arc::new(LocalBackend::new(dir.path().join(label), ""));
         let s = std::sync::Arc::new(scripts.clone());
+        // CPU of this process (all its threads) over the loop: what the same work costs per
+        // tenant without the fleet around it.
+        let cpu = || sys::cpu_seconds(std::process::id());
+        let per_tenant = |seconds: f64| round(seconds * 1e3 / n as f64);
+        let c0 = cpu();
         let took = {
             let (backend, s) = (backend.clone(), s.clone());
             baseline::on_all_cores(n, concurrency, move |i| {
@@ -218,17 +223,18 @@ pub async fn baselines(n: usize) -> anyhow::Result<(Value, tempfile::TempDir)> {
                 async move { baseline::provision_one(&backend, &s, &baseline::tenant(i)).await }
             })?
         };
-        out["provisioning"][label] = json!({"tenantsPerSecond": round(n as f64 / took.as_secs_f64()), "concurrency": concurrency});
+        out["provisioning"][label] = json!({"tenantsPerSecond": round(n as f64 / took.as_secs_f64()), "concurrency": concurrency, "cpuMsPerTenant": per_tenant(cpu() - c0)});
         for ((plan, registry), version) in deploy.iter().zip(["v1", "v2"]) {
             let work = std::sync::Arc::new((plan.clone(), registry.clone()));
             let backend = backend.clone();
+            let c0 = cpu();
             let took = baseline::on_all_cores(n, concurrency, move |i| {
                 let (backend, work) = (backend.clone(), work.clone());
                 async move {
                     baseline::migrate_one(&backend, &work.0, &work.1, &baseline::tenant(i)).await
                 }
             })?;
-            out["deploy"][version][label] = json!({"tenantsPerSecond": round(n as f64 / took.as_secs_f64()), "concurrency": concurrency});
+            out["deploy"][version][label] = json!({"tenantsPerSecond": round(n as f64 / took.as_secs_f64()), "concurrency": concurrency, "cpuMsPerTenant": per_tenant(cpu() - c0)});
         }
     }
     if sys::sqlite3_version().is_some() {

@@ -54,6 +54,26 @@ pub struct Config {
     pub quota: QuotaConfig,
     /// The tenant-aware data gateway.
     pub gateway: GatewayConfig,
+    /// The deployer.
+    pub deployer: DeployerConfig,
+}
+
+/// The deployer (`workers/deployer`): how a wave is split into jobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployerConfig {
+    /// Most tenants one `deploy.tenant` job carries (1–256). A wave of `n` tenants is published
+    /// as `max(ceil(n / job_tenants), min(n, worker.concurrency))` jobs of even size, so a small
+    /// wave still spreads over a replica's concurrency. 1 publishes the one-tenant jobs of
+    /// earlier releases (command version 1), which every deployer reads — the setting for the
+    /// first rollout of a release that reads version 2.
+    pub job_tenants: usize,
+}
+
+impl Default for DeployerConfig {
+    fn default() -> Self {
+        Self { job_tenants: 16 }
+    }
 }
 
 /// The data gateway (`workers/gateway`): upstream's data API in front of the tenants' databases.
@@ -620,6 +640,12 @@ impl Config {
         }
         if self.router.max_cached_connections == 0 {
             problems.push("router.max_cached_connections: must be at least 1".into());
+        }
+        if !(1..=256).contains(&self.deployer.job_tenants) {
+            problems.push(format!(
+                "deployer.job_tenants: {} is not within 1-256",
+                self.deployer.job_tenants
+            ));
         }
         if self.worker.concurrency == 0 {
             problems.push("worker.concurrency: must be at least 1".into());

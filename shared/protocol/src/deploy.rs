@@ -740,10 +740,39 @@ impl Spec for AppRolloutRequest {
     }
 }
 
-/// `deploy.tenant.<deploymentId>`: one tenant's part of a deployment (a fleet type).
+/// Most tenants one [`TenantDeployJob`] carries.
+pub const MAX_JOB_TENANTS: usize = 256;
+
+/// `deploy.tenant.<deploymentId>`, command version 2 (`Fleet-Command-Version: 2`): a batch of
+/// tenants' parts of a deployment, worked through one after another by the deployer that
+/// receives it (a fleet type). One message, fetch and acknowledgement for the batch instead of
+/// one per tenant; each tenant's result is still its own entry, so a redelivered batch redoes
+/// only the tenants without one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantDeployJob {
+    /// The deployment.
+    pub deployment_id: crate::ids::DeploymentId,
+    /// The tenants, in rollout order (1 to [`MAX_JOB_TENANTS`], no repeats).
+    pub tenant_ids: Vec<crate::ids::TenantId>,
+    /// The wave (0-based).
+    pub wave: u32,
+    /// Undo the deployment on these tenants instead (their stored rollback plans).
+    #[serde(default)]
+    pub rollback: bool,
+}
+
+impl TenantDeployJob {
+    /// The command version of this shape on `deploy.tenant.<deploymentId>`.
+    pub const VERSION: u32 = 2;
+}
+
+/// `deploy.tenant.<deploymentId>`, command version 1 (no version header): one tenant's part of
+/// a deployment, as releases before batched jobs publish it. Still read (a batch of one), so
+/// jobs in the stream across an upgrade are carried out; no longer published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantDeployJobV1 {
     /// The deployment.
     pub deployment_id: crate::ids::DeploymentId,
     /// The tenant.
@@ -753,6 +782,21 @@ pub struct TenantDeployJob {
     /// Undo the deployment on this tenant instead (its stored rollback plan).
     #[serde(default)]
     pub rollback: bool,
+}
+
+impl From<TenantDeployJobV1> for TenantDeployJob {
+    fn from(job: TenantDeployJobV1) -> Self {
+        Self {
+            deployment_id: job.deployment_id,
+            tenant_ids: vec![job.tenant_id],
+            wave: job.wave,
+            rollback: job.rollback,
+        }
+    }
+}
+
+impl Spec for TenantDeployJobV1 {
+    const SPEC_NAME: &'static str = "TenantDeployJobV1";
 }
 
 /// `deploy.rollback`: undo a finished deployment on every tenant it migrated (a fleet type).
@@ -794,6 +838,29 @@ impl Spec for DeployControl {
 
 impl Spec for TenantDeployJob {
     const SPEC_NAME: &'static str = "TenantDeployJob";
+
+    fn check(&self, checks: &mut Checks) {
+        if self.tenant_ids.is_empty() || self.tenant_ids.len() > MAX_JOB_TENANTS {
+            checks.at_path(&["tenantIds"], |c| {
+                c.error(
+                    "invalid_value",
+                    format!(
+                        "{} tenants: a job carries 1 to {MAX_JOB_TENANTS}",
+                        self.tenant_ids.len()
+                    ),
+                )
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, tenant) in self.tenant_ids.iter().enumerate() {
+            if !seen.insert(tenant) {
+                let index = i.to_string();
+                checks.at_path(&["tenantIds", index.as_str()], |c| {
+                    c.error("duplicate", format!("tenant {tenant} appears twice"))
+                });
+            }
+        }
+    }
 }
 
 #[cfg(test)]

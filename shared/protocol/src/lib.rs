@@ -48,7 +48,7 @@ pub use deploy::{
 };
 pub use deploy::{
     DeployControl, DeployControlAction, DeployRequest, DeployRollbackRequest, DeployTarget,
-    RolloutOptions, TenantDeployJob,
+    RolloutOptions, TenantDeployJob, TenantDeployJobV1,
 };
 pub use ids::DeploymentId;
 pub use ids::{AppName, DatabaseName, FieldName, InvalidIdentifier, ObjectName, TenantId};

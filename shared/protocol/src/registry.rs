@@ -327,6 +327,7 @@ pub static SPECS: &[SpecEntry] = &[
     entry!(TenantLifecycleCommand, 'B', None, None),
     entry!(crate::deploy::DeployRequest, 'C', None, None),
     entry!(crate::deploy::TenantDeployJob, 'C', None, None),
+    entry!(crate::deploy::TenantDeployJobV1, 'C', None, None),
     entry!(crate::deploy::DeployRollbackRequest, 'C', None, None),
     entry!(crate::deploy::DeployControl, 'C', None, None),
     entry!(AppPackage, 'E', None, None),

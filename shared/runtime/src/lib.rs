@@ -41,7 +41,7 @@ use tokio::sync::watch;
 pub use hooks::{CloudEvent, Hook, Hooks};
 pub use jobs::{
     DeadLetter, DeadLetterWriter, Delivery, Handler, JobLoopSettings, Outcome, PayloadError,
-    error_chain, run_job_loop,
+    VERSION_HEADER, error_chain, run_job_loop,
 };
 pub use publish::{Published, Publisher};
 pub use schedule::Scheduler;

@@ -69,6 +69,8 @@ pub struct Deployer {
     hooks: Hooks,
     publisher: Publisher,
     subjects: Subjects,
+    /// How waves are cut into jobs (`deployer.job_tenants`, `worker.concurrency`).
+    batching: Batching,
 }
 
 impl std::fmt::Debug for Deployer {
@@ -120,6 +122,14 @@ impl DeployCommand {
             })
         };
         let subject = delivery.subject.as_str();
+        // The runtime let through the versions the deployer reads (1, 2); only tenant jobs
+        // have a version 2.
+        let version = delivery.version().unwrap_or(1);
+        if version != 1 && !subject.starts_with("deploy.tenant.") {
+            return Err(poison(Outcome::Poison {
+                reason: format!("version {version} of {subject} is not supported (only 1)"),
+            }));
+        }
         // A bad request that names a valid deployment gets its rejection recorded.
         let rejected = |outcome| Unparsed {
             outcome,
@@ -159,12 +169,19 @@ impl DeployCommand {
             return Ok(Self::Control(control));
         }
         if let Some(named) = subject.strip_prefix("deploy.tenant.") {
-            let job = delivery.decode::<TenantDeployJob>().map_err(poison)?;
+            let job = match version {
+                1 => delivery
+                    .decode::<fleet_protocol::TenantDeployJobV1>()
+                    .map(TenantDeployJob::from),
+                _ => delivery.decode::<TenantDeployJob>(),
+            }
+            .map_err(poison)?;
             if named != job.deployment_id.as_str() {
                 return Err(mismatch(&job.deployment_id));
             }
             return Ok(Self::TenantJob(job));
         }
+
         Err(poison(Outcome::Poison {
             reason: format!("the deployer handles no {subject:?} commands"),
         }))
@@ -297,8 +314,43 @@ pub fn bundle_key(id: &DeploymentId) -> String {
     format!("bundle.{id}")
 }
 
+/// How long a job works on from one read of its deployment before reading it again (between
+/// two tenants): how soon a cancel or a halt stops a running job.
+const HEAD_REFRESH: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Jobs published at once while announcing a wave (each waits for its stream ack).
 const PUBLISH_WINDOW: usize = 64;
+
+/// How a wave's tenants are cut into `deploy.tenant` jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Batching {
+    /// Most tenants per job (`deployer.job_tenants`).
+    job_tenants: usize,
+    /// Jobs a wave is spread over at least, when it has that many tenants
+    /// (`worker.concurrency`: what one replica works on at once).
+    spread: usize,
+}
+
+impl Batching {
+    /// `tenants` (in rollout order) as `max(ceil(n / job_tenants), min(n, spread))` jobs of
+    /// even size (sizes differ by at most one; the larger first), order kept.
+    fn split(&self, mut tenants: Vec<TenantId>) -> Vec<Vec<TenantId>> {
+        let n = tenants.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let per_job = self.job_tenants.clamp(1, fleet_protocol::deploy::MAX_JOB_TENANTS);
+        let jobs = n.div_ceil(per_job).max(n.min(self.spread.max(1)));
+        let (size, larger) = (n / jobs, n % jobs);
+        let mut out = Vec::with_capacity(jobs);
+        for job in (0..jobs).rev() {
+            let take = size + usize::from(job < larger);
+            out.push(tenants.split_off(tenants.len() - take));
+        }
+        out.reverse();
+        out
+    }
+}
 
 /// Failed tenants named in an end-of-deployment hook (all of them: `fleetctl deploy status`).
 const HOOK_FAILURES: usize = 100;
@@ -347,6 +399,10 @@ impl Worker for Deployer {
             hooks: context.hooks.clone(),
             publisher: runtime.publisher.clone(),
             subjects: runtime.topology.subjects(),
+            batching: Batching {
+                job_tenants: context.config.deployer.job_tenants,
+                spread: context.config.worker.concurrency as usize,
+            },
         })
     }
 }
@@ -674,13 +730,8 @@ impl Deployer {
                 .collect();
             tenants.retain(|t| !recorded.contains(t));
         }
-        let jobs = tenants.into_iter().map(|tenant| TenantDeployJob {
-            deployment_id: d.id.clone(),
-            tenant_id: tenant,
-            wave: d.current_wave as u32,
-            rollback: false,
-        });
-        self.publish_jobs(&d.id, jobs, &suffix).await
+        self.publish_jobs(&d.id, tenants, d.current_wave as u32, false, &suffix)
+            .await
     }
 
     /// The rollback's jobs: every migrated tenant without a rollback result (one listing).
@@ -697,7 +748,7 @@ impl Deployer {
                 _ => None,
             })
             .collect();
-        let jobs = entries
+        let tenants = entries
             .iter()
             .filter_map(|w| match (&w.key, &w.entry) {
                 (EntryKey::Deploy(t), ResultEntry::Outcome { outcome, .. })
@@ -705,38 +756,66 @@ impl Deployer {
                         && !outcome.skipped
                         && !rolled.contains(t) =>
                 {
-                    Some(TenantDeployJob {
-                        deployment_id: d.id.clone(),
-                        tenant_id: t.clone(),
-                        wave: 0,
-                        rollback: true,
-                    })
+                    Some(t.clone())
                 }
                 _ => None,
             })
             .collect::<Vec<_>>();
-        self.publish_jobs(&d.id, jobs.into_iter(), ":rollback")
+        self.publish_jobs(&d.id, tenants, 0, true, ":rollback")
             .await
     }
 
-    /// Publishes jobs on `deploy.tenant.<id>` (message id `<id>:<tenant><suffix>`), a window
-    /// of them at a time.
+    /// Publishes `tenants` as jobs on `deploy.tenant.<id>`, cut by [`Batching::split`], a
+    /// window of them at a time. A job of several tenants is command version 2 with message id
+    /// `<id>:<first tenant>+<count><suffix>`; with `deployer.job_tenants = 1`, one tenant per
+    /// job in version 1 (no version header) with message id `<id>:<tenant><suffix>`, as
+    /// releases before batching publish them. Ids derive from the job's content, so publishing
+    /// the same list again (a crash before the announcement was recorded) is deduplicated.
     async fn publish_jobs(
         &self,
         id: &DeploymentId,
-        jobs: impl Iterator<Item = TenantDeployJob>,
+        tenants: Vec<TenantId>,
+        wave: u32,
+        rollback: bool,
         suffix: &str,
     ) -> Result<(), DeployerError> {
         use futures::{StreamExt, TryStreamExt};
         let subject = self.subjects.full(&format!("deploy.tenant.{id}"));
-        futures::stream::iter(jobs)
-            .map(|job| {
+        let single = self.batching.job_tenants == 1;
+        futures::stream::iter(self.batching.split(tenants))
+            .map(|tenant_ids| {
                 let subject = &subject;
                 async move {
-                    let message_id = format!("{id}:{}{suffix}", job.tenant_id);
-                    self.publisher
-                        .publish_json(subject, &message_id, &job, HeaderMap::new())
-                        .await
+                    let first = &tenant_ids[0];
+                    let published = if single {
+                        let job = fleet_protocol::TenantDeployJobV1 {
+                            deployment_id: id.clone(),
+                            tenant_id: first.clone(),
+                            wave,
+                            rollback,
+                        };
+                        let message_id = format!("{id}:{first}{suffix}");
+                        self.publisher
+                            .publish_json(subject, &message_id, &job, HeaderMap::new())
+                            .await
+                    } else {
+                        let message_id = format!("{id}:{first}+{}{suffix}", tenant_ids.len());
+                        let job = TenantDeployJob {
+                            deployment_id: id.clone(),
+                            tenant_ids,
+                            wave,
+                            rollback,
+                        };
+                        let mut headers = HeaderMap::new();
+                        headers.insert(
+                            fleet_runtime::VERSION_HEADER,
+                            TenantDeployJob::VERSION.to_string().as_str(),
+                        );
+                        self.publisher
+                            .publish_json(subject, &message_id, &job, headers)
+                            .await
+                    };
+                    published
                         .map(|_| ())
                         .map_err(|source| DeployerError::Publish {
                             subject: subject.clone(),
@@ -887,9 +966,14 @@ impl Deployer {
         })
     }
 
+    /// A `deploy.tenant` job: its tenants one after another, each result recorded as soon as
+    /// it is known, then one fold for the job. The deployment is read again before a tenant
+    /// when [`HEAD_REFRESH`] has passed, so a cancel or a halt stops a job between tenants. A
+    /// tenant that fails transiently does not hold up the others: the job is retried afterwards
+    /// and its redelivery redoes only the tenants without a result.
     async fn tenant_job(&self, job: TenantDeployJob, attempt: u64) -> Outcome {
         let id = &job.deployment_id;
-        let current = match self.head(id).await {
+        let mut current = match self.head(id).await {
             Ok(current) => current,
             Err(DeployerError::Unknown(_)) => {
                 return Outcome::Poison {
@@ -898,114 +982,177 @@ impl Deployer {
             }
             Err(e) => return Outcome::transient_error(&e),
         };
-        let key = if job.rollback {
-            if current.state.status != RolloutStatus::RollingBack {
-                return self.settled(current).await;
-            }
-            EntryKey::Rollback(job.tenant_id.clone())
+        // The bundle or app operation, parsed once per worker and deployment (a rollback uses
+        // each tenant's stored plan instead).
+        let prepared = if job.rollback {
+            None
         } else {
-            if current.state.status != RolloutStatus::Running {
-                // Cancelled or halted: nothing to do but what the state calls for.
-                return self.settled(current).await;
+            match self.prepared(&current.state).await {
+                Ok(prepared) => Some(prepared),
+                Err(outcome) => return outcome,
             }
-            EntryKey::Deploy(job.tenant_id.clone())
         };
-        // Delivered again: recorded by the earlier delivery? Then make sure it counts, nothing
-        // else. (A first delivery skips the read: should another job of this tenant have
-        // recorded a result meanwhile, the work is repeated — a tenant at the bundle's version
-        // is skipped — and the first result stands.)
+        let mut read_at = Instant::now();
+        // The highest stream sequence of a result this job wrote or found: the fold target.
+        let mut recorded: Option<u64> = None;
+        let mut retry: Option<String> = None;
+        for tenant in &job.tenant_ids {
+            if read_at.elapsed() >= HEAD_REFRESH {
+                current = match self.head(id).await {
+                    Ok(current) => current,
+                    Err(e) => {
+                        retry = Some(error_chain(&e));
+                        break;
+                    }
+                };
+                read_at = Instant::now();
+            }
+            let wanted = if job.rollback {
+                RolloutStatus::RollingBack
+            } else {
+                RolloutStatus::Running
+            };
+            if current.state.status != wanted {
+                // Cancelled, halted or finished: the rest is left as it is.
+                break;
+            }
+            match self
+                .tenant(&current.state, &job, prepared.as_deref(), tenant, attempt)
+                .await
+            {
+                Ok(sequence) => recorded = recorded.max(Some(sequence)),
+                Err(reason) => {
+                    tracing::warn!(deployment = %id, %tenant, error = %reason, "tenant job failed transiently; retrying");
+                    retry.get_or_insert(reason);
+                }
+            }
+        }
+        let settled = match recorded {
+            Some(sequence) => self.counted(id, sequence).await,
+            // Nothing recorded: do what the deployment's state calls for.
+            None => match self.head(id).await {
+                Ok(head) => self.settled(head).await,
+                Err(e) => Outcome::transient_error(&e),
+            },
+        };
+        match (retry, settled) {
+            (Some(reason), Outcome::Done) => Outcome::transient(reason),
+            (_, settled) => settled,
+        }
+    }
+
+    /// One tenant of a job: its result recorded (or the one recorded by an earlier delivery
+    /// found), with the hooks and audit it calls for. Returns the result's stream sequence;
+    /// `Err` with the reason when it failed transiently (nothing recorded).
+    async fn tenant(
+        &self,
+        d: &Deployment,
+        job: &TenantDeployJob,
+        prepared: Option<&Prepared>,
+        tenant: &TenantId,
+        attempt: u64,
+    ) -> Result<u64, String> {
+        let id = &d.id;
+        let key = if job.rollback {
+            EntryKey::Rollback(tenant.clone())
+        } else {
+            EntryKey::Deploy(tenant.clone())
+        };
+        // Delivered again: recorded by the earlier delivery? Then it only has to count. (A
+        // first delivery skips the read: should another job of this tenant have recorded a
+        // result meanwhile, the work is repeated — a tenant at the bundle's version is skipped
+        // — and the first result stands.)
         if attempt > 1 {
             match self.results.get(id, &key).await {
-                Ok(Some((ResultEntry::Outcome { .. }, sequence))) => {
-                    return self.counted(id, sequence).await;
-                }
+                Ok(Some((ResultEntry::Outcome { .. }, sequence))) => return Ok(sequence),
                 Ok(_) => {}
-                Err(e) => return Outcome::transient_error(&e),
+                Err(e) => return Err(error_chain(&e)),
             }
         }
         let started = Instant::now();
-        let outcome = if job.rollback {
-            match self.rollback_tenant(&current.state, &job.tenant_id).await {
-                Ok(statements) => TenantOutcome::ready(statements),
-                Err(e) if e.is_transient() => return Outcome::transient_error(&e),
-                Err(e) => TenantOutcome::failed(error_chain(&e)),
-            }
-        } else {
-            let prepared = match self.prepared(&current.state).await {
-                Ok(prepared) => prepared,
-                Err(outcome) => return outcome,
-            };
-            let done = match &*prepared {
-                Prepared::Bundle(bundle) => {
-                    self.deploy_tenant(&current.state, bundle, &job.tenant_id)
-                        .await
-                }
-                Prepared::App(rollout) => {
-                    self.app_tenant(&current.state, rollout, &job.tenant_id)
-                        .await
-                }
+        let outcome = if let Some(prepared) = prepared {
+            let done = match prepared {
+                Prepared::Bundle(bundle) => self.deploy_tenant(d, bundle, tenant).await,
+                Prepared::App(rollout) => self.app_tenant(d, rollout, tenant).await,
             };
             match done {
                 Ok(outcome) => outcome,
-                Err(e) if e.is_transient() => return Outcome::transient_error(&e),
+                Err(e) if e.is_transient() => return Err(error_chain(&e)),
                 Err(e) => TenantOutcome {
                     check: e.incompatibility(),
                     ..TenantOutcome::failed(error_chain(&e))
                 },
+            }
+        } else {
+            match self.rollback_tenant(d, tenant).await {
+                Ok(statements) => TenantOutcome::ready(statements),
+                Err(e) if e.is_transient() => return Err(error_chain(&e)),
+                Err(e) => TenantOutcome::failed(error_chain(&e)),
             }
         };
         let outcome = TenantOutcome {
             duration_ms: started.elapsed().as_millis() as u64,
             ..outcome
         };
+        self.record(d, job, tenant, &key, outcome).await
+    }
+
+    /// Writes a tenant's outcome: `hooks.deploy.tenant_failed` for a failed deploy, a quota
+    /// audit for a tenant the deployment changed, then the result entry (the first result
+    /// stands). Returns the sequence of the entry that stands.
+    async fn record(
+        &self,
+        d: &Deployment,
+        job: &TenantDeployJob,
+        tenant: &TenantId,
+        key: &EntryKey,
+        outcome: TenantOutcome,
+    ) -> Result<u64, String> {
+        let id = &d.id;
         if outcome.status == DeployStatus::Failed && !job.rollback {
             let hook = Hook {
                 subject: "hooks.deploy.tenant_failed".to_owned(),
                 event: "deploy.tenant_failed".to_owned(),
                 version: 1,
-                entity: job.tenant_id.to_string(),
-                transition: format!("{id}:{}", current.state.resumes),
+                entity: tenant.to_string(),
+                transition: format!("{id}:{}", d.resumes),
                 at: chrono::Utc::now(),
-                data: json!({"deploymentId": id, "tenantId": job.tenant_id, "error": outcome.error}),
+                data: json!({"deploymentId": id, "tenantId": tenant, "error": outcome.error}),
             };
-            if let Err(e) = self.hooks.publish(&hook).await {
-                return Outcome::transient_error(&e);
-            }
+            self.hooks
+                .publish(&hook)
+                .await
+                .map_err(|e| error_chain(&e))?;
         }
         // A tenant this deployment changed is audited now, not at the next quota tick.
         let changed = outcome.status == DeployStatus::Ready
             && !outcome.skipped
             && outcome.statements > 0
-            && !current.state.dry_run
+            && !d.dry_run
             && !job.rollback;
         if changed {
             let audit = fleet_protocol::quota::QuotaAuditJob {
-                tenant_id: job.tenant_id.clone(),
+                tenant_id: tenant.clone(),
                 bucket: chrono::Utc::now().timestamp().max(0) as u64,
             };
-            if let Err(e) = self
-                .publisher
+            self.publisher
                 .publish_json(
-                    &self
-                        .subjects
-                        .full(&format!("quota.audit.{}", job.tenant_id)),
-                    &format!("quota-audit:deploy:{id}:{}", job.tenant_id),
+                    &self.subjects.full(&format!("quota.audit.{tenant}")),
+                    &format!("quota-audit:deploy:{id}:{tenant}"),
                     &audit,
                     HeaderMap::new(),
                 )
                 .await
-            {
-                return Outcome::transient_error(&e);
-            }
+                .map_err(|e| error_chain(&e))?;
         }
         let entry = ResultEntry::Outcome {
             wave: job.wave,
             outcome,
         };
-        match self.results.record(id, &key, &entry).await {
-            Ok(sequence) => self.counted(id, sequence).await,
-            Err(e) => Outcome::transient_error(&e),
-        }
+        self.results
+            .record(id, key, &entry)
+            .await
+            .map_err(|e| error_chain(&e))
     }
 
     /// Folds until the result at `sequence` counts, then publishes what that opened up (the
@@ -1390,6 +1537,67 @@ pub fn registry_statements(
 
 #[async_trait]
 impl Handler for Deployer {
+    /// 1 for every command; 2 for the batched `deploy.tenant` jobs.
+    fn versions(&self) -> &[u32] {
+        &[1, TenantDeployJob::VERSION]
+    }
+
+    /// A `deploy.tenant` job out of deliveries (retries exhausted, or workers killed on every
+    /// attempt) or refused as poison (its bundle unreadable): each of its tenants without a
+    /// result gets a failed one saying so, and the results are folded — the deployment moves
+    /// on (its failure limit, its end, `fleetctl deploy resume`) instead of waiting for
+    /// results that never come.
+    async fn dead_lettered(&self, delivery: &Delivery, letter: &fleet_runtime::DeadLetter) {
+        let Ok(DeployCommand::TenantJob(job)) = DeployCommand::parse(delivery) else {
+            return;
+        };
+        let id = &job.deployment_id;
+        let Ok(current) = self.head(id).await else {
+            return;
+        };
+        let wanted = if job.rollback {
+            RolloutStatus::RollingBack
+        } else {
+            RolloutStatus::Running
+        };
+        if current.state.status != wanted {
+            return;
+        }
+        let error = format!(
+            "the job was dead-lettered ({}) after {} attempt(s): {}",
+            letter.reason, letter.attempts, letter.error
+        );
+        let mut recorded: Option<u64> = None;
+        for tenant in &job.tenant_ids {
+            let key = if job.rollback {
+                EntryKey::Rollback(tenant.clone())
+            } else {
+                EntryKey::Deploy(tenant.clone())
+            };
+            let written = match self.results.get(id, &key).await {
+                Ok(Some((ResultEntry::Outcome { .. }, sequence))) => Ok(sequence),
+                Ok(_) => {
+                    let outcome = TenantOutcome::failed(error.clone());
+                    self.record(&current.state, &job, tenant, &key, outcome)
+                        .await
+                }
+                Err(e) => Err(error_chain(&e)),
+            };
+            match written {
+                Ok(sequence) => recorded = recorded.max(Some(sequence)),
+                Err(e) => {
+                    tracing::warn!(deployment = %id, %tenant, error = %e, "the failed result of a dead-lettered job could not be recorded")
+                }
+            }
+        }
+        if let Some(sequence) = recorded
+            && let outcome @ (Outcome::Transient { .. } | Outcome::Retry { .. }) =
+                self.counted(id, sequence).await
+        {
+            tracing::warn!(deployment = %id, ?outcome, "a dead-lettered job's results could not be folded; the next job or resume folds them");
+        }
+    }
+
     async fn handle(&self, delivery: Delivery) -> Outcome {
         match DeployCommand::parse(&delivery) {
             Ok(DeployCommand::Request(request)) => self.requested(*request).await,
@@ -1432,8 +1640,119 @@ mod tests {
                 "deploy.tenant.d1",
                 json!({"deploymentId": "d1", "tenantId": "acme", "wave": 0})
             ),
-            Ok(DeployCommand::TenantJob(job)) if job.tenant_id.as_str() == "acme"
+            Ok(DeployCommand::TenantJob(job)) if job.tenant_ids == ids(&["acme"])
         ));
+    }
+
+    fn ids(names: &[&str]) -> Vec<TenantId> {
+        names.iter().map(|n| TenantId::parse(*n).unwrap()).collect()
+    }
+
+    fn versioned(subject: &str, version: &str, payload: serde_json::Value) -> Delivery {
+        let mut delivery = Delivery::new(subject, payload.to_string());
+        delivery
+            .headers
+            .insert(fleet_runtime::VERSION_HEADER, version);
+        delivery
+    }
+
+    #[test]
+    fn a_tenant_job_is_read_in_both_versions_and_other_commands_only_in_version_1() {
+        // Version 1 (no header): one tenant, as releases before batching publish it.
+        let v1 = DeployCommand::parse(&Delivery::new(
+            "deploy.tenant.d1",
+            json!({"deploymentId": "d1", "tenantId": "acme", "wave": 2, "rollback": true})
+                .to_string(),
+        ))
+        .unwrap();
+        assert_eq!(
+            v1,
+            DeployCommand::TenantJob(TenantDeployJob {
+                deployment_id: DeploymentId::parse("d1").unwrap(),
+                tenant_ids: ids(&["acme"]),
+                wave: 2,
+                rollback: true,
+            })
+        );
+        // Version 2: a batch.
+        let v2 = DeployCommand::parse(&versioned(
+            "deploy.tenant.d1",
+            "2",
+            json!({"deploymentId": "d1", "tenantIds": ["a", "b", "c"], "wave": 1}),
+        ))
+        .unwrap();
+        assert!(matches!(v2, DeployCommand::TenantJob(job) if job.tenant_ids == ids(&["a", "b", "c"]) && !job.rollback));
+        // A batch in a version-1 message, an empty or repeating batch: poison, with the path.
+        let wrong = DeployCommand::parse(&Delivery::new(
+            "deploy.tenant.d1",
+            json!({"deploymentId": "d1", "tenantIds": ["a"], "wave": 1}).to_string(),
+        ))
+        .unwrap_err();
+        assert!(reason(&wrong).contains("tenantId"), "{}", reason(&wrong));
+        for (tenants, expected) in [
+            (json!([]), "0 tenants"),
+            (json!(["a", "b", "a"]), "tenantIds.2"),
+        ] {
+            let bad = DeployCommand::parse(&versioned(
+                "deploy.tenant.d1",
+                "2",
+                json!({"deploymentId": "d1", "tenantIds": tenants, "wave": 1}),
+            ))
+            .unwrap_err();
+            assert!(reason(&bad).contains(expected), "{}", reason(&bad));
+        }
+        let control = DeployCommand::parse(&versioned(
+            "deploy.control.d1",
+            "2",
+            json!({"deploymentId": "d1", "action": "cancel"}),
+        ))
+        .unwrap_err();
+        assert!(
+            reason(&control).contains("version 2 of deploy.control.d1 is not supported"),
+            "{}",
+            reason(&control)
+        );
+    }
+
+    #[test]
+    fn a_wave_is_cut_into_even_jobs_spread_over_the_concurrency() {
+        let tenants = |n: usize| -> Vec<TenantId> {
+            (0..n)
+                .map(|i| TenantId::parse(&format!("t{i:05}")).unwrap())
+                .collect()
+        };
+        let sizes = |b: Batching, n: usize| -> Vec<usize> {
+            let jobs = b.split(tenants(n));
+            // Order kept, nothing lost or repeated.
+            assert_eq!(jobs.concat(), tenants(n));
+            jobs.iter().map(Vec::len).collect()
+        };
+        let b = Batching {
+            job_tenants: 16,
+            spread: 16,
+        };
+        assert_eq!(sizes(b, 0), Vec::<usize>::new());
+        assert_eq!(sizes(b, 1), vec![1]);
+        // A small wave still goes to 16 jobs at once.
+        assert_eq!(sizes(b, 5), vec![1; 5]);
+        assert_eq!(sizes(b, 36), [vec![3; 4], vec![2; 12]].concat());
+        // A large one: jobs of at most 16, sizes within one of each other.
+        assert_eq!(sizes(b, 2000), vec![16; 125]);
+        let big = sizes(b, 2001);
+        assert_eq!(big.len(), 126);
+        assert!(big.iter().all(|&s| s == 15 || s == 16), "{big:?}");
+        // One tenant per job: the version-1 jobs.
+        let single = Batching {
+            job_tenants: 1,
+            spread: 16,
+        };
+        assert_eq!(sizes(single, 40), vec![1; 40]);
+        // Never more than a job can carry.
+        let huge = Batching {
+            job_tenants: 10_000,
+            spread: 1,
+        };
+        assert!(sizes(huge, 1000).iter().all(|&s| s <= fleet_protocol::deploy::MAX_JOB_TENANTS));
     }
 
     #[test]

@@ -629,3 +629,55 @@ async fn a_600_kb_request_is_dead_lettered_with_its_whole_payload_kept() {
         "left the work stream"
     );
 }
+
+#[tokio::test]
+async fn a_job_out_of_deliveries_fails_its_tenants_without_a_result_and_the_rollout_ends() {
+    let mut fleet = Fleet::start().await;
+    let tenants = fleet.provision(20).await;
+    // One tenant's database file is no database any more: every attempt at it fails
+    // transiently (its schema cannot be read), so its job is retried until it is dead-lettered.
+    // Its batch-mates are deployed on the first delivery.
+    let broken = &tenants[7];
+    std::fs::write(fleet.db_file(broken), vec![0x5a; 8192]).unwrap();
+    fleet.spawn_deployer();
+    fleet
+        .request(
+            "d1",
+            crm("v1"),
+            json!({"all": true}),
+            json!({"waves": ["100%"], "maxFailureRatio": 0.5}),
+        )
+        .await;
+    let d = fleet.finished("d1", Duration::from_secs(120)).await;
+    assert_eq!(d.counts(), (19, 1, 0), "{d:?}");
+    let results = fleet.results("d1").await;
+    assert_eq!(results.len(), 20);
+    let failed = &results[broken];
+    assert_eq!(failed.status, DeployStatus::Failed);
+    let error = failed.error.as_deref().unwrap();
+    assert!(
+        error.contains("dead-lettered (max_deliver)"),
+        "the result says why: {error}"
+    );
+    assert!(
+        fleet
+            .dead_letters()
+            .await
+            .iter()
+            .any(|l| l.contains(broken.as_str())),
+        "the job is in the dead-letter stream"
+    );
+    for tenant in tenants.iter().filter(|t| *t != broken) {
+        assert_eq!(results[tenant].status, DeployStatus::Ready, "{tenant}");
+        assert!(fleet.tables(tenant).await.contains(&"crm_account".to_owned()));
+    }
+    fleet
+        .eventually(Duration::from_secs(30), "the failed tenant's hook", async || {
+            fleet
+                .hooks("hooks.deploy.tenant_failed")
+                .await
+                .iter()
+                .any(|h| h["data"]["tenantId"] == json!(broken))
+        })
+        .await;
+}
