@@ -44,16 +44,43 @@ fn store_error(e: impl std::fmt::Display) -> ResultsError {
     ResultsError::Store(e.to_string())
 }
 
+/// Entries one batched direct get asks for at most.
+const DIRECT_BATCH: usize = 256;
+
+/// How long a batched direct get may take for each message it answers with.
+const DIRECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The `fleet_deploy_results` bucket.
 #[derive(Debug, Clone)]
 pub struct DeployResults {
     kv: kv::Store,
+    /// The connection for batched direct gets (`$JS.API.DIRECT.GET.<stream>`), when given.
+    client: Option<async_nats::Client>,
+}
+
+/// An entry as read from the bucket's stream.
+struct Raw {
+    sequence: u64,
+    subject: String,
+    deleted: bool,
+    payload: Bytes,
 }
 
 impl DeployResults {
-    /// Entries in `kv` (the bucket `fleet_deploy_results` of the topology).
+    /// Entries in `kv` (the bucket `fleet_deploy_results` of the topology), read one message
+    /// per request.
     pub fn new(kv: kv::Store) -> Self {
-        Self { kv }
+        Self { kv, client: None }
+    }
+
+    /// Entries in `kv`, with [`Self::read_since`] asking for up to 256 entries per request
+    /// over `client` (JetStream's batched direct get, server 2.11+; the default API prefix
+    /// `$JS.API`, which the fleet never changes) instead of one request per entry.
+    pub fn with_batched_reads(kv: kv::Store, client: async_nats::Client) -> Self {
+        Self {
+            kv,
+            client: Some(client),
+        }
     }
 
     /// Writes attempt `attempt`'s target list of `id`, [`TARGET_CHUNK`] tenants per key (in
@@ -196,18 +223,22 @@ impl DeployResults {
     }
 
     /// The entries of `id` written after stream sequence `after`, in stream order, and the
-    /// sequence of the last one read (`after` when there are none).
+    /// sequence of the last one read (`after` when there are none). With batched reads, the
+    /// entries come up to 256 per request from any replica; the end is then confirmed by the
+    /// stream's leader (a follower may answer before it has the entry this worker just wrote),
+    /// which also gives what the batch missed.
     pub async fn read_since(
         &self,
         id: &DeploymentId,
         after: u64,
     ) -> Result<(Vec<Written>, u64), ResultsError> {
         let filter = format!("{}{id}.>", self.kv.prefix);
-        let mut out = Vec::new();
-        let mut through = after;
+        let (mut out, mut through) = match &self.client {
+            Some(client) => self.read_direct(client, id, after).await?,
+            None => (Vec::new(), after),
+        };
         loop {
-            // From the stream's leader (not a direct get, which a follower may answer before it
-            // has the entry this worker just wrote).
+            // From the stream's leader (not a direct get).
             let message = match self
                 .kv
                 .stream
@@ -222,34 +253,146 @@ impl DeployResults {
                 Err(e) => return Err(store_error(e)),
             };
             through = message.sequence;
-            let Some(name) = message.subject.strip_prefix(self.kv.prefix.as_str()) else {
-                continue;
-            };
             let deleted = message
                 .headers
                 .get("KV-Operation")
                 .is_some_and(|op| op.as_str() != "PUT");
-            if deleted || message.payload.is_empty() {
-                continue;
-            }
-            let Some(key) = EntryKey::parse(id, name) else {
-                continue;
-            };
-            if key == EntryKey::Targets {
-                continue;
-            }
-            let entry =
-                serde_json::from_slice(&message.payload).map_err(|e| ResultsError::Corrupt {
-                    key: name.to_owned(),
-                    message: e.to_string(),
-                })?;
-            out.push(Written {
+            let raw = Raw {
                 sequence: message.sequence,
-                key,
-                entry,
-            });
+                subject: message.subject.to_string(),
+                deleted,
+                payload: message.payload,
+            };
+            self.collect(id, raw, &mut out)?;
         }
         Ok((out, through))
+    }
+
+    /// The batched half of [`Self::read_since`] alone — whatever replica answers, without the
+    /// leader's confirmation of the end (what the tests compare with the leader's reads).
+    pub async fn read_direct(
+        &self,
+        client: &async_nats::Client,
+        id: &DeploymentId,
+        after: u64,
+    ) -> Result<(Vec<Written>, u64), ResultsError> {
+        let filter = format!("{}{id}.>", self.kv.prefix);
+        let (mut out, mut through) = (Vec::new(), after);
+        loop {
+            let (batch, more) = self.direct_batch(client, &filter, through).await?;
+            for raw in batch {
+                through = raw.sequence;
+                self.collect(id, raw, &mut out)?;
+            }
+            if !more {
+                return Ok((out, through));
+            }
+        }
+    }
+
+    /// Adds a result entry of `id` read from the stream to `out` (deletions, target chunks and
+    /// other deployments' entries are skipped).
+    fn collect(
+        &self,
+        id: &DeploymentId,
+        raw: Raw,
+        out: &mut Vec<Written>,
+    ) -> Result<(), ResultsError> {
+        let Some(name) = raw.subject.strip_prefix(self.kv.prefix.as_str()) else {
+            return Ok(());
+        };
+        if raw.deleted || raw.payload.is_empty() {
+            return Ok(());
+        }
+        let Some(key) = EntryKey::parse(id, name) else {
+            return Ok(());
+        };
+        if key == EntryKey::Targets {
+            return Ok(());
+        }
+        let entry = serde_json::from_slice(&raw.payload).map_err(|e| ResultsError::Corrupt {
+            key: name.to_owned(),
+            message: e.to_string(),
+        })?;
+        out.push(Written {
+            sequence: raw.sequence,
+            key,
+            entry,
+        });
+        Ok(())
+    }
+
+    /// One batched direct get: up to [`DIRECT_BATCH`] messages on `filter` after sequence
+    /// `after`, and whether more are pending. The server answers with the messages, then an
+    /// end-of-batch status (204) — or 404 when there are none.
+    async fn direct_batch(
+        &self,
+        client: &async_nats::Client,
+        filter: &str,
+        after: u64,
+    ) -> Result<(Vec<Raw>, bool), ResultsError> {
+        use futures::StreamExt;
+        let inbox = client.new_inbox();
+        let mut replies = client.subscribe(inbox.clone()).await.map_err(store_error)?;
+        let request = serde_json::json!({
+            "seq": after + 1,
+            "next_by_subj": filter,
+            "batch": DIRECT_BATCH,
+        });
+        client
+            .publish_with_reply(
+                format!("$JS.API.DIRECT.GET.{}", self.kv.stream_name),
+                inbox,
+                serde_json::to_vec(&request)
+                    .expect("a request serializes")
+                    .into(),
+            )
+            .await
+            .map_err(store_error)?;
+        let mut out = Vec::new();
+        loop {
+            let message = tokio::time::timeout(DIRECT_TIMEOUT, replies.next())
+                .await
+                .map_err(|_| ResultsError::Store(format!("direct get on {filter}: timed out")))?
+                .ok_or_else(|| ResultsError::Store(format!("direct get on {filter}: closed")))?;
+            let header = |name: &str| {
+                message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().to_owned())
+            };
+            match message.status.map(u16::from) {
+                Some(404) => return Ok((out, false)),
+                Some(204) => {
+                    let pending = header("Nats-Num-Pending")
+                        .and_then(|p| p.parse::<u64>().ok())
+                        .unwrap_or(0);
+                    let more = pending > 0 && !out.is_empty();
+                    return Ok((out, more));
+                }
+                Some(status) if status != 200 => {
+                    return Err(ResultsError::Store(format!(
+                        "direct get on {filter}: status {status} {}",
+                        message.description.as_deref().unwrap_or_default()
+                    )));
+                }
+                _ => {}
+            }
+            let sequence = header("Nats-Sequence")
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ResultsError::Store(format!("direct get on {filter}: no Nats-Sequence"))
+                })?;
+            let subject = header("Nats-Subject").unwrap_or_default();
+            let deleted = header("KV-Operation").is_some_and(|op| op != "PUT");
+            out.push(Raw {
+                sequence,
+                subject,
+                deleted,
+                payload: message.payload,
+            });
+        }
     }
 
     /// The failed tenants of `id` and their errors, in stream order: its deploys, or with

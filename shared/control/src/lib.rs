@@ -41,8 +41,9 @@ pub async fn deployments(runtime: &Runtime) -> Result<StateStore<Deployment>, Ru
 
 /// The per-tenant entries of deployments of a connected runtime.
 pub async fn deploy_results(runtime: &Runtime) -> Result<DeployResults, RuntimeError> {
-    Ok(DeployResults::new(
+    Ok(DeployResults::with_batched_reads(
         runtime.bucket(names::DEPLOY_RESULTS).await?,
+        runtime.client.clone(),
     ))
 }
 

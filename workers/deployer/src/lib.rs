@@ -64,6 +64,10 @@ pub struct Deployer {
     results: DeployResults,
     bundles: kv::Store,
     prepared: moka::future::Cache<DeploymentId, Arc<Prepared>>,
+    /// One fold at a time per deployment in this process: a job that waited finds its results
+    /// folded by the one before it (one read of the record) instead of reading every entry
+    /// since the watermark again and losing the compare-and-set.
+    folds: moka::future::Cache<DeploymentId, Arc<tokio::sync::Mutex<()>>>,
     tenants: StateStore<TenantRecord>,
     apps: fleet_control::AppOperations,
     hooks: Hooks,
@@ -339,7 +343,9 @@ impl Batching {
         if n == 0 {
             return Vec::new();
         }
-        let per_job = self.job_tenants.clamp(1, fleet_protocol::deploy::MAX_JOB_TENANTS);
+        let per_job = self
+            .job_tenants
+            .clamp(1, fleet_protocol::deploy::MAX_JOB_TENANTS);
         let jobs = n.div_ceil(per_job).max(n.min(self.spread.max(1)));
         let (size, larger) = (n / jobs, n % jobs);
         let mut out = Vec::with_capacity(jobs);
@@ -389,6 +395,7 @@ impl Worker for Deployer {
                 .bucket(fleet_runtime::topology::names::DEPLOYMENTS)
                 .await?,
             prepared: moka::future::Cache::new(PREPARED_BUNDLES),
+            folds: moka::future::Cache::new(PREPARED_BUNDLES),
             tenants,
             apps: fleet_control::AppOperations::new(
                 runtime,
@@ -631,6 +638,11 @@ impl Deployer {
         id: &DeploymentId,
         at_least: Option<u64>,
     ) -> Result<Versioned<Deployment>, DeployerError> {
+        let lock = self
+            .folds
+            .get_with_by_ref(id, async { Arc::new(tokio::sync::Mutex::new(())) })
+            .await;
+        let _one_at_a_time = lock.lock().await;
         for _ in 0..FOLD_RACES {
             let head = self.head(id).await?;
             if at_least.is_some_and(|sequence| head.state.folded >= sequence) {
@@ -1681,7 +1693,9 @@ mod tests {
             json!({"deploymentId": "d1", "tenantIds": ["a", "b", "c"], "wave": 1}),
         ))
         .unwrap();
-        assert!(matches!(v2, DeployCommand::TenantJob(job) if job.tenant_ids == ids(&["a", "b", "c"]) && !job.rollback));
+        assert!(
+            matches!(v2, DeployCommand::TenantJob(job) if job.tenant_ids == ids(&["a", "b", "c"]) && !job.rollback)
+        );
         // A batch in a version-1 message, an empty or repeating batch: poison, with the path.
         let wrong = DeployCommand::parse(&Delivery::new(
             "deploy.tenant.d1",
@@ -1752,7 +1766,11 @@ mod tests {
             job_tenants: 10_000,
             spread: 1,
         };
-        assert!(sizes(huge, 1000).iter().all(|&s| s <= fleet_protocol::deploy::MAX_JOB_TENANTS));
+        assert!(
+            sizes(huge, 1000)
+                .iter()
+                .all(|&s| s <= fleet_protocol::deploy::MAX_JOB_TENANTS)
+        );
     }
 
     #[test]

@@ -669,15 +669,24 @@ async fn a_job_out_of_deliveries_fails_its_tenants_without_a_result_and_the_roll
     );
     for tenant in tenants.iter().filter(|t| *t != broken) {
         assert_eq!(results[tenant].status, DeployStatus::Ready, "{tenant}");
-        assert!(fleet.tables(tenant).await.contains(&"crm_account".to_owned()));
+        assert!(
+            fleet
+                .tables(tenant)
+                .await
+                .contains(&"crm_account".to_owned())
+        );
     }
     fleet
-        .eventually(Duration::from_secs(30), "the failed tenant's hook", async || {
-            fleet
-                .hooks("hooks.deploy.tenant_failed")
-                .await
-                .iter()
-                .any(|h| h["data"]["tenantId"] == json!(broken))
-        })
+        .eventually(
+            Duration::from_secs(30),
+            "the failed tenant's hook",
+            async || {
+                fleet
+                    .hooks("hooks.deploy.tenant_failed")
+                    .await
+                    .iter()
+                    .any(|h| h["data"]["tenantId"] == json!(broken))
+            },
+        )
         .await;
 }
