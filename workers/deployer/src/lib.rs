@@ -1732,7 +1732,7 @@ mod tests {
     fn a_wave_is_cut_into_even_jobs_spread_over_the_concurrency() {
         let tenants = |n: usize| -> Vec<TenantId> {
             (0..n)
-                .map(|i| TenantId::parse(&format!("t{i:05}")).unwrap())
+                .map(|i| TenantId::parse(format!("t{i:05}")).unwrap())
                 .collect()
         };
         let sizes = |b: Batching, n: usize| -> Vec<usize> {
