@@ -4,9 +4,13 @@
 //! schema its objects map to — and a bad bundle is rejected before any tenant is touched. Then
 //! the targets are written in chunks (`fleet_deploy_results`), the bundle beside the record, and
 //! the deployment record (KV `fleet_deployments`) — a fixed-size record of wave ends, tallies
-//! and a watermark, whatever the number of tenants. Each wave fans out as one job per tenant on
-//! `deploy.tenant.<deploymentId>` (message id `<deployment>:<tenant>`), so every deployer
-//! replica shares the work and a crash loses nothing.
+//! and a watermark, whatever the number of tenants. Each wave fans out as jobs on
+//! `deploy.tenant.<deploymentId>`, each carrying up to `deployer.job_tenants` tenants (16; a
+//! small wave is spread over at least `worker.concurrency` jobs), so every deployer replica
+//! shares the work, a job costs one message, fetch, acknowledgement and fold for its batch, and
+//! a crash loses nothing: a redelivered job redoes only its tenants without a result. A job out
+//! of deliveries gives those tenants a failed result that says so (the rollout ends instead of
+//! waiting).
 //!
 //! A tenant's job: `validating` (tenant active, quotas) → `diffing` (live schema vs bundle + base
 //! system objects) → `migrating` + `registering` (the DDL, the bundle's metadata in
@@ -15,9 +19,11 @@
 //! back, the tenant is as before). A tenant already at the bundle's version is skipped. The
 //! bundle is read and parsed once per worker and deployment, not per job.
 //!
-//! A result is written under the tenant's own key (the first result stands), then folded into
-//! the record: a compare-and-set that sums every result written since the record's watermark
-//! (see `fleet-rollouts`), so each write costs the same for 10 tenants or 100 000. The fold
+//! A result is written under the tenant's own key (the first result stands), then — once per
+//! job — folded into the record: a compare-and-set that sums every result written since the
+//! record's watermark (see `fleet-rollouts`; read up to 256 entries per request), so each write
+//! costs the same for 10 tenants or 100 000. One fold runs at a time per deployment in a
+//! process: a job that waited usually finds its results folded already. The fold
 //! that completes a wave starts the next (or halts the rollout when the failure ratio passes
 //! its limit, or finishes it) and marks it unannounced; whoever sees an unannounced record —
 //! that worker, or any later delivery after a crash — publishes the wave's jobs or the
