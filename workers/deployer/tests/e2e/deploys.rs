@@ -622,12 +622,17 @@ async fn a_600_kb_request_is_dead_lettered_with_its_whole_payload_kept() {
         payload.as_bytes(),
         "replayable from the object store"
     );
-    let mut stream = fleet.js.get_stream(names::DEPLOY_COMMANDS).await.unwrap();
-    assert_eq!(
-        stream.info().await.unwrap().state.messages,
-        0,
-        "left the work stream"
-    );
+    // Terminated once the handler has seen the letter (after the letter is written).
+    fleet
+        .eventually(
+            Duration::from_secs(30),
+            "left the work stream",
+            async || {
+                let mut stream = fleet.js.get_stream(names::DEPLOY_COMMANDS).await.unwrap();
+                stream.info().await.unwrap().state.messages == 0
+            },
+        )
+        .await;
 }
 
 #[tokio::test]
