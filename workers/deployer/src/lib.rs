@@ -331,6 +331,22 @@ const HEAD_REFRESH: std::time::Duration = std::time::Duration::from_millis(200);
 /// Jobs published at once while announcing a wave (each waits for its stream ack).
 const PUBLISH_WINDOW: usize = 64;
 
+/// The message id of a `deploy.tenant` job of `tenants`:
+/// `<deployment>:<first tenant>+<count>:<digest><suffix>`, the digest the first 16 hex digits
+/// of the SHA-256 of the tenant ids (each followed by a newline) — the same for the same
+/// tenants in the same order, different for any other job of the deployment.
+fn job_id(id: &DeploymentId, tenants: &[TenantId], suffix: &str) -> String {
+    use sha2::Digest;
+    let mut digest = sha2::Sha256::new();
+    for tenant in tenants {
+        digest.update(tenant.as_str().as_bytes());
+        digest.update(b"\n");
+    }
+    let digest = hex::encode(&digest.finalize()[..8]);
+    let first = tenants.first().map_or("", TenantId::as_str);
+    format!("{id}:{first}+{}:{digest}{suffix}", tenants.len())
+}
+
 /// How a wave's tenants are cut into `deploy.tenant` jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Batching {
@@ -784,11 +800,12 @@ impl Deployer {
     }
 
     /// Publishes `tenants` as jobs on `deploy.tenant.<id>`, cut by [`Batching::split`], a
-    /// window of them at a time. A job of several tenants is command version 2 with message id
-    /// `<id>:<first tenant>+<count><suffix>`; with `deployer.job_tenants = 1`, one tenant per
-    /// job in version 1 (no version header) with message id `<id>:<tenant><suffix>`, as
-    /// releases before batching publish them. Ids derive from the job's content, so publishing
-    /// the same list again (a crash before the announcement was recorded) is deduplicated.
+    /// window of them at a time. A job is command version 2 with message id [`job_id`]; with
+    /// `deployer.job_tenants = 1`, one tenant per job in version 1 (no version header) with
+    /// message id `<id>:<tenant><suffix>`, as releases before batching publish them. Ids derive
+    /// from the job's whole content, so publishing the same list again (a crash before the
+    /// announcement was recorded) is deduplicated, and a job cut differently on the way again
+    /// (a resume's list shrinks as results come in) is never mistaken for an earlier one.
     async fn publish_jobs(
         &self,
         id: &DeploymentId,
@@ -817,7 +834,7 @@ impl Deployer {
                             .publish_json(subject, &message_id, &job, HeaderMap::new())
                             .await
                     } else {
-                        let message_id = format!("{id}:{first}+{}{suffix}", tenant_ids.len());
+                        let message_id = job_id(id, &tenant_ids, suffix);
                         let job = TenantDeployJob {
                             deployment_id: id.clone(),
                             tenant_ids,
@@ -1732,6 +1749,22 @@ mod tests {
             "{}",
             reason(&control)
         );
+    }
+
+    #[test]
+    fn a_job_id_names_its_whole_batch() {
+        let d = DeploymentId::parse("d1").unwrap();
+        let abc = job_id(&d, &ids(&["a", "b", "c"]), ":resume-1");
+        assert!(
+            abc.starts_with("d1:a+3:") && abc.ends_with(":resume-1"),
+            "{abc}"
+        );
+        assert_eq!(abc, job_id(&d, &ids(&["a", "b", "c"]), ":resume-1"));
+        // Same first tenant and size, other members (a resume's list cut again after `b`
+        // got its result): another job, not a duplicate the stream would drop.
+        assert_ne!(abc, job_id(&d, &ids(&["a", "c", "d"]), ":resume-1"));
+        assert_ne!(abc, job_id(&d, &ids(&["a", "c", "b"]), ":resume-1"));
+        assert_ne!(abc, job_id(&d, &ids(&["a", "b", "c"]), ""));
     }
 
     #[test]
