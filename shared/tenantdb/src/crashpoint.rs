@@ -41,3 +41,19 @@ pub fn reached(point: &str) {
         std::process::abort();
     }
 }
+
+/// Aborts the process when the armed crash point is `<point>:<entity>` (a crash at one
+/// tenant's step: `deploy.tenant:acme`), with no allocation when it is not.
+pub fn reached_for(point: &str, entity: &str) {
+    let Some(armed) = ARMED.as_deref() else {
+        return;
+    };
+    if armed
+        .strip_prefix(point)
+        .and_then(|rest| rest.strip_prefix(':'))
+        == Some(entity)
+    {
+        eprintln!("crash point {armed} reached: aborting ({ENV})");
+        std::process::abort();
+    }
+}

@@ -254,6 +254,11 @@ enum TenantError {
     /// The migration failed and was rolled back: the tenant is as before.
     #[error("migrating")]
     Apply(#[source] fleet_schema::ApplyError),
+    /// Another job changed the tenant's schema (or applied this deployment) between the plan
+    /// and the migration's transaction, which then did nothing (transient: the retry plans
+    /// again, or finds the deployment applied).
+    #[error("migrating: {0}")]
+    Raced(String),
     /// A query of the fleet's registry tables failed.
     #[error("querying {what}")]
     Query {
@@ -288,7 +293,7 @@ impl TenantError {
         match self {
             Self::Connect(e) => e.is_transient(),
             Self::App(e) => e.is_transient(),
-            Self::Introspect(_) => true,
+            Self::Introspect(_) | Self::Raced(_) => true,
             Self::Query { transient, .. } => *transient,
             _ => false,
         }
@@ -327,6 +332,13 @@ pub fn bundle_key(id: &DeploymentId) -> String {
 /// How long a job works on from one read of its deployment before reading it again (between
 /// two tenants): how soon a cancel or a halt stops a running job.
 const HEAD_REFRESH: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Deployments whose fold lock a worker keeps (one small entry each; an evicted lock only
+/// costs a fold race).
+const FOLD_LOCKS: u64 = 1024;
+
+/// How often a job folds the results it has recorded while it runs.
+const FOLD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Jobs published at once while announcing a wave (each waits for its stream ack).
 const PUBLISH_WINDOW: usize = 64;
@@ -417,7 +429,7 @@ impl Worker for Deployer {
                 .bucket(fleet_runtime::topology::names::DEPLOYMENTS)
                 .await?,
             prepared: moka::future::Cache::new(PREPARED_BUNDLES),
-            folds: moka::future::Cache::new(PREPARED_BUNDLES),
+            folds: moka::future::Cache::new(FOLD_LOCKS),
             tenants,
             apps: fleet_control::AppOperations::new(
                 runtime,
@@ -738,69 +750,56 @@ impl Deployer {
     }
 
     /// The current wave's jobs. A first pass publishes the wave's targets (read from their
-    /// chunks); after a resume, every target up to the current wave's end without an outcome
-    /// (the retried ones, and any a cancel left unstarted) — one listing per resume.
+    /// chunks); after a resume, every target up to the current wave's end, whose jobs skip the
+    /// tenants with an outcome (so the retried ones, and any a cancel left unstarted, are
+    /// done) — the same list, and so the same jobs, whenever the resume is announced again.
     async fn publish_wave(&self, d: &Deployment) -> Result<(), DeployerError> {
         let (range, suffix) = match d.resumes {
             0 => (d.wave_range(d.current_wave), String::new()),
             n => (0..d.wave_range(d.current_wave).end, format!(":resume-{n}")),
         };
-        let mut tenants = self
+        let tenants = self
             .results
             .targets(&d.id, &d.targets_attempt, range)
             .await
             .map_err(DeployerError::Results)?;
-        if d.resumes > 0 {
-            let recorded: std::collections::HashSet<TenantId> = self
-                .results
-                .list(&d.id)
-                .await
-                .map_err(DeployerError::Results)?
-                .into_iter()
-                .filter_map(|w| match (w.key, w.entry) {
-                    (EntryKey::Deploy(t), ResultEntry::Outcome { .. }) => Some(t),
-                    _ => None,
-                })
-                .collect();
-            tenants.retain(|t| !recorded.contains(t));
-        }
-        self.publish_jobs(&d.id, tenants, d.current_wave as u32, false, &suffix)
-            .await
+        self.publish_jobs(
+            &d.id,
+            tenants,
+            d.current_wave as u32,
+            false,
+            &suffix,
+            self.batching,
+        )
+        .await
     }
 
-    /// The rollback's jobs: every migrated tenant without a rollback result (one listing).
+    /// The rollback's jobs: every tenant the deployment migrated (one listing; a finished
+    /// deployment's results no longer change, so announcing again publishes the same jobs),
+    /// whose jobs skip the tenants with a rollback result.
     async fn publish_rollbacks(&self, d: &Deployment) -> Result<(), DeployerError> {
         let entries = self
             .results
             .list(&d.id)
             .await
             .map_err(DeployerError::Results)?;
-        let rolled: std::collections::HashSet<&TenantId> = entries
-            .iter()
-            .filter_map(|w| match &w.key {
-                EntryKey::Rollback(t) => Some(t),
-                _ => None,
-            })
-            .collect();
         let tenants = entries
-            .iter()
-            .filter_map(|w| match (&w.key, &w.entry) {
+            .into_iter()
+            .filter_map(|w| match (w.key, w.entry) {
                 (EntryKey::Deploy(t), ResultEntry::Outcome { outcome, .. })
-                    if outcome.status == DeployStatus::Ready
-                        && !outcome.skipped
-                        && !rolled.contains(t) =>
+                    if outcome.status == DeployStatus::Ready && !outcome.skipped =>
                 {
-                    Some(t.clone())
+                    Some(t)
                 }
                 _ => None,
             })
             .collect::<Vec<_>>();
-        self.publish_jobs(&d.id, tenants, 0, true, ":rollback")
+        self.publish_jobs(&d.id, tenants, 0, true, ":rollback", self.batching)
             .await
     }
 
-    /// Publishes `tenants` as jobs on `deploy.tenant.<id>`, cut by [`Batching::split`], a
-    /// window of them at a time. A job is command version 2 with message id [`job_id`]; with
+    /// Publishes `tenants` as jobs on `deploy.tenant.<id>`, cut by `batching`, a window of them
+    /// at a time. A job is command version 2 with message id [`job_id`]; with
     /// `deployer.job_tenants = 1`, one tenant per job in version 1 (no version header) with
     /// message id `<id>:<tenant><suffix>`, as releases before batching publish them. Ids derive
     /// from the job's whole content, so publishing the same list again (a crash before the
@@ -813,11 +812,12 @@ impl Deployer {
         wave: u32,
         rollback: bool,
         suffix: &str,
+        batching: Batching,
     ) -> Result<(), DeployerError> {
         use futures::{StreamExt, TryStreamExt};
         let subject = self.subjects.full(&format!("deploy.tenant.{id}"));
         let single = self.batching.job_tenants == 1;
-        futures::stream::iter(self.batching.split(tenants))
+        futures::stream::iter(batching.split(tenants))
             .map(|tenant_ids| {
                 let subject = &subject;
                 async move {
@@ -1002,10 +1002,13 @@ impl Deployer {
     }
 
     /// A `deploy.tenant` job: its tenants one after another, each result recorded as soon as
-    /// it is known, then one fold for the job. The deployment is read again before a tenant
-    /// when [`HEAD_REFRESH`] has passed, so a cancel or a halt stops a job between tenants. A
-    /// tenant that fails transiently does not hold up the others: the job is retried afterwards
-    /// and its redelivery redoes only the tenants without a result.
+    /// it is known, folded every [`FOLD_EVERY`] and at the end. The deployment is read again
+    /// before a tenant when [`HEAD_REFRESH`] has passed, so a halt, or a cancel once carried
+    /// out, stops a job between tenants (a `deploy.control` command shares the deployer's
+    /// consumer: with every delivery slot busy it waits for a job to end — at most one job's
+    /// tenants, 16 by default). A tenant that fails transiently does not hold up the others:
+    /// the job is retried afterwards and its redelivery redoes only the tenants without a
+    /// result.
     async fn tenant_job(&self, job: TenantDeployJob, attempt: u64) -> Outcome {
         let id = &job.deployment_id;
         let mut current = match self.head(id).await {
@@ -1017,6 +1020,18 @@ impl Deployer {
             }
             Err(e) => return Outcome::transient_error(&e),
         };
+        let wanted = if job.rollback {
+            RolloutStatus::RollingBack
+        } else {
+            RolloutStatus::Running
+        };
+        if current.state.status != wanted {
+            // Cancelled, halted or finished: nothing to do but what the state calls for.
+            return self.settled(current).await;
+        }
+        // The run of the rollout this job belongs to: a cancel and a resume in between make
+        // the resume's own jobs carry on with the rest, so this one stops.
+        let resumes = current.state.resumes;
         // The bundle or app operation, parsed once per worker and deployment (a rollback uses
         // each tenant's stored plan instead).
         let prepared = if job.rollback {
@@ -1027,7 +1042,7 @@ impl Deployer {
                 Err(outcome) => return outcome,
             }
         };
-        let mut read_at = Instant::now();
+        let (mut read_at, mut folded_at) = (Instant::now(), Instant::now());
         // The highest stream sequence of a result this job wrote or found: the fold target.
         let mut recorded: Option<u64> = None;
         let mut retry: Option<String> = None;
@@ -1042,13 +1057,8 @@ impl Deployer {
                 };
                 read_at = Instant::now();
             }
-            let wanted = if job.rollback {
-                RolloutStatus::RollingBack
-            } else {
-                RolloutStatus::Running
-            };
-            if current.state.status != wanted {
-                // Cancelled, halted or finished: the rest is left as it is.
+            if current.state.status != wanted || current.state.resumes != resumes {
+                // Cancelled, halted, finished or resumed since: the rest is left as it is.
                 break;
             }
             match self
@@ -1060,6 +1070,18 @@ impl Deployer {
                     tracing::warn!(deployment = %id, %tenant, error = %reason, "tenant job failed transiently; retrying");
                     retry.get_or_insert(reason);
                 }
+            }
+            // A long job's results count while it runs (the deployment's progress, its
+            // failure limit), not only at its end.
+            if folded_at.elapsed() >= FOLD_EVERY
+                && let Some(sequence) = recorded
+            {
+                if let outcome @ (Outcome::Transient { .. } | Outcome::Retry { .. }) =
+                    self.counted(id, sequence).await
+                {
+                    tracing::debug!(deployment = %id, ?outcome, "a fold within a job failed; the job's last fold retries it");
+                }
+                folded_at = Instant::now();
             }
         }
         let settled = match recorded {
@@ -1093,17 +1115,22 @@ impl Deployer {
         } else {
             EntryKey::Deploy(tenant.clone())
         };
-        // Delivered again: recorded by the earlier delivery? Then it only has to count. (A
-        // first delivery skips the read: should another job of this tenant have recorded a
-        // result meanwhile, the work is repeated — a tenant at the bundle's version is skipped
-        // — and the first result stands.)
-        if attempt > 1 {
+        // Delivered again, or one of the jobs of a resume or a rollback (listed from every
+        // target, not only the ones without a result, so that announcing them again publishes
+        // the same jobs): recorded already? Then it only has to count. (A first delivery of a
+        // wave's job skips the read: should another job of this tenant have recorded a result
+        // meanwhile, the work is repeated — a tenant at the bundle's version is skipped, a
+        // migration whose schema changed since its plan is refused and retried — and the
+        // first result stands.)
+        if attempt > 1 || d.resumes > 0 || job.rollback {
             match self.results.get(id, &key).await {
                 Ok(Some((ResultEntry::Outcome { .. }, sequence))) => return Ok(sequence),
                 Ok(_) => {}
                 Err(e) => return Err(error_chain(&e)),
             }
         }
+        // `FLEET_CRASH_POINT=deploy.tenant:<tenant>`: a worker that dies at this tenant (tests).
+        fleet_tenantdb::crashpoint::reached_for("deploy.tenant", tenant.as_str());
         let started = Instant::now();
         let outcome = if let Some(prepared) = prepared {
             let done = match prepared {
@@ -1418,7 +1445,9 @@ impl Deployer {
                 return Err(TenantError::Quota(quota(&deployments)));
             }
         }
-        // diffing
+        // diffing, from the schema as it is now: checked again inside the migration's
+        // transaction, where no other writer can change it until the commit.
+        let schema_version = count(&conn, "PRAGMA schema_version", vec![]).await?;
         let planned = match fleet_schema::plan_database(
             &conn,
             &prepared.desired,
@@ -1454,11 +1483,34 @@ impl Deployer {
             &planned.plan,
             planned.registered.as_deref().unwrap_or_default(),
         );
-        fleet_schema::apply_plan_with(&conn, &planned.plan, &registry)
+        let guards = migration_guards(schema_version, &d.id);
+        fleet_schema::apply_plan_guarded(&conn, &planned.plan, &guards, &registry)
             .await
-            .map_err(TenantError::Apply)?;
+            .map_err(|e| match e {
+                fleet_schema::ApplyError::Guard(why) => TenantError::Raced(why),
+                e => TenantError::Apply(e),
+            })?;
         Ok(outcome)
     }
+}
+
+/// What a tenant's migration checks inside its transaction before it changes anything: the
+/// schema is still the one it was planned from (`PRAGMA schema_version`, which SQLite bumps on
+/// every schema change, read before planning), and no other job applied this deployment
+/// meanwhile (a job of a resume, or one delivered twice, working the same tenant at once).
+fn migration_guards(schema_version: u64, id: &DeploymentId) -> [fleet_schema::Guard; 2] {
+    [
+        fleet_schema::Guard {
+            sql: "SELECT 1 FROM pragma_schema_version WHERE schema_version != ?1".into(),
+            params: vec![SqlValue::Integer(schema_version as i64)],
+            refusal: "the schema changed since it was planned".into(),
+        },
+        fleet_schema::Guard {
+            sql: "SELECT 1 FROM sys_deployment WHERE deployment_id = ?1".into(),
+            params: vec![SqlValue::Text(id.to_string())],
+            refusal: format!("deployment {id} was applied meanwhile"),
+        },
+    ]
 }
 
 /// A refused quota as the tenant's error text (the upstream result, as JSON).
@@ -1578,10 +1630,13 @@ impl Handler for Deployer {
     }
 
     /// A `deploy.tenant` job out of deliveries (retries exhausted, or workers killed on every
-    /// attempt) or refused as poison (its bundle unreadable): each of its tenants without a
-    /// result gets a failed one saying so, and the results are folded — the deployment moves
-    /// on (its failure limit, its end, `fleetctl deploy resume`) instead of waiting for
-    /// results that never come.
+    /// attempt) or refused as poison (its bundle unreadable). Out of deliveries with several of
+    /// its tenants still without a result, it is split: each of them gets a job of its own, so
+    /// one tenant that crashes or hangs its worker on every attempt (and is reached first by
+    /// each redelivery) fails alone, not the batch-mates it kept from being tried. Otherwise
+    /// each tenant without a result gets a failed one saying so, and the results are folded —
+    /// the deployment moves on (its failure limit, its end, `fleetctl deploy resume`) instead
+    /// of waiting for results that never come.
     async fn dead_lettered(&self, delivery: &Delivery, letter: &fleet_runtime::DeadLetter) {
         let Ok(DeployCommand::TenantJob(job)) = DeployCommand::parse(delivery) else {
             return;
@@ -1597,6 +1652,37 @@ impl Handler for Deployer {
         };
         if current.state.status != wanted {
             return;
+        }
+        if letter.reason == "max_deliver" && job.tenant_ids.len() > 1 {
+            let mut pending = Vec::new();
+            for tenant in &job.tenant_ids {
+                let key = if job.rollback {
+                    EntryKey::Rollback(tenant.clone())
+                } else {
+                    EntryKey::Deploy(tenant.clone())
+                };
+                if !matches!(
+                    self.results.get(id, &key).await,
+                    Ok(Some((ResultEntry::Outcome { .. }, _)))
+                ) {
+                    pending.push(tenant.clone());
+                }
+            }
+            if pending.len() > 1 {
+                let one_each = Batching {
+                    job_tenants: 1,
+                    spread: 1,
+                };
+                let split = self
+                    .publish_jobs(id, pending, job.wave, job.rollback, ":split", one_each)
+                    .await;
+                match split {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(deployment = %id, error = %error_chain(&e), "a dead-lettered job could not be split; its tenants without a result fail");
+                    }
+                }
+            }
         }
         let error = format!(
             "the job was dead-lettered ({}) after {} attempt(s): {}",
@@ -1749,6 +1835,79 @@ mod tests {
             "{}",
             reason(&control)
         );
+    }
+
+    #[tokio::test]
+    async fn a_migration_planned_before_another_job_changed_the_schema_does_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = fleet_schema::open_local(&dir.path().join("t.db"))
+            .await
+            .unwrap();
+        conn.execute_batch(
+            "CREATE TABLE sys_deployment (deployment_id TEXT PRIMARY KEY); CREATE TABLE a (x);",
+        )
+        .await
+        .unwrap();
+        let id = DeploymentId::parse("d1").unwrap();
+        let version = count(&conn, "PRAGMA schema_version", vec![]).await.unwrap();
+        let plan = |sql: &str| fleet_protocol::MigrationPlan {
+            statements: vec![fleet_protocol::MigrationStatement {
+                sql: sql.into(),
+                reversible: true,
+                rollback_sql: None,
+                order: 0,
+            }],
+            dialect: "sqlite".into(),
+            reversible: true,
+            estimated_duration_ms: None,
+        };
+        // Unchanged since the plan: applied.
+        fleet_schema::apply_plan_guarded(
+            &conn,
+            &plan("CREATE TABLE b (x)"),
+            &migration_guards(version, &id),
+            &[],
+        )
+        .await
+        .unwrap();
+        // Planned from the schema before that change: refused, nothing done.
+        let raced = fleet_schema::apply_plan_guarded(
+            &conn,
+            &plan("CREATE TABLE c (x)"),
+            &migration_guards(version, &id),
+            &[],
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&raced, fleet_schema::ApplyError::Guard(why) if why.contains("schema changed")),
+            "{raced:?}"
+        );
+        // This deployment applied meanwhile (by another job), schema unchanged: refused.
+        conn.execute("INSERT INTO sys_deployment VALUES ('d1')", ())
+            .await
+            .unwrap();
+        let now = count(&conn, "PRAGMA schema_version", vec![]).await.unwrap();
+        let applied = fleet_schema::apply_plan_guarded(
+            &conn,
+            &plan("CREATE TABLE c (x)"),
+            &migration_guards(now, &id),
+            &[],
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&applied, fleet_schema::ApplyError::Guard(why) if why.contains("applied meanwhile")),
+            "{applied:?}"
+        );
+        let tables = count(
+            &conn,
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'c'",
+            vec![],
+        )
+        .await
+        .unwrap();
+        assert_eq!(tables, 0);
     }
 
     #[test]

@@ -695,3 +695,77 @@ async fn a_job_out_of_deliveries_fails_its_tenants_without_a_result_and_the_roll
         )
         .await;
 }
+
+#[tokio::test]
+async fn a_tenant_that_kills_its_worker_every_time_fails_alone_not_its_batch() {
+    let mut fleet = Fleet::start().await;
+    let tenants = fleet.provision(12).await;
+    // One replica working one job at a time: the wave is one job of all twelve tenants. The
+    // worker dies whenever it reaches the fourth (and is started again), so every redelivery
+    // stops there — before the eight after it were ever tried.
+    let crashing = tenants[3].clone();
+    let point = format!("deploy.tenant:{crashing}");
+    let env = [
+        ("FLEET_WORKER__CONCURRENCY", "1"),
+        ("FLEET_CRASH_POINT", point.as_str()),
+    ];
+    let mut deployer = fleet.spawn(env!("CARGO_BIN_EXE_deployer"), &env);
+    fleet
+        .request(
+            "d1",
+            crm("v1"),
+            json!({"all": true}),
+            json!({"waves": ["100%"], "maxFailureRatio": 0.5}),
+        )
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(150);
+    let mut restarts = 0;
+    let d = loop {
+        if let Some(d) = fleet.deployment("d1").await
+            && d.status != RolloutStatus::Running
+        {
+            break d;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running");
+        if fleet
+            .wait_exit(deployer, Duration::from_millis(200))
+            .await
+            .is_some()
+        {
+            restarts += 1;
+            deployer = fleet.spawn(env!("CARGO_BIN_EXE_deployer"), &env);
+        }
+    };
+    assert!(
+        restarts >= 2,
+        "the worker died at the tenant ({restarts} restarts)"
+    );
+    let results = fleet.results("d1").await;
+    assert_eq!(results.len(), 12);
+    let failed = &results[crashing.as_str()];
+    assert_eq!(failed.status, DeployStatus::Failed);
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("dead-lettered (max_deliver)"),
+        "{failed:?}"
+    );
+    // Its batch-mates were split into jobs of their own and deployed — all but, at most, the
+    // one job a dying worker had already fetched beside the one it was working on (the job
+    // loop pulls one message ahead), which died with it on every crash. Without the split,
+    // all eight after it failed with it.
+    let collateral = &tenants[4];
+    for tenant in tenants
+        .iter()
+        .filter(|t| **t != crashing && *t != collateral)
+    {
+        assert_eq!(
+            results[tenant].status,
+            DeployStatus::Ready,
+            "{tenant}: {results:?}"
+        );
+    }
+    assert!(d.counts().0 >= 10, "{d:?}");
+}
