@@ -337,6 +337,9 @@ const HEAD_REFRESH: std::time::Duration = std::time::Duration::from_millis(200);
 /// costs a fold race).
 const FOLD_LOCKS: u64 = 1024;
 
+/// Attempts at giving a dead-lettered job's tenants their results (0.5, 1, 2, 4 s apart).
+const DEAD_LETTER_TRIES: u32 = 5;
+
 /// How often a job folds the results it has recorded while it runs.
 const FOLD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -1110,11 +1113,7 @@ impl Deployer {
         attempt: u64,
     ) -> Result<u64, String> {
         let id = &d.id;
-        let key = if job.rollback {
-            EntryKey::Rollback(tenant.clone())
-        } else {
-            EntryKey::Deploy(tenant.clone())
-        };
+        let key = result_key(job, tenant);
         // Delivered again, or one of the jobs of a resume or a rollback (listed from every
         // target, not only the ones without a result, so that announcing them again publishes
         // the same jobs): recorded already? Then it only has to count. (A first delivery of a
@@ -1215,6 +1214,76 @@ impl Deployer {
             .record(id, key, &entry)
             .await
             .map_err(|e| error_chain(&e))
+    }
+
+    /// [`Handler::dead_lettered`] for a tenant job, once: split it, or give its tenants
+    /// without a result a failed one and fold them. `Err` when the store or server failed
+    /// (nothing half-done matters: every step is idempotent).
+    async fn dead_letter_job(
+        &self,
+        job: &TenantDeployJob,
+        letter: &fleet_runtime::DeadLetter,
+    ) -> Result<(), String> {
+        let id = &job.deployment_id;
+        let current = match self.head(id).await {
+            Ok(current) => current,
+            // The deployment is gone: nothing to give a result to.
+            Err(DeployerError::Unknown(_)) => return Ok(()),
+            Err(e) => return Err(error_chain(&e)),
+        };
+        let wanted = if job.rollback {
+            RolloutStatus::RollingBack
+        } else {
+            RolloutStatus::Running
+        };
+        if current.state.status != wanted {
+            return Ok(());
+        }
+        if letter.reason == "max_deliver" && job.tenant_ids.len() > 1 {
+            let mut pending = Vec::new();
+            for tenant in &job.tenant_ids {
+                match self.results.get(id, &result_key(job, tenant)).await {
+                    Ok(Some((ResultEntry::Outcome { .. }, _))) => {}
+                    Ok(_) => pending.push(tenant.clone()),
+                    Err(e) => return Err(error_chain(&e)),
+                }
+            }
+            if pending.len() > 1 {
+                let one_each = Batching {
+                    job_tenants: 1,
+                    spread: 1,
+                };
+                return self
+                    .publish_jobs(id, pending, job.wave, job.rollback, ":split", one_each)
+                    .await
+                    .map_err(|e| error_chain(&e));
+            }
+        }
+        let error = format!(
+            "the job was dead-lettered ({}) after {} attempt(s): {}",
+            letter.reason, letter.attempts, letter.error
+        );
+        let mut recorded: Option<u64> = None;
+        for tenant in &job.tenant_ids {
+            let key = result_key(job, tenant);
+            let written = match self.results.get(id, &key).await {
+                Ok(Some((ResultEntry::Outcome { .. }, sequence))) => Ok(sequence),
+                Ok(_) => {
+                    let outcome = TenantOutcome::failed(error.clone());
+                    self.record(&current.state, job, tenant, &key, outcome)
+                        .await
+                }
+                Err(e) => Err(error_chain(&e)),
+            };
+            recorded = recorded.max(Some(written?));
+        }
+        match recorded {
+            Some(sequence) => match self.counted(id, sequence).await {
+                Outcome::Transient { reason } | Outcome::Retry { reason, .. } => Err(reason),
+                _ => Ok(()),
+            },
+            None => Ok(()),
+        }
     }
 
     /// Folds until the result at `sequence` counts, then publishes what that opened up (the
@@ -1494,6 +1563,15 @@ impl Deployer {
     }
 }
 
+/// Where a job's result for `tenant` is kept: its deploy result, or its rollback result.
+fn result_key(job: &TenantDeployJob, tenant: &TenantId) -> EntryKey {
+    if job.rollback {
+        EntryKey::Rollback(tenant.clone())
+    } else {
+        EntryKey::Deploy(tenant.clone())
+    }
+}
+
 /// What a tenant's migration checks inside its transaction before it changes anything: the
 /// schema is still the one it was planned from (`PRAGMA schema_version`, which SQLite bumps on
 /// every schema change, read before planning), and no other job applied this deployment
@@ -1641,81 +1719,22 @@ impl Handler for Deployer {
         let Ok(DeployCommand::TenantJob(job)) = DeployCommand::parse(delivery) else {
             return;
         };
-        let id = &job.deployment_id;
-        let Ok(current) = self.head(id).await else {
-            return;
-        };
-        let wanted = if job.rollback {
-            RolloutStatus::RollingBack
-        } else {
-            RolloutStatus::Running
-        };
-        if current.state.status != wanted {
-            return;
-        }
-        if letter.reason == "max_deliver" && job.tenant_ids.len() > 1 {
-            let mut pending = Vec::new();
-            for tenant in &job.tenant_ids {
-                let key = if job.rollback {
-                    EntryKey::Rollback(tenant.clone())
-                } else {
-                    EntryKey::Deploy(tenant.clone())
-                };
-                if !matches!(
-                    self.results.get(id, &key).await,
-                    Ok(Some((ResultEntry::Outcome { .. }, _)))
-                ) {
-                    pending.push(tenant.clone());
+        // Idempotent (results already there stand, split jobs have ids of their own), so a
+        // store or server hiccup is retried here: the message leaves the stream afterwards,
+        // and nothing else would give these tenants a result.
+        let mut pause = std::time::Duration::from_millis(500);
+        for attempt in 1..=DEAD_LETTER_TRIES {
+            match self.dead_letter_job(&job, letter).await {
+                Ok(()) => return,
+                Err(e) if attempt == DEAD_LETTER_TRIES => {
+                    tracing::error!(deployment = %job.deployment_id, error = %e, "a dead-lettered job's tenants could not be given a result; cancel and resume the deployment to redo them");
                 }
-            }
-            if pending.len() > 1 {
-                let one_each = Batching {
-                    job_tenants: 1,
-                    spread: 1,
-                };
-                let split = self
-                    .publish_jobs(id, pending, job.wave, job.rollback, ":split", one_each)
-                    .await;
-                match split {
-                    Ok(()) => return,
-                    Err(e) => {
-                        tracing::warn!(deployment = %id, error = %error_chain(&e), "a dead-lettered job could not be split; its tenants without a result fail");
-                    }
-                }
-            }
-        }
-        let error = format!(
-            "the job was dead-lettered ({}) after {} attempt(s): {}",
-            letter.reason, letter.attempts, letter.error
-        );
-        let mut recorded: Option<u64> = None;
-        for tenant in &job.tenant_ids {
-            let key = if job.rollback {
-                EntryKey::Rollback(tenant.clone())
-            } else {
-                EntryKey::Deploy(tenant.clone())
-            };
-            let written = match self.results.get(id, &key).await {
-                Ok(Some((ResultEntry::Outcome { .. }, sequence))) => Ok(sequence),
-                Ok(_) => {
-                    let outcome = TenantOutcome::failed(error.clone());
-                    self.record(&current.state, &job, tenant, &key, outcome)
-                        .await
-                }
-                Err(e) => Err(error_chain(&e)),
-            };
-            match written {
-                Ok(sequence) => recorded = recorded.max(Some(sequence)),
                 Err(e) => {
-                    tracing::warn!(deployment = %id, %tenant, error = %e, "the failed result of a dead-lettered job could not be recorded")
+                    tracing::warn!(deployment = %job.deployment_id, error = %e, attempt, "settling a dead-lettered job failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
                 }
             }
-        }
-        if let Some(sequence) = recorded
-            && let outcome @ (Outcome::Transient { .. } | Outcome::Retry { .. }) =
-                self.counted(id, sequence).await
-        {
-            tracing::warn!(deployment = %id, ?outcome, "a dead-lettered job's results could not be folded; the next job or resume folds them");
         }
     }
 
