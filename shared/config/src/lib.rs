@@ -372,6 +372,37 @@ impl fmt::Debug for SecretsConfig {
     }
 }
 
+/// Why a key of the ring (`secrets.keys`) is unusable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyProblem {
+    /// The id is not 1–32 of `[A-Za-z0-9_-]` (it is stored beside every sealed token).
+    Id,
+    /// The value is not base64.
+    NotBase64,
+    /// The value decodes to this many bytes instead of 32.
+    Length(usize),
+}
+
+/// The 32 bytes of key `id` of the ring from its base64 `encoded` form (surrounding blanks
+/// ignored): the one check of a key, for [`Config::validate`] and for the key ring that uses
+/// it (`fleet_tenantdb::KeyRing`).
+pub fn decode_key(id: &str, encoded: &str) -> Result<[u8; 32], KeyProblem> {
+    use base64::Engine as _;
+    let valid_id = !id.is_empty()
+        && id.len() <= 32
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !valid_id {
+        return Err(KeyProblem::Id);
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| KeyProblem::NotBase64)?;
+    let len = bytes.len();
+    bytes.try_into().map_err(|_| KeyProblem::Length(len))
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -591,25 +622,17 @@ impl Config {
         // The key ring is checked here, with the rest, so a worker with a mistyped key refuses
         // to start before it connects to anything (and the CLI calls it a configuration error).
         for (id, key) in &self.secrets.keys {
-            use base64::Engine as _;
-            let valid_id = !id.is_empty()
-                && id.len() <= 32
-                && id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-            if !valid_id {
-                problems.push(format!(
+            match decode_key(id, key) {
+                Ok(_) => {}
+                Err(KeyProblem::Id) => problems.push(format!(
                     "secrets.keys: key id {id:?} must be 1-32 of [A-Za-z0-9_-]"
-                ));
-                continue;
-            }
-            match base64::engine::general_purpose::STANDARD.decode(key.trim()) {
-                Ok(bytes) if bytes.len() == 32 => {}
-                Ok(bytes) => problems.push(format!(
-                    "secrets.keys.{id}: must be 32 bytes (base64), has {}",
-                    bytes.len()
                 )),
-                Err(_) => problems.push(format!("secrets.keys.{id}: is not base64")),
+                Err(KeyProblem::Length(len)) => problems.push(format!(
+                    "secrets.keys.{id}: must be 32 bytes (base64), has {len}"
+                )),
+                Err(KeyProblem::NotBase64) => {
+                    problems.push(format!("secrets.keys.{id}: is not base64"))
+                }
             }
         }
         if !self.secrets.keys.contains_key(&self.secrets.active_key) {
@@ -751,14 +774,20 @@ mod tests {
         });
     }
 
-    #[test]
-    fn every_key_of_the_ring_is_checked_without_showing_it() {
+    /// The defaults with a ring of one valid key (`k`, all zeros), which is all they lack.
+    fn with_one_key() -> Config {
         let mut config = Config::default();
         config.secrets.active_key = "k".into();
         config.secrets.keys.insert(
             "k".into(),
             "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
         );
+        config
+    }
+
+    #[test]
+    fn every_key_of_the_ring_is_checked_without_showing_it() {
+        let mut config = with_one_key();
         config.validate().unwrap();
         config
             .secrets
@@ -785,12 +814,7 @@ mod tests {
 
     #[test]
     fn consumer_and_lease_settings_are_checked_together() {
-        let mut config = Config::default();
-        config.secrets.active_key = "k".into();
-        config.secrets.keys.insert(
-            "k".into(),
-            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
-        );
+        let mut config = with_one_key();
         config.validate().unwrap();
         config.nats.ack_wait_ms = 10_000;
         config.worker.retry = RetryPolicy::Fixed {

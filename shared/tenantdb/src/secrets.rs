@@ -64,25 +64,18 @@ impl KeyRing {
     ) -> Result<Self, SecretError> {
         let mut ring = BTreeMap::new();
         for (id, encoded) in keys {
-            let valid_id = !id.is_empty()
-                && id.len() <= 32
-                && id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-            if !valid_id {
-                return Err(SecretError::Config(format!(
-                    "key id {id:?} must be 1-32 of [A-Za-z0-9_-]"
-                )));
-            }
-            let bytes = STANDARD
-                .decode(encoded.expose_secret().trim())
-                .map_err(|_| SecretError::Config(format!("key {id:?} is not base64")))?;
-            if bytes.len() != 32 {
-                return Err(SecretError::Config(format!(
-                    "key {id:?} must be 32 bytes, has {}",
-                    bytes.len()
-                )));
-            }
+            let bytes =
+                fleet_config::decode_key(id, encoded.expose_secret()).map_err(|problem| {
+                    SecretError::Config(match problem {
+                        fleet_config::KeyProblem::Id => {
+                            format!("key id {id:?} must be 1-32 of [A-Za-z0-9_-]")
+                        }
+                        fleet_config::KeyProblem::NotBase64 => format!("key {id:?} is not base64"),
+                        fleet_config::KeyProblem::Length(len) => {
+                            format!("key {id:?} must be 32 bytes, has {len}")
+                        }
+                    })
+                })?;
             ring.insert(
                 id.to_owned(),
                 ChaCha20Poly1305::new(Key::from_slice(&bytes)),
