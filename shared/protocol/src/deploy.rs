@@ -768,8 +768,10 @@ impl TenantDeployJob {
 }
 
 /// `deploy.tenant.<deploymentId>`, command version 1 (no version header): one tenant's part of
-/// a deployment, as releases before batched jobs publish it. Still read (a batch of one), so
-/// jobs in the stream across an upgrade are carried out; no longer published.
+/// a deployment, as releases before batched jobs publish it. Read as a batch of one, so jobs in
+/// the stream across an upgrade are carried out; published for one-tenant jobs
+/// (`deployer.job_tenants = 1`, and the jobs a dead-lettered batch is split into), which every
+/// release reads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantDeployJobV1 {

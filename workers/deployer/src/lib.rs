@@ -802,9 +802,9 @@ impl Deployer {
     }
 
     /// Publishes `tenants` as jobs on `deploy.tenant.<id>`, cut by `batching`, a window of them
-    /// at a time. A job is command version 2 with message id [`job_id`]; with
-    /// `deployer.job_tenants = 1`, one tenant per job in version 1 (no version header) with
-    /// message id `<id>:<tenant><suffix>`, as releases before batching publish them. Ids derive
+    /// at a time. A job is command version 2 with message id [`job_id`]; one tenant per job
+    /// (`deployer.job_tenants = 1`, or a dead-lettered batch split up) is version 1 (no version
+    /// header) with message id `<id>:<tenant><suffix>`, as releases before batching publish. Ids derive
     /// from the job's whole content, so publishing the same list again (a crash before the
     /// announcement was recorded) is deduplicated, and a job cut differently on the way again
     /// (a resume's list shrinks as results come in) is never mistaken for an earlier one.
@@ -819,7 +819,7 @@ impl Deployer {
     ) -> Result<(), DeployerError> {
         use futures::{StreamExt, TryStreamExt};
         let subject = self.subjects.full(&format!("deploy.tenant.{id}"));
-        let single = self.batching.job_tenants == 1;
+        let single = batching.job_tenants == 1;
         futures::stream::iter(batching.split(tenants))
             .map(|tenant_ids| {
                 let subject = &subject;
@@ -1239,43 +1239,45 @@ impl Deployer {
         if current.state.status != wanted {
             return Ok(());
         }
-        if letter.reason == "max_deliver" && job.tenant_ids.len() > 1 {
-            let mut pending = Vec::new();
-            for tenant in &job.tenant_ids {
-                match self.results.get(id, &result_key(job, tenant)).await {
-                    Ok(Some((ResultEntry::Outcome { .. }, _))) => {}
-                    Ok(_) => pending.push(tenant.clone()),
-                    Err(e) => return Err(error_chain(&e)),
+        // The results already there (their highest sequence), and the tenants without one.
+        let mut recorded: Option<u64> = None;
+        let mut pending = Vec::new();
+        for tenant in &job.tenant_ids {
+            match self.results.get(id, &result_key(job, tenant)).await {
+                Ok(Some((ResultEntry::Outcome { .. }, sequence))) => {
+                    recorded = recorded.max(Some(sequence));
                 }
+                Ok(_) => pending.push(tenant),
+                Err(e) => return Err(error_chain(&e)),
             }
-            if pending.len() > 1 {
-                let one_each = Batching {
-                    job_tenants: 1,
-                    spread: 1,
-                };
-                return self
-                    .publish_jobs(id, pending, job.wave, job.rollback, ":split", one_each)
-                    .await
-                    .map_err(|e| error_chain(&e));
-            }
+        }
+        if letter.reason == "max_deliver" && pending.len() > 1 {
+            let one_each = Batching {
+                job_tenants: 1,
+                spread: 1,
+            };
+            let pending = pending.into_iter().cloned().collect();
+            return self
+                .publish_jobs(id, pending, job.wave, job.rollback, ":split", one_each)
+                .await
+                .map_err(|e| error_chain(&e));
         }
         let error = format!(
             "the job was dead-lettered ({}) after {} attempt(s): {}",
             letter.reason, letter.attempts, letter.error
         );
-        let mut recorded: Option<u64> = None;
-        for tenant in &job.tenant_ids {
-            let key = result_key(job, tenant);
-            let written = match self.results.get(id, &key).await {
-                Ok(Some((ResultEntry::Outcome { .. }, sequence))) => Ok(sequence),
-                Ok(_) => {
-                    let outcome = TenantOutcome::failed(error.clone());
-                    self.record(&current.state, job, tenant, &key, outcome)
-                        .await
-                }
-                Err(e) => Err(error_chain(&e)),
-            };
-            recorded = recorded.max(Some(written?));
+        for tenant in pending {
+            let outcome = TenantOutcome::failed(error.clone());
+            let sequence = self
+                .record(
+                    &current.state,
+                    job,
+                    tenant,
+                    &result_key(job, tenant),
+                    outcome,
+                )
+                .await?;
+            recorded = recorded.max(Some(sequence));
         }
         match recorded {
             Some(sequence) => match self.counted(id, sequence).await {
@@ -1880,24 +1882,19 @@ mod tests {
             reversible: true,
             estimated_duration_ms: None,
         };
+        let apply = async |sql: &str, planned_at: u64| {
+            fleet_schema::apply_plan_guarded(
+                &conn,
+                &plan(sql),
+                &migration_guards(planned_at, &id),
+                &[],
+            )
+            .await
+        };
         // Unchanged since the plan: applied.
-        fleet_schema::apply_plan_guarded(
-            &conn,
-            &plan("CREATE TABLE b (x)"),
-            &migration_guards(version, &id),
-            &[],
-        )
-        .await
-        .unwrap();
+        apply("CREATE TABLE b (x)", version).await.unwrap();
         // Planned from the schema before that change: refused, nothing done.
-        let raced = fleet_schema::apply_plan_guarded(
-            &conn,
-            &plan("CREATE TABLE c (x)"),
-            &migration_guards(version, &id),
-            &[],
-        )
-        .await
-        .unwrap_err();
+        let raced = apply("CREATE TABLE c (x)", version).await.unwrap_err();
         assert!(
             matches!(&raced, fleet_schema::ApplyError::Guard(why) if why.contains("schema changed")),
             "{raced:?}"
@@ -1907,14 +1904,7 @@ mod tests {
             .await
             .unwrap();
         let now = count(&conn, "PRAGMA schema_version", vec![]).await.unwrap();
-        let applied = fleet_schema::apply_plan_guarded(
-            &conn,
-            &plan("CREATE TABLE c (x)"),
-            &migration_guards(now, &id),
-            &[],
-        )
-        .await
-        .unwrap_err();
+        let applied = apply("CREATE TABLE c (x)", now).await.unwrap_err();
         assert!(
             matches!(&applied, fleet_schema::ApplyError::Guard(why) if why.contains("applied meanwhile")),
             "{applied:?}"
