@@ -87,19 +87,24 @@ async fn main() -> anyhow::Result<()> {
         "bench: {n} tenants (scale run: {}), release build",
         args.scale
     );
-    eprintln!("  schema engine …");
-    let engine = scenarios::engine().await?;
-    eprintln!("  raw floors for {n} tenants …");
-    let (floors, floor_files) = scenarios::baselines(n).await?;
     // The disk's background work of one phase (writeback, recently freed inodes that ext4
     // skips for 30 s when it allocates) is not charged to the next.
     let settle = || async {
         eprintln!("  settling {} s …", args.settle);
         tokio::time::sleep(std::time::Duration::from_secs(args.settle)).await;
     };
+    eprintln!("  schema engine …");
+    let engine = scenarios::engine().await?;
+    settle().await;
+    eprintln!("  raw floors for {n} tenants (before the fleet) …");
+    let (floors_before, floor_files) = scenarios::baselines(n).await?;
     settle().await;
     eprintln!("  the fleet with {n} tenants …");
     let (run, fleet) = scenarios::fleet_run(n, true).await?;
+    settle().await;
+    eprintln!("  raw floors for {n} tenants (after the fleet) …");
+    let (floors_after, floor_files_after) = scenarios::baselines(n).await?;
+    let floors = scenarios::bracketed(&floors_before, &floors_after);
     let (scale, scale_fleet) = if args.scale > 0 {
         settle().await;
         eprintln!("  the fleet with {} tenants …", args.scale);
@@ -221,7 +226,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&args.out, serde_json::to_string_pretty(&results)? + "\n")?;
     println!("\nwritten to {}", args.out.display());
     // Every scenario's files are removed only now (see `scenarios::fleet_run`).
-    drop((floor_files, fleet, scale_fleet));
+    drop((floor_files, floor_files_after, fleet, scale_fleet));
     Ok(())
 }
 
@@ -250,7 +255,18 @@ fn baseline_rows(floors: &Value, fleet: f64, what: &str) {
     for (key, label) in rows {
         let rate = f(&floors[key]["tenantsPerSecond"]);
         if rate > 0.0 {
-            println!("{label:<52} {rate:>12.1} {:>13.2}×", fleet / rate);
+            // The two measurements bracketing the fleet's run (before / after), when there are.
+            let runs = floors[key]["runs"]
+                .as_array()
+                .map(|runs| {
+                    let rates: Vec<String> = runs
+                        .iter()
+                        .map(|r| format!("{:.0}", f(&r["tenantsPerSecond"])))
+                        .collect();
+                    format!("   ({})", rates.join(" / "))
+                })
+                .unwrap_or_default();
+            println!("{label:<52} {rate:>12.1} {:>13.2}×{runs}", fleet / rate);
         }
     }
 }

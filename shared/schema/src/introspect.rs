@@ -9,6 +9,15 @@
 //! tables, views, triggers, generated columns — in [`Schema::unmanaged`], each with its SQL.
 //! Which ordinary tables, columns and indexes the engine manages is decided afterwards, from
 //! the metadata registry ([`crate::owned`]).
+//!
+//! Everything read here is a function of the catalog alone — the rows of `sqlite_master`
+//! (`type`, `name`, `tbl_name`, `sql`): SQLite derives every pragma above from the schema SQL
+//! it parsed. So a schema read once is kept (a process-wide cache, [`CACHE_BYTES`] of catalog
+//! text at most) under its exact catalog text, and a database whose catalog matches one read
+//! before costs one query instead of four or so per table: the common case of a fleet whose
+//! tenants share their schema (every deployment of a wave plans from the same one).
+
+use std::sync::{Arc, LazyLock};
 
 use libsql::{Connection, Value};
 
@@ -72,8 +81,62 @@ pub fn is_internal_table(name: &str) -> bool {
         || name.starts_with(FLEET_TABLE_PREFIX)
 }
 
-/// The schema of the tenant objects in `conn`'s database, with everything else it holds.
+/// Most catalog text (bytes, keys of the schemas read) kept by [`introspect`]'s cache.
+pub const CACHE_BYTES: u64 = 16 << 20;
+
+/// Schemas read before, by their exact catalog text.
+static SCHEMAS: LazyLock<moka::sync::Cache<String, Arc<Schema>>> = LazyLock::new(|| {
+    moka::sync::Cache::builder()
+        .weigher(|catalog: &String, _: &Arc<Schema>| {
+            u32::try_from(catalog.len()).unwrap_or(u32::MAX)
+        })
+        .max_capacity(CACHE_BYTES)
+        .build()
+});
+
+/// The catalog's rows as one text: each row's four columns, a NUL marking an SQL `NULL`, the
+/// unit separator between columns and the record separator between rows (neither occurs in
+/// SQLite names or schema SQL written by anyone sane; a collision would need both).
+fn catalog_text(master: &[Vec<Value>]) -> String {
+    let mut out = String::new();
+    for row in master {
+        for value in row {
+            match value {
+                Value::Text(s) => out.push_str(s),
+                Value::Null => out.push('\0'),
+                other => out.push_str(&format!("{other:?}")),
+            }
+            out.push('\u{1f}');
+        }
+        out.push('\u{1e}');
+    }
+    out
+}
+
+/// The schema of the tenant objects in `conn`'s database, with everything else it holds:
+/// one catalog query when a database with the same catalog was read before in this process.
 pub async fn introspect(conn: &Connection) -> Result<Schema, IntrospectError> {
+    // type, name, tbl_name, sql — in creation order.
+    let master = rows(
+        conn,
+        "SELECT type, name, tbl_name, sql FROM main.sqlite_master ORDER BY rowid",
+        "the schema table",
+    )
+    .await?;
+    let catalog = catalog_text(&master);
+    if let Some(schema) = SCHEMAS.get(&catalog) {
+        return Ok(Schema::clone(&schema));
+    }
+    let schema = introspect_catalog(conn, &master).await?;
+    SCHEMAS.insert(catalog, Arc::new(schema.clone()));
+    Ok(schema)
+}
+
+/// [`introspect`] from the catalog's rows (`master`), without the cache.
+async fn introspect_catalog(
+    conn: &Connection,
+    master: &[Vec<Value>],
+) -> Result<Schema, IntrospectError> {
     let mut schema = Schema::default();
     // schema, name, type (table, view, shadow, virtual), ncol, wr, strict
     let list = rows(conn, "PRAGMA main.table_list", "tables").await?;
@@ -101,14 +164,7 @@ pub async fn introspect(conn: &Connection) -> Result<Schema, IntrospectError> {
             sql: None,
         });
     }
-    // type, name, tbl_name, sql — in creation order.
-    let master = rows(
-        conn,
-        "SELECT type, name, tbl_name, sql FROM main.sqlite_master ORDER BY rowid",
-        "the schema table",
-    )
-    .await?;
-    for row in &master {
+    for row in master {
         let (Some(kind), Some(name)) = (text(&row[0]), text(&row[1])) else {
             continue;
         };

@@ -189,21 +189,42 @@ pub async fn plan_database_within(
     options: PlanOptions,
     owner: &Owner,
 ) -> Result<Planned, SchemaError> {
-    let desired = if context.is_empty() {
-        desired_schema(objects)?
-    } else {
-        let own: std::collections::BTreeSet<String> =
-            objects.iter().map(ObjectDefinition::table).collect();
-        let mut all: Vec<ObjectDefinition> = context
-            .iter()
-            .filter(|c| !objects.iter().any(|o| o.name == c.name))
-            .cloned()
-            .collect();
-        all.extend(objects.iter().cloned());
-        let mut desired = desired_schema(&all)?;
-        desired.tables.retain(|name, _| own.contains(name));
-        desired
-    };
+    let desired = desired_within(objects, context)?;
+    plan_database_to(conn, objects, desired, options, owner).await
+}
+
+/// The schema `objects` describe, with `context` (objects they may refer to that are someone
+/// else's) resolved but left out: what [`plan_database_within`] plans towards. Computed once
+/// and given to [`plan_database_to`] for each database of a rollout.
+pub fn desired_within(
+    objects: &[ObjectDefinition],
+    context: &[ObjectDefinition],
+) -> Result<Schema, SchemaError> {
+    if context.is_empty() {
+        return Ok(desired_schema(objects)?);
+    }
+    let own: std::collections::BTreeSet<String> =
+        objects.iter().map(ObjectDefinition::table).collect();
+    let mut all: Vec<ObjectDefinition> = context
+        .iter()
+        .filter(|c| !objects.iter().any(|o| o.name == c.name))
+        .cloned()
+        .collect();
+    all.extend(objects.iter().cloned());
+    let mut desired = desired_schema(&all)?;
+    desired.tables.retain(|name, _| own.contains(name));
+    Ok(desired)
+}
+
+/// [`plan_database_within`] towards `desired`, the schema [`desired_within`] made of
+/// `objects` (and their context): for a caller planning the same objects for many databases.
+pub async fn plan_database_to(
+    conn: &Connection,
+    objects: &[ObjectDefinition],
+    desired: Schema,
+    options: PlanOptions,
+    owner: &Owner,
+) -> Result<Planned, SchemaError> {
     let live = introspect(conn).await?;
     let registered = registry::read(conn).await?;
     let ownership = registered

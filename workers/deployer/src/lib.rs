@@ -415,6 +415,9 @@ struct PreparedBundle {
     objects: Vec<ObjectDefinition>,
     /// The objects with the base system objects: the schema every tenant should have.
     desired: Vec<ObjectDefinition>,
+    /// `desired` as a schema, computed once for every tenant (`None` when the objects do not
+    /// make one: each tenant's plan then fails with the reason).
+    schema: Option<fleet_schema::Schema>,
 }
 
 #[async_trait]
@@ -948,8 +951,10 @@ impl Deployer {
             let bundle: DeployBundle =
                 serde_json::from_slice(&bytes).map_err(|e| unreadable(&e))?;
             let objects = bundle.object_definitions().map_err(|e| unreadable(&e))?;
+            let desired = fleet_schema::system::with_system_objects(&objects);
             Prepared::Bundle(PreparedBundle {
-                desired: fleet_schema::system::with_system_objects(&objects),
+                schema: fleet_schema::desired_within(&desired, &[]).ok(),
+                desired,
                 objects,
                 bundle,
             })
@@ -1519,15 +1524,17 @@ impl Deployer {
         // diffing, from the schema as it is now: checked again inside the migration's
         // transaction, where no other writer can change it until the commit.
         let schema_version = count(&conn, "PRAGMA schema_version", vec![]).await?;
-        let planned = match fleet_schema::plan_database(
-            &conn,
-            &prepared.desired,
-            PlanOptions {
-                allow_destructive: d.allow_destructive,
-            },
-        )
-        .await
-        {
+        let options = PlanOptions {
+            allow_destructive: d.allow_destructive,
+        };
+        let planned = match &prepared.schema {
+            Some(schema) => {
+                let (objects, owner) = (&prepared.desired, &fleet_schema::Owner::Platform);
+                fleet_schema::plan_database_to(&conn, objects, schema.clone(), options, owner).await
+            }
+            None => fleet_schema::plan_database(&conn, &prepared.desired, options).await,
+        };
+        let planned = match planned {
             Ok(planned) => planned,
             Err(
                 e @ (SchemaError::Plan(PlanError::Destructive { .. } | PlanError::Conflicts { .. })

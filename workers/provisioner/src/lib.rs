@@ -304,6 +304,29 @@ impl std::fmt::Debug for Provisioner {
 
 type Current = Option<Versioned<TenantRecord>>;
 
+/// The base system objects and their schema, computed once: what every tenant's database is
+/// synced to.
+static BASE_SCHEMA: std::sync::LazyLock<(
+    Vec<fleet_protocol::ObjectDefinition>,
+    fleet_schema::Schema,
+)> = std::sync::LazyLock::new(|| {
+    let objects = fleet_schema::system::base_objects();
+    let schema = fleet_schema::desired_within(&objects, &[])
+        .expect("the base system objects make a schema (a test checks it)");
+    (objects, schema)
+});
+
+/// The seed data of a new tenant: its admin user (kept when it is there).
+fn seed_statement(record: &TenantRecord) -> fleet_schema::BoundStatement {
+    fleet_schema::BoundStatement {
+        sql: "INSERT OR IGNORE INTO sys_user (id, email, display_name, role) VALUES ('admin', ?1, ?2, 'admin')".into(),
+        params: vec![
+            libsql::Value::Text(record.admin_email.clone().unwrap_or_default()),
+            record.display_name.clone().map_or(libsql::Value::Null, libsql::Value::Text),
+        ],
+    }
+}
+
 impl Provisioner {
     /// A provisioner over the tenants' state store, a backend, the key ring, hooks and the
     /// scheduler of work due later.
@@ -359,7 +382,10 @@ impl Provisioner {
 
     /// Publishes the record's pending hook, then clears it.
     async fn flush_hook(&self, tenant: &TenantId, record: &Current) -> Result<(), ProvisionError> {
-        let Some(pending) = record.as_ref().and_then(|r| r.state.pending_hook.clone()) else {
+        let Some((known, pending)) = record
+            .as_ref()
+            .and_then(|r| Some((r, r.state.pending_hook.clone()?)))
+        else {
             return Ok(());
         };
         let hook = Hook {
@@ -375,7 +401,8 @@ impl Provisioner {
             .publish(&hook)
             .await
             .map_err(|e| ProvisionError::Hook(error_chain(&e)))?;
-        self.transition(tenant, |cur| {
+        // Cleared from the state that asked for it (re-read only if it changed since).
+        self.transition_from(tenant, known, |cur| {
             machine::hook_sent(cur, tenant, &pending.key, &Timestamp::now())
         })
         .await?;
@@ -546,6 +573,8 @@ impl Provisioner {
         // checkpoints and removes the write-ahead log when a database's last connection
         // closes — once per provisioning, not once per step.
         let mut conn: Option<libsql::Connection> = None;
+        // Whether this attempt's schema transaction inserted the seed data too.
+        let mut seeded = false;
         for step in &Step::PREPARATION {
             let record = &known.state;
             // A token lives only in memory until it is stored: re-issue it unless stored.
@@ -635,9 +664,17 @@ impl Provisioner {
                             .step_connection(&mut conn, tenant, &database, record)
                             .await
                             .map_err(|e| (*step, e))?;
-                        self.sync_schema(conn).await.map_err(|e| (*step, e))?;
+                        // The seed data goes into the schema's transaction when it is due: one
+                        // commit (one WAL sync) for both; the seed step then only records it.
+                        let seed = (lifecycle.seed_data && record.admin_email.is_some())
+                            .then(|| seed_statement(record));
+                        self.sync_schema(conn, seed.as_slice())
+                            .await
+                            .map_err(|e| (*step, e))?;
+                        seeded = seed.is_some();
                         (noop(), false)
                     }
+                    Step::Seed if seeded => (noop(), false),
                     Step::Seed if lifecycle.seed_data && record.admin_email.is_some() => {
                         let conn = self
                             .step_connection(&mut conn, tenant, &database, record)
@@ -778,29 +815,41 @@ impl Provisioner {
         Ok(db.connect().await?)
     }
 
-    /// The base system schema, through the schema engine (a no-op when it is there).
-    async fn sync_schema(&self, conn: &libsql::Connection) -> Result<(), ProvisionError> {
-        fleet_schema::migrate(
+    /// The base system schema, through the schema engine (a no-op when it is there), and
+    /// `after` in the same transaction.
+    async fn sync_schema(
+        &self,
+        conn: &libsql::Connection,
+        after: &[fleet_schema::BoundStatement],
+    ) -> Result<(), ProvisionError> {
+        let (objects, schema) = &*BASE_SCHEMA;
+        let planned = fleet_schema::plan_database_to(
             conn,
-            &fleet_schema::system::base_objects(),
+            objects,
+            schema.clone(),
             fleet_schema::PlanOptions::default(),
+            &fleet_schema::Owner::Platform,
         )
         .await?;
+        fleet_schema::apply_plan_with(conn, &planned.plan, after)
+            .await
+            .map_err(fleet_schema::SchemaError::from)?;
         Ok(())
     }
 
-    /// The admin user (kept when it is there).
+    /// The admin user (kept when it is there), on its own.
     async fn seed(
         &self,
         conn: &libsql::Connection,
         record: &TenantRecord,
     ) -> Result<(), ProvisionError> {
-        conn.execute(
-            "INSERT OR IGNORE INTO sys_user (id, email, display_name, role) VALUES ('admin', ?1, ?2, 'admin')",
-            libsql::params![record.admin_email.clone().unwrap_or_default(), record.display_name.clone()],
-        )
-        .await
-        .map_err(|e| ProvisionError::Backend(TenantDbError::Database { what: "seeding the admin user".into(), source: e }))?;
+        let seed = seed_statement(record);
+        conn.execute(&seed.sql, seed.params).await.map_err(|e| {
+            ProvisionError::Backend(TenantDbError::Database {
+                what: "seeding the admin user".into(),
+                source: e,
+            })
+        })?;
         Ok(())
     }
 
@@ -1307,6 +1356,14 @@ impl Handler for Provisioner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_base_schema_every_tenant_is_synced_to_is_made_once_of_the_system_objects() {
+        let (objects, schema) = &*BASE_SCHEMA;
+        assert_eq!(objects.len(), fleet_schema::system::base_objects().len());
+        assert!(schema.tables.contains_key("sys_user"), "the seed's table");
+        assert_eq!(schema.tables.len(), objects.len());
+    }
 
     fn parse(subject: &str, payload: serde_json::Value) -> Result<TenantCommand, Outcome> {
         TenantCommand::parse(&Delivery::new(subject, payload.to_string()))
