@@ -11,8 +11,8 @@
 //!    tenants in waves 1, 10 %, 100 %; vs the same migrations by hand and through the shell;
 //! 3. the schema engine alone — a 50-object bundle planned and applied, introspection;
 //! 4. memory — each worker's resident set idle and at its peak under load;
-//! 5. scale — the fleet run again with M tenants (default 10 000; `--scale 0` skips it), cost
-//!    per tenant side by side with N's.
+//! 5. scale — the fleet run again with M tenants (default 10 000; `--scale 0` skips it), then
+//!    with N again; cost per tenant at M side by side with N's (the mean of N's two runs).
 
 mod baseline;
 mod fleet;
@@ -105,13 +105,18 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("  raw floors for {n} tenants (after the fleet) …");
     let (floors_after, floor_files_after) = scenarios::baselines(n).await?;
     let floors = scenarios::bracketed(&floors_before, &floors_after);
-    let (scale, scale_fleet) = if args.scale > 0 {
+    // The scale run, then the N run again: N's cost per tenant in the comparison is the mean
+    // of the runs before and after M's, as the floors are (the machine drifts over minutes).
+    let (scale, scale_fleet, again) = if args.scale > 0 {
         settle().await;
         eprintln!("  the fleet with {} tenants …", args.scale);
-        let (run, fleet) = scenarios::fleet_run(args.scale, false).await?;
-        (Some(run), Some(fleet))
+        let (big, big_fleet) = scenarios::fleet_run(args.scale, false).await?;
+        settle().await;
+        eprintln!("  the fleet with {n} tenants again (after the scale run) …");
+        let (again, again_fleet) = scenarios::fleet_run(n, false).await?;
+        (Some(big), Some(big_fleet), Some((again, again_fleet)))
     } else {
-        (None, None)
+        (None, None, None)
     };
 
     let p = &run["provisioning"];
@@ -183,14 +188,19 @@ async fn main() -> anyhow::Result<()> {
         )
     };
     let mut scale_rows = Vec::new();
-    if let Some(big) = &scale {
+    if let (Some(big), Some((again, _))) = (&scale, &again) {
         for (path, worker) in [("provisioning", "provisioner"), ("deploy", "deployer")] {
-            let (cpu_n, wall_n) = cost(&run, path, worker);
+            let (cpu_before, wall_before) = cost(&run, path, worker);
+            let (cpu_after, wall_after) = cost(again, path, worker);
+            let (cpu_n, wall_n) = (
+                (cpu_before + cpu_after) / 2.0,
+                (wall_before + wall_after) / 2.0,
+            );
             let (cpu_m, wall_m) = cost(big, path, worker);
             scale_rows.push(json!({
                 "path": path,
-                "cpuMsPerTenant": {"at": [n, args.scale], "values": [round(cpu_n), round(cpu_m)], "ratio": round(cpu_m / cpu_n)},
-                "wallMsPerTenant": {"at": [n, args.scale], "values": [round(wall_n), round(wall_m)], "ratio": round(wall_m / wall_n)},
+                "cpuMsPerTenant": {"at": [n, args.scale], "values": [round(cpu_n), round(cpu_m)], "ratio": round(cpu_m / cpu_n), "runsAtN": [round(cpu_before), round(cpu_after)]},
+                "wallMsPerTenant": {"at": [n, args.scale], "values": [round(wall_n), round(wall_m)], "ratio": round(wall_m / wall_n), "runsAtN": [round(wall_before), round(wall_after)]},
             }));
             targets.push(target(
                 &format!("{path}: CPU per tenant at {} vs {n}", args.scale),
@@ -215,6 +225,7 @@ async fn main() -> anyhow::Result<()> {
         "fleet": run,
         "floors": floors,
         "scaleRun": scale,
+        "againRun": again.as_ref().map(|(run, _)| run),
         "scale": scale_rows,
         "engine": engine,
         "targets": targets,
@@ -226,7 +237,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&args.out, serde_json::to_string_pretty(&results)? + "\n")?;
     println!("\nwritten to {}", args.out.display());
     // Every scenario's files are removed only now (see `scenarios::fleet_run`).
-    drop((floor_files, floor_files_after, fleet, scale_fleet));
+    drop((floor_files, floor_files_after, fleet, scale_fleet, again));
     Ok(())
 }
 
@@ -371,8 +382,8 @@ fn print_table(r: &Value) {
         e["planApplyMs"], e["rawDdlMs"]
     );
     println!(
-        "  introspect {} ms vs reading sqlite_schema {} ms; re-plan (no change) {} ms",
-        e["introspectMs"], e["readSqliteSchemaMs"], e["replanUnchangedMs"]
+        "  introspect {} ms (a catalog seen for the first time: {} ms) vs reading sqlite_schema {} ms; re-plan (no change) {} ms",
+        e["introspectMs"], e["introspectFirstMs"], e["readSqliteSchemaMs"], e["replanUnchangedMs"]
     );
     println!(
         "  validate CRM bundle {} ms vs plain serde decode {} ms",
@@ -391,16 +402,30 @@ fn print_table(r: &Value) {
             "\nscale: cost per tenant at {n} and at {} tenants",
             r["scaleTenants"]
         );
+        // N's two runs (before / after the scale run), when the file has them.
+        let runs = |v: &Value| match v["runsAtN"].as_array() {
+            Some(runs) => format!(
+                " ({})",
+                runs.iter()
+                    .map(Value::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            ),
+            None => String::new(),
+        };
         for row in rows {
+            let (cpu, wall) = (&row["cpuMsPerTenant"], &row["wallMsPerTenant"]);
             println!(
-                "  {:<13} CPU {} → {} ms ({}×)   wall {} → {} ms ({}×)",
+                "  {:<13} CPU {}{} → {} ms ({}×)   wall {}{} → {} ms ({}×)",
                 row["path"].as_str().unwrap_or_default(),
-                row["cpuMsPerTenant"]["values"][0],
-                row["cpuMsPerTenant"]["values"][1],
-                row["cpuMsPerTenant"]["ratio"],
-                row["wallMsPerTenant"]["values"][0],
-                row["wallMsPerTenant"]["values"][1],
-                row["wallMsPerTenant"]["ratio"],
+                cpu["values"][0],
+                runs(cpu),
+                cpu["values"][1],
+                cpu["ratio"],
+                wall["values"][0],
+                runs(wall),
+                wall["values"][1],
+                wall["ratio"],
             );
         }
     }
