@@ -12,7 +12,8 @@
 //!
 //! Everything read here is a function of the catalog alone — the rows of `sqlite_master`
 //! (`type`, `name`, `tbl_name`, `sql`): SQLite derives every pragma above from the schema SQL
-//! it parsed. So a schema read once is kept (a process-wide cache, [`CACHE_BYTES`] of catalog
+//! it parsed, and every pragma names the `main` schema (unqualified, SQLite would look in the
+//! connection's `temp` schema first, which is not the database's). So a schema read once is kept (a process-wide cache, [`CACHE_BYTES`] of catalog
 //! text at most) under its exact catalog text, and a database whose catalog matches one read
 //! before costs one query instead of four or so per table: the common case of a fleet whose
 //! tenants share their schema (every deployment of a wave plans from the same one).
@@ -116,20 +117,30 @@ fn catalog_text(master: &[Vec<Value>]) -> String {
 /// The schema of the tenant objects in `conn`'s database, with everything else it holds:
 /// one catalog query when a database with the same catalog was read before in this process.
 pub async fn introspect(conn: &Connection) -> Result<Schema, IntrospectError> {
-    // type, name, tbl_name, sql — in creation order.
-    let master = rows(
+    let master = catalog(conn).await?;
+    let catalog_before = catalog_text(&master);
+    if let Some(schema) = SCHEMAS.get(&catalog_before) {
+        return Ok(Schema::clone(&schema));
+    }
+    let schema = introspect_catalog(conn, &master).await?;
+    // The pragmas above are reads of their own: kept only when no other writer changed the
+    // schema meanwhile, so what is cached under a catalog is what that catalog describes (a
+    // read that raced a change is returned, as it always was, for the caller's own
+    // `schema_version` check to catch, but never handed to another database).
+    if catalog_text(&catalog(conn).await?) == catalog_before {
+        SCHEMAS.insert(catalog_before, Arc::new(schema.clone()));
+    }
+    Ok(schema)
+}
+
+/// The rows of `main.sqlite_master` — type, name, tbl_name, sql — in creation order.
+async fn catalog(conn: &Connection) -> Result<Vec<Vec<Value>>, IntrospectError> {
+    rows(
         conn,
         "SELECT type, name, tbl_name, sql FROM main.sqlite_master ORDER BY rowid",
         "the schema table",
     )
-    .await?;
-    let catalog = catalog_text(&master);
-    if let Some(schema) = SCHEMAS.get(&catalog) {
-        return Ok(Schema::clone(&schema));
-    }
-    let schema = introspect_catalog(conn, &master).await?;
-    SCHEMAS.insert(catalog, Arc::new(schema.clone()));
-    Ok(schema)
+    .await
 }
 
 /// [`introspect`] from the catalog's rows (`master`), without the cache.
@@ -223,7 +234,7 @@ async fn introspect_table(
     let quoted = quote(name);
     let keys = rows(
         conn,
-        &format!("PRAGMA foreign_key_list({quoted})"),
+        &format!("PRAGMA main.foreign_key_list({quoted})"),
         &format!("foreign keys of {name}"),
     )
     .await?;
@@ -242,7 +253,7 @@ async fn introspect_table(
     // cid, name, type, notnull, dflt_value, pk, hidden
     for row in rows(
         conn,
-        &format!("PRAGMA table_xinfo({quoted})"),
+        &format!("PRAGMA main.table_xinfo({quoted})"),
         &format!("columns of {name}"),
     )
     .await?
@@ -268,7 +279,7 @@ async fn introspect_table(
     // seq, name, unique, origin, partial
     for row in rows(
         conn,
-        &format!("PRAGMA index_list({quoted})"),
+        &format!("PRAGMA main.index_list({quoted})"),
         &format!("indexes of {name}"),
     )
     .await?
@@ -279,7 +290,7 @@ async fn introspect_table(
         let index_name = text(&row[1]).unwrap_or_default();
         let info = rows(
             conn,
-            &format!("PRAGMA index_info({})", quote(&index_name)),
+            &format!("PRAGMA main.index_info({})", quote(&index_name)),
             &format!("index {index_name}"),
         )
         .await?;

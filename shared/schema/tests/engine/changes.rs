@@ -522,3 +522,36 @@ async fn examples_v1_then_v2_keep_every_row() {
         text("ada@acme.example")
     );
 }
+
+/// The column names of `table` as introspected.
+async fn columns_of(conn: &libsql::Connection, table: &str) -> Vec<String> {
+    let schema = fleet_schema::introspect(conn).await.unwrap();
+    schema.tables[table]
+        .columns
+        .iter()
+        .map(|c| c.name.clone())
+        .collect()
+}
+
+/// Introspection reads the database's own (`main`) tables, never a connection's `temp` table
+/// of the same name — which SQLite's unqualified pragmas would — and so what it caches under
+/// a catalog's text is what every database with that catalog holds.
+#[tokio::test]
+async fn a_temp_table_shadowing_a_table_is_neither_read_nor_cached_for_other_databases() {
+    let (a, b) = (TestDb::new().await, TestDb::new().await);
+    let table = "CREATE TABLE shadowed_by_temp (id TEXT PRIMARY KEY, kept TEXT)";
+    a.conn.execute(table, ()).await.unwrap();
+    a.conn
+        .execute("CREATE TEMP TABLE shadowed_by_temp (x TEXT, y TEXT)", ())
+        .await
+        .unwrap();
+    assert_eq!(
+        columns_of(&a.conn, "shadowed_by_temp").await,
+        ["id", "kept"]
+    );
+    b.conn.execute(table, ()).await.unwrap();
+    assert_eq!(
+        columns_of(&b.conn, "shadowed_by_temp").await,
+        ["id", "kept"]
+    );
+}
