@@ -53,7 +53,7 @@ pub async fn provisioning_scripts(dir: &std::path::Path) -> anyhow::Result<Scrip
     let conn = fleet_schema::open_local(&dir.join("probe-base.db")).await?;
     let planned = fleet_schema::plan_database(
         &conn,
-        &fleet_schema::system::base_objects(),
+        fleet_schema::system::base_objects(),
         PlanOptions::default(),
     )
     .await?;

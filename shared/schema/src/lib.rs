@@ -151,10 +151,9 @@ pub async fn introspect_owned(conn: &Connection) -> Result<Schema, SchemaError> 
     let Some(rows) = registry::read(conn).await? else {
         return Ok(owned::owned(&live, &Schema::default(), None));
     };
-    let system = desired_schema(&system::base_objects())?;
     Ok(owned::owned(
         &live,
-        &system,
+        system::base_schema(),
         Some(&registry::Ownership::everyone(&rows)),
     ))
 }
@@ -190,7 +189,7 @@ pub async fn plan_database_within(
     owner: &Owner,
 ) -> Result<Planned, SchemaError> {
     let desired = desired_within(objects, context)?;
-    plan_database_to(conn, objects, desired, options, owner).await
+    plan_database_to(conn, objects, &desired, options, owner).await
 }
 
 /// The schema `objects` describe, with `context` (objects they may refer to that are someone
@@ -221,7 +220,7 @@ pub fn desired_within(
 pub async fn plan_database_to(
     conn: &Connection,
     objects: &[ObjectDefinition],
-    desired: Schema,
+    desired: &Schema,
     options: PlanOptions,
     owner: &Owner,
 ) -> Result<Planned, SchemaError> {
@@ -258,8 +257,10 @@ pub async fn plan_database_to(
         }
     }
     let desired = match &ownership {
-        Some(ownership) => owned::without_applied_renames(desired, ownership),
-        None => desired,
+        Some(ownership) => {
+            std::borrow::Cow::Owned(owned::without_applied_renames(desired.clone(), ownership))
+        }
+        None => std::borrow::Cow::Borrowed(desired),
     };
     let current = owned::owned(&live, &desired, ownership.as_ref());
     let facts = facts::collect_facts(conn, &current, &desired).await?;

@@ -148,11 +148,10 @@ impl SchemaDiffService for SchemaEngine {
         let rows = registry::read(db)
             .await
             .map_err(|e| ContractError::Unavailable(e.to_string()))?;
-        let system = desired_schema(&system::base_objects()).map_err(|e| invalid(e.issues))?;
         // Upstream's introspection has no registry: every ordinary table counts, except the
         // ones another owner registered (an app's tables, for the platform), which stay
         // unmanaged and are never diffed.
-        let mut schema = owned::owned(&live, &system, None);
+        let mut schema = owned::owned(&live, system::base_schema(), None);
         if let Some(rows) = rows.as_deref() {
             for table in Ownership::of(rows, &self.owner).others.keys() {
                 if schema.tables.remove(table).is_some() {

@@ -9,11 +9,32 @@
 //! They go through the same engine as tenant objects, so a desired schema for a tenant is always
 //! [`with_system_objects`] of its bundle: the system tables are never seen as "removed".
 
+use std::sync::LazyLock;
+
 use fleet_protocol::{ObjectDefinition, parse_value};
 use serde_json::json;
 
+use crate::Schema;
+
+/// The system objects and their schema, made once per process (every provisioning and every
+/// deployed tenant plans towards them).
+static BASE: LazyLock<(Vec<ObjectDefinition>, Schema)> = LazyLock::new(|| {
+    let objects = parse_base_objects();
+    let schema = crate::desired_schema(&objects).expect("the system objects make a schema");
+    (objects, schema)
+});
+
 /// The system objects.
-pub fn base_objects() -> Vec<ObjectDefinition> {
+pub fn base_objects() -> &'static [ObjectDefinition] {
+    &BASE.0
+}
+
+/// The schema of the system objects: [`crate::desired_schema`] of [`base_objects`].
+pub fn base_schema() -> &'static Schema {
+    &BASE.1
+}
+
+fn parse_base_objects() -> Vec<ObjectDefinition> {
     let objects = json!([
         {"name": "metadata", "namespace": "sys", "label": "Metadata", "isSystem": true, "fields": {
             "metadata_type": {"type": "text", "required": true},
@@ -65,7 +86,7 @@ pub fn with_system_objects(objects: &[ObjectDefinition]) -> Vec<ObjectDefinition
         .filter(|o| !system.iter().any(|s| s.table() == o.table()))
         .cloned()
         .collect();
-    all.extend(system);
+    all.extend_from_slice(system);
     all
 }
 
@@ -75,7 +96,11 @@ mod tests {
 
     #[test]
     fn the_system_objects_map_to_a_valid_schema() {
-        let schema = crate::desired_schema(&base_objects()).unwrap();
+        let schema = crate::desired_schema(base_objects()).unwrap();
+        assert_eq!(&schema, base_schema());
+        // The seed's table (the provisioner inserts the admin user), one table per object.
+        assert!(schema.tables.contains_key("sys_user"));
+        assert_eq!(schema.tables.len(), base_objects().len());
         let names: Vec<_> = schema.tables.keys().cloned().collect();
         assert_eq!(
             names,

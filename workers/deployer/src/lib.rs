@@ -1028,11 +1028,7 @@ impl Deployer {
             }
             Err(e) => return Outcome::transient_error(&e),
         };
-        let wanted = if job.rollback {
-            RolloutStatus::RollingBack
-        } else {
-            RolloutStatus::Running
-        };
+        let wanted = working_status(&job);
         if current.state.status != wanted {
             // Cancelled, halted or finished: nothing to do but what the state calls for.
             return self.settled(current).await;
@@ -1236,11 +1232,7 @@ impl Deployer {
             Err(DeployerError::Unknown(_)) => return Ok(()),
             Err(e) => return Err(error_chain(&e)),
         };
-        let wanted = if job.rollback {
-            RolloutStatus::RollingBack
-        } else {
-            RolloutStatus::Running
-        };
+        let wanted = working_status(job);
         if current.state.status != wanted {
             return Ok(());
         }
@@ -1530,7 +1522,7 @@ impl Deployer {
         let planned = match &prepared.schema {
             Some(schema) => {
                 let (objects, owner) = (&prepared.desired, &fleet_schema::Owner::Platform);
-                fleet_schema::plan_database_to(&conn, objects, schema.clone(), options, owner).await
+                fleet_schema::plan_database_to(&conn, objects, schema, options, owner).await
             }
             None => fleet_schema::plan_database(&conn, &prepared.desired, options).await,
         };
@@ -1569,6 +1561,16 @@ impl Deployer {
                 e => TenantError::Apply(e),
             })?;
         Ok(outcome)
+    }
+}
+
+/// The status a deployment has while `job`'s kind of work is due: `rolling_back` for a
+/// rollback's job, `running` for a wave's.
+fn working_status(job: &TenantDeployJob) -> RolloutStatus {
+    if job.rollback {
+        RolloutStatus::RollingBack
+    } else {
+        RolloutStatus::Running
     }
 }
 

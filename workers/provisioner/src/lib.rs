@@ -304,18 +304,6 @@ impl std::fmt::Debug for Provisioner {
 
 type Current = Option<Versioned<TenantRecord>>;
 
-/// The base system objects and their schema, computed once: what every tenant's database is
-/// synced to.
-static BASE_SCHEMA: std::sync::LazyLock<(
-    Vec<fleet_protocol::ObjectDefinition>,
-    fleet_schema::Schema,
-)> = std::sync::LazyLock::new(|| {
-    let objects = fleet_schema::system::base_objects();
-    let schema = fleet_schema::desired_within(&objects, &[])
-        .expect("the base system objects make a schema (a test checks it)");
-    (objects, schema)
-});
-
 /// The seed data of a new tenant: its admin user (kept when it is there).
 fn seed_statement(record: &TenantRecord) -> fleet_schema::BoundStatement {
     fleet_schema::BoundStatement {
@@ -573,7 +561,9 @@ impl Provisioner {
         // checkpoints and removes the write-ahead log when a database's last connection
         // closes — once per provisioning, not once per step.
         let mut conn: Option<libsql::Connection> = None;
-        // Whether this attempt's schema transaction inserted the seed data too.
+        // Whether the admin user is to be seeded, and whether this attempt's schema
+        // transaction inserted it already.
+        let seed_due = lifecycle.seed_data && known.state.admin_email.is_some();
         let mut seeded = false;
         for step in &Step::PREPARATION {
             let record = &known.state;
@@ -666,8 +656,7 @@ impl Provisioner {
                             .map_err(|e| (*step, e))?;
                         // The seed data goes into the schema's transaction when it is due: one
                         // commit (one WAL sync) for both; the seed step then only records it.
-                        let seed = (lifecycle.seed_data && record.admin_email.is_some())
-                            .then(|| seed_statement(record));
+                        let seed = seed_due.then(|| seed_statement(record));
                         self.sync_schema(conn, seed.as_slice())
                             .await
                             .map_err(|e| (*step, e))?;
@@ -675,7 +664,7 @@ impl Provisioner {
                         (noop(), false)
                     }
                     Step::Seed if seeded => (noop(), false),
-                    Step::Seed if lifecycle.seed_data && record.admin_email.is_some() => {
+                    Step::Seed if seed_due => {
                         let conn = self
                             .step_connection(&mut conn, tenant, &database, record)
                             .await
@@ -822,11 +811,10 @@ impl Provisioner {
         conn: &libsql::Connection,
         after: &[fleet_schema::BoundStatement],
     ) -> Result<(), ProvisionError> {
-        let (objects, schema) = &*BASE_SCHEMA;
         let planned = fleet_schema::plan_database_to(
             conn,
-            objects,
-            schema.clone(),
+            fleet_schema::system::base_objects(),
+            fleet_schema::system::base_schema(),
             fleet_schema::PlanOptions::default(),
             &fleet_schema::Owner::Platform,
         )
@@ -1356,14 +1344,6 @@ impl Handler for Provisioner {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_base_schema_every_tenant_is_synced_to_is_made_once_of_the_system_objects() {
-        let (objects, schema) = &*BASE_SCHEMA;
-        assert_eq!(objects.len(), fleet_schema::system::base_objects().len());
-        assert!(schema.tables.contains_key("sys_user"), "the seed's table");
-        assert_eq!(schema.tables.len(), objects.len());
-    }
 
     fn parse(subject: &str, payload: serde_json::Value) -> Result<TenantCommand, Outcome> {
         TenantCommand::parse(&Delivery::new(subject, payload.to_string()))

@@ -264,7 +264,7 @@ async fn on_a_tenant_shaped_file_apply_registers_and_changes_read_in_field_types
     let conn = fleet_schema::open_local(&case.db()).await.unwrap();
     fleet_schema::migrate(
         &conn,
-        &fleet_schema::system::base_objects(),
+        fleet_schema::system::base_objects(),
         fleet_schema::PlanOptions::default(),
     )
     .await
