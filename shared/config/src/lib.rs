@@ -158,6 +158,12 @@ pub struct ProvisionerConfig {
     /// Chaos testing only: a pause inside every provisioning step, in milliseconds, so a test
     /// can kill the worker in the middle of one. 0 (the default) in production.
     pub step_delay_ms: u64,
+    /// A provisioning step that took at least this long, in milliseconds, is written to the
+    /// tenant's record (with its progress entry) as soon as it ends: it shows while the next
+    /// one runs, and a crash does not redo it. Quicker steps are written together with the
+    /// next write (at the latest the activation), one compare-and-set for all, each with its
+    /// own progress entry; a crash redoes them.
+    pub checkpoint_step_after_ms: u64,
 }
 
 impl Default for ProvisionerConfig {
@@ -169,6 +175,7 @@ impl Default for ProvisionerConfig {
             backup_dir: PathBuf::from(".fleet/data/backups"),
             lease_secs: 15,
             step_delay_ms: 0,
+            checkpoint_step_after_ms: 250,
         }
     }
 }

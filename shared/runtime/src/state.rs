@@ -142,6 +142,22 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
         key: &str,
         current: Option<&Versioned<S>>,
         next: S,
+        event: ProgressEvent,
+    ) -> Result<Option<Versioned<S>>, StateError<E>> {
+        self.try_write_steps(key, current, next, Vec::new(), event)
+            .await
+    }
+
+    /// [`Self::try_write`] of a state that also records `earlier`: steps finished in memory
+    /// before this write (see [`Self::transition_steps_from`]). Their entries are published
+    /// ahead of `event`, each under `<kind>:<key>:<revision>:<step>`, all at once (one round
+    /// trip for the lot, not one per entry).
+    pub async fn try_write_steps<E: std::error::Error + 'static>(
+        &self,
+        key: &str,
+        current: Option<&Versioned<S>>,
+        next: S,
+        earlier: Vec<ProgressEvent>,
         mut event: ProgressEvent,
     ) -> Result<Option<Versioned<S>>, StateError<E>> {
         let bytes = Bytes::from(serde_json::to_vec(&next).expect("states serialize"));
@@ -167,13 +183,33 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
         };
         match written {
             Ok(revision) => {
-                event.revision = revision;
                 let subject = format!("{}.{key}", self.progress_subject);
                 let id = format!("{}:{key}:{revision}", self.kind);
-                self.publisher
-                    .publish_json(&subject, &id, &event, HeaderMap::new())
-                    .await
-                    .map_err(|source| StateError::Progress { revision, source })?;
+                let publish = |id: String, mut event: ProgressEvent| {
+                    event.revision = revision;
+                    let subject = &subject;
+                    async move {
+                        self.publisher
+                            .publish_json(subject, &id, &event, HeaderMap::new())
+                            .await
+                    }
+                };
+                if earlier.is_empty() {
+                    event.revision = revision;
+                    publish(id, event)
+                        .await
+                        .map_err(|source| StateError::Progress { revision, source })?;
+                } else {
+                    // In order (each is sent before the next; the acks are awaited together).
+                    let entries = earlier
+                        .into_iter()
+                        .map(|e| (format!("{id}:{}", e.step), e))
+                        .chain(std::iter::once((id.clone(), event)))
+                        .map(|(id, e)| publish(id, e));
+                    futures::future::try_join_all(entries)
+                        .await
+                        .map_err(|source| StateError::Progress { revision, source })?;
+                }
                 Ok(Some(Versioned {
                     state: next,
                     revision,
@@ -229,14 +265,38 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
         E: std::error::Error + 'static,
         F: Fn(Option<&Versioned<S>>) -> Result<Decision<S>, E>,
     {
-        let (next, event) = match decide(Some(known)).map_err(StateError::Refused)? {
+        self.transition_steps_from(key, known, |cur| Ok((Vec::new(), decide(cur)?)))
+            .await
+    }
+
+    /// [`Self::transition_from`] for a worker that carries steps out in memory and writes
+    /// several at once: `decide` applies them to the state it is given (the latest, after a
+    /// lost race) and returns their progress entries with the decision. One compare-and-set
+    /// records them all, and every step keeps its own entry in the history (published ahead
+    /// of the decision's, see [`Self::try_write_steps`]). Entries of a decision that writes
+    /// nothing are dropped.
+    pub async fn transition_steps_from<E, F>(
+        &self,
+        key: &str,
+        known: &Versioned<S>,
+        decide: F,
+    ) -> Result<Option<Versioned<S>>, StateError<E>>
+    where
+        E: std::error::Error + 'static,
+        F: Fn(Option<&Versioned<S>>) -> Result<(Vec<ProgressEvent>, Decision<S>), E>,
+    {
+        let (earlier, decision) = decide(Some(known)).map_err(StateError::Refused)?;
+        let (next, event) = match decision {
             Decision::Write { next, event } => (next, event),
             Decision::Unchanged => return Ok(Some(known.clone())),
         };
-        if let Some(written) = self.try_write(key, Some(known), next, event).await? {
+        if let Some(written) = self
+            .try_write_steps(key, Some(known), next, earlier, event)
+            .await?
+        {
             return Ok(Some(written));
         }
-        self.transition(key, decide).await
+        self.transition_steps(key, decide).await
     }
 
     /// Applies `decide` to the latest state of `key` until it is written without a lost race.
@@ -250,13 +310,31 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
         E: std::error::Error + 'static,
         F: Fn(Option<&Versioned<S>>) -> Result<Decision<S>, E>,
     {
+        self.transition_steps(key, |cur| Ok((Vec::new(), decide(cur)?)))
+            .await
+    }
+
+    /// [`Self::transition`] with the earlier steps of [`Self::transition_steps_from`].
+    async fn transition_steps<E, F>(
+        &self,
+        key: &str,
+        decide: F,
+    ) -> Result<Option<Versioned<S>>, StateError<E>>
+    where
+        E: std::error::Error + 'static,
+        F: Fn(Option<&Versioned<S>>) -> Result<(Vec<ProgressEvent>, Decision<S>), E>,
+    {
         for _ in 0..MAX_RACES {
             let current = self.get(key).await?;
-            let (next, event) = match decide(current.as_ref()).map_err(StateError::Refused)? {
+            let (earlier, decision) = decide(current.as_ref()).map_err(StateError::Refused)?;
+            let (next, event) = match decision {
                 Decision::Write { next, event } => (next, event),
                 Decision::Unchanged => return Ok(current),
             };
-            if let Some(written) = self.try_write(key, current.as_ref(), next, event).await? {
+            if let Some(written) = self
+                .try_write_steps(key, current.as_ref(), next, earlier, event)
+                .await?
+            {
                 return Ok(Some(written));
             }
             // lost the race: re-read, re-decide

@@ -659,6 +659,81 @@ pub fn step_finished(
     Ok(write(next, step.as_str(), Some(duration_ms), None, now))
 }
 
+/// What a provisioning step that ended changes in the record (`None`: only its status).
+pub type StepUpdate = Box<dyn Fn(&mut TenantRecord) + Send + Sync>;
+
+/// A provisioning step that ended and is not written yet: a worker carries quick steps out in
+/// memory and records several with one write ([`steps_finished`]).
+pub struct FinishedStep {
+    /// The step.
+    pub step: Step,
+    /// Skipped (its lifecycle switch is off) rather than completed.
+    pub skipped: bool,
+    /// How long it took, in milliseconds.
+    pub duration_ms: u64,
+    /// When it ended.
+    pub at: Timestamp,
+    /// What it produced (the database's name, the sealed connection).
+    pub update: Option<StepUpdate>,
+}
+
+impl std::fmt::Debug for FinishedStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FinishedStep")
+            .field("step", &self.step)
+            .field("skipped", &self.skipped)
+            .field("duration_ms", &self.duration_ms)
+            .field("at", &self.at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every step of `finished`, in order, applied to `current` as [`step_finished`] would have at
+/// its end: the record they make (revision unchanged: not written yet) and each one's progress
+/// entry. The same refusals as [`step_finished`] (a tenant no longer provisioning).
+pub fn steps_finished(
+    current: Option<&Versioned<TenantRecord>>,
+    tenant: &TenantId,
+    finished: &[FinishedStep],
+) -> Result<(Versioned<TenantRecord>, Vec<ProgressEvent>), TransitionError> {
+    let mut record = existing(current, tenant)?.clone();
+    let revision = current.map_or(0, |c| c.revision);
+    let mut events = Vec::with_capacity(finished.len());
+    for done in finished {
+        let at = Versioned {
+            state: record,
+            revision,
+        };
+        let noop = |_: &mut TenantRecord| {};
+        let update: &dyn Fn(&mut TenantRecord) = match &done.update {
+            Some(update) => update,
+            None => &noop,
+        };
+        match step_finished(
+            Some(&at),
+            tenant,
+            done.step,
+            done.skipped,
+            done.duration_ms,
+            update,
+            &done.at,
+        )? {
+            Decision::Write { next, event } => {
+                record = next;
+                events.push(event);
+            }
+            Decision::Unchanged => record = at.state,
+        }
+    }
+    Ok((
+        Versioned {
+            state: record,
+            revision,
+        },
+        events,
+    ))
+}
+
 /// A step failed: transiently (the status stays `provisioning`) or for good (`failed`). A
 /// tenant no longer provisioning (already failed, or finished by another worker) is left as it
 /// is, so a late or repeated failure report never adds a second outcome.
@@ -1202,6 +1277,81 @@ mod tests {
             StepStatus::Skipped
         );
         assert!(step_done(&s.as_ref().unwrap().state, Step::IssueToken));
+    }
+
+    #[test]
+    fn steps_finished_in_memory_apply_in_order_each_as_its_own_step_would() {
+        let s = apply(
+            None,
+            create(None, &acme(), &request(), &Plans::default(), &t(0)).unwrap(),
+        );
+        let finished = vec![
+            FinishedStep {
+                step: Step::CreateDatabase,
+                skipped: false,
+                duration_ms: 4,
+                at: t(1),
+                update: Some(Box::new(|r: &mut TenantRecord| {
+                    r.database = Some("acme".into())
+                })),
+            },
+            FinishedStep {
+                step: Step::IssueToken,
+                skipped: true,
+                duration_ms: 0,
+                at: t(2),
+                update: None,
+            },
+        ];
+        let (batch, events) = steps_finished(s.as_ref(), &acme(), &finished).unwrap();
+        // The same record as the steps written one by one, at the revision it was read at.
+        let mut one_by_one = s.clone();
+        let mut singles = Vec::new();
+        for done in &finished {
+            let update: &dyn Fn(&mut TenantRecord) = match &done.update {
+                Some(u) => u,
+                None => &|_| {},
+            };
+            let decision = step_finished(
+                one_by_one.as_ref(),
+                &acme(),
+                done.step,
+                done.skipped,
+                done.duration_ms,
+                update,
+                &done.at,
+            )
+            .unwrap();
+            singles.push(event_of(&decision).clone());
+            let Decision::Write { next, .. } = decision else {
+                unreachable!()
+            };
+            one_by_one.as_mut().unwrap().state = next;
+        }
+        assert_eq!(Some(&batch), one_by_one.as_ref());
+        assert_eq!(batch.revision, s.as_ref().unwrap().revision);
+        assert_eq!(events, singles);
+        assert_eq!(
+            events.iter().map(|e| e.step.as_str()).collect::<Vec<_>>(),
+            ["create_database", "issue_token"]
+        );
+        assert_eq!(batch.state.database.as_deref(), Some("acme"));
+        assert_eq!(batch.state.steps[0].completed_at, Some(t(1)));
+        assert_eq!(batch.state.steps[1].status, StepStatus::Skipped);
+        // None at all: the record as it is.
+        let (same, none) = steps_finished(s.as_ref(), &acme(), &[]).unwrap();
+        assert_eq!(Some(same), s);
+        assert!(none.is_empty());
+        // A tenant no longer provisioning takes none of them.
+        assert!(is_illegal(steps_finished(
+            active().as_ref(),
+            &acme(),
+            &finished
+        )));
+        assert_eq!(
+            steps_finished(None, &acme(), &finished).unwrap_err(),
+            TransitionError::Unknown("acme".into())
+        );
     }
 
     #[test]

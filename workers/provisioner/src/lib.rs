@@ -54,7 +54,9 @@ use fleet_tenantdb::{
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
-use fleet_tenants::machine::{PendingHook, Step, TenantRecord, TransitionError};
+use fleet_tenants::machine::{
+    FinishedStep, PendingHook, Step, StepUpdate, TenantRecord, TransitionError,
+};
 
 /// The provisioner's own crash points (see [`fleet_tenantdb::crashpoint`]), in the order a
 /// deletion passes them: the backup written to its `.partial` file, renamed to its final name,
@@ -164,6 +166,9 @@ pub struct ProvisionerSettings {
     /// Chaos testing only: a pause inside every step (`provisioner.step_delay_ms`), so a
     /// test can kill the worker in the middle of one. Zero in production.
     pub step_delay: Duration,
+    /// A provisioning step that takes at least this long is written as soon as it ends
+    /// (`provisioner.checkpoint_step_after_ms`); quicker ones are written with the next write.
+    pub checkpoint_after: Duration,
     /// Each plan's quotas (`[quota.plans]`).
     pub plans: machine::Plans,
 }
@@ -194,6 +199,7 @@ impl ProvisionerSettings {
             backup_dir: config.provisioner.backup_dir.clone(),
             lease: Duration::from_secs(config.provisioner.lease_secs.max(1)),
             step_delay: Duration::from_millis(step_delay),
+            checkpoint_after: Duration::from_millis(config.provisioner.checkpoint_step_after_ms),
             plans: machine::Plans::new(config.quota.plans.clone()),
         })
     }
@@ -546,8 +552,15 @@ impl Provisioner {
         }
     }
 
-    /// Runs every step not done yet. `known` is the latest state; each write starts from it and
-    /// returns the next, so the steps read nothing back from the store.
+    /// Runs every step not done yet. `known` is the latest state as stored; each write starts
+    /// from it and returns the next, so the steps read nothing back from the store.
+    ///
+    /// Quick steps are carried out in memory and written together with the activation: one
+    /// compare-and-set records them all, each with its own progress entry. A step that took at
+    /// least `checkpoint_after` (a remote backend's database or token call) is written as soon
+    /// as it ends, so that it shows while the next runs and a crash does not redo it. A crash
+    /// before a step is written redoes it (every step is idempotent); a token issued and not
+    /// yet stored is revoked by the retry's `issue_token`.
     async fn run_steps(
         &self,
         tenant: &TenantId,
@@ -565,33 +578,38 @@ impl Provisioner {
         // transaction inserted it already.
         let seed_due = lifecycle.seed_data && known.state.admin_email.is_some();
         let mut seeded = false;
+        // The steps ended and not written yet, and `known` with them applied: the record the
+        // next step reads.
+        let mut finished: Vec<FinishedStep> = Vec::new();
+        let mut working = known.clone();
         for step in &Step::PREPARATION {
-            let record = &known.state;
+            let record = &working.state;
             // A token lives only in memory until it is stored: re-issue it unless stored.
             let redo_token =
                 *step == Step::IssueToken && !machine::step_done(record, Step::StoreConnection);
             if machine::step_done(record, *step) && !redo_token {
                 continue;
             }
-            // One write per step, at its end (the start is derived from its duration): a
-            // crash mid-step leaves it not done, and the retry runs it again (every step is
-            // idempotent). Each step is a span of the tenant's trace (`provision.step`).
+            // Each step is a span of the tenant's trace (`provision.step`).
             let span = tracing::info_span!("provision.step", step = step.as_str(), %tenant);
             async {
-                known = self
+                let held = self
                     .hold_lease(tenant, &known)
                     .await
                     .map_err(|e| (*step, e))?;
-                let record = &known.state;
+                if held.revision != known.revision {
+                    known = held;
+                    working = machine::steps_finished(Some(&known), tenant, &finished)
+                        .map_err(|e| (*step, ProvisionError::Transition(e)))?
+                        .0;
+                }
+                let record = &working.state;
                 let started = Instant::now();
                 if !self.settings.step_delay.is_zero() {
                     tokio::time::sleep(self.settings.step_delay).await;
                 }
-                let noop = || -> Box<dyn Fn(&mut TenantRecord) + Send + Sync> {
-                    Box::new(|_: &mut TenantRecord| {})
-                };
                 // What the step did (written with its end) and whether it was skipped.
-                let (update, skipped) = match *step {
+                let (update, skipped): (Option<StepUpdate>, bool) = match *step {
                     Step::CreateDatabase => {
                         let info = if lifecycle.auto_create {
                             self.backend
@@ -612,12 +630,11 @@ impl Provisioner {
                                     )
                                 })?
                         };
-                        let update: Box<dyn Fn(&mut TenantRecord) + Send + Sync> =
-                            Box::new(move |r: &mut TenantRecord| {
-                                r.database = Some(info.name.clone());
-                                r.group = Some(info.group.clone());
-                            });
-                        (update, false)
+                        let update: StepUpdate = Box::new(move |r: &mut TenantRecord| {
+                            r.database = Some(info.name.clone());
+                            r.group = Some(info.group.clone());
+                        });
+                        (Some(update), false)
                     }
                     Step::IssueToken => {
                         // Revoke any token an interrupted attempt issued but never stored.
@@ -635,7 +652,7 @@ impl Provisioner {
                             .await
                             .map_err(|e| (*step, e.into()))?;
                         token = Some(issued.token);
-                        (noop(), false)
+                        (None, false)
                     }
                     Step::StoreConnection => {
                         let secret = token.clone().ok_or((
@@ -643,11 +660,10 @@ impl Provisioner {
                             ProvisionError::Store("no token issued in this attempt".into()),
                         ))?;
                         let sealed = self.seal(tenant, &database, &secret, Some(group.to_owned()));
-                        let update: Box<dyn Fn(&mut TenantRecord) + Send + Sync> =
-                            Box::new(move |r: &mut TenantRecord| {
-                                r.connection = Some(sealed.clone())
-                            });
-                        (update, false)
+                        let update: StepUpdate = Box::new(move |r: &mut TenantRecord| {
+                            r.connection = Some(sealed.clone())
+                        });
+                        (Some(update), false)
                     }
                     Step::SyncSchema if lifecycle.apply_group_schema => {
                         let conn = self
@@ -661,35 +677,39 @@ impl Provisioner {
                             .await
                             .map_err(|e| (*step, e))?;
                         seeded = seed.is_some();
-                        (noop(), false)
+                        (None, false)
                     }
-                    Step::Seed if seeded => (noop(), false),
+                    Step::Seed if seeded => (None, false),
                     Step::Seed if seed_due => {
                         let conn = self
                             .step_connection(&mut conn, tenant, &database, record)
                             .await
                             .map_err(|e| (*step, e))?;
                         self.seed(conn, record).await.map_err(|e| (*step, e))?;
-                        (noop(), false)
+                        (None, false)
                     }
-                    _ => (noop(), true),
+                    _ => (None, true),
                 };
-                let ms = started.elapsed().as_millis() as u64;
-                known = latest(
-                    self.transition_from(tenant, &known, |cur| {
-                        machine::step_finished(
-                            cur,
-                            tenant,
-                            *step,
-                            skipped,
-                            ms,
-                            &*update,
-                            &Timestamp::now(),
-                        )
-                    })
-                    .await,
-                )
-                .map_err(|e| (*step, e))?;
+                let took = started.elapsed();
+                let done = FinishedStep {
+                    step: *step,
+                    skipped,
+                    duration_ms: took.as_millis() as u64,
+                    at: Timestamp::now(),
+                    update,
+                };
+                working = machine::steps_finished(Some(&working), tenant, std::slice::from_ref(&done))
+                    .map_err(|e| (*step, ProvisionError::Transition(e)))?
+                    .0;
+                finished.push(done);
+                if took >= self.settings.checkpoint_after {
+                    known = self
+                        .write_steps(tenant, &known, &finished)
+                        .await
+                        .map_err(|e| (*step, e))?;
+                    finished.clear();
+                    working = known.clone();
+                }
                 Ok::<(), (Step, ProvisionError)>(())
             }
             .instrument(span)
@@ -700,21 +720,27 @@ impl Provisioner {
         let record = async {
             let started = Instant::now();
             let record = self
-                .transition_from(tenant, &known, |cur| {
+                .tenants
+                .transition_steps_from(tenant.as_str(), &known, |cur| {
+                    // The steps not written yet, then `register`: one write.
+                    let (record, steps) = machine::steps_finished(cur, tenant, &finished)?;
                     let ms = started.elapsed().as_millis() as u64;
-                    let decision = machine::activate(cur, tenant, ms, &Timestamp::now())?;
+                    let decision = machine::activate(Some(&record), tenant, ms, &Timestamp::now())?;
                     let Decision::Write { next, event } = decision else {
-                        return Ok(Decision::Unchanged);
+                        return Ok((Vec::new(), Decision::Unchanged));
                     };
                     let data = serde_json::to_value(next.result()).unwrap_or_default();
                     let key = format!("created@{}", next.requested_at);
-                    Ok(machine::with_hook(
-                        Decision::Write { next, event },
-                        Self::hook("hooks.tenant.created", "tenant.created", key, data),
+                    Ok((
+                        steps,
+                        machine::with_hook(
+                            Decision::Write { next, event },
+                            Self::hook("hooks.tenant.created", "tenant.created", key, data),
+                        ),
                     ))
                 })
                 .await
-                .map_err(|e| (Step::Register, e))?;
+                .map_err(|e| (Step::Register, ProvisionError::from(e)))?;
             self.flush_hook(tenant, &record)
                 .await
                 .map_err(|e| (Step::Register, e))?;
@@ -725,6 +751,34 @@ impl Provisioner {
         tracing::info!(%tenant, ms = record.as_ref().and_then(|r| r.state.total_duration_ms), "tenant active");
         crashpoint::reached("create.activated");
         Ok(())
+    }
+
+    /// Writes `finished` (steps ended in memory) over `known` in one compare-and-set, each
+    /// with its progress entry. Returns the record as written.
+    async fn write_steps(
+        &self,
+        tenant: &TenantId,
+        known: &Versioned<TenantRecord>,
+        finished: &[FinishedStep],
+    ) -> Result<Versioned<TenantRecord>, ProvisionError> {
+        latest(
+            self.tenants
+                .transition_steps_from(tenant.as_str(), known, |cur| {
+                    let (record, mut steps) = machine::steps_finished(cur, tenant, finished)?;
+                    let Some(event) = steps.pop() else {
+                        return Ok((Vec::new(), Decision::Unchanged));
+                    };
+                    Ok((
+                        steps,
+                        Decision::Write {
+                            next: record.state,
+                            event,
+                        },
+                    ))
+                })
+                .await
+                .map_err(ProvisionError::from),
+        )
     }
 
     /// Takes the provisioning lease, or extends ours when less than half of it is left (a

@@ -111,3 +111,110 @@ async fn racing_transitions_end_in_one_valid_state() {
     // Two transitions were recorded: the initial one and the winner.
     assert_eq!(env.count(names::PROGRESS).await, 2);
 }
+
+#[tokio::test]
+async fn steps_written_at_once_keep_an_entry_each_and_are_reapplied_after_a_lost_race() {
+    let env = Env::start().await;
+    let kv = env
+        .js
+        .get_key_value(&env.topology.bucket(names::TENANTS).unwrap().bucket)
+        .await
+        .unwrap();
+    let store =
+        StateStore::<Vec<String>>::new("tenant", kv, env.publisher.clone(), "progress.tenant");
+    let known = store
+        .transition("acme", |_| {
+            Ok::<_, Illegal>(Decision::Write {
+                next: Vec::new(),
+                event: event("created"),
+            })
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    // Another writer changes the state after `known` was read.
+    store
+        .transition("acme", |cur| {
+            let mut next = cur.unwrap().state.clone();
+            next.push("other".into());
+            Ok::<_, Illegal>(Decision::Write {
+                next,
+                event: event("other"),
+            })
+        })
+        .await
+        .unwrap();
+    // Two steps carried out in memory, then a third: one write for all three, decided again
+    // on the latest state after the lost race.
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let written = store
+        .transition_steps_from("acme", &known, |cur| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut next = cur.unwrap().state.clone();
+            next.extend(["a".to_owned(), "b".to_owned(), "done".to_owned()]);
+            Ok::<_, Illegal>((
+                vec![event("a"), event("b")],
+                Decision::Write {
+                    next,
+                    event: event("done"),
+                },
+            ))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        calls.into_inner(),
+        2,
+        "decided on `known`, then on the latest"
+    );
+    assert_eq!(written.state, ["other", "a", "b", "done"]);
+    let stored = store.get::<Illegal>("acme").await.unwrap().unwrap();
+    assert_eq!(stored, written);
+
+    // The history: created, other, then a, b, done — all three at the revision that wrote them.
+    let stream = env.js.get_stream(names::PROGRESS).await.unwrap();
+    let mut history = Vec::new();
+    for sequence in 1..=env.count(names::PROGRESS).await {
+        let message = stream.get_raw_message(sequence).await.unwrap();
+        let entry: ProgressEvent = serde_json::from_slice(&message.payload).unwrap();
+        let id = message
+            .headers
+            .get("Nats-Msg-Id")
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        history.push((entry.step, entry.revision, id));
+    }
+    let revision = written.revision;
+    assert_eq!(
+        history[2..],
+        [
+            (
+                "a".to_owned(),
+                revision,
+                format!("tenant:acme:{revision}:a")
+            ),
+            (
+                "b".to_owned(),
+                revision,
+                format!("tenant:acme:{revision}:b")
+            ),
+            (
+                "done".to_owned(),
+                revision,
+                format!("tenant:acme:{revision}")
+            ),
+        ]
+    );
+    assert_eq!(history.len(), 5, "{history:?}");
+
+    // A decision that writes nothing publishes none of its steps' entries.
+    let unchanged = store
+        .transition_steps_from("acme", &written, |_| {
+            Ok::<_, Illegal>((vec![event("late")], Decision::Unchanged))
+        })
+        .await
+        .unwrap();
+    assert_eq!(unchanged, Some(written));
+    assert_eq!(env.count(names::PROGRESS).await, 5);
+}

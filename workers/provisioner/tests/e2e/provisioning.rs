@@ -68,6 +68,82 @@ async fn two_hundred_tenants_become_active_with_their_schema_and_one_hook_each()
     assert!(fleet.dead_letters().await.is_empty());
 }
 
+/// The history of `tenant`: each progress entry's step and the revision that recorded it.
+async fn history(fleet: &Fleet, tenant: &str) -> Vec<(String, u64)> {
+    fleet
+        .messages("FLEET_PROGRESS", &format!("progress.tenant.{tenant}"))
+        .await
+        .iter()
+        .map(|e| {
+            (
+                e["step"].as_str().unwrap().to_owned(),
+                e["revision"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn quick_steps_are_written_with_the_activation_and_slow_ones_as_they_end() {
+    const STEPS: [&str; 6] = [
+        "create_database",
+        "issue_token",
+        "store_connection",
+        "sync_schema",
+        "seed",
+        "register",
+    ];
+    let mut fleet = Fleet::start("").await;
+    // Every step quicker than the threshold: one write records all six, and each keeps its
+    // own entry in the history, in order, at that write's revision.
+    let worker = fleet.spawn_worker(&[("FLEET_PROVISIONER__CHECKPOINT_STEP_AFTER_MS", "60000")]);
+    fleet
+        .register("acme", "acme", json!({"adminEmail": "ops@acme.example"}))
+        .await;
+    fleet
+        .eventually(Duration::from_secs(30), "acme active", async || {
+            fleet.status("acme").await == "active"
+        })
+        .await;
+    let acme = history(&fleet, "acme").await;
+    let steps: Vec<&str> = acme.iter().map(|(s, _)| s.as_str()).collect();
+    let at = steps.iter().position(|s| *s == "create_database").unwrap();
+    assert_eq!(steps[at..at + 6], STEPS, "{acme:?}");
+    let revision = acme[at].1;
+    assert!(
+        acme[at..at + 6].iter().all(|(_, r)| *r == revision),
+        "{acme:?}"
+    );
+    let record = fleet.record("acme").await.unwrap();
+    assert!(record.steps.iter().all(|s| s.duration_ms.is_some()));
+    assert!(record.connection.is_some());
+    assert_eq!(fleet.tables("acme").await, SYSTEM_TABLES);
+    fleet.kill_worker(worker);
+
+    // Every step at or over the threshold (0): each written as it ends, at its own revision.
+    fleet.spawn_worker(&[("FLEET_PROVISIONER__CHECKPOINT_STEP_AFTER_MS", "0")]);
+    fleet
+        .register("beta", "beta", json!({"adminEmail": "ops@beta.example"}))
+        .await;
+    fleet
+        .eventually(Duration::from_secs(30), "beta active", async || {
+            fleet.status("beta").await == "active"
+        })
+        .await;
+    let beta = history(&fleet, "beta").await;
+    let at = beta
+        .iter()
+        .position(|(s, _)| s == "create_database")
+        .unwrap();
+    let steps: Vec<&str> = beta[at..at + 6].iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(steps, STEPS, "{beta:?}");
+    let revisions: std::collections::BTreeSet<u64> =
+        beta[at..at + 6].iter().map(|(_, r)| *r).collect();
+    assert_eq!(revisions.len(), 6, "{beta:?}");
+    assert_eq!(fleet.tables("beta").await, SYSTEM_TABLES);
+    assert_eq!(fleet.hooks("hooks.tenant.created").await.len(), 2);
+}
+
 #[tokio::test]
 async fn a_duplicate_tenant_created_is_a_no_op() {
     let mut fleet = Fleet::start("").await;
