@@ -124,6 +124,45 @@ impl Publisher {
         ack.await
     }
 
+    /// Publishes every `(message id, value)` of `entries` as JSON to `subject`, in order:
+    /// each is sent before the next, and their acks are awaited together (one round trip for
+    /// the lot). One not acknowledged is published again on its own, with [`Self::publish_bytes`]'s
+    /// retries (its id makes that safe; only then can it land after a later entry).
+    pub async fn publish_json_all<T: Serialize>(
+        &self,
+        subject: &str,
+        entries: &[(String, T)],
+    ) -> Result<(), PublishError> {
+        let mut sent = Vec::with_capacity(entries.len());
+        for (id, value) in entries {
+            let payload =
+                Bytes::from(
+                    serde_json::to_vec(value).map_err(|source| PublishError::Encode {
+                        subject: subject.to_owned(),
+                        source,
+                    })?,
+                );
+            let mut headers = HeaderMap::new();
+            crate::telemetry::inject_context(&mut headers);
+            let message = PublishMessage::build()
+                .headers(headers.clone())
+                .payload(payload.clone())
+                .message_id(id);
+            let ack = self.js.send_publish(subject.to_owned(), message).await;
+            sent.push((id, payload, headers, ack));
+        }
+        for (id, payload, headers, ack) in sent {
+            let acked = match ack {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            };
+            if !acked {
+                self.publish_bytes(subject, id, payload, headers).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Publishes `value` as JSON.
     pub async fn publish_json<T: Serialize>(
         &self,

@@ -150,8 +150,8 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
 
     /// [`Self::try_write`] of a state that also records `earlier`: steps finished in memory
     /// before this write (see [`Self::transition_steps_from`]). Their entries are published
-    /// ahead of `event`, each under `<kind>:<key>:<revision>:<step>`, all at once (one round
-    /// trip for the lot, not one per entry).
+    /// ahead of `event`, in order, each under `<kind>:<key>:<revision>:<step>`, their acks
+    /// awaited together (one round trip for the lot, not one per entry).
     pub async fn try_write_steps<E: std::error::Error + 'static>(
         &self,
         key: &str,
@@ -185,28 +185,23 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
             Ok(revision) => {
                 let subject = format!("{}.{key}", self.progress_subject);
                 let id = format!("{}:{key}:{revision}", self.kind);
-                let publish = |id: String, mut event: ProgressEvent| {
-                    event.revision = revision;
-                    let subject = &subject;
-                    async move {
-                        self.publisher
-                            .publish_json(subject, &id, &event, HeaderMap::new())
-                            .await
-                    }
-                };
+                event.revision = revision;
                 if earlier.is_empty() {
-                    event.revision = revision;
-                    publish(id, event)
+                    self.publisher
+                        .publish_json(&subject, &id, &event, HeaderMap::new())
                         .await
                         .map_err(|source| StateError::Progress { revision, source })?;
                 } else {
-                    // In order (each is sent before the next; the acks are awaited together).
-                    let entries = earlier
+                    let mut entries: Vec<(String, ProgressEvent)> = earlier
                         .into_iter()
-                        .map(|e| (format!("{id}:{}", e.step), e))
-                        .chain(std::iter::once((id.clone(), event)))
-                        .map(|(id, e)| publish(id, e));
-                    futures::future::try_join_all(entries)
+                        .map(|mut e| {
+                            e.revision = revision;
+                            (format!("{id}:{}", e.step), e)
+                        })
+                        .collect();
+                    entries.push((id, event));
+                    self.publisher
+                        .publish_json_all(&subject, &entries)
                         .await
                         .map_err(|source| StateError::Progress { revision, source })?;
                 }
