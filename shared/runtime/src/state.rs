@@ -6,7 +6,9 @@
 //! function always decides on the latest state; an illegal transition is returned as the
 //! function's own error, never written. Each write is appended to the progress stream
 //! (`progress.<kind>.<key>`, message id `<kind>:<key>:<revision>`), the history `fleetctl`
-//! shows.
+//! shows. A worker that carries several steps out in memory records them with one write
+//! ([`StateStore::transition_steps_from`]): each step keeps its own entry
+//! (`<kind>:<key>:<revision>:<step>`), published ahead of the write's own.
 
 use std::marker::PhantomData;
 
