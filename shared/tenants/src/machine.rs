@@ -555,6 +555,48 @@ pub fn claim(
     Ok(write(next, "lease", None, None, now))
 }
 
+/// Checks that `owner` still holds the provisioning lease of a tenant being provisioned. A
+/// worker writes its steps (and the token it holds in memory) only under its own lease: once
+/// another worker has taken the lease over — even one that has run out since — that worker may
+/// have revoked this one's token and redone its steps, and this one's results are stale. A
+/// tenant no longer provisioning (or unknown) is left to the transition that follows.
+pub fn lease_held(
+    current: Option<&Versioned<TenantRecord>>,
+    tenant: &TenantId,
+    owner: &str,
+    now: &Timestamp,
+) -> Result<(), TransitionError> {
+    let Some(record) = current.map(|c| &c.state) else {
+        return Ok(());
+    };
+    if record.state != TenantState::Provisioning {
+        return Ok(());
+    }
+    match &record.lease {
+        Some(lease) if lease.owner == owner => Ok(()),
+        other => Err(TransitionError::Busy {
+            tenant: tenant.to_string(),
+            owner: other.as_ref().map_or_else(String::new, |l| l.owner.clone()),
+            until: other
+                .as_ref()
+                .map_or_else(|| now.clone(), |l| l.until.clone()),
+        }),
+    }
+}
+
+/// Extends `owner`'s provisioning lease until `until`: [`claim`] of a lease [`lease_held`] by
+/// `owner` — never one another worker took over meanwhile, even if it has run out since.
+pub fn renew(
+    current: Option<&Versioned<TenantRecord>>,
+    tenant: &TenantId,
+    owner: &str,
+    until: Timestamp,
+    now: &Timestamp,
+) -> Result<Decision<TenantRecord>, TransitionError> {
+    lease_held(current, tenant, owner, now)?;
+    claim(current, tenant, owner, until, now)
+}
+
 fn illegal(
     tenant: &TenantId,
     from: TenantProvisioningStatus,
@@ -1277,6 +1319,44 @@ mod tests {
             StepStatus::Skipped
         );
         assert!(step_done(&s.as_ref().unwrap().state, Step::IssueToken));
+    }
+
+    #[test]
+    fn a_lease_taken_over_is_never_renewed_by_its_former_holder() {
+        let s = apply(
+            None,
+            create_leased(
+                None,
+                &acme(),
+                &request(),
+                &Plans::default(),
+                "w1",
+                t(15),
+                &t(0),
+            )
+            .unwrap(),
+        );
+        assert!(lease_held(s.as_ref(), &acme(), "w1", &t(1)).is_ok());
+        assert!(renew(s.as_ref(), &acme(), "w1", t(30), &t(14)).is_ok());
+        // Run out: w2 takes it over; w1 may not renew it, not even once w2's has run out too.
+        let s = apply(
+            s.clone(),
+            claim(s.as_ref(), &acme(), "w2", t(40), &t(20)).unwrap(),
+        );
+        for now in [t(21), t(50)] {
+            assert!(matches!(
+                lease_held(s.as_ref(), &acme(), "w1", &now),
+                Err(TransitionError::Busy { owner, until, .. }) if owner == "w2" && until == t(40)
+            ));
+            assert!(matches!(
+                renew(s.as_ref(), &acme(), "w1", t(80), &now),
+                Err(TransitionError::Busy { .. })
+            ));
+        }
+        assert!(renew(s.as_ref(), &acme(), "w2", t(80), &t(50)).is_ok());
+        // A tenant no longer provisioning is for the transition itself to judge.
+        assert!(lease_held(active().as_ref(), &acme(), "w1", &t(50)).is_ok());
+        assert!(lease_held(None, &acme(), "w1", &t(50)).is_ok());
     }
 
     #[test]

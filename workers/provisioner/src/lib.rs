@@ -518,7 +518,7 @@ impl Provisioner {
             ));
             return self.fail(&tenant, Step::CreateDatabase, &error).await;
         };
-        let record = match self.hold_lease(&tenant, &current).await {
+        let record = match self.hold_lease(&tenant, &current, true).await {
             Ok(record) => record,
             Err(ProvisionError::Transition(TransitionError::Busy { until, .. })) => {
                 let wait = (until.instant() - chrono::Utc::now())
@@ -534,6 +534,12 @@ impl Provisioner {
         };
         match self.run_steps(&tenant, &group, record).await {
             Ok(()) => Outcome::Done,
+            // The lease was taken over (this worker stalled past it): the tenant is the new
+            // holder's, whose record this worker leaves alone.
+            Err((step, e @ ProvisionError::Transition(TransitionError::Busy { .. }))) => {
+                tracing::warn!(%tenant, %step, error = %error_chain(&e), "provisioning lease lost; leaving the tenant to its holder");
+                Outcome::transient(format!("{step}: {}", error_chain(&e)))
+            }
             Err((step, e)) if e.is_transient() => {
                 let reason = error_chain(&e);
                 if let Err(record) = self
@@ -594,7 +600,7 @@ impl Provisioner {
             let span = tracing::info_span!("provision.step", step = step.as_str(), %tenant);
             async {
                 let held = self
-                    .hold_lease(tenant, &known)
+                    .hold_lease(tenant, &known, false)
                     .await
                     .map_err(|e| (*step, e))?;
                 if held.revision != known.revision {
@@ -722,6 +728,8 @@ impl Provisioner {
             let record = self
                 .tenants
                 .transition_steps_from(tenant.as_str(), &known, |cur| {
+                    // Only under this worker's lease (see `write_steps`).
+                    machine::lease_held(cur, tenant, &self.owner, &Timestamp::now())?;
                     // The steps not written yet, then `register`: one write.
                     let (record, steps) = machine::steps_finished(cur, tenant, &finished)?;
                     let ms = started.elapsed().as_millis() as u64;
@@ -764,6 +772,9 @@ impl Provisioner {
         latest(
             self.tenants
                 .transition_steps_from(tenant.as_str(), known, |cur| {
+                    // Only under this worker's lease: after a lost race the latest record may be
+                    // another worker's, who took the lease over and revoked this one's token.
+                    machine::lease_held(cur, tenant, &self.owner, &Timestamp::now())?;
                     let (record, mut steps) = machine::steps_finished(cur, tenant, finished)?;
                     let Some(event) = steps.pop() else {
                         return Ok((Vec::new(), Decision::Unchanged));
@@ -783,10 +794,14 @@ impl Provisioner {
 
     /// Takes the provisioning lease, or extends ours when less than half of it is left (a
     /// write per renewal, not per step). Returns the record as written (or `record` unchanged).
+    /// Without `take_over` (between steps) only a lease still ours is extended: one another
+    /// worker took meanwhile — even one run out since — is refused ([`machine::renew`]), as
+    /// that worker may have revoked the token this one holds.
     async fn hold_lease(
         &self,
         tenant: &TenantId,
         record: &Versioned<TenantRecord>,
+        take_over: bool,
     ) -> Result<Versioned<TenantRecord>, ProvisionError> {
         let half = chrono::Duration::from_std(self.settings.lease / 2).unwrap_or_default();
         let fresh = record.state.lease.as_ref().is_some_and(|lease| {
@@ -798,7 +813,12 @@ impl Provisioner {
         let until = self.lease_until();
         latest(
             self.transition_from(tenant, record, |cur| {
-                machine::claim(cur, tenant, &self.owner, until.clone(), &Timestamp::now())
+                let now = Timestamp::now();
+                if take_over {
+                    machine::claim(cur, tenant, &self.owner, until.clone(), &now)
+                } else {
+                    machine::renew(cur, tenant, &self.owner, until.clone(), &now)
+                }
             })
             .await,
         )

@@ -213,6 +213,157 @@ async fn a_worker_killed_mid_step_and_restarted_ends_active_once() {
     assert_eq!(fleet.tables("acme").await, SYSTEM_TABLES);
 }
 
+#[tokio::test]
+async fn a_worker_killed_after_issuing_a_token_held_in_memory_ends_active_once() {
+    // Every step quicker than the threshold: nothing is written before the activation, so a
+    // kill after `issue_token` leaves a token issued and recorded nowhere in the tenant's
+    // record. The retry must revoke it: one valid token, one database, one hook.
+    let mut fleet = Fleet::start("").await;
+    let slow = fleet.spawn_worker(&[
+        ("FLEET_PROVISIONER__STEP_DELAY_MS", "500"),
+        ("FLEET_PROVISIONER__CHECKPOINT_STEP_AFTER_MS", "60000"),
+    ]);
+    fleet.register("acme", "acme", json!({})).await;
+    let meta = fleet.record_file("acme");
+    let issued = || {
+        std::fs::read_to_string(&meta)
+            .ok()
+            .and_then(|meta| serde_json::from_str::<serde_json::Value>(&meta).ok())
+            .and_then(|meta| meta["tokens"].as_array().map(Vec::len))
+            .unwrap_or_default()
+    };
+    // The token is issued at the end of `issue_token`; `store_connection` then waits 500 ms.
+    fleet
+        .eventually(Duration::from_secs(30), "a token issued", async || {
+            issued() > 0
+        })
+        .await;
+    fleet.kill_worker(slow);
+    let record = fleet.record("acme").await.unwrap();
+    assert_eq!(fleet.status("acme").await, "provisioning");
+    assert!(
+        record
+            .steps
+            .iter()
+            .all(|s| format!("{:?}", s.status) != "Completed"),
+        "the steps were carried out in memory, none written: {:?}",
+        record.steps
+    );
+    assert!(record.connection.is_none(), "no connection stored yet");
+    assert_eq!(
+        issued(),
+        1,
+        "the killed attempt's token, valid and unrecorded"
+    );
+
+    fleet.spawn_worker(&[("FLEET_PROVISIONER__CHECKPOINT_STEP_AFTER_MS", "60000")]);
+    fleet
+        .eventually(
+            Duration::from_secs(60),
+            "active after restart",
+            async || fleet.status("acme").await == "active",
+        )
+        .await;
+    assert_eq!(
+        fleet.tokens("acme").len(),
+        1,
+        "the orphan token of the killed attempt was revoked"
+    );
+    assert_eq!(fleet.database_files(), ["acme.db"], "one database");
+    assert_eq!(
+        fleet.hooks("hooks.tenant.created").await.len(),
+        1,
+        "one hook"
+    );
+    assert_eq!(fleet.tables("acme").await, SYSTEM_TABLES);
+    // The stored connection opens the database: its token is the valid one.
+    let record = fleet.record("acme").await.unwrap();
+    assert!(record.connection.is_some());
+    assert!(fleet.dead_letters().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_lease_was_taken_never_writes_its_in_memory_token() {
+    // Worker A carries every step out in memory (slow steps, 1 s lease: it expires in each).
+    // While A is in its last step, worker B takes the expired lease over: B's record shows no
+    // step done, so B revokes every token (A's too) and issues its own. A must not then write
+    // its in-memory steps — its connection's token is revoked — over B's lease.
+    use fleet_runtime::worker::{Worker, WorkerContext};
+    use fleet_runtime::{Delivery, Handler, Hooks, Outcome, Runtime};
+    use fleet_tenantdb::TenantDatabases;
+
+    let fleet = Fleet::start("").await;
+    let provisioner = async |step_delay_ms: u64| {
+        let mut config = fleet.config.clone();
+        config.provisioner.step_delay_ms = step_delay_ms;
+        config.provisioner.checkpoint_step_after_ms = 60_000;
+        let runtime = Runtime::connect(&config).await.unwrap();
+        let hooks = Hooks::new(
+            runtime.publisher.clone(),
+            "/test/provisioner",
+            runtime.topology.subjects(),
+        );
+        let context = WorkerContext {
+            config,
+            runtime,
+            hooks,
+        };
+        fleet_provisioner::Provisioner::build(&context)
+            .await
+            .unwrap()
+    };
+    let a = provisioner(1_600).await;
+    let b = provisioner(400).await;
+    let created = || {
+        let payload = json!({"tenantId": "acme", "orgId": "org_42", "region": "eu-west",
+                             "adminEmail": "ops@acme.example"});
+        Delivery::new("tenant.created", payload.to_string())
+    };
+    let first = tokio::spawn(async move { a.handle(created()).await });
+    // The tables appear at the end of `sync_schema`: A is in `seed`, its last step, with a
+    // lease renewed at its start. Once that lease has run out, B takes over.
+    fleet
+        .eventually(Duration::from_secs(30), "acme's schema", async || {
+            fleet.db_file("acme").exists() && fleet.tables("acme").await == SYSTEM_TABLES
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(1_150)).await;
+    let second = b.handle(created()).await;
+    let first = first.await.unwrap();
+    // Whoever finished it, the tenant is active once, and its stored token opens its database.
+    fleet
+        .eventually(Duration::from_secs(30), "acme active", async || {
+            fleet.status("acme").await == "active"
+        })
+        .await;
+    let record = fleet.record("acme").await.unwrap();
+    let keys = fleet_tenantdb::key_ring_from_config(&fleet.config).unwrap();
+    let token = record
+        .connection
+        .as_ref()
+        .expect("a stored connection")
+        .auth_token(&crate::tenant("acme"), &keys)
+        .unwrap()
+        .unwrap();
+    let backend = fleet_tenantdb::LocalBackend::new(fleet.data_dir(), "");
+    let database = backend.database_name(&crate::tenant("acme"));
+    assert!(
+        backend.open(&database, &token).await.is_ok(),
+        "the stored token is valid (A: {first:?}, B: {second:?})"
+    );
+    assert_eq!(fleet.tokens("acme").len(), 1, "one valid token");
+    // B took the lease over and finished; A, its lease lost, left the tenant to B.
+    assert_eq!(second, Outcome::Done, "A: {first:?}");
+    assert!(
+        matches!(&first, Outcome::Transient { reason } if reason.contains("being provisioned by")),
+        "A: {first:?}"
+    );
+    assert!(
+        fleet.hooks("hooks.tenant.created").await.len() == 1,
+        "one hook"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_provisioners_never_process_a_tenant_twice() {
     let mut fleet = Fleet::start("").await;
