@@ -41,6 +41,21 @@ pub enum IntrospectError {
     },
 }
 
+/// Whether the database holds nothing at all: no table, index, view or trigger in its
+/// catalog (`main.sqlite_schema`) — a database just created.
+pub async fn is_empty(conn: &Connection) -> Result<bool, IntrospectError> {
+    let count = rows(
+        conn,
+        "SELECT count(*) FROM main.sqlite_schema",
+        "counting the catalog's entries",
+    )
+    .await?;
+    Ok(matches!(
+        count.first().and_then(|r| r.first()),
+        Some(Value::Integer(0))
+    ))
+}
+
 pub(crate) async fn rows(
     conn: &Connection,
     sql: &str,

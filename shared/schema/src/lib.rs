@@ -95,7 +95,7 @@ pub use apply::{
 };
 pub use desired::{DesiredSchemaError, desired_schema};
 pub use diff::{Change, Conflict, Diff, diff};
-pub use introspect::{IntrospectError, introspect};
+pub use introspect::{IntrospectError, introspect, is_empty};
 pub use model::{Column, ColumnType, Index, Schema, Table, Unmanaged, UnmanagedKind};
 pub use plan::{DataFacts, Loss, PlanError, PlanOptions, Planned, plan, rollback_plan};
 pub use registry::Owner;
@@ -267,6 +267,20 @@ pub async fn plan_database_to(
     let mut planned = plan(&current, &desired, &facts, options)?;
     planned.registered = registered;
     Ok(planned)
+}
+
+/// The plan that takes a database with nothing in it — no table, index, view or trigger, as
+/// [`introspect`] reads a new tenant's database — to `desired`: what [`plan_database_to`]
+/// returns for such a database. With no table there is no registry to own or rename anything
+/// and no data to check a change against, so nothing but `desired` and `options` decides it,
+/// and a caller may plan it once and apply it to every new database.
+pub fn plan_empty(desired: &Schema, options: PlanOptions) -> Result<Planned, SchemaError> {
+    Ok(plan(
+        &Schema::default(),
+        desired,
+        &DataFacts::default(),
+        options,
+    )?)
 }
 
 /// Plans and applies the migration of `conn` to `objects`.

@@ -310,6 +310,20 @@ impl std::fmt::Debug for Provisioner {
 
 type Current = Option<Versioned<TenantRecord>>;
 
+/// The base schema's plan for an empty database ([`fleet_schema::plan_empty`]), made once per
+/// process.
+fn fresh_plan() -> Result<&'static fleet_schema::Planned, SchemaError> {
+    static PLAN: std::sync::OnceLock<fleet_schema::Planned> = std::sync::OnceLock::new();
+    if let Some(plan) = PLAN.get() {
+        return Ok(plan);
+    }
+    let plan = fleet_schema::plan_empty(
+        fleet_schema::system::base_schema(),
+        fleet_schema::PlanOptions::default(),
+    )?;
+    Ok(PLAN.get_or_init(|| plan))
+}
+
 /// The seed data of a new tenant: its admin user (kept when it is there).
 fn seed_statement(record: &TenantRecord) -> fleet_schema::BoundStatement {
     fleet_schema::BoundStatement {
@@ -885,14 +899,24 @@ impl Provisioner {
         conn: &libsql::Connection,
         after: &[fleet_schema::BoundStatement],
     ) -> Result<(), ProvisionError> {
-        let planned = fleet_schema::plan_database_to(
-            conn,
-            fleet_schema::system::base_objects(),
-            fleet_schema::system::base_schema(),
-            fleet_schema::PlanOptions::default(),
-            &fleet_schema::Owner::Platform,
-        )
-        .await?;
+        // A new database (nothing in its catalog, as every tenant's is on its first attempt)
+        // gets the plan made once for an empty database; one an earlier attempt touched is
+        // introspected and planned.
+        let planned = if fleet_schema::is_empty(conn)
+            .await
+            .map_err(fleet_schema::SchemaError::from)?
+        {
+            fresh_plan()?
+        } else {
+            &fleet_schema::plan_database_to(
+                conn,
+                fleet_schema::system::base_objects(),
+                fleet_schema::system::base_schema(),
+                fleet_schema::PlanOptions::default(),
+                &fleet_schema::Owner::Platform,
+            )
+            .await?
+        };
         fleet_schema::apply_plan_with(conn, &planned.plan, after)
             .await
             .map_err(fleet_schema::SchemaError::from)?;

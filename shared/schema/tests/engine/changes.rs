@@ -555,3 +555,46 @@ async fn a_temp_table_shadowing_a_table_is_neither_read_nor_cached_for_other_dat
         ["id", "kept"]
     );
 }
+
+#[tokio::test]
+async fn the_plan_for_an_empty_database_is_what_planning_it_gives() {
+    use fleet_schema::system::{base_objects, base_schema};
+    use fleet_schema::{Owner, PlanOptions};
+    let db = TestDb::new().await;
+    assert!(fleet_schema::is_empty(&db.conn).await.unwrap());
+    let planned = fleet_schema::plan_database_to(
+        &db.conn,
+        base_objects(),
+        base_schema(),
+        PlanOptions::default(),
+        &Owner::Platform,
+    )
+    .await
+    .unwrap();
+    let empty = fleet_schema::plan_empty(base_schema(), PlanOptions::default()).unwrap();
+    assert_eq!(empty, planned);
+    assert!(!empty.plan.statements.is_empty());
+    // Applied, the database is no longer empty, and its next plan has nothing to do.
+    fleet_schema::apply_plan(&db.conn, &empty.plan)
+        .await
+        .unwrap();
+    assert!(!fleet_schema::is_empty(&db.conn).await.unwrap());
+    let again = fleet_schema::plan_database_to(
+        &db.conn,
+        base_objects(),
+        base_schema(),
+        PlanOptions::default(),
+        &Owner::Platform,
+    )
+    .await
+    .unwrap();
+    assert!(again.plan.statements.is_empty(), "{:?}", again.plan);
+    // Anything at all in the catalog — a view alone — is not empty.
+    let other = TestDb::new().await;
+    other
+        .conn
+        .execute("CREATE VIEW v AS SELECT 1", ())
+        .await
+        .unwrap();
+    assert!(!fleet_schema::is_empty(&other.conn).await.unwrap());
+}
