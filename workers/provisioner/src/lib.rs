@@ -612,7 +612,7 @@ impl Provisioner {
             }
             // Each step is a span of the tenant's trace (`provision.step`).
             let span = tracing::info_span!("provision.step", step = step.as_str(), %tenant);
-            async {
+            let result = async {
                 let held = self
                     .hold_lease(tenant, &known, false)
                     .await
@@ -733,7 +733,22 @@ impl Provisioner {
                 Ok::<(), (Step, ProvisionError)>(())
             }
             .instrument(span)
-            .await?;
+            .await;
+            if let Err((failed, error)) = result {
+                // The steps that ended before this one are written first (a failure is rare,
+                // and then what ran shows, and the retry does not redo it) — unless the lease
+                // is someone else's now, whose record this attempt leaves alone.
+                let lease_lost = matches!(
+                    error,
+                    ProvisionError::Transition(TransitionError::Busy { .. })
+                );
+                if !finished.is_empty() && !lease_lost {
+                    if let Err(e) = self.write_steps(tenant, &known, &finished).await {
+                        tracing::warn!(%tenant, error = %error_chain(&e), "the steps before a failed one could not be recorded");
+                    }
+                }
+                return Err((failed, error));
+            }
         }
         // `active`, then `hooks.tenant.created` (its headers carry the trace on).
         let span = tracing::info_span!("provision.activate", %tenant);

@@ -283,3 +283,52 @@ async fn a_crash_at_every_step_of_a_deletion_ends_deleted_with_one_backup() {
     let letters = fleet.dead_letters().await;
     assert!(letters.is_empty(), "{letters:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_steps_before_a_failed_one_are_recorded_with_it_and_its_token_stored() {
+    let mut fleet = Fleet::start("").await;
+    // Garbage where the tenant's database goes, long enough to pass for a complete one:
+    // create_database keeps it, and sync_schema cannot open it.
+    let db = fleet.db_file("acme");
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    std::fs::write(&db, vec![b'x'; 64 * 1024]).unwrap();
+    // Every step held in memory until it fails: the ones that ended are written first.
+    fleet.spawn_worker(&[
+        ("FLEET_WORKER__RETRY__MAX_ATTEMPTS", "2"),
+        ("FLEET_PROVISIONER__CHECKPOINT_STEP_AFTER_MS", "60000"),
+    ]);
+    fleet.register("acme", "acme", json!({})).await;
+    fleet.wait_status("acme", "failed").await;
+    let record = fleet.record("acme").await.unwrap();
+    let status = |name: &str| {
+        let step = record.steps.iter().find(|s| s.name == name).unwrap();
+        format!("{:?}", step.status)
+    };
+    assert_eq!(
+        [
+            status("create_database"),
+            status("issue_token"),
+            status("store_connection"),
+            status("sync_schema"),
+        ],
+        ["Completed", "Completed", "Completed", "Failed"],
+        "{:?}",
+        record.steps
+    );
+    assert!(record.connection.is_some(), "the issued token is stored");
+    assert_eq!(
+        fleet.tokens("acme").len(),
+        1,
+        "one valid token: the stored one"
+    );
+    let history: Vec<String> = fleet
+        .messages("FLEET_PROGRESS", "progress.tenant.acme")
+        .await
+        .iter()
+        .map(|e| e["step"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        history.iter().any(|s| s == "store_connection"),
+        "{history:?}"
+    );
+}
