@@ -742,10 +742,11 @@ impl Provisioner {
                     error,
                     ProvisionError::Transition(TransitionError::Busy { .. })
                 );
-                if !finished.is_empty() && !lease_lost {
-                    if let Err(e) = self.write_steps(tenant, &known, &finished).await {
-                        tracing::warn!(%tenant, error = %error_chain(&e), "the steps before a failed one could not be recorded");
-                    }
+                if !finished.is_empty()
+                    && !lease_lost
+                    && let Err(e) = self.write_steps(tenant, &known, &finished).await
+                {
+                    tracing::warn!(%tenant, error = %error_chain(&e), "the steps before a failed one could not be recorded");
                 }
                 return Err((failed, error));
             }
