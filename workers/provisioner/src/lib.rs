@@ -435,9 +435,26 @@ impl Provisioner {
     }
 
     async fn fail(&self, tenant: &TenantId, step: Step, error: &ProvisionError) -> Outcome {
+        self.fail_as(tenant, step, error, false).await
+    }
+
+    /// [`Self::fail`]; with `leased`, only while this worker still holds the provisioning
+    /// lease (a step of its attempt failed): once another worker has taken it over, the failure
+    /// is this stale attempt's — its token revoked by that worker, say — and the tenant is left
+    /// to its holder (transient).
+    async fn fail_as(
+        &self,
+        tenant: &TenantId,
+        step: Step,
+        error: &ProvisionError,
+        leased: bool,
+    ) -> Outcome {
         let reason = error_chain(error);
         let result = self
             .transition(tenant, |cur| {
+                if leased {
+                    machine::lease_held(cur, tenant, &self.owner, &Timestamp::now())?;
+                }
                 let decision =
                     machine::step_failed(cur, tenant, step, &reason, true, &Timestamp::now())?;
                 let data = match &decision {
@@ -463,6 +480,10 @@ impl Provisioner {
                 Outcome::Poison {
                     reason: format!("{step}: {reason}"),
                 }
+            }
+            Err(lost @ ProvisionError::Transition(TransitionError::Busy { .. })) => {
+                tracing::warn!(%tenant, %step, error = %reason, lease = %error_chain(&lost), "provisioning step failed after the lease was lost; leaving the tenant to its holder");
+                Outcome::transient(format!("{step}: {reason}"))
             }
             Err(e) => Outcome::transient_error(&e),
         }
@@ -556,19 +577,30 @@ impl Provisioner {
             }
             Err((step, e)) if e.is_transient() => {
                 let reason = error_chain(&e);
-                if let Err(record) = self
+                // Recorded only under this worker's lease: one taken over since is its
+                // holder's, whose record shows its own attempt.
+                match self
                     .transition(&tenant, |cur| {
+                        machine::lease_held(cur, &tenant, &self.owner, &Timestamp::now())?;
                         machine::step_failed(cur, &tenant, step, &reason, false, &Timestamp::now())
                     })
                     .await
                 {
+                    Ok(_) => {}
+                    Err(ProvisionError::Transition(TransitionError::Busy { .. })) => {
+                        tracing::warn!(%tenant, %step, error = %reason, "provisioning step failed after the lease was lost; leaving the tenant to its holder");
+                        return Outcome::transient(format!("{step}: {reason}"));
+                    }
                     // Only the record of this attempt's failure is missing; the retry goes on.
-                    tracing::warn!(%tenant, %step, error = %record, "the failed step could not be recorded");
+                    Err(record) => {
+                        tracing::warn!(%tenant, %step, error = %record, "the failed step could not be recorded");
+                    }
                 }
                 tracing::warn!(%tenant, %step, error = %reason, "provisioning step failed; retrying");
                 Outcome::transient(format!("{step}: {reason}"))
             }
-            Err((step, e)) => self.fail(&tenant, step, &e).await,
+            // A failure for good fails the tenant, unless the lease is another worker's now.
+            Err((step, e)) => self.fail_as(&tenant, step, &e, true).await,
         }
     }
 

@@ -365,6 +365,96 @@ async fn a_worker_whose_lease_was_taken_never_writes_its_in_memory_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_failing_after_its_lease_was_taken_leaves_the_tenant_to_its_holder() {
+    // Worker A renews its lease (1 s) at the start of `sync_schema`, then stalls in it (4 s).
+    // Worker B takes the expired lease over and, in `issue_token`, revokes A's token. A then
+    // opens the database with its revoked token: refused (unauthorized, not transient). That
+    // failure is A's stale attempt's, not the tenant's: A must not fail the tenant on B's
+    // record, and B ends it active.
+    use fleet_runtime::worker::{Worker, WorkerContext};
+    use fleet_runtime::{Delivery, Handler, Hooks, Outcome, Runtime};
+
+    let fleet = Fleet::start("").await;
+    let provisioner = async |step_delay_ms: u64| {
+        let mut config = fleet.config.clone();
+        config.provisioner.step_delay_ms = step_delay_ms;
+        config.provisioner.checkpoint_step_after_ms = 60_000;
+        let runtime = Runtime::connect(&config).await.unwrap();
+        let hooks = Hooks::new(
+            runtime.publisher.clone(),
+            "/test/provisioner",
+            runtime.topology.subjects(),
+        );
+        let context = WorkerContext {
+            config,
+            runtime,
+            hooks,
+        };
+        fleet_provisioner::Provisioner::build(&context)
+            .await
+            .unwrap()
+    };
+    let a = provisioner(4_000).await;
+    let b = provisioner(700).await;
+    let created = || {
+        let payload = json!({"tenantId": "acme", "orgId": "org_42", "region": "eu-west",
+                             "adminEmail": "ops@acme.example"});
+        Delivery::new("tenant.created", payload.to_string())
+    };
+    let meta = fleet.record_file("acme");
+    let issued = || {
+        std::fs::read_to_string(&meta)
+            .ok()
+            .and_then(|meta| serde_json::from_str::<serde_json::Value>(&meta).ok())
+            .and_then(|meta| meta["tokens"].as_array().map(Vec::len))
+            .unwrap_or_default()
+    };
+    let first = tokio::spawn(async move { a.handle(created()).await });
+    // A's token is issued at the end of `issue_token` (time 0 here). A renews its lease at the
+    // start of `store_connection` (until 1 s) and of `sync_schema` (4 s: until 5 s), and opens
+    // the database at the end of `sync_schema`'s delay (8 s). B takes over at 5.5 s, revokes
+    // A's token at about 6.9 s, and is still provisioning at 8 s (it ends at about 9 s).
+    fleet
+        .eventually(Duration::from_secs(30), "A's token issued", async || {
+            issued() > 0
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
+    let second = b.handle(created()).await;
+    let first = first.await.unwrap();
+    assert_eq!(
+        fleet.status("acme").await,
+        "active",
+        "A: {first:?}, B: {second:?}, record: {:?}",
+        fleet.record("acme").await
+    );
+    assert_eq!(second, Outcome::Done, "A: {first:?}");
+    assert!(
+        matches!(&first, Outcome::Transient { .. }),
+        "A's failure under a lost lease is transient: {first:?}"
+    );
+    assert!(
+        fleet.hooks("hooks.tenant.failed").await.is_empty(),
+        "no failed hook"
+    );
+    assert_eq!(
+        fleet.hooks("hooks.tenant.created").await.len(),
+        1,
+        "one hook"
+    );
+    let record = fleet.record("acme").await.unwrap();
+    assert!(
+        record
+            .steps
+            .iter()
+            .all(|s| format!("{:?}", s.status) != "Failed"),
+        "{:?}",
+        record.steps
+    );
+    assert_eq!(fleet.tables("acme").await, SYSTEM_TABLES);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_provisioners_never_process_a_tenant_twice() {
     let mut fleet = Fleet::start("").await;
     fleet.spawn_worker(&[]);
