@@ -90,7 +90,7 @@ pub async fn read(conn: &Connection) -> Result<Option<Vec<Registered>>, Introspe
     }
     let found = rows(
         conn,
-        "SELECT metadata_type, metadata_name, body, version, source FROM sys_metadata \
+        "SELECT metadata_type, metadata_name, body, version, source FROM main.sys_metadata \
          ORDER BY metadata_type, metadata_name",
         "the metadata registry",
     )
@@ -200,12 +200,13 @@ pub struct Entry {
 /// `sys_deployment.previous_metadata`).
 pub type Snapshot = Vec<Entry>;
 
-const UPSERT: &str = "INSERT INTO sys_metadata (id, metadata_type, metadata_name, body, version, source) \
+const UPSERT: &str = "INSERT INTO main.sys_metadata (id, metadata_type, metadata_name, body, version, source) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (metadata_type, metadata_name) DO UPDATE SET \
      body = excluded.body, version = excluded.version, source = excluded.source, \
      updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
-const DELETE: &str = "DELETE FROM sys_metadata WHERE metadata_type = ?1 AND metadata_name = ?2";
+const DELETE: &str =
+    "DELETE FROM main.sys_metadata WHERE metadata_type = ?1 AND metadata_name = ?2";
 
 fn opt(value: Option<&str>) -> Value {
     value.map_or(Value::Null, |v| Value::Text(v.to_owned()))

@@ -598,3 +598,42 @@ async fn the_plan_for_an_empty_database_is_what_planning_it_gives() {
         .unwrap();
     assert!(!fleet_schema::is_empty(&other.conn).await.unwrap());
 }
+
+#[tokio::test]
+async fn a_temp_table_shadowing_the_registry_is_not_read() {
+    use fleet_schema::PlanOptions;
+    use fleet_schema::system::base_schema;
+    let db = TestDb::new().await;
+    let empty = fleet_schema::plan_empty(base_schema(), PlanOptions::default()).unwrap();
+    fleet_schema::apply_plan(&db.conn, &empty.plan)
+        .await
+        .unwrap();
+    db.conn
+        .execute(
+            "INSERT INTO main.sys_metadata (id, metadata_type, metadata_name, body, source) \
+             VALUES ('object:account', 'object', 'account', '{}', 'app:crm')",
+            (),
+        )
+        .await
+        .unwrap();
+    // A connection's temp table of the same name, empty: the registry is still main's.
+    db.conn
+        .execute(
+            "CREATE TEMP TABLE sys_metadata (metadata_type TEXT, metadata_name TEXT, body TEXT, \
+             version TEXT, source TEXT)",
+            (),
+        )
+        .await
+        .unwrap();
+    let registered = fleet_schema::registry::read(&db.conn)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        registered
+            .iter()
+            .map(|r| (r.kind.as_str(), r.name.as_str()))
+            .collect::<Vec<_>>(),
+        [("object", "account")]
+    );
+}
