@@ -555,6 +555,28 @@ pub fn claim(
     Ok(write(next, "lease", None, None, now))
 }
 
+/// Checks that no other worker holds a live provisioning lease on the tenant (a lease of
+/// `owner`'s, or one run out, is free): what a worker that does not hold the lease checks
+/// before it fails a tenant (its deliveries ran out, say) — never one another worker is
+/// provisioning right now.
+pub fn lease_free(
+    current: Option<&Versioned<TenantRecord>>,
+    tenant: &TenantId,
+    owner: &str,
+    now: &Timestamp,
+) -> Result<(), TransitionError> {
+    match current.and_then(|c| c.state.lease.as_ref()) {
+        Some(lease) if lease.owner != owner && lease.until.instant() > now.instant() => {
+            Err(TransitionError::Busy {
+                tenant: tenant.to_string(),
+                owner: lease.owner.clone(),
+                until: lease.until.clone(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Checks that `owner` still holds the provisioning lease of a tenant being provisioned. A
 /// worker writes its steps (and the token it holds in memory) only under its own lease: once
 /// another worker has taken the lease over — even one that has run out since — that worker may
@@ -1319,6 +1341,33 @@ mod tests {
             StepStatus::Skipped
         );
         assert!(step_done(&s.as_ref().unwrap().state, Step::IssueToken));
+    }
+
+    #[test]
+    fn a_lease_is_free_unless_another_worker_holds_it_live() {
+        let s = apply(
+            None,
+            create_leased(
+                None,
+                &acme(),
+                &request(),
+                &Plans::default(),
+                "w1",
+                t(15),
+                &t(0),
+            )
+            .unwrap(),
+        );
+        assert!(lease_free(s.as_ref(), &acme(), "w1", &t(1)).is_ok(), "ours");
+        assert!(matches!(
+            lease_free(s.as_ref(), &acme(), "w2", &t(1)),
+            Err(TransitionError::Busy { owner, until, .. }) if owner == "w1" && until == t(15)
+        ));
+        assert!(
+            lease_free(s.as_ref(), &acme(), "w2", &t(16)).is_ok(),
+            "run out"
+        );
+        assert!(lease_free(None, &acme(), "w2", &t(1)).is_ok(), "no record");
     }
 
     #[test]

@@ -434,6 +434,9 @@ impl Provisioner {
         }
     }
 
+    /// Fails the tenant for good (`failed`, `hooks.tenant.failed`) — unless another worker
+    /// holds a live provisioning lease on it: that worker is provisioning it right now, and the
+    /// tenant is left to it (transient).
     async fn fail(&self, tenant: &TenantId, step: Step, error: &ProvisionError) -> Outcome {
         self.fail_as(tenant, step, error, false).await
     }
@@ -454,6 +457,8 @@ impl Provisioner {
             .transition(tenant, |cur| {
                 if leased {
                     machine::lease_held(cur, tenant, &self.owner, &Timestamp::now())?;
+                } else {
+                    machine::lease_free(cur, tenant, &self.owner, &Timestamp::now())?;
                 }
                 let decision =
                     machine::step_failed(cur, tenant, step, &reason, true, &Timestamp::now())?;
@@ -482,7 +487,7 @@ impl Provisioner {
                 }
             }
             Err(lost @ ProvisionError::Transition(TransitionError::Busy { .. })) => {
-                tracing::warn!(%tenant, %step, error = %reason, lease = %error_chain(&lost), "provisioning step failed after the lease was lost; leaving the tenant to its holder");
+                tracing::warn!(%tenant, %step, error = %reason, lease = %error_chain(&lost), "not failing the tenant: another worker holds its provisioning lease");
                 Outcome::transient(format!("{step}: {reason}"))
             }
             Err(e) => Outcome::transient_error(&e),
