@@ -54,7 +54,17 @@ pub async fn collect_facts(
     current: &Schema,
     desired: &Schema,
 ) -> Result<DataFacts, IntrospectError> {
-    let changes = diff(current, desired).changes;
+    collect_facts_for(conn, current, desired, &diff(current, desired).changes).await
+}
+
+/// [`collect_facts`] for `changes`, the diff from `current` to the desired schema already made
+/// (planning makes it once for both).
+pub(crate) async fn collect_facts_for(
+    conn: &Connection,
+    current: &Schema,
+    desired: &Schema,
+    changes: &[Change],
+) -> Result<DataFacts, IntrospectError> {
     let mut facts = DataFacts::default();
     let renamed = |table: &str| {
         changes
@@ -96,7 +106,7 @@ pub async fn collect_facts(
         }
     }
     let mut checks: std::collections::BTreeMap<String, Vec<Check>> = Default::default();
-    for change in &changes {
+    for change in changes {
         if let Change::AlterColumn { table, from, to } = change {
             let source = quote(&source_of(table, &to.name));
             let list = checks.entry(renamed(table)).or_default();
@@ -140,7 +150,7 @@ pub async fn collect_facts(
             }
         }
     }
-    for change in &changes {
+    for change in changes {
         let Change::CreateIndex { table, index } = change else {
             continue;
         };

@@ -263,8 +263,10 @@ pub async fn plan_database_to(
         None => std::borrow::Cow::Borrowed(desired),
     };
     let current = owned::owned(&live, &desired, ownership.as_ref());
-    let facts = facts::collect_facts(conn, &current, &desired).await?;
-    let mut planned = plan(&current, &desired, &facts, options)?;
+    // One diff for both the facts the plan needs and the plan.
+    let diff = diff::diff(&current, &desired);
+    let facts = facts::collect_facts_for(conn, &current, &desired, &diff.changes).await?;
+    let mut planned = plan::plan_diffed(&current, &desired, diff, &facts, options)?;
     planned.registered = registered;
     Ok(planned)
 }

@@ -406,11 +406,28 @@ pub fn plan(
     facts: &DataFacts,
     options: PlanOptions,
 ) -> Result<Planned, PlanError> {
+    plan_diffed(
+        current,
+        desired,
+        crate::diff::diff(current, desired),
+        facts,
+        options,
+    )
+}
+
+/// [`plan`] from `diff`, the diff from `current` to `desired` already made.
+pub(crate) fn plan_diffed(
+    current: &Schema,
+    desired: &Schema,
+    diff: Diff,
+    facts: &DataFacts,
+    options: PlanOptions,
+) -> Result<Planned, PlanError> {
     let Diff {
         changes,
         mut conflicts,
         notes,
-    } = crate::diff::diff(current, desired);
+    } = diff;
     let renamed_tables: BTreeMap<&str, &str> = changes
         .iter()
         .filter_map(|c| match c {
