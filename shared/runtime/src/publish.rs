@@ -116,12 +116,24 @@ impl Publisher {
         payload: Bytes,
         headers: HeaderMap,
     ) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+        self.send(subject, message_id, payload, headers)
+            .await?
+            .await
+    }
+
+    /// Sends one message; its ack is awaited by the caller.
+    async fn send(
+        &self,
+        subject: &str,
+        message_id: &str,
+        payload: Bytes,
+        headers: HeaderMap,
+    ) -> Result<PublishAckFuture, jetstream::context::PublishError> {
         let message = PublishMessage::build()
             .headers(headers)
             .payload(payload)
             .message_id(message_id);
-        let ack: PublishAckFuture = self.js.send_publish(subject.to_owned(), message).await?;
-        ack.await
+        self.js.send_publish(subject.to_owned(), message).await
     }
 
     /// Publishes every `(message id, value)` of `entries` as JSON to `subject`, in order:
@@ -135,20 +147,12 @@ impl Publisher {
     ) -> Result<(), PublishError> {
         let mut sent = Vec::with_capacity(entries.len());
         for (id, value) in entries {
-            let payload =
-                Bytes::from(
-                    serde_json::to_vec(value).map_err(|source| PublishError::Encode {
-                        subject: subject.to_owned(),
-                        source,
-                    })?,
-                );
+            let payload = encode(subject, value)?;
             let mut headers = HeaderMap::new();
             crate::telemetry::inject_context(&mut headers);
-            let message = PublishMessage::build()
-                .headers(headers.clone())
-                .payload(payload.clone())
-                .message_id(id);
-            let ack = self.js.send_publish(subject.to_owned(), message).await;
+            let ack = self
+                .send(subject, id, payload.clone(), headers.clone())
+                .await;
             sent.push((id, payload, headers, ack));
         }
         for (id, payload, headers, ack) in sent {
@@ -171,11 +175,17 @@ impl Publisher {
         value: &T,
         headers: HeaderMap,
     ) -> Result<Published, PublishError> {
-        let payload = serde_json::to_vec(value).map_err(|source| PublishError::Encode {
-            subject: subject.to_owned(),
-            source,
-        })?;
-        self.publish_bytes(subject, message_id, Bytes::from(payload), headers)
+        self.publish_bytes(subject, message_id, encode(subject, value)?, headers)
             .await
     }
+}
+
+/// `value` as JSON, for `subject`.
+fn encode<T: Serialize>(subject: &str, value: &T) -> Result<Bytes, PublishError> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|source| PublishError::Encode {
+            subject: subject.to_owned(),
+            source,
+        })
 }

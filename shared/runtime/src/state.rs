@@ -160,7 +160,7 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
         current: Option<&Versioned<S>>,
         next: S,
         earlier: Vec<ProgressEvent>,
-        mut event: ProgressEvent,
+        event: ProgressEvent,
     ) -> Result<Option<Versioned<S>>, StateError<E>> {
         let bytes = Bytes::from(serde_json::to_vec(&next).expect("states serialize"));
         let written = match current {
@@ -187,26 +187,19 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
             Ok(revision) => {
                 let subject = format!("{}.{key}", self.progress_subject);
                 let id = format!("{}:{key}:{revision}", self.kind);
-                event.revision = revision;
-                if earlier.is_empty() {
-                    self.publisher
-                        .publish_json(&subject, &id, &event, HeaderMap::new())
-                        .await
-                        .map_err(|source| StateError::Progress { revision, source })?;
-                } else {
-                    let mut entries: Vec<(String, ProgressEvent)> = earlier
-                        .into_iter()
-                        .map(|mut e| {
-                            e.revision = revision;
-                            (format!("{id}:{}", e.step), e)
-                        })
-                        .collect();
-                    entries.push((id, event));
-                    self.publisher
-                        .publish_json_all(&subject, &entries)
-                        .await
-                        .map_err(|source| StateError::Progress { revision, source })?;
+                // The earlier steps' entries, then the write's own.
+                let mut entries: Vec<(String, ProgressEvent)> = earlier
+                    .into_iter()
+                    .map(|e| (format!("{id}:{}", e.step), e))
+                    .collect();
+                entries.push((id, event));
+                for (_, e) in &mut entries {
+                    e.revision = revision;
                 }
+                self.publisher
+                    .publish_json_all(&subject, &entries)
+                    .await
+                    .map_err(|source| StateError::Progress { revision, source })?;
                 Ok(Some(Versioned {
                     state: next,
                     revision,
@@ -282,18 +275,33 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
         E: std::error::Error + 'static,
         F: Fn(Option<&Versioned<S>>) -> Result<(Vec<ProgressEvent>, Decision<S>), E>,
     {
-        let (earlier, decision) = decide(Some(known)).map_err(StateError::Refused)?;
-        let (next, event) = match decision {
-            Decision::Write { next, event } => (next, event),
-            Decision::Unchanged => return Ok(Some(known.clone())),
-        };
-        if let Some(written) = self
-            .try_write_steps(key, Some(known), next, earlier, event)
-            .await?
-        {
-            return Ok(Some(written));
+        match self.decide_and_write(key, Some(known), &decide).await? {
+            Some(done) => Ok(done),
+            None => self.transition_steps(key, decide).await,
         }
-        self.transition_steps(key, decide).await
+    }
+
+    /// Decides on `current` and carries the decision out: `Some` with the state written (or
+    /// `current`, when the decision writes nothing), `None` when another writer changed `key`
+    /// since `current` (decide again on the latest).
+    async fn decide_and_write<E, F>(
+        &self,
+        key: &str,
+        current: Option<&Versioned<S>>,
+        decide: &F,
+    ) -> Result<Option<Option<Versioned<S>>>, StateError<E>>
+    where
+        E: std::error::Error + 'static,
+        F: Fn(Option<&Versioned<S>>) -> Result<(Vec<ProgressEvent>, Decision<S>), E>,
+    {
+        let (earlier, decision) = decide(current).map_err(StateError::Refused)?;
+        let Decision::Write { next, event } = decision else {
+            return Ok(Some(current.cloned()));
+        };
+        Ok(self
+            .try_write_steps(key, current, next, earlier, event)
+            .await?
+            .map(Some))
     }
 
     /// Applies `decide` to the latest state of `key` until it is written without a lost race.
@@ -323,16 +331,11 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
     {
         for _ in 0..MAX_RACES {
             let current = self.get(key).await?;
-            let (earlier, decision) = decide(current.as_ref()).map_err(StateError::Refused)?;
-            let (next, event) = match decision {
-                Decision::Write { next, event } => (next, event),
-                Decision::Unchanged => return Ok(current),
-            };
-            if let Some(written) = self
-                .try_write_steps(key, current.as_ref(), next, earlier, event)
+            if let Some(done) = self
+                .decide_and_write(key, current.as_ref(), &decide)
                 .await?
             {
-                return Ok(Some(written));
+                return Ok(done);
             }
             // lost the race: re-read, re-decide
         }

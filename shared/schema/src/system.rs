@@ -34,6 +34,16 @@ pub fn base_schema() -> &'static Schema {
     &BASE.1
 }
 
+/// The plan that takes an empty database (a new tenant's) to [`base_schema`]:
+/// [`crate::plan_empty`] with the default options, made once per process.
+pub fn base_plan_from_empty() -> &'static crate::Planned {
+    static PLAN: LazyLock<crate::Planned> = LazyLock::new(|| {
+        crate::plan_empty(base_schema(), crate::PlanOptions::default())
+            .expect("the system objects plan from an empty database")
+    });
+    &PLAN
+}
+
 fn parse_base_objects() -> Vec<ObjectDefinition> {
     let objects = json!([
         {"name": "metadata", "namespace": "sys", "label": "Metadata", "isSystem": true, "fields": {

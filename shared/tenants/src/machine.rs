@@ -1343,21 +1343,23 @@ mod tests {
         assert!(step_done(&s.as_ref().unwrap().state, Step::IssueToken));
     }
 
+    /// A tenant created at `t(0)` with `owner`'s lease until `until`.
+    fn leased_by(owner: &str, until: Timestamp) -> Option<Versioned<TenantRecord>> {
+        let created = create_leased(
+            None,
+            &acme(),
+            &request(),
+            &Plans::default(),
+            owner,
+            until,
+            &t(0),
+        );
+        apply(None, created.unwrap())
+    }
+
     #[test]
     fn a_lease_is_free_unless_another_worker_holds_it_live() {
-        let s = apply(
-            None,
-            create_leased(
-                None,
-                &acme(),
-                &request(),
-                &Plans::default(),
-                "w1",
-                t(15),
-                &t(0),
-            )
-            .unwrap(),
-        );
+        let s = leased_by("w1", t(15));
         assert!(lease_free(s.as_ref(), &acme(), "w1", &t(1)).is_ok(), "ours");
         assert!(matches!(
             lease_free(s.as_ref(), &acme(), "w2", &t(1)),
@@ -1372,19 +1374,7 @@ mod tests {
 
     #[test]
     fn a_lease_taken_over_is_never_renewed_by_its_former_holder() {
-        let s = apply(
-            None,
-            create_leased(
-                None,
-                &acme(),
-                &request(),
-                &Plans::default(),
-                "w1",
-                t(15),
-                &t(0),
-            )
-            .unwrap(),
-        );
+        let s = leased_by("w1", t(15));
         assert!(lease_held(s.as_ref(), &acme(), "w1", &t(1)).is_ok());
         assert!(renew(s.as_ref(), &acme(), "w1", t(30), &t(14)).is_ok());
         // Run out: w2 takes it over; w1 may not renew it, not even once w2's has run out too.

@@ -310,20 +310,6 @@ impl std::fmt::Debug for Provisioner {
 
 type Current = Option<Versioned<TenantRecord>>;
 
-/// The base schema's plan for an empty database ([`fleet_schema::plan_empty`]), made once per
-/// process.
-fn fresh_plan() -> Result<&'static fleet_schema::Planned, SchemaError> {
-    static PLAN: std::sync::OnceLock<fleet_schema::Planned> = std::sync::OnceLock::new();
-    if let Some(plan) = PLAN.get() {
-        return Ok(plan);
-    }
-    let plan = fleet_schema::plan_empty(
-        fleet_schema::system::base_schema(),
-        fleet_schema::PlanOptions::default(),
-    )?;
-    Ok(PLAN.get_or_init(|| plan))
-}
-
 /// The seed data of a new tenant: its admin user (kept when it is there).
 fn seed_statement(record: &TenantRecord) -> fleet_schema::BoundStatement {
     fleet_schema::BoundStatement {
@@ -959,7 +945,7 @@ impl Provisioner {
             .await
             .map_err(fleet_schema::SchemaError::from)?
         {
-            fresh_plan()?
+            fleet_schema::system::base_plan_from_empty()
         } else {
             &fleet_schema::plan_database_to(
                 conn,

@@ -53,20 +53,22 @@ fn to(
     }
 }
 
-#[tokio::test]
-async fn racing_transitions_end_in_one_valid_state() {
-    let env = Env::start().await;
+/// States of kind `tenant` in the tenants bucket, progress under `progress.tenant`.
+async fn tenant_store<S: Serialize + serde::de::DeserializeOwned + Clone>(
+    env: &Env,
+) -> StateStore<S> {
     let kv = env
         .js
         .get_key_value(&env.topology.bucket(names::TENANTS).unwrap().bucket)
         .await
         .unwrap();
-    let store = Arc::new(StateStore::<Status>::new(
-        "tenant",
-        kv,
-        env.publisher.clone(),
-        "progress.tenant",
-    ));
+    StateStore::new("tenant", kv, env.publisher.clone(), "progress.tenant")
+}
+
+#[tokio::test]
+async fn racing_transitions_end_in_one_valid_state() {
+    let env = Env::start().await;
+    let store = Arc::new(tenant_store::<Status>(&env).await);
     let created = store
         .transition("acme", |_| {
             Ok::<_, Illegal>(Decision::Write {
@@ -115,13 +117,7 @@ async fn racing_transitions_end_in_one_valid_state() {
 #[tokio::test]
 async fn steps_written_at_once_keep_an_entry_each_and_are_reapplied_after_a_lost_race() {
     let env = Env::start().await;
-    let kv = env
-        .js
-        .get_key_value(&env.topology.bucket(names::TENANTS).unwrap().bucket)
-        .await
-        .unwrap();
-    let store =
-        StateStore::<Vec<String>>::new("tenant", kv, env.publisher.clone(), "progress.tenant");
+    let store = tenant_store::<Vec<String>>(&env).await;
     let known = store
         .transition("acme", |_| {
             Ok::<_, Illegal>(Decision::Write {

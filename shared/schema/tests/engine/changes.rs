@@ -562,15 +562,18 @@ async fn the_plan_for_an_empty_database_is_what_planning_it_gives() {
     use fleet_schema::{Owner, PlanOptions};
     let db = TestDb::new().await;
     assert!(fleet_schema::is_empty(&db.conn).await.unwrap());
-    let planned = fleet_schema::plan_database_to(
-        &db.conn,
-        base_objects(),
-        base_schema(),
-        PlanOptions::default(),
-        &Owner::Platform,
-    )
-    .await
-    .unwrap();
+    let plan_base = async || {
+        fleet_schema::plan_database_to(
+            &db.conn,
+            base_objects(),
+            base_schema(),
+            PlanOptions::default(),
+            &Owner::Platform,
+        )
+        .await
+        .unwrap()
+    };
+    let planned = plan_base().await;
     let empty = fleet_schema::plan_empty(base_schema(), PlanOptions::default()).unwrap();
     assert_eq!(empty, planned);
     assert!(!empty.plan.statements.is_empty());
@@ -579,15 +582,7 @@ async fn the_plan_for_an_empty_database_is_what_planning_it_gives() {
         .await
         .unwrap();
     assert!(!fleet_schema::is_empty(&db.conn).await.unwrap());
-    let again = fleet_schema::plan_database_to(
-        &db.conn,
-        base_objects(),
-        base_schema(),
-        PlanOptions::default(),
-        &Owner::Platform,
-    )
-    .await
-    .unwrap();
+    let again = plan_base().await;
     assert!(again.plan.statements.is_empty(), "{:?}", again.plan);
     // Anything at all in the catalog — a view alone — is not empty.
     let other = TestDb::new().await;

@@ -293,6 +293,41 @@ impl Fleet {
             .cloned()
             .unwrap_or_default()
     }
+
+    /// How many valid tokens the backend has issued for `tenant` so far: 0 while its record
+    /// is not written yet (or is mid-write), for polling.
+    pub fn tokens_issued(&self, tenant: &str) -> usize {
+        std::fs::read_to_string(self.record_file(tenant))
+            .ok()
+            .and_then(|meta| serde_json::from_str::<serde_json::Value>(&meta).ok())
+            .and_then(|meta| meta["tokens"].as_array().map(Vec::len))
+            .unwrap_or_default()
+    }
+
+    /// A provisioner built in this process as its binary builds it, on this fleet's
+    /// configuration changed by `edit`: for tests that hand it deliveries directly.
+    pub async fn provisioner_in_process(
+        &self,
+        edit: impl FnOnce(&mut fleet_config::Config),
+    ) -> fleet_provisioner::Provisioner {
+        use fleet_runtime::worker::{Worker, WorkerContext};
+        let mut config = self.config.clone();
+        edit(&mut config);
+        let runtime = fleet_runtime::Runtime::connect(&config).await.unwrap();
+        let hooks = fleet_runtime::Hooks::new(
+            runtime.publisher.clone(),
+            "/test/provisioner",
+            runtime.topology.subjects(),
+        );
+        let context = WorkerContext {
+            config,
+            runtime,
+            hooks,
+        };
+        fleet_provisioner::Provisioner::build(&context)
+            .await
+            .unwrap()
+    }
 }
 
 pub fn tenant(id: &str) -> TenantId {

@@ -224,18 +224,10 @@ async fn a_worker_killed_after_issuing_a_token_held_in_memory_ends_active_once()
         ("FLEET_PROVISIONER__CHECKPOINT_STEP_AFTER_MS", "60000"),
     ]);
     fleet.register("acme", "acme", json!({})).await;
-    let meta = fleet.record_file("acme");
-    let issued = || {
-        std::fs::read_to_string(&meta)
-            .ok()
-            .and_then(|meta| serde_json::from_str::<serde_json::Value>(&meta).ok())
-            .and_then(|meta| meta["tokens"].as_array().map(Vec::len))
-            .unwrap_or_default()
-    };
     // The token is issued at the end of `issue_token`; `store_connection` then waits 500 ms.
     fleet
         .eventually(Duration::from_secs(30), "a token issued", async || {
-            issued() > 0
+            fleet.tokens_issued("acme") > 0
         })
         .await;
     fleet.kill_worker(slow);
@@ -251,7 +243,7 @@ async fn a_worker_killed_after_issuing_a_token_held_in_memory_ends_active_once()
     );
     assert!(record.connection.is_none(), "no connection stored yet");
     assert_eq!(
-        issued(),
+        fleet.tokens_issued("acme"),
         1,
         "the killed attempt's token, valid and unrecorded"
     );
@@ -282,44 +274,35 @@ async fn a_worker_killed_after_issuing_a_token_held_in_memory_ends_active_once()
     assert!(fleet.dead_letters().await.is_empty());
 }
 
+/// `tenant.created` for acme, as a delivery to hand a provisioner directly.
+fn acme_created() -> fleet_runtime::Delivery {
+    let payload = json!({"tenantId": "acme", "orgId": "org_42", "region": "eu-west",
+                         "adminEmail": "ops@acme.example"});
+    fleet_runtime::Delivery::new("tenant.created", payload.to_string())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_lease_was_taken_never_writes_its_in_memory_token() {
     // Worker A carries every step out in memory (slow steps, 1 s lease: it expires in each).
     // While A is in its last step, worker B takes the expired lease over: B's record shows no
     // step done, so B revokes every token (A's too) and issues its own. A must not then write
     // its in-memory steps — its connection's token is revoked — over B's lease.
-    use fleet_runtime::worker::{Worker, WorkerContext};
-    use fleet_runtime::{Delivery, Handler, Hooks, Outcome, Runtime};
+    use fleet_runtime::{Handler, Outcome};
     use fleet_tenantdb::TenantDatabases;
 
     let fleet = Fleet::start("").await;
+    // Every step held in memory (none takes 60 s), each delayed by `step_delay_ms`.
     let provisioner = async |step_delay_ms: u64| {
-        let mut config = fleet.config.clone();
-        config.provisioner.step_delay_ms = step_delay_ms;
-        config.provisioner.checkpoint_step_after_ms = 60_000;
-        let runtime = Runtime::connect(&config).await.unwrap();
-        let hooks = Hooks::new(
-            runtime.publisher.clone(),
-            "/test/provisioner",
-            runtime.topology.subjects(),
-        );
-        let context = WorkerContext {
-            config,
-            runtime,
-            hooks,
-        };
-        fleet_provisioner::Provisioner::build(&context)
+        fleet
+            .provisioner_in_process(|config| {
+                config.provisioner.step_delay_ms = step_delay_ms;
+                config.provisioner.checkpoint_step_after_ms = 60_000;
+            })
             .await
-            .unwrap()
     };
     let a = provisioner(1_600).await;
     let b = provisioner(400).await;
-    let created = || {
-        let payload = json!({"tenantId": "acme", "orgId": "org_42", "region": "eu-west",
-                             "adminEmail": "ops@acme.example"});
-        Delivery::new("tenant.created", payload.to_string())
-    };
-    let first = tokio::spawn(async move { a.handle(created()).await });
+    let first = tokio::spawn(async move { a.handle(acme_created()).await });
     // The tables appear at the end of `sync_schema`: A is in `seed`, its last step, with a
     // lease renewed at its start. Once that lease has run out, B takes over.
     fleet
@@ -328,7 +311,7 @@ async fn a_worker_whose_lease_was_taken_never_writes_its_in_memory_token() {
         })
         .await;
     tokio::time::sleep(Duration::from_millis(1_150)).await;
-    let second = b.handle(created()).await;
+    let second = b.handle(acme_created()).await;
     let first = first.await.unwrap();
     // Whoever finished it, the tenant is active once, and its stored token opens its database.
     fleet
@@ -371,56 +354,32 @@ async fn a_worker_failing_after_its_lease_was_taken_leaves_the_tenant_to_its_hol
     // opens the database with its revoked token: refused (unauthorized, not transient). That
     // failure is A's stale attempt's, not the tenant's: A must not fail the tenant on B's
     // record, and B ends it active.
-    use fleet_runtime::worker::{Worker, WorkerContext};
-    use fleet_runtime::{Delivery, Handler, Hooks, Outcome, Runtime};
+    use fleet_runtime::{Handler, Outcome};
 
     let fleet = Fleet::start("").await;
+    // Every step held in memory (none takes 60 s), each delayed by `step_delay_ms`.
     let provisioner = async |step_delay_ms: u64| {
-        let mut config = fleet.config.clone();
-        config.provisioner.step_delay_ms = step_delay_ms;
-        config.provisioner.checkpoint_step_after_ms = 60_000;
-        let runtime = Runtime::connect(&config).await.unwrap();
-        let hooks = Hooks::new(
-            runtime.publisher.clone(),
-            "/test/provisioner",
-            runtime.topology.subjects(),
-        );
-        let context = WorkerContext {
-            config,
-            runtime,
-            hooks,
-        };
-        fleet_provisioner::Provisioner::build(&context)
+        fleet
+            .provisioner_in_process(|config| {
+                config.provisioner.step_delay_ms = step_delay_ms;
+                config.provisioner.checkpoint_step_after_ms = 60_000;
+            })
             .await
-            .unwrap()
     };
     let a = provisioner(4_000).await;
     let b = provisioner(700).await;
-    let created = || {
-        let payload = json!({"tenantId": "acme", "orgId": "org_42", "region": "eu-west",
-                             "adminEmail": "ops@acme.example"});
-        Delivery::new("tenant.created", payload.to_string())
-    };
-    let meta = fleet.record_file("acme");
-    let issued = || {
-        std::fs::read_to_string(&meta)
-            .ok()
-            .and_then(|meta| serde_json::from_str::<serde_json::Value>(&meta).ok())
-            .and_then(|meta| meta["tokens"].as_array().map(Vec::len))
-            .unwrap_or_default()
-    };
-    let first = tokio::spawn(async move { a.handle(created()).await });
+    let first = tokio::spawn(async move { a.handle(acme_created()).await });
     // A's token is issued at the end of `issue_token` (time 0 here). A renews its lease at the
     // start of `store_connection` (until 1 s) and of `sync_schema` (4 s: until 5 s), and opens
     // the database at the end of `sync_schema`'s delay (8 s). B takes over at 5.5 s, revokes
     // A's token at about 6.9 s, and is still provisioning at 8 s (it ends at about 9 s).
     fleet
         .eventually(Duration::from_secs(30), "A's token issued", async || {
-            issued() > 0
+            fleet.tokens_issued("acme") > 0
         })
         .await;
     tokio::time::sleep(Duration::from_millis(5_500)).await;
-    let second = b.handle(created()).await;
+    let second = b.handle(acme_created()).await;
     let first = first.await.unwrap();
     assert_eq!(
         fleet.status("acme").await,
@@ -499,24 +458,10 @@ async fn two_provisioners_never_process_a_tenant_twice() {
 #[tokio::test]
 async fn one_message_runs_through_the_handler_without_the_job_loop() {
     // The seam: the handler built as its binary builds it, one delivery handed to it directly.
-    use fleet_runtime::worker::{Worker, WorkerContext};
-    use fleet_runtime::{Delivery, Handler, Hooks, Outcome, Runtime};
+    use fleet_runtime::{Delivery, Handler, Outcome};
 
     let fleet = Fleet::start("").await;
-    let runtime = Runtime::connect(&fleet.config).await.unwrap();
-    let hooks = Hooks::new(
-        runtime.publisher.clone(),
-        "/test/provisioner",
-        runtime.topology.subjects(),
-    );
-    let context = WorkerContext {
-        config: fleet.config.clone(),
-        runtime,
-        hooks,
-    };
-    let provisioner = fleet_provisioner::Provisioner::build(&context)
-        .await
-        .unwrap();
+    let provisioner = fleet.provisioner_in_process(|_| {}).await;
     let payload = json!({"tenantId": "acme", "orgId": "org_42", "adminEmail": "ops@acme.example"});
     let outcome = provisioner
         .handle(Delivery::new("tenant.created", payload.to_string()))
