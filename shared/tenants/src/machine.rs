@@ -106,9 +106,10 @@ pub struct TenantRecord {
     pub tenant_id: TenantId,
     /// Owning organisation.
     pub org_id: String,
-    /// Plan.
+    /// Subscription plan; `quotas` are its quotas with `quotaOverrides` applied.
     pub plan: TenantPlan,
-    /// Region.
+    /// Where the tenant's data must live, fixed at creation (`provisioner.regions` maps it to
+    /// a database group).
     pub region: TenantRegion,
     /// Display name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -242,7 +243,7 @@ pub enum TransitionError {
     /// Not allowed from the current status.
     #[error("tenant {tenant} is {from:?}: cannot {event}")]
     Illegal {
-        /// Tenant.
+        /// The tenant id.
         tenant: String,
         /// Current status.
         from: TenantProvisioningStatus,
@@ -260,18 +261,18 @@ pub enum TransitionError {
     /// Another worker holds the lease.
     #[error("tenant {tenant} is being provisioned by {owner} until {until}")]
     Busy {
-        /// Tenant.
+        /// The tenant id.
         tenant: String,
-        /// Holder.
+        /// The worker instance holding the lease.
         owner: String,
-        /// Until.
+        /// When its lease runs out unless renewed.
         until: Timestamp,
     },
     /// The stored token could not be opened with the key ring (its key was removed, or the
     /// record was tampered with).
     #[error("tenant {tenant}: {message}")]
     Sealed {
-        /// Tenant.
+        /// The tenant id.
         tenant: String,
         /// What opening it said.
         message: String,
@@ -528,7 +529,11 @@ pub fn create_leased(
 }
 
 /// Takes the provisioning lease for `owner` until `until` (free, expired at `now`, or already
-/// ours).
+/// ours) on a tenant being provisioned.
+///
+/// Errors: [`TransitionError::Illegal`] when the tenant is not `provisioning` (another worker
+/// finished, failed or deleted it since it was read: a lease on such a record would outlive
+/// the provisioning it guards); [`TransitionError::Busy`] while another worker's lease is live.
 pub fn claim(
     current: Option<&Versioned<TenantRecord>>,
     tenant: &TenantId,
@@ -537,6 +542,13 @@ pub fn claim(
     now: &Timestamp,
 ) -> Result<Decision<TenantRecord>, TransitionError> {
     let record = existing(current, tenant)?;
+    if record.state != TenantState::Provisioning {
+        return Err(illegal(
+            tenant,
+            record.state.status(),
+            "take the provisioning lease",
+        ));
+    }
     if let Some(lease) = &record.lease
         && lease.owner != owner
         && lease.until.instant() > now.instant()
@@ -1292,6 +1304,45 @@ mod tests {
             claim(None, &acme(), "w1", t(1), &t(0)),
             Err(TransitionError::Unknown("acme".into()))
         );
+    }
+
+    #[test]
+    fn a_lease_is_taken_only_while_the_tenant_is_provisioning() {
+        // Another worker activated the tenant between this one's read and its claim: the
+        // claim re-decided on the active record must not leave a lease on it.
+        let active = active();
+        assert!(active.as_ref().unwrap().state.lease.is_none());
+        assert!(matches!(
+            claim(active.as_ref(), &acme(), "w2", t(30), &t(11)),
+            Err(TransitionError::Illegal {
+                from: TenantProvisioningStatus::Active,
+                ..
+            })
+        ));
+        assert!(is_illegal(renew(
+            active.as_ref(),
+            &acme(),
+            "w2",
+            t(30),
+            &t(11)
+        )));
+        let leased = leased_by("w1", t(15));
+        let failed = step_failed(
+            leased.as_ref(),
+            &acme(),
+            Step::CreateDatabase,
+            "boom",
+            true,
+            &t(1),
+        );
+        let failed = apply(leased, failed.unwrap());
+        assert!(is_illegal(claim(
+            failed.as_ref(),
+            &acme(),
+            "w1",
+            t(30),
+            &t(2)
+        )));
     }
 
     #[test]

@@ -556,6 +556,14 @@ impl Provisioner {
                     format!("tenant {tenant} is being provisioned by another worker"),
                 );
             }
+            // Another worker finished (or failed) the tenant since it was read: its outcome is
+            // that worker's, and this delivery has nothing left to do.
+            Err(ProvisionError::Transition(e @ TransitionError::Illegal { from, .. }))
+                if from != TenantProvisioningStatus::Provisioning =>
+            {
+                tracing::info!(%tenant, error = %e, "provisioned by another worker meanwhile");
+                return Outcome::Done;
+            }
             Err(e) => return self.outcome(e),
         };
         match self.run_steps(&tenant, &group, record).await {
@@ -565,6 +573,15 @@ impl Provisioner {
             Err((step, e @ ProvisionError::Transition(TransitionError::Busy { .. }))) => {
                 tracing::warn!(%tenant, %step, error = %error_chain(&e), "provisioning lease lost; leaving the tenant to its holder");
                 Outcome::transient(format!("{step}: {}", error_chain(&e)))
+            }
+            // No longer provisioning: another worker finished, failed or deleted the tenant
+            // meanwhile (a lease renewal or a step's write found it so). Its outcome stands;
+            // failing it here would dead-letter a tenant that is not this attempt's.
+            Err((step, e @ ProvisionError::Transition(TransitionError::Illegal { from, .. })))
+                if from != TenantProvisioningStatus::Provisioning =>
+            {
+                tracing::warn!(%tenant, %step, error = %error_chain(&e), "the tenant's provisioning was ended by another worker; nothing left to do");
+                Outcome::Done
             }
             Err((step, e)) if e.is_transient() => {
                 let reason = error_chain(&e);
