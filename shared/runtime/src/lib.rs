@@ -57,7 +57,7 @@ pub enum RuntimeError {
     Connect {
         /// The URL.
         url: String,
-        /// Why.
+        /// Why: the URL did not parse, or the connection failed (the client's message).
         message: String,
     },
     /// A KV bucket of the topology could not be opened.
@@ -65,7 +65,7 @@ pub enum RuntimeError {
     Bucket {
         /// The bucket.
         bucket: String,
-        /// Why.
+        /// The error JetStream returned, as its message.
         message: String,
     },
     /// The topology could not be ensured.
@@ -74,15 +74,18 @@ pub enum RuntimeError {
     /// The consumer is not declared by the topology.
     #[error("consumer {0} is not part of the topology")]
     UnknownConsumer(String),
+    /// The KV bucket (its topology name, e.g. `tenants`) is not declared by the topology.
+    #[error("bucket {0} is not part of the topology")]
+    UnknownBucket(String),
     /// The job loop failed.
     #[error(transparent)]
     Jobs(#[from] jobs::JobLoopError),
     /// The health server could not start.
     #[error("health server on {address}")]
     Health {
-        /// Address.
+        /// The address it was to listen on (`worker.health_addr`).
         address: String,
-        /// Why.
+        /// The error binding it.
         #[source]
         source: std::io::Error,
     },
@@ -93,7 +96,7 @@ pub enum RuntimeError {
 pub struct Runtime {
     /// The NATS client.
     pub client: async_nats::Client,
-    /// JetStream.
+    /// The JetStream context on that client.
     pub js: jetstream::Context,
     /// The topology (ensured).
     pub topology: Topology,
@@ -139,7 +142,7 @@ impl Runtime {
         let spec = self
             .topology
             .bucket(name)
-            .ok_or_else(|| RuntimeError::UnknownConsumer(name.to_owned()))?;
+            .ok_or_else(|| RuntimeError::UnknownBucket(name.to_owned()))?;
         self.js
             .get_key_value(&spec.bucket)
             .await
