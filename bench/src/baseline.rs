@@ -29,10 +29,23 @@ pub struct Scripts {
     pub seed: BoundStatement,
 }
 
-/// Jobs the baselines run at once: the workers' concurrency (`worker.concurrency` of the
-/// shipped configuration, which the bench runs with), each on a thread of its own (libSQL's
-/// local engine blocks its thread while it waits for the disk), over all cores.
-pub const CONCURRENCY: usize = 16;
+/// The shipped configuration's `worker.concurrency` (config/default.toml).
+pub const SHIPPED_CONCURRENCY: usize = 16;
+
+static CONCURRENCY: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+/// Sets [`concurrency`] for this run (`--concurrency`); the first call wins.
+pub fn set_concurrency(jobs: usize) {
+    let _ = CONCURRENCY.set(jobs);
+}
+
+/// Jobs the baselines run at once: the workers' concurrency (`worker.concurrency`, the
+/// shipped configuration's unless `--concurrency` says otherwise; the bench's workers run with
+/// the same), each on a thread of its own (libSQL's local engine blocks its thread while it
+/// waits for the disk), over all cores.
+pub fn concurrency() -> usize {
+    *CONCURRENCY.get_or_init(|| SHIPPED_CONCURRENCY)
+}
 
 /// One job per core: the floor without overlapping waits for the disk (for context).
 pub fn per_core() -> usize {

@@ -15,13 +15,24 @@ use serde_json::{Value, json};
 use crate::sys;
 
 /// The settings every bench worker runs with on top of the test overlay: production timings
-/// (a 30 s ack wait, a 10 s provisioning lease, concurrency 16) and quiet logs.
-const WORKER_ENV: &[(&str, &str)] = &[
-    ("FLEET_NATS__ACK_WAIT_MS", "30000"),
-    ("FLEET_PROVISIONER__LEASE_SECS", "10"),
-    ("FLEET_WORKER__CONCURRENCY", "16"),
-    ("FLEET_TELEMETRY__LOG_FILTER", "warn"),
-];
+/// (a 30 s ack wait, a 10 s provisioning lease), the baselines' concurrency
+/// ([`crate::baseline::concurrency`], the shipped 16 unless `--concurrency` says otherwise) and
+/// quiet logs.
+fn worker_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("FLEET_NATS__ACK_WAIT_MS", "30000".to_owned()),
+        ("FLEET_PROVISIONER__LEASE_SECS", "10".to_owned()),
+        (
+            "FLEET_WORKER__CONCURRENCY",
+            crate::baseline::concurrency().to_string(),
+        ),
+        ("FLEET_TELEMETRY__LOG_FILTER", "warn".to_owned()),
+    ]
+}
+
+fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
 
 /// One fleet: server, folders, worker processes and a client.
 pub struct BenchFleet {
@@ -60,8 +71,9 @@ impl BenchFleet {
             .ensure(&client, &js)
             .await?;
         let mut indexes = HashMap::new();
+        let env = worker_env();
         for name in workers {
-            let index = fleet.spawn(binary(name)?, WORKER_ENV);
+            let index = fleet.spawn(binary(name)?, &env_refs(&env));
             indexes.insert(*name, index);
         }
         let publisher = fleet_runtime::Publisher::new(js);
@@ -82,9 +94,9 @@ impl BenchFleet {
             .local_addr()?
             .port();
         let listen = format!("127.0.0.1:{port}");
-        let mut env = WORKER_ENV.to_vec();
-        env.push(("FLEET_GATEWAY__LISTEN", listen.as_str()));
-        let index = self.fleet.spawn(binary("gateway")?, &env);
+        let mut env = worker_env();
+        env.push(("FLEET_GATEWAY__LISTEN", listen.clone()));
+        let index = self.fleet.spawn(binary("gateway")?, &env_refs(&env));
         self.workers.insert("gateway", index);
         let base = format!("http://{listen}");
         for _ in 0..200 {

@@ -31,6 +31,7 @@ struct Args {
     tenants: usize,
     scale: usize,
     settle: u64,
+    concurrency: usize,
     out: std::path::PathBuf,
     print: Option<std::path::PathBuf>,
 }
@@ -40,6 +41,7 @@ fn args() -> anyhow::Result<Args> {
         tenants: 2000,
         scale: 10_000,
         settle: 30,
+        concurrency: baseline::SHIPPED_CONCURRENCY,
         print: None,
         out: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results/latest.json"),
     };
@@ -50,11 +52,12 @@ fn args() -> anyhow::Result<Args> {
             "--tenants" => args.tenants = value()?.parse()?,
             "--scale" => args.scale = value()?.parse()?,
             "--settle" => args.settle = value()?.parse()?,
+            "--concurrency" => args.concurrency = value()?.parse()?,
             "--print" => args.print = Some(value()?.into()),
             "--out" => args.out = value()?.into(),
             "-h" | "--help" => {
                 println!(
-                    "just bench [--tenants N (2000)] [--scale M (10000; 0 skips)] [--out FILE]"
+                    "just bench [--tenants N (2000)] [--scale M (10000; 0 skips)] [--concurrency C (16)] [--out FILE]"
                 );
                 std::process::exit(0);
             }
@@ -62,6 +65,10 @@ fn args() -> anyhow::Result<Args> {
         }
     }
     anyhow::ensure!(args.tenants >= 20, "--tenants must be at least 20");
+    anyhow::ensure!(
+        (1..=1024).contains(&args.concurrency),
+        "--concurrency must be 1-1024"
+    );
     Ok(args)
 }
 
@@ -77,6 +84,7 @@ fn target(name: &str, value: f64, goal: &str, met: bool) -> Value {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = args()?;
+    baseline::set_concurrency(args.concurrency);
     if let Some(path) = &args.print {
         let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
         print_table(&serde_json::from_str(&text)?);
@@ -259,7 +267,7 @@ fn baseline_rows(floors: &Value, fleet: f64, what: &str) {
             "sqlite3",
             format!(
                 "  sqlite3 shell, same SQL, {} at once",
-                baseline::CONCURRENCY
+                baseline::concurrency()
             ),
         ),
     ];
@@ -279,6 +287,21 @@ fn baseline_rows(floors: &Value, fleet: f64, what: &str) {
                 .unwrap_or_default();
             println!("{label:<52} {rate:>12.1} {:>13.2}×{runs}", fleet / rate);
         }
+    }
+}
+
+/// The machine's busy share (all cores, from `/proc/stat`) over the fleet's run and over its
+/// floor's: how much of the two cores each kept busy. Results files from before it was
+/// measured have none; nothing is printed then.
+fn busy_line(fleet: &Value, floor: &Value) {
+    if let (Some(fleet), Some(floor)) =
+        (fleet["machineBusy"].as_f64(), floor["machineBusy"].as_f64())
+    {
+        println!(
+            "  machine busy: {:.0} % through the fleet, {:.0} % in the raw floor's loop",
+            fleet * 100.0,
+            floor * 100.0
+        );
     }
 }
 
@@ -317,11 +340,13 @@ fn print_table(r: &Value) {
         p["halfLoad"]["latency"]["p99Ms"]
     );
     println!(
-        "  CPU per tenant: provisioner {} ms, nats-server {} ms; the raw floor {} ms",
+        "  CPU per tenant: provisioner {} ms, nats-server {} ms, the bench's client {} ms; the raw floor {} ms",
         p["cpuMsPerTenant"]["provisioner"],
         p["cpuMsPerTenant"]["natsServer"],
+        p["cpuMsPerTenant"]["client"],
         floors["provisioning"]["inProcess"]["cpuMsPerTenant"]
     );
+    busy_line(p, &floors["provisioning"]["inProcess"]);
     for version in ["v1", "v2"] {
         let d = &run["deploy"][version];
         println!(
@@ -346,6 +371,7 @@ fn print_table(r: &Value) {
             floors["deploy"][version]["inProcess"]["cpuMsPerTenant"],
             d["seconds"]
         );
+        busy_line(d, &floors["deploy"][version]["inProcess"]);
     }
     let g = &run["gateway"];
     if g.is_object() {

@@ -125,22 +125,27 @@ pub async fn fleet_run(n: usize, half_load: bool) -> anyhow::Result<(Value, Benc
     });
     let tenants: Vec<String> = (0..n).map(|i| format!("t-{i:06}")).collect();
     let (p0, s0) = fleet.cpu("provisioner");
+    let (c0, m0) = (sys::own_cpu_seconds(), sys::machine_ticks());
     let (latencies, elapsed) = fleet.provision(&tenants, None).await?;
     let (p1, s1) = fleet.cpu("provisioner");
+    let (c1, m1) = (sys::own_cpu_seconds(), sys::machine_ticks());
     let rate = n as f64 / elapsed.as_secs_f64();
     let per_tenant = |cpu: f64| round(cpu * 1e3 / n as f64);
     let mut provisioning = json!({
         "tenantsPerSecond": round(rate),
         "seconds": round(elapsed.as_secs_f64()),
         "latency": latency_summary(latencies),
-        "cpuMsPerTenant": {"provisioner": per_tenant(p1 - p0), "natsServer": per_tenant(s1 - s0)},
+        "cpuMsPerTenant": {"provisioner": per_tenant(p1 - p0), "natsServer": per_tenant(s1 - s0), "client": per_tenant(c1 - c0)},
+        "machineBusy": round(sys::busy_share(m0, m1)),
     });
     let mut deploys = serde_json::Map::new();
     for (id, version) in [("bench-v1", "v1"), ("bench-v2", "v2")] {
         let bundle = crm(version)?;
         let (d0, s0) = fleet.cpu("deployer");
+        let (c0, m0) = (sys::own_cpu_seconds(), sys::machine_ticks());
         let (took, data) = fleet.deploy(id, &bundle).await?;
         let (d1, s1) = fleet.cpu("deployer");
+        let (c1, m1) = (sys::own_cpu_seconds(), sys::machine_ticks());
         anyhow::ensure!(
             data["status"] == "completed" && data["ready"] == json!(n),
             "deployment {id} did not complete on every tenant: {data}"
@@ -150,7 +155,8 @@ pub async fn fleet_run(n: usize, half_load: bool) -> anyhow::Result<(Value, Benc
             json!({
                 "tenantsPerSecond": round(n as f64 / took.as_secs_f64()),
                 "seconds": round(took.as_secs_f64()),
-                "cpuMsPerTenant": {"deployer": per_tenant(d1 - d0), "natsServer": per_tenant(s1 - s0)},
+                "cpuMsPerTenant": {"deployer": per_tenant(d1 - d0), "natsServer": per_tenant(s1 - s0), "client": per_tenant(c1 - c0)},
+                "machineBusy": round(sys::busy_share(m0, m1)),
             }),
         );
     }
@@ -206,7 +212,7 @@ pub async fn baselines(n: usize) -> anyhow::Result<(Value, tempfile::TempDir)> {
     // The floor at the workers' concurrency (what the targets compare with), and with one job
     // per core (each in a folder of its own).
     for (label, concurrency) in [
-        ("inProcess", baseline::CONCURRENCY),
+        ("inProcess", baseline::concurrency()),
         ("inProcessPerCore", baseline::per_core()),
     ] {
         let backend = std::sync::Arc::new(LocalBackend::new(dir.path().join(label), ""));
@@ -215,7 +221,7 @@ pub async fn baselines(n: usize) -> anyhow::Result<(Value, tempfile::TempDir)> {
         // tenant without the fleet around it.
         let cpu = || sys::cpu_seconds(std::process::id());
         let per_tenant = |seconds: f64| round(seconds * 1e3 / n as f64);
-        let c0 = cpu();
+        let (c0, m0) = (cpu(), sys::machine_ticks());
         let took = {
             let (backend, s) = (backend.clone(), s.clone());
             baseline::on_all_cores(n, concurrency, move |i| {
@@ -223,18 +229,18 @@ pub async fn baselines(n: usize) -> anyhow::Result<(Value, tempfile::TempDir)> {
                 async move { baseline::provision_one(&backend, &s, &baseline::tenant(i)).await }
             })?
         };
-        out["provisioning"][label] = json!({"tenantsPerSecond": round(n as f64 / took.as_secs_f64()), "concurrency": concurrency, "cpuMsPerTenant": per_tenant(cpu() - c0)});
+        out["provisioning"][label] = json!({"tenantsPerSecond": round(n as f64 / took.as_secs_f64()), "concurrency": concurrency, "cpuMsPerTenant": per_tenant(cpu() - c0), "machineBusy": round(sys::busy_share(m0, sys::machine_ticks()))});
         for ((plan, registry), version) in deploy.iter().zip(["v1", "v2"]) {
             let work = std::sync::Arc::new((plan.clone(), registry.clone()));
             let backend = backend.clone();
-            let c0 = cpu();
+            let (c0, m0) = (cpu(), sys::machine_ticks());
             let took = baseline::on_all_cores(n, concurrency, move |i| {
                 let (backend, work) = (backend.clone(), work.clone());
                 async move {
                     baseline::migrate_one(&backend, &work.0, &work.1, &baseline::tenant(i)).await
                 }
             })?;
-            out["deploy"][version][label] = json!({"tenantsPerSecond": round(n as f64 / took.as_secs_f64()), "concurrency": concurrency, "cpuMsPerTenant": per_tenant(cpu() - c0)});
+            out["deploy"][version][label] = json!({"tenantsPerSecond": round(n as f64 / took.as_secs_f64()), "concurrency": concurrency, "cpuMsPerTenant": per_tenant(cpu() - c0), "machineBusy": round(sys::busy_share(m0, sys::machine_ticks()))});
         }
     }
     if sys::sqlite3_version().is_some() {
@@ -247,7 +253,7 @@ pub async fn baselines(n: usize) -> anyhow::Result<(Value, tempfile::TempDir)> {
         let took = {
             let shell = shell.clone();
             let script = std::sync::Arc::new(script);
-            baseline::on_all_cores(n, baseline::CONCURRENCY, move |i| {
+            baseline::on_all_cores(n, baseline::concurrency(), move |i| {
                 let (shell, script) = (shell.clone(), script.clone());
                 async move {
                     let (_, db, _) = baseline::paths(&shell, &baseline::tenant(i));
@@ -265,7 +271,7 @@ pub async fn baselines(n: usize) -> anyhow::Result<(Value, tempfile::TempDir)> {
                 registry,
             ));
             let shell = shell.clone();
-            let took = baseline::on_all_cores(n, baseline::CONCURRENCY, move |i| {
+            let took = baseline::on_all_cores(n, baseline::concurrency(), move |i| {
                 let (shell, script) = (shell.clone(), script.clone());
                 async move {
                     let (_, db, _) = baseline::paths(&shell, &baseline::tenant(i));
@@ -288,7 +294,7 @@ pub fn bracketed(before: &Value, after: &Value) -> Value {
     match (before, after) {
         (Value::Object(b), Value::Object(a)) if b.contains_key("tenantsPerSecond") => {
             let mut out = b.clone();
-            for key in ["tenantsPerSecond", "cpuMsPerTenant"] {
+            for key in ["tenantsPerSecond", "cpuMsPerTenant", "machineBusy"] {
                 if let (Some(x), Some(y)) = (
                     b.get(key).and_then(Value::as_f64),
                     a.get(key).and_then(Value::as_f64),

@@ -21,6 +21,38 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (ticks(14).unwrap_or(0.0) + ticks(15).unwrap_or(0.0)) / TICKS_PER_SECOND
 }
 
+/// CPU seconds (user + system, all threads) this process has used so far.
+pub fn own_cpu_seconds() -> f64 {
+    cpu_seconds(std::process::id())
+}
+
+/// (busy, total) clock ticks of every CPU since boot, from the first line of `/proc/stat`:
+/// busy is everything but `idle` and `iowait`. Two readings give the machine's busy share
+/// between them.
+pub fn machine_ticks() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: f64 = fields.iter().sum();
+    let idle = fields.get(3).copied().unwrap_or(0.0) + fields.get(4).copied().unwrap_or(0.0);
+    (total - idle, total)
+}
+
+/// The machine's busy share (0–1) between two [`machine_ticks`] readings.
+pub fn busy_share(before: (f64, f64), after: (f64, f64)) -> f64 {
+    let total = after.1 - before.1;
+    if total <= 0.0 {
+        return 0.0;
+    }
+    (after.0 - before.0) / total
+}
+
 /// (resident now, peak resident) of process `pid`, in MiB.
 pub fn rss_mib(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
