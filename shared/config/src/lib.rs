@@ -229,7 +229,7 @@ pub enum BackendKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantDbConfig {
-    /// Backend.
+    /// Which backend holds the tenant databases (`local`, `turso` or `memory`).
     pub backend: BackendKind,
     /// Folder of the local backend.
     pub data_dir: PathBuf,

@@ -20,7 +20,7 @@ pub struct AppManifest {
     /// Version (semver).
     #[schemars(length(min = 1))]
     pub version: String,
-    /// Description.
+    /// What the app does, in prose for people (free text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// Minimum kernel version.
@@ -78,11 +78,11 @@ pub enum CompatibilityCategory {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CompatibilityIssue {
-    /// Severity.
+    /// `error` blocks the install (the check is then not `compatible`); `warning` only warns.
     pub severity: CompatibilitySeverity,
-    /// Description.
+    /// The problem, in a sentence for people.
     pub message: String,
-    /// Category.
+    /// What kind of check found it.
     pub category: CompatibilityCategory,
 }
 

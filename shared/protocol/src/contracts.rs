@@ -141,7 +141,7 @@ pub trait ProvisioningService: Send + Sync {
 pub struct IntrospectedSchema {
     /// Tables by name.
     pub tables: BTreeMap<String, IntrospectedTable>,
-    /// Dialect.
+    /// The database dialect (`sqlite` for every database the fleet introspects).
     pub dialect: String,
     /// When the database was read.
     pub introspected_at: Timestamp,
@@ -199,7 +199,8 @@ pub struct IntrospectedTable {
     pub name: String,
     /// Columns, in table order.
     pub columns: Vec<IntrospectedColumn>,
-    /// Indexes.
+    /// Its `CREATE INDEX` indexes, by name (not SQLite's automatic ones for UNIQUE and PRIMARY
+    /// KEY constraints).
     pub indexes: Vec<IntrospectedIndex>,
     /// Foreign keys (a fleet extension of upstream's contract interface; its driver
     /// introspection has the same list).
@@ -334,15 +335,15 @@ pub trait DeployPipelineService: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResolvedTenantContext {
-    /// Tenant.
+    /// The tenant the request resolved to.
     pub tenant_id: TenantId,
-    /// Plan.
+    /// Its subscription plan.
     pub plan: TenantPlan,
-    /// Region.
+    /// The region its database is deployed in.
     pub region: TenantRegion,
     /// Database URL.
     pub db_url: String,
-    /// Status.
+    /// Its current provisioning status.
     pub status: TenantProvisioningStatus,
 }
 

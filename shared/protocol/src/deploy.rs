@@ -204,7 +204,7 @@ pub enum IssueSeverity {
     Error,
     /// Worth attention; the document stays valid.
     Warning,
-    /// Informational.
+    /// A note only: counted neither as an error nor as a warning.
     Info,
 }
 
@@ -212,7 +212,7 @@ pub enum IssueSeverity {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeployValidationIssue {
-    /// Severity.
+    /// How serious it is: an `error` makes the document invalid.
     pub severity: IssueSeverity,
     /// Dotted path, e.g. `objects.project_task.fields.name`.
     pub path: String,

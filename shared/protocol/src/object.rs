@@ -32,7 +32,7 @@ pub enum FieldType {
     Textarea,
     /// E-mail address.
     Email,
-    /// URL.
+    /// Web address (TEXT column).
     Url,
     /// Phone number.
     Phone,
@@ -44,11 +44,11 @@ pub enum FieldType {
     Html,
     /// Rich text.
     Richtext,
-    /// Number.
+    /// Plain number (REAL column; `precision` and `scale` give its digits).
     Number,
     /// Money amount.
     Currency,
-    /// Percentage.
+    /// Percentage (REAL column).
     Percent,
     /// Calendar date.
     Date,
@@ -74,15 +74,15 @@ pub enum FieldType {
     MasterDetail,
     /// Hierarchical reference.
     Tree,
-    /// Image.
+    /// Image attachment (TEXT column; configured by the opaque `fileAttachmentConfig`).
     Image,
-    /// File.
+    /// File attachment (TEXT column; configured by the opaque `fileAttachmentConfig`).
     File,
     /// Avatar image.
     Avatar,
-    /// Video.
+    /// Video attachment (TEXT column).
     Video,
-    /// Audio.
+    /// Audio attachment (TEXT column).
     Audio,
     /// Computed formula (no column).
     Formula,
@@ -98,7 +98,7 @@ pub enum FieldType {
     Code,
     /// Structured JSON.
     Json,
-    /// Colour.
+    /// Colour value in the field's `colorFormat` (TEXT column).
     Color,
     /// Star rating.
     Rating,
@@ -318,13 +318,13 @@ pub struct SummaryOperations {
 pub enum SummaryFunction {
     /// Count of child records.
     Count,
-    /// Sum.
+    /// Sum of the child field's values.
     Sum,
-    /// Minimum.
+    /// Smallest of the child field's values.
     Min,
-    /// Maximum.
+    /// Largest of the child field's values.
     Max,
-    /// Average.
+    /// Mean of the child field's values.
     Avg,
 }
 
@@ -616,11 +616,11 @@ pub enum IndexType {
     /// B-tree (the only kind SQLite has).
     #[default]
     Btree,
-    /// Hash.
+    /// Hash index (PostgreSQL `USING hash`); SQLite has none, so the fleet builds a B-tree.
     Hash,
-    /// GIN.
+    /// Generalized inverted index (PostgreSQL GIN); built as a B-tree here.
     Gin,
-    /// GiST.
+    /// Generalized search tree (PostgreSQL GiST); built as a B-tree here.
     Gist,
     /// Full-text.
     Fulltext,
@@ -778,7 +778,8 @@ pub struct ObjectDefinition {
     /// Fields by machine name, in declaration order.
     #[schemars(extend("propertyNames" = {"pattern": MACHINE_NAME_PATTERN}))]
     pub fields: IndexMap<FieldName, Field>,
-    /// Indexes.
+    /// Indexes on the object's table: each built as a SQLite B-tree whatever its `type`;
+    /// `partial` ones are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub indexes: Option<Vec<Index>>,
     /// Object-level validation rules (opaque to the fleet).

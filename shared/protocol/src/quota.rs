@@ -122,7 +122,7 @@ pub enum RuntimeMode {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PreviewRole {
-    /// Administrator.
+    /// Administrator role (the default).
     #[default]
     Admin,
     /// Regular user.

@@ -104,11 +104,12 @@ impl Spec for TenantRegion {
 pub enum StepStatus {
     /// Not started.
     Pending,
-    /// Running.
+    /// Started (`startedAt` set), not yet finished.
     Running,
     /// Finished successfully.
     Completed,
-    /// Failed.
+    /// Its last attempt failed (`error` says why); tried again on a transient failure or a
+    /// retried request.
     Failed,
     /// Not needed (e.g. seed data disabled).
     Skipped,
@@ -291,9 +292,9 @@ pub struct TenantProvisioningResult {
     pub connection_url: String,
     /// Provisioning status.
     pub status: TenantProvisioningStatus,
-    /// Region.
+    /// The tenant's region: where its database lives (or is to).
     pub region: TenantRegion,
-    /// Plan.
+    /// The tenant's subscription plan.
     pub plan: TenantPlan,
     /// Pipeline steps.
     #[serde(default)]
@@ -319,7 +320,7 @@ impl Spec for TenantProvisioningResult {
 pub enum DatabaseProvider {
     /// Turso/libSQL (also the fleet's local libSQL files).
     Turso,
-    /// PostgreSQL.
+    /// PostgreSQL (wire value `postgres`); the fleet has no backend for it.
     Postgres,
     /// In-memory (tests and development).
     Memory,
@@ -394,7 +395,7 @@ pub struct Tenant {
     /// Provisioning status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provisioning_status: Option<TenantProvisioningStatus>,
-    /// Plan.
+    /// Subscription plan (`free`, `pro` or `enterprise`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<TenantPlan>,
     /// Custom configuration values.

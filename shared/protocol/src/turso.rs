@@ -219,7 +219,8 @@ pub struct TursoDatabaseInfo {
     pub db_id: String,
     /// Host name.
     pub hostname: String,
-    /// Group.
+    /// The Turso group the database belongs to (`provisioner.regions` maps each tenant region
+    /// to one).
     pub group: String,
     /// Primary region code.
     pub primary_region: String,
@@ -256,12 +257,12 @@ pub struct DatabaseSeed {
 pub struct CreateTursoDatabaseOptions {
     /// Database name.
     pub name: String,
-    /// Group.
+    /// The Turso group to create it in (`provisioner.regions` maps each tenant region to one).
     pub group: String,
     /// Schema database for multi-db schemas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_database: Option<String>,
-    /// Seed.
+    /// What to pre-populate it from (another database or a SQL dump); empty when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<DatabaseSeed>,
 }
@@ -292,15 +293,15 @@ impl fmt::Debug for TursoTokenResult {
 pub enum SqlDialect {
     /// PostgreSQL (note: `DatabaseProvider` says `postgres`).
     Postgresql,
-    /// MySQL.
+    /// MySQL; the schema engine plans for SQLite only and refuses it.
     Mysql,
     /// SQLite / libSQL.
     Sqlite,
     /// SQL Server.
     Mssql,
-    /// Oracle.
+    /// Oracle Database; refused by the schema engine like every dialect but SQLite.
     Oracle,
-    /// MariaDB.
+    /// MariaDB (a MySQL fork); refused by the schema engine like every dialect but SQLite.
     Mariadb,
 }
 

@@ -211,13 +211,14 @@ impl Tally {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Deployment {
-    /// Id.
+    /// The deployment's id: its key in `fleet_deployments` and the prefix of its keys in
+    /// `fleet_deploy_results`.
     pub id: DeploymentId,
     /// Bundle version.
     pub version: String,
     /// Bundle checksum (verified or computed).
     pub checksum: String,
-    /// Status.
+    /// Where the rollout stands (running, finished, halted, rolling back, …).
     pub status: RolloutStatus,
     /// Plan only.
     pub dry_run: bool,
@@ -285,7 +286,7 @@ pub enum RolloutError {
     /// Not allowed now.
     #[error("deployment {id} is {status:?}: cannot {event}")]
     Illegal {
-        /// Deployment.
+        /// The deployment's id.
         id: String,
         /// Its status.
         status: RolloutStatus,

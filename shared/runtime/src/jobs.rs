@@ -153,7 +153,7 @@ pub struct Delivery {
     pub subject: String,
     /// Raw payload.
     pub payload: Bytes,
-    /// Headers.
+    /// The message's NATS headers as published (`Nats-Msg-Id`, the trace context, …).
     pub headers: HeaderMap,
     /// Delivery count (1 on the first delivery).
     pub attempt: u64,
@@ -614,9 +614,10 @@ pub enum JobLoopError {
     /// The consumer could not be opened.
     #[error("consumer {consumer}: {message}")]
     Consumer {
-        /// The consumer.
+        /// The durable consumer's name (prefixed).
         consumer: String,
-        /// Why.
+        /// The error JetStream returned when the stream or consumer was looked up, as its
+        /// message.
         message: String,
     },
 }

@@ -30,7 +30,7 @@ pub enum PublishError {
     /// The payload could not be encoded.
     #[error("encoding the payload for {subject}")]
     Encode {
-        /// Subject.
+        /// The subject the message was for.
         subject: String,
         /// The error.
         #[source]
@@ -39,7 +39,7 @@ pub enum PublishError {
     /// The server did not accept or acknowledge the message.
     #[error("publishing to {subject}: {message}")]
     Send {
-        /// Subject.
+        /// The subject the message was for.
         subject: String,
         /// What went wrong.
         message: String,

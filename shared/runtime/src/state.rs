@@ -31,9 +31,9 @@ pub enum StateError<E: std::error::Error + 'static> {
     /// The stored value could not be decoded.
     #[error("state of {key} is unreadable: {message}")]
     Corrupt {
-        /// Key.
+        /// The KV key whose value did not decode.
         key: String,
-        /// Why.
+        /// The JSON decoding error, as its message.
         message: String,
     },
     /// The KV store failed (transient).
@@ -47,7 +47,7 @@ pub enum StateError<E: std::error::Error + 'static> {
     Progress {
         /// The revision written.
         revision: u64,
-        /// Why.
+        /// The failed publish of the progress entry.
         #[source]
         source: PublishError,
     },

@@ -141,7 +141,8 @@ pub struct BucketSpec {
     pub bucket: String,
     /// Revisions kept per key.
     pub history: i64,
-    /// Replicas.
+    /// Copies of the bucket kept by the cluster (1 locally, 3 in production clusters); set
+    /// when the bucket is created, never changed afterwards.
     pub replicas: usize,
     /// How long a value is kept after its last write (zero: for ever).
     pub max_age: Duration,
@@ -198,9 +199,11 @@ fn js_error<E: std::error::Error + Send + Sync + 'static>(
 pub struct Topology {
     /// Subject prefix (empty, or e.g. `staging`).
     pub prefix: String,
-    /// Streams.
+    /// The streams: a work queue per command kind, and the progress, hooks and dead-letter
+    /// histories (kept for days).
     pub streams: Vec<StreamSpec>,
-    /// Consumers.
+    /// The durable pull consumers on those streams, one per consuming worker (provisioner,
+    /// deployer, installer, quota auditor).
     pub consumers: Vec<ConsumerSpec>,
     /// KV buckets.
     pub buckets: Vec<BucketSpec>,

@@ -83,7 +83,7 @@ pub enum RouterError {
     Secret {
         /// The tenant.
         tenant: TenantId,
-        /// Why.
+        /// Why the sealed token could not be opened (`Malformed` too when the record has none).
         #[source]
         source: SecretError,
     },

@@ -68,7 +68,7 @@ pub enum TenantCommand {
     Suspend {
         /// Tenant id.
         id: String,
-        /// Why.
+        /// Why it is suspended: kept on the record and shown by `tenant status`.
         #[arg(long)]
         reason: Option<String>,
     },

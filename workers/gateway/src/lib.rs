@@ -58,7 +58,7 @@ pub enum GatewayError {
     Listen {
         /// The address.
         address: String,
-        /// Why.
+        /// The error binding it.
         #[source]
         source: std::io::Error,
     },
