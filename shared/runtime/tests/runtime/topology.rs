@@ -142,3 +142,181 @@ async fn a_caller_attaching_creates_what_is_missing_and_changes_nothing_that_exi
         i64::from(laptop.worker.retry.max_attempts())
     );
 }
+
+/// The deployer's consumer of an earlier release took every `deploy.>` subject, controls
+/// included. Upgrading: attaching (callers, and a worker before it is built) leaves it as it is
+/// and does not fail on the control consumer it cannot create yet; the worker's `ensure`
+/// narrows the old consumer, then creates the control consumer, which receives the control
+/// the old one had not handled.
+#[tokio::test]
+async fn the_deployer_consumer_of_an_earlier_release_is_narrowed_before_its_controls_get_their_own()
+{
+    use fleet_runtime::topology::names;
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let mut earlier = Topology::fleet("", 1);
+    earlier
+        .consumers
+        .retain(|c| c.durable != names::DEPLOYER_CONTROL);
+    for c in &mut earlier.consumers {
+        if c.durable == names::DEPLOYER {
+            c.filters = vec!["deploy.>".to_owned()];
+        }
+    }
+    earlier.ensure(&client, &js).await.unwrap();
+    js.publish(
+        "deploy.control.d1",
+        r#"{"deploymentId":"d1","action":"cancel"}"#.into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let stream = js.get_stream("FLEET_DEPLOY_COMMANDS").await.unwrap();
+    let filters = async |durable: &str| {
+        let config = stream.consumer_info(durable).await.ok()?.config;
+        Some(if config.filter_subject.is_empty() {
+            config.filter_subjects
+        } else {
+            vec![config.filter_subject]
+        })
+    };
+
+    let now = Topology::fleet("", 1);
+    now.ensure_missing(&client, &js).await.unwrap();
+    assert_eq!(
+        filters(names::DEPLOYER).await.unwrap(),
+        ["deploy.>"],
+        "attaching changes nothing"
+    );
+    assert_eq!(
+        filters(names::DEPLOYER_CONTROL).await,
+        None,
+        "not created yet"
+    );
+
+    now.ensure(&client, &js).await.unwrap();
+    assert_eq!(
+        filters(names::DEPLOYER).await.unwrap(),
+        ["deploy.*", "deploy.tenant.>"]
+    );
+    assert_eq!(
+        filters(names::DEPLOYER_CONTROL).await.unwrap(),
+        ["deploy.control.>"]
+    );
+    now.ensure(&client, &js).await.unwrap();
+    let control: jetstream::consumer::PullConsumer =
+        stream.get_consumer(names::DEPLOYER_CONTROL).await.unwrap();
+    let mut batch = control
+        .fetch()
+        .max_messages(1)
+        .expires(std::time::Duration::from_secs(2))
+        .messages()
+        .await
+        .unwrap();
+    use futures::StreamExt;
+    let message = batch.next().await.expect("the pending control").unwrap();
+    assert_eq!(message.subject.as_str(), "deploy.control.d1");
+}
+
+/// A handler that holds every `deploy.tenant` job until released and records the controls.
+#[derive(Default)]
+struct BusyDeployer {
+    started: std::sync::Mutex<Vec<String>>,
+    controls: std::sync::Mutex<Vec<String>>,
+    release: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl fleet_runtime::Handler for BusyDeployer {
+    async fn handle(&self, delivery: fleet_runtime::Delivery) -> fleet_runtime::Outcome {
+        if delivery.subject.starts_with("deploy.control.") {
+            self.controls.lock().unwrap().push(delivery.subject);
+        } else {
+            self.started.lock().unwrap().push(delivery.subject);
+            self.release.notified().await;
+        }
+        fleet_runtime::Outcome::Done
+    }
+}
+
+/// A control is handled while every delivery slot of the deployer's main consumer is held by
+/// a long job and more jobs wait behind it: controls have a consumer and a job loop of their
+/// own in the deployer's process (`run_worker` runs a worker's companion consumers too).
+#[tokio::test]
+async fn a_control_is_handled_while_the_deployers_jobs_fill_every_slot() {
+    use fleet_runtime::topology::names;
+    let server = NatsServer::start();
+    let mut config = fleet_config::Config::default();
+    config.nats.url = server.url();
+    config.worker.concurrency = 1;
+    config.worker.health_addr = "127.0.0.1:0".into();
+    let runtime = fleet_runtime::Runtime::connect(&config).await.unwrap();
+    for i in 0..3 {
+        runtime
+            .publisher
+            .publish_bytes(
+                &format!("deploy.tenant.d{i}"),
+                &format!("job-{i}"),
+                "{}".into(),
+                async_nats::HeaderMap::new(),
+            )
+            .await
+            .unwrap();
+    }
+    let handler = std::sync::Arc::new(BusyDeployer::default());
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let worker = {
+        let (runtime, config, handler) = (runtime.clone(), config.clone(), handler.clone());
+        tokio::spawn(async move {
+            runtime
+                .run_worker(&config, names::DEPLOYER, handler, rx)
+                .await
+        })
+    };
+    let eventually = async |what: &str, check: &dyn Fn() -> bool| {
+        for _ in 0..100 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("{what}");
+    };
+    eventually("the first job started", &|| {
+        handler.started.lock().unwrap().len() == 1
+    })
+    .await;
+    runtime
+        .publisher
+        .publish_bytes(
+            "deploy.control.d0",
+            "control-d0",
+            "{}".into(),
+            async_nats::HeaderMap::new(),
+        )
+        .await
+        .unwrap();
+    eventually("the control handled", &|| {
+        handler.controls.lock().unwrap().as_slice() == ["deploy.control.d0"]
+    })
+    .await;
+    assert_eq!(
+        handler.started.lock().unwrap().len(),
+        1,
+        "the control did not wait for the jobs ahead of it"
+    );
+    // The jobs go on, one at a time.
+    for started in 1..=3 {
+        handler.release.notify_one();
+        if started < 3 {
+            eventually("the next job started", &|| {
+                handler.started.lock().unwrap().len() == started + 1
+            })
+            .await;
+        }
+    }
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+}
