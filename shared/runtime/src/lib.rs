@@ -47,7 +47,7 @@ pub use publish::{Published, Publisher};
 pub use schedule::Scheduler;
 pub use state::{Decision, ProgressEvent, StateError, StateStore, Versioned};
 pub use subjects::Subjects;
-pub use topology::{ConsumerSpec, Topology, TopologyError};
+pub use topology::{Topology, TopologyError};
 
 /// Why the runtime could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -189,56 +189,39 @@ impl Runtime {
                 None
             }
         };
-        // The main consumer, then its companions (the deployer's controls): a job loop each,
-        // the same handler, the same shutdown; their jobs are counted in the worker's metrics.
-        let specs: Vec<ConsumerSpec> = std::iter::once(spec.clone())
-            .chain(self.topology.companions(consumer).cloned())
-            .collect();
-        let mut watchers = Vec::new();
-        let mut loops = Vec::new();
-        for spec in &specs {
-            let settings = JobLoopSettings {
-                consumer: spec.durable.clone(),
-                stream: spec.stream.clone(),
-                max_deliver: spec.max_deliver as u64,
-                retry: config.worker.retry.clone(),
-                ack_wait: spec.ack_wait,
-                concurrency: spec
-                    .concurrency
-                    .unwrap_or(config.worker.concurrency as usize)
-                    .min(config.worker.concurrency as usize)
-                    .max(1),
-                shutdown_grace: Duration::from_millis(config.worker.shutdown_grace_ms),
-                subjects: self.topology.subjects(),
-                dead_letter_subject: self.topology.subject(&format!("dlq.{}", spec.durable)),
-                dead_letter_payloads: self.topology.dead_letter_payloads.clone(),
-                payload_limits: spec.payload_limits.clone(),
-                max_job_duration: Duration::from_millis(config.worker.max_job_duration_ms),
-            };
-            watchers.push(tokio::spawn(jobs::watch_max_deliveries(
-                self.client.clone(),
-                self.js.clone(),
-                Arc::new(settings.clone()),
-                handler.clone(),
-                self.publisher.clone(),
-                metrics.clone(),
-                shutdown.clone(),
-            )));
-            loops.push(run_job_loop(
-                self.js.clone(),
-                settings,
-                handler.clone(),
-                self.publisher.clone(),
-                metrics.clone(),
-                shutdown.clone(),
-            ));
-        }
-        // Every loop runs until shutdown; the first to fail (its consumer cannot be opened)
-        // stops the worker, as a single loop's failure always has.
-        let result = futures::future::try_join_all(loops).await.map(|_| ());
-        for watcher in watchers {
-            watcher.abort();
-        }
+        let settings = JobLoopSettings {
+            consumer: spec.durable.clone(),
+            stream: spec.stream.clone(),
+            max_deliver: spec.max_deliver as u64,
+            retry: config.worker.retry.clone(),
+            ack_wait: spec.ack_wait,
+            concurrency: config.worker.concurrency as usize,
+            shutdown_grace: Duration::from_millis(config.worker.shutdown_grace_ms),
+            subjects: self.topology.subjects(),
+            dead_letter_subject: self.topology.subject(&format!("dlq.{}", spec.durable)),
+            dead_letter_payloads: self.topology.dead_letter_payloads.clone(),
+            payload_limits: spec.payload_limits.clone(),
+            max_job_duration: Duration::from_millis(config.worker.max_job_duration_ms),
+        };
+        let watcher = tokio::spawn(jobs::watch_max_deliveries(
+            self.client.clone(),
+            self.js.clone(),
+            Arc::new(settings.clone()),
+            handler.clone(),
+            self.publisher.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        let result = run_job_loop(
+            self.js.clone(),
+            settings,
+            handler,
+            self.publisher.clone(),
+            metrics,
+            shutdown,
+        )
+        .await;
+        watcher.abort();
         if let Some(heartbeat) = heartbeat {
             // The loop has stopped (shutdown is true): the heartbeat deletes its key and ends.
             let _ = tokio::time::timeout(Duration::from_secs(2), heartbeat).await;

@@ -94,16 +94,8 @@ pub struct ConsumerSpec {
     pub stream: String,
     /// Durable name (also the dead-letter subject suffix: `dlq.<durable>`).
     pub durable: String,
-    /// Subject filters (full subjects, prefixed); on a work-queue stream no two consumers'
-    /// filters may overlap. One filter is written as the consumer's `filter_subject`, several
-    /// as `filter_subjects`.
-    pub filters: Vec<String>,
-    /// The worker whose process runs this consumer (its main consumer's durable name): its own
-    /// durable for a worker's main consumer; for a companion consumer (the deployer's
-    /// `deployer-control`) the worker that also serves it ([`Topology::companions`]).
-    pub worker: String,
-    /// Jobs at once on this consumer per replica; `None`: `worker.concurrency`.
-    pub concurrency: Option<usize>,
+    /// Subject filter.
+    pub filter: String,
     /// How long a delivery may stay unacked (extended by progress acks). Redeliveries after a
     /// timeout wait this long too: the consumer has no `backoff`, which would override it.
     pub ack_wait: Duration,
@@ -117,11 +109,6 @@ pub struct ConsumerSpec {
 }
 
 impl ConsumerSpec {
-    /// The filters as one line (`a, b`), for listings.
-    pub fn filter_list(&self) -> String {
-        self.filters.join(", ")
-    }
-
     /// The payload limit of `subject` (unprefixed), if one is declared.
     pub fn payload_limit(&self, subject: &str) -> Option<usize> {
         payload_limit(&self.payload_limits, subject).map(|l| l.max_bytes)
@@ -266,11 +253,8 @@ pub mod names {
     pub const DEAD_LETTER_PAYLOADS: &str = "fleet_dead_letter_payloads";
     /// Consumer of the provisioner.
     pub const PROVISIONER: &str = "provisioner";
-    /// Consumer of the deployer: deployment requests, rollbacks and per-tenant jobs.
+    /// Consumer of the deployer.
     pub const DEPLOYER: &str = "deployer";
-    /// The deployer's second consumer: `deploy.control.<id>` (resume, cancel) on a consumer of
-    /// its own, so an operator's command never waits behind a wave's queued tenant jobs.
-    pub const DEPLOYER_CONTROL: &str = "deployer-control";
     /// Consumer of the installer.
     pub const INSTALLER: &str = "installer";
     /// Consumer of the quota auditor.
@@ -347,13 +331,11 @@ impl Topology {
             max_bytes,
         };
         let consumer =
-            |stream: &str, durable: &str, filters: &[&str], payload_limits: Vec<PayloadLimit>| {
+            |stream: &str, durable: &str, filter: &str, payload_limits: Vec<PayloadLimit>| {
                 ConsumerSpec {
                     stream: name(stream),
                     durable: durable.to_owned(),
-                    filters: filters.iter().map(|f| subject(f)).collect(),
-                    worker: durable.to_owned(),
-                    concurrency: None,
+                    filter: subject(filter),
                     ack_wait: consumers.ack_wait,
                     max_deliver: consumers.max_deliver,
                     max_ack_pending: consumers.max_ack_pending,
@@ -388,30 +370,18 @@ impl Topology {
             consumers: vec![
                 // `tenant.*`: commands and fired schedules, never the schedules themselves
                 // (acking one would cancel it).
-                consumer(TENANT_COMMANDS, PROVISIONER, &["tenant.*"], vec![]),
-                // `deploy.requested`, `deploy.app_requested`, `deploy.rollback` (and any other
-                // two-token subject, refused by the handler) and the per-tenant jobs; the
-                // controls have a consumer of their own, listed after this one so that `ensure`
-                // narrows this consumer (`deploy.>` before this release) before it creates that
-                // one — a work queue refuses overlapping consumers.
+                consumer(TENANT_COMMANDS, PROVISIONER, "tenant.*", vec![]),
                 consumer(
                     DEPLOY_COMMANDS,
                     DEPLOYER,
-                    &["deploy.*", "deploy.tenant.>"],
-                    vec![limit("deploy.tenant.>", COMMAND_MAX_BYTES)],
+                    "deploy.>",
+                    vec![
+                        limit("deploy.tenant.>", COMMAND_MAX_BYTES),
+                        limit("deploy.control.>", COMMAND_MAX_BYTES),
+                    ],
                 ),
-                ConsumerSpec {
-                    worker: DEPLOYER.to_owned(),
-                    concurrency: Some(CONTROL_CONCURRENCY),
-                    ..consumer(
-                        DEPLOY_COMMANDS,
-                        DEPLOYER_CONTROL,
-                        &["deploy.control.>"],
-                        vec![limit("deploy.control.>", COMMAND_MAX_BYTES)],
-                    )
-                },
-                consumer(APP_COMMANDS, INSTALLER, &["app.>"], vec![]),
-                consumer(QUOTA_COMMANDS, QUOTA_AUDITOR, &["quota.>"], vec![]),
+                consumer(APP_COMMANDS, INSTALLER, "app.>", vec![]),
+                consumer(QUOTA_COMMANDS, QUOTA_AUDITOR, "quota.>", vec![]),
             ],
             dead_letter_payloads: name(DEAD_LETTER_PAYLOADS).to_ascii_lowercase(),
             buckets: vec![
@@ -461,14 +431,6 @@ impl Topology {
     /// The consumer with durable name `durable`.
     pub fn consumer(&self, durable: &str) -> Option<&ConsumerSpec> {
         self.consumers.iter().find(|c| c.durable == durable)
-    }
-
-    /// The companion consumers of `worker` (its main consumer's durable name): the ones its
-    /// process runs besides the main one, each with a job loop of its own and the same handler.
-    pub fn companions<'a>(&'a self, worker: &'a str) -> impl Iterator<Item = &'a ConsumerSpec> {
-        self.consumers
-            .iter()
-            .filter(move |c| c.worker == worker && c.durable != worker)
     }
 
     /// The bucket named `bucket` (before prefixing).
@@ -522,14 +484,9 @@ impl Topology {
                 .get_stream(&spec.stream)
                 .await
                 .map_err(js_error(format!("opening stream {}", spec.stream)))?;
-            let (filter_subject, filter_subjects) = match spec.filters.as_slice() {
-                [one] => (one.clone(), Vec::new()),
-                many => (String::new(), many.to_vec()),
-            };
             let config = pull::Config {
                 durable_name: Some(spec.durable.clone()),
-                filter_subject,
-                filter_subjects,
+                filter_subject: spec.filter.clone(),
                 ack_wait: spec.ack_wait,
                 max_deliver: spec.max_deliver,
                 max_ack_pending: spec.max_ack_pending,
@@ -554,14 +511,6 @@ impl Topology {
                         // Another caller created it meanwhile: as good.
                         && stream.consumer_info(&spec.durable).await.is_err()
                     {
-                        // It overlaps a consumer of an earlier release (the deployer's
-                        // `deploy.>` before its controls had a consumer of their own): left to
-                        // the worker's `ensure`, which narrows that one first. Until then the
-                        // old consumer still receives these subjects, so nothing is stranded.
-                        if is_overlap(&e.to_string()) {
-                            tracing::warn!(consumer = %spec.durable, error = %e, "not created yet: it overlaps an existing consumer of an earlier release, which the upgraded worker narrows");
-                            continue;
-                        }
                         return Err(js_error(format!("creating consumer {}", spec.durable))(e));
                     }
                 }
@@ -602,17 +551,6 @@ impl Topology {
         }
         Ok(())
     }
-}
-
-/// Jobs at once on a control consumer per replica (`deploy.control`): controls are rare and
-/// quick (a record read and written).
-pub const CONTROL_CONCURRENCY: usize = 2;
-
-/// Whether a consumer creation was refused because its filters overlap another consumer's on
-/// a work-queue stream (JetStream error 10100, "filtered consumer not unique on workqueue
-/// stream").
-fn is_overlap(error: &str) -> bool {
-    error.contains("10100") || error.contains("not unique on workqueue")
 }
 
 /// Refuses servers older than [`MIN_SERVER_VERSION`], naming the version found.

@@ -1012,11 +1012,11 @@ impl Deployer {
     /// A `deploy.tenant` job: its tenants one after another, each result recorded as soon as
     /// it is known, folded every [`FOLD_EVERY`] and at the end. The deployment is read again
     /// before a tenant when [`HEAD_REFRESH`] has passed, so a halt, or a cancel once carried
-    /// out, stops a job between tenants. A `deploy.control` command has a consumer of its own
-    /// (`deployer-control`, served by the same replicas), so a cancel is carried out while
-    /// the wave's jobs still queue, never after them. A tenant that fails transiently does not
-    /// hold up the others: the job is retried afterwards and its redelivery redoes only the
-    /// tenants without a result.
+    /// out, stops a job between tenants (a `deploy.control` command shares the deployer's
+    /// consumer: with every delivery slot busy it waits for a job to end — at most one job's
+    /// tenants, 16 by default). A tenant that fails transiently does not hold up the others:
+    /// the job is retried afterwards and its redelivery redoes only the tenants without a
+    /// result.
     async fn tenant_job(&self, job: TenantDeployJob, attempt: u64) -> Outcome {
         let id = &job.deployment_id;
         let mut current = match self.head(id).await {

@@ -214,9 +214,6 @@ pub async fn read(runtime: &Runtime, url: &str) -> anyhow::Result<FleetStatus> {
         .topology
         .consumers
         .iter()
-        // One line per worker: a companion consumer (the deployer's controls) is served by
-        // its worker's replicas, which beat once, under the worker's name.
-        .filter(|spec| spec.worker == spec.durable)
         .map(|spec| {
             let mine: Vec<&Heartbeat> = beats.iter().filter(|b| b.worker == spec.durable).collect();
             let running: Vec<&&Heartbeat> = mine.iter().filter(|b| b.is_running(now)).collect();

@@ -55,7 +55,7 @@ async fn init(config: &fleet_config::Config) -> anyhow::Result<ExitCode> {
             "consumer {:<28} on {} ({})",
             consumer.durable,
             consumer.stream,
-            consumer.filter_list()
+            consumer.filter
         );
     }
     for bucket in &t.buckets {
@@ -158,19 +158,6 @@ async fn show(config: &fleet_config::Config, as_json: bool) -> anyhow::Result<Ex
         };
         let c = &info.config;
         let mut differs = Vec::new();
-        // One filter is stored as `filter_subject`, several as `filter_subjects`.
-        let filters: Vec<String> = if c.filter_subject.is_empty() {
-            c.filter_subjects.clone()
-        } else {
-            vec![c.filter_subject.clone()]
-        };
-        if filters != spec.filters {
-            differs.push(format!(
-                "filters {}, configured {} (run `fleetctl streams init`)",
-                filters.join(", "),
-                spec.filter_list()
-            ));
-        }
         if c.ack_wait != spec.ack_wait {
             differs.push(format!(
                 "ackWait {} ms, configured {} ms",
@@ -197,8 +184,7 @@ async fn show(config: &fleet_config::Config, as_json: bool) -> anyhow::Result<Ex
         consumers.push(json!({
             "durable": spec.durable,
             "stream": spec.stream,
-            "filter": filters.join(", "),
-            "filters": filters,
+            "filter": c.filter_subject,
             "ackWaitMs": ms(c.ack_wait),
             "maxDeliver": c.max_deliver,
             "maxAckPending": c.max_ack_pending,
@@ -255,7 +241,7 @@ async fn show(config: &fleet_config::Config, as_json: bool) -> anyhow::Result<Ex
         }
         say!("");
         say!(
-            "{:<16} {:<24} {:>10} {:>11} {:>15} {:>8} {:>12}",
+            "{:<14} {:<16} {:>10} {:>11} {:>15} {:>8} {:>12}",
             "CONSUMER",
             "FILTER",
             "ACK WAIT",
@@ -267,13 +253,13 @@ async fn show(config: &fleet_config::Config, as_json: bool) -> anyhow::Result<Ex
         for c in &consumers {
             if c["missing"] == true {
                 say!(
-                    "{:<16} missing (run `fleetctl streams init`)",
+                    "{:<14} missing (run `fleetctl streams init`)",
                     c["durable"].as_str().unwrap_or_default()
                 );
                 continue;
             }
             say!(
-                "{:<16} {:<24} {:>10} {:>11} {:>15} {:>8} {:>12}",
+                "{:<14} {:<16} {:>10} {:>11} {:>15} {:>8} {:>12}",
                 c["durable"].as_str().unwrap_or_default(),
                 c["filter"].as_str().unwrap_or_default(),
                 format!("{}ms", c["ackWaitMs"]),

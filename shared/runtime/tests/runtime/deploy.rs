@@ -367,14 +367,8 @@ fn every_scaled_object_names_a_stream_and_consumer_of_the_topology() {
             let max = object["spec"]["maxReplicaCount"].as_u64().unwrap();
             assert!(1 <= min && min <= max, "{overlay}/{name}: {min}..{max}");
         }
-        // Every worker's main consumer scales its worker; a companion consumer (the
-        // deployer's controls, a handful of messages) is served by its worker's replicas.
-        let mains = topology
-            .consumers
-            .iter()
-            .filter(|c| c.worker == c.durable)
-            .count();
-        assert_eq!(scaled.len(), mains, "{overlay}");
+        // Every durable consumer of the topology scales its worker.
+        assert_eq!(scaled.len(), topology.consumers.len(), "{overlay}");
     }
 }
 

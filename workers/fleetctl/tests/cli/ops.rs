@@ -230,13 +230,7 @@ async fn status_reports_tenants_backlogs_and_running_workers_with_stable_json() 
         .collect();
     assert_eq!(
         consumers,
-        [
-            "provisioner",
-            "deployer",
-            "deployer-control",
-            "installer",
-            "quota-auditor"
-        ]
+        ["provisioner", "deployer", "installer", "quota-auditor"]
     );
     for consumer in status["consumers"].as_array().unwrap() {
         for field in ["pending", "ackPending", "redelivered"] {

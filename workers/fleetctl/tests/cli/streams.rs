@@ -73,24 +73,6 @@ fn streams_show_reports_what_the_server_has_against_the_configuration() {
     assert_eq!(provisioner["backoffMs"], serde_json::json!([]));
     assert_eq!(provisioner["maxDeliver"], 5);
     assert_eq!(provisioner["filter"], "tenant.*");
-    // The deployer's controls have a consumer of their own beside its main one.
-    let filters = |durable: &str| {
-        shown["consumers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["durable"] == durable)
-            .map(|c| c["filters"].clone())
-            .unwrap()
-    };
-    assert_eq!(
-        filters("deployer"),
-        serde_json::json!(["deploy.*", "deploy.tenant.>"])
-    );
-    assert_eq!(
-        filters("deployer-control"),
-        serde_json::json!(["deploy.control.>"])
-    );
     // Configured otherwise than the server has it: called out, exit 1.
     fleetctl()
         .env("FLEET_NATS__URL", server.url())
