@@ -562,7 +562,7 @@ impl Provisioner {
                 if from != TenantProvisioningStatus::Provisioning =>
             {
                 tracing::info!(%tenant, error = %e, "provisioned by another worker meanwhile");
-                return Outcome::Done;
+                return self.ended_elsewhere(&tenant).await;
             }
             Err(e) => return self.outcome(e),
         };
@@ -581,7 +581,7 @@ impl Provisioner {
                 if from != TenantProvisioningStatus::Provisioning =>
             {
                 tracing::warn!(%tenant, %step, error = %error_chain(&e), "the tenant's provisioning was ended by another worker; nothing left to do");
-                Outcome::Done
+                self.ended_elsewhere(&tenant).await
             }
             Err((step, e)) if e.is_transient() => {
                 let reason = error_chain(&e);
@@ -1013,6 +1013,18 @@ impl Provisioner {
         match result {
             Ok(()) => Outcome::Done,
             Err(ProvisionError::Transition(e)) => Outcome::poison(&e),
+            Err(e) => self.outcome(e),
+        }
+    }
+
+    /// The tenant's provisioning was ended by another worker (active, failed, deleted) while
+    /// this delivery ran: its outcome stands, and this delivery is done once the hook that
+    /// worker decided is out — it may have died between its write and the publish, and this
+    /// ack would otherwise leave the hook for the tenant's next command. Transient when the
+    /// hook cannot be published now.
+    async fn ended_elsewhere(&self, tenant: &TenantId) -> Outcome {
+        match self.existing(tenant).await {
+            Ok(_) | Err(ProvisionError::Transition(TransitionError::Unknown(_))) => Outcome::Done,
             Err(e) => self.outcome(e),
         }
     }
