@@ -477,3 +477,48 @@ async fn one_message_runs_through_the_handler_without_the_job_loop() {
         .await;
     assert!(matches!(refused, Outcome::Poison { reason } if reason.contains("needs `plan`")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_finds_its_tenant_finished_by_another_settles_without_touching_it() {
+    // Worker A stalls in its first step past its 1 s lease; worker B takes the lease over and
+    // provisions the tenant to the end. When A goes on, its lease renewal finds the tenant
+    // active: A must settle as done, and leave no lease on the active record (a claim used to
+    // be re-decided on the active record and write A's lease onto it).
+    use fleet_runtime::{Handler, Outcome};
+
+    let fleet = Fleet::start("").await;
+    let provisioner = async |step_delay_ms: u64| {
+        fleet
+            .provisioner_in_process(|config| {
+                config.provisioner.step_delay_ms = step_delay_ms;
+                config.provisioner.checkpoint_step_after_ms = 60_000;
+            })
+            .await
+    };
+    // A sleeps 4 s in its first step: B's whole provisioning fits in the ~2.8 s after its
+    // takeover with room to spare on a loaded machine.
+    let a = provisioner(4_000).await;
+    let b = provisioner(0).await;
+    let first = tokio::spawn(async move { a.handle(acme_created()).await });
+    fleet
+        .eventually(Duration::from_secs(30), "acme's record", async || {
+            fleet.record("acme").await.is_some()
+        })
+        .await;
+    // A's lease (1 s) runs out while A sleeps in `create_database`; B takes it over.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let second = b.handle(acme_created()).await;
+    assert_eq!(second, Outcome::Done);
+    assert_eq!(fleet.status("acme").await, "active", "B finished it");
+    let first = first.await.unwrap();
+    assert_eq!(first, Outcome::Done, "A found it finished");
+    let record = fleet.record("acme").await.unwrap();
+    assert_eq!(record.lease, None, "no lease left on the active record");
+    assert_eq!(fleet.status("acme").await, "active");
+    assert_eq!(fleet.tokens("acme").len(), 1, "one valid token");
+    assert_eq!(
+        fleet.hooks("hooks.tenant.created").await.len(),
+        1,
+        "one hook"
+    );
+}
