@@ -622,7 +622,8 @@ pub enum IndexType {
     Gin,
     /// Generalized search tree (PostgreSQL GiST); built as a B-tree here.
     Gist,
-    /// Full-text.
+    /// Full-text (upstream); built as a B-tree here, with a validation warning (a SQLite
+    /// full-text search needs an FTS5 virtual table, which a bundle cannot declare).
     Fulltext,
 }
 
@@ -886,6 +887,19 @@ impl Spec for ObjectDefinition {
                     .map_or_else(|| i.to_string(), str::to_owned);
                 let names = index.get("fields").and_then(Value::as_array);
                 checks.at(label, |checks| {
+                    // SQLite has B-trees only: any other algorithm is built as one, and said so.
+                    if let Some(kind @ ("hash" | "gin" | "gist" | "fulltext")) =
+                        index.get("type").and_then(Value::as_str)
+                    {
+                        checks.at("type", |c| {
+                            c.warning(
+                                "index_type_ignored",
+                                format!(
+                                    "a {kind} index is built as a B-tree: SQLite has no other kind (a fulltext search needs an FTS5 table, which bundles cannot declare)"
+                                ),
+                            )
+                        });
+                    }
                     if names.is_some_and(|n| n.is_empty()) {
                         checks.at("fields", |c| {
                             c.error("empty_index", "an index needs at least one field")
@@ -916,6 +930,22 @@ mod tests {
     use super::*;
     use crate::validate::parse_value;
     use serde_json::json;
+
+    #[test]
+    fn an_index_of_a_kind_sqlite_lacks_is_a_warning_at_its_path() {
+        let object = json!({
+            "name": "note",
+            "fields": {"body": {"type": "textarea"}},
+            "indexes": [{"fields": ["body"], "type": "gin"}, {"fields": ["body"]}]
+        });
+        let parsed = parse_value::<ObjectDefinition>(&object).unwrap();
+        let warnings: Vec<_> = parsed
+            .warnings
+            .iter()
+            .map(|i| (i.path.as_str(), i.code.as_deref()))
+            .collect();
+        assert_eq!(warnings, [("indexes.0.type", Some("index_type_ignored"))]);
+    }
 
     #[test]
     fn field_defaults_follow_upstream() {

@@ -107,7 +107,9 @@ pub struct Runtime {
 impl Runtime {
     /// Connects to `config.nats.url` — one server, or a cluster's nodes separated by commas —
     /// (reconnecting for ever afterwards) and ensures the topology: creates what is missing and
-    /// brings what exists to `config`'s settings. For workers and `fleetctl streams init`.
+    /// brings the streams and consumers that exist to `config`'s settings (KV buckets and the
+    /// dead-letter object store are only created, never updated). For workers and `fleetctl
+    /// streams init`.
     pub async fn connect(config: &Config) -> Result<Self, RuntimeError> {
         Self::open(config, true).await
     }

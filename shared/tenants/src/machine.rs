@@ -131,7 +131,8 @@ pub struct TenantRecord {
     /// Connection (token sealed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection: Option<StoredConnectionConfig>,
-    /// Quotas of the plan.
+    /// The quotas in force: the plan's (`quota.plans.<plan>` of the configuration) with the
+    /// tenant's `quota_overrides` on top.
     pub quotas: TenantQuota,
     /// Quotas set for this tenant over its plan's (`tenant.quota_changed`); `quotas` is the
     /// plan's with these on top.
