@@ -219,7 +219,7 @@ pub async fn baselines(n: usize) -> anyhow::Result<(Value, tempfile::TempDir)> {
         let s = std::sync::Arc::new(scripts.clone());
         // CPU of this process (all its threads) over the loop: what the same work costs per
         // tenant without the fleet around it.
-        let cpu = || sys::cpu_seconds(std::process::id());
+        let cpu = sys::own_cpu_seconds;
         let per_tenant = |seconds: f64| round(seconds * 1e3 / n as f64);
         let (c0, m0) = (cpu(), sys::machine_ticks());
         let took = {

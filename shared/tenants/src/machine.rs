@@ -550,16 +550,7 @@ pub fn claim(
             "take the provisioning lease",
         ));
     }
-    if let Some(lease) = &record.lease
-        && lease.owner != owner
-        && lease.until.instant() > now.instant()
-    {
-        return Err(TransitionError::Busy {
-            tenant: tenant.to_string(),
-            owner: lease.owner.clone(),
-            until: lease.until.clone(),
-        });
-    }
+    lease_free(current, tenant, owner, now)?;
     let mut next = record.clone();
     next.lease = Some(Lease {
         owner: owner.to_owned(),
@@ -580,11 +571,7 @@ pub fn lease_free(
 ) -> Result<(), TransitionError> {
     match current.and_then(|c| c.state.lease.as_ref()) {
         Some(lease) if lease.owner != owner && lease.until.instant() > now.instant() => {
-            Err(TransitionError::Busy {
-                tenant: tenant.to_string(),
-                owner: lease.owner.clone(),
-                until: lease.until.clone(),
-            })
+            Err(busy(tenant, lease.owner.clone(), lease.until.clone()))
         }
         _ => Ok(()),
     }
@@ -609,13 +596,17 @@ pub fn lease_held(
     }
     match &record.lease {
         Some(lease) if lease.owner == owner => Ok(()),
-        other => Err(TransitionError::Busy {
-            tenant: tenant.to_string(),
-            owner: other.as_ref().map_or_else(String::new, |l| l.owner.clone()),
-            until: other
-                .as_ref()
-                .map_or_else(|| now.clone(), |l| l.until.clone()),
-        }),
+        Some(lease) => Err(busy(tenant, lease.owner.clone(), lease.until.clone())),
+        None => Err(busy(tenant, String::new(), now.clone())),
+    }
+}
+
+/// [`TransitionError::Busy`]: `owner`'s lease on `tenant`, until `until`.
+fn busy(tenant: &TenantId, owner: String, until: Timestamp) -> TransitionError {
+    TransitionError::Busy {
+        tenant: tenant.to_string(),
+        owner,
+        until,
     }
 }
 

@@ -1023,8 +1023,12 @@ impl Provisioner {
     /// ack would otherwise leave the hook for the tenant's next command. Transient when the
     /// hook cannot be published now.
     async fn ended_elsewhere(&self, tenant: &TenantId) -> Outcome {
-        match self.existing(tenant).await {
-            Ok(_) | Err(ProvisionError::Transition(TransitionError::Unknown(_))) => Outcome::Done,
+        let flushed = async {
+            let record = self.tenants.get::<TransitionError>(tenant.as_str()).await?;
+            self.flush_hook(tenant, &record).await
+        };
+        match flushed.await {
+            Ok(()) => Outcome::Done,
             Err(e) => self.outcome(e),
         }
     }

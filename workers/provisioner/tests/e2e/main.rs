@@ -328,6 +328,20 @@ impl Fleet {
             .await
             .unwrap()
     }
+
+    /// [`Self::provisioner_in_process`] that carries every step out in memory (none takes the
+    /// 60 s after which a step is written as it ends), each delayed by `step_delay_ms`: for the
+    /// lease races, where one worker stalls in a step while another takes the tenant over.
+    pub async fn provisioner_in_memory(
+        &self,
+        step_delay_ms: u64,
+    ) -> fleet_provisioner::Provisioner {
+        self.provisioner_in_process(|config| {
+            config.provisioner.step_delay_ms = step_delay_ms;
+            config.provisioner.checkpoint_step_after_ms = 60_000;
+        })
+        .await
+    }
 }
 
 pub fn tenant(id: &str) -> TenantId {

@@ -291,17 +291,8 @@ async fn a_worker_whose_lease_was_taken_never_writes_its_in_memory_token() {
     use fleet_tenantdb::TenantDatabases;
 
     let fleet = Fleet::start("").await;
-    // Every step held in memory (none takes 60 s), each delayed by `step_delay_ms`.
-    let provisioner = async |step_delay_ms: u64| {
-        fleet
-            .provisioner_in_process(|config| {
-                config.provisioner.step_delay_ms = step_delay_ms;
-                config.provisioner.checkpoint_step_after_ms = 60_000;
-            })
-            .await
-    };
-    let a = provisioner(1_600).await;
-    let b = provisioner(400).await;
+    let a = fleet.provisioner_in_memory(1_600).await;
+    let b = fleet.provisioner_in_memory(400).await;
     let first = tokio::spawn(async move { a.handle(acme_created()).await });
     // The tables appear at the end of `sync_schema`: A is in `seed`, its last step, with a
     // lease renewed at its start. Once that lease has run out, B takes over.
@@ -357,17 +348,8 @@ async fn a_worker_failing_after_its_lease_was_taken_leaves_the_tenant_to_its_hol
     use fleet_runtime::{Handler, Outcome};
 
     let fleet = Fleet::start("").await;
-    // Every step held in memory (none takes 60 s), each delayed by `step_delay_ms`.
-    let provisioner = async |step_delay_ms: u64| {
-        fleet
-            .provisioner_in_process(|config| {
-                config.provisioner.step_delay_ms = step_delay_ms;
-                config.provisioner.checkpoint_step_after_ms = 60_000;
-            })
-            .await
-    };
-    let a = provisioner(4_000).await;
-    let b = provisioner(700).await;
+    let a = fleet.provisioner_in_memory(4_000).await;
+    let b = fleet.provisioner_in_memory(700).await;
     let first = tokio::spawn(async move { a.handle(acme_created()).await });
     // A's token is issued at the end of `issue_token` (time 0 here). A renews its lease at the
     // start of `store_connection` (until 1 s) and of `sync_schema` (4 s: until 5 s), and opens
@@ -487,18 +469,10 @@ async fn a_worker_that_finds_its_tenant_finished_by_another_settles_without_touc
     use fleet_runtime::{Handler, Outcome};
 
     let fleet = Fleet::start("").await;
-    let provisioner = async |step_delay_ms: u64| {
-        fleet
-            .provisioner_in_process(|config| {
-                config.provisioner.step_delay_ms = step_delay_ms;
-                config.provisioner.checkpoint_step_after_ms = 60_000;
-            })
-            .await
-    };
     // A sleeps 4 s in its first step: B's whole provisioning fits in the ~2.8 s after its
     // takeover with room to spare on a loaded machine.
-    let a = provisioner(4_000).await;
-    let b = provisioner(0).await;
+    let a = fleet.provisioner_in_memory(4_000).await;
+    let b = fleet.provisioner_in_memory(0).await;
     let first = tokio::spawn(async move { a.handle(acme_created()).await });
     fleet
         .eventually(Duration::from_secs(30), "acme's record", async || {
