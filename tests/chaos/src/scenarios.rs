@@ -293,6 +293,10 @@ async fn finish_with(
             "{replayed} dead-lettered command(s) replayed after the fault"
         ));
     }
+    let busy = workload::wait_quiet(chaos, settle_limit(scale.tenants)).await;
+    if !busy.is_empty() {
+        bail!("the work queues never came to rest: {}", busy.join("; "));
+    }
     let checks = invariants::check_all(chaos, expected, inputs, databases).await;
     chaos.stop().await;
     Ok(checks)

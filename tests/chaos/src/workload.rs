@@ -169,6 +169,54 @@ pub async fn wait_deployment(chaos: &Chaos, id: &str, limit: Duration) -> Option
     last
 }
 
+/// Waits until the work queues of the workers the scenario runs are quiet, at most `limit`:
+/// each one's durable consumer has no message waiting and none delivered but unsettled
+/// (`num_pending` and `num_ack_pending` both 0). A record's terminal status is not the end of
+/// its work: a worker SIGKILLed between the write that activates a tenant and the publish of its
+/// hook leaves the hook pending in the record, and the message's redelivery (after `ack_wait`)
+/// publishes it. The invariants are about where the fleet comes to rest, so they are read once
+/// it has. Returns the consumers still busy, with their counts.
+pub async fn wait_quiet(chaos: &Chaos, limit: Duration) -> Vec<String> {
+    let running: BTreeSet<&'static str> = chaos
+        .replicas
+        .lock()
+        .await
+        .iter()
+        .map(|r| r.worker)
+        .collect();
+    let topology = fleet_runtime::Topology::from_config(&chaos.config);
+    let consumers: Vec<_> = topology
+        .consumers
+        .iter()
+        .filter(|c| running.contains(c.durable.as_str()))
+        .collect();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let mut busy = Vec::new();
+        for spec in &consumers {
+            let info = match chaos.js.get_stream(&spec.stream).await {
+                Ok(stream) => stream
+                    .consumer_info(&spec.durable)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match info {
+                Ok(info) if info.num_pending == 0 && info.num_ack_pending == 0 => {}
+                Ok(info) => busy.push(format!(
+                    "{}: {} pending, {} delivered and unsettled",
+                    spec.durable, info.num_pending, info.num_ack_pending
+                )),
+                Err(e) => busy.push(format!("{}: {e}", spec.durable)),
+            }
+        }
+        if busy.is_empty() || tokio::time::Instant::now() >= deadline {
+            return busy;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Requests the contacts app on each of `tenants`.
 pub async fn install(
     chaos: &Chaos,

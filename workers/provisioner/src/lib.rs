@@ -819,6 +819,8 @@ impl Provisioner {
                 })
                 .await
                 .map_err(|e| (Step::Register, ProvisionError::from(e)))?;
+            // Active, its hook pending in the record: the message's redelivery publishes it.
+            crashpoint::reached("create.hook_pending");
             self.flush_hook(tenant, &record)
                 .await
                 .map_err(|e| (Step::Register, e))?;

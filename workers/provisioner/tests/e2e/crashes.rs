@@ -107,6 +107,28 @@ async fn a_crash_at_every_file_system_step_ends_active_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_activation_and_its_hook_publishes_the_hook_once_on_redelivery() {
+    let mut fleet = Fleet::start("").await;
+    let doomed = fleet.spawn_worker(&[(crashpoint::ENV, "create.hook_pending")]);
+    fleet.register("acme", "acme", json!({})).await;
+    let status = fleet
+        .wait_exit(doomed, Duration::from_secs(30))
+        .await
+        .expect("create.hook_pending never reached");
+    assert_eq!(status.signal(), Some(6), "aborted at the point");
+    // What the killed worker left: the tenant active, its hook decided but not out.
+    let record = fleet.record("acme").await.unwrap();
+    assert_eq!(fleet_tenants::machine::status_name(&record), "active");
+    let pending = record.pending_hook.expect("the hook pending in the record");
+    assert_eq!(pending.subject, "hooks.tenant.created");
+    assert!(fleet.hooks("hooks.tenant.created").await.is_empty());
+    // The message comes back after ack_wait; the next worker publishes the hook and clears it.
+    fleet.spawn_worker(&[]);
+    assert_active_once(&fleet, "acme").await;
+    assert!(fleet.dead_letters().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_whose_deliveries_run_out_ends_failed_with_its_hook() {
     let mut fleet = Fleet::start("").await;
     // The data dir's place is taken by a file: every create fails (transiently, as a full or
