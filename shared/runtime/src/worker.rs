@@ -121,8 +121,9 @@ pub async fn run<W: Worker>() -> Result<(), WorkerError> {
 }
 
 /// Runtime threads per core. Local libSQL work (statements, commits that wait for `fsync`)
-/// runs on the async threads — libSQL's API is async but its local engine is not — so a
-/// thread per core would stall every other job while one waits for the disk.
+/// runs on the async threads — libSQL's API is async but its local engine is not — and so
+/// does the local backend's file work (its records, each write synced), so a thread per core
+/// would stall every other job while one waits for the disk.
 const THREADS_PER_CORE: usize = 4;
 
 /// The whole `main` of a worker binary: a multi-threaded Tokio runtime running [`run`] (with
