@@ -319,6 +319,29 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
             .await
     }
 
+    /// [`Self::transition`] for a key that is expected not to exist yet (a new entity): when
+    /// `decide` on no state writes one, it is created without reading the key first, and the
+    /// key is read and decided on again only when it does exist (a redelivery, a concurrent
+    /// creator) — the same outcome as [`Self::transition`], one request fewer in the common
+    /// case. A decision on no state that refuses or writes nothing is made again on the
+    /// state as read.
+    pub async fn transition_new<E, F>(
+        &self,
+        key: &str,
+        decide: F,
+    ) -> Result<Option<Versioned<S>>, StateError<E>>
+    where
+        E: std::error::Error + 'static,
+        F: Fn(Option<&Versioned<S>>) -> Result<Decision<S>, E>,
+    {
+        if let Ok(Decision::Write { next, event }) = decide(None)
+            && let Some(written) = self.try_write(key, None, next, event).await?
+        {
+            return Ok(Some(written));
+        }
+        self.transition(key, decide).await
+    }
+
     /// [`Self::transition`] with the earlier steps of [`Self::transition_steps_from`].
     async fn transition_steps<E, F>(
         &self,

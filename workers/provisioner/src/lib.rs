@@ -486,7 +486,8 @@ impl Provisioner {
         // A new record is written with this worker's lease in it: one write, not two.
         let until = self.lease_until();
         let record = match self
-            .transition(&tenant, |cur| {
+            .tenants
+            .transition_new(tenant.as_str(), |cur| {
                 machine::create_leased(
                     cur,
                     &tenant,
@@ -498,6 +499,7 @@ impl Provisioner {
                 )
             })
             .await
+            .map_err(ProvisionError::from)
         {
             Ok(record) => record,
             Err(ProvisionError::Transition(e @ TransitionError::Conflict(_))) => {

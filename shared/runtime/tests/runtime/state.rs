@@ -214,3 +214,69 @@ async fn steps_written_at_once_keep_an_entry_each_and_are_reapplied_after_a_lost
     assert_eq!(unchanged, Some(written));
     assert_eq!(env.count(names::PROGRESS).await, 5);
 }
+
+#[tokio::test]
+async fn a_new_key_is_created_without_a_read_and_an_existing_one_is_decided_on_as_it_is() {
+    let env = Env::start().await;
+    let store = tenant_store::<Status>(&env).await;
+    // No state yet: the decision on none is written (created).
+    let created = store
+        .transition_new("acme", |cur| {
+            Ok::<_, Illegal>(match cur {
+                None => Decision::Write {
+                    next: Status::Provisioning,
+                    event: event("created"),
+                },
+                Some(_) => Decision::Unchanged,
+            })
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(created.state, Status::Provisioning);
+    store.transition("acme", to(Status::Active)).await.unwrap();
+    // The key exists: the create loses, and the decision is made again on the stored state
+    // (here: nothing to write), not on none — the active state is left as it is.
+    let seen = std::sync::Mutex::new(Vec::new());
+    let again = store
+        .transition_new("acme", |cur| {
+            seen.lock().unwrap().push(cur.map(|v| v.state));
+            Ok::<_, Illegal>(match cur {
+                None => Decision::Write {
+                    next: Status::Provisioning,
+                    event: event("created"),
+                },
+                Some(_) => Decision::Unchanged,
+            })
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.state, Status::Active);
+    assert!(again.revision > created.revision);
+    assert_eq!(*seen.lock().unwrap(), [None, Some(Status::Active)]);
+    assert_eq!(
+        store.get::<Illegal>("acme").await.unwrap().unwrap().state,
+        Status::Active
+    );
+    // A refusal on none is made again on the stored state, whose answer stands.
+    let refused = store
+        .transition_new("acme", |cur| match cur {
+            None => Err(Illegal {
+                from: Status::Failed,
+                to: Status::Provisioning,
+            }),
+            Some(v) => Ok(if v.state == Status::Active {
+                Decision::Unchanged
+            } else {
+                Decision::Write {
+                    next: Status::Failed,
+                    event: event("failed"),
+                }
+            }),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(refused.state, Status::Active);
+}
