@@ -34,6 +34,7 @@ struct Args {
     concurrency: usize,
     out: std::path::PathBuf,
     print: Option<std::path::PathBuf>,
+    only: Option<String>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -43,6 +44,7 @@ fn args() -> anyhow::Result<Args> {
         settle: 30,
         concurrency: baseline::SHIPPED_CONCURRENCY,
         print: None,
+        only: None,
         out: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results/latest.json"),
     };
     let mut it = std::env::args().skip(1);
@@ -55,9 +57,11 @@ fn args() -> anyhow::Result<Args> {
             "--concurrency" => args.concurrency = value()?.parse()?,
             "--print" => args.print = Some(value()?.into()),
             "--out" => args.out = value()?.into(),
+            "--only" => args.only = Some(value()?),
             "-h" | "--help" => {
                 println!(
-                    "just bench [--tenants N (2000)] [--scale M (10000; 0 skips)] [--concurrency C (16)] [--out FILE]"
+                    "just bench [--tenants N (2000)] [--scale M (10000; 0 skips)] [--concurrency C (16)] [--out FILE]\n\
+                     just bench --only fleet|floors [--tenants N]: one side alone (the fleet's provisioning and deploys v1, v2; or the raw floors), its JSON on stdout, no results file (for profiling; no ratios)"
                 );
                 std::process::exit(0);
             }
@@ -84,6 +88,8 @@ fn target(name: &str, value: f64, goal: &str, met: bool) -> Value {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = args()?;
+    // The floors run with the SQLite settings the workers run with.
+    fleet_tenantdb::tune_sqlite();
     baseline::set_concurrency(args.concurrency);
     if let Some(path) = &args.print {
         let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
@@ -91,6 +97,20 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let n = args.tenants;
+    match args.only.as_deref() {
+        None => {}
+        Some("fleet") => {
+            let (run, _fleet) = scenarios::fleet_run(n, false).await?;
+            println!("{}", serde_json::to_string_pretty(&run)?);
+            return Ok(());
+        }
+        Some("floors") => {
+            let (floors, _files) = scenarios::baselines(n).await?;
+            println!("{}", serde_json::to_string_pretty(&floors)?);
+            return Ok(());
+        }
+        Some(other) => anyhow::bail!("--only {other:?}: fleet or floors"),
+    }
     eprintln!(
         "bench: {n} tenants (scale run: {}), release build",
         args.scale

@@ -56,8 +56,36 @@ pub enum SetupError {
     Missing(String),
 }
 
+/// Turns SQLite's memory statistics (`SQLITE_CONFIG_MEMSTATUS`) off for this process, so that
+/// SQLite's allocations stop taking a process-wide mutex to count themselves.
+///
+/// With them on (SQLite's default), every `sqlite3_malloc`/`sqlite3_free` locks one global
+/// mutex; a worker running its jobs on several threads queues on it (a profile of the
+/// provisioner at full load showed mutex lock/unlock and futex waits as its largest items
+/// outside SQLite's parser). Nothing in the fleet reads the statistics
+/// (`sqlite3_memory_used`, `sqlite3_status`). SQLite accepts the setting only before it is
+/// initialised — libSQL initialises it when the process opens its first database — so this
+/// runs once, first thing ([`backend_from_config`] calls it); a later call changes nothing.
+/// Returns whether SQLite took the setting.
+#[allow(unsafe_code)]
+pub fn tune_sqlite() -> bool {
+    static TOOK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TOOK.get_or_init(|| {
+        // SAFETY: sqlite3_config with SQLITE_CONFIG_MEMSTATUS takes one int; SQLite refuses
+        // it with SQLITE_MISUSE (and changes nothing) once initialised.
+        let rc = unsafe {
+            libsql::ffi::sqlite3_config(
+                libsql::ffi::SQLITE_CONFIG_MEMSTATUS,
+                0 as std::os::raw::c_int,
+            )
+        };
+        rc == libsql::ffi::SQLITE_OK as std::os::raw::c_int
+    })
+}
+
 /// The backend the configuration selects.
 pub fn backend_from_config(config: &Config) -> Result<Arc<dyn TenantDatabases>, SetupError> {
+    tune_sqlite();
     let db = &config.tenantdb;
     Ok(match db.backend {
         BackendKind::Local => Arc::new(LocalBackend::new(
