@@ -1012,9 +1012,12 @@ impl Deployer {
     /// A `deploy.tenant` job: its tenants one after another, each result recorded as soon as
     /// it is known, folded every [`FOLD_EVERY`] and at the end. The deployment is read again
     /// before a tenant when [`HEAD_REFRESH`] has passed, so a halt, or a cancel once carried
-    /// out, stops a job between tenants (a `deploy.control` command shares the deployer's
-    /// consumer: with every delivery slot busy it waits for a job to end — at most one job's
-    /// tenants, 16 by default). A tenant that fails transiently does not hold up the others:
+    /// out, stops a job between tenants. A `deploy.control` command shares the deployer's
+    /// consumer, which delivers in stream order: it is carried out only after every job
+    /// published before it has been delivered — a wave's jobs are published together when the
+    /// wave starts, so a cancel sent mid-wave waits behind the rest of that wave's jobs (each
+    /// job still stops at its next head refresh once the cancel is recorded). A tenant that
+    /// fails transiently does not hold up the others:
     /// the job is retried afterwards and its redelivery redoes only the tenants without a
     /// result.
     async fn tenant_job(&self, job: TenantDeployJob, attempt: u64) -> Outcome {
