@@ -132,20 +132,31 @@ fn catalog_text(master: &[Vec<Value>]) -> String {
 /// The schema of the tenant objects in `conn`'s database, with everything else it holds:
 /// one catalog query when a database with the same catalog was read before in this process.
 pub async fn introspect(conn: &Connection) -> Result<Schema, IntrospectError> {
+    Ok(Schema::clone(&introspect_keyed(conn).await?.0))
+}
+
+/// [`introspect`], with the catalog text the schema is a function of when it is known to
+/// describe exactly that catalog (read before, or read now with no writer changing the catalog
+/// meanwhile); `None` for a read that raced a change. Callers that remember what they derive
+/// from a schema key it on that text, as the cache here does.
+pub(crate) async fn introspect_keyed(
+    conn: &Connection,
+) -> Result<(Arc<Schema>, Option<String>), IntrospectError> {
     let master = catalog(conn).await?;
     let catalog_before = catalog_text(&master);
     if let Some(schema) = SCHEMAS.get(&catalog_before) {
-        return Ok(Schema::clone(&schema));
+        return Ok((schema, Some(catalog_before)));
     }
-    let schema = introspect_catalog(conn, &master).await?;
+    let schema = Arc::new(introspect_catalog(conn, &master).await?);
     // The pragmas above are reads of their own: kept only when no other writer changed the
     // schema meanwhile, so what is cached under a catalog is what that catalog describes (a
     // read that raced a change is returned, as it always was, for the caller's own
     // `schema_version` check to catch, but never handed to another database).
     if catalog_text(&catalog(conn).await?) == catalog_before {
-        SCHEMAS.insert(catalog_before, Arc::new(schema.clone()));
+        SCHEMAS.insert(catalog_before.clone(), schema.clone());
+        return Ok((schema, Some(catalog_before)));
     }
-    Ok(schema)
+    Ok((schema, None))
 }
 
 /// The rows of `main.sqlite_master` — type, name, tbl_name, sql — in creation order.

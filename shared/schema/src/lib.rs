@@ -84,6 +84,7 @@ pub mod system;
 pub mod usage;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_protocol::ObjectDefinition;
@@ -226,49 +227,218 @@ pub async fn plan_database_to(
 ) -> Result<Planned, SchemaError> {
     let live = introspect(conn).await?;
     let registered = registry::read(conn).await?;
-    let ownership = registered
-        .as_deref()
-        .map(|rows| registry::Ownership::of(rows, owner));
-    if let (Some(ownership), Some(rows)) = (&ownership, &registered) {
-        let mut conflicts: Vec<Conflict> = desired
-            .tables
-            .keys()
-            .filter_map(|t| {
-                ownership.others.get(t).map(|other| Conflict {
-                    entity: t.clone(),
-                    why: format!("the table belongs to {other}, which registered it"),
-                })
-            })
-            .collect();
-        // Object names are unique in a tenant's registry, whatever table they map to.
-        for object in objects {
-            let other = rows.iter().find(|r| {
-                r.kind == "object" && r.name == object.name.as_str() && &r.owner() != owner
-            });
-            if let Some(other) = other {
-                conflicts.push(Conflict {
-                    entity: object.name.to_string(),
-                    why: format!("the object name is registered by {}", other.owner()),
-                });
-            }
-        }
-        if !conflicts.is_empty() {
-            return Err(PlanError::Conflicts { conflicts }.into());
-        }
-    }
-    let desired = match &ownership {
-        Some(ownership) => {
-            std::borrow::Cow::Owned(owned::without_applied_renames(desired.clone(), ownership))
-        }
-        None => std::borrow::Cow::Borrowed(desired),
-    };
-    let current = owned::owned(&live, &desired, ownership.as_ref());
-    // One diff for both the facts the plan needs and the plan.
-    let diff = diff::diff(&current, &desired);
-    let facts = facts::collect_facts_for(conn, &current, &desired, &diff.changes).await?;
-    let mut planned = plan::plan_diffed(&current, &desired, diff, &facts, options)?;
+    let stage = Stage::new(objects, desired, owner, &live, registered.as_deref())?;
+    let facts =
+        facts::collect_facts_for(conn, &stage.current, &stage.desired, &stage.diff.changes).await?;
+    let mut planned =
+        plan::plan_diffed(&stage.current, &stage.desired, stage.diff, &facts, options)?;
     planned.registered = registered;
     Ok(planned)
+}
+
+/// What a plan is made of before the data is read: the part of the live schema `owner` manages
+/// ([`owned`]), the desired schema with the renames already applied taken out, and the diff
+/// between them. A function of the live schema, the registry's rows, `objects`, `desired` and
+/// `owner` alone.
+#[derive(Debug, Clone)]
+struct Stage {
+    current: Schema,
+    desired: Schema,
+    diff: Diff,
+}
+
+impl Stage {
+    /// The stage of a database whose schema is `live` and registry `registered`; a table or
+    /// object name another owner registered is a [`PlanError::Conflicts`].
+    fn new(
+        objects: &[ObjectDefinition],
+        desired: &Schema,
+        owner: &Owner,
+        live: &Schema,
+        registered: Option<&[registry::Registered]>,
+    ) -> Result<Self, SchemaError> {
+        let ownership = registered.map(|rows| registry::Ownership::of(rows, owner));
+        if let (Some(ownership), Some(rows)) = (&ownership, registered) {
+            let mut conflicts: Vec<Conflict> = desired
+                .tables
+                .keys()
+                .filter_map(|t| {
+                    ownership.others.get(t).map(|other| Conflict {
+                        entity: t.clone(),
+                        why: format!("the table belongs to {other}, which registered it"),
+                    })
+                })
+                .collect();
+            // Object names are unique in a tenant's registry, whatever table they map to.
+            for object in objects {
+                let other = rows.iter().find(|r| {
+                    r.kind == "object" && r.name == object.name.as_str() && &r.owner() != owner
+                });
+                if let Some(other) = other {
+                    conflicts.push(Conflict {
+                        entity: object.name.to_string(),
+                        why: format!("the object name is registered by {}", other.owner()),
+                    });
+                }
+            }
+            if !conflicts.is_empty() {
+                return Err(PlanError::Conflicts { conflicts }.into());
+            }
+        }
+        let desired = match &ownership {
+            Some(ownership) => owned::without_applied_renames(desired.clone(), ownership),
+            None => desired.clone(),
+        };
+        let current = owned::owned(live, &desired, ownership.as_ref());
+        // One diff for both the facts the plan needs and the plan.
+        let diff = diff::diff(&current, &desired);
+        Ok(Self {
+            current,
+            desired,
+            diff,
+        })
+    }
+}
+
+/// Most catalog and registry text (bytes) one [`PlanMemo`] keeps as keys.
+pub const PLAN_MEMO_BYTES: u64 = 8 << 20;
+
+/// Plans remembered per database shape, at most this many per shape (different data facts).
+const PLANS_PER_SHAPE: u64 = 64;
+
+/// What a [`PlanMemo`] remembers a stage by: everything but `objects`, `desired` and `owner`
+/// (fixed for the memo) that [`Stage::new`] reads — the catalog's exact text (the live schema
+/// is a function of it, see [`introspect`]), the registry's rows, the options.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Shape {
+    catalog: String,
+    registered: Option<Vec<registry::Registered>>,
+    options: PlanOptions,
+}
+
+/// A remembered stage and the plans made from it, by the data facts each was made with.
+struct Remembered {
+    stage: Stage,
+    plans: moka::sync::Cache<DataFacts, Planned>,
+}
+
+/// [`plan_database_to`] for the many databases of one rollout, remembering what it derives:
+/// the databases of a fleet on one version have a handful of shapes (catalog and registry),
+/// so ownership, the owned schema and the diff are made once per shape and the plan once per
+/// shape and data facts, instead of once per database. Bound to one `objects`, `desired` and
+/// `owner`; bounded in memory ([`PLAN_MEMO_BYTES`] of keys). Gives what [`plan_database_to`]
+/// gives for the same database — a plan is a function of exactly what it is remembered by —
+/// and reads each database the same way (its catalog, registry and data facts every time).
+pub struct PlanMemo {
+    objects: Vec<ObjectDefinition>,
+    desired: Schema,
+    owner: Owner,
+    shapes: moka::sync::Cache<Shape, Arc<Remembered>>,
+}
+
+impl std::fmt::Debug for PlanMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlanMemo")
+            .field("owner", &self.owner)
+            .field("shapes", &self.shapes.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PlanMemo {
+    /// A memo of plans towards `desired` (made of `objects`, see [`desired_within`]) for what
+    /// `owner` registered.
+    pub fn new(objects: Vec<ObjectDefinition>, desired: Schema, owner: Owner) -> Self {
+        Self {
+            objects,
+            desired,
+            owner,
+            shapes: moka::sync::Cache::builder()
+                .weigher(|shape: &Shape, _: &Arc<Remembered>| {
+                    let registry: usize = shape
+                        .registered
+                        .iter()
+                        .flatten()
+                        .map(|r| r.body.len() + r.name.len())
+                        .sum();
+                    u32::try_from(shape.catalog.len() + registry).unwrap_or(u32::MAX)
+                })
+                .max_capacity(PLAN_MEMO_BYTES)
+                .build(),
+        }
+    }
+
+    /// [`plan_database_to`] of `conn`, from what this memo made for a database of the same
+    /// shape and data facts when it has it.
+    pub async fn plan(
+        &self,
+        conn: &Connection,
+        options: PlanOptions,
+    ) -> Result<Planned, SchemaError> {
+        let (live, catalog) = introspect::introspect_keyed(conn).await?;
+        let registered = registry::read(conn).await?;
+        // A read that raced a schema change is planned as it is and remembered by nothing.
+        let Some(catalog) = catalog else {
+            let stage = Stage::new(
+                &self.objects,
+                &self.desired,
+                &self.owner,
+                &live,
+                registered.as_deref(),
+            )?;
+            let facts =
+                facts::collect_facts_for(conn, &stage.current, &stage.desired, &stage.diff.changes)
+                    .await?;
+            let mut planned =
+                plan::plan_diffed(&stage.current, &stage.desired, stage.diff, &facts, options)?;
+            planned.registered = registered;
+            return Ok(planned);
+        };
+        let shape = Shape {
+            catalog,
+            registered,
+            options,
+        };
+        let remembered = match self.shapes.get(&shape) {
+            Some(remembered) => remembered,
+            None => {
+                // A conflict is an error, remembered by nothing (it is rare and ends the plan).
+                let stage = Stage::new(
+                    &self.objects,
+                    &self.desired,
+                    &self.owner,
+                    &live,
+                    shape.registered.as_deref(),
+                )?;
+                let remembered = Arc::new(Remembered {
+                    stage,
+                    plans: moka::sync::Cache::new(PLANS_PER_SHAPE),
+                });
+                self.shapes.insert(shape.clone(), remembered.clone());
+                remembered
+            }
+        };
+        let stage = &remembered.stage;
+        let facts =
+            facts::collect_facts_for(conn, &stage.current, &stage.desired, &stage.diff.changes)
+                .await?;
+        let mut planned = match remembered.plans.get(&facts) {
+            Some(planned) => planned,
+            None => {
+                let planned = plan::plan_diffed(
+                    &stage.current,
+                    &stage.desired,
+                    stage.diff.clone(),
+                    &facts,
+                    options,
+                )?;
+                remembered.plans.insert(facts, planned.clone());
+                planned
+            }
+        };
+        planned.registered = shape.registered;
+        Ok(planned)
+    }
 }
 
 /// The plan that takes a database with nothing in it — no table, index, view or trigger, as

@@ -41,7 +41,7 @@ use crate::sql::{
 };
 
 /// What planning knows about the rows of the current database.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct DataFacts {
     /// Row count per table (current name).
     pub rows: BTreeMap<String, u64>,
@@ -61,7 +61,7 @@ impl DataFacts {
 }
 
 /// Planning options.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct PlanOptions {
     /// Allow dropping the objects and fields the bundle removed (nothing else is ever lost).
     pub allow_destructive: bool,

@@ -55,7 +55,7 @@ impl std::fmt::Display for Owner {
 }
 
 /// One registry row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Registered {
     /// `metadata_type`: `object`, `view`, `flow`, `permission`.
     pub kind: String,

@@ -415,9 +415,10 @@ struct PreparedBundle {
     objects: Vec<ObjectDefinition>,
     /// The objects with the base system objects: the schema every tenant should have.
     desired: Vec<ObjectDefinition>,
-    /// `desired` as a schema, computed once for every tenant (`None` when the objects do not
-    /// make one: each tenant's plan then fails with the reason).
-    schema: Option<fleet_schema::Schema>,
+    /// The plans towards `desired` as a schema, made once per database shape and data facts
+    /// for every tenant (`None` when the objects do not make a schema: each tenant's plan then
+    /// fails with the reason).
+    plans: Option<fleet_schema::PlanMemo>,
 }
 
 #[async_trait]
@@ -953,7 +954,15 @@ impl Deployer {
             let objects = bundle.object_definitions().map_err(|e| unreadable(&e))?;
             let desired = fleet_schema::system::with_system_objects(&objects);
             Prepared::Bundle(PreparedBundle {
-                schema: fleet_schema::desired_within(&desired, &[]).ok(),
+                plans: fleet_schema::desired_within(&desired, &[])
+                    .ok()
+                    .map(|schema| {
+                        fleet_schema::PlanMemo::new(
+                            desired.clone(),
+                            schema,
+                            fleet_schema::Owner::Platform,
+                        )
+                    }),
                 desired,
                 objects,
                 bundle,
@@ -1522,11 +1531,8 @@ impl Deployer {
         let options = PlanOptions {
             allow_destructive: d.allow_destructive,
         };
-        let planned = match &prepared.schema {
-            Some(schema) => {
-                let (objects, owner) = (&prepared.desired, &fleet_schema::Owner::Platform);
-                fleet_schema::plan_database_to(&conn, objects, schema, options, owner).await
-            }
+        let planned = match &prepared.plans {
+            Some(plans) => plans.plan(&conn, options).await,
             None => fleet_schema::plan_database(&conn, &prepared.desired, options).await,
         };
         let planned = match planned {

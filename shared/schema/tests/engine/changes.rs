@@ -632,3 +632,82 @@ async fn a_temp_table_shadowing_the_registry_is_not_read() {
         [("object", "account")]
     );
 }
+
+/// The plan a [`fleet_schema::PlanMemo`] gives a database is the one planning it directly gives,
+/// for the first database of a shape, for the next ones (remembered), for one of the same shape
+/// with other data (its own data facts), for one of another shape, and for a refusal.
+#[tokio::test]
+async fn a_plan_memo_gives_each_database_what_planning_it_directly_gives() {
+    use fleet_schema::{Owner, PlanMemo, PlanOptions};
+    let v1 = json!([
+        {"name": "account", "fields": {"name": {"type": "text"}, "rating": {"type": "number"}}},
+        {"name": "note", "fields": {"body": {"type": "text"}}}
+    ]);
+    // v2: `rating` removed (destructive where an account holds one), `name` required (its
+    // NULLs matter), a new object.
+    let v2 = json!([
+        {"name": "account", "fields": {"name": {"type": "text", "required": true}}},
+        {"name": "note", "fields": {"body": {"type": "text"}}},
+        {"name": "deal", "fields": {"amount": {"type": "currency"}}}
+    ]);
+    let objects = crate::objects_of(&v2);
+    let desired = fleet_schema::desired_within(&objects, &[]).unwrap();
+    let memo = PlanMemo::new(objects.clone(), desired.clone(), Owner::Platform);
+    let shaped = async |rows: &str| {
+        let db = TestDb::new().await;
+        db.migrate(&v1, false).await.unwrap();
+        if !rows.is_empty() {
+            db.exec(rows).await;
+        }
+        db
+    };
+    let a = shaped("INSERT INTO account (id, name, rating) VALUES ('a1', 'Acme', 4.5);").await;
+    let b = shaped("INSERT INTO account (id, name, rating) VALUES ('b1', 'Bolt', 3.0);").await;
+    let empty = shaped("").await;
+    let nulls = shaped("INSERT INTO account (id, name) VALUES ('n1', NULL);").await;
+    let other = TestDb::new().await;
+    other
+        .migrate(
+            &json!([{"name": "account", "fields": {"label": {"type": "text"}}}]),
+            false,
+        )
+        .await
+        .unwrap();
+    let described = |r: &Result<fleet_schema::Planned, SchemaError>| match r {
+        Ok(planned) => format!("{planned:?}"),
+        Err(e) => format!("error: {e:?}"),
+    };
+    let mut seen = Vec::new();
+    for allow_destructive in [false, true] {
+        let options = PlanOptions { allow_destructive };
+        for (name, db) in [
+            ("a", &a),
+            ("b", &b),
+            ("a again", &a),
+            ("empty", &empty),
+            ("nulls", &nulls),
+            ("other", &other),
+        ] {
+            let direct = fleet_schema::plan_database_to(
+                &db.conn,
+                &objects,
+                &desired,
+                options,
+                &Owner::Platform,
+            )
+            .await;
+            let remembered = memo.plan(&db.conn, options).await;
+            assert_eq!(
+                described(&remembered),
+                described(&direct),
+                "{name}, {options:?}"
+            );
+            seen.push(described(&direct));
+        }
+    }
+    // The cases differ where they should: the refusal (rows lose `rating`) and the plan for an
+    // empty table are not the same answer, and allowing destruction changes a's.
+    assert_ne!(seen[0], seen[3], "rows to lose vs none");
+    assert!(seen[0].starts_with("error"), "{}", seen[0]);
+    assert!(!seen[6].starts_with("error"), "{}", seen[6]);
+}
