@@ -300,11 +300,16 @@ impl Stage {
     }
 }
 
-/// Most catalog and registry text (bytes) one [`PlanMemo`] keeps as keys.
+/// Most memory (bytes, estimated) one [`PlanMemo`] keeps: per shape, its key (catalog and
+/// registry text) and, for what it derives, its catalog text once for each schema it holds
+/// (the owned and desired schemas and the diff, estimated at twice the catalog) and once for
+/// each plan it may hold ([`PLANS_PER_SHAPE`]) — a plan's statements are about as long as the
+/// catalog they change. A fleet on one version has a handful of shapes.
 pub const PLAN_MEMO_BYTES: u64 = 8 << 20;
 
-/// Plans remembered per database shape, at most this many per shape (different data facts).
-const PLANS_PER_SHAPE: u64 = 64;
+/// Plans remembered per database shape (one per distinct data facts, least recently used
+/// first out): tenants whose touched tables hold different row counts have different facts.
+pub const PLANS_PER_SHAPE: u64 = 16;
 
 /// What a [`PlanMemo`] remembers a stage by: everything but `objects`, `desired` and `owner`
 /// (fixed for the memo) that [`Stage::new`] reads — the catalog's exact text (the live schema
@@ -326,7 +331,7 @@ struct Remembered {
 /// the databases of a fleet on one version have a handful of shapes (catalog and registry),
 /// so ownership, the owned schema and the diff are made once per shape and the plan once per
 /// shape and data facts, instead of once per database. Bound to one `objects`, `desired` and
-/// `owner`; bounded in memory ([`PLAN_MEMO_BYTES`] of keys). Gives what [`plan_database_to`]
+/// `owner`; bounded in memory ([`PLAN_MEMO_BYTES`], estimated). Gives what [`plan_database_to`]
 /// gives for the same database — a plan is a function of exactly what it is remembered by —
 /// and reads each database the same way (its catalog, registry and data facts every time).
 pub struct PlanMemo {
@@ -361,7 +366,8 @@ impl PlanMemo {
                         .flatten()
                         .map(|r| r.body.len() + r.name.len())
                         .sum();
-                    u32::try_from(shape.catalog.len() + registry).unwrap_or(u32::MAX)
+                    let derived = shape.catalog.len() * (2 + PLANS_PER_SHAPE as usize);
+                    u32::try_from(shape.catalog.len() + registry + derived).unwrap_or(u32::MAX)
                 })
                 .max_capacity(PLAN_MEMO_BYTES)
                 .build(),
