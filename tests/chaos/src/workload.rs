@@ -175,7 +175,8 @@ pub async fn wait_deployment(chaos: &Chaos, id: &str, limit: Duration) -> Option
 /// its work: a worker SIGKILLed between the write that activates a tenant and the publish of its
 /// hook leaves the hook pending in the record, and the message's redelivery (after `ack_wait`)
 /// publishes it. The invariants are about where the fleet comes to rest, so they are read once
-/// it has. Returns the consumers still busy, with their counts.
+/// it has (three quiet samples in a row). Returns the consumers still busy, with their
+/// counts.
 pub async fn wait_quiet(chaos: &Chaos, limit: Duration) -> Vec<String> {
     let running: BTreeSet<&'static str> = chaos
         .replicas
@@ -191,6 +192,9 @@ pub async fn wait_quiet(chaos: &Chaos, limit: Duration) -> Vec<String> {
         .filter(|c| running.contains(c.durable.as_str()))
         .collect();
     let deadline = tokio::time::Instant::now() + limit;
+    // Quiet three samples in a row (half a second): one quiet sample can fall between an ack
+    // and the work it published.
+    let mut quiet = 0;
     loop {
         let mut busy = Vec::new();
         for spec in &consumers {
@@ -210,7 +214,8 @@ pub async fn wait_quiet(chaos: &Chaos, limit: Duration) -> Vec<String> {
                 Err(e) => busy.push(format!("{}: {e}", spec.durable)),
             }
         }
-        if busy.is_empty() || tokio::time::Instant::now() >= deadline {
+        quiet = if busy.is_empty() { quiet + 1 } else { 0 };
+        if quiet == 3 || tokio::time::Instant::now() >= deadline {
             return busy;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
