@@ -66,7 +66,7 @@ pub enum SetupError {
 /// (`sqlite3_memory_used`, `sqlite3_status`). SQLite accepts the setting only before it is
 /// initialised — libSQL initialises it when the process opens its first database — so this
 /// runs once, first thing ([`backend_from_config`] calls it); a later call changes nothing.
-/// Returns whether SQLite took the setting.
+/// Returns whether SQLite took the setting; when it did not, the first call logs a warning.
 #[allow(unsafe_code)]
 pub fn tune_sqlite() -> bool {
     static TOOK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -79,7 +79,16 @@ pub fn tune_sqlite() -> bool {
                 0 as std::os::raw::c_int,
             )
         };
-        rc == libsql::ffi::SQLITE_OK as std::os::raw::c_int
+        let took = rc == libsql::ffi::SQLITE_OK as std::os::raw::c_int;
+        if !took {
+            // Said once: the process works as before, with SQLite's allocations counted under
+            // its process-wide lock (slower with many threads).
+            tracing::warn!(
+                rc,
+                "SQLite was initialised before its memory statistics could be turned off (a database opened before the backend was built)"
+            );
+        }
+        took
     })
 }
 
