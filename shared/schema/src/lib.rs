@@ -227,13 +227,9 @@ pub async fn plan_database_to(
 ) -> Result<Planned, SchemaError> {
     let live = introspect(conn).await?;
     let registered = registry::read(conn).await?;
-    let stage = Stage::new(objects, desired, owner, &live, registered.as_deref())?;
-    let facts =
-        facts::collect_facts_for(conn, &stage.current, &stage.desired, &stage.diff.changes).await?;
-    let mut planned =
-        plan::plan_diffed(&stage.current, &stage.desired, stage.diff, &facts, options)?;
-    planned.registered = registered;
-    Ok(planned)
+    Stage::new(objects, desired, owner, &live, registered.as_deref())?
+        .planned(conn, options, registered)
+        .await
 }
 
 /// What a plan is made of before the data is read: the part of the live schema `owner` manages
@@ -297,6 +293,38 @@ impl Stage {
             desired,
             diff,
         })
+    }
+
+    /// What planning needs to know about `conn`'s rows for this stage's changes.
+    async fn facts(&self, conn: &Connection) -> Result<DataFacts, SchemaError> {
+        Ok(
+            facts::collect_facts_for(conn, &self.current, &self.desired, &self.diff.changes)
+                .await?,
+        )
+    }
+
+    /// The plan of this stage for the rows `facts` describe.
+    fn plan(&self, facts: &DataFacts, options: PlanOptions) -> Result<Planned, SchemaError> {
+        Ok(plan::plan_diffed(
+            &self.current,
+            &self.desired,
+            self.diff.clone(),
+            facts,
+            options,
+        )?)
+    }
+
+    /// The plan of this stage for `conn`, with the registry it was made from.
+    async fn planned(
+        &self,
+        conn: &Connection,
+        options: PlanOptions,
+        registered: Option<Vec<registry::Registered>>,
+    ) -> Result<Planned, SchemaError> {
+        let facts = self.facts(conn).await?;
+        let mut planned = self.plan(&facts, options)?;
+        planned.registered = registered;
+        Ok(planned)
     }
 }
 
@@ -383,22 +411,14 @@ impl PlanMemo {
     ) -> Result<Planned, SchemaError> {
         let (live, catalog) = introspect::introspect_keyed(conn).await?;
         let registered = registry::read(conn).await?;
+        let stage = |registered: Option<&[registry::Registered]>| {
+            Stage::new(&self.objects, &self.desired, &self.owner, &live, registered)
+        };
         // A read that raced a schema change is planned as it is and remembered by nothing.
         let Some(catalog) = catalog else {
-            let stage = Stage::new(
-                &self.objects,
-                &self.desired,
-                &self.owner,
-                &live,
-                registered.as_deref(),
-            )?;
-            let facts =
-                facts::collect_facts_for(conn, &stage.current, &stage.desired, &stage.diff.changes)
-                    .await?;
-            let mut planned =
-                plan::plan_diffed(&stage.current, &stage.desired, stage.diff, &facts, options)?;
-            planned.registered = registered;
-            return Ok(planned);
+            return stage(registered.as_deref())?
+                .planned(conn, options, registered)
+                .await;
         };
         let shape = Shape {
             catalog,
@@ -409,35 +429,19 @@ impl PlanMemo {
             Some(remembered) => remembered,
             None => {
                 // A conflict is an error, remembered by nothing (it is rare and ends the plan).
-                let stage = Stage::new(
-                    &self.objects,
-                    &self.desired,
-                    &self.owner,
-                    &live,
-                    shape.registered.as_deref(),
-                )?;
                 let remembered = Arc::new(Remembered {
-                    stage,
+                    stage: stage(shape.registered.as_deref())?,
                     plans: moka::sync::Cache::new(PLANS_PER_SHAPE),
                 });
                 self.shapes.insert(shape.clone(), remembered.clone());
                 remembered
             }
         };
-        let stage = &remembered.stage;
-        let facts =
-            facts::collect_facts_for(conn, &stage.current, &stage.desired, &stage.diff.changes)
-                .await?;
+        let facts = remembered.stage.facts(conn).await?;
         let mut planned = match remembered.plans.get(&facts) {
             Some(planned) => planned,
             None => {
-                let planned = plan::plan_diffed(
-                    &stage.current,
-                    &stage.desired,
-                    stage.diff.clone(),
-                    &facts,
-                    options,
-                )?;
+                let planned = remembered.stage.plan(&facts, options)?;
                 remembered.plans.insert(facts, planned.clone());
                 planned
             }

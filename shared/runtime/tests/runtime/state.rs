@@ -215,21 +215,26 @@ async fn steps_written_at_once_keep_an_entry_each_and_are_reapplied_after_a_lost
     assert_eq!(env.count(names::PROGRESS).await, 5);
 }
 
+/// A creation: `provisioning` when there is no state, nothing to write when there is one.
+fn create_if_absent(
+    current: Option<&fleet_runtime::Versioned<Status>>,
+) -> Result<Decision<Status>, Illegal> {
+    Ok(match current {
+        None => Decision::Write {
+            next: Status::Provisioning,
+            event: event("created"),
+        },
+        Some(_) => Decision::Unchanged,
+    })
+}
+
 #[tokio::test]
 async fn a_new_key_is_created_without_a_read_and_an_existing_one_is_decided_on_as_it_is() {
     let env = Env::start().await;
     let store = tenant_store::<Status>(&env).await;
     // No state yet: the decision on none is written (created).
     let created = store
-        .transition_new("acme", |cur| {
-            Ok::<_, Illegal>(match cur {
-                None => Decision::Write {
-                    next: Status::Provisioning,
-                    event: event("created"),
-                },
-                Some(_) => Decision::Unchanged,
-            })
-        })
+        .transition_new("acme", create_if_absent)
         .await
         .unwrap()
         .unwrap();
@@ -241,13 +246,7 @@ async fn a_new_key_is_created_without_a_read_and_an_existing_one_is_decided_on_a
     let again = store
         .transition_new("acme", |cur| {
             seen.lock().unwrap().push(cur.map(|v| v.state));
-            Ok::<_, Illegal>(match cur {
-                None => Decision::Write {
-                    next: Status::Provisioning,
-                    event: event("created"),
-                },
-                Some(_) => Decision::Unchanged,
-            })
+            create_if_absent(cur)
         })
         .await
         .unwrap()
