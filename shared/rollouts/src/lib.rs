@@ -267,6 +267,13 @@ pub struct Deployment {
     /// publishes again are not dropped as duplicates of the first ones.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub resumes: u32,
+    /// Stream sequence (in `FLEET_DEPLOY_COMMANDS`) of the last operator command
+    /// (`deploy.control.<id>`) carried out, 0 before any. Commands take effect in stream order:
+    /// one at or below it is stale — carried out already, or superseded by a later one that
+    /// was carried out first (a cancel is taken from the stream ahead of the wave's queued jobs;
+    /// see the deployer) — and changes nothing.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub control_sequence: u64,
     /// An app rollout: the app it installs or upgrades on each tenant (`None`: a bundle
     /// deployment). Its package is kept beside the record, as a bundle is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -275,6 +282,14 @@ pub struct Deployment {
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
+fn stale(d: &Deployment, sequence: u64) -> bool {
+    d.stale_control(sequence)
 }
 
 /// Why a deployment transition was refused.
@@ -365,8 +380,15 @@ impl Deployment {
             requested_at,
             finished_at: None,
             resumes: 0,
+            control_sequence: 0,
             app: None,
         }
+    }
+
+    /// Whether the operator command at stream sequence `sequence` (0: unknown, never stale)
+    /// was carried out or superseded already (see [`Deployment::control_sequence`]).
+    pub fn stale_control(&self, sequence: u64) -> bool {
+        sequence != 0 && sequence <= self.control_sequence
     }
 
     /// How many tenants it targets.
@@ -576,17 +598,24 @@ pub fn announced(
     Ok(write(next, "announced", None, now))
 }
 
-/// Stops a running deployment (tenants not started stay untouched).
+/// Stops a running deployment (tenants not started stay untouched). `sequence` is the command's
+/// stream sequence (0 when it has none, as for a check before sending it): a stale one changes
+/// nothing (see [`Deployment::control_sequence`]).
 pub fn cancel(
     current: Option<&Versioned<Deployment>>,
     id: &DeploymentId,
+    sequence: u64,
     now: &Timestamp,
 ) -> Result<Decision<Deployment>, RolloutError> {
     let d = existing(current, id)?;
+    if stale(d, sequence) {
+        return Ok(Decision::Unchanged);
+    }
     match d.status {
         RolloutStatus::Cancelled => Ok(Decision::Unchanged),
         RolloutStatus::Running | RolloutStatus::Halted => {
             let mut next = d.clone();
+            next.control_sequence = d.control_sequence.max(sequence);
             next.status = RolloutStatus::Cancelled;
             next.reason = Some("cancelled by an operator".to_owned());
             next.finished_at = Some(now.clone());
@@ -600,17 +629,22 @@ pub fn cancel(
 /// Restarts a halted or cancelled deployment. Its failed tenants are retried: the deployer
 /// writes a [`ResultEntry::Retry`] over each failed outcome first and folds them (they no
 /// longer count), then publishes their jobs again with fresh message ids. A wave that is
-/// complete moves on at once (to the next wave, or the end).
+/// complete moves on at once (to the next wave, or the end). `sequence` as for [`cancel`].
 pub fn resume(
     current: Option<&Versioned<Deployment>>,
     id: &DeploymentId,
+    sequence: u64,
     now: &Timestamp,
 ) -> Result<Decision<Deployment>, RolloutError> {
     let d = existing(current, id)?;
+    if stale(d, sequence) {
+        return Ok(Decision::Unchanged);
+    }
     match d.status {
         RolloutStatus::Running => Ok(Decision::Unchanged),
         RolloutStatus::Halted | RolloutStatus::Cancelled => {
             let mut next = d.clone();
+            next.control_sequence = d.control_sequence.max(sequence);
             next.status = RolloutStatus::Running;
             next.reason = None;
             next.finished_at = None;
@@ -866,7 +900,7 @@ mod tests {
         // The deployer marks a's failed outcome (sequence 1, folded) for retry, then resumes.
         fold_in(&mut d, &[retry(3, "a", 1)], 3);
         assert_eq!(d.state.counts(), (1, 0, 2));
-        let decision = resume(Some(&d), &id(), &t(3)).unwrap();
+        let decision = resume(Some(&d), &id(), 0, &t(3)).unwrap();
         apply(&mut d, decision);
         assert_eq!(d.state.status, RolloutStatus::Running);
         assert_eq!(d.state.next(), Next::Wait, "a is pending again");
@@ -874,16 +908,19 @@ mod tests {
         assert_eq!(d.state.finished_at, None);
         assert!(!d.state.announced);
         assert_eq!(
-            resume(Some(&d), &id(), &t(4)).unwrap(),
+            resume(Some(&d), &id(), 0, &t(4)).unwrap(),
             Decision::Unchanged,
             "resuming a running rollout changes nothing"
         );
-        let decision = cancel(Some(&d), &id(), &t(5)).unwrap();
+        let decision = cancel(Some(&d), &id(), 0, &t(5)).unwrap();
         apply(&mut d, decision);
         assert_eq!(d.state.status, RolloutStatus::Cancelled);
         assert_eq!(d.state.finished_at, Some(t(5)));
-        assert_eq!(cancel(Some(&d), &id(), &t(6)).unwrap(), Decision::Unchanged);
-        let decision = resume(Some(&d), &id(), &t(7)).unwrap();
+        assert_eq!(
+            cancel(Some(&d), &id(), 0, &t(6)).unwrap(),
+            Decision::Unchanged
+        );
+        let decision = resume(Some(&d), &id(), 0, &t(7)).unwrap();
         apply(&mut d, decision);
         assert_eq!(d.state.resumes, 2);
     }
@@ -891,22 +928,22 @@ mod tests {
     #[test]
     fn resuming_a_rollout_cancelled_after_its_wave_completed_moves_it_on() {
         let mut d = started(vec![1, 2], 0.5);
-        let decision = cancel(Some(&d), &id(), &t(1)).unwrap();
+        let decision = cancel(Some(&d), &id(), 0, &t(1)).unwrap();
         apply(&mut d, decision);
         // The wave's last result arrives after the cancel.
         fold_in(&mut d, &[result(1, "a", true)], 2);
         assert_eq!(d.state.status, RolloutStatus::Cancelled);
-        let decision = resume(Some(&d), &id(), &t(3)).unwrap();
+        let decision = resume(Some(&d), &id(), 0, &t(3)).unwrap();
         apply(&mut d, decision);
         assert_eq!(
             (d.state.status, d.state.current_wave),
             (RolloutStatus::Running, 1)
         );
         assert!(!d.state.announced, "wave 2's jobs are to be published");
-        let decision = cancel(Some(&d), &id(), &t(4)).unwrap();
+        let decision = cancel(Some(&d), &id(), 0, &t(4)).unwrap();
         apply(&mut d, decision);
         fold_in(&mut d, &[result(2, "b", true)], 5);
-        let decision = resume(Some(&d), &id(), &t(6)).unwrap();
+        let decision = resume(Some(&d), &id(), 0, &t(6)).unwrap();
         apply(&mut d, decision);
         assert_eq!(
             d.state.status,
@@ -951,13 +988,49 @@ mod tests {
     }
 
     #[test]
+    fn operator_commands_take_effect_in_stream_order_and_a_stale_one_changes_nothing() {
+        let mut d = started(vec![2], 0.5);
+        // The cancel at sequence 9 is carried out ahead of its turn (taken from the stream).
+        let decision = cancel(Some(&d), &id(), 9, &t(1)).unwrap();
+        apply(&mut d, decision);
+        assert_eq!(d.state.status, RolloutStatus::Cancelled);
+        assert_eq!(d.state.control_sequence, 9);
+        // Its own delivery later, and a resume sent before it (sequence 7): stale.
+        assert_eq!(
+            cancel(Some(&d), &id(), 9, &t(2)).unwrap(),
+            Decision::Unchanged
+        );
+        assert_eq!(
+            resume(Some(&d), &id(), 7, &t(2)).unwrap(),
+            Decision::Unchanged
+        );
+        // A resume sent after it counts, and records its own sequence.
+        let decision = resume(Some(&d), &id(), 12, &t(3)).unwrap();
+        apply(&mut d, decision);
+        assert_eq!(
+            (d.state.status, d.state.control_sequence),
+            (RolloutStatus::Running, 12)
+        );
+        // A cancel with no sequence (a check before sending one) is never stale.
+        assert!(matches!(
+            cancel(Some(&d), &id(), 0, &t(4)).unwrap(),
+            Decision::Write { .. }
+        ));
+        // A record of an earlier release (no `controlSequence`) reads as 0.
+        let mut json = serde_json::to_value(&d.state).unwrap();
+        json.as_object_mut().unwrap().remove("controlSequence");
+        let old: Deployment = serde_json::from_value(json).unwrap();
+        assert_eq!(old.control_sequence, 0);
+    }
+
+    #[test]
     fn finished_deployments_cannot_be_cancelled_or_resumed() {
         let mut d = started(vec![1], 0.5);
         fold_in(&mut d, &[result(1, "a", true)], 1);
-        assert!(illegal(cancel(Some(&d), &id(), &t(2))));
-        assert!(illegal(resume(Some(&d), &id(), &t(2))));
+        assert!(illegal(cancel(Some(&d), &id(), 0, &t(2))));
+        assert!(illegal(resume(Some(&d), &id(), 0, &t(2))));
         assert_eq!(
-            cancel(None, &id(), &t(2)),
+            cancel(None, &id(), 0, &t(2)),
             Err(RolloutError::Unknown("d1".into()))
         );
     }

@@ -31,6 +31,12 @@
 //! `hooks.deploy.failed` end a deployment, and `hooks.deploy.tenant_failed` reports each failed
 //! tenant.
 //!
+//! The operator's `deploy.control.<id>` (resume, cancel) take effect in stream order, the record
+//! keeping the sequence of the last one carried out. A cancel sent mid-wave would be delivered
+//! only after the wave's queued jobs, so each job looks for one in the stream when it starts and
+//! carries it out then: the rest of the wave stops at once, and the cancel's own delivery is
+//! stale when it comes.
+//!
 //! `deploy.app_requested` is the same rollout for a marketplace app: targets (a list, all, a
 //! plan, every tenant that has the app), waves, halt, dry run (the compatibility check) and
 //! resume, with each tenant's job the app operation the installer runs
@@ -75,6 +81,9 @@ pub struct Deployer {
     /// since the watermark again and losing the compare-and-set.
     folds: moka::future::Cache<DeploymentId, Arc<tokio::sync::Mutex<()>>>,
     tenants: StateStore<TenantRecord>,
+    /// `FLEET_DEPLOY_COMMANDS`, where a job looks for an operator's cancel queued behind the
+    /// wave's jobs ([`Deployer::cancel_ahead`]).
+    commands: async_nats::jetstream::stream::Stream,
     apps: fleet_control::AppOperations,
     hooks: Hooks,
     publisher: Publisher,
@@ -438,6 +447,15 @@ impl Worker for Deployer {
             prepared: moka::future::Cache::new(PREPARED_BUNDLES),
             folds: moka::future::Cache::new(FOLD_LOCKS),
             tenants,
+            commands: runtime
+                .js
+                .get_stream(
+                    runtime
+                        .topology
+                        .subjects()
+                        .stream(fleet_runtime::topology::names::DEPLOY_COMMANDS),
+                )
+                .await?,
             apps: fleet_control::AppOperations::new(
                 runtime,
                 &context.config,
@@ -1022,16 +1040,16 @@ impl Deployer {
     /// it is known, folded every [`FOLD_EVERY`] and at the end. The deployment is read again
     /// before a tenant when [`HEAD_REFRESH`] has passed, so a halt, or a cancel once carried
     /// out, stops a job between tenants. A `deploy.control` command shares the deployer's
-    /// consumer, which delivers in stream order: it is carried out only after every job
-    /// published before it has been delivered — a wave's jobs are published together when the
-    /// wave starts, so a cancel sent mid-wave waits behind the rest of that wave's jobs (each
-    /// job still stops at its next head refresh once the cancel is recorded). A tenant that
-    /// fails transiently does not hold up the others:
-    /// the job is retried afterwards and its redelivery redoes only the tenants without a
-    /// result.
+    /// consumer, which delivers in stream order, behind every job of the wave published before
+    /// it: so when a job starts and whenever it reads the head again, it looks for a cancel
+    /// waiting in the stream and carries it out ([`Self::cancel_ahead`]) — a cancel sent
+    /// mid-wave stops the rest of the wave at the next job's start or head refresh instead of
+    /// after every queued job has run. A tenant that fails transiently does not hold up the
+    /// others: the job is retried afterwards and its redelivery redoes only the tenants without
+    /// a result.
     async fn tenant_job(&self, job: TenantDeployJob, attempt: u64) -> Outcome {
         let id = &job.deployment_id;
-        let mut current = match self.head(id).await {
+        let current = match self.head(id).await {
             Ok(current) => current,
             Err(DeployerError::Unknown(_)) => {
                 return Outcome::Poison {
@@ -1041,6 +1059,11 @@ impl Deployer {
             Err(e) => return Outcome::transient_error(&e),
         };
         let wanted = working_status(&job);
+        let current = if job.rollback {
+            current
+        } else {
+            self.cancel_ahead(current).await
+        };
         if current.state.status != wanted {
             // Cancelled, halted or finished: nothing to do but what the state calls for.
             return self.settled(current).await;
@@ -1048,6 +1071,7 @@ impl Deployer {
         // The run of the rollout this job belongs to: a cancel and a resume in between make
         // the resume's own jobs carry on with the rest, so this one stops.
         let resumes = current.state.resumes;
+        let mut current = current;
         // The bundle or app operation, parsed once per worker and deployment (a rollback uses
         // each tenant's stored plan instead).
         let prepared = if job.rollback {
@@ -1065,6 +1089,7 @@ impl Deployer {
         for tenant in &job.tenant_ids {
             if read_at.elapsed() >= HEAD_REFRESH {
                 current = match self.head(id).await {
+                    Ok(current) if !job.rollback => self.cancel_ahead(current).await,
                     Ok(current) => current,
                     Err(e) => {
                         retry = Some(error_chain(&e));
@@ -1297,6 +1322,74 @@ impl Deployer {
         }
     }
 
+    /// A running deployment's head after carrying out an operator's cancel that is waiting in
+    /// the stream: the last `deploy.control.<id>` message, when it is a cancel the record does
+    /// not show as carried out. A wave's jobs are published together, ahead of any command
+    /// sent while they run, so a cancel's own delivery comes only after every queued job of
+    /// the wave; each job looks for one when it starts and whenever it reads the head again,
+    /// so the rest of the wave stops within a job's first tenant. The cancel is recorded with
+    /// its stream sequence, which makes its own delivery (and any command sent before it)
+    /// stale. Only a cancel is taken early: a resume's retry markers must come first, and a
+    /// cancel followed by a resume leaves the deployment running, as in order. Anything else —
+    /// no message, a read or write that failed, a message that is no cancel — leaves the head
+    /// as it is, for the command's delivery to carry out in order.
+    async fn cancel_ahead(&self, head: Versioned<Deployment>) -> Versioned<Deployment> {
+        if head.state.status != RolloutStatus::Running {
+            return head;
+        }
+        let id = head.state.id.clone();
+        let subject = format!("deploy.control.{id}");
+        let message = match self
+            .commands
+            .get_last_raw_message_by_subject(&self.subjects.full(&subject))
+            .await
+        {
+            Ok(message) => message,
+            Err(e) => {
+                if e.kind()
+                    != async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound
+                {
+                    tracing::debug!(deployment = %id, error = %e, "looking for a queued cancel failed; its delivery carries it out");
+                }
+                return head;
+            }
+        };
+        if head.state.stale_control(message.sequence) {
+            return head;
+        }
+        let delivery = Delivery {
+            subject,
+            payload: message.payload,
+            headers: message.headers,
+            attempt: 1,
+            sequence: message.sequence,
+            published_at: None,
+        };
+        let Ok(DeployCommand::Control(control)) = DeployCommand::parse(&delivery) else {
+            return head;
+        };
+        if control.action != fleet_protocol::DeployControlAction::Cancel {
+            return head;
+        }
+        match self
+            .deployments
+            .transition(id.as_str(), |cur| {
+                rollout::cancel(cur, &id, message.sequence, &Timestamp::now())
+            })
+            .await
+        {
+            Ok(Some(written)) => {
+                tracing::info!(deployment = %id, sequence = message.sequence, "cancel carried out ahead of the wave's queued jobs");
+                written
+            }
+            Ok(None) => head,
+            Err(e) => {
+                tracing::debug!(deployment = %id, error = %e, "a queued cancel could not be carried out early; its delivery carries it out");
+                head
+            }
+        }
+    }
+
     /// Folds until the result at `sequence` counts, then publishes what that opened up (the
     /// next wave, the end-of-deployment hook).
     async fn counted(&self, id: &DeploymentId, sequence: u64) -> Outcome {
@@ -1307,12 +1400,15 @@ impl Deployer {
     }
 
     /// `deploy.control.<id>`: resume or cancel, the operator's commands (`fleetctl deploy
-    /// resume|cancel`), carried out here so only the deployer writes deployment state.
-    async fn control(&self, control: fleet_protocol::DeployControl) -> Outcome {
+    /// resume|cancel`), carried out here so only the deployer writes deployment state. They
+    /// take effect in stream order (`sequence`, the delivery's): one the record shows as
+    /// carried out or superseded — a cancel a job took from the stream ahead of its turn
+    /// ([`Self::cancel_ahead`]) — changes nothing.
+    async fn control(&self, control: fleet_protocol::DeployControl, sequence: u64) -> Outcome {
         let id = control.deployment_id;
         let written = match control.action {
             fleet_protocol::DeployControlAction::Resume => {
-                if let Err(e) = self.mark_failed_for_retry(&id).await {
+                if let Err(e) = self.mark_failed_for_retry(&id, sequence).await {
                     return match e {
                         DeployerError::Unknown(_) => Outcome::Poison {
                             reason: format!("unknown deployment {id}"),
@@ -1322,14 +1418,14 @@ impl Deployer {
                 }
                 self.deployments
                     .transition(id.as_str(), |cur| {
-                        rollout::resume(cur, &id, &Timestamp::now())
+                        rollout::resume(cur, &id, sequence, &Timestamp::now())
                     })
                     .await
             }
             fleet_protocol::DeployControlAction::Cancel => {
                 self.deployments
                     .transition(id.as_str(), |cur| {
-                        rollout::cancel(cur, &id, &Timestamp::now())
+                        rollout::cancel(cur, &id, sequence, &Timestamp::now())
                     })
                     .await
             }
@@ -1344,14 +1440,20 @@ impl Deployer {
         }
     }
 
-    /// Before a resume of a halted or cancelled deployment: each failed outcome becomes a retry
-    /// marker, and every entry is folded, so the resumed rollout counts only what stands.
-    async fn mark_failed_for_retry(&self, id: &DeploymentId) -> Result<(), DeployerError> {
+    /// Before a resume (at stream sequence `sequence`) of a halted or cancelled deployment:
+    /// each failed outcome becomes a retry marker, and every entry is folded, so the resumed
+    /// rollout counts only what stands. Nothing for a stale resume.
+    async fn mark_failed_for_retry(
+        &self,
+        id: &DeploymentId,
+        sequence: u64,
+    ) -> Result<(), DeployerError> {
         let head = self.head(id).await?;
         if !matches!(
             head.state.status,
             RolloutStatus::Halted | RolloutStatus::Cancelled
-        ) {
+        ) || head.state.stale_control(sequence)
+        {
             return Ok(());
         }
         for written in self
@@ -1763,7 +1865,7 @@ impl Handler for Deployer {
             Ok(DeployCommand::Request(request)) => self.requested(*request).await,
             Ok(DeployCommand::AppRequest(request)) => self.app_requested(*request).await,
             Ok(DeployCommand::Rollback(id)) => self.rollback_requested(id).await,
-            Ok(DeployCommand::Control(control)) => self.control(control).await,
+            Ok(DeployCommand::Control(control)) => self.control(control, delivery.sequence).await,
             Ok(DeployCommand::TenantJob(job)) => self.tenant_job(job, delivery.attempt).await,
             Err(unparsed) => self.unparsed(unparsed).await,
         }

@@ -332,6 +332,95 @@ async fn a_deployer_killed_mid_deployment_resumes_where_it_stopped() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_sent_mid_wave_stops_the_jobs_queued_ahead_of_it() {
+    let mut fleet = Fleet::start().await;
+    let tenants = fleet.provision(40).await;
+    // One tenant per job, one job at a time: the one wave is 40 jobs queued in the stream,
+    // ahead of any command sent while it runs.
+    let env = [
+        ("FLEET_WORKER__CONCURRENCY", "1"),
+        ("FLEET_DEPLOYER__JOB_TENANTS", "1"),
+    ];
+    let first = fleet.spawn(env!("CARGO_BIN_EXE_deployer"), &env);
+    fleet
+        .request(
+            "d1",
+            crm("v1"),
+            json!({"all": true}),
+            json!({"waves": ["100%"]}),
+        )
+        .await;
+    fleet
+        .eventually(Duration::from_secs(60), "a first result", async || {
+            !fleet.results("d1").await.is_empty()
+        })
+        .await;
+    // The replica dies mid-wave; the cancel is sent while none runs, so it lands behind every
+    // job still queued, and the next replica starts on those jobs.
+    fleet.kill_deployer(first);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = fleet.results("d1").await.len();
+    assert!(before < tenants.len(), "the wave ended before the kill");
+    fleet.control("d1", "cancel").await;
+    fleet.spawn(env!("CARGO_BIN_EXE_deployer"), &env);
+    fleet
+        .eventually(Duration::from_secs(60), "cancelled", async || {
+            fleet
+                .deployment("d1")
+                .await
+                .is_some_and(|d| d.status == RolloutStatus::Cancelled)
+        })
+        .await;
+    // Every message settles — the queued jobs and the cancel's own delivery — ...
+    let stream = fleet.js.get_stream(names::DEPLOY_COMMANDS).await.unwrap();
+    fleet
+        .eventually(Duration::from_secs(60), "the queue drained", async || {
+            stream.get_info().await.unwrap().state.messages == 0
+        })
+        .await;
+    // ... and not one tenant more was deployed: the first job the new replica started found
+    // the cancel in the stream and carried it out (in stream order it would have come after
+    // every queued job, and all 40 tenants would have been deployed).
+    let results = fleet.results("d1").await;
+    assert_eq!(
+        results.len(),
+        before,
+        "deployed after the cancel: {:?}",
+        results.keys().collect::<Vec<_>>()
+    );
+    let d = fleet.deployment("d1").await.unwrap();
+    assert_eq!(d.status, RolloutStatus::Cancelled);
+    assert!(d.control_sequence > 0, "the cancel's sequence is recorded");
+    assert!(d.counts().0 <= before as u64, "{d:?}");
+    // Its own delivery came later and changed nothing: no dead letter, one end-of-deployment
+    // hook.
+    assert!(fleet.dead_letters().await.is_empty());
+    fleet
+        .eventually(Duration::from_secs(30), "the cancel's hook", async || {
+            fleet.hooks("hooks.deploy.failed").await.len() == 1
+        })
+        .await;
+    // The databases agree: the tenants with a result, and at most one the killed replica
+    // migrated without writing its result.
+    let mut migrated = 0;
+    for tenant in &tenants {
+        if fleet
+            .tables(tenant)
+            .await
+            .contains(&"crm_account".to_owned())
+        {
+            migrated += 1;
+        } else {
+            assert!(!results.contains_key(tenant), "{tenant}");
+        }
+    }
+    assert!(
+        migrated <= before + 1,
+        "{migrated} migrated, {before} results"
+    );
+}
+
 #[tokio::test]
 async fn a_destructive_bundle_is_refused_without_the_flag() {
     let mut fleet = Fleet::start().await;
