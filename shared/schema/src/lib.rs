@@ -352,7 +352,8 @@ struct Shape {
 /// A remembered stage and the plans made from it, by the data facts each was made with.
 struct Remembered {
     stage: Stage,
-    plans: moka::sync::Cache<DataFacts, Planned>,
+    /// Each plan with the shape's registry rows in it, shared by every database it is for.
+    plans: moka::sync::Cache<DataFacts, Arc<Planned>>,
 }
 
 /// [`plan_database_to`] for the many databases of one rollout, remembering what it derives:
@@ -403,12 +404,14 @@ impl PlanMemo {
     }
 
     /// [`plan_database_to`] of `conn`, from what this memo made for a database of the same
-    /// shape and data facts when it has it.
+    /// shape and data facts when it has it: the same plan, shared (not copied) by every
+    /// database it is for, so a caller may also derive what it builds from a plan once per
+    /// plan (the allocation is the plan's identity while it is held).
     pub async fn plan(
         &self,
         conn: &Connection,
         options: PlanOptions,
-    ) -> Result<Planned, SchemaError> {
+    ) -> Result<Arc<Planned>, SchemaError> {
         let (live, catalog) = introspect::introspect_keyed(conn).await?;
         let registered = registry::read(conn).await?;
         let stage = |registered: Option<&[registry::Registered]>| {
@@ -418,7 +421,8 @@ impl PlanMemo {
         let Some(catalog) = catalog else {
             return stage(registered.as_deref())?
                 .planned(conn, options, registered)
-                .await;
+                .await
+                .map(Arc::new);
         };
         let shape = Shape {
             catalog,
@@ -438,16 +442,17 @@ impl PlanMemo {
             }
         };
         let facts = remembered.stage.facts(conn).await?;
-        let mut planned = match remembered.plans.get(&facts) {
+        Ok(match remembered.plans.get(&facts) {
             Some(planned) => planned,
             None => {
-                let planned = remembered.stage.plan(&facts, options)?;
+                let planned = Arc::new(Planned {
+                    registered: shape.registered,
+                    ..remembered.stage.plan(&facts, options)?
+                });
                 remembered.plans.insert(facts, planned.clone());
                 planned
             }
-        };
-        planned.registered = shape.registered;
-        Ok(planned)
+        })
     }
 }
 

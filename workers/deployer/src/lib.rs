@@ -411,9 +411,9 @@ const HOOK_FAILURES: usize = 100;
 #[derive(Debug)]
 enum Prepared {
     /// A bundle deployment's bundle.
-    Bundle(PreparedBundle),
+    Bundle(Box<PreparedBundle>),
     /// An app rollout's operation and package.
-    App(fleet_protocol::deploy::AppRollout),
+    App(Box<fleet_protocol::deploy::AppRollout>),
 }
 
 /// A deployment's bundle as the jobs use it.
@@ -428,6 +428,96 @@ struct PreparedBundle {
     /// for every tenant (`None` when the objects do not make a schema: each tenant's plan then
     /// fails with the reason).
     plans: Option<fleet_schema::PlanMemo>,
+    /// The registry statements of each plan the memo shares (the rows a migration writes
+    /// into `sys_metadata` and `sys_deployment` are a function of the deployment, the bundle,
+    /// the plan and the registry rows in it), built once per plan instead of per tenant;
+    /// bounded by [`REGISTRY_MEMO_BYTES`] (the statements' text).
+    registry: moka::sync::Cache<SharedPlan, Arc<Vec<BoundStatement>>>,
+}
+
+/// What [`PreparedBundle::registry`] may keep of built registry statements, in bytes of their
+/// text (each holds the bundle's metadata bodies).
+const REGISTRY_MEMO_BYTES: u64 = 8 << 20;
+
+impl PreparedBundle {
+    fn new(bundle: DeployBundle, objects: Vec<ObjectDefinition>) -> Self {
+        let desired = fleet_schema::system::with_system_objects(&objects);
+        PreparedBundle {
+            plans: fleet_schema::desired_within(&desired, &[])
+                .ok()
+                .map(|schema| {
+                    fleet_schema::PlanMemo::new(
+                        desired.clone(),
+                        schema,
+                        fleet_schema::Owner::Platform,
+                    )
+                }),
+            registry: moka::sync::Cache::builder()
+                .weigher(|_: &SharedPlan, statements: &Arc<Vec<BoundStatement>>| {
+                    let bytes: usize = statements
+                        .iter()
+                        .map(|s| {
+                            s.sql.len()
+                                + s.params
+                                    .iter()
+                                    .map(|v| match v {
+                                        SqlValue::Text(t) => t.len(),
+                                        SqlValue::Blob(b) => b.len(),
+                                        _ => 8,
+                                    })
+                                    .sum::<usize>()
+                        })
+                        .sum();
+                    u32::try_from(bytes).unwrap_or(u32::MAX)
+                })
+                .max_capacity(REGISTRY_MEMO_BYTES)
+                .build(),
+            desired,
+            objects,
+            bundle,
+        }
+    }
+
+    /// [`registry_statements`] of `d` for `planned`: built once for a plan the memo shares
+    /// (held by it as well as by the caller), built afresh for one it does not.
+    fn registry(
+        &self,
+        d: &Deployment,
+        planned: &Arc<fleet_schema::Planned>,
+    ) -> Arc<Vec<BoundStatement>> {
+        let build = || {
+            Arc::new(registry_statements(
+                d,
+                &self.bundle,
+                &planned.plan,
+                planned.registered.as_deref().unwrap_or_default(),
+            ))
+        };
+        if Arc::strong_count(planned) > 1 {
+            self.registry.get_with(SharedPlan(planned.clone()), build)
+        } else {
+            build()
+        }
+    }
+}
+
+/// A plan the [`fleet_schema::PlanMemo`] shares, compared and hashed by its allocation: while
+/// a key holds it, no other plan can have that address.
+#[derive(Debug, Clone)]
+struct SharedPlan(Arc<fleet_schema::Planned>);
+
+impl PartialEq for SharedPlan {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SharedPlan {}
+
+impl std::hash::Hash for SharedPlan {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.0), state);
+    }
 }
 
 #[async_trait]
@@ -965,26 +1055,14 @@ impl Deployer {
             reason: format!("stored {key} unreadable: {e}"),
         };
         let prepared = if d.app.is_some() {
-            Prepared::App(serde_json::from_slice(&bytes).map_err(|e| unreadable(&e))?)
+            Prepared::App(Box::new(
+                serde_json::from_slice(&bytes).map_err(|e| unreadable(&e))?,
+            ))
         } else {
             let bundle: DeployBundle =
                 serde_json::from_slice(&bytes).map_err(|e| unreadable(&e))?;
             let objects = bundle.object_definitions().map_err(|e| unreadable(&e))?;
-            let desired = fleet_schema::system::with_system_objects(&objects);
-            Prepared::Bundle(PreparedBundle {
-                plans: fleet_schema::desired_within(&desired, &[])
-                    .ok()
-                    .map(|schema| {
-                        fleet_schema::PlanMemo::new(
-                            desired.clone(),
-                            schema,
-                            fleet_schema::Owner::Platform,
-                        )
-                    }),
-                desired,
-                objects,
-                bundle,
-            })
+            Prepared::Bundle(Box::new(PreparedBundle::new(bundle, objects)))
         };
         let prepared = Arc::new(prepared);
         self.prepared.insert(id.clone(), prepared.clone()).await;
@@ -1635,7 +1713,9 @@ impl Deployer {
         };
         let planned = match &prepared.plans {
             Some(plans) => plans.plan(&conn, options).await,
-            None => fleet_schema::plan_database(&conn, &prepared.desired, options).await,
+            None => fleet_schema::plan_database(&conn, &prepared.desired, options)
+                .await
+                .map(Arc::new),
         };
         let planned = match planned {
             Ok(planned) => planned,
@@ -1653,17 +1733,12 @@ impl Deployer {
         };
         if d.dry_run {
             return Ok(TenantOutcome {
-                plan: Some(planned.plan),
+                plan: Some(planned.plan.clone()),
                 ..outcome
             });
         }
         // migrating + registering, in one transaction
-        let registry = registry_statements(
-            d,
-            &prepared.bundle,
-            &planned.plan,
-            planned.registered.as_deref().unwrap_or_default(),
-        );
+        let registry = prepared.registry(d, &planned);
         let guards = migration_guards(schema_version, &d.id);
         fleet_schema::apply_plan_guarded(&conn, &planned.plan, &guards, &registry)
             .await
@@ -2037,6 +2112,51 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(tables, 0);
+    }
+
+    #[tokio::test]
+    async fn a_plan_the_memo_shares_gets_its_registry_statements_built_once() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/crm-v2.bundle.json"
+        );
+        let bundle: DeployBundle =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let objects = bundle.object_definitions().unwrap();
+        let prepared = PreparedBundle::new(bundle, objects);
+        let d = Deployment {
+            version: "2.0.0".into(),
+            checksum: "c".into(),
+            ..Deployment::new(
+                DeploymentId::parse("d1").unwrap(),
+                RolloutStatus::Running,
+                Timestamp::now(),
+            )
+        };
+        let memo = prepared.plans.as_ref().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut planned = Vec::new();
+        for name in ["a", "b"] {
+            let conn = fleet_schema::open_local(&dir.path().join(format!("{name}.db")))
+                .await
+                .unwrap();
+            planned.push(memo.plan(&conn, PlanOptions::default()).await.unwrap());
+        }
+        // Two new databases: one shape, one plan, shared.
+        assert!(Arc::ptr_eq(&planned[0], &planned[1]));
+        let direct = registry_statements(&d, &prepared.bundle, &planned[0].plan, &[]);
+        let first = prepared.registry(&d, &planned[0]);
+        let second = prepared.registry(&d, &planned[1]);
+        assert!(Arc::ptr_eq(&first, &second), "built once");
+        let text = |s: &[BoundStatement]| format!("{s:?}");
+        assert_eq!(text(&first), text(&direct));
+        // A plan no one else holds (planned directly) is built afresh, not kept.
+        let own = Arc::new((*planned[0]).clone());
+        let fresh = prepared.registry(&d, &own);
+        assert!(!Arc::ptr_eq(&fresh, &first));
+        assert_eq!(text(&fresh), text(&direct));
+        prepared.registry.run_pending_tasks();
+        assert_eq!(prepared.registry.entry_count(), 1);
     }
 
     #[test]

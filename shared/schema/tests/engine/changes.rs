@@ -696,7 +696,7 @@ async fn a_plan_memo_gives_each_database_what_planning_it_directly_gives() {
                 &Owner::Platform,
             )
             .await;
-            let remembered = memo.plan(&db.conn, options).await;
+            let remembered = memo.plan(&db.conn, options).await.map(|p| (*p).clone());
             assert_eq!(
                 described(&remembered),
                 described(&direct),
