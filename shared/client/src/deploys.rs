@@ -238,8 +238,8 @@ impl FleetClient {
         let versioned =
             current.map(|(state, revision)| fleet_runtime::Versioned { state, revision });
         let check = match action {
-            DeployControlAction::Resume => rollout::resume(versioned.as_ref(), id, 0, &now),
-            DeployControlAction::Cancel => rollout::cancel(versioned.as_ref(), id, 0, &now),
+            DeployControlAction::Resume => rollout::resume(versioned.as_ref(), id, None, &now),
+            DeployControlAction::Cancel => rollout::cancel(versioned.as_ref(), id, None, &now),
         };
         if let Err(refused) = check {
             return Err(ClientError::Refused {

@@ -269,11 +269,17 @@ pub struct Deployment {
     pub resumes: u32,
     /// Stream sequence (in `FLEET_DEPLOY_COMMANDS`) of the last operator command
     /// (`deploy.control.<id>`) carried out, 0 before any. Commands take effect in stream order:
-    /// one at or below it is stale — carried out already, or superseded by a later one that
-    /// was carried out first (a cancel is taken from the stream ahead of the wave's queued jobs;
-    /// see the deployer) — and changes nothing.
+    /// one at or below it in the same stream ([`Deployment::control_stream`]) is stale —
+    /// carried out already, or superseded by a later one that was carried out first (a cancel
+    /// is taken from the stream ahead of the wave's queued jobs; see the deployer) — and
+    /// changes nothing.
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub control_sequence: u64,
+    /// When the stream `control_sequence` counts in was created: a stream created again (a
+    /// restore, a migration) numbers from 1, and its commands are never stale against the
+    /// sequences of the one before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_stream: Option<Timestamp>,
     /// An app rollout: the app it installs or upgrades on each tenant (`None`: a bundle
     /// deployment). Its package is kept beside the record, as a bundle is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -288,8 +294,23 @@ fn is_zero_u64(n: &u64) -> bool {
     *n == 0
 }
 
-fn stale(d: &Deployment, sequence: u64) -> bool {
-    d.stale_control(sequence)
+/// Where an operator command (`deploy.control.<id>`) is in `FLEET_DEPLOY_COMMANDS`: what
+/// orders commands and makes an earlier one stale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandMark {
+    /// The message's stream sequence.
+    pub sequence: u64,
+    /// When the stream was created (its `created`, from the server's stream info).
+    pub stream: Timestamp,
+}
+
+/// `next` with `mark` recorded as the last command carried out.
+fn marked(mut next: Deployment, mark: Option<&CommandMark>) -> Deployment {
+    if let Some(mark) = mark {
+        next.control_sequence = mark.sequence;
+        next.control_stream = Some(mark.stream.clone());
+    }
+    next
 }
 
 /// Why a deployment transition was refused.
@@ -381,14 +402,18 @@ impl Deployment {
             finished_at: None,
             resumes: 0,
             control_sequence: 0,
+            control_stream: None,
             app: None,
         }
     }
 
-    /// Whether the operator command at stream sequence `sequence` (0: unknown, never stale)
-    /// was carried out or superseded already (see [`Deployment::control_sequence`]).
-    pub fn stale_control(&self, sequence: u64) -> bool {
-        sequence != 0 && sequence <= self.control_sequence
+    /// Whether the operator command `mark` (`None`: where it is in the stream is unknown,
+    /// never stale) was carried out or superseded already (see
+    /// [`Deployment::control_sequence`]).
+    pub fn stale_control(&self, mark: Option<&CommandMark>) -> bool {
+        mark.is_some_and(|m| {
+            self.control_stream.as_ref() == Some(&m.stream) && m.sequence <= self.control_sequence
+        })
     }
 
     /// How many tenants it targets.
@@ -598,24 +623,32 @@ pub fn announced(
     Ok(write(next, "announced", None, now))
 }
 
-/// Stops a running deployment (tenants not started stay untouched). `sequence` is the command's
-/// stream sequence (0 when it has none, as for a check before sending it): a stale one changes
-/// nothing (see [`Deployment::control_sequence`]).
+/// Stops a running deployment (tenants not started stay untouched). `mark` is where the command
+/// is in the stream (`None` when it has no place there, as for a check before sending it): a
+/// stale one changes nothing, and one that finds the deployment cancelled already is still
+/// recorded, so no command sent before it takes effect after it.
 pub fn cancel(
     current: Option<&Versioned<Deployment>>,
     id: &DeploymentId,
-    sequence: u64,
+    mark: Option<&CommandMark>,
     now: &Timestamp,
 ) -> Result<Decision<Deployment>, RolloutError> {
     let d = existing(current, id)?;
-    if stale(d, sequence) {
+    if d.stale_control(mark) {
         return Ok(Decision::Unchanged);
     }
     match d.status {
-        RolloutStatus::Cancelled => Ok(Decision::Unchanged),
+        RolloutStatus::Cancelled => Ok(match mark {
+            Some(_) => write(
+                marked(d.clone(), mark),
+                "cancel (cancelled already)",
+                None,
+                now,
+            ),
+            None => Decision::Unchanged,
+        }),
         RolloutStatus::Running | RolloutStatus::Halted => {
-            let mut next = d.clone();
-            next.control_sequence = d.control_sequence.max(sequence);
+            let mut next = marked(d.clone(), mark);
             next.status = RolloutStatus::Cancelled;
             next.reason = Some("cancelled by an operator".to_owned());
             next.finished_at = Some(now.clone());
@@ -629,22 +662,29 @@ pub fn cancel(
 /// Restarts a halted or cancelled deployment. Its failed tenants are retried: the deployer
 /// writes a [`ResultEntry::Retry`] over each failed outcome first and folds them (they no
 /// longer count), then publishes their jobs again with fresh message ids. A wave that is
-/// complete moves on at once (to the next wave, or the end). `sequence` as for [`cancel`].
+/// complete moves on at once (to the next wave, or the end). `mark` as for [`cancel`].
 pub fn resume(
     current: Option<&Versioned<Deployment>>,
     id: &DeploymentId,
-    sequence: u64,
+    mark: Option<&CommandMark>,
     now: &Timestamp,
 ) -> Result<Decision<Deployment>, RolloutError> {
     let d = existing(current, id)?;
-    if stale(d, sequence) {
+    if d.stale_control(mark) {
         return Ok(Decision::Unchanged);
     }
     match d.status {
-        RolloutStatus::Running => Ok(Decision::Unchanged),
+        RolloutStatus::Running => Ok(match mark {
+            Some(_) => write(
+                marked(d.clone(), mark),
+                "resume (running already)",
+                None,
+                now,
+            ),
+            None => Decision::Unchanged,
+        }),
         RolloutStatus::Halted | RolloutStatus::Cancelled => {
-            let mut next = d.clone();
-            next.control_sequence = d.control_sequence.max(sequence);
+            let mut next = marked(d.clone(), mark);
             next.status = RolloutStatus::Running;
             next.reason = None;
             next.finished_at = None;
@@ -900,7 +940,7 @@ mod tests {
         // The deployer marks a's failed outcome (sequence 1, folded) for retry, then resumes.
         fold_in(&mut d, &[retry(3, "a", 1)], 3);
         assert_eq!(d.state.counts(), (1, 0, 2));
-        let decision = resume(Some(&d), &id(), 0, &t(3)).unwrap();
+        let decision = resume(Some(&d), &id(), None, &t(3)).unwrap();
         apply(&mut d, decision);
         assert_eq!(d.state.status, RolloutStatus::Running);
         assert_eq!(d.state.next(), Next::Wait, "a is pending again");
@@ -908,19 +948,19 @@ mod tests {
         assert_eq!(d.state.finished_at, None);
         assert!(!d.state.announced);
         assert_eq!(
-            resume(Some(&d), &id(), 0, &t(4)).unwrap(),
+            resume(Some(&d), &id(), None, &t(4)).unwrap(),
             Decision::Unchanged,
             "resuming a running rollout changes nothing"
         );
-        let decision = cancel(Some(&d), &id(), 0, &t(5)).unwrap();
+        let decision = cancel(Some(&d), &id(), None, &t(5)).unwrap();
         apply(&mut d, decision);
         assert_eq!(d.state.status, RolloutStatus::Cancelled);
         assert_eq!(d.state.finished_at, Some(t(5)));
         assert_eq!(
-            cancel(Some(&d), &id(), 0, &t(6)).unwrap(),
+            cancel(Some(&d), &id(), None, &t(6)).unwrap(),
             Decision::Unchanged
         );
-        let decision = resume(Some(&d), &id(), 0, &t(7)).unwrap();
+        let decision = resume(Some(&d), &id(), None, &t(7)).unwrap();
         apply(&mut d, decision);
         assert_eq!(d.state.resumes, 2);
     }
@@ -928,22 +968,22 @@ mod tests {
     #[test]
     fn resuming_a_rollout_cancelled_after_its_wave_completed_moves_it_on() {
         let mut d = started(vec![1, 2], 0.5);
-        let decision = cancel(Some(&d), &id(), 0, &t(1)).unwrap();
+        let decision = cancel(Some(&d), &id(), None, &t(1)).unwrap();
         apply(&mut d, decision);
         // The wave's last result arrives after the cancel.
         fold_in(&mut d, &[result(1, "a", true)], 2);
         assert_eq!(d.state.status, RolloutStatus::Cancelled);
-        let decision = resume(Some(&d), &id(), 0, &t(3)).unwrap();
+        let decision = resume(Some(&d), &id(), None, &t(3)).unwrap();
         apply(&mut d, decision);
         assert_eq!(
             (d.state.status, d.state.current_wave),
             (RolloutStatus::Running, 1)
         );
         assert!(!d.state.announced, "wave 2's jobs are to be published");
-        let decision = cancel(Some(&d), &id(), 0, &t(4)).unwrap();
+        let decision = cancel(Some(&d), &id(), None, &t(4)).unwrap();
         apply(&mut d, decision);
         fold_in(&mut d, &[result(2, "b", true)], 5);
-        let decision = resume(Some(&d), &id(), 0, &t(6)).unwrap();
+        let decision = resume(Some(&d), &id(), None, &t(6)).unwrap();
         apply(&mut d, decision);
         assert_eq!(
             d.state.status,
@@ -989,48 +1029,92 @@ mod tests {
 
     #[test]
     fn operator_commands_take_effect_in_stream_order_and_a_stale_one_changes_nothing() {
+        let stream = t(-60);
+        let at = |sequence| {
+            Some(CommandMark {
+                sequence,
+                stream: stream.clone(),
+            })
+        };
         let mut d = started(vec![2], 0.5);
         // The cancel at sequence 9 is carried out ahead of its turn (taken from the stream).
-        let decision = cancel(Some(&d), &id(), 9, &t(1)).unwrap();
+        let decision = cancel(Some(&d), &id(), at(9).as_ref(), &t(1)).unwrap();
         apply(&mut d, decision);
         assert_eq!(d.state.status, RolloutStatus::Cancelled);
-        assert_eq!(d.state.control_sequence, 9);
+        assert_eq!(
+            (d.state.control_sequence, d.state.control_stream.as_ref()),
+            (9, Some(&stream))
+        );
         // Its own delivery later, and a resume sent before it (sequence 7): stale.
-        assert_eq!(
-            cancel(Some(&d), &id(), 9, &t(2)).unwrap(),
-            Decision::Unchanged
-        );
-        assert_eq!(
-            resume(Some(&d), &id(), 7, &t(2)).unwrap(),
-            Decision::Unchanged
-        );
+        let stale = |d: &Versioned<Deployment>, sequence| {
+            (
+                cancel(Some(d), &id(), at(sequence).as_ref(), &t(2)).unwrap(),
+                resume(Some(d), &id(), at(sequence).as_ref(), &t(2)).unwrap(),
+            )
+        };
+        assert_eq!(stale(&d, 9), (Decision::Unchanged, Decision::Unchanged));
+        assert_eq!(stale(&d, 7), (Decision::Unchanged, Decision::Unchanged));
         // A resume sent after it counts, and records its own sequence.
-        let decision = resume(Some(&d), &id(), 12, &t(3)).unwrap();
+        let decision = resume(Some(&d), &id(), at(12).as_ref(), &t(3)).unwrap();
         apply(&mut d, decision);
         assert_eq!(
             (d.state.status, d.state.control_sequence),
             (RolloutStatus::Running, 12)
         );
-        // A cancel with no sequence (a check before sending one) is never stale.
+        // A resume that finds it running changes nothing but is recorded: a cancel sent
+        // before it (13), handled after it, is stale instead of stopping the rollout.
+        let decision = resume(Some(&d), &id(), at(14).as_ref(), &t(4)).unwrap();
+        apply(&mut d, decision);
+        assert_eq!(
+            (d.state.status, d.state.control_sequence),
+            (RolloutStatus::Running, 14)
+        );
+        assert_eq!(
+            cancel(Some(&d), &id(), at(13).as_ref(), &t(5)).unwrap(),
+            Decision::Unchanged
+        );
+        // The command stream created again numbers from 1: its commands are not stale.
+        let again = CommandMark {
+            sequence: 1,
+            stream: t(30),
+        };
+        let decision = cancel(Some(&d), &id(), Some(&again), &t(31)).unwrap();
+        apply(&mut d, decision);
+        assert_eq!(
+            (d.state.status, d.state.control_sequence),
+            (RolloutStatus::Cancelled, 1)
+        );
+        // A command with no place in the stream (a check before sending one) is never stale,
+        // and records nothing.
+        assert_eq!(
+            cancel(Some(&d), &id(), None, &t(32)).unwrap(),
+            Decision::Unchanged
+        );
         assert!(matches!(
-            cancel(Some(&d), &id(), 0, &t(4)).unwrap(),
-            Decision::Write { .. }
+            resume(Some(&d), &id(), None, &t(32)).unwrap(),
+            Decision::Write { next, .. } if next.control_sequence == 1
         ));
-        // A record of an earlier release (no `controlSequence`) reads as 0.
+        // A record of an earlier release (no `controlSequence`) reads as 0, no stream.
         let mut json = serde_json::to_value(&d.state).unwrap();
-        json.as_object_mut().unwrap().remove("controlSequence");
+        let object = json.as_object_mut().unwrap();
+        object.remove("controlSequence");
+        object.remove("controlStream");
         let old: Deployment = serde_json::from_value(json).unwrap();
-        assert_eq!(old.control_sequence, 0);
+        assert_eq!(
+            (old.control_sequence, old.control_stream.as_ref()),
+            (0, None)
+        );
+        assert!(!old.stale_control(at(1).as_ref()));
     }
 
     #[test]
     fn finished_deployments_cannot_be_cancelled_or_resumed() {
         let mut d = started(vec![1], 0.5);
         fold_in(&mut d, &[result(1, "a", true)], 1);
-        assert!(illegal(cancel(Some(&d), &id(), 0, &t(2))));
-        assert!(illegal(resume(Some(&d), &id(), 0, &t(2))));
+        assert!(illegal(cancel(Some(&d), &id(), None, &t(2))));
+        assert!(illegal(resume(Some(&d), &id(), None, &t(2))));
         assert_eq!(
-            cancel(None, &id(), 0, &t(2)),
+            cancel(None, &id(), None, &t(2)),
             Err(RolloutError::Unknown("d1".into()))
         );
     }

@@ -120,8 +120,9 @@ where
     sent
 }
 
-/// A server timestamp as a fleet [`Timestamp`] (RFC 3339 UTC, `2026-11-29T12:13:40.790Z`).
-fn server_time(at: time::OffsetDateTime) -> Option<Timestamp> {
+/// A server timestamp (a message's `published`, a stream's `created`) as a fleet [`Timestamp`]
+/// (RFC 3339 UTC to the millisecond, `2026-11-29T12:13:40.790Z`); `None` out of chrono's range.
+pub fn server_time(at: time::OffsetDateTime) -> Option<Timestamp> {
     let nanos = at.unix_timestamp_nanos();
     chrono::DateTime::from_timestamp(
         (nanos.div_euclid(1_000_000_000)) as i64,

@@ -238,6 +238,10 @@ pub enum DeployerError {
     /// Folding lost [`FOLD_RACES`] races in a row to other workers.
     #[error("deployment {0}: too many concurrent folds")]
     Contention(DeploymentId),
+    /// The command stream's information (its creation time, which places a command) could
+    /// not be read.
+    #[error("reading the command stream: {0}")]
+    Commands(String),
 }
 
 /// Compare-and-set attempts of one fold before the job is retried later.
@@ -431,13 +435,47 @@ struct PreparedBundle {
     /// The registry statements of each plan the memo shares (the rows a migration writes
     /// into `sys_metadata` and `sys_deployment` are a function of the deployment, the bundle,
     /// the plan and the registry rows in it), built once per plan instead of per tenant;
-    /// bounded by [`REGISTRY_MEMO_BYTES`] (the statements' text).
+    /// bounded by [`REGISTRY_MEMO_BYTES`] (the statements' text and the plan each keeps
+    /// alive).
     registry: moka::sync::Cache<SharedPlan, Arc<Vec<BoundStatement>>>,
 }
 
-/// What [`PreparedBundle::registry`] may keep of built registry statements, in bytes of their
-/// text (each holds the bundle's metadata bodies).
-const REGISTRY_MEMO_BYTES: u64 = 8 << 20;
+/// What [`PreparedBundle::registry`] may keep, in bytes (estimated from text lengths): a fleet
+/// on one version shares a few plans, while tenants with other data facts (row counts) get
+/// plans of their own that are rarely used twice, so a small bound keeps the shared ones.
+const REGISTRY_MEMO_BYTES: u64 = 2 << 20;
+
+/// The text [`REGISTRY_MEMO_BYTES`] counts for a plan's registry statements: the statements'
+/// SQL and values, and the plan the key keeps alive (its statements and registry rows).
+fn registry_weight(planned: &fleet_schema::Planned, statements: &[BoundStatement]) -> u32 {
+    let values: usize = statements
+        .iter()
+        .map(|s| {
+            s.sql.len()
+                + s.params
+                    .iter()
+                    .map(|v| match v {
+                        SqlValue::Text(t) => t.len(),
+                        SqlValue::Blob(b) => b.len(),
+                        _ => 8,
+                    })
+                    .sum::<usize>()
+        })
+        .sum();
+    let plan: usize = planned
+        .plan
+        .statements
+        .iter()
+        .map(|s| s.sql.len() + s.rollback_sql.as_ref().map_or(0, String::len))
+        .sum();
+    let registry: usize = planned
+        .registered
+        .iter()
+        .flatten()
+        .map(|r| r.body.len() + r.name.len())
+        .sum();
+    u32::try_from(values + plan + registry).unwrap_or(u32::MAX)
+}
 
 impl PreparedBundle {
     fn new(bundle: DeployBundle, objects: Vec<ObjectDefinition>) -> Self {
@@ -453,22 +491,8 @@ impl PreparedBundle {
                     )
                 }),
             registry: moka::sync::Cache::builder()
-                .weigher(|_: &SharedPlan, statements: &Arc<Vec<BoundStatement>>| {
-                    let bytes: usize = statements
-                        .iter()
-                        .map(|s| {
-                            s.sql.len()
-                                + s.params
-                                    .iter()
-                                    .map(|v| match v {
-                                        SqlValue::Text(t) => t.len(),
-                                        SqlValue::Blob(b) => b.len(),
-                                        _ => 8,
-                                    })
-                                    .sum::<usize>()
-                        })
-                        .sum();
-                    u32::try_from(bytes).unwrap_or(u32::MAX)
+                .weigher(|plan: &SharedPlan, statements: &Arc<Vec<BoundStatement>>| {
+                    registry_weight(&plan.0, statements)
                 })
                 .max_capacity(REGISTRY_MEMO_BYTES)
                 .build(),
@@ -1432,7 +1456,14 @@ impl Deployer {
                 return head;
             }
         };
-        if head.state.stale_control(message.sequence) {
+        let mark = match self.mark(message.sequence).await {
+            Ok(mark) => mark,
+            Err(e) => {
+                tracing::debug!(deployment = %id, error = %e, "reading the command stream failed; a queued cancel's delivery carries it out");
+                return head;
+            }
+        };
+        if head.state.stale_control(mark.as_ref()) {
             return head;
         }
         let delivery = Delivery {
@@ -1452,7 +1483,7 @@ impl Deployer {
         match self
             .deployments
             .transition(id.as_str(), |cur| {
-                rollout::cancel(cur, &id, message.sequence, &Timestamp::now())
+                rollout::cancel(cur, &id, mark.as_ref(), &Timestamp::now())
             })
             .await
         {
@@ -1479,14 +1510,19 @@ impl Deployer {
 
     /// `deploy.control.<id>`: resume or cancel, the operator's commands (`fleetctl deploy
     /// resume|cancel`), carried out here so only the deployer writes deployment state. They
-    /// take effect in stream order (`sequence`, the delivery's): one the record shows as
-    /// carried out or superseded — a cancel a job took from the stream ahead of its turn
-    /// ([`Self::cancel_ahead`]) — changes nothing.
+    /// take effect in stream order (`sequence`, the delivery's; 0 when it has none): one the
+    /// record shows as carried out or superseded — a cancel a job took from the stream ahead
+    /// of its turn ([`Self::cancel_ahead`]) — changes nothing.
     async fn control(&self, control: fleet_protocol::DeployControl, sequence: u64) -> Outcome {
         let id = control.deployment_id;
+        let mark = match self.mark(sequence).await {
+            Ok(mark) => mark,
+            Err(e) => return Outcome::transient_error(&e),
+        };
+        let now = Timestamp::now();
         let written = match control.action {
             fleet_protocol::DeployControlAction::Resume => {
-                if let Err(e) = self.mark_failed_for_retry(&id, sequence).await {
+                if let Err(e) = self.mark_failed_for_retry(&id, mark.as_ref()).await {
                     return match e {
                         DeployerError::Unknown(_) => Outcome::Poison {
                             reason: format!("unknown deployment {id}"),
@@ -1496,14 +1532,14 @@ impl Deployer {
                 }
                 self.deployments
                     .transition(id.as_str(), |cur| {
-                        rollout::resume(cur, &id, sequence, &Timestamp::now())
+                        rollout::resume(cur, &id, mark.as_ref(), &now)
                     })
                     .await
             }
             fleet_protocol::DeployControlAction::Cancel => {
                 self.deployments
                     .transition(id.as_str(), |cur| {
-                        rollout::cancel(cur, &id, sequence, &Timestamp::now())
+                        rollout::cancel(cur, &id, mark.as_ref(), &now)
                     })
                     .await
             }
@@ -1518,19 +1554,35 @@ impl Deployer {
         }
     }
 
-    /// Before a resume (at stream sequence `sequence`) of a halted or cancelled deployment:
+    /// Where the command at stream sequence `sequence` is: with the command stream's creation
+    /// time, read from the server (a stream created again numbers from 1). `None` for 0 (a
+    /// command handed over without its place in the stream).
+    async fn mark(&self, sequence: u64) -> Result<Option<rollout::CommandMark>, DeployerError> {
+        if sequence == 0 {
+            return Ok(None);
+        }
+        let info = self
+            .commands
+            .get_info()
+            .await
+            .map_err(|e| DeployerError::Commands(error_chain(&e)))?;
+        Ok(fleet_runtime::jobs::server_time(info.created)
+            .map(|stream| rollout::CommandMark { sequence, stream }))
+    }
+
+    /// Before a resume (at `mark` in the stream) of a halted or cancelled deployment:
     /// each failed outcome becomes a retry marker, and every entry is folded, so the resumed
     /// rollout counts only what stands. Nothing for a stale resume.
     async fn mark_failed_for_retry(
         &self,
         id: &DeploymentId,
-        sequence: u64,
+        mark: Option<&rollout::CommandMark>,
     ) -> Result<(), DeployerError> {
         let head = self.head(id).await?;
         if !matches!(
             head.state.status,
             RolloutStatus::Halted | RolloutStatus::Cancelled
-        ) || head.state.stale_control(sequence)
+        ) || head.state.stale_control(mark)
         {
             return Ok(());
         }

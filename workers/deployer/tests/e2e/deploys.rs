@@ -363,7 +363,7 @@ async fn a_cancel_sent_mid_wave_stops_the_jobs_queued_ahead_of_it() {
     let before = fleet.results("d1").await.len();
     assert!(before < tenants.len(), "the wave ended before the kill");
     fleet.control("d1", "cancel").await;
-    fleet.spawn(env!("CARGO_BIN_EXE_deployer"), &env);
+    let second = fleet.spawn(env!("CARGO_BIN_EXE_deployer"), &env);
     fleet
         .eventually(Duration::from_secs(60), "cancelled", async || {
             fleet
@@ -419,6 +419,41 @@ async fn a_cancel_sent_mid_wave_stops_the_jobs_queued_ahead_of_it() {
         migrated <= before + 1,
         "{migrated} migrated, {before} results"
     );
+
+    // The command stream is created again (a restore, a migration: it numbers from 1 again);
+    // a resume sent to it counts, though its sequence is below the cancel's.
+    let cancelled_at = d.control_sequence;
+    fleet.kill_deployer(second);
+    fleet
+        .js
+        .delete_stream(names::DEPLOY_COMMANDS)
+        .await
+        .unwrap();
+    fleet.spawn_deployer();
+    fleet
+        .eventually(
+            Duration::from_secs(30),
+            "the stream created again",
+            async || fleet.js.get_stream(names::DEPLOY_COMMANDS).await.is_ok(),
+        )
+        .await;
+    fleet.control("d1", "resume").await;
+    fleet
+        .eventually(
+            Duration::from_secs(120),
+            "resumed and completed",
+            async || {
+                fleet
+                    .deployment("d1")
+                    .await
+                    .is_some_and(|d| d.status == RolloutStatus::Completed)
+            },
+        )
+        .await;
+    let d = fleet.deployment("d1").await.unwrap();
+    assert_eq!(d.resumes, 1);
+    assert!(d.control_sequence < cancelled_at, "{d:?}");
+    assert_eq!(fleet.results("d1").await.len(), tenants.len());
 }
 
 #[tokio::test]

@@ -139,13 +139,27 @@ impl Fleet {
         self.fleet.log(0)
     }
 
+    /// Publishes `deploy.requested`, as a caller does: tried again under the same message id
+    /// while the server refuses it (for up to a minute — a cluster node that has just come
+    /// back routes a stream's subjects only once it has caught up, which on a loaded machine
+    /// can outlast the publisher's own few seconds of retries).
     pub async fn request(&self, id: &str, bundle: Value, target: Value, rollout: Value) {
         let request =
             json!({"deploymentId": id, "bundle": bundle, "target": target, "rollout": rollout});
-        self.publisher
-            .publish_json("deploy.requested", id, &request, HeaderMap::new())
-            .await
-            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match self
+                .publisher
+                .publish_json("deploy.requested", id, &request, HeaderMap::new())
+                .await
+            {
+                Ok(_) => return,
+                Err(e) if e.is_transient() && std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!("deploy.requested of {id}: {e}"),
+            }
+        }
     }
 
     /// Sends an operator's command (`resume`, `cancel`) as `fleetctl deploy` does.
