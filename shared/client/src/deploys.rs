@@ -219,9 +219,11 @@ impl FleetClient {
     }
 
     /// Sends `action` on `deploy.control.<id>` — checked against the record first, so an
-    /// illegal one is refused here with the reason — and waits until the deployer carried it
-    /// out: a resume counted, or the status `cancelled` (a cancel that the rollout outran by
-    /// ending first is [`ClientError::Refused`]).
+    /// illegal one is refused here with the reason, and one the deployment already satisfies
+    /// (a resume of a running deployment, a cancel of a cancelled one) answers its record
+    /// without sending anything — and waits until the deployer carried it out: a resume
+    /// counted, or the status `cancelled` (a cancel that the rollout outran by ending first is
+    /// [`ClientError::Refused`]).
     pub async fn control_deployment(
         &self,
         id: &DeploymentId,
@@ -241,13 +243,19 @@ impl FleetClient {
             DeployControlAction::Resume => rollout::resume(versioned.as_ref(), id, None, &now),
             DeployControlAction::Cancel => rollout::cancel(versioned.as_ref(), id, None, &now),
         };
-        if let Err(refused) = check {
-            return Err(ClientError::Refused {
-                kind: "deployment",
-                name: id.to_string(),
-                status: wire(&before.status),
-                why: refused.to_string(),
-            });
+        match check {
+            Err(refused) => {
+                return Err(ClientError::Refused {
+                    kind: "deployment",
+                    name: id.to_string(),
+                    status: wire(&before.status),
+                    why: refused.to_string(),
+                });
+            }
+            // Already what the command asks for (a resume of a running deployment, a cancel
+            // of a cancelled one): nothing to send, nothing to wait for.
+            Ok(fleet_runtime::Decision::Unchanged) => return Ok(before),
+            Ok(fleet_runtime::Decision::Write { .. }) => {}
         }
         let request = serde_json::to_value(DeployControl {
             deployment_id: id.clone(),

@@ -275,11 +275,17 @@ pub struct Deployment {
     /// changes nothing.
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub control_sequence: u64,
-    /// When the stream `control_sequence` counts in was created: a stream created again (a
-    /// restore, a migration) numbers from 1, and its commands are never stale against the
-    /// sequences of the one before.
+    /// When the stream `control_sequence` counts in was created (`None`: the command came from
+    /// a stream before the one that was read). A stream created again (a migration, a restore
+    /// from a backup) has another creation time, and its commands are placed by when they were
+    /// published instead ([`Deployment::control_published`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_stream: Option<Timestamp>,
+    /// When the last command carried out was stored in its stream: a command of another
+    /// stream published no later than it is stale (a restored backup's commands keep the time
+    /// they were first stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_published: Option<Timestamp>,
     /// An app rollout: the app it installs or upgrades on each tenant (`None`: a bundle
     /// deployment). Its package is kept beside the record, as a bundle is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -300,15 +306,28 @@ fn is_zero_u64(n: &u64) -> bool {
 pub struct CommandMark {
     /// The message's stream sequence.
     pub sequence: u64,
-    /// When the stream was created (its `created`, from the server's stream info).
+    /// When the stream was created (its `created`, from the server's stream info, read after
+    /// the message).
     pub stream: Timestamp,
+    /// When the message was stored in the stream (kept by a backup's restore).
+    pub published: Timestamp,
+}
+
+impl CommandMark {
+    /// Whether the message belongs to the stream whose creation time was read: one stored
+    /// before that stream was created came from an earlier stream (deleted and created again,
+    /// or restored from a backup), where its sequence means nothing.
+    fn in_stream(&self) -> bool {
+        self.published >= self.stream
+    }
 }
 
 /// `next` with `mark` recorded as the last command carried out.
 fn marked(mut next: Deployment, mark: Option<&CommandMark>) -> Deployment {
     if let Some(mark) = mark {
         next.control_sequence = mark.sequence;
-        next.control_stream = Some(mark.stream.clone());
+        next.control_stream = mark.in_stream().then(|| mark.stream.clone());
+        next.control_published = Some(mark.published.clone());
     }
     next
 }
@@ -403,16 +422,24 @@ impl Deployment {
             resumes: 0,
             control_sequence: 0,
             control_stream: None,
+            control_published: None,
             app: None,
         }
     }
 
     /// Whether the operator command `mark` (`None`: where it is in the stream is unknown,
-    /// never stale) was carried out or superseded already (see
-    /// [`Deployment::control_sequence`]).
+    /// never stale) was carried out or superseded already: in the stream of the last command
+    /// carried out, by sequence; from any other stream (created again since, or restored), by
+    /// when it was published (see [`Deployment::control_sequence`]).
     pub fn stale_control(&self, mark: Option<&CommandMark>) -> bool {
         mark.is_some_and(|m| {
-            self.control_stream.as_ref() == Some(&m.stream) && m.sequence <= self.control_sequence
+            if m.in_stream() && self.control_stream.as_ref() == Some(&m.stream) {
+                m.sequence <= self.control_sequence
+            } else {
+                self.control_published
+                    .as_ref()
+                    .is_some_and(|last| m.published <= *last)
+            }
         })
     }
 
@@ -1030,32 +1057,39 @@ mod tests {
     #[test]
     fn operator_commands_take_effect_in_stream_order_and_a_stale_one_changes_nothing() {
         let stream = t(-60);
-        let at = |sequence| {
+        // Command `n` of the stream created at `stream`, stored at `t(n)`.
+        let at = |sequence: u64| {
             Some(CommandMark {
                 sequence,
                 stream: stream.clone(),
+                published: t(sequence as i64),
             })
         };
         let mut d = started(vec![2], 0.5);
         // The cancel at sequence 9 is carried out ahead of its turn (taken from the stream).
-        let decision = cancel(Some(&d), &id(), at(9).as_ref(), &t(1)).unwrap();
+        let decision = cancel(Some(&d), &id(), at(9).as_ref(), &t(20)).unwrap();
         apply(&mut d, decision);
         assert_eq!(d.state.status, RolloutStatus::Cancelled);
         assert_eq!(
-            (d.state.control_sequence, d.state.control_stream.as_ref()),
-            (9, Some(&stream))
+            (
+                d.state.control_sequence,
+                d.state.control_stream.as_ref(),
+                d.state.control_published.as_ref()
+            ),
+            (9, Some(&stream), Some(&t(9)))
         );
         // Its own delivery later, and a resume sent before it (sequence 7): stale.
-        let stale = |d: &Versioned<Deployment>, sequence| {
+        let stale = |d: &Versioned<Deployment>, mark: Option<CommandMark>| {
             (
-                cancel(Some(d), &id(), at(sequence).as_ref(), &t(2)).unwrap(),
-                resume(Some(d), &id(), at(sequence).as_ref(), &t(2)).unwrap(),
+                cancel(Some(d), &id(), mark.as_ref(), &t(21)).unwrap(),
+                resume(Some(d), &id(), mark.as_ref(), &t(21)).unwrap(),
             )
         };
-        assert_eq!(stale(&d, 9), (Decision::Unchanged, Decision::Unchanged));
-        assert_eq!(stale(&d, 7), (Decision::Unchanged, Decision::Unchanged));
-        // A resume sent after it counts, and records its own sequence.
-        let decision = resume(Some(&d), &id(), at(12).as_ref(), &t(3)).unwrap();
+        let unchanged = (Decision::Unchanged, Decision::Unchanged);
+        assert_eq!(stale(&d, at(9)), unchanged);
+        assert_eq!(stale(&d, at(7)), unchanged);
+        // A resume sent after it counts, and records its own place.
+        let decision = resume(Some(&d), &id(), at(12).as_ref(), &t(22)).unwrap();
         apply(&mut d, decision);
         assert_eq!(
             (d.state.status, d.state.control_sequence),
@@ -1063,42 +1097,81 @@ mod tests {
         );
         // A resume that finds it running changes nothing but is recorded: a cancel sent
         // before it (13), handled after it, is stale instead of stopping the rollout.
-        let decision = resume(Some(&d), &id(), at(14).as_ref(), &t(4)).unwrap();
+        let decision = resume(Some(&d), &id(), at(14).as_ref(), &t(23)).unwrap();
         apply(&mut d, decision);
         assert_eq!(
             (d.state.status, d.state.control_sequence),
             (RolloutStatus::Running, 14)
         );
         assert_eq!(
-            cancel(Some(&d), &id(), at(13).as_ref(), &t(5)).unwrap(),
+            cancel(Some(&d), &id(), at(13).as_ref(), &t(24)).unwrap(),
             Decision::Unchanged
         );
-        // The command stream created again numbers from 1: its commands are not stale.
+        // The stream restored from a backup taken before the resume at 14: its commands keep
+        // their sequences and times, the stream gets a new creation time. The replayed
+        // commands are stale by time; one sent to it afterwards (sequence 15) counts.
+        let restored = t(100);
+        let replayed = |sequence: u64| CommandMark {
+            sequence,
+            stream: restored.clone(),
+            published: t(sequence as i64),
+        };
+        assert_eq!(stale(&d, Some(replayed(12))), unchanged);
+        assert_eq!(stale(&d, Some(replayed(13))), unchanged);
+        let after_restore = CommandMark {
+            sequence: 15,
+            stream: restored.clone(),
+            published: t(101),
+        };
+        let decision = cancel(Some(&d), &id(), Some(&after_restore), &t(102)).unwrap();
+        apply(&mut d, decision);
+        assert_eq!(d.state.status, RolloutStatus::Cancelled);
+        assert_eq!(d.state.control_stream.as_ref(), Some(&restored));
+        // The stream created again, empty, numbers from 1: its commands are not stale.
         let again = CommandMark {
             sequence: 1,
-            stream: t(30),
+            stream: t(200),
+            published: t(201),
         };
-        let decision = cancel(Some(&d), &id(), Some(&again), &t(31)).unwrap();
+        let decision = resume(Some(&d), &id(), Some(&again), &t(202)).unwrap();
         apply(&mut d, decision);
         assert_eq!(
             (d.state.status, d.state.control_sequence),
-            (RolloutStatus::Cancelled, 1)
+            (RolloutStatus::Running, 1)
         );
+        // A command read from a stream created after it was stored (deleted and created
+        // again between the two reads) is placed by its time, and its sequence is not taken
+        // for the new stream's.
+        let orphan = CommandMark {
+            sequence: 5_000,
+            stream: t(300),
+            published: t(250),
+        };
+        let decision = cancel(Some(&d), &id(), Some(&orphan), &t(301)).unwrap();
+        apply(&mut d, decision);
+        assert_eq!(d.state.control_stream, None);
+        let next = CommandMark {
+            sequence: 1,
+            stream: t(300),
+            published: t(302),
+        };
+        assert!(!d.state.stale_control(Some(&next)));
         // A command with no place in the stream (a check before sending one) is never stale,
         // and records nothing.
         assert_eq!(
-            cancel(Some(&d), &id(), None, &t(32)).unwrap(),
+            cancel(Some(&d), &id(), None, &t(303)).unwrap(),
             Decision::Unchanged
         );
         assert!(matches!(
-            resume(Some(&d), &id(), None, &t(32)).unwrap(),
-            Decision::Write { next, .. } if next.control_sequence == 1
+            resume(Some(&d), &id(), None, &t(303)).unwrap(),
+            Decision::Write { next, .. } if next.control_sequence == 5_000
         ));
         // A record of an earlier release (no `controlSequence`) reads as 0, no stream.
         let mut json = serde_json::to_value(&d.state).unwrap();
         let object = json.as_object_mut().unwrap();
-        object.remove("controlSequence");
-        object.remove("controlStream");
+        for field in ["controlSequence", "controlStream", "controlPublished"] {
+            object.remove(field);
+        }
         let old: Deployment = serde_json::from_value(json).unwrap();
         assert_eq!(
             (old.control_sequence, old.control_stream.as_ref()),

@@ -440,12 +440,18 @@ struct PreparedBundle {
     registry: moka::sync::Cache<SharedPlan, Arc<Vec<BoundStatement>>>,
 }
 
-/// What [`PreparedBundle::registry`] may keep, in bytes (estimated from text lengths): a fleet
-/// on one version shares a few plans, while tenants with other data facts (row counts) get
-/// plans of their own that are rarely used twice, so a small bound keeps the shared ones.
+/// What [`PreparedBundle::registry`] keeps at least, in bytes (estimated from text lengths): a
+/// fleet on one version shares a few plans, while tenants with other data facts (row counts)
+/// get plans of their own that are rarely used twice, so a small bound keeps the shared ones.
+/// A large bundle raises it to [`REGISTRY_MEMO_BUNDLES`] times the bundle's size: one plan's
+/// statements weigh about 1.2 (a first deploy) to 3.1 (an upgrade, the registry rows it
+/// replaces counted too) times the bundle.
 const REGISTRY_MEMO_BYTES: u64 = 2 << 20;
 
-/// The text [`REGISTRY_MEMO_BYTES`] counts for a plan's registry statements: the statements'
+/// See [`REGISTRY_MEMO_BYTES`].
+const REGISTRY_MEMO_BUNDLES: u64 = 8;
+
+/// The text the registry memo's bound counts for a plan's registry statements: the statements'
 /// SQL and values, and the plan the key keeps alive (its statements and registry rows).
 fn registry_weight(planned: &fleet_schema::Planned, statements: &[BoundStatement]) -> u32 {
     let values: usize = statements
@@ -478,7 +484,8 @@ fn registry_weight(planned: &fleet_schema::Planned, statements: &[BoundStatement
 }
 
 impl PreparedBundle {
-    fn new(bundle: DeployBundle, objects: Vec<ObjectDefinition>) -> Self {
+    /// The bundle (`bundle_bytes` long as stored) prepared for its deployment's jobs.
+    fn new(bundle: DeployBundle, objects: Vec<ObjectDefinition>, bundle_bytes: usize) -> Self {
         let desired = fleet_schema::system::with_system_objects(&objects);
         PreparedBundle {
             plans: fleet_schema::desired_within(&desired, &[])
@@ -494,7 +501,7 @@ impl PreparedBundle {
                 .weigher(|plan: &SharedPlan, statements: &Arc<Vec<BoundStatement>>| {
                     registry_weight(&plan.0, statements)
                 })
-                .max_capacity(REGISTRY_MEMO_BYTES)
+                .max_capacity(REGISTRY_MEMO_BYTES.max(REGISTRY_MEMO_BUNDLES * bundle_bytes as u64))
                 .build(),
             desired,
             objects,
@@ -1086,7 +1093,7 @@ impl Deployer {
             let bundle: DeployBundle =
                 serde_json::from_slice(&bytes).map_err(|e| unreadable(&e))?;
             let objects = bundle.object_definitions().map_err(|e| unreadable(&e))?;
-            Prepared::Bundle(Box::new(PreparedBundle::new(bundle, objects)))
+            Prepared::Bundle(Box::new(PreparedBundle::new(bundle, objects, bytes.len())))
         };
         let prepared = Arc::new(prepared);
         self.prepared.insert(id.clone(), prepared.clone()).await;
@@ -1456,23 +1463,15 @@ impl Deployer {
                 return head;
             }
         };
-        let mark = match self.mark(message.sequence).await {
-            Ok(mark) => mark,
-            Err(e) => {
-                tracing::debug!(deployment = %id, error = %e, "reading the command stream failed; a queued cancel's delivery carries it out");
-                return head;
-            }
-        };
-        if head.state.stale_control(mark.as_ref()) {
-            return head;
-        }
+        let published = fleet_runtime::jobs::server_time(message.time);
+        let sequence = message.sequence;
         let delivery = Delivery {
             subject,
             payload: message.payload,
             headers: message.headers,
             attempt: 1,
-            sequence: message.sequence,
-            published_at: None,
+            sequence,
+            published_at: published.clone(),
         };
         let Ok(DeployCommand::Control(control)) = DeployCommand::parse(&delivery) else {
             return head;
@@ -1480,15 +1479,26 @@ impl Deployer {
         if control.action != fleet_protocol::DeployControlAction::Cancel {
             return head;
         }
+        let mark = match self.mark(sequence, published.as_ref()).await {
+            Ok(Some(mark)) => mark,
+            Ok(None) => return head,
+            Err(e) => {
+                tracing::debug!(deployment = %id, error = %e, "reading the command stream failed; a queued cancel's delivery carries it out");
+                return head;
+            }
+        };
+        if head.state.stale_control(Some(&mark)) {
+            return head;
+        }
         match self
             .deployments
             .transition(id.as_str(), |cur| {
-                rollout::cancel(cur, &id, mark.as_ref(), &Timestamp::now())
+                rollout::cancel(cur, &id, Some(&mark), &Timestamp::now())
             })
             .await
         {
             Ok(Some(written)) => {
-                tracing::info!(deployment = %id, sequence = message.sequence, "cancel carried out ahead of the wave's queued jobs");
+                tracing::info!(deployment = %id, sequence, "cancel carried out ahead of the wave's queued jobs");
                 written
             }
             Ok(None) => head,
@@ -1510,12 +1520,18 @@ impl Deployer {
 
     /// `deploy.control.<id>`: resume or cancel, the operator's commands (`fleetctl deploy
     /// resume|cancel`), carried out here so only the deployer writes deployment state. They
-    /// take effect in stream order (`sequence`, the delivery's; 0 when it has none): one the
-    /// record shows as carried out or superseded — a cancel a job took from the stream ahead
-    /// of its turn ([`Self::cancel_ahead`]) — changes nothing.
-    async fn control(&self, control: fleet_protocol::DeployControl, sequence: u64) -> Outcome {
+    /// take effect in stream order (the delivery's `sequence` and `published` time; a command
+    /// without them is carried out unplaced): one the record shows as carried out or
+    /// superseded — a cancel a job took from the stream ahead of its turn
+    /// ([`Self::cancel_ahead`]) — changes nothing.
+    async fn control(
+        &self,
+        control: fleet_protocol::DeployControl,
+        sequence: u64,
+        published: Option<&Timestamp>,
+    ) -> Outcome {
         let id = control.deployment_id;
-        let mark = match self.mark(sequence).await {
+        let mark = match self.mark(sequence, published).await {
             Ok(mark) => mark,
             Err(e) => return Outcome::transient_error(&e),
         };
@@ -1554,20 +1570,30 @@ impl Deployer {
         }
     }
 
-    /// Where the command at stream sequence `sequence` is: with the command stream's creation
-    /// time, read from the server (a stream created again numbers from 1). `None` for 0 (a
-    /// command handed over without its place in the stream).
-    async fn mark(&self, sequence: u64) -> Result<Option<rollout::CommandMark>, DeployerError> {
-        if sequence == 0 {
+    /// Where the command at stream sequence `sequence`, stored at `published`, is: with the
+    /// command stream's creation time, read from the server (a stream created again or
+    /// restored from a backup has another). `None` without a sequence or a time (a command
+    /// handed over without its place in the stream).
+    async fn mark(
+        &self,
+        sequence: u64,
+        published: Option<&Timestamp>,
+    ) -> Result<Option<rollout::CommandMark>, DeployerError> {
+        let Some(published) = published.filter(|_| sequence != 0) else {
             return Ok(None);
-        }
+        };
         let info = self
             .commands
             .get_info()
             .await
             .map_err(|e| DeployerError::Commands(error_chain(&e)))?;
-        Ok(fleet_runtime::jobs::server_time(info.created)
-            .map(|stream| rollout::CommandMark { sequence, stream }))
+        Ok(
+            fleet_runtime::jobs::server_time(info.created).map(|stream| rollout::CommandMark {
+                sequence,
+                stream,
+                published: published.clone(),
+            }),
+        )
     }
 
     /// Before a resume (at `mark` in the stream) of a halted or cancelled deployment:
@@ -1992,7 +2018,10 @@ impl Handler for Deployer {
             Ok(DeployCommand::Request(request)) => self.requested(*request).await,
             Ok(DeployCommand::AppRequest(request)) => self.app_requested(*request).await,
             Ok(DeployCommand::Rollback(id)) => self.rollback_requested(id).await,
-            Ok(DeployCommand::Control(control)) => self.control(control, delivery.sequence).await,
+            Ok(DeployCommand::Control(control)) => {
+                self.control(control, delivery.sequence, delivery.published_at.as_ref())
+                    .await
+            }
             Ok(DeployCommand::TenantJob(job)) => self.tenant_job(job, delivery.attempt).await,
             Err(unparsed) => self.unparsed(unparsed).await,
         }
@@ -2172,10 +2201,10 @@ mod tests {
             env!("CARGO_MANIFEST_DIR"),
             "/../../examples/crm-v2.bundle.json"
         );
-        let bundle: DeployBundle =
-            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let text = std::fs::read_to_string(path).unwrap();
+        let bundle: DeployBundle = serde_json::from_str(&text).unwrap();
         let objects = bundle.object_definitions().unwrap();
-        let prepared = PreparedBundle::new(bundle, objects);
+        let prepared = PreparedBundle::new(bundle, objects, text.len());
         let d = Deployment {
             version: "2.0.0".into(),
             checksum: "c".into(),

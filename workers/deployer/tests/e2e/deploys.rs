@@ -420,8 +420,8 @@ async fn a_cancel_sent_mid_wave_stops_the_jobs_queued_ahead_of_it() {
         "{migrated} migrated, {before} results"
     );
 
-    // The command stream is created again (a restore, a migration: it numbers from 1 again);
-    // a resume sent to it counts, though its sequence is below the cancel's.
+    // The command stream is created again, empty (a migration: it numbers from 1 again); a
+    // resume sent to it counts, though its sequence is below the cancel's.
     let cancelled_at = d.control_sequence;
     fleet.kill_deployer(second);
     fleet

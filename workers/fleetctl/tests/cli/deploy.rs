@@ -105,3 +105,37 @@ async fn a_bundle_path_that_does_not_exist_is_refused_not_deployed_empty() {
         .stderr(predicate::str::contains("manifest.json"));
     assert_eq!(deploy_commands(&server).await, 0);
 }
+
+#[tokio::test]
+async fn resuming_a_running_deployment_answers_at_once_and_sends_nothing() {
+    use fleet_protocol::{DeploymentId, Timestamp};
+    use fleet_rollouts::{Deployment, RolloutError, RolloutStatus};
+
+    let fleet = fleet_testkit::TestFleet::start("");
+    let runtime = fleet_runtime::Runtime::connect(&fleet.config)
+        .await
+        .unwrap();
+    let deployments = fleet_control::deployments(&runtime).await.unwrap();
+    let id = DeploymentId::parse("d1").unwrap();
+    let running = Deployment {
+        version: "1".into(),
+        wave_ends: vec![3],
+        targets_attempt: "a1".into(),
+        ..Deployment::new(id.clone(), RolloutStatus::Running, Timestamp::now())
+    };
+    deployments
+        .transition::<RolloutError, _>(id.as_str(), |cur| {
+            fleet_rollouts::start(cur, &running, &Timestamp::now())
+        })
+        .await
+        .unwrap();
+    // No deployer runs: a resume that was sent would wait for one (and time out).
+    fleetctl()
+        .env("FLEET_NATS__URL", fleet.server.url())
+        .args(["deploy", "resume", "d1"])
+        .timeout(std::time::Duration::from_secs(20))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Running"));
+    assert_eq!(deploy_commands(&fleet.server).await, 0, "nothing sent");
+}
