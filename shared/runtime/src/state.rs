@@ -119,6 +119,44 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
         }
     }
 
+    /// The current state of `key` as the bucket's stream leader holds it. [`Self::get`] is a
+    /// direct get, which any replica answers — one that has just restarted and is still
+    /// catching up answers from the past; a caller that writes next finds that out by its
+    /// compare-and-set, one that only reads (choosing a rollout's targets) would not.
+    pub async fn get_from_leader<E: std::error::Error + 'static>(
+        &self,
+        key: &str,
+    ) -> Result<Option<Versioned<S>>, StateError<E>> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let subject = format!("{}{key}", self.kv.prefix);
+        let message = match self
+            .kv
+            .stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
+            Ok(message) => message,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+            Err(e) => return Err(StateError::Store(e.to_string())),
+        };
+        // A deleted or purged key keeps a marker message (`KV-Operation: DEL | PURGE`).
+        if message
+            .headers
+            .get("KV-Operation")
+            .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"))
+        {
+            return Ok(None);
+        }
+        let state = serde_json::from_slice(&message.payload).map_err(|e| StateError::Corrupt {
+            key: key.to_owned(),
+            message: e.to_string(),
+        })?;
+        Ok(Some(Versioned {
+            state,
+            revision: message.sequence,
+        }))
+    }
+
     /// Every key with a value (an operator's listing: it reads the whole bucket).
     pub async fn keys(&self) -> Result<Vec<String>, StateError<std::convert::Infallible>> {
         use futures::TryStreamExt;

@@ -788,9 +788,11 @@ impl Deployer {
                 if with_app.as_ref().is_some_and(|w| !w.contains(&tenant)) {
                     continue;
                 }
+                // From the leader: a replica catching up after a restart would leave out
+                // tenants that became active meanwhile.
                 let record = self
                     .tenants
-                    .get::<std::convert::Infallible>(tenant.as_str())
+                    .get_from_leader::<std::convert::Infallible>(tenant.as_str())
                     .await
                     .map_err(DeployerError::Tenants)?;
                 let fits = record.is_some_and(|r| {

@@ -279,3 +279,25 @@ async fn a_new_key_is_created_without_a_read_and_an_existing_one_is_decided_on_a
         .unwrap();
     assert_eq!(refused.state, Status::Active);
 }
+
+#[tokio::test]
+async fn the_leader_answers_what_a_direct_get_answers() {
+    let env = Env::start().await;
+    let store = tenant_store::<Status>(&env).await;
+    let leader = |key: &'static str| {
+        let store = &store;
+        async move { store.get_from_leader::<Illegal>(key).await.unwrap() }
+    };
+    assert!(leader("acme").await.is_none(), "no key");
+    store.transition("acme", to(Status::Active)).await.unwrap();
+    let direct = store.get::<Illegal>("acme").await.unwrap().unwrap();
+    let read = leader("acme").await.unwrap();
+    assert_eq!((read.state, read.revision), (direct.state, direct.revision));
+    // A deleted key reads as none (its marker is the last message).
+    store
+        .remove::<Illegal>("acme", &direct, event("deleted"))
+        .await
+        .unwrap();
+    assert!(leader("acme").await.is_none(), "deleted");
+    assert!(store.get::<Illegal>("acme").await.unwrap().is_none());
+}
