@@ -218,10 +218,31 @@ impl FleetClient {
             .await
     }
 
+    /// Whether a `deploy.control.<id>` command waits in the stream, not yet carried out (the
+    /// work queue keeps a command until the deployer has handled it).
+    async fn control_queued(&self, id: &DeploymentId) -> Result<bool, ClientError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let subjects = self.runtime.topology.subjects();
+        let stream = self
+            .runtime
+            .js
+            .get_stream(subjects.stream(fleet_runtime::topology::names::DEPLOY_COMMANDS))
+            .await
+            .map_err(messaging)?;
+        match stream
+            .get_last_raw_message_by_subject(&subjects.full(&format!("deploy.control.{id}")))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(false),
+            Err(e) => Err(messaging(e)),
+        }
+    }
+
     /// Sends `action` on `deploy.control.<id>` — checked against the record first, so an
     /// illegal one is refused here with the reason, and one the deployment already satisfies
-    /// (a resume of a running deployment, a cancel of a cancelled one) answers its record
-    /// without sending anything — and waits until the deployer carried it out: a resume
+    /// (a resume of a running deployment, a cancel of a cancelled one) with no other command
+    /// queued answers its record without sending anything — and waits until the deployer carried it out: a resume
     /// counted, or the status `cancelled` (a cancel that the rollout outran by ending first is
     /// [`ClientError::Refused`]).
     pub async fn control_deployment(
@@ -253,9 +274,13 @@ impl FleetClient {
                 });
             }
             // Already what the command asks for (a resume of a running deployment, a cancel
-            // of a cancelled one): nothing to send, nothing to wait for.
-            Ok(fleet_runtime::Decision::Unchanged) => return Ok(before),
-            Ok(fleet_runtime::Decision::Write { .. }) => {}
+            // of a cancelled one) with no other command queued ahead of it that could change
+            // that: nothing to send, nothing to wait for. With one queued, it is sent and
+            // carried out after it, in stream order.
+            Ok(fleet_runtime::Decision::Unchanged) if !self.control_queued(id).await? => {
+                return Ok(before);
+            }
+            Ok(_) => {}
         }
         let request = serde_json::to_value(DeployControl {
             deployment_id: id.clone(),

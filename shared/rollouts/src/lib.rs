@@ -428,13 +428,17 @@ impl Deployment {
     }
 
     /// Whether the operator command `mark` (`None`: where it is in the stream is unknown,
-    /// never stale) was carried out or superseded already: in the stream of the last command
-    /// carried out, by sequence; from any other stream (created again since, or restored), by
-    /// when it was published (see [`Deployment::control_sequence`]).
+    /// never stale) was carried out or superseded already (see
+    /// [`Deployment::control_sequence`]). A message of the stream as it is now is placed by
+    /// sequence, and only against a command carried out from that same stream: one of a
+    /// stream created since has nothing before it. A message stored before the stream was
+    /// created (a restored backup's) is placed by when it was published, against the last
+    /// command carried out — the one comparison of times, made only where sequences cannot be.
     pub fn stale_control(&self, mark: Option<&CommandMark>) -> bool {
         mark.is_some_and(|m| {
-            if m.in_stream() && self.control_stream.as_ref() == Some(&m.stream) {
-                m.sequence <= self.control_sequence
+            if m.in_stream() {
+                self.control_stream.as_ref() == Some(&m.stream)
+                    && m.sequence <= self.control_sequence
             } else {
                 self.control_published
                     .as_ref()
@@ -1139,6 +1143,14 @@ mod tests {
             (d.state.status, d.state.control_sequence),
             (RolloutStatus::Running, 1)
         );
+        // A stream created again on a server whose clock is behind (created at t(60), a
+        // command stored at t(70), before the last one carried out): still not stale.
+        let behind = CommandMark {
+            sequence: 1,
+            stream: t(60),
+            published: t(70),
+        };
+        assert!(!d.state.stale_control(Some(&behind)));
         // A command read from a stream created after it was stored (deleted and created
         // again between the two reads) is placed by its time, and its sequence is not taken
         // for the new stream's.

@@ -139,11 +139,13 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
             Err(e) => return Err(StateError::Store(e.to_string())),
         };
-        // A deleted or purged key keeps a marker message (`KV-Operation: DEL | PURGE`).
+        // A deleted or purged key keeps a marker message (`KV-Operation: DEL | PURGE`); the
+        // server's own markers (`Nats-Marker-Reason`: MaxAge, Purge, Remove) mean the same.
         if message
             .headers
             .get("KV-Operation")
             .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"))
+            || message.headers.get("Nats-Marker-Reason").is_some()
         {
             return Ok(None);
         }
