@@ -32,7 +32,8 @@
 //! tenant.
 //!
 //! The operator's `deploy.control.<id>` (resume, cancel) take effect in stream order, the record
-//! keeping the sequence of the last one carried out. A cancel sent mid-wave would be delivered
+//! keeping where the last one carried out was (its sequence, the stream's creation time and its
+//! publish time; see `fleet_rollouts::Deployment::control_sequence`). A cancel sent mid-wave would be delivered
 //! only after the wave's queued jobs, so each job looks for one in the stream when it starts and
 //! carries it out then: the rest of the wave stops at once, and the cancel's own delivery is
 //! stale when it comes.
@@ -1439,7 +1440,7 @@ impl Deployer {
     /// sent while they run, so a cancel's own delivery comes only after every queued job of
     /// the wave; each job looks for one when it starts and whenever it reads the head again,
     /// so the rest of the wave stops within a job's first tenant. The cancel is recorded with
-    /// its stream sequence, which makes its own delivery (and any command sent before it)
+    /// its place in the stream, which makes its own delivery (and any command sent before it)
     /// stale. Only a cancel is taken early: a resume's retry markers must come first, and a
     /// cancel followed by a resume leaves the deployment running, as in order. Anything else —
     /// no message, a read or write that failed, a message that is no cancel — leaves the head
