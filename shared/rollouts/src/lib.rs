@@ -322,6 +322,20 @@ impl CommandMark {
     }
 }
 
+/// A command the deployment already satisfies: nothing changes but, for a command with a place
+/// in the stream, the record of that place (so no command sent before it takes effect after it).
+fn satisfied(
+    d: &Deployment,
+    mark: Option<&CommandMark>,
+    step: &str,
+    now: &Timestamp,
+) -> Decision<Deployment> {
+    match mark {
+        Some(_) => write(marked(d.clone(), mark), step, None, now),
+        None => Decision::Unchanged,
+    }
+}
+
 /// `next` with `mark` recorded as the last command carried out.
 fn marked(mut next: Deployment, mark: Option<&CommandMark>) -> Deployment {
     if let Some(mark) = mark {
@@ -669,15 +683,7 @@ pub fn cancel(
         return Ok(Decision::Unchanged);
     }
     match d.status {
-        RolloutStatus::Cancelled => Ok(match mark {
-            Some(_) => write(
-                marked(d.clone(), mark),
-                "cancel (cancelled already)",
-                None,
-                now,
-            ),
-            None => Decision::Unchanged,
-        }),
+        RolloutStatus::Cancelled => Ok(satisfied(d, mark, "cancel (cancelled already)", now)),
         RolloutStatus::Running | RolloutStatus::Halted => {
             let mut next = marked(d.clone(), mark);
             next.status = RolloutStatus::Cancelled;
@@ -705,15 +711,7 @@ pub fn resume(
         return Ok(Decision::Unchanged);
     }
     match d.status {
-        RolloutStatus::Running => Ok(match mark {
-            Some(_) => write(
-                marked(d.clone(), mark),
-                "resume (running already)",
-                None,
-                now,
-            ),
-            None => Decision::Unchanged,
-        }),
+        RolloutStatus::Running => Ok(satisfied(d, mark, "resume (running already)", now)),
         RolloutStatus::Halted | RolloutStatus::Cancelled => {
             let mut next = marked(d.clone(), mark);
             next.status = RolloutStatus::Running;

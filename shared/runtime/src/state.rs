@@ -53,6 +53,20 @@ pub enum StateError<E: std::error::Error + 'static> {
     },
 }
 
+/// A stored value of `key` at `revision`, decoded; [`StateError::Corrupt`] when it is not JSON
+/// of the state's shape.
+fn decode<S: DeserializeOwned, E: std::error::Error + 'static>(
+    key: &str,
+    bytes: &[u8],
+    revision: u64,
+) -> Result<Versioned<S>, StateError<E>> {
+    let state = serde_json::from_slice(bytes).map_err(|e| StateError::Corrupt {
+        key: key.to_owned(),
+        message: e.to_string(),
+    })?;
+    Ok(Versioned { state, revision })
+}
+
 impl<E: std::error::Error + 'static> StateError<E> {
     /// Whether retrying later may succeed.
     pub fn is_transient(&self) -> bool {
@@ -105,15 +119,7 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
             .map_err(|e| StateError::Store(e.to_string()))?;
         match entry {
             Some(entry) if entry.operation == kv::Operation::Put => {
-                let state =
-                    serde_json::from_slice(&entry.value).map_err(|e| StateError::Corrupt {
-                        key: key.to_owned(),
-                        message: e.to_string(),
-                    })?;
-                Ok(Some(Versioned {
-                    state,
-                    revision: entry.revision,
-                }))
+                decode(key, &entry.value, entry.revision).map(Some)
             }
             _ => Ok(None),
         }
@@ -149,14 +155,7 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
         {
             return Ok(None);
         }
-        let state = serde_json::from_slice(&message.payload).map_err(|e| StateError::Corrupt {
-            key: key.to_owned(),
-            message: e.to_string(),
-        })?;
-        Ok(Some(Versioned {
-            state,
-            revision: message.sequence,
-        }))
+        decode(key, &message.payload, message.sequence).map(Some)
     }
 
     /// Every key with a value (an operator's listing: it reads the whole bucket).

@@ -389,12 +389,7 @@ impl PlanMemo {
             owner,
             shapes: moka::sync::Cache::builder()
                 .weigher(|shape: &Shape, _: &Arc<Remembered>| {
-                    let registry: usize = shape
-                        .registered
-                        .iter()
-                        .flatten()
-                        .map(|r| r.body.len() + r.name.len())
-                        .sum();
+                    let registry = shape.registered.as_deref().map_or(0, registry::text_len);
                     let derived = shape.catalog.len() * (2 + PLANS_PER_SHAPE as usize);
                     u32::try_from(shape.catalog.len() + registry + derived).unwrap_or(u32::MAX)
                 })

@@ -259,6 +259,11 @@ pub fn items(kinds: &[(&str, &[serde_json::Map<String, serde_json::Value>])]) ->
     items
 }
 
+/// The text a registry's rows hold (names and bodies), in bytes: what keeping them costs.
+pub fn text_len(registered: &[Registered]) -> usize {
+    registered.iter().map(|r| r.body.len() + r.name.len()).sum()
+}
+
 /// The registry entries of a deploy bundle: its objects, views, flows and permissions.
 pub fn bundle_items(bundle: &fleet_protocol::DeployBundle) -> Vec<Item> {
     items(&[

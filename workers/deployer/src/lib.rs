@@ -475,12 +475,10 @@ fn registry_weight(planned: &fleet_schema::Planned, statements: &[BoundStatement
         .iter()
         .map(|s| s.sql.len() + s.rollback_sql.as_ref().map_or(0, String::len))
         .sum();
-    let registry: usize = planned
+    let registry = planned
         .registered
-        .iter()
-        .flatten()
-        .map(|r| r.body.len() + r.name.len())
-        .sum();
+        .as_deref()
+        .map_or(0, fleet_schema::registry::text_len);
     u32::try_from(values + plan + registry).unwrap_or(u32::MAX)
 }
 

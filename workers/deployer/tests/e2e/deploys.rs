@@ -146,12 +146,7 @@ async fn failures_past_the_ratio_halt_the_rollout_and_leave_the_rest_untouched()
     // fix the data, resume it — the failed tenants are retried and the rest of the waves run.
     fleet.control("d1", "cancel").await;
     fleet
-        .eventually(Duration::from_secs(30), "cancelled", async || {
-            fleet
-                .deployment("d1")
-                .await
-                .is_some_and(|d| d.status == RolloutStatus::Cancelled)
-        })
+        .until_status("d1", RolloutStatus::Cancelled, Duration::from_secs(30))
         .await;
     for tenant in &tenants[3..8] {
         fleet
@@ -163,16 +158,7 @@ async fn failures_past_the_ratio_halt_the_rollout_and_leave_the_rest_untouched()
     }
     fleet.control("d1", "resume").await;
     fleet
-        .eventually(
-            Duration::from_secs(120),
-            "completed after resume",
-            async || {
-                fleet
-                    .deployment("d1")
-                    .await
-                    .is_some_and(|d| d.status == RolloutStatus::Completed)
-            },
-        )
+        .until_status("d1", RolloutStatus::Completed, Duration::from_secs(120))
         .await;
     for tenant in &tenants {
         assert!(
@@ -365,12 +351,7 @@ async fn a_cancel_sent_mid_wave_stops_the_jobs_queued_ahead_of_it() {
     fleet.control("d1", "cancel").await;
     let second = fleet.spawn(env!("CARGO_BIN_EXE_deployer"), &env);
     fleet
-        .eventually(Duration::from_secs(60), "cancelled", async || {
-            fleet
-                .deployment("d1")
-                .await
-                .is_some_and(|d| d.status == RolloutStatus::Cancelled)
-        })
+        .until_status("d1", RolloutStatus::Cancelled, Duration::from_secs(60))
         .await;
     // Every message settles — the queued jobs and the cancel's own delivery — ...
     let stream = fleet.js.get_stream(names::DEPLOY_COMMANDS).await.unwrap();
@@ -438,19 +419,9 @@ async fn a_cancel_sent_mid_wave_stops_the_jobs_queued_ahead_of_it() {
         )
         .await;
     fleet.control("d1", "resume").await;
-    fleet
-        .eventually(
-            Duration::from_secs(120),
-            "resumed and completed",
-            async || {
-                fleet
-                    .deployment("d1")
-                    .await
-                    .is_some_and(|d| d.status == RolloutStatus::Completed)
-            },
-        )
+    let d = fleet
+        .until_status("d1", RolloutStatus::Completed, Duration::from_secs(120))
         .await;
-    let d = fleet.deployment("d1").await.unwrap();
     assert_eq!(d.resumes, 1);
     assert!(d.control_sequence < cancelled_at, "{d:?}");
     assert_eq!(fleet.results("d1").await.len(), tenants.len());
@@ -601,12 +572,7 @@ async fn a_reversible_deployment_is_rolled_back_to_the_previous_schema() {
         .await
         .unwrap();
     fleet
-        .eventually(Duration::from_secs(60), "v1 rollback ended", async || {
-            fleet
-                .deployment("v1")
-                .await
-                .is_some_and(|d| d.status == RolloutStatus::RolledBack)
-        })
+        .until_status("v1", RolloutStatus::RolledBack, Duration::from_secs(60))
         .await;
     let refused = fleet.deployment("v1").await.unwrap();
     assert_eq!(
@@ -639,12 +605,7 @@ async fn a_reversible_deployment_is_rolled_back_to_the_previous_schema() {
         .await
         .unwrap();
     fleet
-        .eventually(Duration::from_secs(60), "rolled back", async || {
-            fleet
-                .deployment("v11")
-                .await
-                .is_some_and(|d| d.status == RolloutStatus::RolledBack)
-        })
+        .until_status("v11", RolloutStatus::RolledBack, Duration::from_secs(60))
         .await;
     let d = fleet.deployment("v11").await.unwrap();
     let rollbacks = fleet.outcomes("v11", true).await;

@@ -225,6 +225,22 @@ impl Fleet {
         self.deployment(id).await.unwrap()
     }
 
+    /// Waits up to `limit` until deployment `id` has `status`; its record then.
+    pub async fn until_status(
+        &self,
+        id: &str,
+        status: RolloutStatus,
+        limit: Duration,
+    ) -> Deployment {
+        self.eventually(limit, &format!("{id} {status:?}"), async || {
+            self.deployment(id)
+                .await
+                .is_some_and(|d| d.status == status)
+        })
+        .await;
+        self.deployment(id).await.unwrap()
+    }
+
     pub async fn eventually<F: AsyncFnMut() -> bool>(&self, limit: Duration, what: &str, check: F) {
         if fleet_testkit::wait_until(limit, check).await {
             return;
