@@ -85,6 +85,11 @@ fn target(name: &str, value: f64, goal: &str, met: bool) -> Value {
     json!({"target": name, "value": round(value), "goal": goal, "met": met})
 }
 
+/// The fleet's allocator ([`fleet_runtime::allocator`]): the raw floors run the same SQLite
+/// work on the same heap as the workers.
+#[global_allocator]
+static ALLOCATOR: fleet_runtime::allocator::Allocator = fleet_runtime::allocator::Allocator;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = args()?;
