@@ -180,17 +180,23 @@ pub struct FleetClient {
     timeout: Duration,
 }
 
-/// Reads the value of `key` in `store` and its revision (`None`: absent or deleted).
+/// Reads the value of `key` in `store` and its revision (`None`: absent or deleted), as the
+/// bucket's stream leader holds it ([`fleet_runtime::state::leader_entry`]): the client decides
+/// on what it reads (refusing a command, answering one already carried out), and a replica
+/// still catching up after a restart would answer a direct get from the past.
 async fn read_key<T: DeserializeOwned>(
     store: &kv::Store,
     key: &str,
 ) -> Result<Option<(T, u64)>, ClientError> {
-    match store.entry(key).await.map_err(messaging)? {
-        Some(entry) if entry.operation == kv::Operation::Put => {
-            let value = serde_json::from_slice(&entry.value).map_err(messaging)?;
-            Ok(Some((value, entry.revision)))
+    match fleet_runtime::state::leader_entry(store, key)
+        .await
+        .map_err(messaging)?
+    {
+        Some((value, revision)) => {
+            let value = serde_json::from_slice(&value).map_err(messaging)?;
+            Ok(Some((value, revision)))
         }
-        _ => Ok(None),
+        None => Ok(None),
     }
 }
 

@@ -67,6 +67,32 @@ fn decode<S: DeserializeOwned, E: std::error::Error + 'static>(
     Ok(Versioned { state, revision })
 }
 
+/// The value of `key` in `kv` and its revision as the bucket's stream leader holds it (the last
+/// message on the key's subject), `None` when the key has none or was deleted. A direct get
+/// (`kv::Store::entry`) is answered by any replica, and one still catching up after a restart
+/// answers from the past; this read is for callers that decide on what they read without a
+/// compare-and-set to catch it. Errors are the server's, as text.
+pub async fn leader_entry(kv: &kv::Store, key: &str) -> Result<Option<(Bytes, u64)>, String> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let subject = format!("{}{key}", kv.prefix);
+    let message = match kv.stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(message) => message,
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    // A deleted or purged key keeps a marker message (`KV-Operation: DEL | PURGE`); the
+    // server's own markers (`Nats-Marker-Reason`: MaxAge, Purge, Remove) mean the same.
+    if message
+        .headers
+        .get("KV-Operation")
+        .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"))
+        || message.headers.get("Nats-Marker-Reason").is_some()
+    {
+        return Ok(None);
+    }
+    Ok(Some((message.payload, message.sequence)))
+}
+
 impl<E: std::error::Error + 'static> StateError<E> {
     /// Whether retrying later may succeed.
     pub fn is_transient(&self) -> bool {
@@ -133,29 +159,13 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
         &self,
         key: &str,
     ) -> Result<Option<Versioned<S>>, StateError<E>> {
-        use async_nats::jetstream::stream::LastRawMessageErrorKind;
-        let subject = format!("{}{key}", self.kv.prefix);
-        let message = match self
-            .kv
-            .stream
-            .get_last_raw_message_by_subject(&subject)
+        match leader_entry(&self.kv, key)
             .await
+            .map_err(StateError::Store)?
         {
-            Ok(message) => message,
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
-            Err(e) => return Err(StateError::Store(e.to_string())),
-        };
-        // A deleted or purged key keeps a marker message (`KV-Operation: DEL | PURGE`); the
-        // server's own markers (`Nats-Marker-Reason`: MaxAge, Purge, Remove) mean the same.
-        if message
-            .headers
-            .get("KV-Operation")
-            .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"))
-            || message.headers.get("Nats-Marker-Reason").is_some()
-        {
-            return Ok(None);
+            Some((value, revision)) => decode(key, &value, revision).map(Some),
+            None => Ok(None),
         }
-        decode(key, &message.payload, message.sequence).map(Some)
     }
 
     /// Every key with a value (an operator's listing: it reads the whole bucket).
