@@ -16,8 +16,9 @@
 //! Why: with glibc's allocator, `malloc`/`free` (arena locks, `malloc_consolidate`) were ~18 %
 //! of the provisioner's CPU. With this one, measured by `just bench` on tmpfs with alternating
 //! binaries: CPU per tenant −13 to −18 % provisioning, −7 to −9 % deploy v1, −9 to −16 % deploy
-//! v2, with the same idle and peak resident sets (`bench/README.md`). The bench's raw floors
-//! run on the same allocator, so a ratio compares the same SQLite work.
+//! v2; an idle worker's resident set within ~1 MiB of glibc's, its peak a few MiB above
+//! (`bench/README.md`). The bench's raw floors run on the same allocator, so a ratio compares
+//! the same SQLite work.
 
 /// The global allocator type (`mimalloc::MiMalloc`, a unit struct: the type and its value).
 pub use mimalloc::MiMalloc as Allocator;
