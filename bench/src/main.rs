@@ -85,13 +85,14 @@ fn target(name: &str, value: f64, goal: &str, met: bool) -> Value {
     json!({"target": name, "value": round(value), "goal": goal, "met": met})
 }
 
-/// The fleet's allocator ([`fleet_runtime::allocator`]): the raw floors run the same SQLite
-/// work on the same heap as the workers.
+/// The fleet's allocator ([`fleet_allocator`]): the raw floors run the same SQLite work on the
+/// same heap as the workers.
 #[global_allocator]
-static ALLOCATOR: fleet_runtime::allocator::Allocator = fleet_runtime::allocator::Allocator;
+static ALLOCATOR: fleet_allocator::Allocator = fleet_allocator::Allocator;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    fleet_allocator::init();
     let args = args()?;
     // The floors run with the SQLite settings the workers run with.
     fleet_tenantdb::tune_sqlite();

@@ -10,7 +10,6 @@
 //! - [`telemetry`], [`metrics`], [`health`], [`shutdown`]: logs and traces, Prometheus metrics,
 //!   probes, graceful stop.
 //! - [`heartbeat`]: which worker replicas are running, in a small KV bucket.
-//! - [`allocator`]: the memory allocator every fleet binary declares (mimalloc).
 //!
 //! [`Runtime::connect`] connects and ensures the topology ([`Runtime::attach`] only creates what
 //! is missing, for callers); [`Runtime::run_worker`] runs a
@@ -18,7 +17,6 @@
 
 #![deny(missing_docs)]
 
-pub mod allocator;
 pub mod health;
 pub mod heartbeat;
 pub mod hooks;

@@ -74,6 +74,17 @@ fn decode<S: DeserializeOwned, E: std::error::Error + 'static>(
 /// compare-and-set to catch it. Errors are the server's, as text.
 pub async fn leader_entry(kv: &kv::Store, key: &str) -> Result<Option<(Bytes, u64)>, String> {
     use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    // A key is a subject token path: a wildcard (`*`, `>`) would match another key's subject
+    // here, where a direct get refuses it. The same rule as the KV API's.
+    let valid = !key.is_empty()
+        && !key.starts_with('.')
+        && !key.ends_with('.')
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b));
+    if !valid {
+        return Err(format!("invalid key {key:?}"));
+    }
     let subject = format!("{}{key}", kv.prefix);
     let message = match kv.stream.get_last_raw_message_by_subject(&subject).await {
         Ok(message) => message,

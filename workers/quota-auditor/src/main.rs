@@ -1,10 +1,11 @@
 //! The quota-auditor binary: the [`fleet_quota_auditor::QuotaAuditor`] handler on the one
 //! worker entry point (configuration, telemetry, NATS, probes, graceful shutdown).
 
-/// The process's allocator, for Rust and for the C code alike ([`fleet_runtime::allocator`]).
+/// The process's allocator, for Rust and for the C code alike ([`fleet_allocator`]).
 #[global_allocator]
-static ALLOCATOR: fleet_runtime::allocator::Allocator = fleet_runtime::allocator::Allocator;
+static ALLOCATOR: fleet_allocator::Allocator = fleet_allocator::Allocator;
 
 fn main() -> std::process::ExitCode {
+    fleet_allocator::init();
     fleet_runtime::worker::main::<fleet_quota_auditor::QuotaAuditor>()
 }

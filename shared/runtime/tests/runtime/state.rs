@@ -300,4 +300,25 @@ async fn the_leader_answers_what_a_direct_get_answers() {
         .unwrap();
     assert!(leader("acme").await.is_none(), "deleted");
     assert!(store.get::<Illegal>("acme").await.unwrap().is_none());
+    // A wildcard is not a key: refused, as a direct get refuses it, never another key's value.
+    store
+        .transition("acme.contacts", to(Status::Active))
+        .await
+        .unwrap();
+    for key in [
+        "acme.*",
+        "acme.>",
+        "*.contacts",
+        ">",
+        "",
+        ".acme",
+        "acme.",
+        "a b",
+    ] {
+        assert!(
+            store.get_from_leader::<Illegal>(key).await.is_err(),
+            "{key:?} is refused"
+        );
+        assert!(store.get::<Illegal>(key).await.is_err(), "{key:?} direct");
+    }
 }

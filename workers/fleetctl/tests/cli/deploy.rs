@@ -139,3 +139,67 @@ async fn resuming_a_running_deployment_answers_at_once_and_sends_nothing() {
         .stdout(predicate::str::contains("Running"));
     assert_eq!(deploy_commands(&fleet.server).await, 0, "nothing sent");
 }
+
+#[tokio::test]
+async fn a_resume_behind_a_queued_cancel_is_sent_after_it_not_answered_at_once() {
+    use fleet_protocol::{DeployControl, DeployControlAction, DeploymentId, Timestamp};
+    use fleet_rollouts::{Deployment, RolloutError, RolloutStatus};
+
+    let fleet = fleet_testkit::TestFleet::start("");
+    let runtime = fleet_runtime::Runtime::connect(&fleet.config)
+        .await
+        .unwrap();
+    let deployments = fleet_control::deployments(&runtime).await.unwrap();
+    let id = DeploymentId::parse("d1").unwrap();
+    let running = Deployment {
+        version: "1".into(),
+        wave_ends: vec![3],
+        targets_attempt: "a1".into(),
+        ..Deployment::new(id.clone(), RolloutStatus::Running, Timestamp::now())
+    };
+    deployments
+        .transition::<RolloutError, _>(id.as_str(), |cur| {
+            fleet_rollouts::start(cur, &running, &Timestamp::now())
+        })
+        .await
+        .unwrap();
+    // A cancel sent and not carried out yet (no deployer runs): the deployment is still
+    // running, but the cancel will stop it before a resume sent now is read.
+    let cancel = serde_json::to_vec(&DeployControl {
+        deployment_id: id.clone(),
+        action: DeployControlAction::Cancel,
+    })
+    .unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "test-cancel");
+    jetstream::new(async_nats::connect(fleet.server.url()).await.unwrap())
+        .publish_with_headers("deploy.control.d1", headers, cancel.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let client = fleet_client::FleetClient::connect(&fleet.config)
+        .await
+        .unwrap()
+        .with_timeout(std::time::Duration::from_secs(2));
+    let answer = client
+        .control_deployment(&id, DeployControlAction::Resume)
+        .await;
+    assert!(
+        matches!(answer, Err(fleet_client::ClientError::TimedOut { .. })),
+        "the resume waits for the deployer, behind the cancel: {answer:?}"
+    );
+    assert_eq!(
+        deploy_commands(&fleet.server).await,
+        2,
+        "the cancel, then the resume"
+    );
+    let client = async_nats::connect(fleet.server.url()).await.unwrap();
+    let stream = jetstream::new(client)
+        .get_stream("FLEET_DEPLOY_COMMANDS")
+        .await
+        .unwrap();
+    let last = stream.get_raw_message(2).await.unwrap();
+    let sent: serde_json::Value = serde_json::from_slice(&last.payload).unwrap();
+    assert_eq!(sent["action"], "resume");
+}
