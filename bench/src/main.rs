@@ -86,13 +86,14 @@ fn target(name: &str, value: f64, goal: &str, met: bool) -> Value {
 }
 
 /// The fleet's allocator ([`fleet_allocator`]): the raw floors run the same SQLite work on the
-/// same heap as the workers.
+/// same allocator as the workers. No [`fleet_allocator::init`]: the nats-server and `sqlite3`
+/// processes the bench starts keep the host's huge-page setting, as in production (the
+/// workers it starts call it themselves).
 #[global_allocator]
 static ALLOCATOR: fleet_allocator::Allocator = fleet_allocator::Allocator;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    fleet_allocator::init();
     let args = args()?;
     // The floors run with the SQLite settings the workers run with.
     fleet_tenantdb::tune_sqlite();

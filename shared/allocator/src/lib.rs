@@ -1,4 +1,4 @@
-//! The memory allocator of every fleet binary: [mimalloc](https://github.com/microsoft/mimalloc)
+//! The memory allocator of the fleet's worker binaries and the bench: [mimalloc](https://github.com/microsoft/mimalloc)
 //! (the `mimalloc` crate, v3). A binary declares it and calls [`init`] first thing in `main`:
 //!
 //! ```ignore
@@ -11,7 +11,8 @@
 //! }
 //! ```
 //!
-//! Only binaries depend on this crate: built with `override`, mimalloc replaces `malloc` and
+//! Only those binaries depend on this crate (fleetctl, the examples and the test binaries stay on
+//! libc's allocator): built with `override`, mimalloc replaces `malloc` and
 //! `free` for the whole process — the C code linked into it (libSQL's SQLite, whose
 //! allocations are most of a tenant step's) and libc's own — so one allocator owns the whole
 //! heap, and a library (`fleet-client`, which other services embed) must not impose that on
@@ -35,7 +36,9 @@ pub use mimalloc::MiMalloc as Allocator;
 /// Sets the process up for its allocator: transparent huge pages off (`prctl(PR_SET_THP_DISABLE)`,
 /// Linux; the kernel applies it to the whole process and its children). A failure (a kernel
 /// without the call) leaves the host's setting and is not an error: the process runs the same,
-/// with a larger resident set on a host whose THP setting is `always`.
+/// with a larger resident set on a host whose THP setting is `always`. Memory the allocator
+/// touched before `main` (its first pages, a few MiB at most) may already be in huge pages on
+/// such a host, and stays so.
 pub fn init() {
     #[cfg(target_os = "linux")]
     let _ = rustix::thread::disable_transparent_huge_pages(true);
