@@ -178,12 +178,9 @@ impl FleetClient {
         // The key's last revision, a deletion's too: an install after an uninstall is a new
         // command (its message id differs from the first install's), and the deletion is not
         // mistaken for its answer.
-        let last = self
-            .installs
-            .entry(&key(tenant, app))
+        let last = fleet_runtime::state::leader_revision(&self.installs, &key(tenant, app))
             .await
-            .map_err(messaging)?
-            .map_or(0, |entry| entry.revision);
+            .map_err(messaging)?;
         Ok(last.max(current.map_or(0, |(_, revision)| revision)))
     }
 

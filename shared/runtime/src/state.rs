@@ -67,12 +67,15 @@ fn decode<S: DeserializeOwned, E: std::error::Error + 'static>(
     Ok(Versioned { state, revision })
 }
 
-/// The value of `key` in `kv` and its revision as the bucket's stream leader holds it (the last
-/// message on the key's subject), `None` when the key has none or was deleted. A direct get
-/// (`kv::Store::entry`) is answered by any replica, and one still catching up after a restart
-/// answers from the past; this read is for callers that decide on what they read without a
-/// compare-and-set to catch it. Errors are the server's, as text.
-pub async fn leader_entry(kv: &kv::Store, key: &str) -> Result<Option<(Bytes, u64)>, String> {
+/// The last message on `key`'s subject in `kv`'s stream, as the stream leader holds it (`None`:
+/// the key never had one), a deletion's marker included. A direct get (`kv::Store::entry`) is
+/// answered by any replica, and one still catching up after a restart answers from the past;
+/// these reads are for callers that decide on what they read without a compare-and-set to
+/// catch it. Errors are the server's, as text.
+async fn leader_message(
+    kv: &kv::Store,
+    key: &str,
+) -> Result<Option<async_nats::jetstream::message::StreamMessage>, String> {
     use async_nats::jetstream::stream::LastRawMessageErrorKind;
     // A key is a subject token path: a wildcard (`*`, `>`) would match another key's subject
     // here, where a direct get refuses it. The same rule as the KV API's.
@@ -86,10 +89,18 @@ pub async fn leader_entry(kv: &kv::Store, key: &str) -> Result<Option<(Bytes, u6
         return Err(format!("invalid key {key:?}"));
     }
     let subject = format!("{}{key}", kv.prefix);
-    let message = match kv.stream.get_last_raw_message_by_subject(&subject).await {
-        Ok(message) => message,
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
-        Err(e) => return Err(e.to_string()),
+    match kv.stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(message) => Ok(Some(message)),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The value of `key` in `kv` and its revision as the bucket's stream leader holds it (see
+/// [`leader_message`]), `None` when the key has none or was deleted.
+pub async fn leader_entry(kv: &kv::Store, key: &str) -> Result<Option<(Bytes, u64)>, String> {
+    let Some(message) = leader_message(kv, key).await? else {
+        return Ok(None);
     };
     // A deleted or purged key keeps a marker message (`KV-Operation: DEL | PURGE`); the
     // server's own markers (`Nats-Marker-Reason`: MaxAge, Purge, Remove) mean the same.
@@ -102,6 +113,12 @@ pub async fn leader_entry(kv: &kv::Store, key: &str) -> Result<Option<(Bytes, u6
         return Ok(None);
     }
     Ok(Some((message.payload, message.sequence)))
+}
+
+/// The last revision of `key` in `kv` as the bucket's stream leader holds it, a deletion's
+/// included (0: the key never had one) — what a command sent after a deletion is told apart by.
+pub async fn leader_revision(kv: &kv::Store, key: &str) -> Result<u64, String> {
+    Ok(leader_message(kv, key).await?.map_or(0, |m| m.sequence))
 }
 
 impl<E: std::error::Error + 'static> StateError<E> {

@@ -300,6 +300,27 @@ async fn the_leader_answers_what_a_direct_get_answers() {
         .unwrap();
     assert!(leader("acme").await.is_none(), "deleted");
     assert!(store.get::<Illegal>("acme").await.unwrap().is_none());
+    // The last revision counts the deletion's marker: what a command after it is told apart by.
+    let kv = env
+        .js
+        .get_key_value(&env.topology.bucket(names::TENANTS).unwrap().bucket)
+        .await
+        .unwrap();
+    let last = fleet_runtime::state::leader_revision(&kv, "acme")
+        .await
+        .unwrap();
+    assert!(last > direct.revision, "the deletion is a revision: {last}");
+    assert_eq!(
+        last,
+        kv.entry("acme").await.unwrap().unwrap().revision,
+        "the direct get's"
+    );
+    assert_eq!(
+        fleet_runtime::state::leader_revision(&kv, "nobody")
+            .await
+            .unwrap(),
+        0
+    );
     // A wildcard is not a key: refused, as a direct get refuses it, never another key's value.
     store
         .transition("acme.contacts", to(Status::Active))
