@@ -779,6 +779,15 @@ mod tests {
         TenantId::parse(id).unwrap()
     }
 
+    /// Command `sequence` of the command stream created at `t(stream)`, stored at `t(published)`.
+    fn mark(sequence: u64, stream: i64, published: i64) -> CommandMark {
+        CommandMark {
+            sequence,
+            stream: t(stream),
+            published: t(published),
+        }
+    }
+
     fn id() -> DeploymentId {
         DeploymentId::parse("d1").unwrap()
     }
@@ -1060,13 +1069,7 @@ mod tests {
     fn operator_commands_take_effect_in_stream_order_and_a_stale_one_changes_nothing() {
         let stream = t(-60);
         // Command `n` of the stream created at `stream`, stored at `t(n)`.
-        let at = |sequence: u64| {
-            Some(CommandMark {
-                sequence,
-                stream: stream.clone(),
-                published: t(sequence as i64),
-            })
-        };
+        let at = |sequence: u64| Some(mark(sequence, -60, sequence as i64));
         let mut d = started(vec![2], 0.5);
         // The cancel at sequence 9 is carried out ahead of its turn (taken from the stream).
         let decision = cancel(Some(&d), &id(), at(9).as_ref(), &t(20)).unwrap();
@@ -1113,28 +1116,16 @@ mod tests {
         // their sequences and times, the stream gets a new creation time. The replayed
         // commands are stale by time; one sent to it afterwards (sequence 15) counts.
         let restored = t(100);
-        let replayed = |sequence: u64| CommandMark {
-            sequence,
-            stream: restored.clone(),
-            published: t(sequence as i64),
-        };
+        let replayed = |sequence: u64| mark(sequence, 100, sequence as i64);
         assert_eq!(stale(&d, Some(replayed(12))), unchanged);
         assert_eq!(stale(&d, Some(replayed(13))), unchanged);
-        let after_restore = CommandMark {
-            sequence: 15,
-            stream: restored.clone(),
-            published: t(101),
-        };
+        let after_restore = mark(15, 100, 101);
         let decision = cancel(Some(&d), &id(), Some(&after_restore), &t(102)).unwrap();
         apply(&mut d, decision);
         assert_eq!(d.state.status, RolloutStatus::Cancelled);
         assert_eq!(d.state.control_stream.as_ref(), Some(&restored));
         // The stream created again, empty, numbers from 1: its commands are not stale.
-        let again = CommandMark {
-            sequence: 1,
-            stream: t(200),
-            published: t(201),
-        };
+        let again = mark(1, 200, 201);
         let decision = resume(Some(&d), &id(), Some(&again), &t(202)).unwrap();
         apply(&mut d, decision);
         assert_eq!(
@@ -1143,28 +1134,16 @@ mod tests {
         );
         // A stream created again on a server whose clock is behind (created at t(60), a
         // command stored at t(70), before the last one carried out): still not stale.
-        let behind = CommandMark {
-            sequence: 1,
-            stream: t(60),
-            published: t(70),
-        };
+        let behind = mark(1, 60, 70);
         assert!(!d.state.stale_control(Some(&behind)));
         // A command read from a stream created after it was stored (deleted and created
         // again between the two reads) is placed by its time, and its sequence is not taken
         // for the new stream's.
-        let orphan = CommandMark {
-            sequence: 5_000,
-            stream: t(300),
-            published: t(250),
-        };
+        let orphan = mark(5_000, 300, 250);
         let decision = cancel(Some(&d), &id(), Some(&orphan), &t(301)).unwrap();
         apply(&mut d, decision);
         assert_eq!(d.state.control_stream, None);
-        let next = CommandMark {
-            sequence: 1,
-            stream: t(300),
-            published: t(302),
-        };
+        let next = mark(1, 300, 302);
         assert!(!d.state.stale_control(Some(&next)));
         // A command with no place in the stream (a check before sending one) is never stale,
         // and records nothing.

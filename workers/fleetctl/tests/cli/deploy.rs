@@ -106,12 +106,12 @@ async fn a_bundle_path_that_does_not_exist_is_refused_not_deployed_empty() {
     assert_eq!(deploy_commands(&server).await, 0);
 }
 
-#[tokio::test]
-async fn resuming_a_running_deployment_answers_at_once_and_sends_nothing() {
+/// A deployment `d1` recorded as running (its first wave of 3 tenants), with no deployer to
+/// carry anything out.
+async fn running_deployment(fleet: &fleet_testkit::TestFleet) -> fleet_protocol::DeploymentId {
     use fleet_protocol::{DeploymentId, Timestamp};
     use fleet_rollouts::{Deployment, RolloutError, RolloutStatus};
 
-    let fleet = fleet_testkit::TestFleet::start("");
     let runtime = fleet_runtime::Runtime::connect(&fleet.config)
         .await
         .unwrap();
@@ -129,10 +129,17 @@ async fn resuming_a_running_deployment_answers_at_once_and_sends_nothing() {
         })
         .await
         .unwrap();
+    id
+}
+
+#[tokio::test]
+async fn resuming_a_running_deployment_answers_at_once_and_sends_nothing() {
+    let fleet = fleet_testkit::TestFleet::start("");
+    let id = running_deployment(&fleet).await;
     // No deployer runs: a resume that was sent would wait for one (and time out).
     fleetctl()
         .env("FLEET_NATS__URL", fleet.server.url())
-        .args(["deploy", "resume", "d1"])
+        .args(["deploy", "resume", id.as_str()])
         .timeout(std::time::Duration::from_secs(20))
         .assert()
         .success()
@@ -142,27 +149,10 @@ async fn resuming_a_running_deployment_answers_at_once_and_sends_nothing() {
 
 #[tokio::test]
 async fn a_resume_behind_a_queued_cancel_is_sent_after_it_not_answered_at_once() {
-    use fleet_protocol::{DeployControl, DeployControlAction, DeploymentId, Timestamp};
-    use fleet_rollouts::{Deployment, RolloutError, RolloutStatus};
+    use fleet_protocol::{DeployControl, DeployControlAction};
 
     let fleet = fleet_testkit::TestFleet::start("");
-    let runtime = fleet_runtime::Runtime::connect(&fleet.config)
-        .await
-        .unwrap();
-    let deployments = fleet_control::deployments(&runtime).await.unwrap();
-    let id = DeploymentId::parse("d1").unwrap();
-    let running = Deployment {
-        version: "1".into(),
-        wave_ends: vec![3],
-        targets_attempt: "a1".into(),
-        ..Deployment::new(id.clone(), RolloutStatus::Running, Timestamp::now())
-    };
-    deployments
-        .transition::<RolloutError, _>(id.as_str(), |cur| {
-            fleet_rollouts::start(cur, &running, &Timestamp::now())
-        })
-        .await
-        .unwrap();
+    let id = running_deployment(&fleet).await;
     // A cancel sent and not carried out yet (no deployer runs): the deployment is still
     // running, but the cancel will stop it before a resume sent now is read.
     let cancel = serde_json::to_vec(&DeployControl {
