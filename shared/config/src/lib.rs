@@ -197,6 +197,35 @@ pub struct NatsConfig {
     pub max_ack_pending: u32,
     /// Replicas of streams and buckets (1 for one server, 3 in a production cluster).
     pub replicas: usize,
+    /// How the fleet proves who it is to the server (`[nats.auth]`; none by default).
+    pub auth: NatsAuthConfig,
+    /// TLS to the server (`[nats.tls]`; off by default, on for `tls://` URLs).
+    pub tls: NatsTlsConfig,
+}
+
+impl NatsConfig {
+    /// `url` fit to show (logs, errors, `fleetctl config`): a password or token given in a
+    /// server's URL (`nats://user:password@host:4222`) replaced by `<redacted>`; every server of
+    /// a comma-separated list treated alike.
+    pub fn display_url(url: &str) -> String {
+        url.split(',')
+            .map(|server| {
+                let (scheme, rest) = server.split_once("://").unwrap_or(("", server));
+                match rest.rsplit_once('@') {
+                    Some((userinfo, host)) => {
+                        let user = match userinfo.split_once(':') {
+                            Some((user, _)) => format!("{user}:<redacted>"),
+                            None => "<redacted>".to_owned(),
+                        };
+                        let sep = if scheme.is_empty() { "" } else { "://" };
+                        format!("{scheme}{sep}{user}@{host}")
+                    }
+                    None => server.to_owned(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 impl Default for NatsConfig {
@@ -208,7 +237,99 @@ impl Default for NatsConfig {
             ack_wait_ms: 30_000,
             max_ack_pending: 1000,
             replicas: 1,
+            auth: NatsAuthConfig::default(),
+            tls: NatsTlsConfig::default(),
         }
+    }
+}
+
+/// How every fleet process authenticates to NATS: at most one of the server's client
+/// authentication methods (nats-server's `authorization` block or its decentralized JWT
+/// accounts). Empty strings mean "not set"; with none set the client connects anonymously.
+///
+/// - `credentials_file`: a `.creds` file (user JWT and NKey seed, as `nsc` writes it) — the
+///   decentralized (operator/account JWT) setup;
+/// - `nkey_seed_file`: a file holding a user NKey seed (`SU…`), for `authorization { users =
+///   [{ nkey: "U…" }] }`;
+/// - `user` with `password`;
+/// - `token`.
+///
+/// `password` and `token` are secrets: set them through the environment
+/// (`FLEET_NATS__AUTH__PASSWORD`, `FLEET_NATS__AUTH__TOKEN`), never in a committed file; they are
+/// redacted from [`Config::redacted`] and from `Debug`.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsAuthConfig {
+    /// Path of a NATS credentials (`.creds`) file.
+    pub credentials_file: String,
+    /// Path of a file holding a user NKey seed.
+    pub nkey_seed_file: String,
+    /// User name (with `password`).
+    pub user: String,
+    /// Password of `user`.
+    pub password: String,
+    /// Authentication token.
+    pub token: String,
+}
+
+impl NatsAuthConfig {
+    /// The methods set, by their setting's name (`user` and `password` count as one).
+    pub fn methods(&self) -> Vec<&'static str> {
+        let mut set = Vec::new();
+        if !self.credentials_file.is_empty() {
+            set.push("credentials_file");
+        }
+        if !self.nkey_seed_file.is_empty() {
+            set.push("nkey_seed_file");
+        }
+        if !self.user.is_empty() || !self.password.is_empty() {
+            set.push("user/password");
+        }
+        if !self.token.is_empty() {
+            set.push("token");
+        }
+        set
+    }
+}
+
+impl fmt::Debug for NatsAuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hidden = |s: &str| if s.is_empty() { "" } else { "<redacted>" };
+        f.debug_struct("NatsAuthConfig")
+            .field("credentials_file", &self.credentials_file)
+            .field("nkey_seed_file", &self.nkey_seed_file)
+            .field("user", &self.user)
+            .field("password", &hidden(&self.password))
+            .field("token", &hidden(&self.token))
+            .finish()
+    }
+}
+
+/// TLS between every fleet process and NATS (nats-server's `tls` block). Paths are PEM files;
+/// empty strings mean "not set".
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsTlsConfig {
+    /// Refuse a connection that is not TLS (implied by a `tls://` URL and by any file below).
+    pub required: bool,
+    /// CA certificates the server's certificate must chain to, instead of the system's roots.
+    pub ca_file: String,
+    /// Client certificate (chain) for servers that verify clients (`verify: true`), with
+    /// `key_file`.
+    pub cert_file: String,
+    /// Private key of `cert_file`.
+    pub key_file: String,
+    /// TLS handshake before the server's greeting, for servers set to `handshake_first`.
+    pub handshake_first: bool,
+}
+
+impl NatsTlsConfig {
+    /// Whether the connection must be TLS: required, handshake first, or a file given.
+    pub fn enabled(&self) -> bool {
+        self.required
+            || self.handshake_first
+            || !self.ca_file.is_empty()
+            || !self.cert_file.is_empty()
     }
 }
 
@@ -544,16 +665,34 @@ impl Config {
         if !copy.router.token_secret.is_empty() {
             copy.router.token_secret = "<redacted>".into();
         }
+        copy.nats.url = NatsConfig::display_url(&copy.nats.url);
+        if !copy.nats.auth.password.is_empty() {
+            copy.nats.auth.password = "<redacted>".into();
+        }
+        if !copy.nats.auth.token.is_empty() {
+            copy.nats.auth.token = "<redacted>".into();
+        }
         copy
     }
 
     /// Checks every setting; all problems are reported together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
+        let shown_url = NatsConfig::display_url(&self.nats.url);
         if !(self.nats.url.starts_with("nats://") || self.nats.url.starts_with("tls://")) {
             problems.push(format!(
-                "nats.url: {:?} must start with nats:// or tls://",
-                self.nats.url
+                "nats.url: {shown_url:?} must start with nats:// or tls://"
+            ));
+        }
+        // The client does not send credentials given in a URL: they would be ignored, and
+        // printed wherever the URL is.
+        if self.nats.url.split(',').any(|server| {
+            server
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest.contains('@'))
+        }) {
+            problems.push(format!(
+                "nats.url: {shown_url:?} carries credentials; set them in [nats.auth] (the password as FLEET_NATS__AUTH__PASSWORD) instead"
             ));
         }
         let prefix = &self.nats.subject_prefix;
@@ -566,6 +705,22 @@ impl Config {
             problems.push(format!(
                 "nats.subject_prefix: {prefix:?} must be dot-separated tokens of letters, digits, '-' and '_'"
             ));
+        }
+        let auth = &self.nats.auth;
+        let methods = auth.methods();
+        if methods.len() > 1 {
+            problems.push(format!(
+                "nats.auth: set one way to authenticate, not {}",
+                methods.join(" and ")
+            ));
+        }
+        if auth.user.is_empty() != auth.password.is_empty() {
+            problems.push("nats.auth: user and password go together (set both, or neither)".into());
+        }
+        let tls = &self.nats.tls;
+        if tls.cert_file.is_empty() != tls.key_file.is_empty() {
+            problems
+                .push("nats.tls: cert_file and key_file go together (set both, or neither)".into());
         }
         if self.nats.ack_wait_ms < 1000 {
             problems.push("nats.ack_wait_ms: must be at least 1000".into());
@@ -820,6 +975,91 @@ mod tests {
     }
 
     #[test]
+    fn nats_auth_and_tls_are_checked_together_and_never_shown() {
+        let mut config = with_one_key();
+        config.nats.auth.user = "fleet".into();
+        config.nats.auth.password = "nats-pass-secret".into();
+        config.nats.tls.ca_file = "/etc/nats/ca.pem".into();
+        config.validate().unwrap();
+        assert!(config.nats.tls.enabled());
+        let shown = format!(
+            "{config:?} {:?} {}",
+            config.redacted(),
+            serde_json::to_string(&config.redacted()).unwrap()
+        );
+        assert!(!shown.contains("nats-pass-secret"), "{shown}");
+        assert!(shown.contains("fleet"), "{shown}");
+        config.nats.auth.token = "nats-token-secret".into();
+        assert!(!format!("{config:?}").contains("nats-token-secret"));
+        config.nats.auth.password.clear();
+        config.nats.tls.cert_file = "/etc/nats/client.pem".into();
+        let Err(ConfigError::Invalid(problems)) = config.validate() else {
+            panic!("accepted")
+        };
+        assert_eq!(
+            problems,
+            [
+                "nats.auth: set one way to authenticate, not user/password and token",
+                "nats.auth: user and password go together (set both, or neither)",
+                "nats.tls: cert_file and key_file go together (set both, or neither)",
+            ],
+        );
+        let text = problems.join("\n");
+        assert!(!text.contains("nats-token-secret"), "{text}");
+    }
+
+    #[test]
+    fn a_password_in_the_nats_url_is_not_shown() {
+        assert_eq!(
+            NatsConfig::display_url("nats://127.0.0.1:4222"),
+            "nats://127.0.0.1:4222"
+        );
+        assert_eq!(
+            NatsConfig::display_url("nats://fleet:s3cret@a:4222, tls://t0ken@b:4222,nats://c:4222"),
+            "nats://fleet:<redacted>@a:4222, tls://<redacted>@b:4222,nats://c:4222"
+        );
+        let mut config = with_one_key();
+        config.nats.url = "nats://fleet:s3cret@a:4222".into();
+        let shown = serde_json::to_string(&config.redacted()).unwrap();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        // Refused: the client would not send them.
+        let Err(ConfigError::Invalid(problems)) = config.validate() else {
+            panic!("accepted")
+        };
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(
+            problems[0].contains("carries credentials; set them in [nats.auth]")
+                && !problems[0].contains("s3cret"),
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
+    fn nats_secrets_come_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            let dir = jail.directory().to_path_buf();
+            write(
+                &dir,
+                "default.toml",
+                &format!("[nats.auth]\nuser = \"fleet\"\n[nats.tls]\nrequired = true\n{KEYS}"),
+            );
+            jail.set_env("FLEET_NATS__AUTH__PASSWORD", "from-env");
+            jail.set_env("FLEET_NATS__TLS__CA_FILE", "/run/ca.pem");
+            let config = Config::load_from(&ConfigSource {
+                dir,
+                env: "none".into(),
+            })
+            .unwrap();
+            assert_eq!(config.nats.auth.user, "fleet");
+            assert_eq!(config.nats.auth.password, "from-env");
+            assert!(config.nats.tls.required);
+            assert_eq!(config.nats.tls.ca_file, "/run/ca.pem");
+            assert_eq!(config.nats.url, NatsConfig::default().url);
+            Ok(())
+        });
+    }
+
+    #[test]
     fn consumer_and_lease_settings_are_checked_together() {
         let mut config = with_one_key();
         config.validate().unwrap();
@@ -855,13 +1095,17 @@ mod tests {
 
     #[test]
     fn the_shipped_config_files_load_and_validate() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
-        for env in ["dev", "test"] {
-            Config::load_from(&ConfigSource {
-                dir: dir.clone(),
-                env: env.into(),
-            })
-            .unwrap();
-        }
+        // In a jail: another test's FLEET_* variables must not reach this one's chain.
+        figment::Jail::expect_with(|_| {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+            for env in ["dev", "test"] {
+                Config::load_from(&ConfigSource {
+                    dir: dir.clone(),
+                    env: env.into(),
+                })
+                .unwrap();
+            }
+            Ok(())
+        });
     }
 }

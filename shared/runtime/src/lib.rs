@@ -60,6 +60,16 @@ pub enum RuntimeError {
         /// Why: the URL did not parse, or the connection failed (the client's message).
         message: String,
     },
+    /// A file `[nats.auth]` or `[nats.tls]` names could not be used.
+    #[error("{setting} ({path}): {message}")]
+    NatsFile {
+        /// The setting naming the file (`nats.tls.ca_file`).
+        setting: &'static str,
+        /// The path it gives.
+        path: String,
+        /// Why: the file could not be read, or does not hold what the setting needs.
+        message: String,
+    },
     /// A KV bucket of the topology could not be opened.
     #[error("opening bucket {bucket}: {message}")]
     Bucket {
@@ -237,10 +247,12 @@ impl Runtime {
 }
 
 /// A NATS client on `config.nats.url` — one server, or a cluster's nodes separated by commas
-/// (the client fails over between them) — reconnecting for ever once connected. Nothing about
+/// (the client fails over between them) — reconnecting for ever once connected, authenticated
+/// and encrypted as `[nats.auth]` and `[nats.tls]` say ([`connect_options`]). Nothing about
 /// the topology is checked or created: [`Runtime::connect`] and [`Runtime::attach`] do that.
 pub async fn connect_client(config: &Config) -> Result<async_nats::Client, RuntimeError> {
     let url = config.nats.url.clone();
+    let shown = fleet_config::NatsConfig::display_url(&url);
     // One server, or several separated by commas (a cluster's nodes: the client fails over
     // between them, and learns the rest of the cluster from whichever answers).
     let servers = url
@@ -248,17 +260,99 @@ pub async fn connect_client(config: &Config) -> Result<async_nats::Client, Runti
         .map(|u| u.trim().parse::<async_nats::ServerAddr>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| RuntimeError::Connect {
-            url: url.clone(),
+            url: shown.clone(),
             message: e.to_string(),
         })?;
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_millis(config.nats.connect_timeout_ms))
-        .name("objectos-fleet")
+    let tls = config.nats.tls.enabled() || url.split(',').any(|u| u.trim().starts_with("tls://"));
+    let client = connect_options(&config.nats)
+        .await?
         .connect(servers)
         .await
-        .map_err(|e| RuntimeError::Connect {
-            url: url.clone(),
-            message: e.to_string(),
+        .map_err(|e| {
+            let mut message = e.to_string();
+            // What rustls says of a server answering in plain text ("received corrupt
+            // message of type InvalidContentType") is no help on its own.
+            if tls && message.contains("corrupt message") {
+                message.push_str(
+                    " (the server did not answer in TLS: is it set up for the TLS that [nats.tls] or a tls:// URL asks for?)",
+                );
+            }
+            RuntimeError::Connect {
+                url: shown.clone(),
+                message,
+            }
         })?;
     Ok(client)
+}
+
+/// The client options `nats` asks for: the connection name and timeout, the one way of
+/// authenticating `[nats.auth]` sets (credentials file, NKey seed file, user and password, or
+/// token) and TLS as `[nats.tls]` sets it (required; CA file instead of the system's roots;
+/// client certificate and key; handshake first). Every file named is read (or opened) here, so
+/// one missing, unreadable or malformed is [`RuntimeError::NatsFile`] with its setting and path
+/// before anything connects; what the files hold never appears in an error.
+pub async fn connect_options(
+    nats: &fleet_config::NatsConfig,
+) -> Result<async_nats::ConnectOptions, RuntimeError> {
+    let file_error = |setting: &'static str, path: &str, message: String| RuntimeError::NatsFile {
+        setting,
+        path: path.to_owned(),
+        message,
+    };
+    let mut options = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_millis(nats.connect_timeout_ms))
+        .name("objectos-fleet");
+    let auth = &nats.auth;
+    if !auth.credentials_file.is_empty() {
+        let path = &auth.credentials_file;
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|e| file_error("nats.auth.credentials_file", path, e.kind().to_string()))?;
+    }
+    if !auth.nkey_seed_file.is_empty() {
+        let path = &auth.nkey_seed_file;
+        let seed = tokio::fs::read_to_string(path)
+            .await
+            .map_err(|e| file_error("nats.auth.nkey_seed_file", path, e.to_string()))?;
+        let seed = seed.trim().to_owned();
+        // Checked here: a bad seed would otherwise fail inside the handshake, unexplained.
+        if nkeys::KeyPair::from_seed(&seed).is_err() {
+            return Err(file_error(
+                "nats.auth.nkey_seed_file",
+                path,
+                "does not hold an NKey seed (a line starting with \"S\")".into(),
+            ));
+        }
+        options = options.nkey(seed);
+    }
+    if !auth.user.is_empty() {
+        options = options.user_and_password(auth.user.clone(), auth.password.clone());
+    }
+    if !auth.token.is_empty() {
+        options = options.token(auth.token.clone());
+    }
+    let tls = &nats.tls;
+    let readable = |setting: &'static str, path: &str| {
+        std::fs::File::open(path)
+            .map(drop)
+            .map_err(|e| file_error(setting, path, e.to_string()))
+    };
+    if !tls.ca_file.is_empty() {
+        readable("nats.tls.ca_file", &tls.ca_file)?;
+        options = options.add_root_certificates(tls.ca_file.clone().into());
+    }
+    if !tls.cert_file.is_empty() {
+        readable("nats.tls.cert_file", &tls.cert_file)?;
+        readable("nats.tls.key_file", &tls.key_file)?;
+        options = options
+            .add_client_certificate(tls.cert_file.clone().into(), tls.key_file.clone().into());
+    }
+    if tls.enabled() {
+        options = options.require_tls(true);
+    }
+    if tls.handshake_first {
+        options = options.tls_first();
+    }
+    Ok(options)
 }

@@ -109,7 +109,7 @@ pub async fn run<W: Worker>() -> Result<(), WorkerError> {
         .ensure(&context.runtime.client, &context.runtime.js)
         .await
         .map_err(|e| WorkerError::Runtime(RuntimeError::from(e)))?;
-    tracing::info!(url = %context.config.nats.url, worker = W::NAME, "started");
+    tracing::info!(url = %fleet_config::NatsConfig::display_url(&context.config.nats.url), worker = W::NAME, "started");
     let result = context
         .runtime
         .run_worker(&context.config, W::CONSUMER, handler, shutdown)

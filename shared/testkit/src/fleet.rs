@@ -48,6 +48,13 @@ impl TestFleet {
         Self::on(NatsServer::cluster(3), overlay)
     }
 
+    /// A fresh fleet on `server`, one the test started itself (e.g. with
+    /// [`NatsServer::start_with`]: authorization, TLS); `overlay` as for [`Self::start`] — the
+    /// `[nats.auth]` and `[nats.tls]` tables its clients need go there.
+    pub fn start_on(server: NatsServer, overlay: &str) -> Self {
+        Self::on(vec![server], overlay)
+    }
+
     fn on(mut servers: Vec<NatsServer>, overlay: &str) -> Self {
         let url = servers
             .iter()

@@ -9,12 +9,15 @@
 //! configuration and the worker processes of one test. [`turso::TursoDouble`] is the Turso
 //! Platform API's double (from its OpenAPI document), [`sqld::Sqld`] the real libSQL server
 //! whose namespaces are its databases. [`otlp::OtlpReceiver`] records the spans processes export
-//! over OTLP/HTTP, as a collector would.
+//! over OTLP/HTTP, as a collector would. [`NatsServer::start_with`] runs a server with a
+//! configuration of its own (`authorization`, `tls`), and [`pki::TestPki`] makes the
+//! certificates a TLS test needs.
 
 #![deny(missing_docs)]
 
 pub mod fleet;
 pub mod otlp;
+pub mod pki;
 pub mod sqld;
 pub mod turso;
 
@@ -34,6 +37,8 @@ pub struct NatsServer {
     child: Option<Child>,
     /// In a cluster: this node's name, its route port, and every node's route URL.
     cluster: Option<(String, u16, String)>,
+    /// A configuration file given with `-c` (the flags above win over it).
+    config: Option<PathBuf>,
 }
 
 /// The nats-server binary tests use.
@@ -63,6 +68,26 @@ impl NatsServer {
             store: tempfile::tempdir().expect("a temp store dir"),
             child: None,
             cluster: None,
+            config: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts a fresh server (JetStream on, empty store) that also loads `config`, in
+    /// nats-server's configuration syntax — an `authorization` block, a `tls` block — from a
+    /// file beside its store. The address, port, JetStream and store flags still win over it.
+    pub fn start_with(config: &str) -> Self {
+        let store = tempfile::tempdir().expect("a temp store dir");
+        let file = store.path().join("server.conf");
+        std::fs::write(&file, config).expect("the server's configuration file");
+        let mut server = Self {
+            binary: nats_server_binary(),
+            port: free_port(),
+            store,
+            child: None,
+            cluster: None,
+            config: Some(file),
         };
         server.spawn();
         server
@@ -87,6 +112,7 @@ impl NatsServer {
                 store: tempfile::tempdir().expect("a temp store dir"),
                 child: None,
                 cluster: Some((format!("n{}", i + 1), *route, all.clone())),
+                config: None,
             })
             .collect();
         for server in &mut servers {
@@ -97,6 +123,9 @@ impl NatsServer {
 
     fn spawn(&mut self) {
         let mut command = Command::new(&self.binary);
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
         command
             .args([
                 "-a",

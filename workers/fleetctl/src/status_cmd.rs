@@ -331,7 +331,8 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let runtime = Runtime::attach(&config).await?;
     let redraw = args.watch && !args.json && std::io::stdout().is_terminal();
     loop {
-        let status = read(&runtime, &config.nats.url).await?;
+        let url = fleet_config::NatsConfig::display_url(&config.nats.url);
+        let status = read(&runtime, &url).await?;
         if args.json {
             if args.watch {
                 say!("{}", serde_json::to_string(&status)?);

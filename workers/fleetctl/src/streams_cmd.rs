@@ -62,7 +62,10 @@ async fn init(config: &fleet_config::Config) -> anyhow::Result<ExitCode> {
         say!("bucket   {}", bucket.bucket);
     }
     say!("object   {}", t.dead_letter_payloads);
-    say!("topology ensured on {}", config.nats.url);
+    say!(
+        "topology ensured on {}",
+        fleet_config::NatsConfig::display_url(&config.nats.url)
+    );
     Ok(ExitCode::SUCCESS)
 }
 

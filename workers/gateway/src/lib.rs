@@ -258,7 +258,7 @@ pub async fn run() -> Result<(), GatewayError> {
             source,
         })?;
     let bound = listener.local_addr().ok();
-    tracing::info!(?bound, %probes, url = %config.nats.url, "gateway serving the data API");
+    tracing::info!(?bound, %probes, url = %fleet_config::NatsConfig::display_url(&config.nats.url), "gateway serving the data API");
     health.set_ready(true);
     let mut stop = shutdown.clone();
     let served = axum::serve(listener, gateway.app())

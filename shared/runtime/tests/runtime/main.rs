@@ -4,6 +4,7 @@ mod deploy;
 mod health;
 mod jobs;
 mod limits;
+mod security;
 mod state;
 mod topology;
 

@@ -1,0 +1,174 @@
+//! `[nats.auth]` and `[nats.tls]` against real servers that demand them: the fleet connects with
+//! its credentials and certificates and works (topology ensured, a bucket written and read), is
+//! refused without them, and every problem with a file it is given is named with the setting
+//! and path — never with what the file holds.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use fleet_config::Config;
+use fleet_runtime::topology::names;
+use fleet_runtime::{Runtime, RuntimeError, connect_client};
+use fleet_testkit::NatsServer;
+use fleet_testkit::pki::TestPki;
+
+fn config_for(server: &NatsServer) -> Config {
+    let mut config = Config::default();
+    config.nats.url = server.url();
+    config.nats.connect_timeout_ms = 3000;
+    config
+}
+
+/// The fleet works over this connection: its topology ensured, a tenants-bucket key written
+/// and read back.
+async fn works(config: &Config) {
+    let runtime = Runtime::connect(config)
+        .await
+        .expect("connects and ensures");
+    let bucket = runtime.bucket(names::TENANTS).await.unwrap();
+    bucket
+        .put("probe", Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    let got = bucket.get("probe").await.unwrap();
+    assert_eq!(got.as_deref(), Some(&b"{}"[..]));
+}
+
+async fn refused(config: &Config) -> String {
+    match tokio::time::timeout(Duration::from_secs(20), connect_client(config)).await {
+        Ok(Err(e)) => e.to_string(),
+        Ok(Ok(_)) => panic!("connected without what the server demands"),
+        Err(_) => panic!("neither connected nor refused within 20 s"),
+    }
+}
+
+#[tokio::test]
+async fn user_and_password_or_token_the_server_demands_and_nothing_else() {
+    let server = NatsServer::start_with(
+        "authorization {\n  users = [ { user: fleet, password: \"p4ss-word-secret\" } ]\n}\n",
+    );
+    let mut config = config_for(&server);
+    let anonymous = refused(&config).await;
+    assert!(
+        anonymous.to_lowercase().contains("authorization"),
+        "{anonymous}"
+    );
+    config.nats.auth.user = "fleet".into();
+    config.nats.auth.password = "wrong-guess-secret".into();
+    let wrong = refused(&config).await;
+    assert!(wrong.to_lowercase().contains("authorization"), "{wrong}");
+    assert!(!wrong.contains("wrong-guess-secret"), "{wrong}");
+    config.nats.auth.password = "p4ss-word-secret".into();
+    works(&config).await;
+    let server = NatsServer::start_with("authorization {\n  token: \"t0ken-secret\"\n}\n");
+    let mut config = config_for(&server);
+    refused(&config).await;
+    config.nats.auth.token = "t0ken-secret".into();
+    works(&config).await;
+}
+
+#[tokio::test]
+async fn an_nkey_seed_file_signs_the_servers_challenge() {
+    let user = nkeys::KeyPair::new_user();
+    let server = NatsServer::start_with(&format!(
+        "authorization {{\n  users = [ {{ nkey: \"{}\" }} ]\n}}\n",
+        user.public_key()
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let seed_file = dir.path().join("fleet.nk");
+    std::fs::write(&seed_file, format!("{}\n", user.seed().unwrap())).unwrap();
+    let mut config = config_for(&server);
+    refused(&config).await;
+    config.nats.auth.nkey_seed_file = seed_file.display().to_string();
+    works(&config).await;
+
+    // Another user's seed: refused by the server.
+    let stranger = nkeys::KeyPair::new_user();
+    std::fs::write(&seed_file, stranger.seed().unwrap()).unwrap();
+    refused(&config).await;
+    // Not a seed, and no file at all: named before anything connects, the content not shown.
+    std::fs::write(&seed_file, "not-a-seed-secret").unwrap();
+    let error = connect_client(&config).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            RuntimeError::NatsFile {
+                setting: "nats.auth.nkey_seed_file",
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(!error.to_string().contains("not-a-seed-secret"), "{error}");
+    config.nats.auth.nkey_seed_file = dir.path().join("missing.nk").display().to_string();
+    let error = connect_client(&config).await.unwrap_err().to_string();
+    assert!(
+        error.starts_with("nats.auth.nkey_seed_file (") && error.contains("missing.nk"),
+        "{error}"
+    );
+    // A credentials file that is not one: the same.
+    config.nats.auth.nkey_seed_file.clear();
+    let creds = dir.path().join("fleet.creds");
+    std::fs::write(&creds, "garbage-secret").unwrap();
+    config.nats.auth.credentials_file = creds.display().to_string();
+    let error = connect_client(&config).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            RuntimeError::NatsFile {
+                setting: "nats.auth.credentials_file",
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(!error.to_string().contains("garbage-secret"), "{error}");
+}
+
+#[tokio::test]
+async fn tls_to_a_server_that_verifies_its_clients() {
+    let pki = TestPki::new();
+    let server = NatsServer::start_with(&pki.server_tls_block(true));
+    let mut config = config_for(&server);
+    // Plain TCP, or TLS trusting only the system's roots: the server's certificate is not
+    // trusted (and it wants a client certificate too).
+    refused(&config).await;
+    config.nats.tls.required = true;
+    refused(&config).await;
+    // The right CA but no client certificate: the server refuses.
+    config.nats.tls.ca_file = pki.ca_file.display().to_string();
+    refused(&config).await;
+    // Everything: works.
+    config.nats.tls.cert_file = pki.client_cert.display().to_string();
+    config.nats.tls.key_file = pki.client_key.display().to_string();
+    works(&config).await;
+    // A client certificate, but trusting another CA: the server is not who it should be.
+    config.nats.tls.ca_file = pki.other_ca_file.display().to_string();
+    refused(&config).await;
+    // A CA file that is not there: named, before connecting.
+    config.nats.tls.ca_file = pki.dir().join("nope.pem").display().to_string();
+    let error = connect_client(&config).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            RuntimeError::NatsFile {
+                setting: "nats.tls.ca_file",
+                ..
+            }
+        ),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn required_tls_refuses_a_server_without_it() {
+    let server = NatsServer::start();
+    let mut config = config_for(&server);
+    works(&config).await;
+    config.nats.tls.required = true;
+    let error = refused(&config).await;
+    assert!(
+        error.contains("the server did not answer in TLS"),
+        "{error}"
+    );
+}
