@@ -348,6 +348,14 @@ pub async fn connect_options(
         options = options
             .add_client_certificate(tls.cert_file.clone().into(), tls.key_file.clone().into());
     }
+    if tls.enabled() || nats.url.split(',').any(|u| u.trim().starts_with("tls://")) {
+        // rustls picks its process-wide crypto provider from its crate features, and gives up
+        // (a panic inside the handshake) when it finds two: async-nats brings `ring`, reqwest
+        // (the Turso backend) `aws-lc-rs`. `ring`, unless the process chose one already.
+        if async_nats::rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = async_nats::rustls::crypto::ring::default_provider().install_default();
+        }
+    }
     if tls.enabled() {
         options = options.require_tls(true);
     }

@@ -154,6 +154,7 @@ fn configuration(overlay: &str) -> Config {
             "[router]\ntoken_secret = \"a stand-in of thirty-two bytes or more\"\n",
             1,
         )
+        .replacen("[nats.auth]\n", "[nats.auth]\npassword = \"stand-in\"\n", 1)
         + "\n[secrets]\nactive_key = \"k1\"\nkeys = { k1 = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\" }\n";
     std::fs::write(dir.path().join("kubernetes.toml"), text).unwrap();
     Config::load_from(&ConfigSource {
@@ -400,4 +401,22 @@ fn production_runs_three_replicas_on_the_three_node_cluster_of_the_helm_values()
     // The prod overlay's NATS URL is the chart's Service.
     let url = configuration("prod").nats.url;
     assert!(url.contains("nats.nats.svc"), "{url}");
+    // Clients authenticate: the overlay's user is the one the servers know, whose password
+    // the servers read from the environment, set from a Secret (not written in the values).
+    let user = configuration("prod").nats.auth.user;
+    let users = config["merge"]["authorization"]["users"]
+        .as_array()
+        .expect("an authorization block with users");
+    assert_eq!(users.len(), 1, "{users:?}");
+    assert_eq!(users[0]["user"].as_str(), Some(user.as_str()));
+    let password = users[0]["password"].as_str().unwrap();
+    let variable = password
+        .strip_prefix("<< $")
+        .and_then(|v| v.strip_suffix(" >>"))
+        .unwrap_or_else(|| panic!("the password is not read from the environment: {password}"));
+    let env = &values["container"]["env"][variable]["valueFrom"]["secretKeyRef"];
+    assert!(
+        env["name"].as_str().is_some() && env["key"].as_str().is_some(),
+        "{variable} is not set from a Secret"
+    );
 }

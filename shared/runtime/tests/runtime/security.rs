@@ -142,6 +142,11 @@ async fn tls_to_a_server_that_verifies_its_clients() {
     config.nats.tls.cert_file = pki.client_cert.display().to_string();
     config.nats.tls.key_file = pki.client_key.display().to_string();
     works(&config).await;
+    // A tls:// URL asks for TLS as `required` does.
+    let mut by_url = config.clone();
+    by_url.nats.tls.required = false;
+    by_url.nats.url = server.url().replace("nats://", "tls://");
+    works(&by_url).await;
     // A client certificate, but trusting another CA: the server is not who it should be.
     config.nats.tls.ca_file = pki.other_ca_file.display().to_string();
     refused(&config).await;

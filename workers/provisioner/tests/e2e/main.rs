@@ -5,6 +5,7 @@ mod crashes;
 mod deletions;
 mod lifecycle;
 mod provisioning;
+mod security;
 mod tracing;
 
 use std::collections::BTreeMap;
@@ -54,8 +55,18 @@ impl std::ops::DerefMut for Fleet {
 impl Fleet {
     /// `overlay` is TOML appended to the e2e configuration (e.g. lifecycle settings).
     pub async fn start(overlay: &str) -> Self {
-        let fleet = TestFleet::start(overlay);
-        let client = async_nats::connect(fleet.server.url()).await.unwrap();
+        Self::with(TestFleet::start(overlay)).await
+    }
+
+    /// A fleet on a server the test started (authorization, TLS); `overlay` carries what the
+    /// fleet's clients need for it (`[nats.auth]`, `[nats.tls]`).
+    pub async fn start_on(server: fleet_testkit::NatsServer, overlay: &str) -> Self {
+        Self::with(TestFleet::start_on(server, overlay)).await
+    }
+
+    async fn with(fleet: TestFleet) -> Self {
+        // Connected as the workers connect: the same `[nats]` settings.
+        let client = fleet_runtime::connect_client(&fleet.config).await.unwrap();
         let js = jetstream::new(client.clone());
         // The same topology the workers ensure from the same configuration.
         fleet_runtime::Topology::from_config(&fleet.config)
