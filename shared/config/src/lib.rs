@@ -651,6 +651,28 @@ impl Config {
                     .filter(|key| key.as_str().contains("__"))
                     .split("__"),
             )
+            .merge(Self::raw_secrets())
+    }
+
+    /// The secret settings given in the environment, exactly as given: figment's `Env` reads
+    /// a value as TOML-like data (`12345` a number, `true` a boolean, quotes and surrounding
+    /// blanks stripped), which a password or token must not be.
+    fn raw_secrets() -> Figment {
+        const SECRETS: [(&str, &str); 4] = [
+            ("FLEET_NATS__AUTH__PASSWORD", "nats.auth.password"),
+            ("FLEET_NATS__AUTH__TOKEN", "nats.auth.token"),
+            (
+                "FLEET_TENANTDB__TURSO__API_TOKEN",
+                "tenantdb.turso.api_token",
+            ),
+            ("FLEET_ROUTER__TOKEN_SECRET", "router.token_secret"),
+        ];
+        SECRETS
+            .iter()
+            .filter_map(|(var, key)| Some((std::env::var(var).ok()?, key)))
+            .fold(Figment::new(), |figment, (value, key)| {
+                figment.merge(Serialized::default(key, value))
+            })
     }
 
     /// A copy safe to print: secret values (API token, keys) replaced by `<redacted>`.
@@ -679,17 +701,24 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         let shown_url = NatsConfig::display_url(&self.nats.url);
-        if !(self.nats.url.starts_with("nats://") || self.nats.url.starts_with("tls://")) {
-            problems.push(format!(
-                "nats.url: {shown_url:?} must start with nats:// or tls://"
-            ));
-        }
         // The client does not send credentials given in a URL: they would be ignored, and
         // printed wherever the URL is.
-        if self.nats.url.split(',').any(|server| {
-            server
-                .split_once("://")
-                .is_some_and(|(_, rest)| rest.contains('@'))
+        // Every server of the list (the first with its scheme; the rest may leave it out).
+        let servers = || self.nats.url.split(',').map(str::trim);
+        if servers()
+            .enumerate()
+            .any(|(i, server)| match server.split_once("://") {
+                Some((scheme, _)) => scheme != "nats" && scheme != "tls",
+                None => i == 0,
+            })
+        {
+            problems.push(format!(
+                "nats.url: {shown_url:?} must start with nats:// or tls://, and so must each server it lists with a scheme"
+            ));
+        }
+        if servers().any(|server| {
+            let rest = server.split_once("://").map_or(server, |(_, rest)| rest);
+            rest.contains('@')
         }) {
             problems.push(format!(
                 "nats.url: {shown_url:?} carries credentials; set them in [nats.auth] (the password as FLEET_NATS__AUTH__PASSWORD) instead"
@@ -1019,6 +1048,9 @@ mod tests {
             "nats://fleet:<redacted>@a:4222, tls://<redacted>@b:4222,nats://c:4222"
         );
         let mut config = with_one_key();
+        // Behind another server, without a scheme: refused all the same.
+        config.nats.url = "nats://b:4222,fleet:s3cret@a:4222".into();
+        assert!(config.validate().is_err());
         config.nats.url = "nats://fleet:s3cret@a:4222".into();
         let shown = serde_json::to_string(&config.redacted()).unwrap();
         assert!(!shown.contains("s3cret"), "{shown}");
@@ -1043,7 +1075,9 @@ mod tests {
                 "default.toml",
                 &format!("[nats.auth]\nuser = \"fleet\"\n[nats.tls]\nrequired = true\n{KEYS}"),
             );
-            jail.set_env("FLEET_NATS__AUTH__PASSWORD", "from-env");
+            // As given: not a number, quotes and blanks kept.
+            jail.set_env("FLEET_NATS__AUTH__PASSWORD", "0012345678901234");
+            jail.set_env("FLEET_ROUTER__TOKEN_SECRET", " \"true\" ");
             jail.set_env("FLEET_NATS__TLS__CA_FILE", "/run/ca.pem");
             let config = Config::load_from(&ConfigSource {
                 dir,
@@ -1051,7 +1085,8 @@ mod tests {
             })
             .unwrap();
             assert_eq!(config.nats.auth.user, "fleet");
-            assert_eq!(config.nats.auth.password, "from-env");
+            assert_eq!(config.nats.auth.password, "0012345678901234");
+            assert_eq!(config.router.token_secret, " \"true\" ");
             assert!(config.nats.tls.required);
             assert_eq!(config.nats.tls.ca_file, "/run/ca.pem");
             assert_eq!(config.nats.url, NatsConfig::default().url);

@@ -288,27 +288,38 @@ pub async fn connect_client(config: &Config) -> Result<async_nats::Client, Runti
 /// The client options `nats` asks for: the connection name and timeout, the one way of
 /// authenticating `[nats.auth]` sets (credentials file, NKey seed file, user and password, or
 /// token) and TLS as `[nats.tls]` sets it (required; CA file instead of the system's roots;
-/// client certificate and key; handshake first). Every file named is read (or opened) here, so
-/// one missing, unreadable or malformed is [`RuntimeError::NatsFile`] with its setting and path
-/// before anything connects; what the files hold never appears in an error.
+/// client certificate and key; handshake first). Every file named is read and parsed here (the
+/// seed as a seed, certificates and key as PEM), so one missing, unreadable or holding
+/// something else is [`RuntimeError::NatsFile`] with its setting and path before anything
+/// connects; what the files hold never appears in an error. (A key that does not match its
+/// certificate is found by the handshake.)
 pub async fn connect_options(
     nats: &fleet_config::NatsConfig,
 ) -> Result<async_nats::ConnectOptions, RuntimeError> {
+    use async_nats::rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
     let file_error = |setting: &'static str, path: &str, message: String| RuntimeError::NatsFile {
         setting,
         path: path.to_owned(),
         message,
     };
+    // rustls picks its process-wide crypto provider from its crate features, and gives up (a
+    // panic inside the handshake) when it finds two: async-nats brings `ring`, reqwest (the
+    // Turso backend) `aws-lc-rs`. Chosen whatever the settings say — a server that requires
+    // TLS turns it on by itself — : `ring`, unless the process chose one already.
+    if async_nats::rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = async_nats::rustls::crypto::ring::default_provider().install_default();
+    }
     let mut options = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_millis(nats.connect_timeout_ms))
         .name("objectos-fleet");
     let auth = &nats.auth;
     if !auth.credentials_file.is_empty() {
         let path = &auth.credentials_file;
+        // async-nats's messages name the file and what is wrong with it, not what it holds.
         options = options
             .credentials_file(path)
             .await
-            .map_err(|e| file_error("nats.auth.credentials_file", path, e.kind().to_string()))?;
+            .map_err(|e| file_error("nats.auth.credentials_file", path, e.to_string()))?;
     }
     if !auth.nkey_seed_file.is_empty() {
         let path = &auth.nkey_seed_file;
@@ -321,7 +332,7 @@ pub async fn connect_options(
             return Err(file_error(
                 "nats.auth.nkey_seed_file",
                 path,
-                "does not hold an NKey seed (a line starting with \"S\")".into(),
+                "does not hold an NKey seed (the file is the seed alone, one line: \"SU…\")".into(),
             ));
         }
         options = options.nkey(seed);
@@ -333,28 +344,47 @@ pub async fn connect_options(
         options = options.token(auth.token.clone());
     }
     let tls = &nats.tls;
-    let readable = |setting: &'static str, path: &str| {
-        std::fs::File::open(path)
-            .map(drop)
-            .map_err(|e| file_error(setting, path, e.to_string()))
+    // What is wrong with a PEM file, without quoting it.
+    let pem_problem = |e: async_nats::rustls::pki_types::pem::Error| match e {
+        async_nats::rustls::pki_types::pem::Error::Io(e) => e.to_string(),
+        async_nats::rustls::pki_types::pem::Error::NoItemsFound => {
+            "holds nothing of the kind in PEM".to_owned()
+        }
+        _ => "is not valid PEM".to_owned(),
+    };
+    // Parsed as what they must hold, so a wrong file is named here rather than reported by
+    // the handshake as the server's fault (an empty CA file: "UnknownIssuer").
+    let certificates = |setting: &'static str, path: &str| {
+        let found = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| file_error(setting, path, pem_problem(e)))?;
+        if found.is_empty() {
+            return Err(file_error(
+                setting,
+                path,
+                "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
+            ));
+        }
+        Ok(())
     };
     if !tls.ca_file.is_empty() {
-        readable("nats.tls.ca_file", &tls.ca_file)?;
+        certificates("nats.tls.ca_file", &tls.ca_file)?;
         options = options.add_root_certificates(tls.ca_file.clone().into());
     }
     if !tls.cert_file.is_empty() {
-        readable("nats.tls.cert_file", &tls.cert_file)?;
-        readable("nats.tls.key_file", &tls.key_file)?;
+        certificates("nats.tls.cert_file", &tls.cert_file)?;
+        PrivateKeyDer::from_pem_file(&tls.key_file).map_err(|e| {
+            file_error(
+                "nats.tls.key_file",
+                &tls.key_file,
+                format!(
+                    "{} (a PEM private key: PKCS#8, PKCS#1 or SEC1)",
+                    pem_problem(e)
+                ),
+            )
+        })?;
         options = options
             .add_client_certificate(tls.cert_file.clone().into(), tls.key_file.clone().into());
-    }
-    if tls.enabled() || nats.url.split(',').any(|u| u.trim().starts_with("tls://")) {
-        // rustls picks its process-wide crypto provider from its crate features, and gives up
-        // (a panic inside the handshake) when it finds two: async-nats brings `ring`, reqwest
-        // (the Turso backend) `aws-lc-rs`. `ring`, unless the process chose one already.
-        if async_nats::rustls::crypto::CryptoProvider::get_default().is_none() {
-            let _ = async_nats::rustls::crypto::ring::default_provider().install_default();
-        }
     }
     if tls.enabled() {
         options = options.require_tls(true);

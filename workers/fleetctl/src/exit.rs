@@ -57,17 +57,26 @@ pub fn input_error(error: impl Into<anyhow::Error>) -> anyhow::Error {
 pub fn classify(error: &anyhow::Error) -> (u8, String) {
     let message = format!("{error:#}");
     for cause in error.chain() {
-        if let Some(fleet_runtime::RuntimeError::Connect { url, .. }) =
-            cause.downcast_ref::<fleet_runtime::RuntimeError>()
-        {
-            return (
-                FAILED,
-                format!("no NATS server answers at {url} — {START_THE_FLEET} ({message})"),
-            );
+        match cause.downcast_ref::<fleet_runtime::RuntimeError>() {
+            Some(fleet_runtime::RuntimeError::Connect { url, .. }) if refused(&message) => {
+                return (FAILED, format!("NATS at {url} {REFUSED} ({message})"));
+            }
+            Some(fleet_runtime::RuntimeError::Connect { url, .. }) => {
+                return (
+                    FAILED,
+                    format!("no NATS server answers at {url} — {START_THE_FLEET} ({message})"),
+                );
+            }
+            // A file [nats.auth] or [nats.tls] names: the configuration's to fix.
+            Some(fleet_runtime::RuntimeError::NatsFile { .. }) => return (INPUT, message),
+            _ => {}
         }
         if let Some(client) = cause.downcast_ref::<fleet_client::ClientError>() {
             return match client {
                 fleet_client::ClientError::Invalid { .. } => (INPUT, message),
+                fleet_client::ClientError::Unreachable(_) if refused(&message) => {
+                    (FAILED, format!("{message} — NATS {REFUSED}"))
+                }
                 fleet_client::ClientError::Unreachable(_) => {
                     (FAILED, format!("{message} — {START_THE_FLEET}"))
                 }
@@ -89,4 +98,22 @@ pub fn classify(error: &anyhow::Error) -> (u8, String) {
         }
     }
     (FAILED, message)
+}
+
+/// What a server that answered but would not take the connection needs.
+const REFUSED: &str = "refused the connection: check [nats.auth] and [nats.tls] (FLEET_NATS__AUTH__PASSWORD, the CA and client certificate files) against the server's authorization and tls settings";
+
+/// Whether a connection failure is the server (or its TLS) refusing us, not its absence:
+/// authentication, authorization or a TLS handshake that failed.
+fn refused(message: &str) -> bool {
+    let message = message.to_lowercase();
+    [
+        "authorization",
+        "authentication",
+        "tls",
+        "certificate",
+        "handshake",
+    ]
+    .iter()
+    .any(|what| message.contains(what))
 }

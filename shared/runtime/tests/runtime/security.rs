@@ -123,6 +123,12 @@ async fn an_nkey_seed_file_signs_the_servers_challenge() {
         "{error}"
     );
     assert!(!error.to_string().contains("garbage-secret"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .ends_with("cannot parse user JWT from the credentials file"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -150,6 +156,34 @@ async fn tls_to_a_server_that_verifies_its_clients() {
     // A client certificate, but trusting another CA: the server is not who it should be.
     config.nats.tls.ca_file = pki.other_ca_file.display().to_string();
     refused(&config).await;
+    // A key file that is no key, a CA file that holds no certificate: named, before
+    // connecting, without their content.
+    std::fs::write(pki.dir().join("junk.pem"), "junk-secret").unwrap();
+    let mut junk = config.clone();
+    junk.nats.tls.ca_file = pki.ca_file.display().to_string();
+    junk.nats.tls.key_file = pki.dir().join("junk.pem").display().to_string();
+    let error = connect_client(&junk).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            RuntimeError::NatsFile {
+                setting: "nats.tls.key_file",
+                ..
+            }
+        ),
+        "{error}"
+    );
+    junk.nats.tls.key_file = pki.client_key.display().to_string();
+    junk.nats.tls.ca_file = pki.client_key.display().to_string();
+    let error = connect_client(&junk).await.unwrap_err().to_string();
+    assert!(
+        error.starts_with("nats.tls.ca_file (") && error.contains("holds no"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("junk-secret") && !error.contains("PRIVATE"),
+        "{error}"
+    );
     // A CA file that is not there: named, before connecting.
     config.nats.tls.ca_file = pki.dir().join("nope.pem").display().to_string();
     let error = connect_client(&config).await.unwrap_err();
@@ -163,6 +197,43 @@ async fn tls_to_a_server_that_verifies_its_clients() {
         ),
         "{error}"
     );
+}
+
+/// A server that requires TLS turns it on for a client whose settings say nothing of it: the
+/// handshake needs rustls's crypto provider chosen all the same (it panicked when this test
+/// ran alone in its process).
+#[test]
+fn a_server_requiring_tls_is_refused_not_a_panic_without_tls_settings() {
+    let pki = TestPki::new();
+    let server = NatsServer::start_with(&pki.server_tls_block(false));
+    // A process of its own: no other test has chosen the provider before this one.
+    if std::env::var_os("FLEET_SECURITY_CHILD").is_none() {
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "security::a_server_requiring_tls_is_refused_not_a_panic_without_tls_settings",
+                "--exact",
+                "--nocapture",
+            ])
+            .env("FLEET_SECURITY_CHILD", server.url())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "the test in a process of its own: {status}"
+        );
+        return;
+    }
+    let url = std::env::var("FLEET_SECURITY_CHILD").unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut config = Config::default();
+        config.nats.url = url;
+        let error = refused(&config).await;
+        assert!(
+            error.contains("UnknownIssuer") || error.contains("certificate"),
+            "{error}"
+        );
+    });
 }
 
 #[tokio::test]

@@ -36,6 +36,44 @@ fn an_unreachable_server_is_a_clear_error() {
 }
 
 #[test]
+fn a_server_refusing_the_credentials_is_told_apart_from_no_server() {
+    let server =
+        NatsServer::start_with("authorization {\n  user: fleet\n  password: \"right-one\"\n}\n");
+    let cmd = || {
+        let mut cmd = fleetctl();
+        cmd.env("FLEET_NATS__URL", server.url())
+            .env("FLEET_NATS__AUTH__USER", "fleet");
+        cmd
+    };
+    cmd()
+        .env("FLEET_NATS__AUTH__PASSWORD", "0123-wrong-one")
+        .args(["streams", "init"])
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains("refused the connection: check [nats.auth]")
+                .and(predicate::str::contains("authorization violation"))
+                .and(predicate::str::contains("just up").not())
+                .and(predicate::str::contains("0123-wrong-one").not()),
+        );
+    // A file the settings name that is not there: a configuration error (exit 2), named.
+    cmd()
+        .env("FLEET_NATS__AUTH__PASSWORD", "right-one")
+        .env("FLEET_NATS__TLS__CA_FILE", "/nonexistent/ca.pem")
+        .args(["streams", "init"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "nats.tls.ca_file (/nonexistent/ca.pem)",
+        ));
+    cmd()
+        .env("FLEET_NATS__AUTH__PASSWORD", "right-one")
+        .args(["streams", "init"])
+        .assert()
+        .success();
+}
+
+#[test]
 fn streams_show_reports_what_the_server_has_against_the_configuration() {
     let server = NatsServer::start();
     // Nothing there yet: every stream and consumer missing, exit 1.
