@@ -263,16 +263,15 @@ pub async fn connect_client(config: &Config) -> Result<async_nats::Client, Runti
             url: shown.clone(),
             message: e.to_string(),
         })?;
-    let tls = config.nats.tls.enabled() || url.split(',').any(|u| u.trim().starts_with("tls://"));
     let client = connect_options(&config.nats)
         .await?
         .connect(servers)
         .await
         .map_err(|e| {
             let mut message = e.to_string();
-            // What rustls says of a server answering in plain text ("received corrupt
-            // message of type InvalidContentType") is no help on its own.
-            if tls && message.contains("corrupt message") {
+            // What rustls says of a server answering its handshake in plain text ("received
+            // corrupt message of type InvalidContentType") is no help on its own.
+            if message.contains("corrupt message") {
                 message.push_str(
                     " (the server did not answer in TLS: is it set up for the TLS that [nats.tls] or a tls:// URL asks for?)",
                 );

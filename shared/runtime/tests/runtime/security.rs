@@ -34,6 +34,14 @@ async fn works(config: &Config) {
     assert_eq!(got.as_deref(), Some(&b"{}"[..]));
 }
 
+/// `error` is a file setting's: `setting`, before anything connected.
+fn assert_names_file(error: &RuntimeError, setting: &str) {
+    assert!(
+        matches!(error, RuntimeError::NatsFile { setting: named, .. } if *named == setting),
+        "{error}"
+    );
+}
+
 async fn refused(config: &Config) -> String {
     match tokio::time::timeout(Duration::from_secs(20), connect_client(config)).await {
         Ok(Err(e)) => e.to_string(),
@@ -89,16 +97,7 @@ async fn an_nkey_seed_file_signs_the_servers_challenge() {
     // Not a seed, and no file at all: named before anything connects, the content not shown.
     std::fs::write(&seed_file, "not-a-seed-secret").unwrap();
     let error = connect_client(&config).await.unwrap_err();
-    assert!(
-        matches!(
-            error,
-            RuntimeError::NatsFile {
-                setting: "nats.auth.nkey_seed_file",
-                ..
-            }
-        ),
-        "{error}"
-    );
+    assert_names_file(&error, "nats.auth.nkey_seed_file");
     assert!(!error.to_string().contains("not-a-seed-secret"), "{error}");
     config.nats.auth.nkey_seed_file = dir.path().join("missing.nk").display().to_string();
     let error = connect_client(&config).await.unwrap_err().to_string();
@@ -112,16 +111,7 @@ async fn an_nkey_seed_file_signs_the_servers_challenge() {
     std::fs::write(&creds, "garbage-secret").unwrap();
     config.nats.auth.credentials_file = creds.display().to_string();
     let error = connect_client(&config).await.unwrap_err();
-    assert!(
-        matches!(
-            error,
-            RuntimeError::NatsFile {
-                setting: "nats.auth.credentials_file",
-                ..
-            }
-        ),
-        "{error}"
-    );
+    assert_names_file(&error, "nats.auth.credentials_file");
     assert!(!error.to_string().contains("garbage-secret"), "{error}");
     assert!(
         error
@@ -163,16 +153,7 @@ async fn tls_to_a_server_that_verifies_its_clients() {
     junk.nats.tls.ca_file = pki.ca_file.display().to_string();
     junk.nats.tls.key_file = pki.dir().join("junk.pem").display().to_string();
     let error = connect_client(&junk).await.unwrap_err();
-    assert!(
-        matches!(
-            error,
-            RuntimeError::NatsFile {
-                setting: "nats.tls.key_file",
-                ..
-            }
-        ),
-        "{error}"
-    );
+    assert_names_file(&error, "nats.tls.key_file");
     junk.nats.tls.key_file = pki.client_key.display().to_string();
     junk.nats.tls.ca_file = pki.client_key.display().to_string();
     let error = connect_client(&junk).await.unwrap_err().to_string();
@@ -187,16 +168,7 @@ async fn tls_to_a_server_that_verifies_its_clients() {
     // A CA file that is not there: named, before connecting.
     config.nats.tls.ca_file = pki.dir().join("nope.pem").display().to_string();
     let error = connect_client(&config).await.unwrap_err();
-    assert!(
-        matches!(
-            error,
-            RuntimeError::NatsFile {
-                setting: "nats.tls.ca_file",
-                ..
-            }
-        ),
-        "{error}"
-    );
+    assert_names_file(&error, "nats.tls.ca_file");
 }
 
 /// A server that requires TLS turns it on for a client whose settings say nothing of it: the
