@@ -746,6 +746,19 @@ impl Config {
         if auth.user.is_empty() != auth.password.is_empty() {
             problems.push("nats.auth: user and password go together (set both, or neither)".into());
         }
+        // A secret mounted from a file often ends in a newline the server would compare too:
+        // the connection is then refused with nothing that says why. The value is not shown.
+        for (name, value) in [
+            ("user", &auth.user),
+            ("password", &auth.password),
+            ("token", &auth.token),
+        ] {
+            if value.trim() != value.as_str() {
+                problems.push(format!(
+                    "nats.auth.{name}: begins or ends with whitespace (a newline from a secret's file?)"
+                ));
+            }
+        }
         let tls = &self.nats.tls;
         if tls.cert_file.is_empty() != tls.key_file.is_empty() {
             problems
@@ -1035,6 +1048,29 @@ mod tests {
         );
         let text = problems.join("\n");
         assert!(!text.contains("nats-token-secret"), "{text}");
+        // Whitespace around a secret (a newline from a mounted file) is named, never shown.
+        config.nats.auth = NatsAuthConfig {
+            user: "fleet".into(),
+            password: "nats-pass-secret\n".into(),
+            ..NatsAuthConfig::default()
+        };
+        config.nats.tls.cert_file.clear();
+        let Err(ConfigError::Invalid(problems)) = config.validate() else {
+            panic!("accepted")
+        };
+        assert_eq!(
+            problems,
+            [
+                "nats.auth.password: begins or ends with whitespace (a newline from a secret's file?)"
+            ]
+        );
+        config.nats.auth.password = "   ".into();
+        config.nats.auth.user = " fleet".into();
+        let Err(ConfigError::Invalid(problems)) = config.validate() else {
+            panic!("accepted")
+        };
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(!problems.join("\n").contains("nats-pass-secret"));
     }
 
     #[test]

@@ -273,7 +273,14 @@ pub async fn connect_client(config: &Config) -> Result<async_nats::Client, Runti
             // corrupt message of type InvalidContentType") is no help on its own.
             if message.contains("corrupt message") {
                 message.push_str(
-                    " (the server did not answer in TLS: is it set up for the TLS that [nats.tls] or a tls:// URL asks for?)",
+                    " (the server did not answer in TLS: is it set up for the TLS that [nats.tls] or a tls:// URL asks for, handshake_first included?)",
+                );
+            }
+            // A server that wants the TLS handshake before its greeting waits for one, then
+            // hangs up: async-nats only sees the greeting never came.
+            if message.contains("expected INFO, got nothing") {
+                message.push_str(
+                    " (the server hung up without greeting: if it wants the TLS handshake first, set [nats.tls] handshake_first = true)",
                 );
             }
             RuntimeError::Connect {

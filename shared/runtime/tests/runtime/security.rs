@@ -171,6 +171,38 @@ async fn tls_to_a_server_that_verifies_its_clients() {
     assert_names_file(&error, "nats.tls.ca_file");
 }
 
+/// A server that wants the TLS handshake before its greeting (`handshake_first`): a client set
+/// the same way works; one that waits for the greeting is told what to set; and one that starts
+/// with the handshake against a server greeting in plain text is told the server did not answer
+/// in TLS.
+#[tokio::test]
+async fn tls_handshake_first_on_both_sides_or_a_hint_which_to_set() {
+    let pki = TestPki::new();
+    // The server hangs up on a client that has not begun the handshake within 1 s.
+    let block = pki
+        .server_tls_block(false)
+        .replace("verify: false", "verify: false\n  handshake_first: true")
+        .replace("timeout: 5", "timeout: 1");
+    let server = NatsServer::start_with(&block);
+    let mut config = config_for(&server);
+    config.nats.tls.ca_file = pki.ca_file.display().to_string();
+    let error = refused(&config).await;
+    assert!(
+        error.contains("set [nats.tls] handshake_first = true"),
+        "{error}"
+    );
+    config.nats.tls.handshake_first = true;
+    works(&config).await;
+    // The same client against a server that greets first, over TLS or not.
+    let greeting_first = NatsServer::start_with(&pki.server_tls_block(false));
+    config.nats.url = greeting_first.url();
+    let error = refused(&config).await;
+    assert!(
+        error.contains("the server did not answer in TLS"),
+        "{error}"
+    );
+}
+
 /// A server that requires TLS turns it on for a client whose settings say nothing of it: the
 /// handshake needs rustls's crypto provider chosen all the same (it panicked when this test
 /// ran alone in its process).
