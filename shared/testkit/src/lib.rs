@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod fleet;
+pub mod jwt;
 pub mod otlp;
 pub mod pki;
 pub mod sqld;

@@ -10,6 +10,7 @@ use fleet_config::Config;
 use fleet_runtime::topology::names;
 use fleet_runtime::{Runtime, RuntimeError, connect_client};
 use fleet_testkit::NatsServer;
+use fleet_testkit::jwt::TestOperator;
 use fleet_testkit::pki::TestPki;
 
 fn config_for(server: &NatsServer) -> Config {
@@ -119,6 +120,31 @@ async fn an_nkey_seed_file_signs_the_servers_challenge() {
             .ends_with("cannot parse user JWT from the credentials file"),
         "{error}"
     );
+}
+
+/// Decentralized authentication (an operator's JWTs, as `nsc` sets it up): a user's `.creds`
+/// file gets the fleet in with JetStream; an expired user's, a user of an account the server
+/// does not know, and no credentials are refused; a file that is not a `.creds` is named.
+#[tokio::test]
+async fn a_credentials_file_of_an_operators_account() {
+    let operator = TestOperator::new();
+    let server = NatsServer::start_with(&operator.server_block());
+    let mut config = config_for(&server);
+    let anonymous = refused(&config).await;
+    assert!(anonymous.contains("authorization violation"), "{anonymous}");
+    config.nats.auth.credentials_file = operator.creds_file.display().to_string();
+    works(&config).await;
+    for file in [&operator.expired_creds_file, &operator.stranger_creds_file] {
+        config.nats.auth.credentials_file = file.display().to_string();
+        let error = refused(&config).await;
+        assert!(error.contains("authorization violation"), "{error}");
+    }
+    let seed_only = operator.dir().join("seed-only.creds");
+    std::fs::write(&seed_only, "SUAnot-a-creds-file-secret\n").unwrap();
+    config.nats.auth.credentials_file = seed_only.display().to_string();
+    let error = connect_client(&config).await.unwrap_err();
+    assert_names_file(&error, "nats.auth.credentials_file");
+    assert!(!error.to_string().contains("not-a-creds"), "{error}");
 }
 
 #[tokio::test]
