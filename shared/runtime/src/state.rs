@@ -6,13 +6,16 @@
 //! function always decides on the latest state; an illegal transition is returned as the
 //! function's own error, never written. Each write is appended to the progress stream
 //! (`progress.<kind>.<key>`, message id `<kind>:<key>:<revision>`), the history `fleetctl`
-//! shows. A worker that carries several steps out in memory records them with one write
-//! ([`StateStore::transition_steps_from`]): each step keeps its own entry
-//! (`<kind>:<key>:<revision>:<step>`), published ahead of the write's own.
+//! shows; entries a stream does not take (NATS restarting or unreachable) are tried again for
+//! [`PROGRESS_PATIENCE`] before the write reports it. A worker that carries several steps out
+//! in memory records them with one write ([`StateStore::transition_steps_from`]): each step
+//! keeps its own entry (`<kind>:<key>:<revision>:<step>`), published ahead of the write's own.
 
 use std::marker::PhantomData;
+use std::time::Duration;
 
-use async_nats::HeaderMap;
+use backon::Retryable;
+
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 use serde::Serialize;
@@ -42,7 +45,8 @@ pub enum StateError<E: std::error::Error + 'static> {
     /// Too many lost races in a row.
     #[error("state of {0} keeps changing under us; giving up for now")]
     Contention(String),
-    /// Written, but the progress entry could not be published (transient; history incomplete).
+    /// Written, but the progress entries were still not published after the store's patience
+    /// ([`PROGRESS_PATIENCE`]; transient, and that write's history stays incomplete).
     #[error("state written at revision {revision}, but its progress entry was not published")]
     Progress {
         /// The revision written.
@@ -138,10 +142,17 @@ pub struct StateStore<S> {
     kv: kv::Store,
     publisher: Publisher,
     progress_subject: String,
+    progress_patience: Duration,
     _state: PhantomData<fn() -> S>,
 }
 
 const MAX_RACES: usize = 32;
+
+/// How long, in waits between attempts, a written state's progress entries are tried again
+/// while the progress stream does not take them (NATS restarting or unreachable; each attempt
+/// has [`Publisher::publish_bytes`]'s own retries). Within it an outage loses no history; the
+/// job keeps its delivery alive meanwhile. Past it the write returns [`StateError::Progress`].
+pub const PROGRESS_PATIENCE: Duration = Duration::from_secs(300);
 
 impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
     /// States of `kind` in `kv`, progress published under `progress_prefix` (e.g.
@@ -157,8 +168,44 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
             kv,
             publisher,
             progress_subject: progress_prefix.into(),
+            progress_patience: PROGRESS_PATIENCE,
             _state: PhantomData,
         }
+    }
+
+    /// This store with `patience` for its progress entries instead of [`PROGRESS_PATIENCE`].
+    pub fn with_progress_patience(mut self, patience: Duration) -> Self {
+        self.progress_patience = patience;
+        self
+    }
+
+    /// Publishes a write's progress `entries` (see [`Publisher::publish_json_all`]), and again,
+    /// backing off from 250 ms to 5 s, while the stream does not take them — for as long as this
+    /// store's patience in waits between attempts. The state is written by then: given up, its
+    /// entries would be missing from the history for good, since the write is never made again.
+    async fn publish_progress(
+        &self,
+        subject: &str,
+        entries: &[(String, ProgressEvent)],
+    ) -> Result<(), PublishError> {
+        let backoff = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(250))
+            .with_max_delay(Duration::from_secs(5))
+            .without_max_times()
+            .with_total_delay(Some(self.progress_patience))
+            .with_jitter();
+        (|| self.publisher.publish_json_all(subject, entries))
+            .retry(backoff)
+            .when(PublishError::is_transient)
+            .notify(|error, after| {
+                tracing::warn!(
+                    subject,
+                    error = %error,
+                    retry_in_ms = after.as_millis() as u64,
+                    "a written state's progress entries are not published yet; trying again"
+                );
+            })
+            .await
     }
 
     /// The current state of `key`.
@@ -273,8 +320,7 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
                 for (_, e) in &mut entries {
                     e.revision = revision;
                 }
-                self.publisher
-                    .publish_json_all(&subject, &entries)
+                self.publish_progress(&subject, &entries)
                     .await
                     .map_err(|source| StateError::Progress { revision, source })?;
                 Ok(Some(Versioned {
@@ -308,8 +354,7 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
         event.revision = known.revision;
         let subject = format!("{}.{key}", self.progress_subject);
         let id = format!("{}:{key}:deleted:{}", self.kind, known.revision);
-        self.publisher
-            .publish_json(&subject, &id, &event, HeaderMap::new())
+        self.publish_progress(&subject, &[(id, event)])
             .await
             .map_err(|source| StateError::Progress {
                 revision: known.revision,

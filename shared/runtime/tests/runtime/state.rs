@@ -343,3 +343,92 @@ async fn the_leader_answers_what_a_direct_get_answers() {
         assert!(store.get::<Illegal>(key).await.is_err(), "{key:?} direct");
     }
 }
+
+/// A written state's progress entries wait for a stream that does not take them (here: full,
+/// refusing new messages) for as long as the store's patience: the write returns once the
+/// stream takes them, with every entry there; with no patience left it returns
+/// `StateError::Progress` naming the revision already written.
+#[tokio::test]
+async fn progress_entries_wait_for_a_stream_that_refuses_them_for_a_while() {
+    use async_nats::jetstream::stream::{Config as StreamConfig, DiscardPolicy};
+    let env = Env::start().await;
+    let full = StreamConfig {
+        name: "LATE".into(),
+        subjects: vec!["late.>".into()],
+        max_messages: 1,
+        discard: DiscardPolicy::New,
+        ..Default::default()
+    };
+    env.js.create_stream(full.clone()).await.unwrap();
+    env.js
+        .publish("late.filler", "x".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let kv = env
+        .js
+        .get_key_value(&env.topology.bucket(names::TENANTS).unwrap().bucket)
+        .await
+        .unwrap();
+    let store =
+        StateStore::<Status>::new("tenant", kv.clone(), env.publisher.clone(), "late.tenant");
+
+    // No patience: the state is written, its entries are not, and the error says which revision.
+    let impatient = store
+        .clone()
+        .with_progress_patience(std::time::Duration::ZERO);
+    let error = impatient
+        .transition("now", to(Status::Active))
+        .await
+        .unwrap_err();
+    let StateError::Progress { revision, .. } = error else {
+        panic!("{error}")
+    };
+    assert_eq!(kv.entry("now").await.unwrap().unwrap().revision, revision);
+
+    // Patience: the write waits while the stream refuses, and returns once it takes them.
+    let waiting = tokio::spawn(async move {
+        store
+            .try_write_steps::<Illegal>(
+                "later",
+                None,
+                Status::Active,
+                vec![event("database")],
+                event("Active"),
+            )
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(!waiting.is_finished(), "returned while the stream refused");
+    let written = kv
+        .entry("later")
+        .await
+        .unwrap()
+        .expect("the state is written first");
+    env.js
+        .update_stream(StreamConfig {
+            max_messages: -1,
+            ..full
+        })
+        .await
+        .unwrap();
+    let done = tokio::time::timeout(std::time::Duration::from_secs(20), waiting)
+        .await
+        .expect("returns once the stream takes the entries")
+        .unwrap()
+        .unwrap()
+        .expect("written");
+    assert_eq!(done.revision, written.revision);
+    let info = env
+        .js
+        .get_stream("LATE")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    // The filler, then the step's entry and the write's own (published again and again, kept once).
+    assert_eq!(info.state.messages, 3, "{:?}", info.state);
+}
