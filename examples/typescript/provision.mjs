@@ -13,12 +13,15 @@
 //
 // Usage: node provision.mjs <tenantId> [orgId] [region]
 // Environment: NATS_URL (nats://127.0.0.1:4222), SCHEMAS (the folder `fleetctl schema export`
-// wrote), TIMEOUT_MS (30000). Prints one JSON line; exit 0 when active, 1 when it failed or
-// timed out, 2 when the input is invalid.
+// wrote), TIMEOUT_MS (30000). A server that demands credentials (the fleet's production NATS
+// does): NATS_CREDS (a .creds file), NATS_USER + NATS_PASSWORD, or NATS_TOKEN — one of them;
+// NATS_CA, a CA file to verify the server's TLS certificate with (TLS is then required).
+// Prints one JSON line; exit 0 when active, 1 when it failed, timed out or could not connect,
+// 2 when the input is invalid.
 
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { connect } from "@nats-io/transport-node";
+import { connect, credsAuthenticator } from "@nats-io/transport-node";
 import { jetstream } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import Ajv2020 from "ajv/dist/2020.js";
@@ -45,7 +48,28 @@ if (!validCommand(payload)) {
   process.exit(2);
 }
 
-const nc = await connect({ servers: url });
+// Authentication and TLS, one way at a time, as the fleet's own [nats.auth] and [nats.tls].
+const env = process.env;
+const ways = ["NATS_CREDS", "NATS_USER", "NATS_TOKEN"].filter((name) => env[name]);
+if (ways.length > 1 || Boolean(env.NATS_USER) !== Boolean(env.NATS_PASSWORD)) {
+  const invalid = ["environment: set one of NATS_CREDS, NATS_USER with NATS_PASSWORD, or NATS_TOKEN"];
+  console.log(JSON.stringify({ tenantId, invalid }));
+  process.exit(2);
+}
+const options = { servers: url };
+if (env.NATS_CREDS) options.authenticator = credsAuthenticator(readFileSync(env.NATS_CREDS));
+if (env.NATS_USER) Object.assign(options, { user: env.NATS_USER, pass: env.NATS_PASSWORD });
+if (env.NATS_TOKEN) options.token = env.NATS_TOKEN;
+if (env.NATS_CA) options.tls = { caFile: env.NATS_CA };
+
+let nc;
+try {
+  nc = await connect(options);
+} catch (error) {
+  // What the server said (an authorization violation, say), never the credentials.
+  console.log(JSON.stringify({ tenantId, connectError: String(error?.message ?? error) }));
+  process.exit(1);
+}
 const js = jetstream(nc);
 try {
   // 2. Subscribed before publishing.
