@@ -43,13 +43,30 @@ pub enum PublishError {
         subject: String,
         /// What went wrong.
         message: String,
+        /// No answer came (the ack timed out, the connection broke, no stream answered): NATS
+        /// unreachable, restarting or electing a leader. False when the server answered with a
+        /// refusal (a full stream, a permission, a bad subject).
+        unavailable: bool,
     },
 }
 
 impl PublishError {
-    /// Publishing failures are transient (the server is unreachable or slow).
+    /// Publishing failures are transient (the server is unreachable or slow, or refused what a
+    /// later delivery may find accepted).
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Send { .. })
+    }
+
+    /// The server gave no answer (see [`PublishError::Send`]'s `unavailable`): worth waiting
+    /// for, unlike a refusal.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::Send {
+                unavailable: true,
+                ..
+            }
+        )
     }
 }
 
@@ -102,6 +119,13 @@ impl Publisher {
             .map_err(|e| PublishError::Send {
                 subject: subject.to_owned(),
                 message: e.to_string(),
+                unavailable: matches!(
+                    e.kind(),
+                    jetstream::context::PublishErrorKind::TimedOut
+                        | jetstream::context::PublishErrorKind::StreamNotFound
+                        | jetstream::context::PublishErrorKind::BrokenPipe
+                        | jetstream::context::PublishErrorKind::MaxAckPending
+                ),
             })?;
         Ok(Published {
             sequence: ack.sequence,

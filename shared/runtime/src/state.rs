@@ -6,13 +6,17 @@
 //! function always decides on the latest state; an illegal transition is returned as the
 //! function's own error, never written. Each write is appended to the progress stream
 //! (`progress.<kind>.<key>`, message id `<kind>:<key>:<revision>`), the history `fleetctl`
-//! shows; entries a stream does not take (NATS restarting or unreachable) are tried again for
-//! [`PROGRESS_PATIENCE`] before the write reports it. A worker that carries several steps out
-//! in memory records them with one write ([`StateStore::transition_steps_from`]): each step
-//! keeps its own entry (`<kind>:<key>:<revision>:<step>`), published ahead of the write's own.
+//! shows. While NATS gives no answer (restarting, unreachable) a store waits for it, up to
+//! [`OUTAGE_PATIENCE`]: a write whose answer was lost is looked for, and found landed it is
+//! this write, its entries published; entries not acknowledged are published again. A worker
+//! that carries several steps out in memory records them with one write
+//! ([`StateStore::transition_steps_from`]): each step keeps its own entry
+//! (`<kind>:<key>:<revision>:<step>`), published ahead of the write's own.
 
 use std::marker::PhantomData;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use backon::Retryable;
 
@@ -45,8 +49,9 @@ pub enum StateError<E: std::error::Error + 'static> {
     /// Too many lost races in a row.
     #[error("state of {0} keeps changing under us; giving up for now")]
     Contention(String),
-    /// Written, but the progress entries were still not published after the store's patience
-    /// ([`PROGRESS_PATIENCE`]; transient, and that write's history stays incomplete).
+    /// Written, but the progress entries were refused, or still not published after the
+    /// store's patience ([`OUTAGE_PATIENCE`]; transient, and that write's history stays
+    /// incomplete).
     #[error("state written at revision {revision}, but its progress entry was not published")]
     Progress {
         /// The revision written.
@@ -142,17 +147,42 @@ pub struct StateStore<S> {
     kv: kv::Store,
     publisher: Publisher,
     progress_subject: String,
-    progress_patience: Duration,
+    patience: Duration,
     _state: PhantomData<fn() -> S>,
 }
 
 const MAX_RACES: usize = 32;
 
-/// How long, in waits between attempts, a written state's progress entries are tried again
-/// while the progress stream does not take them (NATS restarting or unreachable; each attempt
-/// has [`Publisher::publish_bytes`]'s own retries). Within it an outage loses no history; the
-/// job keeps its delivery alive meanwhile. Past it the write returns [`StateError::Progress`].
-pub const PROGRESS_PATIENCE: Duration = Duration::from_secs(300);
+/// How long after a write's first attempt (wall clock) a store keeps waiting on NATS when it
+/// gives no answer (restarting, unreachable, electing a leader), so that no written state loses
+/// its history: a write whose answer was lost is looked for (it may have landed), and progress
+/// entries are published again, backing off from 250 ms to 5 s. Each attempt has
+/// [`Publisher::publish_bytes`]'s own retries, so the last may end up to ~20 s later. Kept
+/// under the progress stream's 2-minute duplicate window, so an entry that was stored but not
+/// acknowledged is not stored twice; and under a job's maximum duration, so its delivery stays
+/// renewed meanwhile. A refusal (a full stream, a permission) is not waited on.
+pub const OUTAGE_PATIENCE: Duration = Duration::from_secs(90);
+
+/// Why a write's compare-and-set did not report success.
+enum Unwritten {
+    /// Refused on the revision: another writer got there first.
+    Lost,
+    /// A create found a value: another writer's, or ours whose answer was lost.
+    Exists,
+    /// Refused for good (an invalid key).
+    Refused(String),
+    /// No answer, or an error that leaves it unknown whether the write landed.
+    Unknown(String),
+}
+
+/// Backing off from 250 ms to 5 s (with jitter), for as long as the caller's deadline allows.
+fn outage_backoff() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(5))
+        .without_max_times()
+        .with_jitter()
+}
 
 impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
     /// States of `kind` in `kv`, progress published under `progress_prefix` (e.g.
@@ -168,35 +198,31 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
             kv,
             publisher,
             progress_subject: progress_prefix.into(),
-            progress_patience: PROGRESS_PATIENCE,
+            patience: OUTAGE_PATIENCE,
             _state: PhantomData,
         }
     }
 
-    /// This store with `patience` for its progress entries instead of [`PROGRESS_PATIENCE`].
-    pub fn with_progress_patience(mut self, patience: Duration) -> Self {
-        self.progress_patience = patience;
+    /// This store waiting `patience` on NATS instead of [`OUTAGE_PATIENCE`] (a command-line
+    /// tool reports at once instead: `Duration::ZERO`).
+    pub fn with_patience(mut self, patience: Duration) -> Self {
+        self.patience = patience;
         self
     }
 
-    /// Publishes a write's progress `entries` (see [`Publisher::publish_json_all`]), and again,
-    /// backing off from 250 ms to 5 s, while the stream does not take them — for as long as this
-    /// store's patience in waits between attempts. The state is written by then: given up, its
-    /// entries would be missing from the history for good, since the write is never made again.
+    /// Publishes a write's progress `entries` (see [`Publisher::publish_json_all`]), and again
+    /// while NATS gives no answer, until `deadline`. The state is written by then: given up,
+    /// its entries would be missing from the history for good, since the write is never made
+    /// again.
     async fn publish_progress(
         &self,
         subject: &str,
         entries: &[(String, ProgressEvent)],
+        deadline: Instant,
     ) -> Result<(), PublishError> {
-        let backoff = backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(250))
-            .with_max_delay(Duration::from_secs(5))
-            .without_max_times()
-            .with_total_delay(Some(self.progress_patience))
-            .with_jitter();
         (|| self.publisher.publish_json_all(subject, entries))
-            .retry(backoff)
-            .when(PublishError::is_transient)
+            .retry(outage_backoff())
+            .when(|e: &PublishError| e.is_unavailable() && Instant::now() < deadline)
             .notify(|error, after| {
                 tracing::warn!(
                     subject,
@@ -206,6 +232,32 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
                 );
             })
             .await
+    }
+
+    /// The revision at which a write of `bytes` to `key` over revision `base` (0: a create)
+    /// landed although its answer never came: the key's latest value, as the bucket's stream
+    /// leader holds it, is those bytes at a later revision (a state carries its own times and
+    /// holder, so another writer's is not byte for byte the same). Read again while NATS does
+    /// not answer, until `deadline`; `None` when it did not land or cannot be told.
+    async fn landed(&self, key: &str, bytes: &[u8], base: u64, deadline: Instant) -> Option<u64> {
+        let read = (|| leader_entry(&self.kv, key))
+            .retry(outage_backoff())
+            .when(|_| Instant::now() < deadline)
+            .notify(|error, after| {
+                tracing::warn!(
+                    key,
+                    error = %error,
+                    retry_in_ms = after.as_millis() as u64,
+                    "a write's answer was lost and its key cannot be read yet; trying again"
+                );
+            })
+            .await;
+        match read {
+            Ok(Some((value, revision))) if revision > base && value.as_ref() == bytes => {
+                Some(revision)
+            }
+            _ => None,
+        }
     }
 
     /// The current state of `key`.
@@ -286,51 +338,63 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
         earlier: Vec<ProgressEvent>,
         event: ProgressEvent,
     ) -> Result<Option<Versioned<S>>, StateError<E>> {
+        let deadline = Instant::now() + self.patience;
         let bytes = Bytes::from(serde_json::to_vec(&next).expect("states serialize"));
+        let base = current.map_or(0, |c| c.revision);
         let written = match current {
-            None => self.kv.create(key, bytes).await.map_err(|e| {
-                if e.kind() == kv::CreateErrorKind::AlreadyExists {
-                    None
-                } else {
-                    Some(e.to_string())
-                }
-            }),
+            None => self
+                .kv
+                .create(key, bytes.clone())
+                .await
+                .map_err(|e| match e.kind() {
+                    kv::CreateErrorKind::AlreadyExists => Unwritten::Exists,
+                    kv::CreateErrorKind::InvalidKey => Unwritten::Refused(e.to_string()),
+                    _ => Unwritten::Unknown(e.to_string()),
+                }),
             Some(current) => self
                 .kv
-                .update(key, bytes, current.revision)
+                .update(key, bytes.clone(), current.revision)
                 .await
-                .map_err(|e| {
-                    if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
-                        None
-                    } else {
-                        Some(e.to_string())
-                    }
+                .map_err(|e| match e.kind() {
+                    kv::UpdateErrorKind::WrongLastRevision => Unwritten::Lost,
+                    kv::UpdateErrorKind::InvalidKey => Unwritten::Refused(e.to_string()),
+                    _ => Unwritten::Unknown(e.to_string()),
                 }),
         };
-        match written {
-            Ok(revision) => {
-                let subject = format!("{}.{key}", self.progress_subject);
-                let id = format!("{}:{key}:{revision}", self.kind);
-                // The earlier steps' entries, then the write's own.
-                let mut entries: Vec<(String, ProgressEvent)> = earlier
-                    .into_iter()
-                    .map(|e| (format!("{id}:{}", e.step), e))
-                    .collect();
-                entries.push((id, event));
-                for (_, e) in &mut entries {
-                    e.revision = revision;
+        // A write whose answer was lost may have landed: then it is this write, history included.
+        let revision = match written {
+            Ok(revision) => revision,
+            Err(Unwritten::Lost) => return Ok(None),
+            Err(Unwritten::Refused(message)) => return Err(StateError::Store(message)),
+            Err(Unwritten::Exists) => match self.landed(key, &bytes, base, deadline).await {
+                Some(revision) => revision,
+                None => return Ok(None),
+            },
+            Err(Unwritten::Unknown(message)) => {
+                match self.landed(key, &bytes, base, deadline).await {
+                    Some(revision) => revision,
+                    None => return Err(StateError::Store(message)),
                 }
-                self.publish_progress(&subject, &entries)
-                    .await
-                    .map_err(|source| StateError::Progress { revision, source })?;
-                Ok(Some(Versioned {
-                    state: next,
-                    revision,
-                }))
             }
-            Err(None) => Ok(None),
-            Err(Some(message)) => Err(StateError::Store(message)),
+        };
+        let subject = format!("{}.{key}", self.progress_subject);
+        let id = format!("{}:{key}:{revision}", self.kind);
+        // The earlier steps' entries, then the write's own.
+        let mut entries: Vec<(String, ProgressEvent)> = earlier
+            .into_iter()
+            .map(|e| (format!("{id}:{}", e.step), e))
+            .collect();
+        entries.push((id, event));
+        for (_, e) in &mut entries {
+            e.revision = revision;
         }
+        self.publish_progress(&subject, &entries, deadline)
+            .await
+            .map_err(|source| StateError::Progress { revision, source })?;
+        Ok(Some(Versioned {
+            state: next,
+            revision,
+        }))
     }
 
     /// Deletes `key` if it is still at `known`'s revision (compare-and-set), then publishes
@@ -342,6 +406,7 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
         known: &Versioned<S>,
         mut event: ProgressEvent,
     ) -> Result<bool, StateError<E>> {
+        let deadline = Instant::now() + self.patience;
         match self
             .kv
             .delete_expect_revision(key, Some(known.revision))
@@ -354,7 +419,7 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
         event.revision = known.revision;
         let subject = format!("{}.{key}", self.progress_subject);
         let id = format!("{}:{key}:deleted:{}", self.kind, known.revision);
-        self.publish_progress(&subject, &[(id, event)])
+        self.publish_progress(&subject, &[(id, event)], deadline)
             .await
             .map_err(|source| StateError::Progress {
                 revision: known.revision,

@@ -3,7 +3,7 @@
 //! user credentials files (`.creds`: the user's JWT and its NKey seed) — one of that account's,
 //! one expired, and one of an account the server was never told of. [`TestOperator::server_block`] is the
 //! nats-server configuration that trusts the operator and preloads the account (memory
-//! resolver).
+//! resolver). [`user_seed_file`] writes a plain NKey user's seed.
 //!
 //! A JWT here is NATS's v2 encoding (nats-io/jwt): header `{"typ":"JWT","alg":"ed25519-nkey"}`,
 //! the claims, and an Ed25519 signature by the issuer's NKey over `header.claims`, each part
@@ -168,6 +168,15 @@ impl TestOperator {
             self.account_jwt,
         )
     }
+}
+
+/// A new NATS user's NKey seed written to `dir/name` (as `nk -gen user` would); returns the
+/// user's public key, for a server's `authorization { users = [ { nkey: … } ] }`, and the file.
+pub fn user_seed_file(dir: &Path, name: &str) -> (String, PathBuf) {
+    let user = KeyPair::new_user();
+    let path = dir.join(name);
+    std::fs::write(&path, user.seed().expect("a user's seed")).expect("a seed file");
+    (user.public_key(), path)
 }
 
 impl Default for TestOperator {

@@ -60,7 +60,11 @@ pub async fn run(command: SecretsCommand) -> anyhow::Result<ExitCode> {
     let config = fleet_config::Config::load()?;
     let keys = fleet_tenantdb::key_ring_from_config(&config)?;
     let runtime = Runtime::attach(&config).await?;
-    let tenants = fleet_control::tenants(&runtime).await?;
+    // An operator's command reports a tenant whose write got no answer at once, instead of
+    // waiting out an outage tenant by tenant as a worker would.
+    let tenants = fleet_control::tenants(&runtime)
+        .await?
+        .with_patience(std::time::Duration::ZERO);
     let mut report = Report::default();
     let chain = |e: &(dyn std::error::Error + 'static)| fleet_runtime::error_chain(e);
     for key in tenants

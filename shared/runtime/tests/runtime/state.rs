@@ -1,6 +1,7 @@
 //! The state store: compare-and-set; a race between two writers ends in one valid state.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use fleet_protocol::Timestamp;
 use fleet_runtime::topology::names;
@@ -344,28 +345,14 @@ async fn the_leader_answers_what_a_direct_get_answers() {
     }
 }
 
-/// A written state's progress entries wait for a stream that does not take them (here: full,
-/// refusing new messages) for as long as the store's patience: the write returns once the
-/// stream takes them, with every entry there; with no patience left it returns
-/// `StateError::Progress` naming the revision already written.
+/// A written state's progress entries wait for a stream that gives no answer (here: none
+/// exists yet, as while NATS restarts) and land once it does, each once; a stream that refuses
+/// them (full) is not waited on: the write returns `StateError::Progress` naming the revision
+/// already written.
 #[tokio::test]
-async fn progress_entries_wait_for_a_stream_that_refuses_them_for_a_while() {
+async fn progress_entries_wait_for_an_answer_but_not_on_a_refusal() {
     use async_nats::jetstream::stream::{Config as StreamConfig, DiscardPolicy};
     let env = Env::start().await;
-    let full = StreamConfig {
-        name: "LATE".into(),
-        subjects: vec!["late.>".into()],
-        max_messages: 1,
-        discard: DiscardPolicy::New,
-        ..Default::default()
-    };
-    env.js.create_stream(full.clone()).await.unwrap();
-    env.js
-        .publish("late.filler", "x".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
     let kv = env
         .js
         .get_key_value(&env.topology.bucket(names::TENANTS).unwrap().bucket)
@@ -374,52 +361,44 @@ async fn progress_entries_wait_for_a_stream_that_refuses_them_for_a_while() {
     let store =
         StateStore::<Status>::new("tenant", kv.clone(), env.publisher.clone(), "late.tenant");
 
-    // No patience: the state is written, its entries are not, and the error says which revision.
-    let impatient = store
-        .clone()
-        .with_progress_patience(std::time::Duration::ZERO);
-    let error = impatient
-        .transition("now", to(Status::Active))
-        .await
-        .unwrap_err();
-    let StateError::Progress { revision, .. } = error else {
-        panic!("{error}")
+    let waiting = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .try_write_steps::<Illegal>(
+                    "later",
+                    None,
+                    Status::Active,
+                    vec![event("database")],
+                    event("Active"),
+                )
+                .await
+        })
     };
-    assert_eq!(kv.entry("now").await.unwrap().unwrap().revision, revision);
-
-    // Patience: the write waits while the stream refuses, and returns once it takes them.
-    let waiting = tokio::spawn(async move {
-        store
-            .try_write_steps::<Illegal>(
-                "later",
-                None,
-                Status::Active,
-                vec![event("database")],
-                event("Active"),
-            )
-            .await
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    assert!(!waiting.is_finished(), "returned while the stream refused");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "returned with no stream to take its entries"
+    );
     let written = kv
         .entry("later")
         .await
         .unwrap()
         .expect("the state is written first");
-    env.js
-        .update_stream(StreamConfig {
-            max_messages: -1,
-            ..full
-        })
+    let late = StreamConfig {
+        name: "LATE".into(),
+        subjects: vec!["late.>".into()],
+        ..Default::default()
+    };
+    env.js.create_stream(late.clone()).await.unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(60), waiting)
         .await
-        .unwrap();
-    let done = tokio::time::timeout(std::time::Duration::from_secs(20), waiting)
-        .await
-        .expect("returns once the stream takes the entries")
+        .expect("returns once a stream takes the entries")
         .unwrap()
         .unwrap()
         .expect("written");
     assert_eq!(done.revision, written.revision);
+    // The step's entry and the write's own, each once.
     let info = env
         .js
         .get_stream("LATE")
@@ -429,6 +408,143 @@ async fn progress_entries_wait_for_a_stream_that_refuses_them_for_a_while() {
         .await
         .unwrap()
         .clone();
-    // The filler, then the step's entry and the write's own (published again and again, kept once).
-    assert_eq!(info.state.messages, 3, "{:?}", info.state);
+    assert_eq!(info.state.messages, 2, "{:?}", info.state);
+
+    // Full, refusing new messages: refused at once, whatever the patience.
+    env.js
+        .update_stream(StreamConfig {
+            max_messages: 2,
+            discard: DiscardPolicy::New,
+            ..late
+        })
+        .await
+        .unwrap();
+    let error = tokio::time::timeout(
+        Duration::from_secs(30),
+        store.transition("now", to(Status::Active)),
+    )
+    .await
+    .expect("a refusal is not waited on")
+    .unwrap_err();
+    let StateError::Progress { revision, .. } = error else {
+        panic!("{error}")
+    };
+    assert_eq!(kv.entry("now").await.unwrap().unwrap().revision, revision);
+}
+
+/// Forwards a connection to `upstream`, holding back everything the server sends while
+/// `hold` is set and passing it on, in order, once it is cleared: the client's requests reach
+/// the server and are carried out, their answers come too late.
+async fn holding_proxy(upstream: String, hold: Arc<std::sync::atomic::AtomicBool>) -> String {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+            });
+            let hold = hold.clone();
+            tokio::spawn(async move {
+                let mut held = Vec::new();
+                let mut buffer = vec![0u8; 64 * 1024];
+                loop {
+                    let read = tokio::time::timeout(
+                        Duration::from_millis(50),
+                        server_read.read(&mut buffer),
+                    )
+                    .await;
+                    match read {
+                        Ok(Ok(0)) | Ok(Err(_)) => return,
+                        Ok(Ok(n)) => held.extend_from_slice(&buffer[..n]),
+                        Err(_) => {}
+                    }
+                    if !hold.load(Ordering::SeqCst) && !held.is_empty() {
+                        if client_write.write_all(&held).await.is_err() {
+                            return;
+                        }
+                        held.clear();
+                    }
+                }
+            });
+        }
+    });
+    format!("nats://{address}")
+}
+
+/// A write that lands but whose answer never comes (the server's replies held back past the
+/// client's timeout) is found landed: returned as written at its revision, its progress entry
+/// published — not reported failed, to be redelivered, found done and left without history.
+#[tokio::test]
+async fn a_write_whose_answer_was_lost_is_found_landed_with_its_history() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let env = Env::start().await;
+    let hold = Arc::new(AtomicBool::new(false));
+    let upstream = env.server.url().trim_start_matches("nats://").to_owned();
+    let url = holding_proxy(upstream, hold.clone()).await;
+    let client = async_nats::connect(url).await.unwrap();
+    let mut js = async_nats::jetstream::new(client);
+    js.set_timeout(Duration::from_millis(500));
+    let bucket = &env.topology.bucket(names::TENANTS).unwrap().bucket;
+    let kv = js.get_key_value(bucket).await.unwrap();
+    let store = StateStore::<Status>::new(
+        "tenant",
+        kv,
+        fleet_runtime::Publisher::new(js.clone()),
+        "progress.tenant",
+    );
+    let known = store
+        .transition("acme", |_| {
+            Ok::<_, Illegal>(Decision::Write {
+                next: Status::Provisioning,
+                event: event("created"),
+            })
+        })
+        .await
+        .unwrap()
+        .unwrap();
+
+    hold.store(true, Ordering::SeqCst);
+    let writing = {
+        let store = store.clone();
+        let known = known.clone();
+        tokio::spawn(async move {
+            store
+                .try_write::<Illegal>("acme", Some(&known), Status::Active, event("Active"))
+                .await
+        })
+    };
+    // Past the client's timeout (500 ms): the write is carried out, its answer held back.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let direct = env
+        .js
+        .get_key_value(bucket)
+        .await
+        .unwrap()
+        .entry("acme")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(direct.revision, known.revision + 1, "the write landed");
+    hold.store(false, Ordering::SeqCst);
+    let written = tokio::time::timeout(Duration::from_secs(60), writing)
+        .await
+        .expect("answers once the server's replies come through")
+        .unwrap()
+        .expect("found landed, not a store error")
+        .expect("written, not a lost race");
+    assert_eq!(written.revision, direct.revision);
+    assert_eq!(written.state, Status::Active);
+    let entries = fleet_testkit::stream_messages(&env.js, names::PROGRESS, None).await;
+    let id = format!("tenant:acme:{}", written.revision);
+    assert!(
+        entries
+            .iter()
+            .any(|m| m.headers.get("Nats-Msg-Id").map(|v| v.as_str()) == Some(id.as_str())),
+        "the landed write's entry {id} is in the history"
+    );
 }
