@@ -14,14 +14,16 @@
 // Usage: node provision.mjs <tenantId> [orgId] [region]
 // Environment: NATS_URL (nats://127.0.0.1:4222), SCHEMAS (the folder `fleetctl schema export`
 // wrote), TIMEOUT_MS (30000). A server that demands credentials (the fleet's production NATS
-// does): NATS_CREDS (a .creds file), NATS_USER + NATS_PASSWORD, or NATS_TOKEN — one of them;
-// NATS_CA, a CA file to verify the server's TLS certificate with (TLS is then required).
+// does): NATS_CREDS (a .creds file), NATS_NKEY_SEED_FILE, NATS_USER + NATS_PASSWORD, or
+// NATS_TOKEN — one of them. TLS: NATS_CA, a CA file to verify the server's certificate with;
+// NATS_TLS_HANDSHAKE_FIRST=true for a server set to handshake_first; a tls:// URL or either of
+// those makes TLS required.
 // Prints one JSON line; exit 0 when active, 1 when it failed, timed out or could not connect,
 // 2 when the input is invalid.
 
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { connect, credsAuthenticator } from "@nats-io/transport-node";
+import { connect, credsAuthenticator, nkeyAuthenticator } from "@nats-io/transport-node";
 import { jetstream } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import Ajv2020 from "ajv/dist/2020.js";
@@ -49,18 +51,43 @@ if (!validCommand(payload)) {
 }
 
 // Authentication and TLS, one way at a time, as the fleet's own [nats.auth] and [nats.tls].
+// A file that cannot be read, or holds no certificate, is named (never its content), exit 2.
 const env = process.env;
-const ways = ["NATS_CREDS", "NATS_USER", "NATS_TOKEN"].filter((name) => env[name]);
-if (ways.length > 1 || Boolean(env.NATS_USER) !== Boolean(env.NATS_PASSWORD)) {
-  const invalid = ["environment: set one of NATS_CREDS, NATS_USER with NATS_PASSWORD, or NATS_TOKEN"];
-  console.log(JSON.stringify({ tenantId, invalid }));
+const invalidEnv = (problem) => {
+  console.log(JSON.stringify({ tenantId, invalid: [`environment: ${problem}`] }));
   process.exit(2);
+};
+const ways = ["NATS_CREDS", "NATS_NKEY_SEED_FILE", "NATS_USER", "NATS_TOKEN"].filter((name) => env[name]);
+if (ways.length > 1 || Boolean(env.NATS_USER) !== Boolean(env.NATS_PASSWORD)) {
+  invalidEnv("set one of NATS_CREDS, NATS_NKEY_SEED_FILE, NATS_USER with NATS_PASSWORD, or NATS_TOKEN");
 }
+const file = (name) => {
+  try {
+    return readFileSync(env[name]);
+  } catch (error) {
+    return invalidEnv(`${name} (${env[name]}) cannot be read: ${error.code ?? error.message}`);
+  }
+};
 const options = { servers: url };
-if (env.NATS_CREDS) options.authenticator = credsAuthenticator(readFileSync(env.NATS_CREDS));
+if (env.NATS_CREDS) options.authenticator = credsAuthenticator(file("NATS_CREDS"));
+if (env.NATS_NKEY_SEED_FILE) {
+  options.authenticator = nkeyAuthenticator(new TextEncoder().encode(file("NATS_NKEY_SEED_FILE").toString().trim()));
+}
 if (env.NATS_USER) Object.assign(options, { user: env.NATS_USER, pass: env.NATS_PASSWORD });
 if (env.NATS_TOKEN) options.token = env.NATS_TOKEN;
-if (env.NATS_CA) options.tls = { caFile: env.NATS_CA };
+// TLS when a CA is given, the handshake is to come first, or the URL says tls:// (never a
+// silent downgrade to plain text, as the fleet's own client).
+const tls = {};
+if (env.NATS_CA) {
+  if (!file("NATS_CA").toString().includes("-----BEGIN CERTIFICATE-----")) {
+    invalidEnv(`NATS_CA (${env.NATS_CA}) holds no PEM certificate`);
+  }
+  tls.caFile = env.NATS_CA;
+}
+if (env.NATS_TLS_HANDSHAKE_FIRST === "true") tls.handshakeFirst = true;
+if (env.NATS_CA || tls.handshakeFirst || url.split(",").some((u) => u.trim().startsWith("tls://"))) {
+  options.tls = tls;
+}
 
 let nc;
 try {

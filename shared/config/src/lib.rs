@@ -654,11 +654,14 @@ impl Config {
             .merge(Self::raw_secrets())
     }
 
-    /// The secret settings given in the environment, exactly as given: figment's `Env` reads
-    /// a value as TOML-like data (`12345` a number, `true` a boolean, quotes and surrounding
-    /// blanks stripped), which a password or token must not be.
+    /// The credentials given in the environment (secrets, and the NATS user that goes with a
+    /// password), exactly as given: figment's `Env` reads a value as TOML-like data (`12345` a
+    /// number, `true` a boolean, quotes and surrounding blanks stripped), which a credential
+    /// must not be — a user `0012` would not load, and `"fleet\n"` would be trimmed instead of
+    /// refused.
     fn raw_secrets() -> Figment {
-        const SECRETS: [(&str, &str); 4] = [
+        const SECRETS: [(&str, &str); 5] = [
+            ("FLEET_NATS__AUTH__USER", "nats.auth.user"),
             ("FLEET_NATS__AUTH__PASSWORD", "nats.auth.password"),
             ("FLEET_NATS__AUTH__TOKEN", "nats.auth.token"),
             (
@@ -1126,6 +1129,24 @@ mod tests {
             assert!(config.nats.tls.required);
             assert_eq!(config.nats.tls.ca_file, "/run/ca.pem");
             assert_eq!(config.nats.url, NatsConfig::default().url);
+            // The user too: not a number; and a newline left in a credential is refused, not
+            // trimmed away.
+            jail.set_env("FLEET_NATS__AUTH__USER", "0012");
+            let source = ConfigSource {
+                dir: jail.directory().to_path_buf(),
+                env: "none".into(),
+            };
+            assert_eq!(Config::load_from(&source).unwrap().nats.auth.user, "0012");
+            jail.set_env("FLEET_NATS__AUTH__USER", "fleet\n");
+            let Err(error) = Config::load_from(&source) else {
+                panic!("a user with a newline was accepted")
+            };
+            assert!(
+                error
+                    .to_string()
+                    .contains("nats.auth.user: begins or ends with whitespace"),
+                "{error}"
+            );
             Ok(())
         });
     }

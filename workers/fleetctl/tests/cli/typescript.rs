@@ -15,12 +15,12 @@ fn node(fleet: &TestFleet, schemas: &std::path::Path, args: &[&str]) -> (i32, Va
     node_with(fleet, schemas, args, &[])
 }
 
-/// [`node`] with `env` (credentials, a CA) set for the example too.
+/// [`node`] with `env` (credentials, a CA, another URL) set for the example too.
 fn node_with(
     fleet: &TestFleet,
     schemas: &std::path::Path,
     args: &[&str],
-    env: &[(&str, &std::path::Path)],
+    env: &[(&str, String)],
 ) -> (i32, Value) {
     let example = workspace_root().join("examples/typescript");
     assert!(
@@ -34,7 +34,7 @@ fn node_with(
         .env("NATS_URL", fleet.server.url())
         .env("SCHEMAS", schemas)
         .env("TIMEOUT_MS", "20000")
-        .envs(env.iter().copied())
+        .envs(env.iter().map(|(k, v)| (*k, v)))
         .output()
         .expect("node runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -93,8 +93,10 @@ async fn node_provisions_a_tenant_per_the_contract_and_refuses_an_invalid_one() 
 
 /// The example on a server like production's, demanding credentials over TLS — here an
 /// operator's account (a `.creds` file, `NATS_CREDS`) and a CA to verify the server
-/// (`NATS_CA`), the provisioner authenticated the same way: provisioned; without the
-/// credentials it says it could not connect (exit 1) and sends nothing.
+/// (`NATS_CA`), the provisioner authenticated the same way: provisioned. Without the
+/// credentials it says it could not connect (exit 1); with two ways at once, a credentials file
+/// it cannot read or a CA file that holds no certificate, it names the setting (exit 2); a
+/// `tls://` URL to a server without TLS is refused, never downgraded. Nothing is sent then.
 #[tokio::test]
 async fn node_with_a_credentials_file_over_tls() {
     let operator = TestOperator::new();
@@ -119,19 +121,24 @@ async fn node_with_a_credentials_file_over_tls() {
         .arg(schemas.path())
         .assert()
         .success();
-    let creds = operator.creds_file.as_path();
-    let ca = pki.ca_file.as_path();
+    let creds = ("NATS_CREDS", operator.creds_file.display().to_string());
+    let ca = ("NATS_CA", pki.ca_file.display().to_string());
 
     let (code, answer) = node_with(
         &fleet,
         schemas.path(),
         &["ts-creds"],
-        &[("NATS_CREDS", creds), ("NATS_CA", ca)],
+        &[creds.clone(), ca.clone()],
     );
     assert_eq!(code, 0, "{answer}");
     assert_eq!(answer["status"], "active");
 
-    let (code, refused) = node_with(&fleet, schemas.path(), &["ts-anon"], &[("NATS_CA", ca)]);
+    let (code, refused) = node_with(
+        &fleet,
+        schemas.path(),
+        &["ts-anon"],
+        std::slice::from_ref(&ca),
+    );
     assert_eq!(code, 1, "{refused}");
     assert!(
         refused["connectError"]
@@ -139,13 +146,83 @@ async fn node_with_a_credentials_file_over_tls() {
             .is_some_and(|e| e.to_lowercase().contains("authorization")),
         "{refused}"
     );
-    // Two ways at once: refused before connecting.
-    let (code, both) = node_with(
+    let invalid = |env: &[(&str, String)], named: &str| {
+        let (code, answer) = node_with(&fleet, schemas.path(), &["ts-invalid"], env);
+        assert_eq!(code, 2, "{answer}");
+        assert!(answer["invalid"].to_string().contains(named), "{answer}");
+        assert!(!answer.to_string().contains("junk-secret"), "{answer}");
+    };
+    invalid(&[creds.clone(), ("NATS_TOKEN", "t".into())], "NATS_CREDS");
+    invalid(
+        &[
+            ("NATS_CREDS", "/nonexistent/fleet.creds".into()),
+            ca.clone(),
+        ],
+        "NATS_CREDS (/nonexistent/fleet.creds) cannot be read",
+    );
+    let junk = pki.dir().join("junk.pem");
+    std::fs::write(&junk, "junk-secret").unwrap();
+    invalid(
+        &[creds.clone(), ("NATS_CA", junk.display().to_string())],
+        "holds no PEM certificate",
+    );
+
+    // tls:// to a server without TLS: refused, the password never sent in plain text.
+    let plain = NatsServer::start_with(
+        "authorization {\n  users = [ { user: fleet, password: \"plain-secret\" } ]\n}\n",
+    );
+    let (code, downgraded) = node_with(
         &fleet,
         schemas.path(),
-        &["ts-both"],
-        &[("NATS_CREDS", creds), ("NATS_TOKEN", ca)],
+        &["ts-plain"],
+        &[
+            ("NATS_URL", plain.url().replace("nats://", "tls://")),
+            ("NATS_USER", "fleet".into()),
+            ("NATS_PASSWORD", "plain-secret".into()),
+        ],
     );
-    assert_eq!(code, 2, "{both}");
-    assert!(both["invalid"].to_string().contains("NATS_CREDS"), "{both}");
+    assert_eq!(code, 1, "{downgraded}");
+    assert!(downgraded["connectError"].is_string(), "{downgraded}");
+}
+
+/// An NKey seed file over TLS with the handshake first, both sides: the provisioner's
+/// `[nats.auth] nkey_seed_file` and `[nats.tls] handshake_first`, the example's
+/// `NATS_NKEY_SEED_FILE` and `NATS_TLS_HANDSHAKE_FIRST`.
+#[tokio::test]
+async fn node_with_an_nkey_seed_and_the_tls_handshake_first() {
+    let pki = TestPki::new();
+    let (user, seed) = fleet_testkit::jwt::user_seed_file(pki.dir(), "user.nk");
+    let tls = pki
+        .server_tls_block(false)
+        .replace("verify: false", "verify: false\n  handshake_first: true");
+    let server = NatsServer::start_with(&format!(
+        "authorization {{\n  users = [ {{ nkey: \"{user}\" }} ]\n}}\n{tls}"
+    ));
+    let mut fleet = TestFleet::start_on(
+        server,
+        &format!(
+            "[nats.auth]\nnkey_seed_file = \"{}\"\n[nats.tls]\nca_file = \"{}\"\nhandshake_first = true\n",
+            seed.display(),
+            pki.ca_file.display()
+        ),
+    );
+    fleet.spawn(crate::ops::sibling("provisioner"), &[]);
+    let schemas = tempfile::tempdir().unwrap();
+    fleetctl()
+        .args(["schema", "export", "--out"])
+        .arg(schemas.path())
+        .assert()
+        .success();
+    let (code, answer) = node_with(
+        &fleet,
+        schemas.path(),
+        &["ts-nkey"],
+        &[
+            ("NATS_NKEY_SEED_FILE", seed.display().to_string()),
+            ("NATS_CA", pki.ca_file.display().to_string()),
+            ("NATS_TLS_HANDSHAKE_FIRST", "true".into()),
+        ],
+    );
+    assert_eq!(code, 0, "{answer}");
+    assert_eq!(answer["status"], "active");
 }
