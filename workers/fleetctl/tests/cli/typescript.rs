@@ -48,9 +48,8 @@ fn node_with(
     (out.status.code().unwrap_or(-1), value)
 }
 
-#[tokio::test]
-async fn node_provisions_a_tenant_per_the_contract_and_refuses_an_invalid_one() {
-    let mut fleet = TestFleet::start("");
+/// `fleet` with a provisioner running, and the JSON Schemas `fleetctl schema export` writes.
+fn with_provisioner(mut fleet: TestFleet) -> (TestFleet, tempfile::TempDir) {
     fleet.spawn(crate::ops::sibling("provisioner"), &[]);
     let schemas = tempfile::tempdir().unwrap();
     fleetctl()
@@ -58,6 +57,12 @@ async fn node_provisions_a_tenant_per_the_contract_and_refuses_an_invalid_one() 
         .arg(schemas.path())
         .assert()
         .success();
+    (fleet, schemas)
+}
+
+#[tokio::test]
+async fn node_provisions_a_tenant_per_the_contract_and_refuses_an_invalid_one() {
+    let (fleet, schemas) = with_provisioner(TestFleet::start(""));
 
     let (code, answer) = node(&fleet, schemas.path(), &["ts-acme", "org_ts", "eu-west"]);
     assert_eq!(code, 0, "{answer}");
@@ -106,21 +111,14 @@ async fn node_with_a_credentials_file_over_tls() {
         operator.server_block(),
         pki.server_tls_block(false)
     ));
-    let mut fleet = TestFleet::start_on(
+    let (fleet, schemas) = with_provisioner(TestFleet::start_on(
         server,
         &format!(
             "[nats.auth]\ncredentials_file = \"{}\"\n[nats.tls]\nca_file = \"{}\"\n",
             operator.creds_file.display(),
             pki.ca_file.display()
         ),
-    );
-    fleet.spawn(crate::ops::sibling("provisioner"), &[]);
-    let schemas = tempfile::tempdir().unwrap();
-    fleetctl()
-        .args(["schema", "export", "--out"])
-        .arg(schemas.path())
-        .assert()
-        .success();
+    ));
     let creds = ("NATS_CREDS", operator.creds_file.display().to_string());
     let ca = ("NATS_CA", pki.ca_file.display().to_string());
 
@@ -198,21 +196,14 @@ async fn node_with_an_nkey_seed_and_the_tls_handshake_first() {
     let server = NatsServer::start_with(&format!(
         "authorization {{\n  users = [ {{ nkey: \"{user}\" }} ]\n}}\n{tls}"
     ));
-    let mut fleet = TestFleet::start_on(
+    let (fleet, schemas) = with_provisioner(TestFleet::start_on(
         server,
         &format!(
             "[nats.auth]\nnkey_seed_file = \"{}\"\n[nats.tls]\nca_file = \"{}\"\nhandshake_first = true\n",
             seed.display(),
             pki.ca_file.display()
         ),
-    );
-    fleet.spawn(crate::ops::sibling("provisioner"), &[]);
-    let schemas = tempfile::tempdir().unwrap();
-    fleetctl()
-        .args(["schema", "export", "--out"])
-        .arg(schemas.path())
-        .assert()
-        .success();
+    ));
     let (code, answer) = node_with(
         &fleet,
         schemas.path(),
