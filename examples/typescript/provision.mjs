@@ -16,10 +16,10 @@
 // wrote), TIMEOUT_MS (30000). A server that demands credentials (the fleet's production NATS
 // does): NATS_CREDS (a .creds file), NATS_NKEY_SEED_FILE, NATS_USER + NATS_PASSWORD, or
 // NATS_TOKEN — one of them. TLS: NATS_CA, a CA file to verify the server's certificate with;
-// NATS_TLS_HANDSHAKE_FIRST=true for a server set to handshake_first; a tls:// URL or either of
-// those makes TLS required.
-// Prints one JSON line; exit 0 when active, 1 when it failed, timed out or could not connect,
-// 2 when the input is invalid.
+// NATS_TLS_HANDSHAKE_FIRST=true (or 1) for a server set to handshake_first; a tls:// URL or
+// either of those makes TLS required.
+// Prints one JSON line; exit 0 when active, 1 when it failed, timed out, or could not connect
+// (connectError) or publish (publishError), 2 when the input is invalid.
 
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -84,8 +84,8 @@ if (env.NATS_CA) {
   }
   tls.caFile = env.NATS_CA;
 }
-if (env.NATS_TLS_HANDSHAKE_FIRST === "true") tls.handshakeFirst = true;
-if (env.NATS_CA || tls.handshakeFirst || url.split(",").some((u) => u.trim().startsWith("tls://"))) {
+if (["true", "1"].includes(env.NATS_TLS_HANDSHAKE_FIRST?.toLowerCase())) tls.handshakeFirst = true;
+if (env.NATS_CA || tls.handshakeFirst || url.split(",").some((u) => /^tls:\/\//i.test(u.trim()))) {
   options.tls = tls;
 }
 
@@ -93,8 +93,14 @@ let nc;
 try {
   nc = await connect(options);
 } catch (error) {
-  // What the server said (an authorization violation, say), never the credentials.
-  console.log(JSON.stringify({ tenantId, connectError: String(error?.message ?? error) }));
+  // What the server said (an authorization violation, say), never the credentials. A server
+  // that wants the TLS handshake first hangs up on a client that waits for its greeting, and
+  // Node has nothing to say of that.
+  let connectError = String(error?.message ?? error);
+  if (!tls.handshakeFirst && connectError.includes("undefined error")) {
+    connectError += " (if the server wants the TLS handshake first, set NATS_TLS_HANDSHAKE_FIRST=true)";
+  }
+  console.log(JSON.stringify({ tenantId, connectError }));
   process.exit(1);
 }
 const js = jetstream(nc);
@@ -110,8 +116,16 @@ try {
     }
   })();
 
-  // 3. Published with its id; the acknowledgement says the stream stored it.
-  const ack = await js.publish("tenant.created", JSON.stringify(payload), { msgID: tenantId });
+  // 3. Published with its id; the acknowledgement says the stream stored it. A server without
+  // the fleet's streams (no responders) or one refusing it says so in the JSON line.
+  let ack;
+  try {
+    ack = await js.publish("tenant.created", JSON.stringify(payload), { msgID: tenantId });
+  } catch (error) {
+    console.log(JSON.stringify({ tenantId, publishError: String(error?.message ?? error) }));
+    await nc.close();
+    process.exit(1);
+  }
 
   // A re-sent registration is dropped as a duplicate: its hook was published before this
   // subscription, so the answer is the record itself once the tenant is active.

@@ -76,15 +76,30 @@ fn decode<S: DeserializeOwned, E: std::error::Error + 'static>(
     Ok(Versioned { state, revision })
 }
 
+/// Why a read from a stream leader failed: the error's text, and whether NATS gave no answer
+/// (the request failed or timed out, or JetStream said it is not available for now) rather
+/// than refusing it.
+#[derive(Debug)]
+struct ReadFailure {
+    message: String,
+    unavailable: bool,
+}
+
+impl std::fmt::Display for ReadFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// The last message on `key`'s subject in `kv`'s stream, as the stream leader holds it (`None`:
 /// the key never had one), a deletion's marker included. A direct get (`kv::Store::entry`) is
 /// answered by any replica, and one still catching up after a restart answers from the past;
 /// these reads are for callers that decide on what they read without a compare-and-set to
-/// catch it. Errors are the server's, as text.
+/// catch it.
 async fn leader_message(
     kv: &kv::Store,
     key: &str,
-) -> Result<Option<async_nats::jetstream::message::StreamMessage>, String> {
+) -> Result<Option<async_nats::jetstream::message::StreamMessage>, ReadFailure> {
     use async_nats::jetstream::stream::LastRawMessageErrorKind;
     // A key is a subject token path: a wildcard (`*`, `>`) would match another key's subject
     // here, where a direct get refuses it. The same rule as the KV API's.
@@ -95,19 +110,38 @@ async fn leader_message(
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b));
     if !valid {
-        return Err(format!("invalid key {key:?}"));
+        return Err(ReadFailure {
+            message: format!("invalid key {key:?}"),
+            unavailable: false,
+        });
     }
     let subject = format!("{}{key}", kv.prefix);
     match kv.stream.get_last_raw_message_by_subject(&subject).await {
         Ok(message) => Ok(Some(message)),
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(e) => Err(e.to_string()),
+        Err(e) => {
+            let unavailable = match e.kind() {
+                LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+                LastRawMessageErrorKind::Other => true,
+                LastRawMessageErrorKind::JetStream(error) => error.code() == 503,
+                LastRawMessageErrorKind::InvalidSubject => false,
+            };
+            Err(ReadFailure {
+                message: e.to_string(),
+                unavailable,
+            })
+        }
     }
 }
 
 /// The value of `key` in `kv` and its revision as the bucket's stream leader holds it (see
-/// [`leader_message`]), `None` when the key has none or was deleted.
+/// [`leader_message`]), `None` when the key has none or was deleted. Errors are the server's,
+/// as text.
 pub async fn leader_entry(kv: &kv::Store, key: &str) -> Result<Option<(Bytes, u64)>, String> {
+    leader_value(kv, key).await.map_err(|e| e.message)
+}
+
+/// [`leader_entry`], telling a failure to answer from a refusal.
+async fn leader_value(kv: &kv::Store, key: &str) -> Result<Option<(Bytes, u64)>, ReadFailure> {
     let Some(message) = leader_message(kv, key).await? else {
         return Ok(None);
     };
@@ -127,7 +161,10 @@ pub async fn leader_entry(kv: &kv::Store, key: &str) -> Result<Option<(Bytes, u6
 /// The last revision of `key` in `kv` as the bucket's stream leader holds it, a deletion's
 /// included (0: the key never had one) — what a command sent after a deletion is told apart by.
 pub async fn leader_revision(kv: &kv::Store, key: &str) -> Result<u64, String> {
-    Ok(leader_message(kv, key).await?.map_or(0, |m| m.sequence))
+    Ok(leader_message(kv, key)
+        .await
+        .map_err(|e| e.message)?
+        .map_or(0, |m| m.sequence))
 }
 
 impl<E: std::error::Error + 'static> StateError<E> {
@@ -156,12 +193,12 @@ const MAX_RACES: usize = 32;
 /// How long after a write's first attempt (wall clock) a store keeps waiting on NATS when it
 /// gives no answer (restarting, unreachable, electing a leader), so that no written state loses
 /// its history: a write whose answer was lost is looked for (it may have landed), and progress
-/// entries are published again, backing off from 250 ms to 5 s. Each attempt has
-/// [`Publisher::publish_bytes`]'s own retries, so the last may end up to ~20 s later. Kept
-/// under the progress stream's 2-minute duplicate window, so an entry that was stored but not
-/// acknowledged is not stored twice; and under a job's maximum duration, so its delivery stays
-/// renewed meanwhile. A refusal (a full stream, a permission) is not waited on.
-pub const OUTAGE_PATIENCE: Duration = Duration::from_secs(90);
+/// entries are published again, backing off from 250 ms to 5 s. No attempt starts after it, but
+/// one started before may take [`Publisher::publish_bytes`]'s own retries (~20 s) to end. Both
+/// together stay under the progress stream's 2-minute duplicate window, so an entry that was
+/// stored but not acknowledged is not stored twice, and under a job's maximum duration, so its
+/// delivery stays renewed meanwhile. A refusal (a full stream, a permission) is not waited on.
+pub const OUTAGE_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Why a write's compare-and-set did not report success.
 enum Unwritten {
@@ -175,13 +212,19 @@ enum Unwritten {
     Unknown(String),
 }
 
-/// Backing off from 250 ms to 5 s (with jitter), for as long as the caller's deadline allows.
+/// Backing off from 250 ms to 5 s (with jitter); see [`until`].
 fn outage_backoff() -> backon::ExponentialBuilder {
     backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(250))
         .with_max_delay(Duration::from_secs(5))
         .without_max_times()
         .with_jitter()
+}
+
+/// The next wait of a retry, or none when the failure was a refusal (not `unavailable`) or the
+/// wait would end past `deadline` (no attempt starts after it).
+fn until(deadline: Instant, unavailable: bool, wait: Option<Duration>) -> Option<Duration> {
+    wait.filter(|wait| unavailable && Instant::now() + *wait < deadline)
 }
 
 impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
@@ -222,7 +265,7 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
     ) -> Result<(), PublishError> {
         (|| self.publisher.publish_json_all(subject, entries))
             .retry(outage_backoff())
-            .when(|e: &PublishError| e.is_unavailable() && Instant::now() < deadline)
+            .adjust(|e: &PublishError, wait| until(deadline, e.is_unavailable(), wait))
             .notify(|error, after| {
                 tracing::warn!(
                     subject,
@@ -240,9 +283,9 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
     /// holder, so another writer's is not byte for byte the same). Read again while NATS does
     /// not answer, until `deadline`; `None` when it did not land or cannot be told.
     async fn landed(&self, key: &str, bytes: &[u8], base: u64, deadline: Instant) -> Option<u64> {
-        let read = (|| leader_entry(&self.kv, key))
+        let read = (|| leader_value(&self.kv, key))
             .retry(outage_backoff())
-            .when(|_| Instant::now() < deadline)
+            .adjust(|e: &ReadFailure, wait| until(deadline, e.unavailable, wait))
             .notify(|error, after| {
                 tracing::warn!(
                     key,

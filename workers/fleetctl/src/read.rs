@@ -1,5 +1,6 @@
 //! Reading streams the way an operator's command does: through an ephemeral consumer that
-//! acknowledges nothing and goes away by itself, in batches of 500, until nothing is pending.
+//! acknowledges nothing, in batches of 500, until nothing is pending; the consumer is deleted
+//! when done (and expires by itself should the command die first).
 //!
 //! - [`messages`]: a history stream (progress, dead letters) from its start or from a time.
 //! - [`latest`]: every current value of a KV bucket (tenants, deployments, installs), read as
@@ -9,7 +10,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::Message;
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use fleet_runtime::Runtime;
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
@@ -32,6 +33,16 @@ async fn consume(
             ..Default::default()
         })
         .await?;
+    let read = drain(&consumer).await;
+    // Gone at once, not after its inactivity threshold: a server caps a stream's consumers,
+    // and reads in a loop (a status per tenant, a dashboard) would pile them up until refused.
+    // Should the delete fail, the consumer expires after its threshold all the same.
+    let _ = stream.delete_consumer(&consumer.cached_info().name).await;
+    read
+}
+
+/// Every message `consumer` has pending, in batches of 500, each with its stream sequence.
+async fn drain(consumer: &PullConsumer) -> anyhow::Result<Vec<(u64, Message)>> {
     let mut out = Vec::new();
     loop {
         if consumer.get_info().await?.num_pending == 0 {

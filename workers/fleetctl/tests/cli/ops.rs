@@ -136,6 +136,23 @@ async fn a_registration_that_failed_is_replayed_after_its_cause_is_fixed_and_end
         2,
         "one per failed attempt"
     );
+    // Every read above (status and history, hooks, dead letters) went through a consumer of
+    // its own, deleted when done rather than left to pile up until the server refuses more.
+    let js = async_nats::jetstream::new(async_nats::connect(fleet.server.url()).await.unwrap());
+    for stream in ["FLEET_PROGRESS", "FLEET_HOOKS", "FLEET_DEAD_LETTERS"] {
+        let info = js
+            .get_stream(stream)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .clone();
+        assert_eq!(
+            info.state.consumer_count, 0,
+            "{stream}: consumers left behind"
+        );
+    }
 }
 
 #[tokio::test]

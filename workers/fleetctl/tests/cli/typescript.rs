@@ -165,22 +165,35 @@ async fn node_with_a_credentials_file_over_tls() {
         "holds no PEM certificate",
     );
 
-    // tls:// to a server without TLS: refused, the password never sent in plain text.
+    // tls:// (in either case) to a server without TLS: refused, the password never sent in
+    // plain text.
     let plain = NatsServer::start_with(
         "authorization {\n  users = [ { user: fleet, password: \"plain-secret\" } ]\n}\n",
     );
-    let (code, downgraded) = node_with(
+    for scheme in ["tls://", "TLS://"] {
+        let (code, downgraded) = node_with(
+            &fleet,
+            schemas.path(),
+            &["ts-plain"],
+            &[
+                ("NATS_URL", plain.url().replace("nats://", scheme)),
+                ("NATS_USER", "fleet".into()),
+                ("NATS_PASSWORD", "plain-secret".into()),
+            ],
+        );
+        assert_eq!(code, 1, "{downgraded}");
+        assert!(downgraded["connectError"].is_string(), "{downgraded}");
+    }
+    // A server without the fleet's streams: the publish's failure in the JSON line.
+    let bare = NatsServer::start();
+    let (code, unpublished) = node_with(
         &fleet,
         schemas.path(),
-        &["ts-plain"],
-        &[
-            ("NATS_URL", plain.url().replace("nats://", "tls://")),
-            ("NATS_USER", "fleet".into()),
-            ("NATS_PASSWORD", "plain-secret".into()),
-        ],
+        &["ts-bare"],
+        &[("NATS_URL", bare.url())],
     );
-    assert_eq!(code, 1, "{downgraded}");
-    assert!(downgraded["connectError"].is_string(), "{downgraded}");
+    assert_eq!(code, 1, "{unpublished}");
+    assert!(unpublished["publishError"].is_string(), "{unpublished}");
 }
 
 /// An NKey seed file over TLS with the handshake first, both sides: the provisioner's
@@ -216,4 +229,21 @@ async fn node_with_an_nkey_seed_and_the_tls_handshake_first() {
     );
     assert_eq!(code, 0, "{answer}");
     assert_eq!(answer["status"], "active");
+    // Without the handshake first: told which setting it needs.
+    let (code, refused) = node_with(
+        &fleet,
+        schemas.path(),
+        &["ts-greeting-first"],
+        &[
+            ("NATS_NKEY_SEED_FILE", seed.display().to_string()),
+            ("NATS_CA", pki.ca_file.display().to_string()),
+        ],
+    );
+    assert_eq!(code, 1, "{refused}");
+    assert!(
+        refused["connectError"]
+            .as_str()
+            .is_some_and(|e| e.contains("NATS_TLS_HANDSHAKE_FIRST=true")),
+        "{refused}"
+    );
 }
