@@ -145,17 +145,21 @@ async fn leader_value(kv: &kv::Store, key: &str) -> Result<Option<(Bytes, u64)>,
     let Some(message) = leader_message(kv, key).await? else {
         return Ok(None);
     };
-    // A deleted or purged key keeps a marker message (`KV-Operation: DEL | PURGE`); the
-    // server's own markers (`Nats-Marker-Reason`: MaxAge, Purge, Remove) mean the same.
-    if message
+    if is_deletion(&message) {
+        return Ok(None);
+    }
+    Ok(Some((message.payload, message.sequence)))
+}
+
+/// Whether `message` marks its key deleted: a deleted or purged key keeps a marker message
+/// (`KV-Operation: DEL | PURGE`); the server's own markers (`Nats-Marker-Reason`: MaxAge,
+/// Purge, Remove) mean the same.
+fn is_deletion(message: &async_nats::jetstream::message::StreamMessage) -> bool {
+    message
         .headers
         .get("KV-Operation")
         .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"))
         || message.headers.get("Nats-Marker-Reason").is_some()
-    {
-        return Ok(None);
-    }
-    Ok(Some((message.payload, message.sequence)))
 }
 
 /// The last revision of `key` in `kv` as the bucket's stream leader holds it, a deletion's
@@ -277,13 +281,15 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
             .await
     }
 
-    /// The revision at which a write of `bytes` to `key` over revision `base` (0: a create)
-    /// landed although its answer never came: the key's latest value, as the bucket's stream
-    /// leader holds it, is those bytes at a later revision (a state carries its own times and
-    /// holder, so another writer's is not byte for byte the same). Read again while NATS does
-    /// not answer, until `deadline`; `None` when it did not land or cannot be told.
-    async fn landed(&self, key: &str, bytes: &[u8], base: u64, deadline: Instant) -> Option<u64> {
-        let read = (|| leader_value(&self.kv, key))
+    /// The last message on `key`'s subject as the bucket's stream leader holds it, after a
+    /// change whose answer never came: read again while NATS does not answer, until
+    /// `deadline`; `None` when there is none or it cannot be read.
+    async fn look_up(
+        &self,
+        key: &str,
+        deadline: Instant,
+    ) -> Option<async_nats::jetstream::message::StreamMessage> {
+        (|| leader_message(&self.kv, key))
             .retry(outage_backoff())
             .adjust(|e: &ReadFailure, wait| until(deadline, e.unavailable, wait))
             .notify(|error, after| {
@@ -291,16 +297,23 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
                     key,
                     error = %error,
                     retry_in_ms = after.as_millis() as u64,
-                    "a write's answer was lost and its key cannot be read yet; trying again"
+                    "a change's answer was lost and its key cannot be read yet; trying again"
                 );
             })
-            .await;
-        match read {
-            Ok(Some((value, revision))) if revision > base && value.as_ref() == bytes => {
-                Some(revision)
-            }
-            _ => None,
-        }
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The revision at which a write of `bytes` to `key` over revision `base` (0: a create)
+    /// landed although its answer never came: the key's latest value, as the bucket's stream
+    /// leader holds it, is those bytes at a later revision (a state carries its own times and
+    /// holder, so another writer's is not byte for byte the same). `None` when it did not land
+    /// or cannot be told by `deadline`.
+    async fn landed(&self, key: &str, bytes: &[u8], base: u64, deadline: Instant) -> Option<u64> {
+        let message = self.look_up(key, deadline).await?;
+        (message.sequence > base && !is_deletion(&message) && message.payload.as_ref() == bytes)
+            .then_some(message.sequence)
     }
 
     /// The current state of `key`.
@@ -442,7 +455,8 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
 
     /// Deletes `key` if it is still at `known`'s revision (compare-and-set), then publishes
     /// `event` (message id `<kind>:<key>:deleted:<revision>`). `Ok(false)`: another writer
-    /// changed it first (re-read and decide again).
+    /// changed it first (re-read and decide again). A delete whose answer never came is looked
+    /// up as a write is (see [`OUTAGE_PATIENCE`]): found done, it is this delete.
     pub async fn remove<E: std::error::Error + 'static>(
         &self,
         key: &str,
@@ -457,7 +471,13 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
         {
             Ok(()) => {}
             Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => return Ok(false),
-            Err(e) => return Err(StateError::Store(e.to_string())),
+            // A delete whose answer never came may have landed: the key's last message is a
+            // deletion after `known` (this one, or a racing remover's of the same revision,
+            // whose entry has the same id).
+            Err(e) => match self.look_up(key, deadline).await {
+                Some(last) if last.sequence > known.revision && is_deletion(&last) => {}
+                _ => return Err(StateError::Store(e.to_string())),
+            },
         }
         event.revision = known.revision;
         let subject = format!("{}.{key}", self.progress_subject);

@@ -479,6 +479,7 @@ async fn holding_proxy(upstream: String, hold: Arc<std::sync::atomic::AtomicBool
 /// A write that lands but whose answer never comes (the server's replies held back past the
 /// client's timeout) is found landed: returned as written at its revision, its progress entry
 /// published — not reported failed, to be redelivered, found done and left without history.
+/// A delete likewise.
 #[tokio::test]
 async fn a_write_whose_answer_was_lost_is_found_landed_with_its_history() {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -546,5 +547,37 @@ async fn a_write_whose_answer_was_lost_is_found_landed_with_its_history() {
             .iter()
             .any(|m| m.headers.get("Nats-Msg-Id").map(|v| v.as_str()) == Some(id.as_str())),
         "the landed write's entry {id} is in the history"
+    );
+
+    // The same for a delete: carried out, its answer held back, found done.
+    hold.store(true, Ordering::SeqCst);
+    let removing = {
+        let written = written.clone();
+        tokio::spawn(async move {
+            store
+                .remove::<Illegal>("acme", &written, event("deleted"))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let direct = env.js.get_key_value(bucket).await.unwrap();
+    assert!(
+        direct.get("acme").await.unwrap().is_none(),
+        "the delete landed"
+    );
+    hold.store(false, Ordering::SeqCst);
+    let removed = tokio::time::timeout(Duration::from_secs(60), removing)
+        .await
+        .expect("answers once the server's replies come through")
+        .unwrap()
+        .expect("found done, not a store error");
+    assert!(removed, "this delete, not a lost race");
+    let entries = fleet_testkit::stream_messages(&env.js, names::PROGRESS, None).await;
+    let id = format!("tenant:acme:deleted:{}", written.revision);
+    assert!(
+        entries
+            .iter()
+            .any(|m| m.headers.get("Nats-Msg-Id").map(|v| v.as_str()) == Some(id.as_str())),
+        "the delete's entry {id} is in the history"
     );
 }
