@@ -219,6 +219,15 @@ pub async fn wait_until<F: AsyncFnMut() -> bool>(limit: Duration, mut check: F) 
     }
 }
 
+/// Stream `name`'s state as its leader reports it (messages, consumers, sequences).
+pub async fn stream_state(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+) -> async_nats::jetstream::stream::State {
+    let mut stream = js.get_stream(name).await.expect("the stream");
+    stream.info().await.expect("its info").state.clone()
+}
+
 /// Every message a stream holds, oldest first, optionally only those on `subject`.
 pub async fn stream_messages(
     js: &async_nats::jetstream::Context,

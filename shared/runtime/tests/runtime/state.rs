@@ -399,16 +399,8 @@ async fn progress_entries_wait_for_an_answer_but_not_on_a_refusal() {
         .expect("written");
     assert_eq!(done.revision, written.revision);
     // The step's entry and the write's own, each once.
-    let info = env
-        .js
-        .get_stream("LATE")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .clone();
-    assert_eq!(info.state.messages, 2, "{:?}", info.state);
+    let state = fleet_testkit::stream_state(&env.js, "LATE").await;
+    assert_eq!(state.messages, 2, "{state:?}");
 
     // Full, refusing new messages: refused at once, whatever the patience.
     env.js

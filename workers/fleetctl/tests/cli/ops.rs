@@ -140,18 +140,8 @@ async fn a_registration_that_failed_is_replayed_after_its_cause_is_fixed_and_end
     // its own, deleted when done rather than left to pile up until the server refuses more.
     let js = async_nats::jetstream::new(async_nats::connect(fleet.server.url()).await.unwrap());
     for stream in ["FLEET_PROGRESS", "FLEET_HOOKS", "FLEET_DEAD_LETTERS"] {
-        let info = js
-            .get_stream(stream)
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .clone();
-        assert_eq!(
-            info.state.consumer_count, 0,
-            "{stream}: consumers left behind"
-        );
+        let state = fleet_testkit::stream_state(&js, stream).await;
+        assert_eq!(state.consumer_count, 0, "{stream}: consumers left behind");
     }
 }
 
