@@ -137,12 +137,7 @@ async fn leader_message(
 /// [`leader_message`]), `None` when the key has none or was deleted. Errors are the server's,
 /// as text.
 pub async fn leader_entry(kv: &kv::Store, key: &str) -> Result<Option<(Bytes, u64)>, String> {
-    leader_value(kv, key).await.map_err(|e| e.message)
-}
-
-/// [`leader_entry`], telling a failure to answer from a refusal.
-async fn leader_value(kv: &kv::Store, key: &str) -> Result<Option<(Bytes, u64)>, ReadFailure> {
-    let Some(message) = leader_message(kv, key).await? else {
+    let Some(message) = leader_message(kv, key).await.map_err(|e| e.message)? else {
         return Ok(None);
     };
     if is_deletion(&message) {
@@ -216,19 +211,40 @@ enum Unwritten {
     Unknown(String),
 }
 
-/// Backing off from 250 ms to 5 s (with jitter); see [`until`].
-fn outage_backoff() -> backon::ExponentialBuilder {
-    backon::ExponentialBuilder::default()
+/// `attempt`, and again while it fails with no answer from NATS (`unavailable` says which
+/// failures are that) — backing off from 250 ms to 5 s, with jitter — as long as the next
+/// attempt would start before `deadline`; each retry is logged with `about` and `what`. A
+/// refusal ends it at once.
+async fn patiently<T, E, Fut>(
+    attempt: impl FnMut() -> Fut,
+    unavailable: impl Fn(&E) -> bool,
+    deadline: Instant,
+    about: &str,
+    what: &str,
+) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let backoff = backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(250))
         .with_max_delay(Duration::from_secs(5))
         .without_max_times()
-        .with_jitter()
-}
-
-/// The next wait of a retry, or none when the failure was a refusal (not `unavailable`) or the
-/// wait would end past `deadline` (no attempt starts after it).
-fn until(deadline: Instant, unavailable: bool, wait: Option<Duration>) -> Option<Duration> {
-    wait.filter(|wait| unavailable && Instant::now() + *wait < deadline)
+        .with_jitter();
+    attempt
+        .retry(backoff)
+        .adjust(|e: &E, wait| {
+            wait.filter(|wait| unavailable(e) && Instant::now() + *wait < deadline)
+        })
+        .notify(|error, after| {
+            tracing::warn!(
+                about,
+                error = %error,
+                retry_in_ms = after.as_millis() as u64,
+                "{what}; trying again"
+            );
+        })
+        .await
 }
 
 impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
@@ -267,18 +283,14 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
         entries: &[(String, ProgressEvent)],
         deadline: Instant,
     ) -> Result<(), PublishError> {
-        (|| self.publisher.publish_json_all(subject, entries))
-            .retry(outage_backoff())
-            .adjust(|e: &PublishError, wait| until(deadline, e.is_unavailable(), wait))
-            .notify(|error, after| {
-                tracing::warn!(
-                    subject,
-                    error = %error,
-                    retry_in_ms = after.as_millis() as u64,
-                    "a written state's progress entries are not published yet; trying again"
-                );
-            })
-            .await
+        patiently(
+            || self.publisher.publish_json_all(subject, entries),
+            PublishError::is_unavailable,
+            deadline,
+            subject,
+            "a written state's progress entries are not published yet",
+        )
+        .await
     }
 
     /// The last message on `key`'s subject as the bucket's stream leader holds it, after a
@@ -289,20 +301,16 @@ impl<S: Serialize + DeserializeOwned + Clone> StateStore<S> {
         key: &str,
         deadline: Instant,
     ) -> Option<async_nats::jetstream::message::StreamMessage> {
-        (|| leader_message(&self.kv, key))
-            .retry(outage_backoff())
-            .adjust(|e: &ReadFailure, wait| until(deadline, e.unavailable, wait))
-            .notify(|error, after| {
-                tracing::warn!(
-                    key,
-                    error = %error,
-                    retry_in_ms = after.as_millis() as u64,
-                    "a change's answer was lost and its key cannot be read yet; trying again"
-                );
-            })
-            .await
-            .ok()
-            .flatten()
+        patiently(
+            || leader_message(&self.kv, key),
+            |e: &ReadFailure| e.unavailable,
+            deadline,
+            key,
+            "a change's answer was lost and its key cannot be read yet",
+        )
+        .await
+        .ok()
+        .flatten()
     }
 
     /// The revision at which a write of `bytes` to `key` over revision `base` (0: a create)
