@@ -79,10 +79,11 @@ if (env.NATS_TOKEN) options.token = env.NATS_TOKEN;
 // silent downgrade to plain text, as the fleet's own client).
 const tls = {};
 if (env.NATS_CA) {
-  if (!file("NATS_CA").toString().includes("-----BEGIN CERTIFICATE-----")) {
+  // Read once, checked, and handed to the client as it is.
+  tls.ca = file("NATS_CA").toString();
+  if (!tls.ca.includes("-----BEGIN CERTIFICATE-----")) {
     invalidEnv(`NATS_CA (${env.NATS_CA}) holds no PEM certificate`);
   }
-  tls.caFile = env.NATS_CA;
 }
 if (["true", "1"].includes(env.NATS_TLS_HANDSHAKE_FIRST?.toLowerCase())) tls.handshakeFirst = true;
 if (env.NATS_CA || tls.handshakeFirst || url.split(",").some((u) => /^tls:\/\//i.test(u.trim()))) {

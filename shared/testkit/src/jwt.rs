@@ -111,11 +111,7 @@ impl TestOperator {
     /// A fresh operator, account and users, in a temp dir of their own.
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let write = |name: &str, text: &str| {
-            let path = dir.path().join(name);
-            std::fs::write(&path, text).expect("a credentials file");
-            path
-        };
+        let write = |name: &str, text: &str| crate::write_file(dir.path(), name, text);
         let operator = KeyPair::new_operator();
         // JetStream needs the server's own account (`SYS`) to start in operator mode.
         let system = KeyPair::new_account();
@@ -174,9 +170,8 @@ impl TestOperator {
 /// user's public key, for a server's `authorization { users = [ { nkey: … } ] }`, and the file.
 pub fn user_seed_file(dir: &Path, name: &str) -> (String, PathBuf) {
     let user = KeyPair::new_user();
-    let path = dir.join(name);
-    std::fs::write(&path, user.seed().expect("a user's seed")).expect("a seed file");
-    (user.public_key(), path)
+    let seed = user.seed().expect("a user's seed");
+    (user.public_key(), crate::write_file(dir, name, seed))
 }
 
 impl Default for TestOperator {

@@ -219,6 +219,14 @@ pub async fn wait_until<F: AsyncFnMut() -> bool>(limit: Duration, mut check: F) 
     }
 }
 
+/// Writes `text` to `dir/name` (a test's own file: a certificate, a credentials file) and
+/// returns its path.
+pub(crate) fn write_file(dir: &Path, name: &str, text: impl AsRef<[u8]>) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    path
+}
+
 /// Stream `name`'s state as its leader reports it (messages, consumers, sequences).
 pub async fn stream_state(
     js: &async_nats::jetstream::Context,

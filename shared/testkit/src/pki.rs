@@ -60,11 +60,7 @@ impl TestPki {
     /// A fresh PKI in a temp dir of its own.
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let write = |name: &str, text: &str| {
-            let path = dir.path().join(name);
-            std::fs::write(&path, text).expect("a PKI file");
-            path
-        };
+        let write = |name: &str, text: &str| crate::write_file(dir.path(), name, text);
         let authority = ca("fleet test CA");
         let (server_cert, server_key) = leaf(
             &authority,
